@@ -1,0 +1,1 @@
+"""cli: the `shoal` command and the `shoal daemon` composition root."""

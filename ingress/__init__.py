@@ -1,0 +1,1 @@
+"""ingress: the routing mesh and service VIPs (nftables) and the embedded DNS."""

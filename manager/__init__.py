@@ -1,0 +1,1 @@
+"""manager: the replicated store, API handlers, orchestrators, scheduler, dispatcher, CA."""

@@ -1,0 +1,1 @@
+"""model: the object model shared by every side (plain data, no I/O)."""

@@ -1,0 +1,1 @@
+"""overlay: VXLAN overlay networks on a node (namespaces, bridges, FDB entries)."""

@@ -1,0 +1,1 @@
+"""raft: a Raft consensus library. It imports nothing else of shoal."""

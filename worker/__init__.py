@@ -1,0 +1,1 @@
+"""worker: the agent, task controllers and the executor (images, OCI bundles, runc)."""
