@@ -1,4 +1,4 @@
-"""Entry point of the `shoal` console script."""
+"""Entry point of the `shoal` console script (also `python -m cli.main`)."""
 
 from __future__ import annotations
 
@@ -7,3 +7,7 @@ def main() -> None:
     from cli.commands import shoal
 
     shoal()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""`shoal daemon`: the composition root of one host.
+
+Theory of operation: the daemon takes an exclusive lock on its data dir (a second daemon on the
+same dir exits with a clear message), then starts its components inside one Supervisor
+TaskGroup: the Engine API server first, later the swarm node. The first SIGTERM/SIGINT starts
+an ordered shutdown bounded by `shutdown_timeout`: stop accepting API connections, cancel
+components newest first, release the lock. A second signal forces an immediate exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from cli.supervisor import Supervisor
+from manager.api import system
+from manager.api.http import Routes, new_app
+
+log = logging.getLogger("shoal.daemon")
+
+DEFAULT_DATA_DIR = "/var/lib/shoal"
+DEFAULT_SOCKET = "/run/shoal/shoal.sock"
+EXIT_FORCED = 130
+
+
+class DaemonError(Exception):
+    """A startup problem reported to the user as one line."""
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    data_dir: Path
+    socket: Path
+    listen_addr: str = "0.0.0.0:2377"
+    advertise_addr: str = ""
+    tcp: str = ""                   # "host:port" for an optional TCP API
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""                # when set, TCP clients must present a certificate from it
+    shutdown_timeout: float = 10.0
+    hostname: str = ""             # the name this node reports; default: the kernel hostname
+
+
+class DataDirLock:
+    """An flock on `<data-dir>/shoal.lock`, held for the daemon's lifetime."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "shoal.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise DaemonError(
+                    f"another shoal daemon (pid {holder}) is already using data dir "
+                    f"{self.path.parent}"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _tls_context(config: DaemonConfig) -> ssl.SSLContext | None:
+    if not config.tls_cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(config.tls_cert, config.tls_key or None)
+    if config.tls_ca:
+        ctx.load_verify_locations(config.tls_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def build_app(config: DaemonConfig) -> web.Application:
+    app = new_app()
+    app[system.SWARM_INFO] = system.NoSwarm()
+    app[system.DATA_DIR] = str(config.data_dir)
+    app[system.HOSTNAME] = config.hostname or socket.gethostname()
+    system.add_routes(Routes(app))
+    return app
+
+
+class ApiServer:
+    """The Engine API on the unix socket, and on TCP (optionally TLS) when asked."""
+
+    def __init__(self, config: DaemonConfig, app: web.Application) -> None:
+        self._config = config
+        self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        sock = self._config.socket
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        await web.UnixSite(self._runner, str(sock)).start()
+        os.chmod(sock, 0o660)
+        if self._config.tcp:
+            host, _, port = self._config.tcp.rpartition(":")
+            site = web.TCPSite(
+                self._runner, host or "127.0.0.1", int(port), ssl_context=_tls_context(self._config)
+            )
+            await site.start()
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+        with contextlib.suppress(FileNotFoundError):
+            self._config.socket.unlink()
+
+
+async def serve(config: DaemonConfig, stop: asyncio.Event) -> None:
+    """Run until `stop` is set, then shut down in order within the configured bound."""
+    app = build_app(config)
+    api = ApiServer(config, app)
+    async with asyncio.TaskGroup() as group:
+        supervisor = Supervisor(group)
+        await api.start()
+        log.info("daemon ready", extra={"socket": str(config.socket), "tcp": config.tcp,
+                                        "data_dir": str(config.data_dir), "pid": os.getpid()})
+        await stop.wait()
+        log.info("shutting down", extra={"timeout": config.shutdown_timeout})
+        try:
+            async with asyncio.timeout(config.shutdown_timeout):
+                await api.stop()
+        except TimeoutError:
+            log.warning("API did not stop within the shutdown bound")
+        await supervisor.stop(grace=config.shutdown_timeout)
+    log.info("daemon stopped")
+
+
+async def run_daemon(config: DaemonConfig) -> None:
+    lock = DataDirLock(config.data_dir)
+    lock.acquire()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signame: str) -> None:
+        if stop.is_set():
+            log.warning("second signal: forcing exit", extra={"signal": signame})
+            os._exit(EXIT_FORCED)
+        log.info("signal received", extra={"signal": signame})
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    try:
+        await serve(config, stop)
+    finally:
+        lock.release()
+
+
+def main(config: DaemonConfig) -> None:
+    import uvloop
+
+    uvloop.run(run_daemon(config))

@@ -1,0 +1,1 @@
+"""The daemon's HTTP API: Docker Engine API shapes on a unix socket (and optional TCP/TLS)."""

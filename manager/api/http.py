@@ -1,0 +1,139 @@
+"""HTTP plumbing shared by every Engine API handler.
+
+Theory of operation: every route is registered twice, bare and under a `/v{major}.{minor}`
+prefix, because the docker CLI pings `/_ping` unversioned and then uses `/v1.NN/...`. A
+middleware checks the requested version against the supported range, stamps the headers every
+Engine API response carries, and turns `ApiError` (and stray exceptions) into the
+`{"message": ...}` body with a Content-Type of exactly `application/json`, which the docker CLI
+compares for equality.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+API_VERSION = "1.47"
+MIN_API_VERSION = "1.24"
+SERVER_VERSION = "0.1.0"
+SERVER_HEADER = f"shoal/{SERVER_VERSION} (linux)"
+
+log = logging.getLogger("shoal.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """An error answered as `{"message": ...}` with the given HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """A JSON body with Content-Type exactly `application/json` (no charset)."""
+    return web.Response(
+        body=json.dumps(data).encode(), status=status, content_type="application/json"
+    )
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return json_response({"message": message}, status=status)
+
+
+def _version_tuple(v: str) -> tuple[int, int]:
+    major, minor = v.split(".")
+    return int(major), int(minor)
+
+
+def check_api_version(version: str | None) -> None:
+    if version is None:
+        return
+    asked = _version_tuple(version)
+    if asked > _version_tuple(API_VERSION):
+        raise ApiError(
+            400,
+            f"client version {version} is too new. Maximum supported API version is {API_VERSION}",
+        )
+    if asked < _version_tuple(MIN_API_VERSION):
+        raise ApiError(
+            400,
+            f"client version {version} is too old. Minimum supported API version is "
+            f"{MIN_API_VERSION}, please upgrade your client to a newer version",
+        )
+
+
+def stamp_headers(resp: web.StreamResponse) -> None:
+    resp.headers["Api-Version"] = API_VERSION
+    resp.headers["Ostype"] = "linux"
+    resp.headers["Server"] = SERVER_HEADER
+    resp.headers["Docker-Experimental"] = "false"
+
+
+async def _on_prepare(request: web.Request, resp: web.StreamResponse) -> None:
+    stamp_headers(resp)
+
+
+@web.middleware
+async def engine_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        check_api_version(request.match_info.get("api_version"))
+        return await handler(request)
+    except ApiError as e:
+        return error_response(e.status, e.message)
+    except web.HTTPException as e:
+        if e.status >= 400:
+            return error_response(e.status, e.reason or "error")
+        raise
+    except json.JSONDecodeError as e:
+        return error_response(400, f"invalid JSON body: {e}")
+    except Exception as e:  # a bug: answer 500 with the message, log the traceback
+        log.exception("handler %s %s failed", request.method, request.path)
+        return error_response(500, f"internal error: {e}")
+
+
+class Routes:
+    """Registers each handler both bare and under the `/v1.NN` prefix."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._router = app.router
+
+    def add(self, method: str, path: str, handler: Handler) -> None:
+        self._router.add_route(method, path, handler)
+        self._router.add_route(method, r"/v{api_version:\d+\.\d+}" + path, handler)
+
+
+def new_app() -> web.Application:
+    app = web.Application(middlewares=[engine_middleware], client_max_size=64 * 1024**2)
+    app.on_response_prepare.append(_on_prepare)
+    return app
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request body as JSON; an empty body is an empty object. Bad JSON is a 400."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except ValueError as e:
+        raise ApiError(400, f"invalid JSON body: {e}") from e
+
+
+def query_bool(request: web.Request, name: str, default: bool = False) -> bool:
+    """Engine API boolean query values: false only for "", 0, no, false, none."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    return raw.strip().lower() not in ("", "0", "no", "false", "none")
+
+
+def machine_arch() -> str:
+    return platform.machine() or "x86_64"
