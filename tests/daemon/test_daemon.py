@@ -1,0 +1,121 @@
+"""`shoal daemon` as a real process: API, lock, shutdown, CLI, docker CLI, TLS."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cli.client import ClientError, DaemonClient
+from tests.support.daemon import daemon_argv, running_daemon
+from tests.support.tls import TestCA
+from tests.support.wait import free_port
+
+
+def shoal_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **(env or {})})
+
+
+async def test_daemon_answers_ping_version_info(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, "--hostname", "alpha") as d:
+        async with DaemonClient(d.host) as c:
+            assert await c.get("/_ping") == "OK"
+            assert (await c.get("/v1.41/version"))["ApiVersion"] == "1.47"
+            info = await c.get("/info")
+            assert info["Name"] == "alpha"
+            assert info["Swarm"]["LocalNodeState"] == "inactive"
+        # structured logs: one JSON object per line on stderr
+        first = json.loads(d.log_text().splitlines()[0])
+        assert first["msg"] == "daemon ready" and first["level"] == "info"
+
+
+def test_sigterm_stops_cleanly_within_bound(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, "--shutdown-timeout", "5") as d:
+        started = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(timeout=7) == 0
+        assert time.monotonic() - started < 6
+        assert not d.socket.exists(), "socket left behind"
+        assert "daemon stopped" in d.log_text()
+
+
+def test_second_daemon_on_same_data_dir_is_refused(tmp_path: Path) -> None:
+    with running_daemon(tmp_path) as d:
+        second = subprocess.run(daemon_argv(d.data_dir, tmp_path / "other.sock"),
+                                capture_output=True, text=True, timeout=30)
+        assert second.returncode == 1
+        assert f"is already using data dir {d.data_dir}" in second.stderr
+        assert f"pid {d.proc.pid}" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert d.proc.poll() is None, "the first daemon must keep running"
+
+
+def test_cli_version_and_info(tmp_path: Path) -> None:
+    with running_daemon(tmp_path, "--hostname", "beta") as d:
+        out = shoal_cli("-H", d.host, "version")
+        assert out.returncode == 0, out.stderr
+        assert "ApiVersion:   1.47" in out.stdout
+        out = shoal_cli("info", env={"SHOAL_HOST": d.host})
+        assert out.returncode == 0, out.stderr
+        assert "Name: beta" in out.stdout and "Swarm: inactive" in out.stdout
+
+
+def test_cli_reports_a_down_daemon_in_one_line(tmp_path: Path) -> None:
+    host = f"unix://{tmp_path}/absent.sock"
+    out = shoal_cli("-H", host, "version")
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"cannot connect to the shoal daemon at {host} — is it running?"
+    assert "Traceback" not in out.stderr
+
+
+def test_docker_cli_version_against_the_socket(tmp_path: Path) -> None:
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.fail("the docker CLI is not installed (deploy/install.sh installs it)")
+    with running_daemon(tmp_path) as d:
+        out = subprocess.run([docker, "version", "--format", "{{.Server.Version}} {{.Server.APIVersion}}"],
+                             capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "DOCKER_HOST": d.host})
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "0.1.0 1.47"
+        out = subprocess.run([docker, "version"], capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "DOCKER_HOST": d.host})
+        assert out.returncode == 0 and "Server: shoal" in out.stdout, out.stderr
+
+
+def test_docker_py_version(tmp_path: Path) -> None:
+    import docker
+
+    with running_daemon(tmp_path) as d:
+        client = docker.DockerClient(base_url=d.host, version="auto")
+        try:
+            assert client.version()["ApiVersion"] == "1.47"
+            assert client.ping() is True
+        finally:
+            client.close()
+
+
+async def test_tcp_api_with_mutual_tls(tmp_path: Path) -> None:
+    ca = TestCA(tmp_path)
+    server, client_cert = ca.issue("daemon"), ca.issue("client")
+    port = free_port()
+    with running_daemon(tmp_path, "--tcp", f"127.0.0.1:{port}", "--tls-cert", str(server.cert),
+                        "--tls-key", str(server.key), "--tls-ca", str(ca.files.cert)):
+        ctx = ssl.create_default_context(cafile=str(ca.files.cert))
+        ctx.load_cert_chain(str(client_cert.cert), str(client_cert.key))
+        async with DaemonClient(f"tcp://127.0.0.1:{port}", ssl_context=ctx) as c:
+            assert (await c.get("/version"))["ApiVersion"] == "1.47"
+        # Without a client certificate the handshake is refused.
+        bare = ssl.create_default_context(cafile=str(ca.files.cert))
+        with pytest.raises(ClientError):
+            async with DaemonClient(f"tcp://127.0.0.1:{port}", ssl_context=bare) as c:
+                await c.get("/version")

@@ -1,0 +1,113 @@
+"""The local lab: hosts as namespaces on a private bridge, each with a real daemon."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from cli.lab import Lab
+from cli.lab import net as labnet
+from tests.conftest import needs_root
+
+
+def _root_routes() -> str:
+    return subprocess.run(["ip", "route", "show", "table", "all"], capture_output=True,
+                          text=True).stdout
+
+
+def _can_ping(lab: Lab, frm: str, to: str) -> bool:
+    proc = lab.exec(frm, ["busybox", "ping", "-c", "1", "-W", "1", lab.node(to).address])
+    return proc.returncode == 0
+
+
+def _leftovers(lab: Lab, pids: list[int]) -> list[str]:
+    found = [f"namespace {ns}" for ns in labnet.list_namespaces() if ns.startswith(lab.name + "-")]
+    found += [f"process {pid}" for pid in pids if Path(f"/proc/{pid}").exists()]
+    found += [f"dir {p}" for p in (lab.run_dir, lab.data_root) if p.exists()]
+    mounts = Path("/proc/self/mountinfo").read_text()
+    found += [f"mount under {p}" for p in (lab.run_dir, lab.data_root) if str(p) in mounts]
+    return found
+
+
+def test_lab_up_runs_a_daemon_per_host_without_touching_root_routes(make_lab) -> None:
+    routes_before = _root_routes()
+    lab = make_lab(managers=2, workers=1)
+    assert sorted(lab.nodes) == ["manager-1", "manager-2", "worker-1"]
+    benchmarking = ipaddress.ip_network("198.18.0.0/15")
+    for name, node in lab.nodes.items():
+        assert ipaddress.ip_address(node.address) in benchmarking
+        assert node.ns in labnet.list_namespaces()
+        out = lab.exec(name, [sys.executable, "-m", "cli.main", "info"], check=True).stdout
+        assert f"Name: {name}" in out
+        # SHOAL_HOST and DOCKER_HOST point at this host's own daemon.
+        env = lab.exec(name, ["env"], check=True).stdout
+        assert f"SHOAL_HOST=unix://{node.socket}" in env
+        assert f"DOCKER_HOST=unix://{node.socket}" in env
+    assert _can_ping(lab, "manager-1", "worker-1")
+    assert _root_routes() == routes_before
+
+
+def test_partition_blocks_traffic_and_heal_restores_it(make_lab) -> None:
+    lab = make_lab(managers=2, workers=1)
+    assert _can_ping(lab, "manager-1", "worker-1")
+    lab.partition("manager-1", "worker-1")
+    assert not _can_ping(lab, "manager-1", "worker-1")
+    assert not _can_ping(lab, "worker-1", "manager-1")
+    assert _can_ping(lab, "manager-1", "manager-2"), "only the named pair is cut"
+    assert _can_ping(lab, "manager-2", "worker-1")
+    lab.heal()
+    assert _can_ping(lab, "manager-1", "worker-1")
+    assert _can_ping(lab, "worker-1", "manager-1")
+
+
+def test_kill_and_restart_a_node(make_lab) -> None:
+    lab = make_lab(managers=1, workers=1)
+    old_pid = lab.node("worker-1").pid
+    lab.kill("worker-1")
+    assert lab.status("worker-1") == "stopped"
+    lab.start("worker-1")
+    assert lab.status("worker-1") == "running"
+    assert lab.node("worker-1").pid != old_pid
+    lab.restart("manager-1")
+    assert lab.status("manager-1") == "running"
+
+
+def test_down_leaves_nothing_even_after_kill_9(make_lab) -> None:
+    lab = make_lab(managers=1, workers=2)
+    pids = [n.pid for n in lab.nodes.values()]
+    lab.kill("worker-1")
+    # A crash of the tool itself: the state file is lost too.
+    (lab.run_dir / "state.json").unlink()
+    fresh = Lab(lab.name)
+    fresh.down()
+    assert _leftovers(lab, pids) == []
+    fresh.down()  # idempotent
+    assert _leftovers(lab, pids) == []
+
+
+def test_lab_cli_up_ls_exec_down(tmp_path: Path) -> None:
+    needs_root()
+    name = f"c{os.getpid() % 100000:05d}"
+    shoal = [sys.executable, "-m", "cli.main", "lab"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*shoal, *args], capture_output=True, text=True, timeout=120)
+
+    try:
+        up = run("up", "--name", name, "--managers", "1", "--workers", "1")
+        assert up.returncode == 0, up.stderr
+        ls = run("ls", "--name", name)
+        assert "manager-1" in ls.stdout and "worker-1" in ls.stdout and "running" in ls.stdout
+        ex = run("exec", "--name", name, "worker-1", "--", sys.executable, "-m", "cli.main", "info")
+        assert ex.returncode == 0 and "Name: worker-1" in ex.stdout, ex.stderr
+        bad = run("exec", "--name", name, "nope", "--", "true")
+        assert bad.returncode == 1 and "no node 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+        again = run("up", "--name", name)
+        assert again.returncode == 1 and "already up" in again.stderr
+    finally:
+        assert run("down", "--name", name).returncode == 0
+        assert run("down", "--name", name).returncode == 0
+    assert not [ns for ns in labnet.list_namespaces() if ns.startswith(name + "-")]
