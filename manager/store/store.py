@@ -1,0 +1,272 @@
+"""The replicated store: committed state in memory, writes through a proposer (Raft).
+
+Theory of operation:
+- `view(fn)` runs `fn` on a read-only transaction over the committed state.
+- `update(fn)` runs `fn` on a write transaction, encodes its changes (msgpack) and hands
+  them to the proposer. Memory changes only in `apply(data)`, which the proposer (the Raft
+  driver, for every committed entry, on every replica) calls in log order. `update` returns
+  once its own entry is applied, or raises the error that rejected it.
+- Writes are serialised by one lock, so a writer's checks see every earlier write of this
+  store. `apply` repeats the checks (versions, names) deterministically, so an entry made
+  stale by another leader's entry is rejected the same way on every replica.
+- Every applied entry sets `index` (the Raft index when given, else a counter) and that index
+  becomes `Version.Index` of each object it wrote.
+- Watchers get events for every applied change; `view_and_watch` takes a snapshot and
+  subscribes with no await in between, so nothing is missed or seen twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import msgpack
+
+from manager.store.errors import NameConflict, ObjectExists, StaleVersion, StoreError
+from manager.store.memory import MemoryTables, ReadTx
+from manager.store.tx import CREATE, DELETE, Change, Key, WriteTx, merge_change
+from manager.store.watch import Event, Subscription
+from model import KIND_WORDS, OBJECT_TYPES, UNIQUE_NAME_TABLES, format_time
+
+T = TypeVar("T")
+MAX_CHANGES_PER_PROPOSAL = 400
+DEFAULT_WATCH_LIMIT = 10_000
+
+
+class Proposer(Protocol):
+    async def propose(self, data: bytes) -> None:
+        """Returns once `data` is committed and the store has applied it."""
+
+
+class InMemoryProposer:
+    """Applies each proposal at once (single node, no Raft): for tests and tools."""
+
+    def __init__(self, apply: Callable[[bytes], None]) -> None:
+        self._apply = apply
+
+    async def propose(self, data: bytes) -> None:
+        self._apply(data)
+
+
+@dataclass
+class BatchResult:
+    results: list[Any] = field(default_factory=list)  # per queued update: its value or None
+    errors: list[Exception | None] = field(default_factory=list)  # per queued update
+
+    @property
+    def failed(self) -> int:
+        return sum(e is not None for e in self.errors)
+
+
+class Batch:
+    def __init__(self) -> None:
+        self.queued: list[Callable[[WriteTx], Any]] = []
+
+    def update(self, fn: Callable[[WriteTx], Any]) -> None:
+        """Queue one small transaction; it runs (and may fail) on its own."""
+        self.queued.append(fn)
+
+
+class Store:
+    def __init__(self, proposer: Proposer | None = None, clock: Callable[[], float] = time.time,
+                 watch_limit: int = DEFAULT_WATCH_LIMIT) -> None:
+        self._memory = MemoryTables()
+        self.proposer: Proposer = proposer or InMemoryProposer(self.apply)
+        self._clock = clock
+        self._watch_limit = watch_limit
+        self._subscriptions: list[Subscription] = []
+        self._lock = asyncio.Lock()
+        self._tx_ids = itertools.count(1)
+        self._tx_prefix = os.urandom(6).hex()
+        self._outcomes: dict[str, StoreError | None] = {}
+        self._waiting: set[str] = set()
+
+    @property
+    def index(self) -> int:
+        return self._memory.index
+
+    # -- reads -----------------------------------------------------------------------------
+    def view(self, fn: Callable[[ReadTx], T]) -> T:
+        return fn(ReadTx(self._memory))
+
+    def watch(self, predicate: Callable[[Event], bool] | None = None, tables: tuple[str, ...] = (),
+              limit: int | None = None) -> Subscription:
+        """Subscribe to later events (of `tables`, if given, and passing `predicate`)."""
+        wanted = set(tables)
+
+        def accept(event: Event) -> bool:
+            return (not wanted or event.table in wanted) and (predicate is None or predicate(event))
+
+        sub = Subscription(accept, limit or self._watch_limit, self._unsubscribe)
+        self._subscriptions.append(sub)
+        return sub
+
+    def view_and_watch(self, fn: Callable[[ReadTx], T], predicate: Callable[[Event], bool] | None = None,
+                       tables: tuple[str, ...] = (), limit: int | None = None) -> tuple[T, Subscription]:
+        """A snapshot and a subscription to every event after it, atomically."""
+        result = self.view(fn)
+        return result, self.watch(predicate, tables, limit)
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        if sub in self._subscriptions:
+            self._subscriptions.remove(sub)
+
+    # -- writes ----------------------------------------------------------------------------
+    def _now(self) -> str:
+        return format_time(self._clock())
+
+    async def update(self, fn: Callable[[WriteTx], T]) -> T:
+        """Run `fn` in a write transaction; return its value once the changes are applied."""
+        async with self._lock:
+            tx = WriteTx(self._memory, self._now())
+            result = fn(tx)
+            if tx.changes:
+                await self._propose(list(tx.changes.values()))
+            return result
+
+    async def batch(self, fn: Callable[[Batch], Any]) -> BatchResult:
+        """Run many small transactions queued by `fn`; each succeeds or fails on its own.
+        Their changes are proposed together, up to MAX_CHANGES_PER_PROPOSAL per entry."""
+        batch = Batch()
+        fn(batch)
+        outcome = BatchResult()
+        async with self._lock:
+            pending: dict[Key, Change] = {}
+            members: list[int] = []  # positions of the transactions in `pending`
+            for position, txfn in enumerate(batch.queued):
+                tx = WriteTx(self._memory, self._now(), parent=pending)
+                try:
+                    value = txfn(tx)
+                    for change in tx.changes.values():
+                        merge_change(pending, change)
+                except Exception as exc:
+                    outcome.results.append(None)
+                    outcome.errors.append(exc)
+                    continue
+                outcome.results.append(value)
+                outcome.errors.append(None)
+                members.append(position)
+                if len(pending) >= MAX_CHANGES_PER_PROPOSAL:
+                    await self._flush(pending, members, outcome)
+            await self._flush(pending, members, outcome)
+        return outcome
+
+    async def _flush(self, pending: dict[Key, Change], members: list[int], outcome: BatchResult) -> None:
+        if pending:
+            try:
+                await self._propose(list(pending.values()))
+            except Exception as exc:
+                for position in members:
+                    outcome.results[position] = None
+                    outcome.errors[position] = exc
+        pending.clear()
+        members.clear()
+
+    async def _propose(self, changes: list[Change]) -> None:
+        tx_id = f"{self._tx_prefix}-{next(self._tx_ids)}"
+        data = msgpack.packb({"tx": tx_id, "c": [c.to_wire() for c in changes]}, use_bin_type=True)
+        self._waiting.add(tx_id)
+        try:
+            await self.proposer.propose(data)
+            if tx_id not in self._outcomes:
+                raise StoreError("proposal completed but was never applied")
+            error = self._outcomes.pop(tx_id)
+        finally:
+            self._waiting.discard(tx_id)
+            self._outcomes.pop(tx_id, None)
+        if error is not None:
+            raise error
+
+    # -- applying committed entries ----------------------------------------------------------
+    def apply(self, data: bytes, index: int | None = None) -> None:
+        """Apply one committed entry (called by the proposer / Raft driver, in log order)."""
+        entry = msgpack.unpackb(data, raw=False)
+        changes = [Change.from_wire(w, self._memory) for w in entry["c"]]
+        error = self._check(changes)
+        if index is not None and index > self._memory.index:
+            self._memory.index = index  # a rejected entry still occupies its log index
+        elif error is None:
+            self._memory.index += 1
+        if error is None:
+            self._commit(changes)
+        if entry.get("tx") in self._waiting:
+            self._outcomes[entry["tx"]] = error
+
+    def _check(self, changes: list[Change]) -> StoreError | None:
+        """The deterministic precondition of an entry: every change or none."""
+        created_names: dict[tuple[str, str], str] = {}
+        for change in changes:
+            table = self._memory.table(change.table)
+            current = table.objects.get(change.obj.id)
+            kind = KIND_WORDS[change.table]
+            if change.op == CREATE:
+                if current is not None:
+                    return ObjectExists(f"{kind} {change.obj.id} already exists")
+            elif current is None or current.version != change.expected_version:
+                return StaleVersion(f"{kind} {change.obj.id}")
+            if change.op != DELETE and change.table in UNIQUE_NAME_TABLES and change.obj.name:
+                lowered = change.obj.name.lower()
+                holders = table.by_name.get(lowered, set()) - {change.obj.id}
+                renamed_away = {c.obj.id for c in changes if c.table == change.table
+                                and (c.op == DELETE or c.obj.name.lower() != lowered)}
+                if holders - renamed_away or created_names.get((change.table, lowered), change.obj.id) \
+                        != change.obj.id:
+                    return NameConflict(kind, change.obj.name)
+                created_names[(change.table, lowered)] = change.obj.id
+        return None
+
+    def _commit(self, changes: list[Change]) -> None:
+        index = self._memory.index
+        events: list[Event] = []
+        for change in changes:
+            table = self._memory.table(change.table)
+            if change.op == DELETE:
+                old = table.remove(change.obj.id)
+                events.append(Event(DELETE, change.table, old, None, index))
+                continue
+            change.obj.version = index
+            old = table.objects.get(change.obj.id)
+            table.put(change.obj)
+            events.append(Event(change.op, change.table, change.obj, old, index))
+        for event in events:
+            for sub in list(self._subscriptions):
+                if sub.wants(event):
+                    sub.push(event)
+
+    # -- snapshots -----------------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        return msgpack.packb({
+            "v": 1, "index": self._memory.index,
+            "tables": {name: [o.to_record() for o in t.objects.values()]
+                       for name, t in self._memory.tables.items()},
+        }, use_bin_type=True)
+
+    def restore(self, data: bytes) -> None:
+        """Replace all state with a snapshot. Every watcher is dropped and must resync."""
+        snap = msgpack.unpackb(data, raw=False)
+        if snap.get("v") != 1:
+            raise StoreError(f"unsupported store snapshot version {snap.get('v')!r}")
+        memory = MemoryTables()
+        memory.index = int(snap["index"])
+        for name, records in snap["tables"].items():
+            table = memory.table(name)
+            for rec in records:
+                table.put(OBJECT_TYPES[name].from_record(rec))
+        self._memory = memory
+        for sub in list(self._subscriptions):
+            sub.drop("store restored from a snapshot; resync")
+
+
+async def retry_on_conflict(attempt: Callable[[], Awaitable[T]], tries: int = 5) -> T:
+    """Run `attempt` again (it should re-read) while it fails with StaleVersion."""
+    for _ in range(tries - 1):
+        try:
+            return await attempt()
+        except StaleVersion:
+            continue
+    return await attempt()

@@ -1,0 +1,270 @@
+"""The cluster objects: Cluster (Swarm), Node, Service, Task, Network, Secret, Config.
+
+Each object is a dataclass with ID, a version index, CreatedAt/UpdatedAt and a `spec` kept
+as the Engine API dict, verbatim (so specs round-trip exactly), plus status fields apart
+from the spec. `to_api()` gives the Engine API JSON shape; `to_record()`/`from_record()` give
+plain data for msgpack (the store's log entries and snapshots).
+
+Objects held by the store are shared and must be treated as read-only: call `copy()` and
+hand the copy to a write transaction.
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from model.task_state import TaskState, TaskStatus, check_transition
+
+JSON = dict[str, Any]
+
+
+@dataclass(kw_only=True)
+class StoreObject:
+    TABLE: ClassVar[str] = ""
+    id: str
+    version: int = 0
+    created_at: str = ""
+    updated_at: str = ""
+    spec: JSON = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The name lookups and the unique-name index use ("" = none)."""
+        return str(self.spec.get("Name") or "")
+
+    def meta_api(self) -> JSON:
+        return {"ID": self.id, "Version": {"Index": self.version},
+                "CreatedAt": self.created_at, "UpdatedAt": self.updated_at}
+
+    def to_api(self) -> JSON:
+        return {**self.meta_api(), "Spec": self.spec}
+
+    def to_record(self) -> JSON:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_record(cls, rec: JSON) -> Any:
+        return cls(**rec)
+
+    def copy(self) -> Any:
+        """A deep copy that may be modified and written back."""
+        return _copy.deepcopy(self)
+
+
+@dataclass(kw_only=True)
+class Cluster(StoreObject):
+    """The swarm itself (`GET /swarm`). Exactly one, named "default"."""
+
+    TABLE: ClassVar[str] = "clusters"
+    join_tokens: JSON = field(default_factory=lambda: {"Worker": "", "Manager": ""})
+    tls_info: JSON = field(default_factory=dict)
+    root_rotation_in_progress: bool = False
+    default_addr_pool: list[str] = field(default_factory=lambda: ["10.0.0.0/8"])
+    subnet_size: int = 24
+    data_path_port: int = 4789
+    unlock_key: str = ""
+    root_ca: JSON = field(default_factory=dict)  # CA material kept by the certificate authority
+    network_bootstrap_keys: list[JSON] = field(default_factory=list)
+
+    def to_api(self, include_join_tokens: bool = True) -> JSON:
+        out = {**self.meta_api(), "Spec": self.spec, "TLSInfo": self.tls_info,
+               "RootRotationInProgress": self.root_rotation_in_progress,
+               "DefaultAddrPool": self.default_addr_pool, "SubnetSize": self.subnet_size,
+               "DataPathPort": self.data_path_port}
+        if include_join_tokens:
+            out["JoinTokens"] = self.join_tokens
+        return out
+
+
+@dataclass(kw_only=True)
+class Node(StoreObject):
+    """spec: {Name?, Labels, Role, Availability}; description: what the node reported."""
+
+    TABLE: ClassVar[str] = "nodes"
+    description: JSON = field(default_factory=dict)
+    status: JSON = field(default_factory=lambda: {"State": "unknown", "Message": "", "Addr": ""})
+    manager_status: JSON | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.spec.get("Name") or self.description.get("Hostname") or "")
+
+    @property
+    def hostname(self) -> str:
+        return str(self.description.get("Hostname") or "")
+
+    @property
+    def state(self) -> str:
+        return str(self.status.get("State", "unknown"))
+
+    @property
+    def availability(self) -> str:
+        return str(self.spec.get("Availability", "active"))
+
+    @property
+    def role(self) -> str:
+        return str(self.spec.get("Role", "worker"))
+
+    def to_api(self) -> JSON:
+        out = {**self.meta_api(), "Spec": self.spec, "Description": self.description, "Status": self.status}
+        if self.manager_status is not None:
+            out["ManagerStatus"] = self.manager_status
+        return out
+
+
+@dataclass(kw_only=True)
+class Service(StoreObject):
+    TABLE: ClassVar[str] = "services"
+    previous_spec: JSON | None = None
+    endpoint: JSON = field(default_factory=dict)  # {Spec, Ports?, VirtualIPs?}
+    update_status: JSON | None = None
+    job_status: JSON | None = None
+    pending_delete: bool = False
+
+    @property
+    def mode(self) -> str:
+        """"replicated" | "global" | "replicated-job" | "global-job"."""
+        mode = self.spec.get("Mode") or {}
+        if "Global" in mode:
+            return "global"
+        if "ReplicatedJob" in mode:
+            return "replicated-job"
+        if "GlobalJob" in mode:
+            return "global-job"
+        return "replicated"
+
+    @property
+    def replicas(self) -> int:
+        return int(((self.spec.get("Mode") or {}).get("Replicated") or {}).get("Replicas", 1))
+
+    def to_api(self) -> JSON:
+        out = {**self.meta_api(), "Spec": self.spec}
+        if self.previous_spec is not None:
+            out["PreviousSpec"] = self.previous_spec
+        out["Endpoint"] = self.endpoint or {"Spec": self.spec.get("EndpointSpec") or {}}
+        if self.update_status is not None:
+            out["UpdateStatus"] = self.update_status
+        if self.job_status is not None:
+            out["JobStatus"] = self.job_status
+        return out
+
+
+@dataclass(kw_only=True)
+class Task(StoreObject):
+    """spec: the service's TaskTemplate when the task was made (never rewritten)."""
+
+    TABLE: ClassVar[str] = "tasks"
+    service_id: str = ""
+    slot: int = 0
+    node_id: str = ""
+    labels: JSON = field(default_factory=dict)
+    status: TaskStatus = field(default_factory=TaskStatus)
+    desired_state: TaskState = TaskState.RUNNING
+    networks_attachments: list[JSON] = field(default_factory=list)
+    job_iteration: JSON | None = None
+    service_name: str = ""  # for the task's display name <service>.<slot>.<id>
+
+    @property
+    def name(self) -> str:
+        return ""
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.service_name}.{self.slot or self.node_id}.{self.id}"
+
+    def set_desired_state(self, state: TaskState) -> None:
+        """Managers only. Moves forward only; a backwards move raises and changes nothing."""
+        check_transition(self.desired_state, state, what="desired state")
+        self.desired_state = state
+
+    def to_api(self) -> JSON:
+        out: JSON = {**self.meta_api(), "Labels": self.labels, "Spec": self.spec,
+                     "ServiceID": self.service_id}
+        if self.slot:
+            out["Slot"] = self.slot
+        out["NodeID"] = self.node_id
+        out["Status"] = self.status.to_api()
+        out["DesiredState"] = self.desired_state.api
+        if self.networks_attachments:
+            out["NetworksAttachments"] = self.networks_attachments
+        if self.job_iteration is not None:
+            out["JobIteration"] = self.job_iteration
+        return out
+
+    def to_record(self) -> JSON:
+        rec = super().to_record()
+        rec["status"] = self.status.to_record()
+        rec["desired_state"] = int(self.desired_state)
+        return rec
+
+    @classmethod
+    def from_record(cls, rec: JSON) -> Task:
+        rec = dict(rec)
+        rec["status"] = TaskStatus.from_record(rec["status"])
+        rec["desired_state"] = TaskState(rec["desired_state"])
+        return cls(**rec)
+
+    def copy(self) -> Task:
+        """Copies everything but the spec, which nobody rewrites (shared, read-only)."""
+        return dataclasses.replace(
+            self, status=dataclasses.replace(self.status), labels=dict(self.labels),
+            networks_attachments=_copy.deepcopy(self.networks_attachments),
+            job_iteration=_copy.deepcopy(self.job_iteration))
+
+
+@dataclass(kw_only=True)
+class Network(StoreObject):
+    """spec: the create request (Name, Labels, Driver, IPAM, Internal, Attachable, Ingress, ...).
+
+    `ipam` holds what the allocator decided (subnets, gateways); `driver_state` the driver's
+    own allocation (e.g. the VXLAN id)."""
+
+    TABLE: ClassVar[str] = "networks"
+    ipam: JSON | None = None
+    driver_state: JSON = field(default_factory=dict)
+
+    def to_api(self) -> JSON:
+        spec = self.spec
+        ipam = self.ipam or spec.get("IPAM") or {}
+        return {
+            "Name": spec.get("Name", ""), "Id": self.id, "Created": self.created_at, "Scope": "swarm",
+            "Driver": spec.get("Driver") or "overlay", "EnableIPv6": bool(spec.get("EnableIPv6", False)),
+            "IPAM": {"Driver": ipam.get("Driver") or "default", "Options": ipam.get("Options"),
+                     "Config": ipam.get("Config") or []},
+            "Internal": bool(spec.get("Internal", False)), "Attachable": bool(spec.get("Attachable", False)),
+            "Ingress": bool(spec.get("Ingress", False)),
+            "ConfigFrom": spec.get("ConfigFrom") or {"Network": ""},
+            "ConfigOnly": bool(spec.get("ConfigOnly", False)), "Containers": {},
+            "Options": {**(spec.get("Options") or {}), **(self.driver_state.get("Options") or {})},
+            "Labels": spec.get("Labels") or {},
+        }
+
+
+@dataclass(kw_only=True)
+class Secret(StoreObject):
+    """spec: {Name, Labels, Data (base64), Driver?, Templating?}. Data is never returned."""
+
+    TABLE: ClassVar[str] = "secrets"
+
+    def to_api(self) -> JSON:
+        return {**self.meta_api(), "Spec": {k: v for k, v in self.spec.items() if k != "Data"}}
+
+
+@dataclass(kw_only=True)
+class Config(StoreObject):
+    """spec: {Name, Labels, Data (base64), Templating?}. Data is returned."""
+
+    TABLE: ClassVar[str] = "configs"
+
+
+OBJECT_TYPES: dict[str, type[StoreObject]] = {
+    cls.TABLE: cls for cls in (Cluster, Node, Service, Task, Network, Secret, Config)
+}
+# Tables whose objects' names must be unique (case-insensitively).
+UNIQUE_NAME_TABLES = frozenset({"clusters", "services", "networks", "secrets", "configs"})
+# The Engine API's word for each table's objects, for error texts.
+KIND_WORDS = {"clusters": "cluster", "nodes": "node", "services": "service", "tasks": "task",
+              "networks": "network", "secrets": "secret", "configs": "config"}

@@ -1,0 +1,116 @@
+"""The object model: IDs, times, the task state table, API shapes and record round trips."""
+
+import pytest
+
+from model import (
+    Cluster,
+    Config,
+    IllegalTransition,
+    Network,
+    Node,
+    Secret,
+    Service,
+    Task,
+    TaskState,
+    TaskStatus,
+    format_time,
+    is_id,
+    new_id,
+    parse_time,
+)
+
+
+def test_ids_are_25_base36() -> None:
+    ids = {new_id() for _ in range(200)}
+    assert len(ids) == 200
+    assert all(is_id(i) for i in ids)
+    assert not is_id("ABC")
+
+
+def test_time_round_trip() -> None:
+    text = format_time(1795000000.123456789)
+    assert text.startswith("2026-") and text.endswith("Z") and len(text.split(".")[1]) == 10
+    assert abs(parse_time(text) - 1795000000.123456789) < 1e-6
+    assert parse_time("2026-11-28T03:05:47Z") == parse_time("2026-11-28T04:05:47+01:00")
+    with pytest.raises(ValueError, match="invalid time"):
+        parse_time("yesterday")
+
+
+def test_task_states_are_ordered_and_named() -> None:
+    order = ["new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running",
+             "complete", "shutdown", "failed", "rejected", "remove", "orphaned"]
+    assert [s.api for s in sorted(TaskState)] == order
+    assert TaskState.from_api("running") is TaskState.RUNNING
+    assert TaskState.FAILED.is_terminal and not TaskState.RUNNING.is_terminal
+    with pytest.raises(ValueError, match="unknown task state"):
+        TaskState.from_api("sleepy")
+
+
+def test_backwards_status_move_raises_and_changes_nothing() -> None:
+    status = TaskStatus()
+    status.advance(TaskState.RUNNING, "t1", "started")
+    with pytest.raises(IllegalTransition, match="from running back to preparing"):
+        status.advance(TaskState.PREPARING, "t2", "oops")
+    assert (status.state, status.timestamp, status.message) == (TaskState.RUNNING, "t1", "started")
+    status.advance(TaskState.RUNNING, "t3", "still")  # idempotent re-report
+    status.advance(TaskState.FAILED, "t4", "", err="exit 1")
+    assert status.to_api()["Err"] == "exit 1"
+
+
+def test_desired_state_only_increases() -> None:
+    task = Task(id=new_id(), desired_state=TaskState.READY)
+    task.set_desired_state(TaskState.RUNNING)
+    task.set_desired_state(TaskState.SHUTDOWN)
+    with pytest.raises(IllegalTransition):
+        task.set_desired_state(TaskState.RUNNING)
+    assert task.desired_state is TaskState.SHUTDOWN
+
+
+SPEC = {"Name": "web", "Labels": {}, "TaskTemplate": {"ContainerSpec": {"Image": "busybox:latest"},
+        "ForceUpdate": 0}, "Mode": {"Replicated": {"Replicas": 2}}, "EndpointSpec": {"Mode": "vip"}}
+
+
+def test_records_round_trip_every_type() -> None:
+    objs = [
+        Cluster(id=new_id(), spec={"Name": "default"}, join_tokens={"Worker": "w", "Manager": "m"}),
+        Node(id=new_id(), spec={"Role": "worker", "Availability": "active", "Labels": {}},
+             description={"Hostname": "h1"}, status={"State": "ready", "Message": "", "Addr": "1.2.3.4"}),
+        Service(id=new_id(), spec=SPEC, previous_spec=None, update_status={"State": "completed"}),
+        Task(id=new_id(), spec=SPEC["TaskTemplate"], service_id="s", slot=3, node_id="n",
+             status=TaskStatus(TaskState.RUNNING, "ts", "started"), desired_state=TaskState.RUNNING),
+        Network(id=new_id(), spec={"Name": "net", "Driver": "overlay"}),
+        Secret(id=new_id(), spec={"Name": "s", "Data": "aGk="}),
+        Config(id=new_id(), spec={"Name": "c", "Data": "aGk="}),
+    ]
+    for obj in objs:
+        again = type(obj).from_record(obj.to_record())
+        assert again == obj
+        assert again.to_api() == obj.to_api()
+
+
+def test_api_shapes() -> None:
+    svc = Service(id="s" * 25, version=7, created_at="c", updated_at="u", spec=SPEC)
+    api = svc.to_api()
+    assert api["ID"] == "s" * 25 and api["Version"] == {"Index": 7} and api["Spec"] is SPEC
+    assert "PreviousSpec" not in api and "UpdateStatus" not in api
+    assert svc.mode == "replicated" and svc.replicas == 2
+    task = Task(id="t" * 25, spec=SPEC["TaskTemplate"], service_id=svc.id, slot=0, node_id="n1",
+                status=TaskStatus(TaskState.PENDING, "ts", "pending task scheduling"))
+    tapi = task.to_api()
+    assert "Slot" not in tapi and tapi["DesiredState"] == "running" and tapi["Status"]["State"] == "pending"
+    assert Secret(id="x", spec={"Name": "s", "Data": "aGk="}).to_api()["Spec"] == {"Name": "s"}
+    assert Config(id="x", spec={"Name": "c", "Data": "aGk="}).to_api()["Spec"]["Data"] == "aGk="
+    net = Network(id="n" * 25, created_at="c", spec={"Name": "backend", "Driver": "overlay"}).to_api()
+    assert net["Id"] == "n" * 25 and net["Created"] == "c" and net["Scope"] == "swarm"
+    cluster = Cluster(id="c", spec={"Name": "default"}).to_api(include_join_tokens=False)
+    assert "JoinTokens" not in cluster and cluster["DefaultAddrPool"] == ["10.0.0.0/8"]
+    node = Node(id="n", spec={"Role": "manager"}, description={"Hostname": "h"},
+                manager_status={"Leader": True})
+    assert node.name == "h" and node.to_api()["ManagerStatus"] == {"Leader": True}
+
+
+def test_task_copy_shares_spec_but_not_status() -> None:
+    task = Task(id="t", spec={"ContainerSpec": {"Image": "x"}})
+    dup = task.copy()
+    dup.status.advance(TaskState.PENDING, "ts")
+    assert task.status.state is TaskState.NEW and dup.spec is task.spec
