@@ -1,0 +1,1 @@
+"""The swarm's certificate authority, node certificates and join tokens."""

@@ -1,0 +1,197 @@
+"""The cluster port's server side.
+
+Theory of operation: each accepted TLS connection is owned by the server (tracked and cancelled
+on shutdown). The peer's identity comes from its verified certificate; a peer without one is
+anonymous and may only call methods registered as ANONYMOUS (joining). The first frame names
+the channel. On the `rpc` channel every request runs as its own task in the connection's
+TaskGroup, so a slow call never blocks the others; replies share one write lock. A streaming
+method is an async generator whose items go out as they come; the caller may cancel it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from manager.ca.authority import CertificateError, NodeIdentity
+from manager.ca.node_tls import peer_identity
+from manager.rpc import frames
+from manager.rpc.errors import InvalidArgument, PermissionDenied, RpcError
+
+log = logging.getLogger("shoal.rpc")
+
+
+class Access(enum.Enum):
+    ANONYMOUS = "anonymous"     # anyone who completes the TLS handshake
+    NODE = "node"               # any node of this swarm (worker or manager certificate)
+    MANAGER = "manager"         # managers only
+
+
+@dataclass(frozen=True)
+class Peer:
+    identity: NodeIdentity | None
+    address: str
+
+    @property
+    def node_id(self) -> str:
+        return self.identity.node_id if self.identity else ""
+
+
+Unary = Callable[[Peer, dict[str, Any]], Awaitable[Any]]
+Streaming = Callable[[Peer, dict[str, Any]], AsyncIterator[Any]]
+ChannelHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Peer], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class _Method:
+    fn: Callable[..., Any]
+    access: Access
+    stream: bool
+
+
+def _allowed(access: Access, peer: Peer) -> bool:
+    if access is Access.ANONYMOUS:
+        return True
+    if peer.identity is None:
+        return False
+    return access is Access.NODE or peer.identity.role == "manager"
+
+
+class RpcServer:
+    def __init__(self, ssl_context: ssl.SSLContext) -> None:
+        self._ssl = ssl_context
+        self._methods: dict[str, _Method] = {}
+        self._channels: dict[str, tuple[ChannelHandler, Access]] = {}
+        self._connections: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        self.bound: tuple[str, int] | None = None
+
+    def register(self, name: str, fn: Unary, access: Access = Access.NODE) -> None:
+        self._methods[name] = _Method(fn, access, stream=False)
+
+    def register_stream(self, name: str, fn: Streaming, access: Access = Access.NODE) -> None:
+        self._methods[name] = _Method(fn, access, stream=True)
+
+    def unregister_prefix(self, prefix: str) -> None:
+        for name in [n for n in self._methods if n.startswith(prefix)]:
+            del self._methods[name]
+
+    def register_channel(self, name: str, handler: ChannelHandler, access: Access) -> None:
+        self._channels[name] = (handler, access)
+
+    async def serve(self, host: str, port: int, ready: asyncio.Future[tuple[str, int]] | None = None) -> None:
+        """Listen until cancelled; then close the listener and every connection."""
+        server = await asyncio.start_server(self._on_connection, host, port, ssl=self._ssl,
+                                            ssl_handshake_timeout=10)
+        sock = server.sockets[0].getsockname()
+        self.bound = (sock[0], sock[1])
+        log.info("cluster port listening", extra={"addr": f"{sock[0]}:{sock[1]}"})
+        if ready is not None and not ready.done():
+            ready.set_result(self.bound)
+        try:
+            await asyncio.Future()
+        finally:
+            self._closing = True
+            server.close()
+            for task in list(self._connections):
+                task.cancel()
+            if self._connections:
+                await asyncio.gather(*self._connections, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2)
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        if self._closing:
+            writer.close()
+            return
+        self._connections.add(task)
+        addr = writer.get_extra_info("peername")
+        try:
+            try:
+                identity = peer_identity(writer.get_extra_info("ssl_object"))
+            except CertificateError as e:
+                log.warning("refusing peer with a bad certificate", extra={"peer": str(addr), "error": str(e)})
+                return
+            peer = Peer(identity, f"{addr[0]}:{addr[1]}" if addr else "")
+            hello = await asyncio.wait_for(frames.read_frame(reader), 10)
+            channel = hello.get("channel") if isinstance(hello, dict) else None
+            if channel == "rpc":
+                await self._serve_rpc(reader, writer, peer)
+            elif channel in self._channels:
+                handler, access = self._channels[channel]
+                if not _allowed(access, peer):
+                    log.warning("channel refused", extra={"channel": channel, "peer": peer.address})
+                    return
+                await handler(reader, writer, peer)
+        except (EOFError, frames.FrameError, ConnectionError, TimeoutError, ssl.SSLError):
+            pass
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1)
+
+    async def _serve_rpc(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:
+        lock = asyncio.Lock()
+        calls: dict[int, asyncio.Task[Any]] = {}
+
+        async def send(frame: dict[str, Any]) -> None:
+            async with lock:
+                writer.write(frames.encode(frame))
+                await writer.drain()
+
+        async with asyncio.TaskGroup() as group:
+            try:
+                while True:
+                    frame = await frames.read_frame(reader)
+                    kind, call_id = frame.get("t"), int(frame.get("id", 0))
+                    if kind == "cancel":
+                        if call_id in calls:
+                            calls[call_id].cancel()
+                        continue
+                    if kind != "req":
+                        continue
+                    calls[call_id] = group.create_task(
+                        self._run_call(call_id, str(frame.get("m")), frame.get("p") or {}, peer, send, calls))
+            finally:
+                for task in calls.values():
+                    task.cancel()
+
+    async def _run_call(self, call_id: int, name: str, params: dict[str, Any], peer: Peer,
+                        send: Callable[[dict[str, Any]], Awaitable[None]],
+                        calls: dict[int, asyncio.Task[Any]]) -> None:
+        try:
+            method = self._methods.get(name)
+            if method is None:
+                raise InvalidArgument(f"unknown method {name!r}")
+            if not _allowed(method.access, peer):
+                raise PermissionDenied(f"{name}: permission denied for this node's role")
+            if method.stream:
+                async for item in method.fn(peer, params):
+                    await send({"t": "item", "id": call_id, "r": item})
+                await send({"t": "end", "id": call_id})
+            else:
+                result = await method.fn(peer, params)
+                await send({"t": "res", "id": call_id, "r": result})
+        except asyncio.CancelledError:
+            raise
+        except RpcError as e:
+            await _send_quietly(send, {"t": "err", "id": call_id, "e": e.to_wire()})
+        except Exception as e:
+            log.exception("rpc %s failed", name)
+            await _send_quietly(send, {"t": "err", "id": call_id, "e": RpcError(f"{name}: {e}").to_wire()})
+        finally:
+            calls.pop(call_id, None)
+
+
+async def _send_quietly(send: Callable[[dict[str, Any]], Awaitable[None]], frame: dict[str, Any]) -> None:
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await send(frame)
