@@ -1,0 +1,102 @@
+"""Health checks: a probe command run inside the container on an interval.
+
+Theory of operation: `HealthTracker` is the pure core. It takes each probe's outcome and the
+elapsed time since start, and moves the status starting → healthy/unhealthy: a success makes
+the container healthy at once; failures count only after the start period, and `retries`
+consecutive counted failures make it unhealthy (a later success heals it). `HealthMonitor` is
+the I/O loop around it: it runs the probe with `runc exec` under the check's timeout every
+interval and returns as soon as the container is unhealthy, so the task's controller can fail
+the task and let the restart policy apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from worker.executor.spec import Healthcheck
+
+STARTING, HEALTHY, UNHEALTHY = "starting", "healthy", "unhealthy"
+MAX_LOG_ENTRIES = 5
+MAX_OUTPUT = 4096
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    start: str
+    end: str
+    exit_code: int
+    output: str
+
+
+@dataclass
+class HealthTracker:
+    check: Healthcheck
+    status: str = STARTING
+    failing_streak: int = 0
+    log: deque[ProbeResult] = field(default_factory=lambda: deque(maxlen=MAX_LOG_ENTRIES))
+
+    def record(self, result: ProbeResult, elapsed: float) -> str:
+        """Account one probe `elapsed` seconds after the container started; the new status."""
+        self.log.append(result)
+        if result.exit_code == 0:
+            self.failing_streak = 0
+            self.status = HEALTHY
+        elif elapsed >= self.check.start_period or self.status != STARTING:
+            self.failing_streak += 1
+            if self.failing_streak >= max(1, self.check.retries):
+                self.status = UNHEALTHY
+        return self.status
+
+    def to_engine(self) -> dict[str, Any]:
+        """The `State.Health` object of the Engine API."""
+        return {
+            "Status": self.status,
+            "FailingStreak": self.failing_streak,
+            "Log": [{"Start": r.start, "End": r.end, "ExitCode": r.exit_code, "Output": r.output}
+                    for r in self.log],
+        }
+
+
+class ProbeRunner(Protocol):
+    async def exec(self, cid: str, argv: list[str], timeout: float) -> tuple[int, str]: ...
+
+
+def _stamp() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+class HealthMonitor:
+    def __init__(self, runner: ProbeRunner, cid: str, check: Healthcheck) -> None:
+        self.runner = runner
+        self.cid = cid
+        self.tracker = HealthTracker(check)
+
+    @property
+    def status(self) -> str:
+        return self.tracker.status
+
+    async def probe_once(self) -> ProbeResult:
+        check = self.tracker.check
+        start = _stamp()
+        try:
+            code, output = await self.runner.exec(self.cid, check.test, check.timeout)
+        except TimeoutError:
+            code, output = -1, f"Health check exceeded timeout ({check.timeout}s)"
+        except Exception as e:  # the probe could not run at all: that is a failed probe
+            code, output = -1, f"health check could not run: {e}"
+        return ProbeResult(start, _stamp(), code, output[-MAX_OUTPUT:])
+
+    async def run_until_unhealthy(self) -> HealthTracker:
+        """Probe every interval; return once the status is unhealthy."""
+        check = self.tracker.check
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(check.interval)    # the check's schedule, not synchronisation
+            result = await self.probe_once()
+            if self.tracker.record(result, time.monotonic() - started) == UNHEALTHY:
+                return self.tracker

@@ -1,0 +1,156 @@
+"""Where the executor keeps things under the data dir, and the cgroup path of a container.
+
+Theory of operation: one `Layout` per executor names every path, so the controller, cleanup and
+live restore agree on them. The cgroup parent includes an executor id that is generated once
+per data dir and persisted, so several daemons on one machine never share cgroups and a
+restarted daemon finds its own again.
+
+    <data-dir>/executor-id              random id, stable for this data dir
+    <data-dir>/runc/                    runc --root (container state)
+    <data-dir>/exits/<cid>              exit codes written by conmon
+    <data-dir>/sockets/                 conmon attach sockets (kept apart from exits/)
+    <data-dir>/volumes/<name>/_data     local volumes
+    <data-dir>/containers/<cid>/        config.json of shoal, bundle/, rootfs/ (overlay mount),
+                                        upper/, work/, etc/, container.log, pid files, exit.json
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+@dataclass(frozen=True)
+class ContainerPaths:
+    dir: Path
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "shoal.json"
+
+    @property
+    def bundle(self) -> Path:
+        return self.dir / "bundle"
+
+    @property
+    def rootfs(self) -> Path:
+        return self.dir / "rootfs"
+
+    @property
+    def upper(self) -> Path:
+        return self.dir / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.dir / "work"
+
+    @property
+    def etc(self) -> Path:
+        return self.dir / "etc"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "container.log"
+
+    @property
+    def container_pidfile(self) -> Path:
+        return self.dir / "container.pid"
+
+    @property
+    def conmon_pidfile(self) -> Path:
+        return self.dir / "conmon.pid"
+
+    @property
+    def shim_output(self) -> Path:
+        return self.dir / "conmon.out"
+
+    @property
+    def exit_record(self) -> Path:
+        return self.dir / "exit.json"
+
+    @property
+    def started_record(self) -> Path:
+        return self.dir / "started"
+
+
+class Layout:
+    def __init__(self, data_dir: Path, cgroup_parent: str | None = None) -> None:
+        self.data_dir = data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.executor_id = self._executor_id()
+        self.cgroup_parent = (cgroup_parent or f"/shoal/{self.executor_id}").rstrip("/")
+        for d in (self.runc_root, self.exit_dir, self.socket_dir, self.containers_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    def _executor_id(self) -> str:
+        path = self.data_dir / "executor-id"
+        try:
+            text = path.read_text().strip()
+            if text:
+                return text
+        except FileNotFoundError:
+            pass
+        new = secrets.token_hex(6)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(new + "\n")
+        os.replace(tmp, path)
+        return new
+
+    @property
+    def runc_root(self) -> Path:
+        return self.data_dir / "runc"
+
+    @property
+    def exit_dir(self) -> Path:
+        return self.data_dir / "exits"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.data_dir / "sockets"
+
+    @property
+    def volumes_dir(self) -> Path:
+        return self.data_dir / "volumes"
+
+    @property
+    def containers_dir(self) -> Path:
+        return self.data_dir / "containers"
+
+    def container(self, cid: str) -> ContainerPaths:
+        return ContainerPaths(self.containers_dir / cid)
+
+    def exit_file(self, cid: str) -> Path:
+        return self.exit_dir / cid
+
+    def cgroups_path(self, cid: str) -> str:
+        return f"{self.cgroup_parent}/{cid}"
+
+    def cgroup_dirs(self, cid: str | None = None) -> list[Path]:
+        """The container's (or, with None, the parent's) directory in every hierarchy."""
+        rel = (self.cgroups_path(cid) if cid else self.cgroup_parent).lstrip("/")
+        if (CGROUP_ROOT / "cgroup.controllers").exists():       # unified (v2)
+            return [CGROUP_ROOT / rel]
+        out = []
+        for hierarchy in sorted(CGROUP_ROOT.iterdir()) if CGROUP_ROOT.is_dir() else []:
+            if hierarchy.is_dir() and not hierarchy.is_symlink():
+                out.append(hierarchy / rel)
+        return out
+
+    def oom_kill_count(self, cid: str) -> int:
+        """How many processes the kernel OOM-killed in the container's memory cgroup."""
+        rel = self.cgroups_path(cid).lstrip("/")
+        for path, key in ((CGROUP_ROOT / "memory" / rel / "memory.oom_control", "oom_kill"),
+                          (CGROUP_ROOT / rel / "memory.events", "oom_kill")):
+            try:
+                text = path.read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                parts = line.split()
+                if len(parts) == 2 and parts[0] == key:
+                    return int(parts[1])
+        return 0

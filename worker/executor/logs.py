@@ -1,0 +1,174 @@
+"""Container logs: conmon's k8s-file format in, Engine API multiplexed frames out.
+
+Theory of operation: conmon writes one line per chunk of output,
+`<RFC3339Nano> <stdout|stderr> <F|P> <message>`, where P marks a partial line continued by the
+next record of the same stream. `parse_line` and `LineAssembler` (pure) turn records into whole
+log entries; `frame` and `format_entry` (pure) build the `[stream,0,0,0,len32be] + payload`
+frames `docker logs`/`docker service logs` read, optionally with the timestamp and the details
+("k=v,..." context) prefixes. `read_log` is the only I/O: it reads a file (with `tail`) and, when
+following, polls it for growth until the caller's `finished()` says the container has exited and
+the file is drained; the caller ends an earlier follow by cancelling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+STDOUT, STDERR = 1, 2
+FOLLOW_POLL_INTERVAL = 0.1
+
+
+class LogFormatError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    timestamp: str        # RFC3339Nano as conmon wrote it
+    stream: str           # "stdout" | "stderr"
+    message: bytes        # without the trailing newline
+    partial: bool = False
+
+    @property
+    def stream_id(self) -> int:
+        return STDERR if self.stream == "stderr" else STDOUT
+
+
+def parse_line(line: bytes) -> LogEntry:
+    """One k8s-file record (without its newline)."""
+    parts = line.split(b" ", 3)
+    if len(parts) < 3:
+        raise LogFormatError(f"log record has {len(parts)} fields, want 4: {line[:80]!r}")
+    ts, stream, tag = parts[0], parts[1], parts[2]
+    if stream not in (b"stdout", b"stderr"):
+        raise LogFormatError(f"log record stream {stream!r} is not stdout or stderr")
+    if tag not in (b"F", b"P"):
+        raise LogFormatError(f"log record tag {tag!r} is not F or P")
+    message = parts[3] if len(parts) == 4 else b""
+    return LogEntry(ts.decode(), stream.decode(), message, partial=tag == b"P")
+
+
+class LineAssembler:
+    """Joins partial (P) records with their continuation, per stream."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, LogEntry] = {}
+
+    def feed(self, record: LogEntry) -> LogEntry | None:
+        head = self._pending.pop(record.stream, None)
+        if head is not None:
+            record = LogEntry(head.timestamp, record.stream, head.message + record.message,
+                              partial=record.partial)
+        if record.partial:
+            self._pending[record.stream] = record
+            return None
+        return record
+
+    def flush(self) -> list[LogEntry]:
+        out = list(self._pending.values())
+        self._pending.clear()
+        return out
+
+
+def frame(stream_id: int, payload: bytes) -> bytes:
+    """An Engine API multiplexed stream frame."""
+    return struct.pack(">BxxxL", stream_id, len(payload)) + payload
+
+
+def details_text(details: dict[str, str]) -> str:
+    return ",".join(f"{quote(k, safe='.')}={quote(v, safe='.')}" for k, v in details.items())
+
+
+def format_entry(entry: LogEntry, *, timestamps: bool = False,
+                 details: dict[str, str] | None = None) -> bytes:
+    """The frame for one entry: `[<timestamp> ][<details> ]<message>\\n`."""
+    prefix = b""
+    if timestamps:
+        prefix += entry.timestamp.encode() + b" "
+    if details is not None:
+        prefix += details_text(details).encode() + b" "
+    return frame(entry.stream_id, prefix + entry.message + b"\n")
+
+
+def parse_frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """Split a multiplexed stream into (stream id, payload) frames, plus an incomplete rest."""
+    out, pos = [], 0
+    while len(data) - pos >= 8:
+        stream_id, length = struct.unpack_from(">BxxxL", data, pos)
+        if len(data) - pos - 8 < length:
+            break
+        out.append((stream_id, data[pos + 8:pos + 8 + length]))
+        pos += 8 + length
+    return out, data[pos:]
+
+
+def _records(chunk: bytes, assembler: LineAssembler) -> list[LogEntry]:
+    out = []
+    for raw in chunk.split(b"\n"):
+        if not raw:
+            continue
+        try:
+            entry = assembler.feed(parse_line(raw))
+        except LogFormatError:
+            continue   # a torn record; conmon only appends whole ones
+        if entry is not None:
+            out.append(entry)
+    return out
+
+
+async def read_log(path: Path, *, tail: int | None = None, follow: bool = False,
+                   finished: Callable[[], bool] = lambda: True,
+                   poll_interval: float = FOLLOW_POLL_INTERVAL) -> AsyncIterator[LogEntry]:
+    """Entries of the log at `path`: the last `tail` ones (None: all), then, with `follow`,
+    new ones as they are written until `finished()` holds and everything written is read."""
+    assembler = LineAssembler()
+    offset = 0
+    rest = b""
+
+    def read_new() -> bytes:
+        nonlocal offset
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            return b""
+        offset += len(data)
+        return data
+
+    data = await asyncio.to_thread(read_new)
+    cut = data.rfind(b"\n") + 1
+    data, rest = data[:cut], data[cut:]
+    first = _records(data, assembler)
+    if tail is not None:
+        first = list(deque(first, maxlen=tail)) if tail > 0 else []
+    for entry in first:
+        yield entry
+    if not follow:
+        return
+    while True:
+        done = finished()          # checked before reading: whatever was written by then is read
+        data = rest + await asyncio.to_thread(read_new)
+        cut = data.rfind(b"\n") + 1
+        data, rest = data[:cut], data[cut:]
+        for entry in _records(data, assembler):
+            yield entry
+        if done:
+            for entry in assembler.flush():
+                yield entry
+            return
+        await asyncio.sleep(poll_interval)
+
+
+def log_size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0

@@ -1,0 +1,247 @@
+"""runc and conmon invocations: the only place that runs the OCI runtime and the shim.
+
+Theory of operation: every runc call passes this daemon's own `--root` state dir, so several
+daemons on one machine never see each other's containers. A container is created by launching
+conmon, which runs `runc create`, reports the container pid (or runc's error) on a sync pipe,
+and double-forks away from us into its own session: conmon is the container's parent, keeps its
+stdio, writes the k8s-file log and, with `--api-version 1`, the exit code to
+`<exit-dir>/<cid>`. It outlives the daemon. The caller then runs `runc start`. The exit dir is
+kept apart from the attach socket dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CREATE_TIMEOUT = 30.0
+RUNC_TIMEOUT = 30.0
+
+
+class RuntimeFailure(RuntimeError):
+    """runc or conmon failed; the message carries their error text."""
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None)
+    if path is None:
+        raise RuntimeFailure(f"{name} is not installed (looked in PATH, /usr/sbin, /usr/bin)")
+    return path
+
+
+class Runc:
+    def __init__(self, root: Path, binary: str | None = None) -> None:
+        self.root = root
+        self.binary = binary or _binary("runc")
+        root.mkdir(parents=True, exist_ok=True)
+
+    def _cmd(self, *args: str) -> list[str]:
+        return [self.binary, "--root", str(self.root), *args]
+
+    async def _run(self, *args: str, timeout: float = RUNC_TIMEOUT) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            *self._cmd(*args), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        try:
+            async with asyncio.timeout(timeout):
+                out, err = await proc.communicate()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise RuntimeFailure(f"runc {args[0]} timed out after {timeout:.0f}s") from None
+        except asyncio.CancelledError:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
+        return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+    @staticmethod
+    def _error_text(stderr: str) -> str:
+        msgs = []
+        for line in stderr.splitlines():
+            if 'msg="' in line:
+                msgs.append(line.split('msg="', 1)[1].rsplit('"', 1)[0])
+            elif line.strip():
+                msgs.append(line.strip())
+        return "; ".join(msgs) or "no error output"
+
+    async def state(self, cid: str) -> dict[str, Any] | None:
+        """runc's state of `cid` (status created/running/stopped/paused), None if unknown."""
+        rc, out, err = await self._run("state", cid)
+        if rc != 0:
+            if "does not exist" in err or "not exist" in err:
+                return None
+            raise RuntimeFailure(f"runc state {cid}: {self._error_text(err)}")
+        state: dict[str, Any] = json.loads(out)
+        return state
+
+    async def list_containers(self) -> list[dict[str, Any]]:
+        rc, out, err = await self._run("list", "--format", "json")
+        if rc != 0:
+            raise RuntimeFailure(f"runc list: {self._error_text(err)}")
+        return json.loads(out) if out.strip() and out.strip() != "null" else []
+
+    async def start(self, cid: str) -> None:
+        rc, _, err = await self._run("start", cid)
+        if rc != 0:
+            raise RuntimeFailure(f"runc start {cid}: {self._error_text(err)}")
+
+    async def kill(self, cid: str, sig: int, *, all_processes: bool = False) -> bool:
+        """Signal the container; False if it is not running (nothing to signal)."""
+        args = ["kill", *(["--all"] if all_processes else []), cid, str(sig)]
+        rc, _, err = await self._run(*args)
+        if rc != 0:
+            text = self._error_text(err)
+            if "not running" in text or "does not exist" in text or "process already finished" in text:
+                return False
+            raise RuntimeFailure(f"runc kill {cid} {sig}: {text}")
+        return True
+
+    async def delete(self, cid: str, *, force: bool = True) -> None:
+        rc, _, err = await self._run("delete", *(["--force"] if force else []), cid)
+        if rc != 0 and "does not exist" not in err:
+            raise RuntimeFailure(f"runc delete {cid}: {self._error_text(err)}")
+
+    async def exec(self, cid: str, argv: list[str], timeout: float) -> tuple[int, str]:
+        """Run argv inside the container; (exit code, combined output). On timeout the process
+        is signalled (runc forwards SIGTERM, then SIGKILL to runc) and TimeoutError raised."""
+        proc = await asyncio.create_subprocess_exec(
+            *self._cmd("exec", cid, *argv), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        try:
+            async with asyncio.timeout(timeout):
+                out, _ = await proc.communicate()
+        except (TimeoutError, asyncio.CancelledError):
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    async with asyncio.timeout(1.0):
+                        await proc.wait()
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
+            raise
+        return proc.returncode or 0, out.decode(errors="replace")
+
+
+@dataclass(frozen=True)
+class ShimPaths:
+    """Where conmon keeps what it owns for one container."""
+
+    bundle: Path
+    log: Path
+    container_pidfile: Path
+    conmon_pidfile: Path
+    exit_dir: Path
+    socket_dir: Path
+    shim_output: Path          # conmon's own stdout/stderr
+
+
+class Conmon:
+    def __init__(self, runc: Runc, binary: str | None = None) -> None:
+        self.runc = runc
+        self.binary = binary or _binary("conmon")
+
+    async def create(self, cid: str, name: str, paths: ShimPaths) -> int:
+        """Launch conmon, which runs `runc create`; the container pid once created."""
+        for d in (paths.exit_dir, paths.socket_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        argv = [
+            self.binary, "--api-version", "1", "-c", cid, "-u", cid, "-n", name or cid,
+            "-r", self.runc.binary, "-b", str(paths.bundle),
+            "-p", str(paths.container_pidfile), "-P", str(paths.conmon_pidfile),
+            "-l", f"k8s-file:{paths.log}", "--exit-dir", str(paths.exit_dir),
+            "--socket-dir-path", str(paths.socket_dir),
+            "--runtime-arg", "--root", "--runtime-arg", str(self.runc.root),
+            "--log-level", "info",
+        ]
+        read_fd, write_fd = os.pipe()
+        env = dict(os.environ, _OCI_SYNCPIPE=str(write_fd))
+        shim_out = os.open(paths.shim_output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=shim_out, stderr=shim_out,
+                pass_fds=(write_fd,), env=env, start_new_session=True)
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+            os.close(shim_out)
+        try:
+            async with asyncio.timeout(CREATE_TIMEOUT):
+                await proc.wait()          # the first conmon exits once it has forked away
+                line = await _read_line(read_fd)
+        except TimeoutError:
+            raise RuntimeFailure(f"conmon did not report on {cid} within {CREATE_TIMEOUT:.0f}s") \
+                from None
+        finally:
+            os.close(read_fd)
+        if not line:
+            raise RuntimeFailure(f"conmon for {cid} exited without reporting: {_tail(paths.shim_output)}")
+        try:
+            report = json.loads(line)
+        except ValueError:
+            raise RuntimeFailure(f"conmon for {cid} reported {line!r}") from None
+        pid = int(report.get("data", report.get("pid", -1)))
+        if pid <= 0:
+            message = report.get("message") or _tail(paths.shim_output)
+            raise RuntimeFailure(f"runc create {cid} failed: {message.strip()}")
+        return pid
+
+
+def _set_once(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+async def _read_line(fd: int) -> str:
+    """One line from a pipe without blocking the loop; "" if the writer closed it first."""
+    os.set_blocking(fd, False)
+    loop = asyncio.get_running_loop()
+    buf = b""
+    while not buf.endswith(b"\n"):
+        readable: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, _set_once, readable)
+        try:
+            await readable
+        finally:
+            loop.remove_reader(fd)
+        try:
+            chunk = os.read(fd, 4096)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            break
+        buf += chunk
+    return buf.decode(errors="replace").strip()
+
+
+def _tail(path: Path, limit: int = 800) -> str:
+    try:
+        return path.read_text(errors="replace")[-limit:].strip() or "no output"
+    except OSError:
+        return "no output"
+
+
+def pid_alive(pid: int, expect_in_cmdline: str = "") -> bool:
+    """True if `pid` runs and (when given) its command line contains `expect_in_cmdline`."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+    except OSError:
+        return False
+    return expect_in_cmdline.encode() in cmdline if expect_in_cmdline else True
