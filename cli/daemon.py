@@ -25,6 +25,7 @@ from aiohttp import web
 
 from cli.supervisor import Supervisor
 from manager.api import system
+from manager.api.cluster import CLUSTER, NoCluster
 from manager.api.http import Routes, new_app
 
 log = logging.getLogger("shoal.daemon")
@@ -97,6 +98,7 @@ def _tls_context(config: DaemonConfig) -> ssl.SSLContext | None:
 def build_app(config: DaemonConfig) -> web.Application:
     app = new_app()
     app[system.SWARM_INFO] = system.NoSwarm()
+    app[CLUSTER] = NoCluster()
     app[system.DATA_DIR] = str(config.data_dir)
     app[system.HOSTNAME] = config.hostname or socket.gethostname()
     system.add_routes(Routes(app))

@@ -1,0 +1,101 @@
+"""How Engine API handlers reach the cluster state, and the errors for nodes that hold none.
+
+Handlers for swarm objects call `cluster_store(request)`. On a manager it returns the replicated
+store (reads are local; writes are proposed through Raft and, on a follower, forwarded to the
+leader by the store's proposer). On a worker, or on a daemon outside any swarm, it answers 503
+with the message the docker CLI and docker-py expect.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from manager.api.http import ApiError
+from manager.store import Store
+
+NOT_IN_SWARM = ('This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" '
+                "to connect this node to swarm and try again.")
+WORKER_NODE = ("This node is not a swarm manager. Worker nodes can't be used to view or modify cluster "
+               "state. Please run this command on a manager node or promote the current node to a manager.")
+
+
+class ClusterAccess(Protocol):
+    def manager_store(self) -> Store | None:
+        """The replicated store when this node is an active manager, else None."""
+        ...
+
+    def is_worker(self) -> bool:
+        """True when this node is in a swarm as a worker."""
+        ...
+
+    def local_node_id(self) -> str:
+        ...
+
+
+class NoCluster:
+    """A daemon outside any swarm."""
+
+    def manager_store(self) -> Store | None:
+        return None
+
+    def is_worker(self) -> bool:
+        return False
+
+    def local_node_id(self) -> str:
+        return ""
+
+
+CLUSTER = web.AppKey("cluster", ClusterAccess)
+
+
+def cluster_store(request: web.Request) -> Store:
+    access = request.app[CLUSTER]
+    store = access.manager_store()
+    if store is None:
+        raise ApiError(503, WORKER_NODE if access.is_worker() else NOT_IN_SWARM)
+    return store
+
+
+def require_version(request: web.Request) -> int:
+    """The `version` query parameter of an update, as the Engine API requires it."""
+    raw = request.query.get("version", "")
+    try:
+        version = int(raw)
+    except ValueError:
+        raise ApiError(400, f"invalid {_kind_of(request)} version '{raw}': must be an integer") from None
+    if version < 0:
+        raise ApiError(400, f"invalid {_kind_of(request)} version '{raw}': must not be negative")
+    return version
+
+
+def _kind_of(request: web.Request) -> str:
+    parts = [p for p in request.path.split("/") if p and not p.startswith("v1.")]
+    return parts[0].rstrip("s") if parts else "object"
+
+
+def parse_filters(request: web.Request, allowed: set[str]) -> dict[str, list[str]]:
+    """The `filters` query parameter in either form (map or list), checked against `allowed`."""
+    import json
+
+    raw = request.query.get("filters", "")
+    if not raw:
+        return {}
+    try:
+        doc: Any = json.loads(raw)
+    except ValueError:
+        raise ApiError(400, f"invalid filters: {raw!r} is not JSON") from None
+    if not isinstance(doc, dict):
+        raise ApiError(400, "invalid filters: expected a JSON object")
+    out: dict[str, list[str]] = {}
+    for key, value in doc.items():
+        if key not in allowed:
+            raise ApiError(400, f"Invalid filter '{key}'")
+        if isinstance(value, dict):
+            out[key] = [k for k, v in value.items() if v]
+        elif isinstance(value, list):
+            out[key] = [str(v) for v in value]
+        else:
+            out[key] = [str(value)]
+    return out
