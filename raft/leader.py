@@ -171,9 +171,10 @@ class LeaderSide:
 
     def _bcast_append(self, send_if_empty: bool = True) -> None:
         self._bcast_pending = False
-        for peer in self.prs:
-            if peer != self.id:
-                self._send_append(peer, send_if_empty)
+        for peer, pr in self.prs.items():
+            if peer != self.id and self._send_append(peer, send_if_empty):
+                while pr.state is ProgressState.REPLICATE and self._send_append(peer, send_if_empty=False):
+                    pass
 
     def _bcast_heartbeat(self, ctx: bytes) -> None:
         for peer, pr in self.prs.items():
