@@ -1,0 +1,167 @@
+"""The scheduler: binds pending tasks to nodes (PENDING -> ASSIGNED), leader only.
+
+Theory of operation (level-triggered): it keeps, from one `view_and_watch`, a NodeInfo per
+node and the set of unassigned tasks. Events only update those. Every `tick()` tries every
+unassigned task again, grouped by service and spec, so a task left pending (with the reason
+in Status.Err) is placed as soon as any node, label or freed reservation lets it fit. Writes
+re-read the task and give way if it changed meanwhile; a failed write is simply retried on a
+later tick. A dropped watch rebuilds everything from a fresh snapshot.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgpack
+
+from manager.scheduler.filters import Pipeline
+from manager.scheduler.nodeinfo import NodeInfo, holds_resources
+from manager.scheduler.placement import place_group, place_on_node
+from manager.store import Event, ReadTx, Store, WatchDropped, WriteTx
+from model import Task, TaskState, format_time
+
+PENDING_MESSAGE = "pending task scheduling"
+ASSIGNED_MESSAGE = "scheduler assigned task to node"
+
+
+@dataclass
+class Decision:
+    task: Task
+    node_id: str = ""  # "" = stays pending
+    err: str = ""
+
+
+class Scheduler:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time, accept_new: bool = False) -> None:
+        """accept_new: also place NEW tasks (when no allocator moves them to PENDING)."""
+        self.store = store
+        self.clock = clock
+        self.accept_new = accept_new
+        self.nodes: dict[str, NodeInfo] = {}
+        self.unassigned: dict[str, Task] = {}
+        self.pipeline = Pipeline()
+        self.ticks = 0
+
+    # -- state from the store ------------------------------------------------------------
+    def load(self, tx: ReadTx) -> None:
+        self.nodes = {n.id: NodeInfo(n) for n in tx.all("nodes")}
+        self.unassigned = {}
+        for task in tx.all("tasks"):
+            self._track(task)
+
+    def _schedulable(self, task: Task) -> bool:
+        wanted = task.status.state == TaskState.PENDING or (
+            self.accept_new and task.status.state == TaskState.NEW)
+        return wanted and task.desired_state <= TaskState.RUNNING
+
+    def _track(self, task: Task) -> None:
+        if self._schedulable(task):
+            self.unassigned[task.id] = task
+        else:
+            self.unassigned.pop(task.id, None)
+        if holds_resources(task):
+            info = self.nodes.get(task.node_id)
+            if info is not None:
+                info.add_task(task)
+
+    def handle(self, event: Event) -> None:
+        obj = event.obj
+        if event.table == "nodes":
+            if event.op == "delete":
+                self.nodes.pop(obj.id, None)
+            elif obj.id in self.nodes:
+                self.nodes[obj.id].node = obj
+            else:
+                self.nodes[obj.id] = NodeInfo(obj)
+        elif event.table == "tasks":
+            old = event.old
+            if event.op == "delete" or not holds_resources(obj) or (old is not None and old.node_id != obj.node_id):
+                for node_id in {getattr(old, "node_id", ""), obj.node_id}:
+                    info = self.nodes.get(node_id)
+                    if info is not None:
+                        info.remove_task(obj.id)
+            if event.op == "delete":
+                self.unassigned.pop(obj.id, None)
+            else:
+                self._track(obj)
+
+    # -- deciding ------------------------------------------------------------------------------
+    def decide(self) -> list[Decision]:
+        """Place every unassigned task that fits (pure: updates only this object's view)."""
+        decisions: list[Decision] = []
+        groups: dict[tuple[str, bytes], list[Task]] = {}
+        for task in self.unassigned.values():
+            if task.node_id:
+                err = place_on_node(task, self.nodes.get(task.node_id), self.pipeline)
+                decisions.append(Decision(task, "" if err else task.node_id, err))
+                continue
+            key = (task.service_id, msgpack.packb(task.spec))
+            groups.setdefault(key, []).append(task)
+        infos = list(self.nodes.values())
+        for group in groups.values():
+            group.sort(key=lambda t: (t.slot, t.id))
+            placed, err = place_group(group, infos, self.pipeline)
+            decisions.extend(Decision(task, info.id) for task, info in placed)
+            decisions.extend(Decision(task, "", err) for task in group[len(placed):])
+        return decisions
+
+    async def tick(self) -> int:
+        """One scheduling round; returns how many tasks were assigned."""
+        self.ticks += 1
+        decisions = self.decide()
+        now = format_time(self.clock())
+        writes = [d for d in decisions if d.node_id or
+                  (d.err != d.task.status.err or d.task.status.state != TaskState.PENDING)]
+        if not writes:
+            return 0
+
+        def queue(batch) -> None:
+            for decision in writes:
+                batch.update(lambda tx, d=decision: self._write(tx, d, now))
+
+        result = await self.store.batch(queue)
+        assigned = 0
+        for decision, error in zip(writes, result.errors, strict=True):
+            if error is not None:
+                self._undo(decision)
+            elif decision.node_id:
+                assigned += 1
+                self.unassigned.pop(decision.task.id, None)
+        return assigned
+
+    def _write(self, tx: WriteTx, decision: Decision, now: str) -> None:
+        current = tx.get("tasks", decision.task.id)
+        if current is None or current.version != decision.task.version or not self._schedulable(current):
+            raise LookupError("task changed since it was scheduled")
+        task = current.copy()
+        if decision.node_id:
+            task.node_id = decision.node_id
+            task.status.advance(TaskState.ASSIGNED, now, ASSIGNED_MESSAGE)
+        else:
+            task.status.advance(TaskState.PENDING, now, PENDING_MESSAGE, err=decision.err)
+        tx.update(task)
+
+    def _undo(self, decision: Decision) -> None:
+        info = self.nodes.get(decision.node_id)
+        if info is not None and decision.node_id:
+            info.remove_task(decision.task.id)
+
+    # -- the loop ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Leader-only loop; cancel it when leadership ends."""
+        while True:
+            _, sub = self.store.view_and_watch(self.load, tables=("nodes", "tasks"))
+            try:
+                await self.tick()
+                while True:
+                    await sub.wait()
+                    for event in sub.drain():
+                        self.handle(event)
+                    await self.tick()
+            except WatchDropped:
+                continue
+            finally:
+                sub.close()
+
