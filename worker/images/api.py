@@ -20,12 +20,12 @@ from typing import Any
 from aiohttp import web
 
 from manager.api.http import ApiError, Routes, json_response, query_bool
+from worker.images import views
 from worker.images.errors import ImageError
 from worker.images.manifest import Platform
 from worker.images.reference import parse_reference
 from worker.images.registry import RegistryAuth
 from worker.images.store import ImageStore
-from worker.images import views
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STREAM_CHUNK = 256 * 1024
