@@ -82,6 +82,10 @@ class LeaderSide:
     def _sync_progress_with_conf(self) -> None:
         conf = self.conf
         members = set(conf.voters) | set(conf.learners)
+        # A node being removed keeps getting appends until its removal commits, so it learns of
+        # the removal (and stops campaigning) instead of being silently cut off.
+        committed_conf = self.conf_history.at(max(self.log.committed, self.conf_history.base_index))
+        members |= set(committed_conf.voters) | set(committed_conf.learners)
         for peer in list(self.prs):
             if peer not in members:
                 del self.prs[peer]
@@ -264,6 +268,8 @@ class LeaderSide:
         first_in_term = self.log.term(self.log.committed) != self.term
         if not self.log.maybe_commit(committed_index(self.conf.voters, match), self.term):
             return False
+        if len(self.prs) > len(self.conf.voters) + len(self.conf.learners):
+            self._sync_progress_with_conf()  # a removal committed: stop replicating to the node
         if first_in_term and self.pending_reads:
             pending, self.pending_reads = self.pending_reads, []
             for ctx, frm in pending:

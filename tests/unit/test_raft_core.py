@@ -172,7 +172,7 @@ def test_figure8_an_old_term_entry_is_not_committed_by_counting_replicas() -> No
 
 
 def test_conflicting_uncommitted_entries_are_repaired() -> None:
-    net = MemNet(5)
+    net = MemNet(5, check_quorum=False)                     # no lease: 2 can be elected at once
     net.campaign(1)
     net.propose(1, b"committed")
     net.settle()
@@ -180,7 +180,6 @@ def test_conflicting_uncommitted_entries_are_repaired() -> None:
     for word in (b"lost1", b"lost2", b"lost3"):
         net.propose(1, word)                                # the minority leader cannot commit these
     net.settle()
-    net.tick(2, 3, 4, 5, times=net.nodes[2].cfg.election_tick)  # the majority's lease expires
     net.campaign(2)
     assert net.nodes[2].role is Role.LEADER
     net.propose(2, b"new")
