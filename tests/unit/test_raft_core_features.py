@@ -177,7 +177,7 @@ def test_lost_chunk_is_retransmitted_and_restarted_stream_is_clean() -> None:
     net.settle()
     snap = net.compact(1)
     net.heal()
-    lost = []
+    lost: list[Message] = []
 
     def lose_third_chunk_once(m: Message) -> bool:
         if m.type is MessageType.SNAPSHOT and m.offset == 16 and not lost:
