@@ -102,3 +102,22 @@ def make_config(layer: Path, args: list[str], **kw: object) -> ContainerConfig:
     cid = str(kw.pop("id", f"t{os.getpid()}x{next(_counter)}"))
     return ContainerConfig(id=cid, name=str(kw.pop("name", cid)), lower_dirs=[layer], args=args,
                            **kw)  # type: ignore[arg-type]
+
+
+async def wait_for_log(log_path: Path, text: str, timeout: float = 10.0) -> str:
+    """Poll the container log (with a deadline) until it contains `text`."""
+    import asyncio
+
+    async with asyncio.timeout(timeout):
+        while True:
+            content = read_if_exists(log_path)
+            if text in content:
+                return content
+            await asyncio.sleep(0.02)
+
+
+def read_if_exists(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""

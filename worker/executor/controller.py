@@ -260,19 +260,24 @@ class ContainerController:
         if self.health is None or self.exited():
             return await self._wait_exit()
         exit_task = asyncio.create_task(self._wait_exit())
-        health_task = asyncio.create_task(self.health.run_until_unhealthy())
+        health_task = asyncio.create_task(self.health.run_until_unhealthy(self._running))
         try:
             done, _ = await asyncio.wait({exit_task, health_task},
                                          return_when=asyncio.FIRST_COMPLETED)
+            if exit_task not in done and health_task.result() is None:
+                return await exit_task     # the probe failed because the container stopped
         finally:
             for task in (exit_task, health_task):
                 task.cancel()
             await asyncio.gather(exit_task, health_task, return_exceptions=True)
         if exit_task in done:
             return exit_task.result()
-        health_task.result()       # a bug in the monitor surfaces here, not as "unhealthy"
         raise ContainerUnhealthy(f"task: container {self.id} is unhealthy: "
                                  f"{self._last_probe_output()}")
+
+    async def _running(self) -> bool:
+        st = await self.runc_state()
+        return st is not None and st.get("status") == "running" and not self.exited()
 
     def _last_probe_output(self) -> str:
         if self.health and self.health.tracker.log:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -91,12 +92,16 @@ class HealthMonitor:
             code, output = -1, f"health check could not run: {e}"
         return ProbeResult(start, _stamp(), code, output[-MAX_OUTPUT:])
 
-    async def run_until_unhealthy(self) -> HealthTracker:
-        """Probe every interval; return once the status is unhealthy."""
+    async def run_until_unhealthy(
+            self, still_running: Callable[[], Awaitable[bool]]) -> HealthTracker | None:
+        """Probe every interval; the tracker once the status is unhealthy, or None when a probe
+        failed because the container itself stopped (its exit, not its health, then counts)."""
         check = self.tracker.check
         started = time.monotonic()
         while True:
             await asyncio.sleep(check.interval)    # the check's schedule, not synchronisation
             result = await self.probe_once()
+            if result.exit_code != 0 and not await still_running():
+                return None
             if self.tracker.record(result, time.monotonic() - started) == UNHEALTHY:
                 return self.tracker
