@@ -1,0 +1,259 @@
+"""Raft message transport: asyncio TCP (optionally mutual TLS) with length-prefixed msgpack frames.
+
+Each frame is `u32 big-endian length | encoded Message` (raft/codec.py); frames may be large (up to
+`MAX_FRAME`), so there is no datagram-size cap. Connections are one-way: a node dials each peer to
+send and accepts connections to receive; every received message is handed to `deliver(msg)`.
+
+Per peer there are two independent lanes, each with its own bounded queue, sender task and TCP
+connection: the *main* lane (votes, appends, heartbeats, reads) and the *snapshot* lane (SNAPSHOT
+chunks). A multi-megabyte snapshot transfer therefore never delays a heartbeat. `send()` never
+blocks: when a lane's queue is full (a slow or dead peer) the message is dropped and
+`on_unreachable(peer)` is called, which Raft tolerates (it retries); other peers are unaffected.
+A lane that loses its connection reconnects with jittered exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import struct
+from collections.abc import Callable
+
+from raft.codec import CodecError, decode_message, encode_message
+from raft.types import Message, MessageType
+
+log = logging.getLogger("raft.transport")
+
+MAX_FRAME = 1 << 30
+_LEN = struct.Struct(">I")
+Address = tuple[str, int]
+
+
+def parse_address(text: str) -> Address:
+    """'host:port' → (host, port), with a clear error for anything else."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"bad address {text!r}: expected host:port")
+    return host.strip("[]"), int(port)
+
+
+def tls_contexts(cert_file: str, key_file: str, ca_file: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) contexts for mutual TLS: both sides present a cert signed by the CA, and both
+    require the other's. Peers are addressed by IP, so the client verifies the chain, not the name."""
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca_file)
+    server.load_cert_chain(cert_file, key_file)
+    server.verify_mode = ssl.CERT_REQUIRED
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    client.load_cert_chain(cert_file, key_file)
+    client.check_hostname = False
+    client.verify_mode = ssl.CERT_REQUIRED
+    return server, client
+
+
+class _Lane:
+    """One queue + one connection + one sender task towards one peer."""
+
+    def __init__(self, transport: Transport, peer: int, name: str, size: int) -> None:
+        self.transport = transport
+        self.peer = peer
+        self.name = name
+        self.queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=size)
+        self.task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+
+    def offer(self, msg: Message) -> bool:
+        try:
+            self.queue.put_nowait(msg)
+            return True
+        except asyncio.QueueFull:
+            return False
+
+    async def run(self) -> None:
+        t = self.transport
+        delay = t.backoff_min
+        while True:
+            addr = t.peers.get(self.peer)
+            if addr is None:
+                return
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(addr[0], addr[1], ssl=t.client_ssl), t.connect_timeout)
+            except (OSError, TimeoutError, ssl.SSLError) as exc:
+                log.debug("node %d: %s lane to %d at %s: connect failed: %s",
+                          t.node_id, self.name, self.peer, addr, exc)
+                self._drop_queued()
+                t.on_unreachable(self.peer)
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, t.backoff_max)
+                continue
+            delay = t.backoff_min
+            self.connected.set()
+            try:
+                await self._pump(writer, reader)
+            except (OSError, ConnectionError, ssl.SSLError) as exc:
+                log.debug("node %d: %s lane to %d lost: %s", t.node_id, self.name, self.peer, exc)
+                t.on_unreachable(self.peer)
+            finally:
+                self.connected.clear()
+                writer.transport.abort()    # never wait to flush towards a peer that is not reading
+
+    async def _pump(self, writer: asyncio.StreamWriter, reader: asyncio.StreamReader) -> None:
+        queue = self.queue
+        closed = asyncio.ensure_future(reader.read(1))   # the peer never writes: EOF = closed
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, closed}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    raise ConnectionError("peer closed the connection")
+                frames = [getter.result()]
+                while not queue.empty() and len(frames) < 512:
+                    frames.append(queue.get_nowait())
+                parts: list[bytes] = []
+                for msg in frames:
+                    body = encode_message(msg)
+                    parts.append(_LEN.pack(len(body)))
+                    parts.append(body)
+                writer.write(b"".join(parts))
+                await writer.drain()
+        finally:
+            closed.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await closed
+
+    def _drop_queued(self) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()
+
+
+class Transport:
+    def __init__(self, node_id: int, listen: Address, deliver: Callable[[Message], None], *,
+                 on_unreachable: Callable[[int], None] = lambda peer: None,
+                 server_ssl: ssl.SSLContext | None = None, client_ssl: ssl.SSLContext | None = None,
+                 queue_size: int = 4096, snapshot_queue_size: int = 8,
+                 backoff_min: float = 0.02, backoff_max: float = 1.0, connect_timeout: float = 1.0) -> None:
+        self.node_id = node_id
+        self.listen = listen
+        self.deliver = deliver
+        self.on_unreachable = on_unreachable
+        self.server_ssl = server_ssl
+        self.client_ssl = client_ssl
+        self.queue_size = queue_size
+        self.snapshot_queue_size = snapshot_queue_size
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.connect_timeout = connect_timeout
+        self.peers: dict[int, Address] = {}
+        self._lanes: dict[int, tuple[_Lane, _Lane]] = {}
+        self._server: asyncio.Server | None = None
+        self._inbound: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._retired: set[asyncio.Task[None]] = set()     # cancelled lanes, awaited on close
+        self.bound: Address | None = None
+        self.dropped = 0
+
+    async def start(self) -> Address:
+        """Listen; returns the bound (host, port) (port 0 picks a free one)."""
+        self._server = await asyncio.start_server(self._serve, self.listen[0], self.listen[1],
+                                                  ssl=self.server_ssl)
+        sock = self._server.sockets[0].getsockname()
+        self.bound = (sock[0], sock[1])
+        return self.bound
+
+    # -- peers ---------------------------------------------------------------------------------------
+
+    def set_peer(self, peer: int, addr: Address) -> None:
+        """Add a peer or move it to a new address (its connections are re-dialled)."""
+        if peer == self.node_id:
+            return
+        if self.peers.get(peer) == addr and peer in self._lanes:
+            return
+        self._stop_lanes(peer)
+        self.peers[peer] = addr
+        main = _Lane(self, peer, "main", self.queue_size)
+        snap = _Lane(self, peer, "snapshot", self.snapshot_queue_size)
+        main.task = asyncio.create_task(main.run(), name=f"raft-send-{self.node_id}-{peer}")
+        snap.task = asyncio.create_task(snap.run(), name=f"raft-snap-{self.node_id}-{peer}")
+        self._lanes[peer] = (main, snap)
+
+    def remove_peer(self, peer: int) -> None:
+        self._stop_lanes(peer)
+        self.peers.pop(peer, None)
+
+    def _stop_lanes(self, peer: int) -> None:
+        lanes = self._lanes.pop(peer, None)
+        for lane in lanes or ():
+            if lane.task is not None:
+                lane.task.cancel()
+                self._retired.add(lane.task)
+                lane.task.add_done_callback(self._retired.discard)
+
+    def is_connected(self, peer: int) -> bool:
+        lanes = self._lanes.get(peer)
+        return bool(lanes and lanes[0].connected.is_set())
+
+    # -- sending -------------------------------------------------------------------------------------
+
+    def send(self, msg: Message) -> None:
+        """Queue a message for its peer; never blocks. Unknown peers and full queues drop it."""
+        lanes = self._lanes.get(msg.to)
+        if lanes is None:
+            self.dropped += 1
+            self.on_unreachable(msg.to)
+            return
+        lane = lanes[1] if msg.type == MessageType.SNAPSHOT else lanes[0]
+        if not lane.offer(msg):
+            self.dropped += 1
+            self.on_unreachable(msg.to)
+
+    # -- receiving -----------------------------------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._inbound[task] = writer
+        try:
+            while True:
+                header = await reader.readexactly(4)
+                (length,) = _LEN.unpack(header)
+                if length > MAX_FRAME:
+                    log.warning("node %d: refusing %d-byte frame from %s", self.node_id, length,
+                                writer.get_extra_info("peername"))
+                    return
+                body = await reader.readexactly(length)
+                try:
+                    msg = decode_message(body)
+                except CodecError as exc:
+                    log.warning("node %d: dropping connection with a bad frame: %s", self.node_id, exc)
+                    return
+                if msg.to != self.node_id:
+                    continue
+                self.deliver(msg)
+        except (asyncio.IncompleteReadError, ConnectionError, OSError, ssl.SSLError):
+            return
+        finally:
+            self._inbound.pop(task, None)
+            writer.transport.abort()
+
+    # -- shutdown ------------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop accepting, stop the senders, drop inbound connections, and wait for all of them."""
+        if self._server is not None:
+            self._server.close()
+        tasks = [lane.task for lanes in self._lanes.values() for lane in lanes if lane.task is not None]
+        self._lanes.clear()
+        tasks.extend(self._retired)
+        for t in tasks:
+            t.cancel()
+        # Inbound handlers are asyncio's server tasks: end them by aborting their connections.
+        inbound = list(self._inbound.items())
+        for _, writer in inbound:
+            writer.transport.abort()
+        await asyncio.gather(*tasks, *(t for t, _ in inbound), return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
