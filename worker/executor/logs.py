@@ -147,6 +147,8 @@ async def read_log(path: Path, *, tail: int | None = None, follow: bool = False,
     cut = data.rfind(b"\n") + 1
     data, rest = data[:cut], data[cut:]
     first = _records(data, assembler)
+    if not follow:
+        first += assembler.flush()       # a partial line so far is still output
     if tail is not None:
         first = list(deque(first, maxlen=tail)) if tail > 0 else []
     for entry in first:
