@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -202,16 +201,16 @@ async def test_live_restore_after_owner_is_killed(data_dir: Path, busybox_layer:
                                                  tmp_path: Path) -> None:
     control = tmp_path / "control"
     control.mkdir()
-    owner = subprocess.Popen(
-        [sys.executable, "-m", "tests.executor.owner_proc", str(data_dir), str(busybox_layer),
-         str(control)], cwd=REPO, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    owner = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.executor.owner_proc", str(data_dir), str(busybox_layer),
+        str(control), cwd=REPO, stdout=asyncio.subprocess.PIPE, start_new_session=True)
     try:
         assert owner.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(owner.stdout.readline), 30)
+        line = await asyncio.wait_for(owner.stdout.readline(), 30)
         pids = json.loads(line)["pids"]
     finally:
         owner.send_signal(signal.SIGKILL)
-        owner.wait()
+        await owner.wait()
     assert all(pid_alive(pid) for pid in pids.values()), "containers died with their owner"
     (control / "go").touch()           # the exiter ends while no daemon is running
 
