@@ -208,7 +208,7 @@ def rm(ctx: click.Context, names: tuple[str, ...], force: bool) -> None:
     """Remove images (untag; delete when the last tag goes)."""
 
     async def go(c: DaemonClient) -> list[Any]:
-        out = []
+        out: list[Any] = []
         for name in names:
             out += await c.delete(f"/images/{quote(name, safe='/:@')}", force=force or None) or []
         return out
