@@ -1,0 +1,98 @@
+"""The assignment stream of one node's session.
+
+Theory of operation: the stream starts with the node's complete set of tasks, sent in chunks so
+no message grows with the cluster (a 4 MB cap once left swarm workers stuck in ASSIGNED), then
+only increments. A snapshot and a store subscription are taken atomically, so nothing is lost
+or repeated between them. A subscription dropped for lagging is answered by a fresh complete
+set. The manager list rides on the same stream, so agents always know where to fail over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from manager.store import Event, ReadTx, Store, WatchDropped
+from model import Node, Task
+
+CHUNK = 200
+
+
+def task_wire(task: Task) -> dict[str, Any]:
+    return task.to_record()
+
+
+def managers_of(tx: ReadTx) -> list[dict[str, str]]:
+    out = []
+    for node in tx.all("nodes"):
+        status = node.manager_status or {}
+        if node.role == "manager" and status.get("Addr"):
+            out.append({"node_id": node.id, "addr": status["Addr"]})
+    return sorted(out, key=lambda m: m["node_id"])
+
+
+def _node_tasks(tx: ReadTx, node_id: str) -> list[Task]:
+    return [t for t in tx.all("tasks") if t.node_id == node_id]
+
+
+async def assignment_stream(store: Store, node_id: str,
+                            session_message: Callable[[ReadTx], dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """Yield the session message, then assignments and manager lists, until cancelled."""
+
+    def relevant(event: Event) -> bool:
+        if event.table == "tasks":
+            return bool(event.obj.node_id == node_id or (event.old is not None and event.old.node_id == node_id))
+        return event.table == "nodes"
+
+    first = True
+    while True:
+        def snapshot(tx: ReadTx) -> tuple[dict[str, Any], list[Task], list[dict[str, str]]]:
+            return session_message(tx), _node_tasks(tx, node_id), managers_of(tx)
+
+        (hello, tasks, managers), sub = store.view_and_watch(snapshot, relevant, tables=("tasks", "nodes"))
+        try:
+            if first:
+                yield hello
+                first = False
+            for start in range(0, max(len(tasks), 1), CHUNK):
+                chunk = tasks[start:start + CHUNK]
+                yield {"kind": "assignments", "type": "complete", "tasks": [task_wire(t) for t in chunk],
+                       "more": start + CHUNK < len(tasks)}
+            yield {"kind": "managers", "managers": managers}
+            while True:
+                await sub.wait()
+                events = sub.drain()
+                updates: dict[str, dict[str, Any]] = {}
+                removes: set[str] = set()
+                managers_changed = False
+                for event in events:
+                    if event.table == "nodes":
+                        managers_changed = managers_changed or _manager_change(event)
+                        continue
+                    task = event.obj
+                    if event.op == "delete" or task.node_id != node_id:
+                        removes.add(task.id)
+                        updates.pop(task.id, None)
+                    else:
+                        updates[task.id] = task_wire(task)
+                        removes.discard(task.id)
+                if updates or removes:
+                    items = [{"action": "update", "task": t} for t in updates.values()]
+                    items += [{"action": "remove", "task_id": i} for i in sorted(removes)]
+                    for start in range(0, len(items), CHUNK):
+                        yield {"kind": "assignments", "type": "incremental", "changes": items[start:start + CHUNK]}
+                if managers_changed:
+                    yield {"kind": "managers", "managers": store.view(managers_of)}
+        except WatchDropped:
+            continue  # lagged: resend the complete set from a fresh snapshot
+        finally:
+            sub.close()
+
+
+def _manager_change(event: Event) -> bool:
+    def key(node: Node | None) -> tuple[str, str] | None:
+        if node is None or node.role != "manager":
+            return None
+        return node.role, str((node.manager_status or {}).get("Addr", ""))
+
+    return event.op == "delete" or key(event.obj) != key(event.old)

@@ -1,0 +1,166 @@
+"""The dispatcher: one session per worker, heartbeats, and task status from workers.
+
+Theory of operation: the dispatcher lives only on the leader, owned by the leadership term.
+- A node's session opens with its description; the node becomes READY and gets its assignment
+  stream (see assignments.py). The session carries an ID; heartbeats and status updates must
+  name the current session, so a stale agent connection cannot write.
+- Heartbeats reset a deadline of `period * GRACE_MULTIPLIER`. A monitor marks a node DOWN
+  when its deadline passes and ends its session; the agent then opens a new session, which
+  makes the node READY again. When a leader starts, every node gets a fresh full grace, so a
+  failover never marks healthy nodes down.
+- Status updates are applied in batches and only move a task's state forward, and only for
+  tasks assigned to the reporting node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from manager.dispatcher.assignments import assignment_stream
+from manager.rpc.errors import FailedPrecondition, NotFound, PermissionDenied
+from manager.store import ReadTx, Store, WriteTx, retry_on_conflict
+from model import IllegalTransition, Node, TaskState, TaskStatus, new_id
+
+log = logging.getLogger("shoal.dispatcher")
+
+DEFAULT_HEARTBEAT_PERIOD = 5.0
+GRACE_MULTIPLIER = 3
+MONITOR_INTERVAL = 0.2
+
+
+def heartbeat_period_of(tx: ReadTx) -> float:
+    clusters = tx.all("clusters")
+    if not clusters:
+        return DEFAULT_HEARTBEAT_PERIOD
+    nanos = ((clusters[0].spec.get("Dispatcher") or {}).get("HeartbeatPeriod")) or 0
+    return nanos / 1e9 if nanos else DEFAULT_HEARTBEAT_PERIOD
+
+
+@dataclass
+class _Session:
+    session_id: str
+    node_id: str
+
+
+class Dispatcher:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
+        self._store = store
+        self._clock = clock
+        self._sessions: dict[str, _Session] = {}       # node_id -> current session
+        self._deadlines: dict[str, float] = {}         # node_id -> when it is declared down
+
+    # ---- leader-term loop ---------------------------------------------------------------------
+    async def run(self) -> None:
+        """Mark nodes DOWN when their heartbeats stop. Runs for one leadership term."""
+        period = self._store.view(heartbeat_period_of)
+        start = self._clock()
+        for node in self._store.view(lambda tx: tx.all("nodes")):
+            self._deadlines[node.id] = start + period * GRACE_MULTIPLIER
+        while True:
+            await asyncio.sleep(MONITOR_INTERVAL)
+            now = self._clock()
+            for node_id, deadline in list(self._deadlines.items()):
+                if now >= deadline:
+                    del self._deadlines[node_id]
+                    self._sessions.pop(node_id, None)
+                    await self._set_node_state(node_id, "down", "heartbeat failure")
+
+    # ---- RPC handlers -------------------------------------------------------------------------
+    async def session(self, node_id: str, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        node = self._store.view(lambda tx: tx.get("nodes", node_id))
+        if node is None:
+            raise PermissionDenied(f"node {node_id} is not a member of this swarm (removed?)")
+        session_id = new_id()
+        period = self._store.view(heartbeat_period_of)
+        self._sessions[node_id] = _Session(session_id, node_id)
+        self._deadlines[node_id] = self._clock() + period * GRACE_MULTIPLIER
+        description = params.get("description") or {}
+        addr = str(params.get("addr") or "")
+        await self._register(node_id, description, addr)
+        log.info("session opened", extra={"node": node_id, "session": session_id})
+
+        def hello(tx: ReadTx) -> dict[str, Any]:
+            return {"kind": "session", "session_id": session_id, "node_id": node_id,
+                    "heartbeat_period": heartbeat_period_of(tx)}
+
+        async for message in assignment_stream(self._store, node_id, hello):
+            current = self._sessions.get(node_id)
+            if current is None or current.session_id != session_id:
+                raise FailedPrecondition("session superseded or expired; open a new one")
+            yield message
+
+    def _check_session(self, node_id: str, session_id: str) -> _Session:
+        current = self._sessions.get(node_id)
+        if current is None or current.session_id != session_id:
+            raise FailedPrecondition("session superseded or expired; open a new one")
+        return current
+
+    async def heartbeat(self, node_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        self._check_session(node_id, str(params.get("session_id", "")))
+        period = self._store.view(heartbeat_period_of)
+        self._deadlines[node_id] = self._clock() + period * GRACE_MULTIPLIER
+        return {"period": period}
+
+    async def update_status(self, node_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        self._check_session(node_id, str(params.get("session_id", "")))
+        updates = list(params.get("updates") or [])
+
+        def apply_all(batch: Any) -> None:
+            for update in updates:
+                batch.update(lambda tx, u=update: _apply_status(tx, node_id, u))
+
+        result = await self._store.batch(apply_all)
+        return {"applied": len(updates) - result.failed}
+
+    # ---- node state -------------------------------------------------------------------------
+    async def _register(self, node_id: str, description: dict[str, Any], addr: str) -> None:
+        def fn(tx: WriteTx) -> None:
+            node = tx.get("nodes", node_id)
+            if node is None:
+                raise NotFound(f"node {node_id} not found")
+            node = node.copy()
+            if description:
+                node.description = description
+            node.status = {"State": "ready", "Message": "", "Addr": addr or node.status.get("Addr", "")}
+            tx.update(node)
+
+        await retry_on_conflict(lambda: self._store.update(fn))
+
+    async def _set_node_state(self, node_id: str, state: str, message: str) -> None:
+        def fn(tx: WriteTx) -> None:
+            node: Node | None = tx.get("nodes", node_id)
+            if node is None or node.status.get("State") == state:
+                return
+            node = node.copy()
+            node.status = {**node.status, "State": state, "Message": message}
+            tx.update(node)
+
+        try:
+            await retry_on_conflict(lambda: self._store.update(fn))
+            log.info("node state", extra={"node": node_id, "state": state, "reason": message})
+        except Exception:
+            log.exception("could not mark node %s %s", node_id, state)
+
+
+def _apply_status(tx: WriteTx, node_id: str, update: dict[str, Any]) -> None:
+    task = tx.get("tasks", str(update.get("task_id", "")))
+    if task is None:
+        return  # removed meanwhile: nothing to report on
+    if task.node_id != node_id:
+        raise PermissionDenied(f"task {task.id} is not assigned to node {node_id}")
+    status = TaskStatus.from_api(update.get("status") or {})
+    if status.state < task.status.state or status.state < TaskState.ACCEPTED:
+        return  # stale or not a worker's state to report
+    task = task.copy()
+    try:
+        task.status.advance(status.state, status.timestamp, status.message, status.err)
+    except IllegalTransition:
+        return
+    task.status.container_status = status.container_status
+    task.status.port_status = status.port_status
+    tx.update(task)

@@ -1,0 +1,168 @@
+"""Dispatcher and agent over the real cluster-port RPC (mutual TLS on loopback), on an in-memory
+store: sessions, node state, assignments, task lifecycle, status reporting, heartbeat expiry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from manager.ca.authority import NodeIdentity, RootCA, key_pem, make_csr, new_key
+from manager.ca.node_tls import NodeCredentials
+from manager.dispatcher import Dispatcher
+from manager.dispatcher.rpc import register_dispatcher
+from manager.rpc.server import RpcServer
+from manager.store import Store, WriteTx
+from model import Cluster, Node, Task, TaskState, new_id
+from tests.support.fake_executor import FakeExecutor
+from tests.support.wait import async_wait_until
+from worker.agent.agent import Agent
+
+PERIOD_NS = 200_000_000  # 0.2 s heartbeats keep the test fast
+
+
+def creds(ca: RootCA, node_id: str, role: str, root: Path) -> tuple[NodeCredentials, Path]:
+    key = new_key()
+    c = NodeCredentials(ca.cert_pem, ca.issue(make_csr(key), NodeIdentity(node_id, role, "c")), key_pem(key))
+    c.save(root / node_id)
+    return c, root / node_id
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    store = Store()
+    worker_id = new_id()
+
+    def seed(tx: WriteTx) -> None:
+        tx.create(Cluster(id=new_id(), spec={"Name": "default", "Dispatcher": {"HeartbeatPeriod": PERIOD_NS}}))
+        tx.create(Node(id=worker_id, spec={"Role": "worker", "Availability": "active", "Labels": {}}))
+
+    await store.update(seed)
+    ca = RootCA.create("c")
+    mcreds, mdir = creds(ca, "mgr", "manager", tmp_path)
+    server = RpcServer(mcreds.server_context(mdir))
+    dispatcher = Dispatcher(store)
+    register_dispatcher(server, lambda: dispatcher, lambda: "")
+    ready: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
+    wcreds, wdir = creds(ca, worker_id, "worker", tmp_path)
+    executor = FakeExecutor()
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(server.serve("127.0.0.1", 0, ready)), group.create_task(dispatcher.run())]
+        host, port = await ready
+        agent = Agent(worker_id, [f"{host}:{port}"], lambda: wcreds.client_context(wdir), executor,
+                      lambda: {"Hostname": "w1", "Platform": {"OS": "linux", "Architecture": "x86_64"}},
+                      "127.0.0.1")
+        agent_task = group.create_task(agent.run())
+        yield {"store": store, "node": worker_id, "executor": executor, "agent": agent, "agent_task": agent_task}
+        for t in [*tasks, agent_task]:
+            t.cancel()
+
+
+def node(store: Store, node_id: str) -> Node:
+    return store.view(lambda tx: tx.get("nodes", node_id))
+
+
+def task(store: Store, task_id: str) -> Task:
+    return store.view(lambda tx: tx.get("tasks", task_id))
+
+
+async def add_task(store: Store, node_id: str, desired: TaskState = TaskState.RUNNING) -> str:
+    t = Task(id=new_id(), service_id="svc", slot=1, node_id=node_id, desired_state=desired,
+             spec={"ContainerSpec": {"Image": "busybox"}}, service_name="web")
+    t.status.advance(TaskState.ASSIGNED, "", "assigned")
+    await store.update(lambda tx: tx.create(t))
+    return t.id
+
+
+async def set_desired(store: Store, task_id: str, state: TaskState) -> None:
+    def fn(tx: WriteTx) -> None:
+        t = tx.get("tasks", task_id).copy()
+        t.set_desired_state(state)
+        tx.update(t)
+
+    await store.update(fn)
+
+
+async def state_is(store: Store, task_id: str, state: TaskState) -> None:
+    async def check() -> bool:
+        return task(store, task_id).status.state == state
+
+    await async_wait_until(check, timeout=10, what=f"task {task_id} to be {state.api}")
+
+
+async def test_session_marks_node_ready_with_its_description(env: dict[str, Any]) -> None:
+    store = env["store"]
+
+    async def ready() -> bool:
+        return node(store, env["node"]).state == "ready"
+
+    await async_wait_until(ready, what="node ready")
+    n = node(store, env["node"])
+    assert n.description["Hostname"] == "w1"
+    assert n.status["Addr"] == "127.0.0.1"
+
+
+async def test_task_runs_completes_and_fails_with_exit_code(env: dict[str, Any]) -> None:
+    store, ex = env["store"], env["executor"]
+    ok = await add_task(store, env["node"])
+    await state_is(store, ok, TaskState.RUNNING)
+    assert ex.controllers[ok].calls == ["prepare", "start"]
+    assert task(store, ok).status.container_status["PID"] == 4242
+    ex.controllers[ok].finish(0)
+    await state_is(store, ok, TaskState.COMPLETE)
+
+    bad = await add_task(store, env["node"])
+    await state_is(store, bad, TaskState.RUNNING)
+    ex.controllers[bad].finish(3)
+    await state_is(store, bad, TaskState.FAILED)
+    t = task(store, bad)
+    assert t.status.err == "task: non-zero exit (3)"
+    assert t.status.container_status["ExitCode"] == 3
+
+
+async def test_prepare_failure_rejects_the_task(env: dict[str, Any]) -> None:
+    store, ex = env["store"], env["executor"]
+    t = Task(id=new_id(), service_id="svc", slot=1, node_id=env["node"], spec={}, service_name="web")
+    ex.fail_prepare[t.id] = "No such image: nope:latest"
+    await store.update(lambda tx: tx.create(t))
+    await state_is(store, t.id, TaskState.REJECTED)
+    assert task(store, t.id).status.err == "No such image: nope:latest"
+
+
+async def test_desired_shutdown_stops_and_removal_deletes(env: dict[str, Any]) -> None:
+    store, ex = env["store"], env["executor"]
+    tid = await add_task(store, env["node"])
+    await state_is(store, tid, TaskState.RUNNING)
+    await set_desired(store, tid, TaskState.SHUTDOWN)
+    await state_is(store, tid, TaskState.SHUTDOWN)
+    assert "shutdown" in ex.controllers[tid].calls
+    await store.update(lambda tx: tx.delete("tasks", tid))
+
+    async def removed() -> bool:
+        return "remove" in ex.controllers[tid].calls
+
+    await async_wait_until(removed, what="container removal")
+
+
+async def test_ready_waits_for_desired_running(env: dict[str, Any]) -> None:
+    store, ex = env["store"], env["executor"]
+    tid = await add_task(store, env["node"], desired=TaskState.READY)
+    await state_is(store, tid, TaskState.READY)
+    assert "start" not in ex.controllers[tid].calls
+    await set_desired(store, tid, TaskState.RUNNING)
+    await state_is(store, tid, TaskState.RUNNING)
+
+
+async def test_node_goes_down_when_heartbeats_stop_and_ready_on_return(env: dict[str, Any]) -> None:
+    store = env["store"]
+
+    async def is_state(s: str) -> bool:
+        return node(store, env["node"]).state == s
+
+    await async_wait_until(lambda: is_state("ready"), what="node ready")
+    env["agent_task"].cancel()
+    await async_wait_until(lambda: is_state("down"), timeout=5, what="node down after missed heartbeats")
+    assert node(store, env["node"]).status["Message"] == "heartbeat failure"

@@ -1,0 +1,1 @@
+"""The agent: a worker's session with the dispatcher and the runners of its tasks."""

@@ -1,0 +1,201 @@
+"""The agent: a worker's session with the dispatcher, its task runners and status reporting.
+
+Theory of operation:
+- One session at a time, with the leader's dispatcher. The agent tries the leader it was told
+  of first, then every manager it knows; a manager that is not the leader answers with the
+  leader's address. The manager list arrives on the session stream and is saved through
+  `on_managers`, so the agent fails over to a live manager within seconds of losing one.
+- Heartbeats go every `period`; a heartbeat that fails ends the session and starts the search.
+- Assignments: a complete set (in chunks) replaces what the agent runs; increments follow.
+  Each task has a runner, owned by the agent's TaskGroup; a task that leaves the set is
+  stopped and its container removed.
+- Status updates are queued per task (only the newest counts) and sent in batches over the
+  current session; what could not be sent stays queued for the next session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from manager.rpc.client import RpcClient
+from manager.rpc.errors import NotLeaderError, RpcError
+from model import Task, TaskStatus
+from worker.agent.task_runner import TaskExecutor, TaskRunner
+
+log = logging.getLogger("shoal.agent")
+
+REPORT_INTERVAL = 0.05
+MAX_BACKOFF = 2.0
+
+
+class Agent:
+    def __init__(self, node_id: str, managers: list[str], ssl_context: Callable[[], ssl.SSLContext],
+                 executor: TaskExecutor, description: Callable[[], dict[str, Any]], addr: str,
+                 on_managers: Callable[[list[str]], None] | None = None) -> None:
+        self.node_id = node_id
+        self.managers = list(managers)
+        self._ssl_context = ssl_context
+        self._executor = executor
+        self._description = description
+        self._addr = addr
+        self._on_managers = on_managers
+        self._leader_hint = ""
+        self._runners: dict[str, TaskRunner] = {}
+        self._runner_tasks: dict[str, asyncio.Task[None]] = {}
+        self._pending_status: dict[str, TaskStatus] = {}
+        self._status_ready = asyncio.Event()
+        self._client: RpcClient | None = None
+        self._session_id = ""
+        self._complete_seen: set[str] | None = None   # task IDs of a complete set being received
+        self._group: asyncio.TaskGroup | None = None
+        self.connected = asyncio.Event()
+        self.connected_to = ""
+
+    # ---- lifetime -----------------------------------------------------------------------------
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            group.create_task(self._report_loop(), name="agent-reporter")
+            await self._session_loop()
+
+    def _candidates(self) -> list[str]:
+        ordered = [self._leader_hint] if self._leader_hint else []
+        others = [m for m in self.managers if m != self._leader_hint]
+        random.shuffle(others)
+        return ordered + others
+
+    async def _session_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            for addr in self._candidates():
+                try:
+                    await self._session(addr)
+                    backoff = 0.1
+                except NotLeaderError as e:
+                    self._leader_hint = str(e.details.get("leader_addr") or "")
+                    log.info("not the leader", extra={"manager": addr, "leader": self._leader_hint})
+                    if self._leader_hint:
+                        break  # go straight to the leader
+                except (RpcError, OSError, ssl.SSLError) as e:
+                    log.info("session ended", extra={"manager": addr, "error": str(e)})
+                    if self._leader_hint == addr:
+                        self._leader_hint = ""
+                finally:
+                    self._client, self._session_id = None, ""
+                    self.connected.clear()
+            else:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _session(self, addr: str) -> None:
+        async with RpcClient(addr, self._ssl_context(), connect_timeout=3) as client:
+            stream = client.stream("dispatcher.session", {"description": self._description(), "addr": self._addr})
+            hello = await anext(aiter(stream))
+            self._session_id = str(hello["session_id"])
+            period = float(hello.get("heartbeat_period", 5.0))
+            self._client = client
+            self._leader_hint = addr
+            self.connected_to = addr
+            self.connected.set()
+            self._status_ready.set()
+            log.info("session open", extra={"manager": addr, "session": self._session_id})
+            async with asyncio.TaskGroup() as session_group:
+                beat = session_group.create_task(self._heartbeats(client, period))
+                try:
+                    async for message in stream:
+                        self._handle(message)
+                    raise RpcError("session stream ended")
+                finally:
+                    beat.cancel()
+
+    async def _heartbeats(self, client: RpcClient, period: float) -> None:
+        while True:
+            await asyncio.sleep(period)
+            reply = await client.call("dispatcher.heartbeat", {"session_id": self._session_id}, timeout=period)
+            period = float(reply.get("period", period))
+
+    # ---- assignments --------------------------------------------------------------------------
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message.get("kind")
+        if kind == "managers":
+            addrs = [m["addr"] for m in message.get("managers") or []]
+            if addrs:
+                self.managers = addrs
+                if self._on_managers is not None:
+                    self._on_managers(addrs)
+        elif kind == "assignments":
+            if message.get("type") == "complete":
+                self._complete_chunk(message)
+            else:
+                for change in message.get("changes") or []:
+                    if change.get("action") == "remove":
+                        self._unassign(str(change["task_id"]))
+                    else:
+                        self._assign(Task.from_record(change["task"]))
+
+    def _complete_chunk(self, message: dict[str, Any]) -> None:
+        if self._complete_seen is None:
+            self._complete_seen = set()
+        for record in message.get("tasks") or []:
+            task = Task.from_record(record)
+            self._complete_seen.add(task.id)
+            self._assign(task)
+        if not message.get("more"):
+            for task_id in set(self._runners) - self._complete_seen:
+                self._unassign(task_id)
+            self._complete_seen = None
+
+    def _assign(self, task: Task) -> None:
+        runner = self._runners.get(task.id)
+        if runner is not None:
+            runner.update(task)
+            return
+        assert self._group is not None, "assignments arrive only while the agent runs"
+        runner = TaskRunner(task, self._executor, self._queue_status)
+        self._runners[task.id] = runner
+        self._runner_tasks[task.id] = self._group.create_task(self._run_runner(runner), name=f"task {task.id}")
+
+    async def _run_runner(self, runner: TaskRunner) -> None:
+        try:
+            await runner.run()
+        finally:
+            self._runners.pop(runner.task_id, None)
+            self._runner_tasks.pop(runner.task_id, None)
+
+    def _unassign(self, task_id: str) -> None:
+        runner = self._runners.get(task_id)
+        if runner is not None:
+            runner.unassign()
+
+    def runner_states(self) -> dict[str, str]:
+        return {tid: r.status.state.api for tid, r in self._runners.items()}
+
+    # ---- status reporting ---------------------------------------------------------------------
+    def _queue_status(self, task_id: str, status: TaskStatus) -> None:
+        self._pending_status[task_id] = status
+        self._status_ready.set()
+
+    async def _report_loop(self) -> None:
+        while True:
+            await self._status_ready.wait()
+            self._status_ready.clear()
+            client, session = self._client, self._session_id
+            if client is None or not self._pending_status:
+                continue
+            batch, self._pending_status = self._pending_status, {}
+            updates = [{"task_id": tid, "status": st.to_api()} for tid, st in batch.items()]
+            try:
+                await client.call("dispatcher.update_status", {"session_id": session, "updates": updates})
+            except RpcError as e:
+                log.info("status report failed; will resend", extra={"error": str(e)})
+                for tid, st in batch.items():
+                    self._pending_status.setdefault(tid, st)
+            await asyncio.sleep(REPORT_INTERVAL)
+            if self._pending_status:
+                self._status_ready.set()
+
