@@ -102,7 +102,11 @@ def _blob_name(digest: str) -> str:
 def read_archive(path: Path, blobs: BlobStore, platform: Platform) -> list[ImportPlan]:
     """Copy an archive's images into `blobs`; returns one plan per image. Raises ArchiveError."""
     try:
-        with tarfile.open(path, "r:*") as tf:
+        tf = tarfile.open(path, "r:*")
+    except (tarfile.TarError, EOFError, OSError):
+        raise ArchiveError("invalid archive: not a tar file (plain, gzip, bzip2 or xz)") from None
+    try:
+        with tf:
             archive = _Archive(tf)
             if archive.has("manifest.json"):
                 return _read_docker_save(archive, blobs)
@@ -115,7 +119,8 @@ def read_archive(path: Path, blobs: BlobStore, platform: Platform) -> list[Impor
     except ImageError as e:
         raise ArchiveError(f"invalid archive: {e.message}") from e
     except _READ_ERRORS as e:
-        raise ArchiveError(f"invalid archive (corrupt or truncated): {e}") from e
+        detail = " ".join(str(e).split())
+        raise ArchiveError(f"invalid archive (corrupt or truncated): {detail}") from e
 
 
 def _copy_blob(archive: _Archive, name: str, blobs: BlobStore, expected: str | None) -> LayerDescriptor:
