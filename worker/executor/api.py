@@ -1,0 +1,123 @@
+"""Engine API handlers for local volumes: /volumes, /volumes/create, /volumes/{name}, /volumes/prune.
+
+Theory of operation: thin translation between HTTP and `VolumeStore`; filesystem work runs in
+a thread. Shapes follow the Engine API: list answers `{"Volumes": [...], "Warnings": []}`,
+create answers 201 with the volume, remove 204, a missing volume 404, one in use 409, and
+filters arrive as a JSON `filters` query (`name`, `label`, `dangling`, `driver`; prune also
+`all` and `label`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from manager.api.http import ApiError, Routes, json_response, query_bool, read_json
+from worker.executor.volumes import VolumeError, VolumeStore
+
+
+def _filters(request: web.Request) -> dict[str, list[str]]:
+    raw = request.query.get("filters")
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError as e:
+        raise ApiError(400, f"invalid filters: {e}") from e
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid filters: want a JSON object")
+    out: dict[str, list[str]] = {}
+    for key, value in data.items():
+        # both {"k": ["v"]} and the older {"k": {"v": true}} forms
+        out[key] = list(value) if isinstance(value, (list, dict)) else [str(value)]
+    known = {"name", "label", "dangling", "driver", "all"}
+    for key in out:
+        if key not in known:
+            raise ApiError(400, f"invalid filter '{key}'")
+    return out
+
+
+def _labels(values: list[str]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for v in values:
+        key, eq, value = v.partition("=")
+        out[key] = value if eq else None
+    return out
+
+
+def _matches(vol: dict[str, Any], users: list[str], filters: dict[str, list[str]]) -> bool:
+    if "name" in filters and not any(f in vol["Name"] for f in filters["name"]):
+        return False
+    if "driver" in filters and vol["Driver"] not in filters["driver"]:
+        return False
+    for key, value in _labels(filters.get("label", [])).items():
+        if key not in vol["Labels"] or (value is not None and vol["Labels"][key] != value):
+            return False
+    if "dangling" in filters:
+        want = filters["dangling"][0].lower() in ("1", "true")
+        if want != (not users):
+            return False
+    return True
+
+
+def add_routes(routes: Routes, volumes: VolumeStore) -> None:
+    def translate(e: VolumeError) -> ApiError:
+        return ApiError(e.status, e.message)
+
+    async def list_volumes(request: web.Request) -> web.Response:
+        filters = _filters(request)
+
+        def go() -> list[dict[str, Any]]:
+            return [v for v in volumes.list() if _matches(v, volumes.users(v["Name"]), filters)]
+
+        return json_response({"Volumes": await asyncio.to_thread(go), "Warnings": []})
+
+    async def create_volume(request: web.Request) -> web.Response:
+        body = await read_json(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "volume create body must be a JSON object")
+        name = body.get("Name") or ""
+        if not isinstance(name, str):
+            raise ApiError(400, "Name must be a string")
+        try:
+            vol = await asyncio.to_thread(
+                volumes.create, name, driver=body.get("Driver") or "local",
+                labels=body.get("Labels") or {}, options=body.get("DriverOpts") or {})
+        except VolumeError as e:
+            raise translate(e) from e
+        return json_response(vol, status=201)
+
+    async def inspect_volume(request: web.Request) -> web.Response:
+        try:
+            vol = await asyncio.to_thread(volumes.inspect, request.match_info["name"])
+        except VolumeError as e:
+            raise translate(e) from e
+        return json_response(vol)
+
+    async def remove_volume(request: web.Request) -> web.Response:
+        try:
+            await asyncio.to_thread(volumes.remove, request.match_info["name"],
+                                    force=query_bool(request, "force"))
+        except VolumeError as e:
+            raise translate(e) from e
+        return web.Response(status=204)
+
+    async def prune_volumes(request: web.Request) -> web.Response:
+        filters = _filters(request)
+        all_volumes = any(v.lower() in ("1", "true") for v in filters.get("all", []))
+        labels = _labels(filters.get("label", []))
+        try:
+            report = await asyncio.to_thread(volumes.prune, all_volumes=all_volumes,
+                                             labels=labels or None)
+        except VolumeError as e:
+            raise translate(e) from e
+        return json_response(report)
+
+    routes.add("GET", "/volumes", list_volumes)
+    routes.add("POST", "/volumes/create", create_volume)
+    routes.add("POST", "/volumes/prune", prune_volumes)
+    routes.add("GET", "/volumes/{name}", inspect_volume)
+    routes.add("DELETE", "/volumes/{name}", remove_volume)
