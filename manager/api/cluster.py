@@ -33,6 +33,10 @@ class ClusterAccess(Protocol):
     def local_node_id(self) -> str:
         ...
 
+    def leader_node_id(self) -> str:
+        """The node ID of the current Raft leader, as this manager sees it ("" if none)."""
+        ...
+
 
 class NoCluster:
     """A daemon outside any swarm."""
@@ -44,6 +48,9 @@ class NoCluster:
         return False
 
     def local_node_id(self) -> str:
+        return ""
+
+    def leader_node_id(self) -> str:
         return ""
 
 

@@ -1,0 +1,149 @@
+"""Engine API: `/nodes` (list, inspect, update incl. promote/demote, remove).
+
+Role changes only change the node's spec here; the leader's role reconciler carries them out
+(Raft membership, certificates). The checks that protect the swarm happen in the same write
+transaction: never demote the last manager, never leave a majority of managers unreachable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from manager.api.cluster import CLUSTER, cluster_store, parse_filters, require_version
+from manager.api.http import ApiError, Routes, json_response, query_bool, read_json
+from manager.specs import SpecError, validate_node_spec
+from manager.store import AmbiguousRef, NotFound, ReadTx, StaleVersion, WriteTx
+from model import Node
+
+FILTERS = {"id", "name", "label", "role", "membership", "node.label"}
+
+
+def node_api(node: Node, leader_id: str) -> dict[str, Any]:
+    out = node.to_api()
+    status = out.get("ManagerStatus")
+    if status is not None:
+        status = {k: v for k, v in status.items() if k in ("Reachability", "Addr")}
+        if node.id == leader_id:
+            status["Leader"] = True
+            status["Reachability"] = "reachable"
+        out["ManagerStatus"] = status
+    return out
+
+
+def lookup(tx: ReadTx, ref: str) -> Node:
+    try:
+        node: Node = tx.lookup("nodes", ref)
+    except NotFound:
+        raise ApiError(404, f"node {ref} not found") from None
+    except AmbiguousRef as e:
+        raise ApiError(400, str(e)) from None
+    return node
+
+
+def _label_match(labels: dict[str, str], wanted: list[str]) -> bool:
+    for item in wanted:
+        key, sep, value = item.partition("=")
+        if key not in labels or (sep and labels[key] != value):
+            return False
+    return True
+
+
+def _matches(node: Node, filters: dict[str, list[str]]) -> bool:
+    if "id" in filters and not any(node.id.startswith(v) for v in filters["id"]):
+        return False
+    if "name" in filters and not any(node.name.startswith(v) or node.hostname.startswith(v)
+                                     for v in filters["name"]):
+        return False
+    if "role" in filters and node.role not in filters["role"]:
+        return False
+    if "membership" in filters and "accepted" not in filters["membership"]:
+        return False
+    engine_labels = ((node.description.get("Engine") or {}).get("Labels")) or {}
+    if "label" in filters and not _label_match(engine_labels, filters["label"]):
+        return False
+    return not ("node.label" in filters and not _label_match(node.spec.get("Labels") or {}, filters["node.label"]))
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    store = cluster_store(request)
+    filters = parse_filters(request, FILTERS)
+    leader = request.app[CLUSTER].leader_node_id()
+    nodes = store.view(lambda tx: [n for n in tx.all("nodes") if _matches(n, filters)])
+    return json_response([node_api(n, leader) for n in nodes])
+
+
+async def inspect(request: web.Request) -> web.Response:
+    store = cluster_store(request)
+    node = store.view(lambda tx: lookup(tx, request.match_info["ref"]))
+    return json_response(node_api(node, request.app[CLUSTER].leader_node_id()))
+
+
+def _reachable_managers(tx: ReadTx, leader_id: str) -> list[Node]:
+    return [n for n in tx.all("nodes") if n.role == "manager" and (
+        n.id == leader_id or (n.manager_status or {}).get("Reachability") == "reachable")]
+
+
+async def update(request: web.Request) -> web.Response:
+    store = cluster_store(request)
+    version = require_version(request)
+    spec = await read_json(request)
+    try:
+        validate_node_spec(spec)
+    except SpecError as e:
+        raise ApiError(400, str(e)) from None
+    leader = request.app[CLUSTER].leader_node_id()
+    ref = request.match_info["ref"]
+
+    def fn(tx: WriteTx) -> None:
+        node = lookup(tx, ref).copy()
+        if node.version != version:
+            raise StaleVersion(f"node {node.id}")
+        new_role = spec.get("Role") or node.role
+        if node.role == "manager" and new_role == "worker":
+            managers = [n for n in tx.all("nodes") if n.role == "manager"]
+            if len(managers) <= 1:
+                raise ApiError(400, "rpc error: code = FailedPrecondition desc = attempting to demote the "
+                                    "last manager of the swarm")
+            reachable = [n for n in _reachable_managers(tx, leader) if n.id != node.id]
+            if len(reachable) <= (len(managers) - 1) // 2:
+                raise ApiError(400, "rpc error: code = FailedPrecondition desc = can't remove member from the "
+                                    "raft: this would result in a loss of quorum")
+        node.spec = {"Labels": spec.get("Labels") or {}, "Role": new_role,
+                     "Availability": spec.get("Availability") or node.availability,
+                     **({"Name": spec["Name"]} if spec.get("Name") else {})}
+        tx.update(node)
+
+    try:
+        await store.update(fn)
+    except StaleVersion:
+        raise ApiError(500, "rpc error: code = Unknown desc = update out of sequence") from None
+    return web.Response(status=200)
+
+
+async def remove(request: web.Request) -> web.Response:
+    store = cluster_store(request)
+    force = query_bool(request, "force")
+    ref = request.match_info["ref"]
+
+    def fn(tx: WriteTx) -> None:
+        node = lookup(tx, ref)
+        if node.role == "manager" or node.manager_status is not None:
+            raise ApiError(400, f"rpc error: code = FailedPrecondition desc = node {node.id} is a cluster "
+                                "manager and is a member of the raft cluster. It must be demoted to worker "
+                                "before removal")
+        if node.state != "down" and not force:
+            raise ApiError(400, f"rpc error: code = FailedPrecondition desc = node {node.id} is not down and "
+                                "can't be removed")
+        tx.delete("nodes", node.id)
+
+    await store.update(fn)
+    return web.Response(status=200)
+
+
+def add_routes(routes: Routes) -> None:
+    routes.add("GET", "/nodes", list_nodes)
+    routes.add("GET", "/nodes/{ref}", inspect)
+    routes.add("POST", "/nodes/{ref}/update", update)
+    routes.add("DELETE", "/nodes/{ref}", remove)

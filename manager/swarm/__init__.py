@@ -1,0 +1,1 @@
+"""A node's membership in a swarm: local state, init/join/leave, and the manager runtime."""
