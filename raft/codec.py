@@ -1,4 +1,5 @@
 """msgpack encoding of the Raft contract types (raft/types.py) for the wire and the disk.
+(Conf changes inside log entries use raft/confchange.py's encoding, owned by the core.)
 
 Every value is encoded as a positional msgpack array (no field names), which keeps frames small and
 decoding cheap. `to_wire(obj)` / `from_wire(kind, data)` are the generic pair; the per-type
@@ -14,8 +15,6 @@ from typing import Any, TypeVar
 import msgpack
 
 from raft.types import (
-    ConfChange,
-    ConfChangeType,
     ConfState,
     Entry,
     EntryType,
@@ -120,21 +119,6 @@ def decode_snapshot(data: bytes) -> Snapshot:
         raise CodecError(f"snapshot: malformed ({exc})") from exc
 
 
-# -- conf changes --------------------------------------------------------------------------------------
-
-def encode_conf_change(cc: ConfChange) -> bytes:
-    return _pack((int(cc.type), cc.node_id, cc.context))
-
-
-def decode_conf_change(data: bytes) -> ConfChange:
-    o = _unpack(data, "conf change")
-    try:
-        typ, node_id, context = o
-        return ConfChange(type=ConfChangeType(typ), node_id=int(node_id), context=bytes(context))
-    except (TypeError, ValueError) as exc:
-        raise CodecError(f"conf change: malformed {o!r:.80}") from exc
-
-
 # -- messages ------------------------------------------------------------------------------------------
 
 def message_to_obj(m: Message) -> tuple[Any, ...]:
@@ -179,18 +163,16 @@ _ENCODERS: dict[type, Any] = {
     Entry: encode_entry,
     HardState: encode_hard_state,
     Snapshot: encode_snapshot,
-    ConfChange: encode_conf_change,
 }
 _DECODERS: dict[type, Any] = {
     Message: decode_message,
     Entry: decode_entry,
     HardState: decode_hard_state,
     Snapshot: decode_snapshot,
-    ConfChange: decode_conf_change,
 }
 
 
-def to_wire(obj: Message | Entry | HardState | Snapshot | ConfChange) -> bytes:
+def to_wire(obj: Message | Entry | HardState | Snapshot) -> bytes:
     try:
         return _ENCODERS[type(obj)](obj)
     except KeyError:

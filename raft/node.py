@@ -1,0 +1,475 @@
+"""The asyncio driver of a Raft node: the only place where the pure core meets disks, sockets, clocks.
+
+Theory of operation
+-------------------
+One `RaftNode` owns a `RaftCore`, a `DiskStorage` and a `Transport`, and a TaskGroup holding two
+loops. The *tick loop* calls `core.tick()` every `tick_interval` seconds. The *ready loop* waits for
+work and, for each `Ready`, in order: persists its snapshot, entries and hard state (group commit,
+fsync; a Ready that only moves the commit index is written without waiting for an fsync) → sends its
+messages → applies the snapshot and committed entries to the `StateMachine` → resolves read states →
+`core.advance(ready)` → takes a snapshot every `snapshot_every` applied entries and compacts the log.
+Incoming messages are stepped into the core straight from the transport callback; everything runs on
+one event loop, so the core is never touched concurrently.
+
+`propose(data)` resolves with the state machine's result once the entry is committed *and applied*.
+It is matched by (index, term): if a new leader overwrote the index, the caller gets ProposalDropped.
+`read_index()` returns once the state machine has applied up to a read point confirmed by a quorum,
+so a read that follows it is linearizable. Both raise NotLeader quickly when the core knows it cannot
+serve them.
+
+Membership: each member's address travels in `ConfChange.context` as msgpack
+`{"raft": "host:port", ...extra}`; founding members' addresses come from the constructor. The address
+book is carried inside every snapshot (the snapshot's data wraps the application's bytes), so a node
+restored from a snapshot can reach its peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import random
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgpack
+
+from raft.confchange import decode_conf_change
+from raft.config import Config
+from raft.core import RaftCore
+from raft.storage import DiskStorage
+from raft.transport import Address, Transport, parse_address
+from raft.types import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    NotLeader,
+    ProposalDropped,
+    Ready,
+    Role,
+    Snapshot,
+)
+
+log = logging.getLogger("raft.node")
+
+
+class StateMachine(Protocol):
+    """What a RaftNode replicates. `apply` sees committed NORMAL entries with non-empty data, in log
+    order, exactly once per process lifetime after `restore` (the machine is rebuilt on restart from
+    the latest snapshot plus the log); it must be deterministic."""
+
+    def apply(self, entry: Entry) -> Any: ...
+    def snapshot(self) -> bytes: ...
+    def restore(self, data: bytes) -> None: ...
+
+
+class NodeStopped(Exception):
+    """The node shut down before the request could complete."""
+
+
+@dataclass
+class Member:
+    raft: Address
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return msgpack.packb({**self.extra, "raft": f"{self.raft[0]}:{self.raft[1]}"})
+
+    @classmethod
+    def decode(cls, data: bytes) -> Member:
+        try:
+            obj = msgpack.unpackb(data)
+            raft = parse_address(obj.pop("raft"))
+        except Exception as exc:
+            raise ValueError(f"bad member context {data!r:.80}: {exc}") from exc
+        return cls(raft=raft, extra={str(k): str(v) for k, v in obj.items()})
+
+
+@dataclass
+class NodeOptions:
+    tick_interval: float = 0.05         # seconds per tick
+    election_tick: int = 10             # → elections after 0.5 to 1.0 s of silence
+    heartbeat_tick: int = 1
+    snapshot_every: int = 10_000        # applied entries between snapshots
+    segment_size: int = 64 << 20
+    max_size_per_msg: int = 1 << 20
+    max_inflight_msgs: int = 256
+    snapshot_chunk_size: int = 1 << 20
+    fsync: Callable[[int], None] | None = None   # injectable, e.g. to count fsyncs in tests
+    server_ssl: ssl.SSLContext | None = None
+    client_ssl: ssl.SSLContext | None = None
+
+
+def _wrap_snapshot(members: dict[int, Member], app: bytes) -> bytes:
+    return msgpack.packb({"members": {i: m.encode() for i, m in members.items()}, "app": app})
+
+
+def _unwrap_snapshot(data: bytes) -> tuple[dict[int, Member], bytes]:
+    obj = msgpack.unpackb(data, strict_map_key=False)
+    return {int(i): Member.decode(c) for i, c in obj["members"].items()}, obj["app"]
+
+
+class RaftNode:
+    def __init__(self, node_id: int, data_dir: str, state_machine: StateMachine, *,
+                 members: dict[int, Member], bootstrap: bool = True,
+                 options: NodeOptions | None = None) -> None:
+        """`members` are the addresses known at start (founding members, or the cluster a new node
+        joins); `bootstrap` makes a node with an empty data dir found a cluster of those members.
+        A node started with bootstrap=False waits to be added by the leader."""
+        if node_id not in members:
+            raise ValueError(f"node {node_id} is missing from members {sorted(members)}")
+        self.id = node_id
+        self.data_dir = data_dir
+        self.sm = state_machine
+        self.opts = options or NodeOptions()
+        self.members: dict[int, Member] = dict(members)
+        self._bootstrap = bootstrap
+        self.storage = DiskStorage(data_dir, segment_size=self.opts.segment_size, fsync=self.opts.fsync)
+        self.core: RaftCore | None = None
+        self.transport = Transport(node_id, members[node_id].raft, self._deliver,
+                                   on_unreachable=self._unreachable, server_ssl=self.opts.server_ssl,
+                                   client_ssl=self.opts.client_ssl)
+        self._wake = asyncio.Event()
+        self._proposals: dict[int, tuple[int, asyncio.Future[Any]]] = {}
+        self._reads: dict[bytes, asyncio.Future[int]] = {}
+        self._applied_waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._read_ids = itertools.count(1)
+        self._runner: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._ready_loop_done = asyncio.Event()
+        self._last_snapshot_index = 0
+        self._synced_term_vote = (0, 0)
+        self.leader_changed = asyncio.Event()   # set on every change of (leader, role); tests clear it
+        self.fatal: BaseException | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------------
+
+    async def start(self) -> Address:
+        """Load state, listen, and start the loops; returns the bound raft address."""
+        loaded = await asyncio.to_thread(self.storage.load)
+        applied = 0
+        if loaded.snapshot is not None:
+            members, app = _unwrap_snapshot(loaded.snapshot.data)
+            for i, m in members.items():
+                self.members.setdefault(i, m)
+            self.sm.restore(app)
+            applied = loaded.snapshot.meta.index
+            self._last_snapshot_index = applied
+        hs = loaded.hard_state
+        if hs is not None and loaded.entries and hs.commit > loaded.entries[-1].index:
+            raise RuntimeError(f"{self.data_dir}: commit {hs.commit} beyond the log's last entry")
+        if hs is not None:
+            self._synced_term_vote = (hs.term, hs.vote)
+        # Founding members' addresses may be needed before the log is replayed; later joiners'
+        # addresses are in the log and the snapshot.
+        for e in loaded.entries:
+            if e.type == EntryType.CONF_CHANGE:
+                self._learn_address(e)
+        brand_new = hs is None and loaded.snapshot is None and not loaded.entries
+        peers = ConfState(voters=tuple(sorted(self.members))) if (brand_new and self._bootstrap) else None
+        cfg = Config(id=self.id, election_tick=self.opts.election_tick, heartbeat_tick=self.opts.heartbeat_tick,
+                     max_size_per_msg=self.opts.max_size_per_msg, max_inflight_msgs=self.opts.max_inflight_msgs,
+                     snapshot_chunk_size=self.opts.snapshot_chunk_size, pre_vote=True, check_quorum=True,
+                     rng=random.Random(os.urandom(8)))
+        self.core = RaftCore(cfg, peers=peers, hard_state=hs, snapshot=loaded.snapshot,
+                             entries=loaded.entries, applied=applied)
+        bound = await self.transport.start()
+        self.members[self.id] = Member(bound, self.members[self.id].extra)
+        for i, m in self.members.items():
+            self.transport.set_peer(i, m.raft)
+        self._runner = asyncio.create_task(self._run(), name=f"raft-node-{self.id}")
+        self._wake.set()
+        return bound
+
+    async def _run(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._tick_loop(), name=f"raft-tick-{self.id}")
+                tg.create_task(self._ready_loop(), name=f"raft-ready-{self.id}")
+        except BaseException as exc:
+            if not isinstance(exc, asyncio.CancelledError):
+                self.fatal = exc
+                log.critical("node %d: stopped by a fatal error: %r", self.id, exc)
+                self._fail_all(NodeStopped(f"node {self.id} failed: {exc!r}"))
+            raise
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Ordered shutdown: refuse new work, let the ready loop finish its current Ready, stop the
+        loops, close the transport, close the storage, and fail whatever is still pending."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._wake.set()
+        if self._runner is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._ready_loop_done.wait(), timeout)
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception, BaseExceptionGroup):
+                await self._runner
+        await self.transport.close()
+        self.storage.close()
+        self._fail_all(NodeStopped(f"node {self.id} stopped"))
+
+    def _fail_all(self, exc: Exception) -> None:
+        for _, fut in self._proposals.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        for fut in self._reads.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        for _, _, fut in self._applied_waiters:
+            if not fut.done():
+                fut.set_exception(exc)
+        self._proposals.clear()
+        self._reads.clear()
+        self._applied_waiters.clear()
+
+    # -- transport callbacks ---------------------------------------------------------------------------
+
+    def _deliver(self, msg: Message) -> None:
+        if self.core is not None and not self._stopping:
+            self.core.step(msg)
+            self._wake.set()
+
+    def _unreachable(self, peer: int) -> None:
+        if self.core is not None:
+            self.core.report_unreachable(peer)
+
+    # -- loops ---------------------------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.opts.tick_interval
+        deadline = loop.time()
+        while True:
+            deadline += interval
+            now = loop.time()
+            if deadline < now - interval:      # we fell behind (a stall): do not burst ticks
+                deadline = now
+            await asyncio.sleep(max(0.0, deadline - now))
+            assert self.core is not None
+            self.core.tick()
+            self._wake.set()
+
+    async def _ready_loop(self) -> None:
+        core = self.core
+        assert core is not None
+        try:
+            while not self._stopping:
+                await self._wake.wait()
+                self._wake.clear()
+                while core.has_ready() and not self._stopping:
+                    await self._handle_ready(core, core.ready())
+        finally:
+            self._ready_loop_done.set()
+
+    async def _handle_ready(self, core: RaftCore, rd: Ready) -> None:
+        if rd.soft_state is not None:
+            self._on_soft_state(rd)
+        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+            hs = rd.hard_state
+            term_vote = (hs.term, hs.vote) if hs is not None else self._synced_term_vote
+            if rd.snapshot is not None or rd.entries or term_vote != self._synced_term_vote:
+                await self.storage.persist(hs, rd.entries, rd.snapshot)
+                self._synced_term_vote = term_vote
+            else:
+                # Only the commit index moved: it may be re-learned after a crash, so no fsync wait.
+                self.storage.wal.append(hs)
+        for e in rd.entries:
+            if e.type == EntryType.CONF_CHANGE:
+                self._learn_address(e)
+        send = self.transport.send
+        for m in rd.messages:
+            send(m)
+        if rd.snapshot is not None:
+            self._apply_snapshot(rd.snapshot)
+        for e in rd.committed_entries:
+            self._apply(e)
+        for rs in rd.read_states:
+            fut = self._reads.pop(rs.request_ctx, None)
+            if fut is not None and not fut.done():
+                fut.set_result(rs.index)
+        core.advance(rd)
+        applied = core.applied
+        waiters = self._applied_waiters
+        while waiters and waiters[0][0] <= applied:
+            _, _, waiter = heapq.heappop(waiters)
+            if not waiter.done():
+                waiter.set_result(None)
+        if applied - self._last_snapshot_index >= self.opts.snapshot_every:
+            await self._take_snapshot(core, applied)
+
+    def _on_soft_state(self, rd: Ready) -> None:
+        assert rd.soft_state is not None
+        self.leader_changed.set()
+        if rd.soft_state.role is not Role.LEADER:
+            # Reads routed through a leader we no longer follow will never be answered.
+            for fut in self._reads.values():
+                if not fut.done():
+                    fut.set_exception(NotLeader(rd.soft_state.leader))
+            self._reads.clear()
+
+    def _apply(self, e: Entry) -> None:
+        result: Any = None
+        if e.type == EntryType.CONF_CHANGE:
+            self._apply_conf_change(e)
+            assert self.core is not None
+            result = self.core.conf
+        elif e.data:
+            result = self.sm.apply(e)
+        pending = self._proposals.pop(e.index, None)
+        if pending is not None:
+            term, fut = pending
+            if fut.done():
+                return
+            if term == e.term:
+                fut.set_result(result)
+            else:
+                fut.set_exception(ProposalDropped(f"entry {e.index} was replaced by a newer leader"))
+
+    def _apply_snapshot(self, snap: Snapshot) -> None:
+        members, app = _unwrap_snapshot(snap.data)
+        for i, m in members.items():
+            if i != self.id:
+                self.members[i] = m
+                self.transport.set_peer(i, m.raft)
+        self.sm.restore(app)
+        self._last_snapshot_index = snap.meta.index
+        for index in [i for i in self._proposals if i <= snap.meta.index]:
+            _, fut = self._proposals.pop(index)
+            if not fut.done():
+                fut.set_exception(ProposalDropped(f"entry {index} was superseded by a snapshot; outcome unknown"))
+
+    def _learn_address(self, e: Entry) -> None:
+        cc = decode_conf_change(e.data)
+        if cc.type != ConfChangeType.REMOVE_NODE and cc.context and cc.node_id != self.id:
+            member = Member.decode(cc.context)
+            self.members[cc.node_id] = member
+            if self.core is not None:
+                self.transport.set_peer(cc.node_id, member.raft)
+
+    def _apply_conf_change(self, e: Entry) -> None:
+        cc = decode_conf_change(e.data)
+        if cc.type == ConfChangeType.REMOVE_NODE and cc.node_id != self.id:
+            self.members.pop(cc.node_id, None)
+            self.transport.remove_peer(cc.node_id)
+        else:
+            self._learn_address(e)
+
+    async def _take_snapshot(self, core: RaftCore, index: int) -> None:
+        snap = Snapshot(core.snapshot_meta(index), _wrap_snapshot(self.members, self.sm.snapshot()))
+        await self.storage.save_snapshot_async(snap)
+        core.compact(snap)
+        self._last_snapshot_index = index
+        log.info("node %d: snapshot at index %d (%d bytes)", self.id, index, len(snap.data))
+
+    # -- client API ----------------------------------------------------------------------------------
+
+    def _live_core(self) -> RaftCore:
+        if self._stopping or self.core is None:
+            raise NodeStopped(f"node {self.id} is not running")
+        if self.fatal is not None:
+            raise NodeStopped(f"node {self.id} failed: {self.fatal!r}")
+        return self.core
+
+    async def propose(self, data: bytes) -> Any:
+        """Replicate `data`; returns the state machine's result once committed and applied here.
+        Raises NotLeader(hint) at once on a follower, ProposalDropped if the entry was lost."""
+        core = self._live_core()
+        index = core.propose(data)
+        return await self._track(index, core.term)
+
+    async def _track(self, index: int, term: int) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._proposals[index] = (term, fut)
+        self._wake.set()
+        try:
+            return await fut
+        finally:
+            if self._proposals.get(index, (0, None))[1] is fut:
+                del self._proposals[index]
+
+    async def read_index(self) -> int:
+        """Wait until a read issued now is linearizable here; returns the read index."""
+        core = self._live_core()
+        ctx = next(self._read_ids).to_bytes(8, "big") + self.id.to_bytes(8, "big")
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        core.read_index(ctx)            # raises NotLeader(0) when no leader is known
+        self._reads[ctx] = fut
+        self._wake.set()
+        try:
+            index = await fut
+        finally:
+            self._reads.pop(ctx, None)
+        await self.wait_applied(index)
+        return index
+
+    async def wait_applied(self, index: int) -> None:
+        core = self._live_core()
+        if core.applied >= index:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._applied_waiters, (index, id(fut), fut))
+        await fut
+
+    async def change_membership(self, cc: ConfChange) -> ConfState:
+        core = self._live_core()
+        index = core.propose_conf_change(cc)
+        return await self._track(index, core.term)
+
+    async def add_member(self, node_id: int, member: Member, *, learner: bool = False) -> ConfState:
+        kind = ConfChangeType.ADD_LEARNER if learner else ConfChangeType.ADD_VOTER
+        return await self.change_membership(ConfChange(kind, node_id, member.encode()))
+
+    async def promote_learner(self, node_id: int) -> ConfState:
+        member = self.members.get(node_id)
+        ctx = member.encode() if member else b""
+        return await self.change_membership(ConfChange(ConfChangeType.ADD_VOTER, node_id, ctx))
+
+    async def remove_member(self, node_id: int) -> ConfState:
+        return await self.change_membership(ConfChange(ConfChangeType.REMOVE_NODE, node_id))
+
+    def transfer_leadership(self, to: int) -> None:
+        self._live_core().transfer_leadership(to)
+        self._wake.set()
+
+    def update_address(self, node_id: int, addr: Address) -> None:
+        """Point a member at a new raft address (e.g. it restarted elsewhere); not replicated."""
+        member = self.members.get(node_id)
+        self.members[node_id] = Member(addr, member.extra if member else {})
+        if self.core is not None and node_id != self.id:
+            self.transport.set_peer(node_id, addr)
+
+    # -- introspection -------------------------------------------------------------------------------
+
+    @property
+    def role(self) -> Role:
+        return self.core.role if self.core is not None else Role.FOLLOWER
+
+    @property
+    def leader(self) -> int:
+        return self.core.leader if self.core is not None else 0
+
+    @property
+    def is_leader(self) -> bool:
+        return self.core is not None and self.core.role is Role.LEADER
+
+    def hard_state(self) -> HardState:
+        assert self.core is not None
+        return HardState(self.core.term, self.core.vote, self.core.commit_index)
+
+    def status(self) -> dict[str, Any]:
+        if self.core is None:
+            return {"id": self.id, "role": "stopped"}
+        st = self.core.status()
+        st["members"] = {i: {"raft": f"{m.raft[0]}:{m.raft[1]}", **m.extra} for i, m in self.members.items()}
+        return st
