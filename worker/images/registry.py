@@ -88,6 +88,10 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _basic(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
+
+
 def _registry_error_text(body: bytes) -> str:
     try:
         errors = json.loads(body).get("errors") or []
@@ -155,17 +159,16 @@ class RegistryClient:
             if not auth or not auth.username:
                 raise RegistryError(f"pull access denied for {ref.familiar_name}: registry "
                                     f"{ref.registry_host} requires a login", 401)
-            raw = f"{auth.username}:{auth.password}".encode()
-            return "Basic " + base64.b64encode(raw).decode()
+            return _basic(auth.username, auth.password)
         if scheme != "bearer" or "realm" not in params:
             raise RegistryError(f"registry {ref.registry_host} sent an unsupported auth challenge "
                                 f"{challenge!r}", 401)
         query = {"scope": params.get("scope") or scope}
         if params.get("service"):
             query["service"] = params["service"]
-        basic = aiohttp.BasicAuth(auth.username, auth.password) if auth and auth.username else None
+        headers = {"Authorization": _basic(auth.username, auth.password)} if auth and auth.username else {}
         try:
-            async with self._session.get(params["realm"], params=query, auth=basic) as resp:
+            async with self._session.get(params["realm"], params=query, headers=headers) as resp:
                 body = await resp.read()
                 if resp.status != 200:
                     raise RegistryError(f"pull access denied for {ref.familiar_name}: token server "
