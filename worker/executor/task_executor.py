@@ -1,0 +1,97 @@
+"""The agent's TaskExecutor on real containers: a task → its image → a ContainerController.
+
+Theory of operation: `controller(task, progress)` makes sure the task's image is in the store
+(pulling it if missing, reporting progress lines while the task is PREPARING), reads the
+image's layers and config, and builds the `ContainerConfig` with `config_from_task`: the
+container id is the task id, its name the task's display name, and it carries the swarm labels
+users of Docker expect. `existing(task_id)` finds the container made for a task earlier (live
+restore). Image and spec problems surface as `ExecutorError` with a one-line message, which
+the task runner puts in the task status (REJECTED before start).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from worker.executor.controller import ContainerController, ExecutorError
+from worker.executor.executor import Executor
+from worker.executor.spec import ConfigError
+from worker.executor.taskspec import config_from_task
+
+
+class TaskLike(Protocol):
+    """What this module reads of `model.Task`."""
+
+    id: str
+    spec: dict[str, Any]
+    service_id: str
+    service_name: str
+    node_id: str
+    slot: int
+
+    @property
+    def display_name(self) -> str: ...
+
+
+class ImageSource(Protocol):
+    """What this module needs of `worker.images.store.ImageStore`."""
+
+    async def ensure(self, ref: str, *, pull: str = ..., auth: Any = ...,
+                     progress: Any = ...) -> Any: ...
+    def rootfs_layers(self, image: Any) -> Any: ...
+    def image_config(self, image: Any) -> dict[str, Any]: ...
+
+
+NetnsFor = Callable[[TaskLike], str]
+
+
+def swarm_labels(task: TaskLike) -> dict[str, str]:
+    return {
+        "com.docker.swarm.service.id": task.service_id,
+        "com.docker.swarm.service.name": task.service_name,
+        "com.docker.swarm.task.id": task.id,
+        "com.docker.swarm.task.name": task.display_name,
+        "com.docker.swarm.node.id": task.node_id,
+    }
+
+
+class RuncTaskExecutor:
+    def __init__(self, executor: Executor, images: ImageSource, *, hostname: str = "",
+                 netns_for: NetnsFor | None = None, pull_policy: str = "missing") -> None:
+        self.executor = executor
+        self.images = images
+        self.hostname = hostname
+        self.netns_for = netns_for
+        self.pull_policy = pull_policy
+
+    async def controller(self, task: TaskLike, progress: Callable[[str], None]) -> ContainerController:
+        spec = task.spec.get("ContainerSpec") or {}
+        ref = spec.get("Image")
+        if not ref or not isinstance(ref, str):
+            raise ExecutorError("task: ContainerSpec.Image is required")
+
+        async def on_progress(event: dict[str, Any]) -> None:
+            text = " ".join(str(event[k]) for k in ("status", "id") if event.get(k))
+            if text:
+                progress(text)
+
+        try:
+            record = await self.images.ensure(ref, pull=self.pull_policy, progress=on_progress)
+            layers = self.images.rootfs_layers(record)
+            image_config = self.images.image_config(record)
+        except ExecutorError:
+            raise
+        except Exception as e:   # ImageError and friends carry a one-line message
+            raise ExecutorError(str(getattr(e, "message", e))) from e
+        try:
+            config = config_from_task(
+                task.id, task.display_name, task.spec, image_config, list(layers),
+                hostname=self.hostname, labels=swarm_labels(task),
+                netns_path=self.netns_for(task) if self.netns_for else "")
+        except ConfigError as e:
+            raise ExecutorError(f"invalid task spec: {e}") from e
+        return self.executor.controller(config)
+
+    def existing(self, task_id: str) -> ContainerController | None:
+        return self.executor.get(task_id)
