@@ -18,18 +18,18 @@ from worker.images.api import add_routes
 
 
 @pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+async def client(tmp_path: Path) -> AsyncIterator[TestClient]:
     app = new_app()
     add_routes(Routes(app), ImageStore(tmp_path / "images"))
     async with TestClient(TestServer(app)) as c:
         yield c
 
 
-def _lines(text: str) -> list[dict]:  # type: ignore[type-arg]
+def _lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-async def test_load_list_inspect_tag_save_delete(client: TestClient, tmp_path: Path) -> None:  # type: ignore[type-arg]
+async def test_load_list_inspect_tag_save_delete(client: TestClient, tmp_path: Path) -> None:
     image = build_busybox_image()
     archive = write_docker_save(image, tmp_path / "a.tar", ["busybox:latest"])
     resp = await client.post("/v1.47/images/load", data=archive.read_bytes())
@@ -74,7 +74,7 @@ async def test_load_list_inspect_tag_save_delete(client: TestClient, tmp_path: P
     assert dist.status == 200 and (await dist.json())["Platforms"] == []
 
 
-async def test_load_of_a_corrupt_archive_is_a_400(client: TestClient) -> None:  # type: ignore[type-arg]
+async def test_load_of_a_corrupt_archive_is_a_400(client: TestClient) -> None:
     resp = await client.post("/images/load", data=io.BytesIO(b"garbage" * 50).read())
     assert resp.status == 400
     assert (await resp.json())["message"].startswith("invalid archive")
@@ -82,7 +82,7 @@ async def test_load_of_a_corrupt_archive_is_a_400(client: TestClient) -> None:  
     assert empty.status == 400
 
 
-async def test_prune(client: TestClient, tmp_path: Path) -> None:  # type: ignore[type-arg]
+async def test_prune(client: TestClient, tmp_path: Path) -> None:
     image = build_busybox_image()
     archive = write_docker_save(image, tmp_path / "a.tar", [])
     await client.post("/images/load", data=archive.read_bytes())
@@ -94,7 +94,7 @@ async def test_prune(client: TestClient, tmp_path: Path) -> None:  # type: ignor
 
 @requires_registry
 async def test_pull_streams_progress_and_unknown_images_are_404(
-        client: TestClient, registry: RegistryProcess) -> None:  # type: ignore[type-arg]
+        client: TestClient, registry: RegistryProcess) -> None:
     image = build_busybox_image(cmd=["echo", "api"])
     await push_image(registry.url, "api/busybox", "v1", image)
     resp = await client.post("/v1.47/images/create",
