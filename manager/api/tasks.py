@@ -5,7 +5,7 @@ matches, `label` matches the labels of the task's *service* (what `docker stack 
 `service` and `node` accept an ID, a name or a unique ID prefix (an unknown one is a 404, as
 dockerd answers), `desired-state` is running|shutdown|accepted, and `_up-to-date` keeps only
 tasks that still match their service's current spec (the progress display of the docker CLI
-polls with it).
+polls with it; the rule is the orchestrator's `is_task_dirty`).
 """
 
 from __future__ import annotations
@@ -17,20 +17,13 @@ from aiohttp import web
 from manager.api.cluster import cluster_store, parse_filters
 from manager.api.http import ApiError, Routes, json_response
 from manager.api.objects_common import any_prefix, api_errors, labels_match, lookup
+from manager.orchestrator.common import is_task_dirty
 from manager.store import ReadTx
 from model import Node, Service, Task, TaskState
 
 TASK_FILTERS = {"id", "name", "label", "service", "node", "desired-state", "_up-to-date", "runtime"}
 DESIRED_STATE_FILTER = {"running": TaskState.RUNNING, "shutdown": TaskState.SHUTDOWN,
                         "accepted": TaskState.ACCEPTED}
-
-
-def is_task_dirty(service: Service, task: Task) -> bool:
-    """True when `task` was made from another spec than the service's current TaskTemplate.
-
-    A local stand-in for the orchestrator's rule (which also weighs the node the task is on);
-    tasks made before an update or a `--force` no longer match the template."""
-    return task.spec != service.spec.get("TaskTemplate")
 
 
 def task_name(tx: ReadTx, task: Task) -> str:

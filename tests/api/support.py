@@ -11,8 +11,8 @@ wanted tasks of each replicated service and reports them running.
 from __future__ import annotations
 
 import asyncio
-import json
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,11 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from manager.api import system
-from manager.api.cluster import CLUSTER
-from manager.api.http import Routes, json_response, new_app
+from manager.api import nodes, system
+from manager.api.cluster import CLUSTER, ClusterAccess
+from manager.api.http import Routes, new_app
 from manager.api.routes import add_cluster_routes
-from manager.api.tasks import is_task_dirty
+from manager.orchestrator.common import is_task_dirty
 from manager.store import Store, WriteTx
 from model import Node, Service, Task, TaskState, TaskStatus, new_id
 
@@ -49,6 +49,9 @@ class StoreCluster:
     def local_node_id(self) -> str:
         return NODE_ID
 
+    def leader_node_id(self) -> str:
+        return NODE_ID
+
 
 class ActiveManager:
     def swarm_info(self) -> dict[str, Any]:
@@ -61,22 +64,18 @@ class ActiveManager:
         return "active/manager"
 
 
-async def _list_nodes(request: web.Request) -> web.Response:
-    store = request.app[CLUSTER].manager_store()
-    assert store is not None
-    return json_response(store.view(lambda tx: [n.to_api() for n in tx.all("nodes")]))
-
-
 def build_app(cluster: StoreCluster, tmp: Path | None = None) -> web.Application:
     app = new_app()
-    app[CLUSTER] = cluster
-    app[system.SWARM_INFO] = ActiveManager()
+    access: ClusterAccess = cluster
+    app[CLUSTER] = access
+    swarm: system.SwarmInfoSource = ActiveManager()
+    app[system.SWARM_INFO] = swarm
     app[system.DATA_DIR] = str(tmp or "/tmp")
     app[system.HOSTNAME] = "node-a"
     routes = Routes(app)
     system.add_routes(routes)
     add_cluster_routes(routes)
-    routes.add("GET", "/nodes", _list_nodes)
+    nodes.add_routes(routes)
     return app
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from manager.store import Store
 from manager.specs import normalize_service_spec
+from manager.store import Store, WriteTx
 from model import Service, Task, TaskState, TaskStatus, new_id
 from tests.api.support import call
 
@@ -140,7 +141,7 @@ async def test_rollback_swaps_specs_and_marks_status(client: TestClient) -> None
     assert status == 400 and err["message"].endswith(f"service {sid} does not have a previous spec")
     await call(client, "POST", f"/services/{sid}/update", body(Mode={"Replicated": {"Replicas": 5}}),
                expect=200, version=svc["Version"]["Index"])
-    _, svc = await call(client, "GET", f"/services/web")
+    _, svc = await call(client, "GET", "/services/web")
     assert svc["Spec"]["Mode"]["Replicated"]["Replicas"] == 5
     await call(client, "POST", f"/services/{sid}/update", svc["Spec"], expect=200,
                version=svc["Version"]["Index"], rollback="previous")
@@ -170,7 +171,7 @@ async def test_lookup_by_prefix_and_ambiguity(client: TestClient, store: Store) 
     assert svc["ID"] == sid
     for suffix in "12":
         twin = Service(id="zz" + "0" * 22 + suffix, spec=normalize_service_spec(body(Name=f"twin{suffix}")))
-        await store.update(lambda tx, twin=twin: tx.create(twin))
+        await store.update(partial(WriteTx.create, obj=twin))
     status, err = await call(client, "GET", "/services/zz00")
     assert status == 400 and err["message"] == "service zz00 is ambiguous (2 matches found)"
 
