@@ -1,0 +1,93 @@
+"""Shared rules of the orchestrators: making tasks, dirtiness, slots, node health, and the
+service spec changes the API makes (update and rollback).
+
+A "slot" is where one replica lives: (service, slot number) for replicated services,
+(service, node) for global ones. A task is *runnable* while its desired state is at most
+running; a slot is occupied while it holds a runnable task.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Any
+
+from manager.specs import SpecError
+from manager.store import ReadTx
+from model import Node, Service, Task, TaskState, TaskStatus, format_time, new_id
+
+SlotKey = tuple[str, int | str]
+
+
+def slot_key(task: Task) -> SlotKey:
+    return (task.service_id, task.slot if task.slot else task.node_id)
+
+
+def new_task(service: Service, now: float, slot: int = 0, node_id: str = "",
+             desired: TaskState = TaskState.RUNNING) -> Task:
+    """A fresh task from the service's current TaskTemplate (state NEW)."""
+    return Task(id=new_id(), spec=service.spec.get("TaskTemplate") or {}, service_id=service.id, slot=slot,
+                node_id=node_id, desired_state=desired, service_name=service.name,
+                status=TaskStatus(TaskState.NEW, format_time(now), "created"),
+                labels=dict(service.spec.get("Labels") or {}))
+
+
+def is_task_dirty(service: Service, task: Task) -> bool:
+    """True when the task was made from another spec than the service's current TaskTemplate
+    (which includes ForceUpdate). The API's `_up-to-date` filter is `not is_task_dirty`."""
+    return task.spec != (service.spec.get("TaskTemplate") or {})
+
+
+def runnable(task: Task) -> bool:
+    return task.desired_state <= TaskState.RUNNING
+
+
+def node_is_down(node: Node | None) -> bool:
+    """Gone from the store, or marked down by the dispatcher."""
+    return node is None or node.state == "down"
+
+
+def task_stopped(task: Task, tx: ReadTx) -> bool:
+    """The task is not (and will not be) running anywhere."""
+    if task.status.state > TaskState.RUNNING:
+        return True
+    if not task.node_id or task.status.state < TaskState.ASSIGNED:
+        return True
+    return node_is_down(tx.get("nodes", task.node_id))
+
+
+def group_by_slot(tasks: Iterable[Task]) -> dict[SlotKey, list[Task]]:
+    slots: dict[SlotKey, list[Task]] = {}
+    for task in tasks:
+        slots.setdefault(slot_key(task), []).append(task)
+    return slots
+
+
+def history_limit(tx: ReadTx, default: int = 5) -> int:
+    clusters = tx.all("clusters")
+    if not clusters:
+        return default
+    orch = clusters[0].spec.get("Orchestration") or {}
+    value = orch.get("TaskHistoryRetentionLimit")
+    return default if value is None else int(value)
+
+
+def update_service_spec(service: Service, new_spec: dict[str, Any], now: float) -> Service:
+    """A copy of `service` with `new_spec` (already validated and normalised): the old spec
+    becomes PreviousSpec and UpdateStatus is cleared so the updater starts afresh."""
+    updated = service.copy()
+    updated.previous_spec = copy.deepcopy(service.spec)
+    updated.spec = copy.deepcopy(new_spec)
+    updated.update_status = None
+    return updated
+
+
+def rollback_service(service: Service, now: float) -> Service:
+    """`service update --rollback`: swap in PreviousSpec and mark the rollback started."""
+    if service.previous_spec is None:
+        raise SpecError(f"service {service.id} does not have a previous spec")
+    rolled = service.copy()
+    rolled.spec, rolled.previous_spec = copy.deepcopy(service.previous_spec), copy.deepcopy(service.spec)
+    rolled.update_status = {"State": "rollback_started", "StartedAt": format_time(now),
+                            "Message": "manually requested rollback"}
+    return rolled

@@ -1,0 +1,114 @@
+"""The level-triggered loop shared by the orchestrators and the task reaper.
+
+Theory of operation: `run()` takes a snapshot-and-subscription, reconciles every service,
+then sleeps until an event arrives or a service's own wake-up time (a restart delay, an
+update's monitor window or batch delay) comes. Events only mark service IDs dirty; each
+round re-reads the store inside one write transaction per service, so a round always
+acts on current state. A write that loses to a concurrent one (StaleVersion) leaves the
+service dirty for the next round. A dropped watch starts over with a full reconcile.
+Owned by the leader's per-term TaskGroup: cancelling `run()` stops it cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+
+from manager.orchestrator.clock import Clock, SystemClock
+from manager.store import Event, Store, StoreError, Subscription, WatchDropped, WriteTx
+
+log = logging.getLogger(__name__)
+ALL = None  # "every service"
+
+
+class ReconcileLoop:
+    tables: tuple[str, ...] = ("services", "tasks", "nodes")
+
+    def __init__(self, store: Store, clock: Clock | None = None) -> None:
+        self.store = store
+        self.clock: Clock = clock or SystemClock()
+        self.wakes: dict[str, float] = {}
+        self.rounds = 0
+
+    # -- to provide ---------------------------------------------------------------------------
+    def reconcile_service(self, tx: WriteTx, service_id: str, now: float) -> float | None:
+        """Bring one service's tasks in line; return when to look again (or None)."""
+        raise NotImplementedError
+
+    def dirty_from(self, event: Event) -> set[str] | None:
+        """Service IDs an event may affect (None: all of them)."""
+        if event.table == "services":
+            return {event.obj.id}
+        if event.table == "tasks":
+            return {event.obj.service_id}
+        return ALL
+
+    def service_ids(self, tx: WriteTx | None = None) -> set[str]:
+        ids = self.store.view(lambda tx: {s.id for s in tx.all("services")})
+        return ids | set(self.wakes)
+
+    # -- driving ------------------------------------------------------------------------------
+    async def reconcile(self, service_ids: set[str] | None = ALL) -> set[str]:
+        """One round over `service_ids` (all when None). Returns the IDs to retry."""
+        self.rounds += 1
+        ids = self.service_ids() if service_ids is None else set(service_ids)
+        retry: set[str] = set()
+        for service_id in sorted(ids):
+            now = self.clock.now()
+            self.wakes.pop(service_id, None)
+            try:
+                wake = await self.store.update(functools.partial(self._reconcile_one, service_id, now))
+            except StoreError as exc:
+                log.info("%s: service %s gives way (%s); retrying", type(self).__name__, service_id, exc)
+                retry.add(service_id)
+                continue
+            if wake is not None:
+                self.wakes[service_id] = wake
+        return retry
+
+    def _reconcile_one(self, service_id: str, now: float, tx: WriteTx) -> float | None:
+        return self.reconcile_service(tx, service_id, now)
+
+    def due(self) -> set[str]:
+        now = self.clock.now()
+        return {sid for sid, when in self.wakes.items() if when <= now}
+
+    async def run(self) -> None:
+        while True:
+            _, sub = self.store.view_and_watch(lambda tx: None, tables=self.tables)
+            try:
+                dirty: set[str] | None = ALL
+                while True:
+                    dirty = await self.reconcile(dirty)
+                    if dirty:
+                        continue
+                    await self._wait(sub)
+                    dirty = self.due()
+                    for event in sub.drain():
+                        more = self.dirty_from(event)
+                        if more is ALL:
+                            dirty = ALL
+                            break
+                        dirty |= more
+            except WatchDropped:
+                continue
+            finally:
+                sub.close()
+
+    async def _wait(self, sub: Subscription) -> None:
+        if not self.wakes:
+            await sub.wait()
+            return
+        delay = max(0.0, min(self.wakes.values()) - self.clock.now())
+        if delay == 0:
+            return
+        waiters = [asyncio.ensure_future(sub.wait()), asyncio.ensure_future(self.clock.sleep(delay))]
+        try:
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for finished in done:
+                finished.result()
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)

@@ -1,0 +1,58 @@
+"""The task reaper: deletes tasks nobody needs any more, and orphans tasks of lost nodes.
+
+Rules, per service:
+- tasks of a deleted service are set to desired REMOVE;
+- a task still live on a node that was removed from the swarm becomes ORPHANED (the one
+  status a manager writes, as the worker is gone for good);
+- a task with desired REMOVE is deleted once it has stopped;
+- per slot (slot number, or node for global services) at most TaskHistoryRetentionLimit
+  tasks are kept (cluster spec, default 5; negative: keep all): the oldest stopped,
+  no-longer-wanted ones go first. Runnable tasks are never deleted.
+"""
+
+from __future__ import annotations
+
+from manager.orchestrator.common import group_by_slot, history_limit, runnable, task_stopped
+from manager.orchestrator.loop import ReconcileLoop
+from manager.store import Event, WriteTx
+from model import TaskState, format_time
+
+
+class TaskReaper(ReconcileLoop):
+    tables = ("services", "tasks", "nodes", "clusters")
+
+    def service_ids(self, tx: WriteTx | None = None) -> set[str]:
+        return self.store.view(lambda tx: {t.service_id for t in tx.all("tasks")}) | set(self.wakes)
+
+    def dirty_from(self, event: Event) -> set[str] | None:
+        if event.table == "services":
+            return {event.obj.id}
+        if event.table == "tasks":
+            return {event.obj.service_id}
+        return None
+
+    def reconcile_service(self, tx: WriteTx, service_id: str, now: float) -> float | None:
+        service = tx.get("services", service_id)
+        stamp = format_time(now)
+        for task in tx.find("tasks", service_id=service_id):
+            changed = None
+            if service is None and runnable(task):
+                changed = task.copy()
+                changed.set_desired_state(TaskState.REMOVE)
+            if task.node_id and tx.get("nodes", task.node_id) is None and task.status.state <= TaskState.RUNNING:
+                changed = changed or task.copy()
+                changed.status.advance(TaskState.ORPHANED, stamp, "task orphaned: its node left the swarm")
+                if runnable(changed):
+                    changed.set_desired_state(TaskState.SHUTDOWN)
+            if changed is not None:
+                tx.update(changed)
+        limit = history_limit(tx)
+        for slot_tasks in group_by_slot(tx.find("tasks", service_id=service_id)).values():
+            keep = len(slot_tasks)
+            for task in sorted(slot_tasks, key=lambda t: (t.created_at, t.version)):
+                if runnable(task) or not task_stopped(task, tx):
+                    continue
+                if task.desired_state >= TaskState.REMOVE or (limit >= 0 and keep > limit):
+                    tx.delete("tasks", task.id)
+                    keep -= 1
+        return None

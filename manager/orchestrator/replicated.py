@@ -1,0 +1,83 @@
+"""The replicated orchestrator: keeps slots 1..Replicas of every replicated service filled.
+
+Per service, in one transaction: tasks on a down, removed or drained node are replaced
+elsewhere (no restart delay, no attempt counted); finished tasks go to the restart
+supervisor; missing slots get new tasks (lowest free numbers first); extra slots are removed
+from the highest number down (desired REMOVE; the reaper deletes them once stopped); the
+updater moves any rolling update on; READY replacements are started when due.
+"""
+
+from __future__ import annotations
+
+from manager.orchestrator.clock import Clock
+from manager.orchestrator.common import group_by_slot, new_task, node_is_down, runnable
+from manager.orchestrator.loop import ReconcileLoop
+from manager.orchestrator.restart import RestartSupervisor
+from manager.orchestrator.updater import UpdateSupervisor
+from manager.store import Store, WriteTx
+from model import TaskState
+
+MAX_NEW_TASKS_PER_ROUND = 2000  # bounds one proposal; the rest follow in the next round
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
+
+
+class ReplicatedOrchestrator(ReconcileLoop):
+    def __init__(self, store: Store, clock: Clock | None = None, restarts: RestartSupervisor | None = None,
+                 updates: UpdateSupervisor | None = None) -> None:
+        super().__init__(store, clock)
+        self.restarts = restarts or RestartSupervisor()
+        self.updates = updates or UpdateSupervisor()
+
+    def reconcile_service(self, tx: WriteTx, service_id: str, now: float) -> float | None:
+        service = tx.get("services", service_id)
+        if service is None:
+            self.updates.forget(service_id)
+            return None
+        if service.mode != "replicated":
+            return None
+        for task in tx.find("tasks", service_id=service_id):
+            if not runnable(task) or (task.desired_state == TaskState.READY and task.status.state <= TaskState.RUNNING \
+                    and not task.node_id):
+                continue
+            if task.node_id:
+                node = tx.get("nodes", task.node_id)
+                if node_is_down(node) or node.availability == "drain":
+                    self.restarts.restart(tx, service, task, now, moved=True)
+                    continue
+            if task.status.state > TaskState.RUNNING:
+                self.restarts.restart(tx, service, task, now)
+
+        slots = group_by_slot(tx.find("tasks", service_id=service_id))
+        occupied = sorted(key[1] for key, ts in slots.items() if any(runnable(t) for t in ts))
+        wanted = service.replicas
+        wake: float | None = None
+        if len(occupied) > wanted:
+            for number in occupied[wanted:]:
+                for task in slots[(service_id, number)]:
+                    if runnable(task):
+                        removed = task.copy()
+                        removed.set_desired_state(TaskState.REMOVE)
+                        tx.update(removed)
+        elif len(occupied) < wanted:
+            taken = set(occupied)
+            number, created = 0, 0
+            while len(taken) < wanted:
+                number += 1
+                if number in taken:
+                    continue
+                if created == MAX_NEW_TASKS_PER_ROUND:
+                    wake = now
+                    break
+                tx.create(new_task(service, now, slot=int(number)))
+                taken.add(number)
+                created += 1
+
+        wake = _earliest(wake, self.updates.step(tx, service, now))
+        for slot_tasks in group_by_slot(tx.find("tasks", service_id=service_id)).values():
+            wake = _earliest(wake, self.restarts.promote_ready(tx, slot_tasks, now))
+        return wake
