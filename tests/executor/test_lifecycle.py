@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.executor.conftest import make_config, needs_root_and_runc, wait_for_log
+from tests.executor.conftest import make_config, needs_root_and_runc, read_if_exists, wait_for_log
 from worker.executor import Executor, ExecutorError, MountSpec
 from worker.executor.logs import format_entry, parse_frames
 from worker.executor.rootfs import mount, mounts_under, unmount
@@ -164,6 +164,8 @@ async def test_remove_leaves_nothing_behind(executor: Executor, busybox_layer: P
     state = await ctl.state()
     assert state.status == "running"
     conmon_pid = int(ctl.paths.conmon_pidfile.read_text())
+    shim_cgroup = f"{executor.layout.cgroup_parent}/shims"
+    assert f":memory:{shim_cgroup}\n" in read_if_exists(Path(f"/proc/{conmon_pid}/cgroup"))
     cgroups = executor.layout.cgroup_dirs(ctl.id)
     assert any(d.is_dir() for d in cgroups)
     await ctl.remove()

@@ -12,13 +12,14 @@ with `runc delete --force`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.executor import rootfs
-from worker.executor.layout import Layout
+from worker.executor.layout import SHIM_CGROUP, Layout
 from worker.executor.runtime import Runc
 from worker.executor.volumes import VolumeStore
 
@@ -72,6 +73,10 @@ def _reap_files(layout: Layout, volumes: VolumeStore, live: set[str], dead_dirs:
         if not parent.is_dir():
             continue
         for child in parent.iterdir():
+            if child.name == SHIM_CGROUP:
+                with contextlib.suppress(OSError):
+                    child.rmdir()      # only succeeds once no shim is left in it
+                continue
             if child.is_dir() and child.name not in live:
                 try:
                     child.rmdir()

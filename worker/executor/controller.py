@@ -209,6 +209,9 @@ class ContainerController:
                 bundle=p.bundle, log=p.log, container_pidfile=p.container_pidfile,
                 conmon_pidfile=p.conmon_pidfile, exit_dir=self.layout.exit_dir,
                 socket_dir=self.layout.socket_dir, shim_output=p.shim_output))
+            shim_pid = self._conmon_pid()
+            if shim_pid:
+                self.layout.move_to_shim_cgroup(shim_pid)
         except (OSError, ConfigError, RuntimeFailure, ValueError) as e:
             raise ExecutorError(f"preparing container {self.config.name or self.id}: {e}") from e
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+SHIM_CGROUP = "shims"          # child of the cgroup parent holding the conmon processes
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,23 @@ class Layout:
             if hierarchy.is_dir() and not hierarchy.is_symlink():
                 out.append(hierarchy / rel)
         return out
+
+    def move_to_shim_cgroup(self, pid: int) -> list[str]:
+        """Put a shim (conmon) into `<cgroup-parent>/shims`, out of the daemon's own cgroup, so
+        stopping the daemon's service cgroup does not take the containers' shims with it.
+        Returns the hierarchies where that failed (cpuset is skipped: an unconfigured cpuset
+        cgroup takes no tasks)."""
+        failed = []
+        for parent in self.cgroup_dirs():
+            if "cpuset" in parent.relative_to(CGROUP_ROOT).parts[0].split(","):
+                continue
+            shims = parent / SHIM_CGROUP
+            try:
+                shims.mkdir(parents=True, exist_ok=True)
+                (shims / "cgroup.procs").write_text(f"{pid}\n")
+            except OSError:
+                failed.append(str(parent))
+        return failed
 
     def oom_kill_count(self, cid: str) -> int:
         """How many processes the kernel OOM-killed in the container's memory cgroup."""

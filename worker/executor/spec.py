@@ -98,8 +98,9 @@ class ContainerConfig:
     dns_servers: list[str] = field(default_factory=list)  # empty: copy the host's resolv.conf
 
     def validate(self) -> None:
-        if not _CID_RE.match(self.id):
-            raise ConfigError(f"container id {self.id!r} must match {_CID_RE.pattern}")
+        if not _CID_RE.match(self.id) or self.id == "shims":
+            raise ConfigError(f"container id {self.id!r} must match {_CID_RE.pattern} "
+                              "and not be 'shims'")
         if not self.args:
             raise ConfigError(f"container {self.name or self.id}: no command (image has no "
                               "Entrypoint/Cmd and the task gives none)")
