@@ -16,6 +16,7 @@ from worker.executor.logs import (
     parse_frames,
     parse_line,
     read_log,
+    timestamp_seconds,
 )
 from worker.executor.spec import Healthcheck
 
@@ -92,3 +93,14 @@ def test_health_tracker_transitions() -> None:
     assert late.record(probe(1), elapsed=2) == UNHEALTHY
     engine = late.to_engine()
     assert engine["Status"] == "unhealthy" and engine["Log"][0]["ExitCode"] == 1
+
+
+async def test_since_filters_by_timestamp(tmp_path: Path) -> None:
+    log = tmp_path / "c.log"
+    log.write_bytes(b"2026-01-01T00:00:00.5Z stdout F old\n"
+                    b"2026-01-01T00:00:10.123456789+00:00 stdout F new\n")
+    cut = timestamp_seconds("2026-01-01T00:00:05Z")
+    assert [e.message async for e in read_log(log, since=cut)] == [b"new"]
+    assert timestamp_seconds("2026-01-01T00:00:10.123456789+00:00") - cut == pytest.approx(5.123456, abs=1e-6)
+    with pytest.raises(LogFormatError):
+        timestamp_seconds("yesterday")

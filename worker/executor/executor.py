@@ -65,11 +65,12 @@ class Executor:
             raise ExecutorError(f"config record of container {cid} is corrupt: {e}") from e
         return self.controller(ContainerConfig.from_json(data))
 
-    async def logs(self, cid: str, *, tail: int | None = None,
-                   follow: bool = False) -> AsyncIterator[LogEntry]:
+    async def logs(self, cid: str, *, tail: int | None = None, follow: bool = False,
+                   since: float | None = None) -> AsyncIterator[LogEntry]:
         """The container's log entries; with `follow`, until it exits and the log is drained."""
         ctl = self.get(cid)
         if ctl is None:
             raise ExecutorError(f"no such container: {cid}")
-        async for entry in read_log(ctl.paths.log, tail=tail, follow=follow, finished=ctl.exited):
+        async for entry in read_log(ctl.paths.log, tail=tail, follow=follow,
+                                    finished=ctl.exited, since=since):
             yield entry

@@ -13,11 +13,13 @@ the file is drained; the caller ends an earlier follow by cancelling.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import struct
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
@@ -39,6 +41,20 @@ class LogEntry:
     @property
     def stream_id(self) -> int:
         return STDERR if self.stream == "stderr" else STDOUT
+
+
+def timestamp_seconds(ts: str) -> float:
+    """RFC3339 with up to nanoseconds ("2026-01-02T03:04:05.123456789+00:00" or "...Z") →
+    Unix seconds; nanoseconds are cut to microseconds."""
+    text = ts.replace("Z", "+00:00")
+    head, dot, rest = text.partition(".")
+    if dot:
+        digits = "".join(itertools.takewhile(str.isdigit, rest))
+        text = f"{head}.{digits[:6].ljust(6, '0')}{rest[len(digits):]}"
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise LogFormatError(f"bad log timestamp {ts!r}") from None
 
 
 def parse_line(line: bytes) -> LogEntry:
@@ -109,7 +125,7 @@ def parse_frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
     return out, data[pos:]
 
 
-def _records(chunk: bytes, assembler: LineAssembler) -> list[LogEntry]:
+def _records(chunk: bytes, assembler: LineAssembler, since: float | None = None) -> list[LogEntry]:
     out = []
     for raw in chunk.split(b"\n"):
         if not raw:
@@ -118,16 +134,24 @@ def _records(chunk: bytes, assembler: LineAssembler) -> list[LogEntry]:
             entry = assembler.feed(parse_line(raw))
         except LogFormatError:
             continue   # a torn record; conmon only appends whole ones
-        if entry is not None:
+        if entry is not None and (since is None or _not_before(entry, since)):
             out.append(entry)
     return out
 
 
+def _not_before(entry: LogEntry, since: float) -> bool:
+    try:
+        return timestamp_seconds(entry.timestamp) >= since
+    except LogFormatError:
+        return True
+
+
 async def read_log(path: Path, *, tail: int | None = None, follow: bool = False,
-                   finished: Callable[[], bool] = lambda: True,
+                   finished: Callable[[], bool] = lambda: True, since: float | None = None,
                    poll_interval: float = FOLLOW_POLL_INTERVAL) -> AsyncIterator[LogEntry]:
-    """Entries of the log at `path`: the last `tail` ones (None: all), then, with `follow`,
-    new ones as they are written until `finished()` holds and everything written is read."""
+    """Entries of the log at `path` (written at or after `since`, Unix seconds): the last
+    `tail` ones (None: all), then, with `follow`, new ones as they are written until
+    `finished()` holds and everything written is read."""
     assembler = LineAssembler()
     offset = 0
     rest = b""
@@ -146,7 +170,7 @@ async def read_log(path: Path, *, tail: int | None = None, follow: bool = False,
     data = await asyncio.to_thread(read_new)
     cut = data.rfind(b"\n") + 1
     data, rest = data[:cut], data[cut:]
-    first = _records(data, assembler)
+    first = _records(data, assembler, since)
     if not follow:
         first += assembler.flush()       # a partial line so far is still output
     if tail is not None:
@@ -160,7 +184,7 @@ async def read_log(path: Path, *, tail: int | None = None, follow: bool = False,
         data = rest + await asyncio.to_thread(read_new)
         cut = data.rfind(b"\n") + 1
         data, rest = data[:cut], data[cut:]
-        for entry in _records(data, assembler):
+        for entry in _records(data, assembler, since):
             yield entry
         if done:
             for entry in assembler.flush():
