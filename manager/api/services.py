@@ -25,6 +25,7 @@ from manager.specs import SpecError, insert_service_defaults, normalize_service_
 from manager.store import ReadTx, StaleVersion, WriteTx
 from model import Network, Service, Task, TaskState, new_id
 
+MODE_KEYS = ("Replicated", "Global", "ReplicatedJob", "GlobalJob")
 SERVICE_FILTERS = {"id", "name", "label", "mode", "runtime"}
 JOB_MODES = ("replicated-job", "global-job")
 
@@ -78,6 +79,15 @@ def stored_spec(tx: ReadTx, body: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def canonical_mode_keys(body: dict[str, Any]) -> None:
+    """Spell the Mode keys as the Engine API does. dockerd decodes JSON keys case-insensitively
+    and docker-py's ServiceMode sends `{"replicated": {"Replicas": 2}}`."""
+    mode = body.get("Mode")
+    if isinstance(mode, dict):
+        canonical = {k.lower(): k for k in MODE_KEYS}
+        body["Mode"] = {canonical.get(k.lower(), k): v for k, v in mode.items()}
+
+
 def _mode_kind(spec: dict[str, Any]) -> str:
     return Service(id="", spec=spec).mode
 
@@ -90,6 +100,7 @@ def _job_status(now: str, index: int) -> dict[str, Any]:
 async def create_service(request: web.Request) -> web.Response:
     store = cluster_store(request)
     body = require_spec_object(await read_json(request), "ServiceSpec")
+    canonical_mode_keys(body)
     with api_errors():
         validate_service_spec(body)
 
@@ -158,6 +169,7 @@ async def update_service(request: web.Request) -> web.Response:
         raise ApiError(400, f"invalid rollback value {rollback!r}: expected \"previous\" or \"none\"")
     body = require_spec_object(await read_json(request), "ServiceSpec")
     ref = request.match_info["ref"]
+    canonical_mode_keys(body)
     with api_errors():
         if rollback != "previous":
             validate_service_spec(body)
