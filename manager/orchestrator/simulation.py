@@ -45,6 +45,7 @@ class FakeAgent:
         self.finish: Callable[[Task], int | None] = lambda task: None  # exit code to end a running task
         self.started: list[str] = []  # task IDs in the order they reached running
         self.stopped: list[str] = []  # task IDs in the order they were shut down
+        self.log: list[tuple[str, str]] = []  # ("start" | "stop", task ID), in order
 
     def _node_up(self, tx: WriteTx, node_id: str) -> bool:
         node = tx.get("nodes", node_id)
@@ -77,6 +78,7 @@ class FakeAgent:
         if task.desired_state > TaskState.RUNNING:
             moved.status.advance(TaskState.SHUTDOWN, now, "shutdown")
             self.stopped.append(task.id)
+            self.log.append(("stop", task.id))
             return moved
         if state == TaskState.RUNNING:
             code = self.finish(task)
@@ -101,6 +103,7 @@ class FakeAgent:
         moved.status.advance(target, now, "started" if target == TaskState.RUNNING else target.api)
         if target == TaskState.RUNNING:
             self.started.append(task.id)
+            self.log.append(("start", task.id))
         return moved
 
 
