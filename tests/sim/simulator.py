@@ -369,12 +369,12 @@ class Simulation:
         if f.crash_every and rng.random() < 1 / f.crash_every:
             live = [n for n in self.nodes.values() if n.core is not None]
             if len(self.down) < 2 and live:
-                victim = leader if leader is not None and rng.random() < 0.5 else rng.choice(live)
+                crashing = leader if leader is not None and rng.random() < 0.5 else rng.choice(live)
                 mode = rng.choice(["before_persist", "torn", "after_persist", "now"])
                 if mode == "now":
-                    self._crash(victim)
+                    self._crash(crashing)
                 else:
-                    victim.crash_at_ready = mode
+                    crashing.crash_at_ready = mode
         if rng.random() < 1 / f.conf_every:
             self._change_membership()
         if f.transfer_every and leader is not None and leader.core and rng.random() < 1 / f.transfer_every:
