@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
@@ -209,3 +210,28 @@ async def test_bad_user_and_missing_bind_source_give_clear_errors(executor: Exec
         await ctl.prepare()
         await ctl.start()
     await ctl.remove()
+
+
+async def test_state_from_files_agrees_with_runc_state(executor: Executor, busybox_layer: Path) -> None:
+    config = make_config(busybox_layer, ["sh", "-c", "echo ready; exec sleep 30"])
+    ctl = executor.controller(config)
+    runc = executor.runc
+
+    async def both() -> tuple[str, str]:
+        quick = runc._quick_state(config.id)
+        rc, out, _ = await runc._run("state", config.id)
+        assert quick is not None and rc == 0
+        return quick["status"], json.loads(out)["status"]
+
+    try:
+        await ctl.prepare()
+        assert await both() == ("created", "created")
+        await ctl.start()
+        assert await both() == ("running", "running")
+        await ctl.terminate()
+        assert await both() == ("stopped", "stopped")
+        await ctl.remove()
+        assert runc._quick_state(config.id) == {"status": "absent"}
+        assert await runc.state(config.id) is None
+    finally:
+        await ctl.remove()
