@@ -13,9 +13,17 @@ _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 ID_LENGTH = 25
 
 
+_ID_SPACE = 36**ID_LENGTH
+
+
 def new_id() -> str:
     """A fresh random 25-character base36 ID."""
-    return "".join(secrets.choice(_BASE36) for _ in range(ID_LENGTH))
+    number = secrets.randbelow(_ID_SPACE)
+    digits = []
+    for _ in range(ID_LENGTH):
+        number, digit = divmod(number, 36)
+        digits.append(_BASE36[digit])
+    return "".join(digits)
 
 
 def is_id(text: str) -> bool:

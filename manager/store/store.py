@@ -138,8 +138,9 @@ class Store:
         async with self._lock:
             pending: dict[Key, Change] = {}
             members: list[int] = []  # positions of the transactions in `pending`
+            now = self._now()
             for position, txfn in enumerate(batch.queued):
-                tx = WriteTx(self._memory, self._now(), parent=pending)
+                tx = WriteTx(self._memory, now, parent=pending)
                 try:
                     value = txfn(tx)
                     for change in tx.changes.values():

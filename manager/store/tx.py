@@ -89,7 +89,7 @@ class WriteTx(ReadTx):
              slot: int | None = None, where: Predicate | None = None) -> list[Any]:
         criteria = dict(name=name, name_prefix=name_prefix, id_prefix=id_prefix, service_id=service_id,
                         node_id=node_id, slot=slot, where=where)
-        pending = {c.obj.id: c for c in (*self._parent.values(), *self.changes.values()) if c.table == table}
+        pending = {c.obj.id: c for c in self._parent.values() if c.table == table}
         pending.update({c.obj.id: c for c in self.changes.values() if c.table == table})
         found = [o for o in super().find(table, **criteria) if o.id not in pending]  # type: ignore[arg-type]
         found.extend(c.obj for c in pending.values()

@@ -296,3 +296,49 @@ async def test_run_loops_converge_on_their_own() -> None:
         for loop in loops:
             loop.cancel()
     assert sorted(t.slot for t in tasks_of(h, svc)) == [1, 2, 3]
+
+
+async def test_run_loop_wakes_for_a_restart_delay_without_events() -> None:
+    clock = ManualClock()
+    store = Store(clock=clock.now)
+    h = Harness(store, clock)
+    await store.update(lambda tx: tx.create(make_node("n1")))
+    h.store.view(h.scheduler.load)
+    svc = make_service(replicas=1, restart={"Condition": "any", "Delay": 30 * SEC})
+    await store.update(lambda tx: tx.create(svc))
+    await h.settle()
+    first = running(h, svc)[0]
+    h.agent.finish = lambda t: 1 if t.id == first.id else None
+    await h.agent.step()  # the task fails
+    orch = ReplicatedOrchestrator(store, clock)
+    _, sub = store.view_and_watch(lambda tx: None, tables=("tasks",))
+    async with asyncio.TaskGroup() as tg:
+        loop = tg.create_task(orch.run())
+        async with asyncio.timeout(5):
+            while not any(t.desired_state == TaskState.READY for t in tasks_of(h, svc)):
+                await sub.wait()
+                sub.drain()
+        replacement = next(t for t in tasks_of(h, svc) if t.desired_state == TaskState.READY)
+        assert orch.wakes == {svc.id: clock.now() + 30}
+        await clock.advance(29)
+        assert tasks_of(h, svc) and next(t for t in tasks_of(h, svc)
+                                         if t.id == replacement.id).desired_state == TaskState.READY
+        await clock.advance(1)
+        async with asyncio.timeout(5):
+            while next(t for t in tasks_of(h, svc) if t.id == replacement.id).desired_state != TaskState.RUNNING:
+                await sub.wait()
+                sub.drain()
+        loop.cancel()
+
+
+async def test_default_history_limit_is_five_per_slot() -> None:
+    h, _ = await swarm(1)
+    svc = make_service(replicas=2, restart={"Condition": "any", "Delay": 0})
+    await h.store.update(lambda tx: tx.create(svc))
+    await h.settle()
+    h.agent.finish = lambda t: 1  # every task crashes once running
+    for _ in range(40):
+        await h.round()
+    per_slot = Counter(t.slot for t in tasks_of(h, svc))
+    assert set(per_slot) == {1, 2} and max(per_slot.values()) <= 5
+    assert min(per_slot.values()) >= 4  # history is kept, up to the limit
