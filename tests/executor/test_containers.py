@@ -11,6 +11,7 @@ import pytest
 
 from tests.executor.conftest import make_config, needs_root_and_runc, wait_for_log
 from worker.executor import ContainerConfig, ContainerUnhealthy, Executor, Healthcheck, Resources
+from worker.executor.rootfs import mounts_under
 
 pytestmark = needs_root_and_runc()
 
@@ -199,6 +200,8 @@ async def test_bad_user_and_missing_bind_source_give_clear_errors(executor: Exec
     ctl = executor.controller(make_config(busybox_layer, ["true"], user="ghost"))
     with pytest.raises(ExecutorError, match="unable to find user ghost"):
         await ctl.prepare()
+    assert mounts_under(executor.layout.data_dir) == []      # a failed prepare is undone
+    assert not ctl.paths.dir.exists()
     await ctl.remove()
     ctl = executor.controller(make_config(busybox_layer, ["true"], mounts=[
         MountSpec(type="bind", source="/nonexistent/shoal-src", target="/x")]))

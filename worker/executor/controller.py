@@ -213,6 +213,8 @@ class ContainerController:
             if shim_pid:
                 self.layout.move_to_shim_cgroup(shim_pid)
         except (OSError, ConfigError, RuntimeFailure, ValueError) as e:
+            if await self.runc_state() is None:     # nothing was created: undo the host side
+                await asyncio.to_thread(self._remove_files)
             raise ExecutorError(f"preparing container {self.config.name or self.id}: {e}") from e
 
     def _prepare_files(self) -> None:
