@@ -107,6 +107,8 @@ class NodeOptions:
     fsync: Callable[[int], None] | None = None   # injectable, e.g. to count fsyncs in tests
     server_ssl: ssl.SSLContext | None = None
     client_ssl: ssl.SSLContext | None = None
+    external_listener: bool = False     # the owner of the port hands over inbound connections
+    dial_preamble: bytes = b""          # written first on each outgoing connection
 
 
 def _wrap_snapshot(members: dict[int, Member], app: bytes) -> bytes:
@@ -137,7 +139,9 @@ class RaftNode:
         self.core: RaftCore | None = None
         self.transport = Transport(node_id, members[node_id].raft, self._deliver,
                                    on_unreachable=self._unreachable, server_ssl=self.opts.server_ssl,
-                                   client_ssl=self.opts.client_ssl)
+                                   client_ssl=self.opts.client_ssl,
+                                   external_listener=self.opts.external_listener,
+                                   dial_preamble=self.opts.dial_preamble)
         self._wake = asyncio.Event()
         self._proposals: dict[int, tuple[int, asyncio.Future[Any]]] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
@@ -148,6 +152,7 @@ class RaftNode:
         self._ready_loop_done = asyncio.Event()
         self._last_snapshot_index = 0
         self._synced_term_vote = (0, 0)
+        self.last_heard: dict[int, float] = {}  # peer → loop time of its last message (liveness)
         self.leader_changed = asyncio.Event()   # set on every change of (leader, role); tests clear it
         self.fatal: BaseException | None = None
 
@@ -236,6 +241,7 @@ class RaftNode:
     # -- transport callbacks ---------------------------------------------------------------------------
 
     def _deliver(self, msg: Message) -> None:
+        self.last_heard[msg.frm] = asyncio.get_running_loop().time()
         if self.core is not None and not self._stopping:
             self.core.step(msg)
             self._wake.set()
@@ -283,7 +289,8 @@ class RaftNode:
                 self._synced_term_vote = term_vote
             else:
                 # Only the commit index moved: it may be re-learned after a crash, so no fsync wait.
-                self.storage.wal.append(hs)
+                assert hs is not None
+                self.storage.append_unsynced(hs)
         for e in rd.entries:
             if e.type == EntryType.CONF_CHANGE:
                 self._learn_address(e)
@@ -458,6 +465,14 @@ class RaftNode:
     @property
     def leader(self) -> int:
         return self.core.leader if self.core is not None else 0
+
+    @property
+    def voters(self) -> tuple[int, ...]:
+        return self.core.conf.voters if self.core is not None else ()
+
+    @property
+    def applied_index(self) -> int:
+        return self.core.applied if self.core is not None else 0
 
     @property
     def is_leader(self) -> bool:

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from raft.codec import CodecError, decode_hard_state, decode_snapshot, encode_hard_state, encode_snapshot
 from raft.types import Entry, HardState, Snapshot
 from raft.wal import DEFAULT_SEGMENT_SIZE, WAL, FsyncHook, WALCorruptError, hard_state_key
+
+_T = TypeVar("_T")
 
 SNAPSHOT_FILE = "snapshot"
 HARD_STATE_FILE = "hardstate"
@@ -96,7 +99,7 @@ class DiskStorage:
         self._last_hard_state = hs
         return LoadedState(hard_state=hs, snapshot=snapshot, entries=entries)
 
-    def _read_file(self, name, decode):  # type: ignore[no-untyped-def]
+    def _read_file(self, name: str, decode: Callable[[bytes], _T]) -> _T | None:
         path = os.path.join(self.data_dir, name)
         try:
             with open(path, "rb") as f:
@@ -124,6 +127,12 @@ class DiskStorage:
             if hs is not None:
                 self._last_hard_state = hs
         self.wal.sync()
+
+    def append_unsynced(self, hard_state: HardState) -> None:
+        """Record a hard state whose loss is harmless (only the commit index moved); it reaches the
+        disk with the next synced write."""
+        self.wal.append(hard_state)
+        self._last_hard_state = hard_state
 
     async def persist(self, hard_state: HardState | None, entries: Sequence[Entry],
                       snapshot: Snapshot | None = None) -> None:
