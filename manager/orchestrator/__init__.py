@@ -13,6 +13,7 @@ from manager.orchestrator.common import (
     is_task_dirty,
     new_task,
     rollback_service,
+    service_status,
     slot_key,
     update_service_spec,
 )
@@ -26,5 +27,5 @@ from manager.orchestrator.updater import UpdateSupervisor
 __all__ = [
     "Clock", "GlobalOrchestrator", "ManualClock", "ReconcileLoop", "ReplicatedOrchestrator", "RestartSupervisor",
     "SystemClock", "TaskReaper", "UpdateSupervisor", "group_by_slot", "is_task_dirty", "new_task",
-    "rollback_service", "slot_key", "update_service_spec",
+    "rollback_service", "service_status", "slot_key", "update_service_spec",
 ]

@@ -16,10 +16,12 @@ import functools
 import logging
 
 from manager.orchestrator.clock import Clock, SystemClock
-from manager.store import Event, Store, StoreError, Subscription, WatchDropped, WriteTx
+from manager.store import Event, StaleVersion, Store, Subscription, WatchDropped, WriteTx
 
 log = logging.getLogger(__name__)
 ALL = None  # "every service"
+RETRY_AFTER_ERROR = 1.0  # seconds before a service whose round raised is tried again
+MAX_IMMEDIATE_RETRIES = 3
 
 
 class ReconcileLoop:
@@ -59,9 +61,14 @@ class ReconcileLoop:
             self.wakes.pop(service_id, None)
             try:
                 wake = await self.store.update(functools.partial(self._reconcile_one, service_id, now))
-            except StoreError as exc:
+            except StaleVersion as exc:
                 log.info("%s: service %s gives way (%s); retrying", type(self).__name__, service_id, exc)
                 retry.add(service_id)
+                continue
+            except Exception:
+                # One service's trouble must not stop the loop for all others: try it again later.
+                log.exception("%s: reconciling service %s failed", type(self).__name__, service_id)
+                self.wakes[service_id] = now + RETRY_AFTER_ERROR
                 continue
             if wake is not None:
                 self.wakes[service_id] = wake
@@ -79,10 +86,15 @@ class ReconcileLoop:
             _, sub = self.store.view_and_watch(lambda tx: None, tables=self.tables)
             try:
                 dirty: set[str] | None = ALL
+                retries = 0
                 while True:
                     dirty = await self.reconcile(dirty)
-                    if dirty:
+                    if dirty and retries < MAX_IMMEDIATE_RETRIES:
+                        retries += 1
                         continue
+                    for service_id in dirty or ():
+                        self.wakes[service_id] = self.clock.now() + RETRY_AFTER_ERROR
+                    retries = 0
                     await self._wait(sub)
                     dirty = self.due()
                     for event in sub.drain():

@@ -342,3 +342,36 @@ async def test_default_history_limit_is_five_per_slot() -> None:
     per_slot = Counter(t.slot for t in tasks_of(h, svc))
     assert set(per_slot) == {1, 2} and max(per_slot.values()) <= 5
     assert min(per_slot.values()) >= 4  # history is kept, up to the limit
+
+
+async def test_service_status_counts() -> None:
+    from manager.orchestrator import service_status
+
+    h, nodes = await swarm(2)
+    rep = make_service("rep", replicas=3)
+    glob = make_service("glob", mode="global")
+    await h.store.update(lambda tx: [tx.create(rep), tx.create(glob)])
+    await h.settle()
+    assert h.store.view(lambda tx: service_status(tx, rep)) == {
+        "RunningTasks": 3, "DesiredTasks": 3, "CompletedTasks": 0}
+    assert h.store.view(lambda tx: service_status(tx, glob))["DesiredTasks"] == 2
+    await change_node(h, nodes[0].id, lambda n: n.status.update(State="down"))
+    status = h.store.view(lambda tx: service_status(tx, rep))
+    assert status["RunningTasks"] < 3  # tasks on a down node do not count as running
+
+
+async def test_a_failing_service_does_not_stop_the_loop(caplog) -> None:
+    h, _ = await swarm(1)
+    good, bad = make_service("good", 1), make_service("bad", 1)
+    await h.store.update(lambda tx: [tx.create(good), tx.create(bad)])
+    original = h.replicated.reconcile_service
+
+    def broken(tx, service_id, now):
+        if service_id == bad.id:
+            raise RuntimeError("bug")
+        return original(tx, service_id, now)
+
+    h.replicated.reconcile_service = broken  # type: ignore[method-assign]
+    await h.replicated.reconcile()
+    assert len(tasks_of(h, good)) == 1 and bad.id in h.replicated.wakes
+    assert "reconciling service" in caplog.text
