@@ -92,6 +92,8 @@ class _Lane:
             delay = t.backoff_min
             self.connected.set()
             try:
+                if t.dial_preamble:
+                    writer.write(t.dial_preamble)
                 await self._pump(writer, reader)
             except (OSError, ConnectionError, ssl.SSLError) as exc:
                 log.debug("node %d: %s lane to %d lost: %s", t.node_id, self.name, self.peer, exc)
@@ -135,8 +137,14 @@ class Transport:
                  on_unreachable: Callable[[int], None] = lambda peer: None,
                  server_ssl: ssl.SSLContext | None = None, client_ssl: ssl.SSLContext | None = None,
                  queue_size: int = 4096, snapshot_queue_size: int = 8,
-                 backoff_min: float = 0.02, backoff_max: float = 1.0, connect_timeout: float = 1.0) -> None:
+                 backoff_min: float = 0.02, backoff_max: float = 1.0, connect_timeout: float = 1.0,
+                 external_listener: bool = False, dial_preamble: bytes = b"") -> None:
+        """With `external_listener`, the transport does not listen itself: whoever owns the port hands
+        it inbound connections through `serve_connection`, and `dial_preamble` (e.g. a channel hello)
+        is written first on every outgoing connection, so Raft can share a port with other traffic."""
         self.node_id = node_id
+        self.external_listener = external_listener
+        self.dial_preamble = dial_preamble
         self.listen = listen
         self.deliver = deliver
         self.on_unreachable = on_unreachable
@@ -157,6 +165,9 @@ class Transport:
 
     async def start(self) -> Address:
         """Listen; returns the bound (host, port) (port 0 picks a free one)."""
+        if self.external_listener:
+            self.bound = self.listen
+            return self.bound
         self._server = await asyncio.start_server(self._serve, self.listen[0], self.listen[1],
                                                   ssl=self.server_ssl)
         sock = self._server.sockets[0].getsockname()
@@ -210,6 +221,10 @@ class Transport:
             self.on_unreachable(msg.to)
 
     # -- receiving -----------------------------------------------------------------------------------
+
+    async def serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Receive messages from one inbound connection until it ends (also for external listeners)."""
+        await self._serve(reader, writer)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
