@@ -111,9 +111,14 @@ def daemon(data_dir: str, socket_path: str, tcp: str, tls_cert: str, tls_key: st
 
 
 def _register() -> None:
+    from cli.image_cmds import image
     from cli.lab_cmds import lab
+    from cli.node_cmds import node
+    from cli.swarm_cmds import swarm
+    from cli.volume_cmds import volume
 
-    shoal.add_command(lab)
+    for group in (lab, swarm, node, image, volume):
+        shoal.add_command(group)
 
 
 _register()

@@ -20,13 +20,23 @@ import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from cli.supervisor import Supervisor
+from manager.api import nodes as nodes_api
+from manager.api import swarm as swarm_api
 from manager.api import system
-from manager.api.cluster import CLUSTER, NoCluster
-from manager.api.http import Routes, new_app
+from manager.api.cluster import CLUSTER
+from manager.api.http import SERVER_VERSION, Routes, new_app
+from manager.swarm.leader_loops import Orchestration
+from manager.swarm.node import SwarmNode
+from worker.executor import api as volumes_api
+from worker.executor.executor import Executor
+from worker.executor.task_executor import RuncTaskExecutor
+from worker.images import api as images_api
+from worker.images.store import ImageStore
 
 log = logging.getLogger("shoal.daemon")
 
@@ -95,14 +105,54 @@ def _tls_context(config: DaemonConfig) -> ssl.SSLContext | None:
     return ctx
 
 
-def build_app(config: DaemonConfig) -> web.Application:
+@dataclass
+class Host:
+    """Everything one daemon runs, wired together (the composition root)."""
+
+    app: web.Application
+    swarm: SwarmNode
+    executor: Executor
+    images: ImageStore
+
+
+def node_description(hostname: str) -> dict[str, Any]:
+    import platform
+
+    from manager.api.system import meminfo_total
+
+    return {
+        "Hostname": hostname,
+        "Platform": {"Architecture": platform.machine() or "x86_64", "OS": "linux"},
+        "Resources": {"NanoCPUs": (os.cpu_count() or 1) * 1_000_000_000, "MemoryBytes": meminfo_total()},
+        "Engine": {"EngineVersion": SERVER_VERSION, "Labels": {},
+                   "Plugins": [{"Type": "Network", "Name": "overlay"}, {"Type": "Volume", "Name": "local"}]},
+    }
+
+
+def build_host(config: DaemonConfig) -> Host:
+    hostname = config.hostname or socket.gethostname()
+    images = ImageStore(config.data_dir / "images")
+    executor = Executor(config.data_dir)
+    swarm = SwarmNode(config.data_dir, listen_addr=config.listen_addr, advertise_addr=config.advertise_addr,
+                      hostname=hostname, executor=RuncTaskExecutor(executor, images),
+                      description=lambda: node_description(hostname), leader_loops=[Orchestration])
     app = new_app()
-    app[system.SWARM_INFO] = system.NoSwarm()
-    app[CLUSTER] = NoCluster()
+    app[system.SWARM_INFO] = swarm
+    app[CLUSTER] = swarm
+    app[swarm_api.SWARM_CONTROL] = swarm
     app[system.DATA_DIR] = str(config.data_dir)
-    app[system.HOSTNAME] = config.hostname or socket.gethostname()
-    system.add_routes(Routes(app))
-    return app
+    app[system.HOSTNAME] = hostname
+    routes = Routes(app)
+    system.add_routes(routes)
+    swarm_api.add_routes(routes)
+    nodes_api.add_routes(routes)
+    images_api.add_routes(routes, images)
+    volumes_api.add_routes(routes, executor.volumes)
+    return Host(app, swarm, executor, images)
+
+
+def build_app(config: DaemonConfig) -> web.Application:
+    return build_host(config).app
 
 
 class ApiServer:
@@ -135,10 +185,12 @@ class ApiServer:
 
 async def serve(config: DaemonConfig, stop: asyncio.Event) -> None:
     """Run until `stop` is set, then shut down in order within the configured bound."""
-    app = build_app(config)
-    api = ApiServer(config, app)
+    host = build_host(config)
+    api = ApiServer(config, host.app)
+    await host.executor.start_up()
     async with asyncio.TaskGroup() as group:
         supervisor = Supervisor(group)
+        supervisor.start("swarm", host.swarm.run())
         await api.start()
         log.info("daemon ready", extra={"socket": str(config.socket), "tcp": config.tcp,
                                         "data_dir": str(config.data_dir), "pid": os.getpid()})

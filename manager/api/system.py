@@ -54,7 +54,7 @@ DATA_DIR = web.AppKey("data_dir", str)
 HOSTNAME = web.AppKey("hostname", str)
 
 
-def _meminfo_total() -> int:
+def meminfo_total() -> int:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -126,7 +126,7 @@ async def info(request: web.Request) -> web.Response:
         "Architecture": machine_arch(),
         "KernelVersion": platform.release(),
         "NCPU": os.cpu_count() or 1,
-        "MemTotal": _meminfo_total(),
+        "MemTotal": meminfo_total(),
         "DockerRootDir": request.app[DATA_DIR],
         "Driver": "overlay",
         "CgroupDriver": "cgroupfs",

@@ -46,10 +46,10 @@ async def assignment_stream(store: Store, node_id: str,
 
     first = True
     while True:
-        def snapshot(tx: ReadTx) -> tuple[dict[str, Any], list[Task], list[dict[str, str]]]:
-            return session_message(tx), _node_tasks(tx, node_id), managers_of(tx)
+        def snapshot(tx: ReadTx) -> tuple[dict[str, Any], list[Task], list[dict[str, str]], Node | None]:
+            return session_message(tx), _node_tasks(tx, node_id), managers_of(tx), tx.get("nodes", node_id)
 
-        (hello, tasks, managers), sub = store.view_and_watch(snapshot, relevant, tables=("tasks", "nodes"))
+        (hello, tasks, managers, own), sub = store.view_and_watch(snapshot, relevant, tables=("tasks", "nodes"))
         try:
             if first:
                 yield hello
@@ -59,15 +59,20 @@ async def assignment_stream(store: Store, node_id: str,
                 yield {"kind": "assignments", "type": "complete", "tasks": [task_wire(t) for t in chunk],
                        "more": start + CHUNK < len(tasks)}
             yield {"kind": "managers", "managers": managers}
+            if own is not None:
+                yield node_message(own)
             while True:
                 await sub.wait()
                 events = sub.drain()
                 updates: dict[str, dict[str, Any]] = {}
                 removes: set[str] = set()
                 managers_changed = False
+                own_update: Node | None = None
                 for event in events:
                     if event.table == "nodes":
                         managers_changed = managers_changed or _manager_change(event)
+                        if event.obj.id == node_id and event.op != "delete":
+                            own_update = event.obj
                         continue
                     task = event.obj
                     if event.op == "delete" or task.node_id != node_id:
@@ -83,10 +88,17 @@ async def assignment_stream(store: Store, node_id: str,
                         yield {"kind": "assignments", "type": "incremental", "changes": items[start:start + CHUNK]}
                 if managers_changed:
                     yield {"kind": "managers", "managers": store.view(managers_of)}
+                if own_update is not None:
+                    yield node_message(own_update)
         except WatchDropped:
             continue  # lagged: resend the complete set from a fresh snapshot
         finally:
             sub.close()
+
+
+def node_message(node: Node) -> dict[str, Any]:
+    """What a node needs to know of itself: the role it should have and whether it is in Raft."""
+    return {"kind": "node", "role": node.role, "raft_member": node.manager_status is not None}
 
 
 def _manager_change(event: Event) -> bool:

@@ -36,7 +36,8 @@ MAX_BACKOFF = 2.0
 class Agent:
     def __init__(self, node_id: str, managers: list[str], ssl_context: Callable[[], ssl.SSLContext],
                  executor: TaskExecutor, description: Callable[[], dict[str, Any]], addr: str,
-                 on_managers: Callable[[list[str]], None] | None = None) -> None:
+                 on_managers: Callable[[list[str]], None] | None = None,
+                 on_node: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.node_id = node_id
         self.managers = list(managers)
         self._ssl_context = ssl_context
@@ -44,6 +45,7 @@ class Agent:
         self._description = description
         self._addr = addr
         self._on_managers = on_managers
+        self._on_node = on_node
         self._leader_hint = ""
         self._runners: dict[str, TaskRunner] = {}
         self._runner_tasks: dict[str, asyncio.Task[None]] = {}
@@ -128,6 +130,9 @@ class Agent:
                 self.managers = addrs
                 if self._on_managers is not None:
                     self._on_managers(addrs)
+        elif kind == "node":
+            if self._on_node is not None:
+                self._on_node(message)
         elif kind == "assignments":
             if message.get("type") == "complete":
                 self._complete_chunk(message)

@@ -212,8 +212,7 @@ class TaskRunner:
         ctl = self._ctl or self._executor.existing(self.task.id)
         if ctl is not None:
             try:
-                if self.status.state == TaskState.RUNNING or self.status.state == TaskState.STARTING:
-                    await ctl.shutdown()
+                await ctl.shutdown()   # idempotent; also stops a container whose task already failed
                 if remove:
                     await ctl.remove()
             except asyncio.CancelledError:

@@ -1,0 +1,118 @@
+"""Certificate issuing on the cluster port: `ca.root`, `ca.join`, `ca.renew`.
+
+`ca.root` and `ca.join` are open to peers without a certificate; everything else needs one.
+A join token decides the role (compared in constant time with the swarm's current tokens, so a
+rotated token stops working at once); the CA, never the requester, decides the node ID and the
+role written into the certificate. `ca.renew` re-issues for the caller's own node ID, with the
+role the cluster state gives it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hmac
+from typing import Any
+
+from manager.ca.authority import CertificateError, NodeIdentity, RootCA
+from manager.rpc.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from manager.rpc.server import Access, Peer, RpcServer
+from manager.store import ReadTx, Store, WriteTx
+from model import Cluster, Node, new_id
+
+INVALID_TOKEN = "A valid join token is necessary to join this cluster"
+
+
+def cluster_of(tx: ReadTx) -> Cluster:
+    clusters = tx.all("clusters")
+    if not clusters:
+        raise FailedPrecondition("the swarm is still initialising")
+    return clusters[0]
+
+
+def root_ca_of(cluster: Cluster) -> RootCA:
+    material = cluster.root_ca
+    return RootCA.from_pem(material["Cert"].encode(), material["Key"].encode())
+
+
+def cert_expiry(cluster: Cluster) -> datetime.timedelta:
+    nanos = (cluster.spec.get("CAConfig") or {}).get("NodeCertExpiry") or 7_776_000_000_000_000
+    return datetime.timedelta(microseconds=int(nanos) // 1000)
+
+
+def role_for_certificate(node: Node) -> str:
+    """A node keeps a manager certificate while it is, or is becoming, a manager."""
+    return "manager" if node.role == "manager" or node.manager_status is not None else "worker"
+
+
+def managers_of(tx: ReadTx) -> list[str]:
+    return sorted(str((n.manager_status or {}).get("Addr")) for n in tx.all("nodes")
+                  if n.manager_status and n.manager_status.get("Addr"))
+
+
+class CAService:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def register(self, server: RpcServer) -> None:
+        server.register("ca.root", self.root, Access.ANONYMOUS)
+        server.register("ca.join", self.join, Access.ANONYMOUS)
+        server.register("ca.renew", self.renew, Access.NODE)
+
+    async def root(self, peer: Peer, params: dict[str, Any]) -> Any:
+        cluster = self._store.view(cluster_of)
+        return {"cert": cluster.root_ca["Cert"]}
+
+    async def join(self, peer: Peer, params: dict[str, Any]) -> Any:
+        token = str(params.get("token", ""))
+        csr = params.get("csr")
+        if not isinstance(csr, bytes):
+            raise InvalidArgument("join request carries no certificate signing request")
+        cluster = self._store.view(cluster_of)
+        role = _role_of_token(cluster, token)
+        if role is None:
+            raise InvalidArgument(INVALID_TOKEN)
+        node_id = new_id()
+        host = peer.address.rsplit(":", 1)[0]
+        description = params.get("description") if isinstance(params.get("description"), dict) else {}
+        availability = str(params.get("availability") or "active")
+        if availability not in ("active", "pause", "drain"):
+            raise InvalidArgument(f"invalid availability {availability!r}")
+
+        def create(tx: WriteTx) -> None:
+            tx.create(Node(id=node_id, spec={"Labels": {}, "Role": role, "Availability": availability},
+                           description=description or {},
+                           status={"State": "unknown", "Message": "", "Addr": host}))
+
+        try:
+            cert = root_ca_of(cluster).issue(csr, NodeIdentity(node_id, role, cluster.id),
+                                             expiry=cert_expiry(cluster))
+        except CertificateError as e:
+            raise InvalidArgument(str(e)) from None
+        await self._store.update(create)
+        return {"node_id": node_id, "cert": cert, "root": cluster.root_ca["Cert"], "role": role,
+                "cluster_id": cluster.id, "managers": self._store.view(managers_of)}
+
+    async def renew(self, peer: Peer, params: dict[str, Any]) -> Any:
+        csr = params.get("csr")
+        if not isinstance(csr, bytes):
+            raise InvalidArgument("renewal carries no certificate signing request")
+        cluster = self._store.view(cluster_of)
+        node = self._store.view(lambda tx: tx.get("nodes", peer.node_id))
+        if node is None:
+            raise PermissionDenied(f"node {peer.node_id} is not a member of this swarm")
+        role = role_for_certificate(node)
+        try:
+            cert = root_ca_of(cluster).issue(csr, NodeIdentity(node.id, role, cluster.id),
+                                             expiry=cert_expiry(cluster))
+        except CertificateError as e:
+            raise InvalidArgument(str(e)) from None
+        return {"cert": cert, "role": role, "root": cluster.root_ca["Cert"]}
+
+
+def _role_of_token(cluster: Cluster, token: str) -> str | None:
+    tokens = cluster.join_tokens
+    for role, key in (("manager", "Manager"), ("worker", "Worker")):
+        current = str(tokens.get(key, ""))
+        if current and hmac.compare_digest(current.encode(), token.strip().encode()):
+            return role
+    return None

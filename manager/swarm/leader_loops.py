@@ -1,0 +1,32 @@
+"""The reconcilers a leader runs for one term: orchestrators, the task reaper and the scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+
+from manager.orchestrator import (
+    GlobalOrchestrator,
+    ReplicatedOrchestrator,
+    RestartSupervisor,
+    SystemClock,
+    TaskReaper,
+    UpdateSupervisor,
+)
+from manager.scheduler import Scheduler
+from manager.store import Store
+
+
+class Orchestration:
+    """Owns one term's reconcilers; they share the restart and update supervisors."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def run(self) -> None:
+        clock = SystemClock()
+        restarts, updates = RestartSupervisor(), UpdateSupervisor()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(ReplicatedOrchestrator(self._store, clock, restarts, updates).run(), name="replicated")
+            group.create_task(GlobalOrchestrator(self._store, clock, restarts, updates).run(), name="global")
+            group.create_task(TaskReaper(self._store, clock).run(), name="reaper")
+            group.create_task(Scheduler(self._store, accept_new=True).run(), name="scheduler")

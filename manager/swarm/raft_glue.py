@@ -1,0 +1,94 @@
+"""The replicated store on Raft: the state machine adapter and the proposer.
+
+Theory of operation: every manager's store applies every committed entry (`StoreStateMachine`).
+A write runs its transaction on the local store, then proposes the encoded changes. On the
+leader that is a local Raft proposal. On a follower the bytes are forwarded to the leader over
+the cluster port (`raft.propose`); the leader answers with its applied index once the entry is
+applied there, and the follower waits until it has applied that index itself, so a write is
+visible locally when `update()` returns. Version and name checks run again at apply time on
+every replica, so a transaction built on a stale view is rejected, never half-applied. With no
+leader, the proposer waits for an election for a bounded time, then fails with a clear
+"no quorum" error instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from manager.rpc.errors import RpcError, Unavailable
+from manager.store import Store
+from raft.node import NodeStopped, RaftNode
+from raft.types import Entry, NotLeader, ProposalDropped
+
+NO_LEADER = ("rpc error: code = Unknown desc = The swarm does not have a leader. It's possible that too few "
+             "managers are online. Make sure more than half of the managers are online.")
+LEADER_WAIT = 4.0
+
+
+class NoQuorum(Unavailable):
+    """No leader could be reached within the bound: too few managers are online."""
+
+
+class StoreStateMachine:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def apply(self, entry: Entry) -> Any:
+        self.store.apply(entry.data, entry.index)
+        return None
+
+    def snapshot(self) -> bytes:
+        return self.store.snapshot()
+
+    def restore(self, data: bytes) -> None:
+        self.store.restore(data)
+
+
+Forward = Callable[[int, bytes], Awaitable[int]]   # (leader raft id, data) -> leader's applied index
+
+
+class RaftProposer:
+    def __init__(self, forward: Forward, leader_wait: float = LEADER_WAIT) -> None:
+        self.raft: RaftNode | None = None
+        self._forward = forward
+        self._leader_wait = leader_wait
+
+    async def propose(self, data: bytes) -> None:
+        raft = self.raft
+        if raft is None:
+            raise NoQuorum(NO_LEADER)
+        deadline = time.monotonic() + self._leader_wait
+        while True:
+            try:
+                await raft.propose(data)
+                return
+            except (NotLeader, ProposalDropped) as e:
+                leader = e.leader if isinstance(e, NotLeader) and e.leader else raft.leader
+                if leader and leader != raft.id:
+                    try:
+                        index = await self._forward(leader, data)
+                    except RpcError:
+                        if time.monotonic() >= deadline:
+                            raise NoQuorum(NO_LEADER) from None
+                        await _wait_for_change(raft, deadline)
+                        continue
+                    await raft.wait_applied(index)
+                    return
+            except NodeStopped:
+                raise NoQuorum("this manager is shutting down") from None
+            if time.monotonic() >= deadline:
+                raise NoQuorum(NO_LEADER)
+            await _wait_for_change(raft, deadline)
+
+
+async def _wait_for_change(raft: RaftNode, deadline: float) -> None:
+    """Until the leader changes, a short poll interval passes, or the deadline."""
+    raft.leader_changed.clear()
+    remaining = max(0.0, deadline - time.monotonic())
+    try:
+        await asyncio.wait_for(raft.leader_changed.wait(), min(0.2, remaining))
+    except TimeoutError:
+        pass

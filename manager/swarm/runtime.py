@@ -1,0 +1,167 @@
+"""A manager's runtime: Raft, the replicated store, the cluster-port services, and the
+leader-only loops.
+
+Theory of operation: every manager runs a RaftNode whose state machine is the store, and
+serves `ca.*`, `raft.*` and `dispatcher.*` on the cluster port, plus the `raft` channel that
+carries Raft's own messages. Leadership is watched; each leadership term is one TaskGroup that
+owns the dispatcher and every reconciler, and losing leadership cancels it. Before a term's
+loops start, the new leader confirms its read index, so they begin from every committed write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from manager.dispatcher import Dispatcher
+from manager.dispatcher.rpc import register_dispatcher
+from manager.rpc.client import RpcClient
+from manager.rpc.server import Access, RpcServer
+from manager.store import Store
+from manager.swarm.ca_service import CAService
+from manager.swarm.membership import MembershipService, ReachabilityMonitor, RoleReconciler, node_of_raft_id
+from manager.swarm.raft_glue import RaftProposer, StoreStateMachine
+from raft.node import Member, NodeOptions, RaftNode
+from raft.transport import parse_address
+
+log = logging.getLogger("shoal.manager")
+
+RAFT_CHANNEL_HELLO = {"channel": "raft"}
+
+
+class LeaderLoop(Protocol):
+    async def run(self) -> None: ...
+
+
+LeaderLoopFactory = Callable[[Store], LeaderLoop]
+
+
+class PeerClients:
+    """One RPC connection per manager address, reopened when it drops."""
+
+    def __init__(self, ssl_context: Callable[[], ssl.SSLContext]) -> None:
+        self._ssl_context = ssl_context
+        self._clients: dict[str, RpcClient] = {}
+        self._lock = asyncio.Lock()
+
+    async def get(self, addr: str) -> RpcClient:
+        async with self._lock:
+            client = self._clients.get(addr)
+            if client is None or not client.connected:
+                client = await RpcClient(addr, self._ssl_context(), connect_timeout=2).connect()
+                self._clients[addr] = client
+            return client
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+
+class ManagerRuntime:
+    def __init__(self, *, raft_id: int, advertise_addr: str, raft_dir: Path, server: RpcServer,
+                 client_ssl: Callable[[], ssl.SSLContext], members: dict[int, str], bootstrap: bool,
+                 leader_loops: list[LeaderLoopFactory], options: NodeOptions | None = None) -> None:
+        self.peers = PeerClients(client_ssl)
+        self.proposer = RaftProposer(self._forward_proposal)
+        self.store = Store(proposer=self.proposer)
+        opts = options or NodeOptions()
+        opts.client_ssl = client_ssl()
+        opts.external_listener = True
+        opts.dial_preamble = _preamble()
+        raft_members = {i: Member(parse_address(a)) for i, a in members.items()}
+        raft_members[raft_id] = Member(parse_address(advertise_addr))
+        self.raft = RaftNode(raft_id, str(raft_dir), StoreStateMachine(self.store), members=raft_members,
+                             bootstrap=bootstrap, options=opts)
+        self.proposer.raft = self.raft
+        self.dispatcher: Dispatcher | None = None
+        self._leader_loops = leader_loops
+        self._server = server
+        self.ready = asyncio.Event()
+        CAService(self.store).register(server)
+        MembershipService(self.store, lambda: self.raft, self.leader_addr).register(server)
+        register_dispatcher(server, lambda: self.dispatcher, self.leader_addr)
+        server.register_channel("raft", self._raft_channel, Access.MANAGER)
+
+    async def _raft_channel(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Any) -> None:
+        await self.raft.transport.serve_connection(reader, writer)
+
+    # ---- leadership -----------------------------------------------------------------------------
+    def leader_addr(self) -> str:
+        leader = self.raft.leader
+        if not leader:
+            return ""
+        member = self.raft.members.get(leader)
+        return f"{member.raft[0]}:{member.raft[1]}" if member else ""
+
+    def leader_node_id(self) -> str:
+        leader = self.raft.leader
+        if not leader:
+            return ""
+        node = self.store.view(lambda tx: node_of_raft_id(tx, leader))
+        return node.id if node else ""
+
+    async def _forward_proposal(self, leader: int, data: bytes) -> int:
+        member = self.raft.members.get(leader)
+        if member is None:
+            raise ConnectionError(f"no address for leader {leader}")
+        client = await self.peers.get(f"{member.raft[0]}:{member.raft[1]}")
+        reply = await client.call("raft.propose", {"data": data}, timeout=10)
+        return int(reply["index"])
+
+    async def run(self) -> None:
+        await self.raft.start()
+        self.ready.set()
+        try:
+            while True:
+                if self.raft.is_leader:
+                    term = asyncio.create_task(self._term(), name="leader-term")
+                    try:
+                        while self.raft.is_leader and not term.done():
+                            await self._leadership_changed()
+                    finally:
+                        term.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await term
+                else:
+                    await self._leadership_changed()
+        finally:
+            self.dispatcher = None
+            await self.peers.close()
+            await self.raft.stop()
+            self._server.unregister_prefix("raft.")
+            self._server.unregister_prefix("ca.")
+            self._server.unregister_prefix("dispatcher.")
+
+    async def _leadership_changed(self) -> None:
+        self.raft.leader_changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.raft.leader_changed.wait(), 0.25)
+
+    async def _term(self) -> None:
+        await self.raft.read_index()
+        log.info("leadership term starts", extra={"raft_id": self.raft.id})
+        dispatcher = Dispatcher(self.store)
+        try:
+            async with asyncio.TaskGroup() as group:
+                self.dispatcher = dispatcher
+                group.create_task(dispatcher.run(), name="dispatcher")
+                group.create_task(ReachabilityMonitor(self.store, self.raft).run(), name="reachability")
+                group.create_task(RoleReconciler(self.store, self.raft).run(), name="roles")
+                for factory in self._leader_loops:
+                    loop = factory(self.store)
+                    group.create_task(loop.run(), name=type(loop).__name__)
+        finally:
+            self.dispatcher = None
+            log.info("leadership term ends", extra={"raft_id": self.raft.id})
+
+
+def _preamble() -> bytes:
+    from manager.rpc.frames import encode
+
+    return encode(RAFT_CHANNEL_HELLO)
