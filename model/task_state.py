@@ -73,13 +73,20 @@ class TaskStatus:
     container_status: dict[str, Any] | None = None
     port_status: dict[str, Any] | None = None
 
-    def advance(self, state: TaskState, timestamp: str, message: str = "", err: str = "") -> None:
-        """Move to `state` (same or later). A backwards move raises and changes nothing."""
+    def advance(self, state: TaskState, timestamp: str, message: str = "", err: str = "",
+                container_status: dict[str, Any] | None = None,
+                port_status: dict[str, Any] | None = None) -> None:
+        """Move to `state` (same or later). A backwards move raises and changes nothing.
+        Container and port status are replaced only when given."""
         check_transition(self.state, state)
         self.state = state
         self.timestamp = timestamp
         self.message = message
         self.err = err
+        if container_status is not None:
+            self.container_status = container_status
+        if port_status is not None:
+            self.port_status = port_status
 
     def to_api(self) -> dict[str, Any]:
         out: dict[str, Any] = {"Timestamp": self.timestamp, "State": self.state.api, "Message": self.message}

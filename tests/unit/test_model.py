@@ -53,8 +53,8 @@ def test_backwards_status_move_raises_and_changes_nothing() -> None:
         status.advance(TaskState.PREPARING, "t2", "oops")
     assert (status.state, status.timestamp, status.message) == (TaskState.RUNNING, "t1", "started")
     status.advance(TaskState.RUNNING, "t3", "still")  # idempotent re-report
-    status.advance(TaskState.FAILED, "t4", "", err="exit 1")
-    assert status.to_api()["Err"] == "exit 1"
+    status.advance(TaskState.FAILED, "t4", "", err="exit 1", container_status={"ExitCode": 1})
+    assert status.to_api()["Err"] == "exit 1" and status.to_api()["ContainerStatus"] == {"ExitCode": 1}
 
 
 def test_desired_state_only_increases() -> None:
