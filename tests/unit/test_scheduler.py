@@ -251,3 +251,21 @@ async def test_run_loop_places_tasks_as_they_arrive() -> None:
 def test_explain_grammar(n_failed: int) -> None:
     from manager.scheduler import MemoryFilter
     assert MemoryFilter().explain(n_failed) == f"{n_failed} node{'s' if n_failed > 1 else ''} insufficient memory"
+
+
+async def test_run_loop_resyncs_after_its_watch_is_dropped() -> None:
+    store = Store(watch_limit=5)  # any burst of more than 5 events drops the scheduler's watch
+    sched = Scheduler(store)
+    await store.update(lambda tx: tx.create(node("n1")))
+    tasks = [task("web", i) for i in range(1, 41)]
+    observer = store.watch(tables=("tasks",), limit=10_000)
+    async with asyncio.TaskGroup() as tg:
+        loop = tg.create_task(sched.run())
+        await asyncio.sleep(0)
+        await store.update(lambda tx: [tx.create(t) for t in tasks])
+        async with asyncio.timeout(5):
+            while any(not t.node_id for t in placed(store).values()):
+                await observer.wait()
+                observer.drain()
+        loop.cancel()
+    assert all(t.status.state is TaskState.ASSIGNED for t in placed(store).values())
