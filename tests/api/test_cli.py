@@ -1,0 +1,114 @@
+"""`shoal service/secret/config/network` commands as subprocesses against the served API.
+
+A FakeReconciler stands in for the orchestrator and the agent, so create/scale converge and
+the progress display can finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+from pathlib import Path
+
+from manager.store import Store
+from tests.api.support import StoreCluster, add_node, build_app, new_store, reconciling, serve_unix
+
+
+class Shoal:
+    def __init__(self, host: str) -> None:
+        self.host = host
+
+    async def run(self, *args: str, ok: bool = True, stdin: bytes | None = None) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.api.cli_entry", "-H", self.host, *args,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(stdin), timeout=60)
+        code = proc.returncode if proc.returncode is not None else -1
+        if ok:
+            assert code == 0, f"shoal {' '.join(args)} failed ({code}): {err.decode()}"
+        return code, out.decode(), err.decode()
+
+
+async def test_service_lifecycle_through_the_cli(tmp_path: Path) -> None:
+    store: Store = new_store()
+    await add_node(store, hostname="node-a")
+    async with serve_unix(build_app(StoreCluster(store), tmp_path), tmp_path / "api.sock") as host, \
+            reconciling(store):
+        shoal = Shoal(host)
+        _, out, _ = await shoal.run("service", "create", "--name", "web", "--replicas", "2", "--env", "A=1",
+                                    "--limit-memory", "64M", "--limit-cpu", "0.5", "--restart-delay", "1m30s",
+                                    "--update-monitor", "500ms", "--publish", "8080:80", "--timeout", "20",
+                                    "busybox", "sleep", "1000")
+        assert "overall progress: 2 out of 2 tasks" in out
+        assert "verify: Service web converged" in out
+        _, inspected, _ = await shoal.run("service", "inspect", "web")
+        spec = json.loads(inspected)[0]["Spec"]
+        assert spec["TaskTemplate"]["Resources"]["Limits"] == {"MemoryBytes": 64 * 1024**2, "NanoCPUs": 500_000_000}
+        assert spec["TaskTemplate"]["RestartPolicy"]["Delay"] == 90_000_000_000
+        assert spec["TaskTemplate"]["ContainerSpec"]["Image"] == "busybox:latest"
+        assert spec["UpdateConfig"]["Monitor"] == 500_000_000
+
+        _, out, _ = await shoal.run("service", "ls")
+        header, row = out.splitlines()
+        assert header.split() == ["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"]
+        assert row.split()[1:] == ["web", "replicated", "2/2", "busybox:latest", "*:8080->80/tcp"]
+
+        _, out, _ = await shoal.run("service", "scale", "web=3", "--timeout", "20")
+        assert "web scaled to 3" in out and "overall progress: 3 out of 3 tasks" in out
+        await shoal.run("service", "update", "--env-add", "B=2", "--detach", "web")
+        _, out, _ = await shoal.run("service", "ps", "web")
+        lines = out.splitlines()
+        assert lines[0].split()[:3] == ["ID", "NAME", "IMAGE"]
+        rows = [re.split(r"\s{3,}", line.strip()) for line in lines[1:]]
+        running = [r for r in rows if r[4] == "Running" and r[5].startswith("Running ") and r[5].endswith(" ago")]
+        assert len(running) == 3
+        assert {r[1] for r in running} == {"web.1", "web.2", "web.3"}
+        assert sum(r[4] == "Shutdown" for r in rows) == 3
+        assert any("\\_ web.1" in line for line in lines)
+        assert all("node-a" in line for line in lines[1:])
+
+        code, _, err = await shoal.run("service", "create", "--name", "bad", "--restart-delay", "5 parsecs",
+                                       "busybox", ok=False)
+        assert code == 1 and "--restart-delay" in err and "Traceback" not in err
+        code, _, err = await shoal.run("service", "create", "--detach", "--name", "web", "busybox", ok=False)
+        assert code == 1 and err.strip().endswith("service web already exists")
+        code, _, err = await shoal.run("service", "scale", "web=x", ok=False)
+        assert code == 1 and "invalid scale specifier" in err
+
+        _, out, _ = await shoal.run("service", "rollback", "--detach", "web")
+        assert out.strip() == "web"
+        _, out, _ = await shoal.run("service", "rm", "web")
+        assert out.strip() == "web"
+        code, _, err = await shoal.run("service", "rm", "web", ok=False)
+        assert code == 1 and "service web not found" in err
+
+
+async def test_secret_config_network_commands(tmp_path: Path) -> None:
+    store = new_store()
+    async with serve_unix(build_app(StoreCluster(store), tmp_path), tmp_path / "api.sock") as host:
+        shoal = Shoal(host)
+        _, out, _ = await shoal.run("secret", "create", "pw", "-", stdin=b"hunter2")
+        secret_id = out.strip()
+        _, out, _ = await shoal.run("secret", "ls")
+        assert "pw" in out and secret_id in out
+        _, out, _ = await shoal.run("secret", "inspect", "pw")
+        assert "hunter2" not in out and json.loads(out)[0]["ID"] == secret_id
+        await shoal.run("secret", "rm", "pw")
+
+        (tmp_path / "app.conf").write_text("port=80\n")
+        await shoal.run("config", "create", "--label", "a=b", "app", str(tmp_path / "app.conf"))
+        _, out, _ = await shoal.run("config", "inspect", "app")
+        assert json.loads(out)[0]["Spec"]["Labels"] == {"a": "b"}
+        code, _, err = await shoal.run("config", "create", "x", str(tmp_path / "missing"), ok=False)
+        assert code == 1 and "cannot read" in err
+
+        _, out, _ = await shoal.run("network", "create", "--subnet", "10.20.0.0/24", "--attachable", "n1")
+        net_id = out.strip()
+        _, out, _ = await shoal.run("network", "ls")
+        assert out.splitlines()[1].split() == [net_id[:12], "n1", "overlay", "swarm"]
+        code, _, err = await shoal.run("network", "create", "n1", ok=False)
+        assert code == 1 and "network with name n1 already exists" in err
+        await shoal.run("network", "rm", "n1")
