@@ -14,8 +14,10 @@ from cli.client import ClientError, DaemonClient
 
 T = TypeVar("T")
 
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# Output that is not a terminal (pipes, tests, scripts) is never wrapped or truncated.
+_WIDTH = None if sys.stdout.isatty() else 400
+console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 400)
 
 
 def fail(message: str, code: int = 1) -> None:

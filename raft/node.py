@@ -105,6 +105,7 @@ class NodeOptions:
     max_inflight_msgs: int = 256
     snapshot_chunk_size: int = 1 << 20
     fsync: Callable[[int], None] | None = None   # injectable, e.g. to count fsyncs in tests
+    inline_sync_bytes: int = int(os.environ.get("RAFT_INLINE_SYNC_BYTES", "0"))
     server_ssl: ssl.SSLContext | None = None
     client_ssl: ssl.SSLContext | None = None
     external_listener: bool = False     # the owner of the port hands over inbound connections
@@ -135,7 +136,8 @@ class RaftNode:
         self.opts = options or NodeOptions()
         self.members: dict[int, Member] = dict(members)
         self._bootstrap = bootstrap
-        self.storage = DiskStorage(data_dir, segment_size=self.opts.segment_size, fsync=self.opts.fsync)
+        self.storage = DiskStorage(data_dir, segment_size=self.opts.segment_size, fsync=self.opts.fsync,
+                                   inline_sync_bytes=self.opts.inline_sync_bytes)
         self.core: RaftCore | None = None
         self.transport = Transport(node_id, members[node_id].raft, self._deliver,
                                    on_unreachable=self._unreachable, server_ssl=self.opts.server_ssl,
@@ -469,6 +471,21 @@ class RaftNode:
     @property
     def voters(self) -> tuple[int, ...]:
         return self.core.conf.voters if self.core is not None else ()
+
+    @property
+    def learners(self) -> tuple[int, ...]:
+        return self.core.conf.learners if self.core is not None else ()
+
+    def match_index(self, peer: int) -> int:
+        """On the leader: the highest log index known to be replicated on `peer` (0 if unknown)."""
+        if self.core is None or not self.is_leader:
+            return 0
+        progress = self.core.prs.get(peer)
+        return progress.match if progress is not None else 0
+
+    @property
+    def commit_index(self) -> int:
+        return self.core.commit_index if self.core is not None else 0
 
     @property
     def applied_index(self) -> int:

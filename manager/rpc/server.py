@@ -151,7 +151,10 @@ class RpcServer:
         async with asyncio.TaskGroup() as group:
             try:
                 while True:
-                    frame = await frames.read_frame(reader)
+                    try:
+                        frame = await frames.read_frame(reader)
+                    except (EOFError, frames.FrameError, ConnectionError, ssl.SSLError):
+                        return
                     kind, call_id = frame.get("t"), int(frame.get("id", 0))
                     if kind == "cancel":
                         if call_id in calls:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from manager.rpc.errors import FailedPrecondition, InvalidArgument, NotLeaderError
+from manager.rpc.errors import FailedPrecondition, InvalidArgument, NotLeaderError, Unavailable
 from manager.rpc.server import Access, Peer, RpcServer
 from manager.store import ReadTx, Store, WriteTx, retry_on_conflict
 from model import Node
@@ -32,6 +32,7 @@ log = logging.getLogger("shoal.membership")
 
 REACHABILITY_INTERVAL = 0.25
 UNREACHABLE_AFTER = 1.5     # seconds without a message from a manager
+CATCH_UP_TIMEOUT = 20.0     # a joining manager's time to replicate the log as a learner
 
 
 def manager_nodes(tx: ReadTx) -> list[Node]:
@@ -53,6 +54,7 @@ class MembershipService:
 
     def register(self, server: RpcServer) -> None:
         server.register("raft.join", self.join, Access.MANAGER)
+        server.register("raft.members", self.members, Access.MANAGER)
         server.register("raft.propose", self.propose, Access.MANAGER)
         server.register("raft.leave", self.leave, Access.MANAGER)
 
@@ -76,7 +78,7 @@ class MembershipService:
             raise FailedPrecondition(f"node {peer.node_id} is not meant to be a manager")
         if raft_id not in raft.voters:
             try:
-                await raft.add_member(raft_id, Member(parse_address(addr), {"node_id": peer.node_id}))
+                await self._add_voter(raft, raft_id, Member(parse_address(addr), {"node_id": peer.node_id}))
             except NotLeader:
                 raise NotLeaderError("leadership changed", leader_addr=self._leader_addr()) from None
 
@@ -89,6 +91,25 @@ class MembershipService:
             tx.update(current)
 
         await retry_on_conflict(lambda: self._store.update(record))
+        return {"members": {str(i): f"{m.raft[0]}:{m.raft[1]}" for i, m in raft.members.items()}}
+
+    async def _add_voter(self, raft: RaftNode, raft_id: int, member: Member) -> None:
+        """Add as a learner, wait until it has caught up, then promote: a new manager that cannot
+        keep up never counts towards quorum, so joining can never stall the swarm."""
+        if raft_id not in raft.learners:
+            await raft.add_member(raft_id, member, learner=True)
+        target = raft.commit_index
+        deadline = time.monotonic() + CATCH_UP_TIMEOUT
+        while raft.match_index(raft_id) < target:
+            if not raft.is_leader:
+                raise NotLeader(raft.leader)
+            if time.monotonic() >= deadline:
+                raise Unavailable(f"new manager (raft id {raft_id}) did not catch up within {CATCH_UP_TIMEOUT:.0f}s")
+            await asyncio.sleep(0.05)
+        await raft.promote_learner(raft_id)
+
+    async def members(self, peer: Peer, params: dict[str, Any]) -> Any:
+        raft = self._raft()
         return {"members": {str(i): f"{m.raft[0]}:{m.raft[1]}" for i, m in raft.members.items()}}
 
     async def propose(self, peer: Peer, params: dict[str, Any]) -> Any:

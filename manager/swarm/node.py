@@ -294,7 +294,7 @@ class SwarmNode:
                     errors.append(f"{remote}: {e}")
             else:
                 raise ApiError(503, "could not join the swarm: no manager could be reached (" + "; ".join(errors) + ")")
-            NodeCredentials(reply["root"], reply["cert"], key_pem(key)).save(self.certs_dir)
+            NodeCredentials(_pem(reply["root"]), _pem(reply["cert"]), key_pem(key)).save(self.certs_dir)
             role = str(reply["role"])
             self.state = LocalSwarmState(node_id=str(reply["node_id"]), cluster_id=str(reply["cluster_id"]),
                                          role=role, advertise_addr=advertise, listen_addr=listen,
@@ -346,11 +346,13 @@ class SwarmNode:
             for addr in list(candidates):
                 try:
                     async with RpcClient(addr, self.client_context(), connect_timeout=3) as client:
+                        # Learn the members' addresses first: the leader replicates to us before
+                        # `raft.join` returns, and we must be able to answer it.
+                        known = await client.call("raft.members", {}, timeout=5)
+                        self._learn_members(known["members"])
                         reply = await client.call("raft.join", {"raft_id": state.raft_id,
-                                                                "addr": state.advertise_addr}, timeout=15)
-                    for raft_id, member_addr in reply["members"].items():
-                        if int(raft_id) != state.raft_id:
-                            runtime.raft.update_address(int(raft_id), _addr_tuple(member_addr))
+                                                                "addr": state.advertise_addr}, timeout=40)
+                    self._learn_members(reply["members"])
                     return
                 except NotLeaderError as e:
                     leader = str(e.details.get("leader_addr") or "")
@@ -361,6 +363,13 @@ class SwarmNode:
                     last_error = f"{addr}: {e}"
             await asyncio.sleep(0.2)
         raise ApiError(503, f"could not join Raft as a manager: {last_error}")
+
+    def _learn_members(self, members: dict[str, str]) -> None:
+        state, runtime = self.state, self.runtime
+        assert state is not None and runtime is not None
+        for raft_id, member_addr in members.items():
+            if int(raft_id) != state.raft_id:
+                runtime.raft.update_address(int(raft_id), _addr_tuple(member_addr))
 
     # ---- leave --------------------------------------------------------------------------------
     async def leave(self, force: bool) -> None:
@@ -454,8 +463,7 @@ class SwarmNode:
                 log.info("renewal via %s failed: %s", addr, e)
         else:
             return
-        renewed = NodeCredentials(reply["root"].encode() if isinstance(reply["root"], str) else reply["root"],
-                                  reply["cert"], creds.key_pem, creds.root_key_pem)
+        renewed = NodeCredentials(_pem(reply["root"]), _pem(reply["cert"]), creds.key_pem, creds.root_key_pem)
         renewed.save(self.certs_dir)
         self.creds = renewed
         self._client_ctx = None
@@ -467,6 +475,10 @@ class SwarmNode:
             if self.creds is not None and self.creds.renewal_due():
                 async with self._lock:
                     await self._renew()
+
+
+def _pem(value: str | bytes) -> bytes:
+    return value.encode() if isinstance(value, str) else value
 
 
 def _new_raft_id() -> int:

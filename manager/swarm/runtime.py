@@ -24,7 +24,13 @@ from manager.rpc.client import RpcClient
 from manager.rpc.server import Access, RpcServer
 from manager.store import Store
 from manager.swarm.ca_service import CAService
-from manager.swarm.membership import MembershipService, ReachabilityMonitor, RoleReconciler, node_of_raft_id
+from manager.swarm.membership import (
+    MembershipService,
+    ReachabilityMonitor,
+    RoleReconciler,
+    manager_nodes,
+    node_of_raft_id,
+)
 from manager.swarm.raft_glue import RaftProposer, StoreStateMachine
 from raft.node import Member, NodeOptions, RaftNode
 from raft.transport import parse_address
@@ -117,6 +123,7 @@ class ManagerRuntime:
     async def run(self) -> None:
         await self.raft.start()
         self.ready.set()
+        address_book = asyncio.create_task(self._sync_addresses(), name="raft-address-book")
         try:
             while True:
                 if self.raft.is_leader:
@@ -131,12 +138,33 @@ class ManagerRuntime:
                 else:
                     await self._leadership_changed()
         finally:
+            address_book.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await address_book
             self.dispatcher = None
             await self.peers.close()
             await self.raft.stop()
             self._server.unregister_prefix("raft.")
             self._server.unregister_prefix("ca.")
             self._server.unregister_prefix("dispatcher.")
+
+    async def _sync_addresses(self) -> None:
+        """Keep Raft's address book in step with the managers' addresses in the store, so a
+        restarted manager can reach members it only knows by ID from its log."""
+        sub = self.store.watch(tables=("nodes",))
+        try:
+            while True:
+                for node in self.store.view(manager_nodes):
+                    status = node.manager_status or {}
+                    raft_id, addr = int(status.get("RaftID", 0)), str(status.get("Addr", ""))
+                    member = self.raft.members.get(raft_id)
+                    if raft_id and addr and raft_id != self.raft.id and (
+                            member is None or f"{member.raft[0]}:{member.raft[1]}" != addr):
+                        self.raft.update_address(raft_id, parse_address(addr))
+                await sub.wait()
+                sub.drain()
+        finally:
+            sub.close()
 
     async def _leadership_changed(self) -> None:
         self.raft.leader_changed.clear()

@@ -87,6 +87,10 @@ class Agent:
                     log.info("session ended", extra={"manager": addr, "error": str(e)})
                     if self._leader_hint == addr:
                         self._leader_hint = ""
+                except Exception:
+                    log.exception("session with %s failed", addr)
+                    if self._leader_hint == addr:
+                        self._leader_hint = ""
                 finally:
                     self._client, self._session_id = None, ""
                     self.connected.clear()
@@ -106,14 +110,12 @@ class Agent:
             self.connected.set()
             self._status_ready.set()
             log.info("session open", extra={"manager": addr, "session": self._session_id})
-            async with asyncio.TaskGroup() as session_group:
-                beat = session_group.create_task(self._heartbeats(client, period))
-                try:
-                    async for message in stream:
-                        self._handle(message)
-                    raise RpcError("session stream ended")
-                finally:
-                    beat.cancel()
+            await first_failure(self._heartbeats(client, period), self._consume(stream))
+
+    async def _consume(self, stream: Any) -> None:
+        async for message in stream:
+            self._handle(message)
+        raise RpcError("session stream ended")
 
     async def _heartbeats(self, client: RpcClient, period: float) -> None:
         while True:
@@ -204,3 +206,18 @@ class Agent:
             if self._pending_status:
                 self._status_ready.set()
 
+
+async def first_failure(*coros: Any) -> None:
+    """Run coroutines together until the first one ends; cancel the rest and re-raise its
+    exception as is (no ExceptionGroup), so callers can tell errors apart."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task in done:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
