@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from manager.store import Store
-from tests.api.support import StoreCluster, add_node, build_app, new_store, serve_unix
+from tests.api.support import StoreCluster, add_node, build_app, new_store, reconciling, serve_unix
 
 DOCKER = "/usr/local/bin/docker"
 
@@ -107,3 +107,22 @@ async def test_docker_cli_service_secret_network_flow(tmp_path: Path, docker_bin
         assert "hunter2" not in out and json.loads(out)[0]["Spec"]["Name"] == "pw"
         _, out, _ = await docker.run("secret", "rm", "pw")
         assert out.strip() == "pw"
+
+
+async def test_docker_cli_waits_for_convergence_and_lists_tasks(tmp_path: Path, docker_bin: str) -> None:
+    store: Store = new_store()
+    await add_node(store, hostname="node-a")
+    async with serve_unix(build_app(StoreCluster(store), tmp_path), tmp_path / "api.sock") as host, \
+            reconciling(store):
+        docker = Docker(docker_bin, host, tmp_path / "dockercfg")
+        _, out, err = await docker.run("service", "create", "--no-resolve-image", "--name", "web", "--replicas", "2",
+                                       "--update-monitor", "1s", "busybox", "sleep", "1000")
+        assert "overall progress: 2 out of 2 tasks" in out + err
+        assert "verify: Service " in out and " converged" in out
+        _, out, err = await docker.run("service", "scale", "web=3")
+        assert "web scaled to 3" in out and "3 out of 3 tasks" in out + err
+        _, out, _ = await docker.run("service", "ps", "--format", "{{.Name}} {{.Node}} {{.DesiredState}}", "web")
+        assert sorted(out.split("\n")[:3]) == ["web.1 node-a Running", "web.2 node-a Running",
+                                               "web.3 node-a Running"]
+        _, out, _ = await docker.run("service", "ls", "--format", "{{.Name}} {{.Replicas}}")
+        assert out.strip() == "web 3/3"
