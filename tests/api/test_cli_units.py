@@ -102,7 +102,7 @@ def test_progress_of_replicated_and_global_services() -> None:
     assert not progress.converged and progress.lines[2].err == "No such image: x"
     tasks[2] = _task(3, "running")
     assert evaluate(svc, tasks, nodes).converged
-    glob = {"Spec": {"Mode": {"Global": {}}}}
+    glob: dict[str, Any] = {"Spec": {"Mode": {"Global": {}}}}
     gtasks = [_task(0, "running", node="n1"), _task(0, "running", node="n2")]
     progress = evaluate(glob, gtasks, nodes)
     assert progress.converged and progress.desired == 1
