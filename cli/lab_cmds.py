@@ -7,6 +7,7 @@ import os
 import click
 from rich.table import Table
 
+from cli.client import ClientError
 from cli.common import console, fail
 from cli.lab import Lab, LabError
 from cli.lab.lab import list_labs
@@ -36,12 +37,13 @@ def lab() -> None:
 @name_option
 @click.option("--managers", default=1, show_default=True, type=click.IntRange(1, 9))
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(0, 70))
-def up(name: str, managers: int, workers: int) -> None:
-    """Create the hosts and start a daemon on each."""
+@click.option("--no-swarm", is_flag=True, help="Only start the daemons; do not form a swarm.")
+def up(name: str, managers: int, workers: int, no_swarm: bool) -> None:
+    """Create the hosts, start a daemon on each, and form a swarm (manager-1 inits, the rest join)."""
     the_lab = _lab(name)
     try:
-        nodes = the_lab.up(managers=managers, workers=workers)
-    except (LabError, NetError) as e:
+        nodes = the_lab.up(managers=managers, workers=workers, swarm=not no_swarm)
+    except (LabError, NetError, ClientError) as e:
         fail(f"lab up failed: {e}")
     console.print(f"lab {name!r} is up with {len(nodes)} hosts:")
     _print_nodes(the_lab)

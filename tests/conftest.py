@@ -43,11 +43,11 @@ def make_lab() -> Iterator[Callable[..., Lab]]:
     needs_root()
     labs: list[Lab] = []
 
-    def make(managers: int = 1, workers: int = 0) -> Lab:
+    def make(managers: int = 1, workers: int = 0, swarm: bool = False) -> Lab:
         name = f"t{os.getpid() % 100000:05d}{next(_lab_counter):02d}"
         lab = Lab(name)
         labs.append(lab)
-        lab.up(managers=managers, workers=workers)
+        lab.up(managers=managers, workers=workers, swarm=swarm)
         return lab
 
     yield make

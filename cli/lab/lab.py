@@ -10,6 +10,7 @@ nothing behind.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -127,7 +128,7 @@ class Lab:
             raise LabError(f"no node {name!r} in lab {self.name!r} (nodes: {known})") from None
 
     # ---- up ---------------------------------------------------------------------------------
-    def up(self, managers: int = 1, workers: int = 0) -> list[LabNode]:
+    def up(self, managers: int = 1, workers: int = 0, swarm: bool = True) -> list[LabNode]:
         if managers < 1 or workers < 0 or managers + workers > 80:
             raise LabError("a lab needs 1..80 hosts with at least one manager")
         if self.exists():
@@ -154,10 +155,29 @@ class Lab:
             self._save()
             for node in self.nodes.values():
                 self.wait_ready(node.name)
+            if swarm:
+                asyncio.run(self._form_swarm())
         except BaseException:
             self.down()
             raise
         return list(self.nodes.values())
+
+    async def _form_swarm(self) -> None:
+        """manager-1 runs init; the other managers join with the manager token, workers with the
+        worker token."""
+        from cli.client import DaemonClient
+
+        first = self.node("manager-1")
+        async with DaemonClient(first.host) as c:
+            await c.post("/swarm/init", {"AdvertiseAddr": first.address, "ListenAddr": "0.0.0.0:2377"})
+            tokens = (await c.get("/swarm"))["JoinTokens"]
+        for node in self.nodes.values():
+            if node is first:
+                continue
+            token = tokens["Manager" if node.name.startswith("manager-") else "Worker"]
+            async with DaemonClient(node.host) as c:
+                await c.post("/swarm/join", {"AdvertiseAddr": node.address, "ListenAddr": "0.0.0.0:2377",
+                                             "RemoteAddrs": [f"{first.address}:2377"], "JoinToken": token})
 
     def _spawn(self, node: LabNode) -> None:
         Path(node.data_dir).mkdir(parents=True, exist_ok=True)
