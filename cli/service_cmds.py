@@ -379,6 +379,10 @@ def _edit_list(current: list[Any] | None, add: list[Any], remove: Callable[[Any]
 @click.option("--publish-rm", multiple=True, help="Remove a published port by its target port.")
 @click.option("--network-add", multiple=True)
 @click.option("--network-rm", multiple=True)
+@click.option("--secret-add", multiple=True)
+@click.option("--secret-rm", multiple=True, help="Remove a secret by name.")
+@click.option("--config-add", multiple=True)
+@click.option("--config-rm", multiple=True, help="Remove a config by name.")
 @click.option("--force", is_flag=True, help="Redeploy even if nothing changed.")
 @click.option("--rollback", is_flag=True, help="Roll back to the previous specification.")
 @scalar_options
@@ -389,7 +393,9 @@ def update(ctx: click.Context, ref: str, image: str | None, args_: str | None, e
            constraint_add: tuple[str, ...], constraint_rm: tuple[str, ...], placement_pref_add: tuple[str, ...],
            placement_pref_rm: tuple[str, ...], mount_add: tuple[str, ...], mount_rm: tuple[str, ...],
            publish_add: tuple[str, ...], publish_rm: tuple[str, ...], network_add: tuple[str, ...],
-           network_rm: tuple[str, ...], force: bool, rollback: bool, **opts: Any) -> None:
+           network_rm: tuple[str, ...], secret_add: tuple[str, ...], secret_rm: tuple[str, ...],
+           config_add: tuple[str, ...], config_rm: tuple[str, ...], force: bool, rollback: bool,
+           **opts: Any) -> None:
     """Update a service."""
 
     def edit(spec: dict[str, Any]) -> None:
@@ -420,7 +426,10 @@ def update(ctx: click.Context, ref: str, image: str | None, args_: str | None, e
                                        lambda p: str(p.get("TargetPort")) in ports_rm)
         tmpl["Networks"] = _edit_list(tmpl.get("Networks"), [{"Target": n} for n in network_add],
                                       lambda n: n.get("Target") in network_rm)
-        for key, holder in (("Env", container), ("Mounts", container), ("Constraints", placement),
+        for key, name_key, gone in (("Secrets", "SecretName", secret_rm), ("Configs", "ConfigName", config_rm)):
+            container[key] = [r for r in container.get(key) or [] if r.get(name_key) not in gone]
+        for key, holder in (("Env", container), ("Mounts", container), ("Secrets", container),
+                            ("Configs", container), ("Constraints", placement),
                             ("Preferences", placement), ("Ports", endpoint), ("Networks", tmpl)):
             if not holder.get(key):
                 holder.pop(key, None)
@@ -436,6 +445,7 @@ def update(ctx: click.Context, ref: str, image: str | None, args_: str | None, e
             params["rollback"] = "previous"
         else:
             _spec_errors(lambda: edit(spec))
+            await _resolve_refs(client, spec, list(secret_add), list(config_add))
             nets = spec["TaskTemplate"].get("Networks") or []
             for net in nets:  # the server wants IDs or names; give IDs as the CLI does
                 found = await client.get(f"/networks/{net['Target']}", scope="swarm")

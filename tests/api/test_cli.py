@@ -78,6 +78,17 @@ async def test_service_lifecycle_through_the_cli(tmp_path: Path) -> None:
         code, _, err = await shoal.run("service", "scale", "web=x", ok=False)
         assert code == 1 and "invalid scale specifier" in err
 
+        await shoal.run("secret", "create", "pw", "-", stdin=b"hunter2")
+        await shoal.run("service", "update", "--detach", "--secret-add", "source=pw,target=db_pw", "web")
+        _, inspected, _ = await shoal.run("service", "inspect", "web")
+        refs = json.loads(inspected)[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Secrets"]
+        assert [(r["SecretName"], r["File"]["Name"]) for r in refs] == [("pw", "db_pw")]
+        code, _, err = await shoal.run("secret", "rm", "pw", ok=False)
+        assert code == 1 and "is in use by the following service: web" in err
+        await shoal.run("service", "update", "--detach", "--secret-rm", "pw", "web")
+        _, inspected, _ = await shoal.run("service", "inspect", "web")
+        assert "Secrets" not in json.loads(inspected)[0]["Spec"]["TaskTemplate"]["ContainerSpec"]
+
         _, out, _ = await shoal.run("service", "rollback", "--detach", "web")
         assert out.strip() == "web"
         _, out, _ = await shoal.run("service", "rm", "web")
