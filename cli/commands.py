@@ -111,13 +111,17 @@ def daemon(data_dir: str, socket_path: str, tcp: str, tls_cert: str, tls_key: st
 
 
 def _register() -> None:
+    from cli.config_cmds import config
     from cli.image_cmds import image
     from cli.lab_cmds import lab
+    from cli.network_cmds import network
     from cli.node_cmds import node
+    from cli.secret_cmds import secret
+    from cli.service_cmds import service
     from cli.swarm_cmds import swarm
     from cli.volume_cmds import volume
 
-    for group in (lab, swarm, node, image, volume):
+    for group in (lab, swarm, node, service, network, secret, config, image, volume):
         shoal.add_command(group)
 
 

@@ -30,6 +30,7 @@ from manager.api import swarm as swarm_api
 from manager.api import system
 from manager.api.cluster import CLUSTER
 from manager.api.http import SERVER_VERSION, Routes, new_app
+from manager.api.routes import add_cluster_routes
 from manager.swarm.leader_loops import Orchestration
 from manager.swarm.node import SwarmNode
 from worker.executor import api as volumes_api
@@ -146,6 +147,7 @@ def build_host(config: DaemonConfig) -> Host:
     system.add_routes(routes)
     swarm_api.add_routes(routes)
     nodes_api.add_routes(routes)
+    add_cluster_routes(routes)
     images_api.add_routes(routes, images)
     volumes_api.add_routes(routes, executor.volumes)
     return Host(app, swarm, executor, images)

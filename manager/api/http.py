@@ -94,7 +94,11 @@ async def engine_middleware(request: web.Request, handler: Handler) -> web.Strea
         raise
     except json.JSONDecodeError as e:
         return error_response(400, f"invalid JSON body: {e}")
-    except Exception as e:  # a bug: answer 500 with the message, log the traceback
+    except Exception as e:
+        status = getattr(e, "http_status", None)
+        if isinstance(status, int):  # a domain error that knows its HTTP status (store, RPC, specs)
+            return error_response(status, str(e))
+        # a bug: answer 500 with the message, log the traceback
         log.exception("handler %s %s failed", request.method, request.path)
         return error_response(500, f"internal error: {e}")
 

@@ -7,6 +7,7 @@ from typing import Any
 
 class RpcError(Exception):
     code = "internal"
+    http_status = 500        # how the Engine API answers when this error reaches a handler
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -18,30 +19,37 @@ class RpcError(Exception):
 
 
 class Unavailable(RpcError):
+    http_status = 503
     code = "unavailable"
 
 
 class PermissionDenied(RpcError):
+    http_status = 403
     code = "permission_denied"
 
 
 class InvalidArgument(RpcError):
+    http_status = 400
     code = "invalid_argument"
 
 
 class NotFound(RpcError):
+    http_status = 404
     code = "not_found"
 
 
 class Conflict(RpcError):
+    http_status = 409
     code = "conflict"
 
 
 class FailedPrecondition(RpcError):
+    http_status = 400
     code = "failed_precondition"
 
 
 class NotLeaderError(RpcError):
+    http_status = 503
     """details: leader_addr (may be empty)."""
 
     code = "not_leader"

@@ -1,0 +1,69 @@
+"""Helpers for swarm tests on the lab: API calls to a node's daemon, and waits with deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from cli.client import ApiResponseError, DaemonClient
+from cli.lab import Lab
+
+T = TypeVar("T")
+
+
+def api(lab: Lab, node: str, method: str, path: str, body: Any = None, **params: Any) -> Any:
+    async def go() -> Any:
+        async with DaemonClient(lab.node(node).host, timeout=10) as c:
+            return (await c.request(method, path, params=params or None, body=body))[1]
+
+    return asyncio.run(go())
+
+
+def api_error(lab: Lab, node: str, method: str, path: str, body: Any = None, **params: Any) -> ApiResponseError:
+    try:
+        api(lab, node, method, path, body, **params)
+    except ApiResponseError as e:
+        return e
+    raise AssertionError(f"{method} {path} on {node} unexpectedly succeeded")
+
+
+def eventually(check: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
+    """Poll `check` (exceptions count as not yet) until it returns a truthy value."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except Exception as e:  # the cluster may be between states
+            last = e
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last: {last!r}")
+
+
+def nodes_by_host(lab: Lab, via: str) -> dict[str, dict[str, Any]]:
+    return {n["Description"]["Hostname"]: n for n in api(lab, via, "GET", "/nodes")}
+
+
+def leader_host(lab: Lab, via: str) -> str:
+    for host, n in nodes_by_host(lab, via).items():
+        if (n.get("ManagerStatus") or {}).get("Leader"):
+            return host
+    return ""
+
+
+def set_heartbeat(lab: Lab, via: str, seconds: float) -> None:
+    cluster = api(lab, via, "GET", "/swarm")
+    spec = cluster["Spec"]
+    spec["Dispatcher"]["HeartbeatPeriod"] = int(seconds * 1e9)
+    api(lab, via, "POST", "/swarm/update", spec, version=cluster["Version"]["Index"])
+
+
+def node_update(lab: Lab, via: str, ref: str, change: Callable[[dict[str, Any]], None]) -> None:
+    node = api(lab, via, "GET", f"/nodes/{ref}")
+    spec = node["Spec"]
+    change(spec)
+    api(lab, via, "POST", f"/nodes/{node['ID']}/update", spec, version=node["Version"]["Index"])
