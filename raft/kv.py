@@ -196,12 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http", required=True, help="HTTP listen address host:port")
     p.add_argument("--peers", required=True,
                    help="members as ID=RAFT[/HTTP],...; e.g. 1=127.0.0.1:7001/127.0.0.1:8001,2=... "
-                        "(the HTTP part lets followers redirect writes to the leader)")
+                        "(the HTTP part lets followers redirect writes to the leader). On a node founding "
+                        "the cluster: the founding members (the initial voters). With --join: the current "
+                        "members plus this node.")
     p.add_argument("--data-dir", required=True, help="directory for the WAL and snapshots")
     p.add_argument("--join", action="store_true",
                    help="do not found a cluster: wait to be added with POST /members on the leader")
-    p.add_argument("--tick-ms", type=float, default=40.0,
-                   help="raft tick length (default 40 ms: elections after 0.4 to 0.8 s without a leader)")
+    p.add_argument("--tick-ms", type=float, default=25.0,
+                   help="raft tick length (default 25 ms: elections after 0.25 to 0.5 s without a leader)")
     p.add_argument("--election-ticks", type=int, default=10, help="election timeout in ticks (default 10)")
     p.add_argument("--snapshot-every", type=int, default=10000, help="applied entries between snapshots")
     p.add_argument("--log-level", default="WARNING")

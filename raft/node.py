@@ -105,7 +105,7 @@ class NodeOptions:
     max_inflight_msgs: int = 256
     snapshot_chunk_size: int = 1 << 20
     fsync: Callable[[int], None] | None = None   # injectable, e.g. to count fsyncs in tests
-    inline_sync_bytes: int = int(os.environ.get("RAFT_INLINE_SYNC_BYTES", "0"))
+    inline_sync_bytes: int = 0          # fsync batches below this size on the loop, not a thread
     server_ssl: ssl.SSLContext | None = None
     client_ssl: ssl.SSLContext | None = None
     external_listener: bool = False     # the owner of the port hands over inbound connections
@@ -218,7 +218,8 @@ class RaftNode:
         self._wake.set()
         if self._runner is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._ready_loop_done.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._ready_loop_done.wait()
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception, BaseExceptionGroup):
                 await self._runner
@@ -329,18 +330,27 @@ class RaftNode:
 
     def _apply(self, e: Entry) -> None:
         result: Any = None
+        error: Exception | None = None
         if e.type == EntryType.CONF_CHANGE:
             self._apply_conf_change(e)
             assert self.core is not None
             result = self.core.conf
         elif e.data:
-            result = self.sm.apply(e)
+            try:
+                result = self.sm.apply(e)
+            except Exception as exc:
+                # apply is deterministic, so every replica rejects this entry the same way: the
+                # state stays consistent and the proposer gets the error.
+                log.warning("node %d: state machine rejected entry %d: %r", self.id, e.index, exc)
+                error = exc
         pending = self._proposals.pop(e.index, None)
         if pending is not None:
             term, fut = pending
             if fut.done():
                 return
-            if term == e.term:
+            if term == e.term and error is not None:
+                fut.set_exception(error)
+            elif term == e.term:
                 fut.set_result(result)
             else:
                 fut.set_exception(ProposalDropped(f"entry {e.index} was replaced by a newer leader"))

@@ -64,8 +64,11 @@ def atomic_write(path: str, data: bytes, fsync: FsyncHook = os.fsync) -> None:
 
 class DiskStorage:
     def __init__(self, data_dir: str, *, segment_size: int = DEFAULT_SEGMENT_SIZE,
-                 fsync: FsyncHook | None = None) -> None:
+                 fsync: FsyncHook | None = None, inline_sync_bytes: int = 0) -> None:
+        """`inline_sync_bytes`: batches below this many entry bytes are written and fsynced on the
+        calling thread (blocking the event loop for one fsync) instead of on a worker thread."""
         self.data_dir = data_dir
+        self.inline_sync_bytes = inline_sync_bytes
         self._fsync: FsyncHook = fsync or os.fsync
         self.wal = WAL(os.path.join(data_dir, "wal"), segment_size=segment_size, fsync=fsync)
         self._pending: list[tuple[HardState | None, Sequence[Entry], Snapshot | None]] = []
@@ -147,7 +150,11 @@ class DiskStorage:
                     batch, waiters = self._pending, self._waiters
                     self._pending, self._waiters = [], []
                     try:
-                        await asyncio.to_thread(self._write_batch, batch)
+                        size = sum(len(e.data) for _, ents, _ in batch for e in ents)
+                        if size < self.inline_sync_bytes and not any(snap for _, _, snap in batch):
+                            self._write_batch(batch)        # small: cheaper than a thread hop
+                        else:
+                            await asyncio.to_thread(self._write_batch, batch)
                     except BaseException as exc:
                         for w in waiters:
                             if not w.done():

@@ -73,14 +73,17 @@ class _Lane:
 
     async def run(self) -> None:
         t = self.transport
+        loop = asyncio.get_running_loop()
         delay = t.backoff_min
-        while True:
+        while not t.closing:
             addr = t.peers.get(self.peer)
             if addr is None:
                 return
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(addr[0], addr[1], ssl=t.client_ssl), t.connect_timeout)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+                # races with a completing connect, which would leave this lane running after close().
+                async with asyncio.timeout(t.connect_timeout):
+                    reader, writer = await asyncio.open_connection(addr[0], addr[1], ssl=t.client_ssl)
             except (OSError, TimeoutError, ssl.SSLError) as exc:
                 log.debug("node %d: %s lane to %d at %s: connect failed: %s",
                           t.node_id, self.name, self.peer, addr, exc)
@@ -89,7 +92,7 @@ class _Lane:
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, t.backoff_max)
                 continue
-            delay = t.backoff_min
+            connected_at = loop.time()
             self.connected.set()
             try:
                 if t.dial_preamble:
@@ -101,18 +104,25 @@ class _Lane:
             finally:
                 self.connected.clear()
                 writer.transport.abort()    # never wait to flush towards a peer that is not reading
+            if loop.time() - connected_at > 1.0:
+                delay = t.backoff_min       # a healthy connection broke: redial at once
+            else:
+                # Refused right after connecting (e.g. TLS rejected us): back off like a failed dial.
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, t.backoff_max)
 
     async def _pump(self, writer: asyncio.StreamWriter, reader: asyncio.StreamReader) -> None:
         queue = self.queue
         closed = asyncio.ensure_future(reader.read(1))   # the peer never writes: EOF = closed
+        getter: asyncio.Future[Message] | None = None
         try:
             while True:
                 getter = asyncio.ensure_future(queue.get())
                 done, _ = await asyncio.wait({getter, closed}, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
-                    getter.cancel()
                     raise ConnectionError("peer closed the connection")
                 frames = [getter.result()]
+                getter = None
                 while not queue.empty() and len(frames) < 512:
                     frames.append(queue.get_nowait())
                 parts: list[bytes] = []
@@ -123,7 +133,9 @@ class _Lane:
                 writer.write(b"".join(parts))
                 await writer.drain()
         finally:
-            closed.cancel()
+            for fut in (closed, getter):
+                if fut is not None and not fut.done():
+                    fut.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await closed
 
@@ -162,6 +174,7 @@ class Transport:
         self._retired: set[asyncio.Task[None]] = set()     # cancelled lanes, awaited on close
         self.bound: Address | None = None
         self.dropped = 0
+        self.closing = False
 
     async def start(self) -> Address:
         """Listen; returns the bound (host, port) (port 0 picks a free one)."""
@@ -257,6 +270,7 @@ class Transport:
 
     async def close(self) -> None:
         """Stop accepting, stop the senders, drop inbound connections, and wait for all of them."""
+        self.closing = True
         if self._server is not None:
             self._server.close()
         tasks = [lane.task for lanes in self._lanes.values() for lane in lanes if lane.task is not None]

@@ -65,20 +65,25 @@ class KVCluster:
     size: int = 3
     extra_args: list[str] = field(default_factory=list)
     nodes: dict[int, KVProc] = field(default_factory=dict)
+    founders: int = 0       # ids 1..founders found the cluster (0 = all); the rest start with --join
 
     def __post_init__(self) -> None:
+        self.founders = self.founders or self.size
         ports = free_ports(2 * self.size)
         for i in range(1, self.size + 1):
             self.nodes[i] = KVProc(i, ports[2 * i - 2], ports[2 * i - 1], os.path.join(self.root, f"n{i}"))
 
-    def peers_flag(self) -> str:
-        return ",".join(f"{n.id}={n.raft}/{n.http}" for n in self.nodes.values())
+    def peers_flag(self, joining: bool = False) -> str:
+        """Founders list the founding members only (they become the initial voters); a joining node
+        also lists itself."""
+        return ",".join(f"{n.id}={n.raft}/{n.http}" for n in self.nodes.values()
+                        if n.id <= self.founders or joining)
 
     async def start(self, node_id: int, *, join: bool = False, timeout: float = 20.0) -> KVProc:
         n = self.nodes[node_id]
         n.log_path = os.path.join(self.root, f"n{node_id}.log")
         args = [sys.executable, "-m", "raft.kv", "--id", str(n.id), "--raft", n.raft, "--http", n.http,
-                "--peers", self.peers_flag(), "--data-dir", n.data_dir, *self.extra_args]
+                "--peers", self.peers_flag(joining=join), "--data-dir", n.data_dir, *self.extra_args]
         if join:
             args.append("--join")
         log_fd = os.open(n.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)

@@ -107,3 +107,45 @@ async def test_leader_sigkill_loses_no_acked_write_and_restarted_node_catches_up
             sts = [await client.status(i) for i in cluster.nodes]
             return all(sts) and len({(s["applied"], s["keys"]) for s in sts if s}) == 1
         await wait_until(converged, 20, "replicas to converge")
+
+
+async def test_membership_endpoints_add_learner_promote_and_remove(tmp_path: Path) -> None:
+    c = KVCluster(str(tmp_path), 4, founders=3)     # node 4 starts empty, with --join
+    c.extra_args = ["--snapshot-every", "20"]
+    try:
+        await asyncio.gather(*(c.start(i) for i in (1, 2, 3)))
+        async with aiohttp.ClientSession() as session:
+            client = KVClient(c, session)
+            for i in range(60):
+                assert await client.put(f"k{i}", str(i).encode())
+            await c.start(4, join=True)
+            leader = c.nodes[await client.leader()]
+            new = c.nodes[4]
+            base = f"http://{leader.http}"
+            async with session.post(f"{base}/members", json={"id": "four"}) as r:
+                assert r.status == 400 and "id must be a positive integer" in (await r.json())["error"]
+            async with session.post(f"{base}/members", json={"id": 4, "raft": new.raft, "http": new.http,
+                                                             "learner": True}) as r:
+                assert r.status == 200, await r.text()
+                assert 4 in (await r.json())["learners"]
+
+            async def learner_caught_up() -> bool:
+                st = await client.status(4)
+                return bool(st and st["applied"] >= 60 and st["keys"] == 60)
+            await wait_until(learner_caught_up, 20, "the learner to catch up")
+            async with session.post(f"{base}/members/4/promote") as r:
+                assert r.status == 200, await r.text()
+                assert 4 in (await r.json())["voters"]
+            # The new voter serves linearizable reads itself.
+            async with session.get(f"http://{new.http}/kv/k59") as r:
+                assert r.status == 200 and await r.read() == b"59"
+            async with session.delete(f"{base}/members/4") as r:
+                assert r.status == 200, await r.text()
+                conf = await r.json()
+                assert 4 not in conf["voters"] and 4 not in conf["learners"]
+            assert await client.put("after-removal", b"ok")
+    finally:
+        c.kill_all_now()
+        for n in c.nodes.values():
+            if n.proc is not None:
+                await n.proc.wait()
