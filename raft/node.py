@@ -309,6 +309,9 @@ class RaftNode:
             if fut is not None and not fut.done():
                 fut.set_result(rs.index)
         core.advance(rd)
+        if rd.snapshot is not None:
+            # An installed snapshot covers the old log: checkpoint hard state, drop old segments.
+            await self.storage.save_snapshot_async(rd.snapshot)
         applied = core.applied
         waiters = self._applied_waiters
         while waiters and waiters[0][0] <= applied:

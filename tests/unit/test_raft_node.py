@@ -10,7 +10,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from raft.node import Member, NodeOptions, RaftNode
+from raft.node import Member, NodeOptions, NodeStopped, RaftNode
 from raft.types import Entry, NotLeader, Role
 
 
@@ -23,6 +23,8 @@ class Counter:
 
     def apply(self, entry: Entry) -> int:
         key, value = msgpack.unpackb(entry.data)
+        if value == "poison":
+            raise ValueError(f"refusing to store poison under {key}")
         self.data[key] = value
         self.applied += 1
         return self.applied
@@ -167,3 +169,23 @@ async def test_new_member_joins_and_catches_up_by_snapshot_then_is_removed(clust
     await until(lambda: c.sms[4].data.get("with4") == "yes")
     conf = await leader.remove_member(4)
     assert 4 not in conf.voters and 4 not in conf.learners
+
+
+async def test_apply_errors_reach_the_proposer_and_stop_fails_pending_work(cluster) -> None:
+    c = await cluster(3)
+    leader = await c.leader()
+    with pytest.raises(ValueError, match="poison under k"):
+        await leader.propose(put("k", "poison"))
+    assert await leader.propose(put("k", "fine")) == 1     # every replica skipped the bad entry alike
+    await until(lambda: all(sm.data.get("k") == "fine" for sm in c.sms.values()))
+    # Stop both followers: the leader cannot commit; stopping it fails the waiting proposal.
+    for i in [i for i in c.nodes if i != leader.id]:
+        await c.stop(i)
+    last = leader.status()["last_index"]
+    pending = asyncio.ensure_future(leader.propose(put("never", "committed")))
+    await until(lambda: leader.status()["last_index"] == last + 1)      # appended, cannot commit
+    await c.stop(leader.id)
+    with pytest.raises(NodeStopped):
+        await pending
+    with pytest.raises(NodeStopped):
+        await leader.propose(put("late", "x"))
