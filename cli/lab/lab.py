@@ -99,6 +99,7 @@ class Lab:
         self.data_root = DATA_ROOT / name
         self.hub_ns = f"{name}-hub"
         self.nodes: dict[str, LabNode] = {}
+        self.demo_running = 0
         self._load()
 
     # ---- state ------------------------------------------------------------------------------
@@ -128,7 +129,7 @@ class Lab:
             raise LabError(f"no node {name!r} in lab {self.name!r} (nodes: {known})") from None
 
     # ---- up ---------------------------------------------------------------------------------
-    def up(self, managers: int = 1, workers: int = 0, swarm: bool = True) -> list[LabNode]:
+    def up(self, managers: int = 1, workers: int = 0, swarm: bool = True, demo: bool = False) -> list[LabNode]:
         if managers < 1 or workers < 0 or managers + workers > 80:
             raise LabError("a lab needs 1..80 hosts with at least one manager")
         if self.exists():
@@ -157,10 +158,19 @@ class Lab:
                 self.wait_ready(node.name)
             if swarm:
                 asyncio.run(self._form_swarm())
+            if swarm and demo:
+                self.demo_running = asyncio.run(self._deploy_demo())
         except BaseException:
             self.down()
             raise
         return list(self.nodes.values())
+
+    async def _deploy_demo(self) -> int:
+        from cli.lab import demo
+
+        archive = demo.build_demo_archive(self.run_dir).read_bytes()
+        await asyncio.gather(*(demo.load_image(n.host, archive) for n in self.nodes.values()))
+        return await demo.deploy_demo(self.node("manager-1").host, replicas=max(2, len(self.nodes) - 1))
 
     async def _form_swarm(self) -> None:
         """manager-1 runs init; the other managers join with the manager token, workers with the
