@@ -28,7 +28,7 @@ from cli.supervisor import Supervisor
 from manager.api import nodes as nodes_api
 from manager.api import swarm as swarm_api
 from manager.api import system
-from manager.api.cluster import CLUSTER
+from manager.api.cluster import CLUSTER, linearizable_reads
 from manager.api.http import SERVER_VERSION, Routes, new_app
 from manager.api.routes import add_cluster_routes
 from manager.swarm.leader_loops import Orchestration
@@ -137,7 +137,7 @@ def build_host(config: DaemonConfig) -> Host:
     swarm = SwarmNode(config.data_dir, listen_addr=config.listen_addr, advertise_addr=config.advertise_addr,
                       hostname=hostname, executor=RuncTaskExecutor(executor, images),
                       description=lambda: node_description(hostname), leader_loops=[Orchestration])
-    app = new_app()
+    app = new_app(linearizable_reads)
     app[system.SWARM_INFO] = swarm
     app[CLUSTER] = swarm
     app[swarm_api.SWARM_CONTROL] = swarm

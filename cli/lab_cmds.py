@@ -38,16 +38,21 @@ def lab() -> None:
 @click.option("--managers", default=1, show_default=True, type=click.IntRange(1, 9))
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(0, 70))
 @click.option("--no-swarm", is_flag=True, help="Only start the daemons; do not form a swarm.")
-def up(name: str, managers: int, workers: int, no_swarm: bool) -> None:
+@click.option("--demo/--no-demo", default=True, show_default=True,
+              help="Load a busybox image on every host and run the `demo` web service.")
+def up(name: str, managers: int, workers: int, no_swarm: bool, demo: bool) -> None:
     """Create the hosts, start a daemon on each, and form a swarm (manager-1 inits, the rest join)."""
     the_lab = _lab(name)
     try:
-        nodes = the_lab.up(managers=managers, workers=workers, swarm=not no_swarm)
+        nodes = the_lab.up(managers=managers, workers=workers, swarm=not no_swarm, demo=demo)
     except (LabError, NetError, ClientError) as e:
         fail(f"lab up failed: {e}")
     console.print(f"lab {name!r} is up with {len(nodes)} hosts:")
     _print_nodes(the_lab)
-    console.print(f"\nRun commands on a host with: shoal lab exec {nodes[0].name} -- shoal info")
+    if the_lab.demo_running:
+        console.print(f"\nservice `demo` runs {the_lab.demo_running} replicas of busybox httpd (port 8080); see: "
+                      f"shoal lab exec {nodes[0].name} -- shoal service ps demo")
+    console.print(f"\nRun commands on a host with: shoal lab exec {nodes[0].name} -- shoal node ls")
 
 
 @lab.command("ls")

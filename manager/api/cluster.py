@@ -37,6 +37,11 @@ class ClusterAccess(Protocol):
         """The node ID of the current Raft leader, as this manager sees it ("" if none)."""
         ...
 
+    async def read_barrier(self) -> None:
+        """Return once this manager's store holds every write committed before the call
+        (a Raft ReadIndex round); raise an error with an HTTP status when there is no quorum."""
+        ...
+
 
 class NoCluster:
     """A daemon outside any swarm."""
@@ -53,8 +58,27 @@ class NoCluster:
     def leader_node_id(self) -> str:
         return ""
 
+    async def read_barrier(self) -> None:
+        return None
+
 
 CLUSTER = web.AppKey("cluster", ClusterAccess)
+CLUSTER_READ_PREFIXES = ("/swarm", "/nodes", "/services", "/tasks", "/networks", "/secrets", "/configs")
+
+
+@web.middleware
+async def linearizable_reads(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Cluster reads on any manager see every write committed before them: a follower is never
+    behind its own caller's last write, and a manager cut off from quorum answers 503 instead of
+    serving stale state."""
+    if request.method in ("GET", "HEAD"):
+        path = request.path
+        if path.startswith("/v1."):
+            path = "/" + path.split("/", 2)[2]
+        if path.startswith(CLUSTER_READ_PREFIXES) and request.app[CLUSTER].manager_store() is not None:
+            await request.app[CLUSTER].read_barrier()
+    response: web.StreamResponse = await handler(request)
+    return response
 
 
 def cluster_store(request: web.Request) -> Store:

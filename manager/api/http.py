@@ -114,8 +114,9 @@ class Routes:
         self._router.add_route(method, r"/v{api_version:\d+\.\d+}" + path, handler)
 
 
-def new_app() -> web.Application:
-    app = web.Application(middlewares=[engine_middleware], client_max_size=64 * 1024**2)
+def new_app(*extra_middlewares: Any) -> web.Application:
+    """An Engine API app; `extra_middlewares` run inside the error/version middleware."""
+    app = web.Application(middlewares=[engine_middleware, *extra_middlewares], client_max_size=64 * 1024**2)
     app.on_response_prepare.append(_on_prepare)
     return app
 

@@ -176,6 +176,10 @@ class SwarmNode:
     def leader_node_id(self) -> str:
         return self.runtime.leader_node_id() if self.runtime else ""
 
+    async def read_barrier(self) -> None:
+        if self.runtime is not None:
+            await self.runtime.read_barrier()
+
     def swarm_state(self) -> str:
         if self.state is None:
             return "inactive"

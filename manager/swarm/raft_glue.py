@@ -25,7 +25,10 @@ from raft.types import Entry, NotLeader, ProposalDropped
 
 NO_LEADER = ("rpc error: code = Unknown desc = The swarm does not have a leader. It's possible that too few "
              "managers are online. Make sure more than half of the managers are online.")
+NOT_COMMITTED = ("rpc error: code = Unavailable desc = the write could not be committed: too few managers are "
+                 "reachable (no quorum); it may still apply if quorum returns")
 LEADER_WAIT = 4.0
+COMMIT_WAIT = 8.0
 
 
 class NoQuorum(Unavailable):
@@ -61,9 +64,10 @@ class RaftProposer:
         if raft is None:
             raise NoQuorum(NO_LEADER)
         deadline = time.monotonic() + self._leader_wait
+        commit_deadline = time.monotonic() + COMMIT_WAIT
         while True:
             try:
-                await raft.propose(data)
+                await _propose_as_leader(raft, data, commit_deadline)
                 return
             except (NotLeader, ProposalDropped) as e:
                 leader = e.leader if isinstance(e, NotLeader) and e.leader else raft.leader
@@ -82,6 +86,23 @@ class RaftProposer:
             if time.monotonic() >= deadline:
                 raise NoQuorum(NO_LEADER)
             await _wait_for_change(raft, deadline)
+
+
+async def _propose_as_leader(raft: RaftNode, data: bytes, deadline: float) -> None:
+    """Propose locally; give up with NoQuorum (the write's outcome unknown) if this node stops
+    being the leader or the deadline passes before the entry commits, instead of hanging."""
+    proposal = asyncio.ensure_future(raft.propose(data))
+    try:
+        while True:
+            done, _ = await asyncio.wait({proposal}, timeout=0.1)
+            if done:
+                proposal.result()
+                return
+            if not raft.is_leader or time.monotonic() >= deadline:
+                raise NoQuorum(NOT_COMMITTED)
+    finally:
+        if not proposal.done():
+            proposal.cancel()
 
 
 async def _wait_for_change(raft: RaftNode, deadline: float) -> None:

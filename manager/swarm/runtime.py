@@ -31,13 +31,15 @@ from manager.swarm.membership import (
     manager_nodes,
     node_of_raft_id,
 )
-from manager.swarm.raft_glue import RaftProposer, StoreStateMachine
-from raft.node import Member, NodeOptions, RaftNode
+from manager.swarm.raft_glue import NO_LEADER, NoQuorum, RaftProposer, StoreStateMachine
+from raft.node import Member, NodeOptions, NodeStopped, RaftNode
 from raft.transport import parse_address
+from raft.types import NotLeader
 
 log = logging.getLogger("shoal.manager")
 
 RAFT_CHANNEL_HELLO = {"channel": "raft"}
+READ_TIMEOUT = 4.0
 
 
 class LeaderLoop(Protocol):
@@ -111,6 +113,12 @@ class ManagerRuntime:
             return ""
         node = self.store.view(lambda tx: node_of_raft_id(tx, leader))
         return node.id if node else ""
+
+    async def read_barrier(self) -> None:
+        try:
+            await asyncio.wait_for(self.raft.read_index(), READ_TIMEOUT)
+        except (NotLeader, TimeoutError, NodeStopped):
+            raise NoQuorum(NO_LEADER) from None
 
     async def _forward_proposal(self, leader: int, data: bytes) -> int:
         member = self.raft.members.get(leader)

@@ -11,6 +11,7 @@ from cli.client import ApiResponseError, DaemonClient
 from cli.lab import Lab
 
 T = TypeVar("T")
+API_TIMEOUT = 30.0
 
 
 def api(lab: Lab, node: str, method: str, path: str, body: Any = None, **params: Any) -> Any:
@@ -18,7 +19,10 @@ def api(lab: Lab, node: str, method: str, path: str, body: Any = None, **params:
         async with DaemonClient(lab.node(node).host, timeout=10) as c:
             return (await c.request(method, path, params=params or None, body=body))[1]
 
-    return asyncio.run(go())
+    async def bounded() -> Any:
+        return await asyncio.wait_for(go(), API_TIMEOUT)  # a hung API call fails the test
+
+    return asyncio.run(bounded())
 
 
 def api_error(lab: Lab, node: str, method: str, path: str, body: Any = None, **params: Any) -> ApiResponseError:

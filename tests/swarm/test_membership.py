@@ -5,7 +5,9 @@ One 3-manager, 2-worker swarm serves the whole module; each test leaves it whole
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -66,7 +68,8 @@ def test_leader_killed_new_leader_serves_and_old_one_returns(swarm: Lab) -> None
     # Writes work from every remaining manager (followers forward them to the leader).
     for m in survivors:
         node_update(swarm, m, "worker-2", lambda spec, m=m: spec["Labels"].__setitem__("written-by", m))
-    assert nodes_by_host(swarm, survivors[0])["worker-2"]["Spec"]["Labels"]["written-by"] == survivors[1]
+    eventually(lambda: nodes_by_host(swarm, survivors[0])["worker-2"]["Spec"]["Labels"]["written-by"] == survivors[1],
+               what="the second write visible on the first survivor")
     eventually(lambda: nodes_by_host(swarm, survivors[0])[old]["ManagerStatus"]["Reachability"] == "unreachable",
                what="the dead manager to show unreachable")
     eventually(lambda: nodes_by_host(swarm, survivors[1])[old]["Status"]["State"] == "down",
@@ -82,14 +85,18 @@ def test_minority_manager_refuses_writes_and_heals(swarm: Lab) -> None:
     eventually(lambda: agreed_view(swarm), what="agreement")
     lonely = "manager-3"
     others = [m for m in MANAGERS if m != lonely]
+    worker = nodes_by_host(swarm, lonely)["worker-1"]
     for m in others:
         swarm.partition(lonely, m)
     try:
-        err = api_error(swarm, lonely, "POST", "/nodes/worker-1/update",
-                        nodes_by_host(swarm, lonely)["worker-1"]["Spec"],
-                        version=nodes_by_host(swarm, lonely)["worker-1"]["Version"]["Index"])
+        # The minority refuses writes and reads with a clear error, within seconds, never a hang
+        # and never stale state.
+        err = api_error(swarm, lonely, "POST", f"/nodes/{worker['ID']}/update", worker["Spec"],
+                        version=worker["Version"]["Index"])
         assert err.status == 503
-        assert "does not have a leader" in err.message
+        assert "quorum" in err.message or "does not have a leader" in err.message
+        err = api_error(swarm, lonely, "GET", "/nodes")
+        assert err.status == 503 and "does not have a leader" in err.message
         eventually(lambda: leader_host(swarm, others[0]) in others, what="a leader on the majority side")
         node_update(swarm, others[0], "worker-1", lambda spec: spec["Labels"].__setitem__("side", "majority"))
     finally:
@@ -119,3 +126,103 @@ def test_worker_fails_over_to_another_manager(swarm: Lab) -> None:
     finally:
         swarm.start(leader)
     eventually(lambda: agreed_view(swarm), what="agreement after restart")
+
+
+def managers_in_raft(lab: Lab, via: str) -> set[str]:
+    return {h for h, n in nodes_by_host(lab, via).items() if n.get("ManagerStatus")}
+
+
+def test_availability_and_labels(swarm: Lab) -> None:
+    for availability in ("drain", "pause", "active"):
+        node_update(swarm, "manager-2", "worker-1", lambda spec, a=availability: spec.__setitem__("Availability", a))
+        # The writer reads its own write at once; other managers follow within a moment.
+        assert nodes_by_host(swarm, "manager-2")["worker-1"]["Spec"]["Availability"] == availability
+        eventually(lambda a=availability: nodes_by_host(swarm, "manager-3")["worker-1"]["Spec"]["Availability"] == a,
+                   what=f"availability {availability} on manager-3")
+    node_update(swarm, "manager-1", "worker-1", lambda spec: spec["Labels"].__setitem__("zone", "a"))
+    eventually(lambda: nodes_by_host(swarm, "manager-2")["worker-1"]["Spec"]["Labels"].get("zone") == "a",
+               what="label on manager-2")
+    filtered = api(swarm, "manager-1", "GET", "/nodes", filters={"node.label": ["zone=a"]})
+    assert [n["Description"]["Hostname"] for n in filtered] == ["worker-1"]
+    node_update(swarm, "manager-1", "worker-1", lambda spec: spec["Labels"].pop("zone"))
+    eventually(lambda: "zone" not in nodes_by_host(swarm, "manager-2")["worker-1"]["Spec"]["Labels"],
+               what="label removal on manager-2")
+
+
+def test_promote_and_demote_move_raft_membership(swarm: Lab) -> None:
+    node_update(swarm, "manager-1", "worker-2", lambda spec: spec.__setitem__("Role", "manager"))
+    eventually(lambda: "worker-2" in managers_in_raft(swarm, "manager-1"), timeout=30, what="worker-2 in raft")
+    eventually(lambda: api(swarm, "worker-2", "GET", "/info")["Swarm"]["ControlAvailable"], timeout=30,
+               what="worker-2 serving as a manager")
+    assert len(api(swarm, "worker-2", "GET", "/nodes")) == 5  # it has the replicated state
+    node_update(swarm, "manager-1", "worker-2", lambda spec: spec.__setitem__("Role", "worker"))
+    eventually(lambda: "worker-2" not in managers_in_raft(swarm, "manager-1"), timeout=30, what="worker-2 out")
+    eventually(lambda: api_error(swarm, "worker-2", "GET", "/nodes").status == 503, timeout=30,
+               what="worker-2 back to a worker")
+    eventually(lambda: agreed_view(swarm), what="agreement after promote and demote")
+
+
+def test_demoting_the_last_manager_and_removing_a_manager_are_refused(swarm: Lab) -> None:
+    err = api_error(swarm, "manager-1", "DELETE", "/nodes/manager-2")
+    assert err.status == 400 and "must be demoted to worker before removal" in err.message
+    err = api_error(swarm, "manager-1", "DELETE", "/nodes/worker-1")
+    assert err.status == 400 and "is not down and can't be removed" in err.message
+
+
+def test_worker_leave_then_rm_then_rejoin(swarm: Lab) -> None:
+    api(swarm, "worker-1", "POST", "/swarm/leave")
+    assert api(swarm, "worker-1", "GET", "/info")["Swarm"]["LocalNodeState"] == "inactive"
+    eventually(lambda: nodes_by_host(swarm, "manager-1")["worker-1"]["Status"]["State"] == "down",
+               what="the departed worker to be down")
+    api(swarm, "manager-1", "DELETE", "/nodes/worker-1")
+    eventually(lambda: "worker-1" not in nodes_by_host(swarm, "manager-2"), what="removal on manager-2")
+    token = api(swarm, "manager-1", "GET", "/swarm")["JoinTokens"]["Worker"]
+    api(swarm, "worker-1", "POST", "/swarm/join", {"RemoteAddrs": [f"{swarm.node('manager-2').address}:2377"],
+                                                   "JoinToken": token, "AdvertiseAddr": swarm.node("worker-1").address})
+    eventually(lambda: nodes_by_host(swarm, "manager-1")["worker-1"]["Status"]["State"] == "ready",
+               what="the worker to rejoin")
+
+
+def test_manager_leave_refused_without_force_when_last_and_join_errors(swarm: Lab) -> None:
+    err = api_error(swarm, "manager-1", "POST", "/swarm/init", {})
+    assert err.status == 503 and "already part of a swarm" in err.message
+    err = api_error(swarm, "worker-2", "POST", "/swarm/join",
+                    {"RemoteAddrs": ["198.18.0.11:2377"], "JoinToken": "SWMTKN-1-bad"})
+    assert err.status == 503 and "already part of a swarm" in err.message
+
+
+def test_wrong_and_rotated_tokens_and_bad_certificates_are_refused(swarm: Lab, tmp_path) -> None:
+    cluster = api(swarm, "manager-1", "GET", "/swarm")
+    old_token = cluster["JoinTokens"]["Worker"]
+    api(swarm, "manager-1", "POST", "/swarm/update", cluster["Spec"], version=cluster["Version"]["Index"],
+        rotateWorkerToken="true")
+    new_cluster = api(swarm, "manager-1", "GET", "/swarm")
+    assert new_cluster["JoinTokens"]["Worker"] != old_token
+    assert new_cluster["JoinTokens"]["Manager"] == cluster["JoinTokens"]["Manager"]
+    # A spare daemon outside the swarm: worker-2 leaves, then tries tokens.
+    api(swarm, "worker-2", "POST", "/swarm/leave")
+    remote = [f"{swarm.node('manager-1').address}:2377"]
+    err = api_error(swarm, "worker-2", "POST", "/swarm/join", {"RemoteAddrs": remote, "JoinToken": old_token})
+    assert err.status == 400 and "A valid join token is necessary" in err.message
+    digest = old_token.split("-")[2]
+    forged = f"SWMTKN-1-{digest}-{'a' * 25}"
+    err = api_error(swarm, "worker-2", "POST", "/swarm/join", {"RemoteAddrs": remote, "JoinToken": forged})
+    assert err.status == 400 and "A valid join token is necessary" in err.message
+    wrong_ca = "SWMTKN-1-" + "0" * 50 + "-" + "a" * 25
+    err = api_error(swarm, "worker-2", "POST", "/swarm/join", {"RemoteAddrs": remote, "JoinToken": wrong_ca})
+    assert err.status == 400 and "does not match the fingerprint" in err.message
+    err = api_error(swarm, "worker-2", "POST", "/swarm/join", {"RemoteAddrs": ["198.18.0.99:2377"],
+                                                               "JoinToken": new_cluster["JoinTokens"]["Worker"]})
+    assert err.status == 503 and "no manager could be reached" in err.message
+    api(swarm, "worker-2", "POST", "/swarm/join", {"RemoteAddrs": remote,
+                                                   "JoinToken": new_cluster["JoinTokens"]["Worker"],
+                                                   "AdvertiseAddr": swarm.node("worker-2").address})
+
+    # A certificate from another CA is refused at the handshake; a worker certificate cannot
+    # call manager-only methods. The probe runs inside a lab host: lab addresses exist only there.
+    probe = swarm.exec("worker-1", [sys.executable, "-m", "tests.swarm.cert_probe", remote[0],
+                                    swarm.node("worker-1").data_dir + "/swarm/certificates", str(tmp_path)],
+                       check=True)
+    outcome = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert outcome["foreign"].startswith("unavailable"), outcome
+    assert outcome["worker"].startswith("permission_denied"), outcome
