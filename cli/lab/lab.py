@@ -195,7 +195,7 @@ class Lab:
         env = dict(os.environ)
         env.update({"SHOAL_HOSTNAME": node.name, "PYTHONUNBUFFERED": "1"})
         cmd = [
-            "ip", "netns", "exec", node.ns,
+            *net.enter(node.ns),
             sys.executable, "-m", "cli.main", "daemon",
             "--data-dir", node.data_dir, "--socket", node.socket,
             "--listen-addr", f"{node.address}:2377", "--advertise-addr", f"{node.address}:2377",
@@ -256,7 +256,7 @@ class Lab:
 
     def exec_argv(self, name: str, argv: list[str]) -> list[str]:
         node = self.node(name)
-        return ["ip", "netns", "exec", node.ns, "env", f"SHOAL_HOST={node.host}",
+        return [*net.enter(node.ns), "env", f"SHOAL_HOST={node.host}",
                 f"DOCKER_HOST={node.host}", *argv]
 
     def exec(self, name: str, argv: list[str], timeout: float = 120.0,
@@ -291,6 +291,9 @@ class Lab:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 _wait_gone(pid, 5)
+        if self.data_root.is_dir():
+            for data_dir in self.data_root.iterdir():
+                _reap_containers(data_dir)
         _unmount_below(self.data_root)
         _unmount_below(self.run_dir)
         for ns in namespaces:
@@ -308,6 +311,33 @@ def _terminate(pid: int, timeout: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         _wait_gone(pid, 5)
+
+
+def _reap_containers(data_dir: Path) -> None:
+    """Kill every process in the cgroups of the executor that owns `data_dir` (its containers and
+    their shims, which live in their own network namespaces), then remove those cgroups."""
+    if not (data_dir / "executor-id").exists():
+        return
+    from worker.executor.layout import Layout
+
+    parents = Layout(data_dir).cgroup_dirs()
+    for _ in range(50):
+        pids = {int(p) for parent in parents if parent.is_dir()
+                for procs in parent.rglob("cgroup.procs") for p in procs.read_text().split()}
+        if not pids:
+            break
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+    for parent in parents:
+        if parent.is_dir():
+            for d in sorted((p for p in parent.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+                parent.parent.rmdir()  # the shared /shoal parent, once no executor uses it
 
 
 def _unmount_below(root: Path) -> None:

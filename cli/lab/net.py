@@ -25,6 +25,13 @@ def sh(*args: str, check: bool = True, input_text: str | None = None) -> subproc
     return proc
 
 
+def enter(ns: str) -> list[str]:
+    """The argv prefix that runs a command in namespace `ns`'s network only. Unlike
+    `ip netns exec`, nsenter keeps the mount namespace, so the host's cgroup mounts (which runc
+    needs) stay visible."""
+    return ["nsenter", f"--net=/run/netns/{ns}", "--"]
+
+
 def list_namespaces() -> list[str]:
     out = sh("ip", "netns", "list", check=False).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]

@@ -23,12 +23,21 @@ def _can_ping(lab: Lab, frm: str, to: str) -> bool:
     return proc.returncode == 0
 
 
+def _stat(pid: int) -> str:
+    """The process's state letter ("" once it is gone; "Z" for a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
 def _leftovers(lab: Lab, pids: list[int]) -> list[str]:
     found = [f"namespace {ns}" for ns in labnet.list_namespaces() if ns.startswith(lab.name + "-")]
-    found += [f"process {pid}" for pid in pids if Path(f"/proc/{pid}").exists()]
+    found += [f"process {pid} ({_stat(pid)})" for pid in pids if _stat(pid) not in ("", "Z")]
     found += [f"dir {p}" for p in (lab.run_dir, lab.data_root) if p.exists()]
     mounts = Path("/proc/self/mountinfo").read_text()
     found += [f"mount under {p}" for p in (lab.run_dir, lab.data_root) if str(p) in mounts]
+    found += [f"cgroup {d}" for d in Path("/sys/fs/cgroup/pids").glob("shoal/*")]
     return found
 
 
@@ -75,9 +84,25 @@ def test_kill_and_restart_a_node(make_lab) -> None:
     assert lab.status("manager-1") == "running"
 
 
+def _container_pids() -> list[int]:
+    """Processes in any shoal executor's cgroups (containers and their shims)."""
+    return [int(p) for procs in Path("/sys/fs/cgroup/pids").glob("shoal/*/**/cgroup.procs")
+            for p in procs.read_text().split()]
+
+
 def test_down_leaves_nothing_even_after_kill_9(make_lab) -> None:
-    lab = make_lab(managers=1, workers=2)
-    pids = [n.pid for n in lab.nodes.values()]
+    lab = make_lab(managers=1, workers=2, swarm=True)
+    import asyncio
+
+    from cli.lab import demo
+
+    archive = demo.build_demo_archive(lab.run_dir).read_bytes()
+    for node in lab.nodes.values():
+        asyncio.run(demo.load_image(node.host, archive))
+    assert asyncio.run(demo.deploy_demo(lab.node("manager-1").host, replicas=3)) == 3
+    containers = _container_pids()
+    assert containers, "the demo's containers run in the executors' cgroups"
+    pids = [n.pid for n in lab.nodes.values()] + containers
     lab.kill("worker-1")
     # A crash of the tool itself: the state file is lost too.
     (lab.run_dir / "state.json").unlink()
