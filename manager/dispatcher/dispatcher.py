@@ -4,7 +4,8 @@ Theory of operation: the dispatcher lives only on the leader, owned by the leade
 - A node's session opens with its description; the node becomes READY and gets its assignment
   stream (see assignments.py). The session carries an ID; heartbeats and status updates must
   name the current session, so a stale agent connection cannot write.
-- Heartbeats reset a deadline of `period * GRACE_MULTIPLIER`. A monitor marks a node DOWN
+- Heartbeats reset a deadline of `period * GRACE_MULTIPLIER`; a session whose connection closes
+  keeps only DISCONNECT_GRACE of it. A monitor marks a node DOWN
   when its deadline passes and ends its session; the agent then opens a new session, which
   makes the node READY again. When a leader starts, every node gets a fresh full grace, so a
   failover never marks healthy nodes down.
@@ -31,6 +32,7 @@ log = logging.getLogger("shoal.dispatcher")
 DEFAULT_HEARTBEAT_PERIOD = 5.0
 GRACE_MULTIPLIER = 3
 MONITOR_INTERVAL = 0.2
+DISCONNECT_GRACE = 2.0      # seconds a node whose connection closed has to open a new session
 
 
 def heartbeat_period_of(tx: ReadTx) -> float:
@@ -88,11 +90,23 @@ class Dispatcher:
             return {"kind": "session", "session_id": session_id, "node_id": node_id,
                     "heartbeat_period": heartbeat_period_of(tx)}
 
-        async for message in assignment_stream(self._store, node_id, hello):
-            current = self._sessions.get(node_id)
-            if current is None or current.session_id != session_id:
-                raise FailedPrecondition("session superseded or expired; open a new one")
-            yield message
+        try:
+            async for message in assignment_stream(self._store, node_id, hello):
+                current = self._sessions.get(node_id)
+                if current is None or current.session_id != session_id:
+                    raise FailedPrecondition("session superseded or expired; open a new one")
+                yield message
+        finally:
+            self._connection_lost(node_id, session_id)
+
+    def _connection_lost(self, node_id: str, session_id: str) -> None:
+        """The session's stream ended: a closed connection is a strong sign that the node is gone
+        (a crashed daemon's kernel closes its sockets), so shorten its grace. A live agent opens
+        a new session within it; a busy one keeps its connection and its full grace."""
+        current = self._sessions.get(node_id)
+        if current is None or current.session_id != session_id or node_id not in self._deadlines:
+            return
+        self._deadlines[node_id] = min(self._deadlines[node_id], self._clock() + DISCONNECT_GRACE)
 
     def _check_session(self, node_id: str, session_id: str) -> _Session:
         current = self._sessions.get(node_id)

@@ -166,3 +166,31 @@ async def test_node_goes_down_when_heartbeats_stop_and_ready_on_return(env: dict
     env["agent_task"].cancel()
     await async_wait_until(lambda: is_state("down"), timeout=5, what="node down after missed heartbeats")
     assert node(store, env["node"]).status["Message"] == "heartbeat failure"
+
+
+async def test_closed_connection_marks_node_down_fast_but_live_agent_stays_ready(env: dict[str, Any]) -> None:
+    """Heartbeats are every 0.2 s here, so the grace is 0.6 s; raise the period to 5 s (15 s
+    grace): a node whose connection closes must still be down within DISCONNECT_GRACE."""
+    import time
+
+    from manager.dispatcher.dispatcher import DISCONNECT_GRACE
+
+    store = env["store"]
+
+    def slow_heartbeats(tx: WriteTx) -> None:
+        cluster = tx.all("clusters")[0].copy()
+        cluster.spec = {**cluster.spec, "Dispatcher": {"HeartbeatPeriod": 5_000_000_000}}
+        tx.update(cluster)
+
+    await store.update(slow_heartbeats)
+
+    async def is_state(s: str) -> bool:
+        return node(store, env["node"]).state == s
+
+    await async_wait_until(lambda: is_state("ready"), what="node ready")
+    await asyncio.sleep(1.0)  # longer than the old 0.6 s grace: the node must now be on the 15 s one
+    assert await is_state("ready")
+    env["agent_task"].cancel()  # the agent's process ends: its connection closes
+    started = time.monotonic()
+    await async_wait_until(lambda: is_state("down"), timeout=DISCONNECT_GRACE + 2, what="node down")
+    assert time.monotonic() - started < DISCONNECT_GRACE + 1
