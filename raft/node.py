@@ -157,6 +157,7 @@ class RaftNode:
         self.last_heard: dict[int, float] = {}  # peer → loop time of its last message (liveness)
         self.leader_changed = asyncio.Event()   # set on every change of (leader, role); tests clear it
         self.fatal: BaseException | None = None
+        self.ticks = 0                          # ticks delivered so far (diagnostics: tick-loop lag)
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -267,6 +268,7 @@ class RaftNode:
             await asyncio.sleep(max(0.0, deadline - now))
             assert self.core is not None
             self.core.tick()
+            self.ticks += 1
             self._wake.set()
 
     async def _ready_loop(self) -> None:
@@ -323,6 +325,9 @@ class RaftNode:
 
     def _on_soft_state(self, rd: Ready) -> None:
         assert rd.soft_state is not None
+        assert self.core is not None
+        log.info("node %d: %s, term %d, leader %d", self.id, rd.soft_state.role.value, self.core.term,
+                 rd.soft_state.leader)
         self.leader_changed.set()
         if rd.soft_state.role is not Role.LEADER:
             # Reads routed through a leader we no longer follow will never be answered.
@@ -516,5 +521,6 @@ class RaftNode:
         if self.core is None:
             return {"id": self.id, "role": "stopped"}
         st = self.core.status()
+        st["ticks"] = self.ticks
         st["members"] = {i: {"raft": f"{m.raft[0]}:{m.raft[1]}", **m.extra} for i, m in self.members.items()}
         return st

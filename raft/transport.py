@@ -63,6 +63,7 @@ class _Lane:
         self.queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=size)
         self.task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
+        self.kick = asyncio.Event()     # the peer was heard from: cut a backoff sleep short
 
     def offer(self, msg: Message) -> bool:
         try:
@@ -89,8 +90,7 @@ class _Lane:
                           t.node_id, self.name, self.peer, addr, exc)
                 self._drop_queued()
                 t.on_unreachable(self.peer)
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, t.backoff_max)
+                delay = await self._backoff(delay)
                 continue
             connected_at = loop.time()
             self.connected.set()
@@ -108,8 +108,17 @@ class _Lane:
                 delay = t.backoff_min       # a healthy connection broke: redial at once
             else:
                 # Refused right after connecting (e.g. TLS rejected us): back off like a failed dial.
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, t.backoff_max)
+                delay = await self._backoff(delay)
+
+    async def _backoff(self, delay: float) -> float:
+        """Sleep a jittered `delay`, or less if the peer dials us meanwhile (it is back: a restarted
+        peer must not wait out our backoff before it hears votes and appends). Returns the next delay."""
+        self.kick.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay * (0.5 + random.random())):
+                await self.kick.wait()
+                return self.transport.backoff_min
+        return min(delay * 2, self.transport.backoff_max)
 
     async def _pump(self, writer: asyncio.StreamWriter, reader: asyncio.StreamReader) -> None:
         queue = self.queue
@@ -149,7 +158,7 @@ class Transport:
                  on_unreachable: Callable[[int], None] = lambda peer: None,
                  server_ssl: ssl.SSLContext | None = None, client_ssl: ssl.SSLContext | None = None,
                  queue_size: int = 4096, snapshot_queue_size: int = 8,
-                 backoff_min: float = 0.02, backoff_max: float = 1.0, connect_timeout: float = 1.0,
+                 backoff_min: float = 0.02, backoff_max: float = 0.5, connect_timeout: float = 1.0,
                  external_listener: bool = False, dial_preamble: bytes = b"") -> None:
         """With `external_listener`, the transport does not listen itself: whoever owns the port hands
         it inbound connections through `serve_connection`, and `dial_preamble` (e.g. a channel hello)
@@ -243,6 +252,7 @@ class Transport:
         task = asyncio.current_task()
         assert task is not None
         self._inbound[task] = writer
+        first = True
         try:
             while True:
                 header = await reader.readexactly(4)
@@ -259,12 +269,20 @@ class Transport:
                     return
                 if msg.to != self.node_id:
                     continue
+                if first:
+                    first = False
+                    self._heard_from(msg.frm)
                 self.deliver(msg)
         except (asyncio.IncompleteReadError, ConnectionError, OSError, ssl.SSLError):
             return
         finally:
             self._inbound.pop(task, None)
             writer.transport.abort()
+
+    def _heard_from(self, peer: int) -> None:
+        for lane in self._lanes.get(peer, ()):
+            if not lane.connected.is_set():
+                lane.kick.set()
 
     # -- shutdown ------------------------------------------------------------------------------------
 

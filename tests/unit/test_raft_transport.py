@@ -239,3 +239,30 @@ async def test_mutual_tls_refuses_a_client_without_a_ca_signed_cert(pki) -> None
     finally:
         await rogue.close()
         await b.close()
+
+
+async def test_hearing_from_a_restarted_peer_cuts_the_redial_backoff_short() -> None:
+    inbox_a, inbox_b = Inbox(), Inbox()
+    a = Transport(1, ("127.0.0.1", 0), inbox_a, backoff_min=2.0, backoff_max=30.0)
+    await a.start()
+    b = Transport(2, ("127.0.0.1", 0), inbox_b)
+    addr = await b.start()
+    await b.close()                     # peer 2 is down: a's first dial fails, then it sleeps >= 1 s
+    a.set_peer(2, addr)
+    a.send(msg(2, 1, index=1))
+    await wait_for(lambda: 2 in a._lanes and not a.is_connected(2))
+    b = Transport(2, addr, inbox_b)
+    await b.start()
+    b.set_peer(1, a.bound)              # the restarted peer dials us first
+    b.send(msg(1, 2, index=5))
+    try:
+        await wait_for(lambda: [m.index for m in inbox_a.got] == [5])
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await wait_for(lambda: a.is_connected(2), timeout=0.9)   # well inside the 1 s minimum sleep
+        assert loop.time() - started < 0.9
+        a.send(msg(2, 1, index=2))
+        await wait_for(lambda: [m.index for m in inbox_b.got] == [2])
+    finally:
+        await a.close()
+        await b.close()
