@@ -32,8 +32,10 @@ from aiohttp import web
 
 from raft.confchange import ConfChangeError
 from raft.node import Member, NodeOptions, NodeStopped, RaftNode
+from raft.storage import StorageCorruptError
 from raft.transport import Address, parse_address
 from raft.types import ConfState, Entry, NotLeader, ProposalDropped
+from raft.wal import WALCorruptError
 
 log = logging.getLogger("raft.kv")
 
@@ -263,8 +265,15 @@ def main(argv: list[str] | None = None) -> int:
         runner: Any = uvloop.run
     except ImportError:
         runner = asyncio.run
-    with contextlib.suppress(KeyboardInterrupt):
-        runner(serve(args))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            runner(serve(args))
+    except (WALCorruptError, StorageCorruptError) as exc:
+        print(f"raft.kv: refusing to start: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"raft.kv: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
