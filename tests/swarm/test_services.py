@@ -1,0 +1,175 @@
+"""Services on the lab with real containers: create, scale, update with rollback, global services
+following node changes, drain, and a worker's crash plus partition."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from cli.lab import Lab, demo
+from tests.conftest import needs_root
+from tests.swarm.helpers import api, eventually, node_update
+from worker.images.busybox_image import build_busybox_image, write_docker_save
+
+IMAGE = "busybox:latest"
+# Stops at once on SIGTERM: `wait` is interrupted by the trap.
+SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"]
+MANAGER = "manager-1"
+# A registry address on the host's own loopback where nothing listens: the pull fails at once,
+# and no test ever reaches for a registry outside the machine.
+MISSING_IMAGE = "127.0.0.1:1/nope:missing"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    needs_root()
+    the_lab = Lab(f"v{os.getpid() % 100000:05d}")
+    the_lab.down()
+    try:
+        the_lab.up(managers=1, workers=2, swarm=True)
+        image = build_busybox_image(healthcheck={})
+        archive = write_docker_save(image, tmp_path_factory.mktemp("img") / "busybox.tar", [IMAGE]).read_bytes()
+
+        async def load_all() -> None:
+            await asyncio.gather(*(demo.load_image(n.host, archive) for n in the_lab.nodes.values()))
+
+        asyncio.run(load_all())
+        cluster = api(the_lab, MANAGER, "GET", "/swarm")
+        cluster["Spec"]["Dispatcher"]["HeartbeatPeriod"] = 1_000_000_000
+        api(the_lab, MANAGER, "POST", "/swarm/update", cluster["Spec"], version=cluster["Version"]["Index"])
+        yield the_lab
+    finally:
+        the_lab.down()
+
+
+def create(lab: Lab, name: str, replicas: int | None = None, **extra: Any) -> str:
+    spec: dict[str, Any] = {
+        "Name": name,
+        "TaskTemplate": {"ContainerSpec": {"Image": IMAGE, "Args": SLEEPER, "StopGracePeriod": 3_000_000_000},
+                         "RestartPolicy": {"Condition": "any", "Delay": 500_000_000}},
+        "Mode": {"Global": {}} if replicas is None else {"Replicated": {"Replicas": replicas}},
+        "UpdateConfig": {"Parallelism": 2, "Monitor": 1_000_000_000, "FailureAction": "rollback"},
+        "RollbackConfig": {"Parallelism": 2, "Monitor": 1_000_000_000},
+    }
+    spec.update(extra)
+    return str(api(lab, MANAGER, "POST", "/services/create", spec)["ID"])
+
+
+def running(lab: Lab, service: str) -> list[dict[str, Any]]:
+    tasks = api(lab, MANAGER, "GET", "/tasks", filters={"service": [service], "desired-state": ["running"]})
+    return [t for t in tasks if t["Status"]["State"] == "running"]
+
+
+def hosts_of(lab: Lab, tasks: list[dict[str, Any]]) -> list[str]:
+    names = {n["ID"]: n["Description"]["Hostname"] for n in api(lab, MANAGER, "GET", "/nodes")}
+    return sorted(names.get(t["NodeID"], "?") for t in tasks)
+
+
+def converged(lab: Lab, service: str, count: int, timeout: float = 40.0) -> list[dict[str, Any]]:
+    return eventually(lambda: (lambda r: r if len(r) == count else [])(running(lab, service)), timeout=timeout,
+                      what=f"{count} running tasks of {service}")
+
+
+def update_service(lab: Lab, service: str, change: Any, **params: Any) -> None:
+    current = api(lab, MANAGER, "GET", f"/services/{service}")
+    spec = current["Spec"]
+    change(spec)
+    api(lab, MANAGER, "POST", f"/services/{current['ID']}/update", spec, version=current["Version"]["Index"],
+        **params)
+
+
+def remove(lab: Lab, service: str) -> None:
+    service_id = api(lab, MANAGER, "GET", f"/services/{service}")["ID"]
+    api(lab, MANAGER, "DELETE", f"/services/{service}")
+
+    def stopped() -> bool:
+        tasks = [t for t in api(lab, MANAGER, "GET", "/tasks") if t["ServiceID"] == service_id]
+        return all(t["Status"]["State"] not in ("running", "starting") for t in tasks)
+
+    eventually(stopped, what=f"{service}'s tasks to stop")
+
+
+def test_create_spreads_and_scale_up_and_down(lab: Lab) -> None:
+    create(lab, "web", replicas=4)
+    tasks = converged(lab, "web", 4)
+    assert len(set(hosts_of(lab, tasks))) == 3, "4 tasks on 3 nodes are spread over all of them"
+    status = api(lab, MANAGER, "GET", "/services", status="true")[0]["ServiceStatus"]
+    assert status == {"RunningTasks": 4, "DesiredTasks": 4, "CompletedTasks": 0}
+    update_service(lab, "web", lambda s: s["Mode"]["Replicated"].__setitem__("Replicas", 7))
+    converged(lab, "web", 7)
+    update_service(lab, "web", lambda s: s["Mode"]["Replicated"].__setitem__("Replicas", 2))
+    tasks = converged(lab, "web", 2)
+    assert sorted(t["Slot"] for t in tasks) == [1, 2], "scaling down removes the highest slots"
+    remove(lab, "web")
+
+
+def test_failed_update_rolls_back(lab: Lab) -> None:
+    create(lab, "roll", replicas=2)
+    before = {t["ID"] for t in converged(lab, "roll", 2)}
+    update_service(lab, "roll", lambda s: s["TaskTemplate"]["ContainerSpec"].__setitem__("Image", MISSING_IMAGE))
+    service = eventually(lambda: (lambda s: s if (s.get("UpdateStatus") or {}).get("State") == "rollback_completed"
+                                  else None)(api(lab, MANAGER, "GET", "/services/roll")),
+                         timeout=60, what="the update to roll back")
+    assert service["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == IMAGE
+    tasks = converged(lab, "roll", 2)
+    assert all(t["Spec"]["ContainerSpec"]["Image"] == IMAGE for t in tasks)
+    rejected = [t for t in api(lab, MANAGER, "GET", "/tasks", filters={"service": ["roll"]})
+                if t["Status"]["State"] == "rejected"]
+    errors = [t["Status"].get("Err", "") for t in rejected]
+    assert any("nope:missing" in e for e in errors), errors
+    assert before, "the service ran before the update"
+    remove(lab, "roll")
+
+
+def test_global_service_follows_drain_and_activate(lab: Lab) -> None:
+    create(lab, "agent")
+    converged(lab, "agent", 3)
+    node_update(lab, MANAGER, "worker-1", lambda spec: spec.__setitem__("Availability", "drain"))
+    tasks = converged(lab, "agent", 2)
+    assert "worker-1" not in hosts_of(lab, tasks)
+    node_update(lab, MANAGER, "worker-1", lambda spec: spec.__setitem__("Availability", "active"))
+    converged(lab, "agent", 3)
+    remove(lab, "agent")
+
+
+def test_drain_moves_replicated_tasks(lab: Lab) -> None:
+    create(lab, "mover", replicas=3)
+    converged(lab, "mover", 3)
+    node_update(lab, MANAGER, "worker-2", lambda spec: spec.__setitem__("Availability", "drain"))
+    try:
+        tasks = eventually(lambda: (lambda r: r if len(r) == 3 and "worker-2" not in hosts_of(lab, r) else [])(
+            running(lab, "mover")), timeout=40, what="tasks moved off the drained node")
+        assert "worker-2" not in hosts_of(lab, tasks)
+    finally:
+        node_update(lab, MANAGER, "worker-2", lambda spec: spec.__setitem__("Availability", "active"))
+    remove(lab, "mover")
+
+
+def test_crashed_and_partitioned_worker_tasks_run_elsewhere(lab: Lab) -> None:
+    create(lab, "survivor", replicas=3)
+    tasks = converged(lab, "survivor", 3)
+    victim = "worker-2"
+    assert victim in hosts_of(lab, tasks)
+    started = time.monotonic()
+    lab.kill(victim)
+    for other in ("manager-1", "worker-1"):
+        lab.partition(victim, other)
+    try:
+        tasks = eventually(lambda: (lambda r: r if len(r) == 3 and victim not in hosts_of(lab, r) else [])(
+            running(lab, "survivor")), timeout=40, what="tasks running elsewhere")
+        elapsed = time.monotonic() - started
+        print(json.dumps({"failure_detection_seconds": round(elapsed, 2)}))
+        assert victim not in hosts_of(lab, tasks)
+    finally:
+        lab.heal()
+        lab.start(victim)
+    eventually(lambda: {n["Description"]["Hostname"]: n["Status"]["State"]
+                        for n in api(lab, MANAGER, "GET", "/nodes")}[victim] == "ready",
+               what="the restarted worker to be ready")
+    remove(lab, "survivor")
