@@ -187,6 +187,13 @@ class Store:
     def apply(self, data: bytes, index: int | None = None) -> None:
         """Apply one committed entry (called by the proposer / Raft driver, in log order)."""
         entry = msgpack.unpackb(data, raw=False)
+        if "restore" in entry:  # a whole-state reset (forcing a new cluster from a member's state)
+            self.restore(entry["restore"])
+            if index is not None and index > self._memory.index:
+                self._memory.index = index
+            if entry.get("tx") in self._waiting:
+                self._outcomes[entry["tx"]] = None
+            return
         changes = [Change.from_wire(w, self._memory) for w in entry["c"]]
         error = self._check(changes)
         if index is not None and index > self._memory.index:
@@ -238,6 +245,18 @@ class Store:
             for sub in list(self._subscriptions):
                 if sub.wants(event):
                     sub.push(event)
+
+    async def reset(self, snapshot: bytes) -> None:
+        """Replace the whole state with `snapshot` through the log, so the reset is durable and
+        replicated like any write (used when a manager forces a new cluster)."""
+        async with self._lock:
+            tx_id = f"{self._tx_prefix}-{next(self._tx_ids)}"
+            self._waiting.add(tx_id)
+            try:
+                await self.proposer.propose(msgpack.packb({"tx": tx_id, "restore": snapshot}, use_bin_type=True))
+            finally:
+                self._waiting.discard(tx_id)
+                self._outcomes.pop(tx_id, None)
 
     # -- snapshots -----------------------------------------------------------------------------
     def snapshot(self) -> bytes:

@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import ssl
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,11 @@ from manager.specs import default_swarm_spec, normalize_swarm_spec
 from manager.store import Store, WriteTx
 from manager.swarm.addresses import AddressError, choose_advertise, split_host_port
 from manager.swarm.ca_service import cert_expiry
+from manager.swarm.raft_glue import StoreStateMachine
 from manager.swarm.runtime import LeaderLoopFactory, ManagerRuntime
 from manager.swarm.state import LocalSwarmState
 from model import Cluster, Node, new_id
+from raft.recovery import replay_log
 from worker.agent.agent import Agent
 from worker.agent.task_runner import TaskExecutor
 
@@ -123,6 +126,11 @@ class SwarmNode:
         self._client_ctx = None
         if state.role == "manager":
             await self._start_manager(bootstrap, members or {})
+        self._start_agent()
+
+    def _start_agent(self) -> None:
+        state = self.state
+        assert state is not None
         self.agent = Agent(state.node_id, state.managers or [state.advertise_addr], self.client_context,
                            self._executor, self._description, split_host_port(state.advertise_addr)[0],
                            on_managers=self._on_managers, on_node=self._on_node)
@@ -208,10 +216,10 @@ class SwarmNode:
     # ---- init ---------------------------------------------------------------------------------
     async def init(self, request: dict[str, Any]) -> str:
         async with self._lock:
+            if request.get("ForceNewCluster"):
+                return await self._force_new_cluster()
             if self.state is not None:
                 raise ApiError(503, ALREADY_IN_SWARM)
-            if request.get("ForceNewCluster"):
-                raise ApiError(400, "--force-new-cluster needs an existing swarm state on this node")
             listen, advertise = self._addresses(request)
             node_id, cluster_id = new_id(), new_id()
             ca = RootCA.create(cluster_id)
@@ -263,10 +271,48 @@ class SwarmNode:
             tx.create(me)
 
         await runtime.store.update(seed)
-        self.agent = Agent(state.node_id, [state.advertise_addr], self.client_context, self._executor,
-                           self._description, split_host_port(state.advertise_addr)[0],
-                           on_managers=self._on_managers, on_node=self._on_node)
-        self._spawn(self.agent.run(), "agent")
+        self._start_agent()
+
+    async def _force_new_cluster(self) -> str:
+        """Recover a manager that lost quorum: keep the state it has committed and make it the
+        only manager of a new Raft cluster. The old Raft data is kept aside, never deleted; the
+        other managers become workers (they may be promoted again)."""
+        state = self.state
+        if state is None or state.role != "manager":
+            raise ApiError(400, "--force-new-cluster needs this node to be a manager of an existing swarm")
+        await self._stop_components()
+        raft_dir = LocalSwarmState.raft_dir(self.data_dir)
+        recovered = Store()
+        await asyncio.to_thread(replay_log, str(raft_dir), StoreStateMachine(recovered))
+        snapshot = recovered.snapshot()
+        raft_dir.rename(raft_dir.with_name(f"raft.before-force-new-cluster.{int(time.time())}"))
+        state.managers = [state.advertise_addr]
+        state.save(self.data_dir)
+        self.creds = NodeCredentials.load(self.certs_dir)
+        self._client_ctx = None
+        await self._start_manager(bootstrap=True, members={})
+        runtime = self.runtime
+        assert runtime is not None
+        await _until(lambda: runtime.raft.is_leader, STARTUP_TIMEOUT, "the recovered manager to become leader")
+        await runtime.store.reset(snapshot)
+
+        def sole_manager(tx: WriteTx) -> None:
+            for node in tx.all("nodes"):
+                if node.id == state.node_id:
+                    node = node.copy()
+                    node.manager_status = {"RaftID": state.raft_id, "Addr": state.advertise_addr,
+                                           "Reachability": "reachable"}
+                    tx.update(node)
+                elif node.manager_status is not None or node.role == "manager":
+                    node = node.copy()
+                    node.manager_status = None
+                    node.spec = {**node.spec, "Role": "worker"}
+                    tx.update(node)
+
+        await runtime.store.update(sole_manager)
+        self._start_agent()
+        log.info("forced a new cluster", extra={"node": state.node_id})
+        return state.node_id
 
     def _addresses(self, request: dict[str, Any]) -> tuple[str, str]:
         try:
