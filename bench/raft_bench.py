@@ -8,7 +8,9 @@ Prints one JSON document. Phases, each bounded in operations and time:
     trials.
 etcd runs when the `etcd` binary is installed (deploy/bench-setup.sh), through its v3 JSON gateway
 (`POST /v3/kv/put`, base64 key/value), driven by the same client code; the JSON then has the ratios.
-Usage: python bench/raft_bench.py [--seconds 5] [--max-ops 30000] [--trials 20] [--no-etcd]
+Both clusters run at the same time and each write phase alternates between them (`--reps` times,
+median reported), so a shift in background load on a shared machine affects both alike.
+Usage: python bench/raft_bench.py [--seconds 3] [--reps 3] [--max-ops 30000] [--trials 20] [--no-etcd]
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ def summary_ms(values: list[float]) -> dict[str, float]:
 class ShoalSystem:
     name = "shoal"
 
-    def __init__(self, root: str) -> None:
-        self.cluster = KVCluster(root, 3)
+    def __init__(self, root: str, extra_args: list[str]) -> None:
+        self.cluster = KVCluster(root, 3, extra_args=extra_args)
 
     async def start(self) -> None:
         await self.cluster.start_all()
@@ -291,22 +293,42 @@ async def failover_phase(system: Any, trials: int) -> dict[str, Any]:
     return {"trials": trials, **summary_ms(times)}
 
 
-async def run_system(system: Any, args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"writes": {}}
-    await system.start()
+async def warm_up(system: Any) -> None:
+    async with aiohttp.ClientSession() as s:   # connections, first elections, first fsyncs
+        base = system.endpoint(await system.leader(s))
+        for i in range(50):
+            await system.put(s, base, f"warm-{i}", b"w")
+
+
+async def run_systems(systems: list[Any], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """All systems run at once; each write phase alternates between them `--reps` times, so that a
+    change in background load hits both alike, and the repetition with the median writes/s counts."""
+    out: dict[str, dict[str, Any]] = {s.name: {"writes": {}} for s in systems}
+    started: list[Any] = []
     try:
-        async with aiohttp.ClientSession() as s:   # warm up: connections, first elections
-            base = system.endpoint(await system.leader(s))
-            for i in range(50):
-                await system.put(s, base, f"warm-{i}", b"w")
+        for system in systems:
+            await system.start()
+            started.append(system)
+            await warm_up(system)
         for c in CONCURRENCY:
-            out["writes"][str(c)] = await write_phase(system, c, args.seconds, args.max_ops)
-        out["failover"] = await failover_phase(system, args.trials)
+            reps: dict[str, list[dict[str, Any]]] = {s.name: [] for s in systems}
+            for _ in range(args.reps):
+                for system in systems:
+                    reps[system.name].append(await write_phase(system, c, args.seconds, args.max_ops))
+            for name, runs in reps.items():
+                runs.sort(key=lambda r: r["writes_per_s"])
+                median = dict(runs[len(runs) // 2])
+                median["reps_writes_per_s"] = [r["writes_per_s"] for r in runs]
+                out[name]["writes"][str(c)] = median
+        if args.trials:
+            for system in systems:
+                out[system.name]["failover"] = await failover_phase(system, args.trials)
     finally:
-        try:
-            await system.stop()
-        finally:
-            system.kill_now()
+        for system in reversed(started):
+            try:
+                await system.stop()
+            finally:
+                system.kill_now()
     return out
 
 
@@ -321,18 +343,22 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     }
     with tempfile.TemporaryDirectory(prefix="raft-bench-") as root:
         os.makedirs(os.path.join(root, "shoal"))
-        result["shoal"] = await run_system(ShoalSystem(os.path.join(root, "shoal")), args)
+        systems: list[Any] = [ShoalSystem(os.path.join(root, "shoal"), args.shoal_args.split())]
         etcd = shutil.which("etcd")
+        version = None
         if etcd and not args.no_etcd:
             os.makedirs(os.path.join(root, "etcd"))
             proc = await asyncio.create_subprocess_exec(etcd, "--version", stdout=asyncio.subprocess.PIPE)
             version = (await proc.communicate())[0].decode().splitlines()[0]
-            result["etcd"] = await run_system(EtcdSystem(os.path.join(root, "etcd"), etcd), args)
+            systems.append(EtcdSystem(os.path.join(root, "etcd"), etcd))
+        measured = await run_systems(systems, args)
+        result["shoal"] = measured["shoal"]
+        result["shoal"]["args"] = args.shoal_args
+        result["etcd"] = measured.get("etcd")
+        if result["etcd"] is not None:
             result["etcd"]["version"] = version
-        else:
-            result["etcd"] = None
     sh, et = result["shoal"], result["etcd"]
-    fo = sh["failover"]["p99_ms"]
+    fo = sh["failover"]["p99_ms"] if "failover" in sh else float("nan")
     result["targets"] = {"failover_p99_le_1s": fo <= 1000.0}
     if et:
         result["ratios"] = {
@@ -340,7 +366,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                for c in CONCURRENCY},
             **{f"p50_latency_{c}": ratio(sh["writes"][str(c)]["p50_ms"], et["writes"][str(c)]["p50_ms"])
                for c in CONCURRENCY},
-            "failover_p99": ratio(fo, et["failover"]["p99_ms"]),
+            "failover_p99": ratio(fo, et["failover"]["p99_ms"]) if "failover" in et else None,
         }
         result["targets"]["writes_per_s_64_ge_1x_etcd"] = (result["ratios"]["writes_per_s_64"] or 0) >= 1.0
         result["targets"]["p50_latency_1_le_2x_etcd"] = (result["ratios"]["p50_latency_1"] or 99) <= 2.0
@@ -349,10 +375,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seconds", type=float, default=5.0, help="time bound of each write phase")
+    p.add_argument("--seconds", type=float, default=3.0, help="time bound of each write phase")
+    p.add_argument("--reps", type=int, default=3, help="alternating repetitions of each write phase")
     p.add_argument("--max-ops", type=int, default=30000, help="operation bound of each write phase")
     p.add_argument("--trials", type=int, default=20, help="failover trials per system")
     p.add_argument("--no-etcd", action="store_true", help="skip etcd even when installed")
+    p.add_argument("--shoal-args", default="", help="extra raft.kv flags, e.g. '--tick-ms 25'")
     args = p.parse_args()
     try:
         import uvloop
