@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from manager.ca.authority import NodeIdentity, RootCA, identity_of
+from manager.ca.authority import BACKDATE, NodeIdentity, RootCA, identity_of
 
 ROOT_CERT = "swarm-root-ca.crt"
 ROOT_KEY = "swarm-root-ca.key"
@@ -65,12 +65,16 @@ class NodeCredentials:
     def not_after(self) -> datetime.datetime:
         return self.cert.not_valid_after_utc
 
+    @property
+    def lifetime(self) -> datetime.timedelta:
+        """From issue to expiry (validity starts BACKDATE before issue, for clock skew)."""
+        cert = self.cert
+        return cert.not_valid_after_utc - (cert.not_valid_before_utc + BACKDATE)
+
     def renewal_due(self, now: datetime.datetime | None = None) -> bool:
         """True once less than half of the certificate's lifetime remains."""
-        cert = self.cert
         now = now or datetime.datetime.now(datetime.UTC)
-        lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
-        return now >= cert.not_valid_before_utc + lifetime / 2
+        return now >= self.cert.not_valid_after_utc - self.lifetime / 2
 
     # ---- disk ---------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:

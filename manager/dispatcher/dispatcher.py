@@ -11,11 +11,15 @@ Theory of operation: the dispatcher lives only on the leader, owned by the leade
   failover never marks healthy nodes down.
 - Status updates are applied in batches and only move a task's state forward, and only for
   tasks assigned to the reporting node.
+- Other leader components reach an agent through its session: `send_to_node` queues a message
+  into the node's outbox (outbox.py), which the session stream interleaves with assignments;
+  `on_session_closed` tells them when a node's session ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from manager.dispatcher.assignments import assignment_stream
+from manager.dispatcher.outbox import NodeOutboxes, merge_outbox
 from manager.rpc.errors import FailedPrecondition, NotFound, PermissionDenied
 from manager.store import ReadTx, Store, WriteTx, retry_on_conflict
 from model import IllegalTransition, Node, TaskState, TaskStatus, new_id
@@ -55,6 +60,7 @@ class Dispatcher:
         self._clock = clock
         self._sessions: dict[str, _Session] = {}       # node_id -> current session
         self._deadlines: dict[str, float] = {}         # node_id -> when it is declared down
+        self._outboxes = NodeOutboxes()
 
     # ---- leader-term loop ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -90,14 +96,26 @@ class Dispatcher:
             return {"kind": "session", "session_id": session_id, "node_id": node_id,
                     "heartbeat_period": heartbeat_period_of(tx)}
 
+        outbox = self._outboxes.open(node_id, session_id)
         try:
-            async for message in assignment_stream(self._store, node_id, hello):
-                current = self._sessions.get(node_id)
-                if current is None or current.session_id != session_id:
-                    raise FailedPrecondition("session superseded or expired; open a new one")
-                yield message
+            async with contextlib.aclosing(merge_outbox(assignment_stream(self._store, node_id, hello),
+                                                        outbox)) as messages:
+                async for message in messages:
+                    current = self._sessions.get(node_id)
+                    if current is None or current.session_id != session_id:
+                        raise FailedPrecondition("session superseded or expired; open a new one")
+                    yield message
         finally:
+            self._outboxes.close(node_id, session_id)
             self._connection_lost(node_id, session_id)
+
+    def send_to_node(self, node_id: str, message: dict[str, Any]) -> bool:
+        """Queue `message` on the node's session stream; False when it has no open session."""
+        return self._outboxes.send(node_id, message)
+
+    def on_session_closed(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(node_id)` whenever a node's session ends."""
+        self._outboxes.on_closed(listener)
 
     def _connection_lost(self, node_id: str, session_id: str) -> None:
         """The session's stream ended: a closed connection is a strong sign that the node is gone

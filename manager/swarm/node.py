@@ -520,8 +520,12 @@ class SwarmNode:
         log.info("certificate renewed", extra={"role": renewed.identity.role})
 
     async def _renewal_loop(self) -> None:
+        """Renew the node certificate once half its lifetime has passed, well before expiry."""
         while True:
-            await asyncio.sleep(RENEW_CHECK_INTERVAL)
+            creds = self.creds
+            interval = 1.0 if creds is None else \
+                max(0.5, min(RENEW_CHECK_INTERVAL, creds.lifetime.total_seconds() / 10))
+            await asyncio.sleep(interval)
             if self.creds is not None and self.creds.renewal_due():
                 async with self._lock:
                     await self._renew()
