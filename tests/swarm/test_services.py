@@ -173,3 +173,26 @@ def test_crashed_and_partitioned_worker_tasks_run_elsewhere(lab: Lab) -> None:
                         for n in api(lab, MANAGER, "GET", "/nodes")}[victim] == "ready",
                what="the restarted worker to be ready")
     remove(lab, "survivor")
+
+
+def test_busy_hosts_are_not_marked_down(lab: Lab) -> None:
+    """Saturate the CPUs of every host for several grace periods (heartbeats every 1 s here, so
+    3 s of grace): no node may be marked down, and no task may be moved."""
+    import subprocess
+
+    create(lab, "steady", replicas=3)
+    before = {t["ID"] for t in converged(lab, "steady", 3)}
+    burners = [subprocess.Popen(lab.exec_argv(node, ["timeout", "9", "sh", "-c", "while :; do :; done"]))
+               for node in lab.nodes for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            states = {n["Description"]["Hostname"]: n["Status"]["State"] for n in api(lab, MANAGER, "GET", "/nodes")}
+            assert set(states.values()) == {"ready"}, states
+            time.sleep(0.5)
+    finally:
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    assert {t["ID"] for t in running(lab, "steady")} == before, "no task was replaced"
+    remove(lab, "steady")
