@@ -52,6 +52,7 @@ from raft.types import (
     EntryType,
     HardState,
     Message,
+    MessageType,
     NotLeader,
     ProposalDropped,
     Ready,
@@ -60,6 +61,9 @@ from raft.types import (
 )
 
 log = logging.getLogger("raft.node")
+
+# Leader messages that may leave before the Ready's own entries are durable (see _handle_ready).
+_OVERLAPPABLE = (MessageType.APPEND, MessageType.HEARTBEAT)
 
 
 class StateMachine(Protocol):
@@ -286,21 +290,34 @@ class RaftNode:
     async def _handle_ready(self, core: RaftCore, rd: Ready) -> None:
         if rd.soft_state is not None:
             self._on_soft_state(rd)
+        for e in rd.entries:
+            if e.type == EntryType.CONF_CHANGE:
+                self._learn_address(e)      # before sending: the leader may be adding that node
+        send = self.transport.send
+        messages = rd.messages
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
             hs = rd.hard_state
             term_vote = (hs.term, hs.vote) if hs is not None else self._synced_term_vote
             if rd.snapshot is not None or rd.entries or term_vote != self._synced_term_vote:
-                await self.storage.persist(hs, rd.entries, rd.snapshot)
+                leader_overlap = (core.role is Role.LEADER and bool(rd.entries)
+                                  and term_vote == self._synced_term_vote)
+                if leader_overlap:
+                    # A leader may replicate its new entries while writing them itself. Safe because
+                    # every commit index or applied entry that could count the leader's own not-yet-
+                    # durable copy only surfaces in a later Ready, made after this write returns.
+                    messages = []
+                    for m in rd.messages:
+                        if m.type in _OVERLAPPABLE:
+                            send(m)
+                        else:
+                            messages.append(m)
+                await self.storage.persist(hs, rd.entries, rd.snapshot, allow_inline=not leader_overlap)
                 self._synced_term_vote = term_vote
             else:
                 # Only the commit index moved: it may be re-learned after a crash, so no fsync wait.
                 assert hs is not None
                 self.storage.append_unsynced(hs)
-        for e in rd.entries:
-            if e.type == EntryType.CONF_CHANGE:
-                self._learn_address(e)
-        send = self.transport.send
-        for m in rd.messages:
+        for m in messages:
             send(m)
         if rd.snapshot is not None:
             self._apply_snapshot(rd.snapshot)

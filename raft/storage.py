@@ -138,8 +138,9 @@ class DiskStorage:
         self._last_hard_state = hard_state
 
     async def persist(self, hard_state: HardState | None, entries: Sequence[Entry],
-                      snapshot: Snapshot | None = None) -> None:
-        """Durably record state; concurrent callers share one write + fsync (group commit)."""
+                      snapshot: Snapshot | None = None, *, allow_inline: bool = True) -> None:
+        """Durably record state; concurrent callers share one write + fsync (group commit).
+        `allow_inline=False` keeps the event loop free during the fsync (e.g. to flush sockets)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((hard_state, entries, snapshot))
         self._waiters.append(fut)
@@ -151,7 +152,8 @@ class DiskStorage:
                     self._pending, self._waiters = [], []
                     try:
                         size = sum(len(e.data) for _, ents, _ in batch for e in ents)
-                        if size < self.inline_sync_bytes and not any(snap for _, _, snap in batch):
+                        if allow_inline and size < self.inline_sync_bytes \
+                                and not any(snap for _, _, snap in batch):
                             self._write_batch(batch)        # small: cheaper than a thread hop
                         else:
                             await asyncio.to_thread(self._write_batch, batch)
