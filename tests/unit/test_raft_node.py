@@ -189,3 +189,44 @@ async def test_apply_errors_reach_the_proposer_and_stop_fails_pending_work(clust
         await pending
     with pytest.raises(NodeStopped):
         await leader.propose(put("late", "x"))
+
+
+async def test_leader_replicates_during_its_own_fsync_but_acks_only_after_it(tmp_path: Path) -> None:
+    import threading
+
+    gates = {i: threading.Event() for i in (1, 2, 3)}
+
+    def gated_fsync(i: int) -> Callable[[int], None]:
+        def fsync(fd: int) -> None:
+            gates[i].wait(timeout=10)
+            os.fdatasync(fd)
+        return fsync
+
+    for g in gates.values():
+        g.set()
+    c = Cluster(tmp_path, 3)
+    try:
+        for i in c.ids:
+            await c.start(i, fsync=gated_fsync(i))
+        leader = await c.leader()
+        await leader.propose(put("warm", "up"))
+        gates[leader.id].clear()                    # the leader's disk now hangs
+        target = leader.status()["last_index"] + 1
+        pending = asyncio.ensure_future(leader.propose(put("k", "v")))
+        followers = [n for n in c.nodes.values() if n is not leader]
+        # The followers receive (and durably store) the entry while the leader's write is stuck...
+        await until(lambda: all(f.status()["last_index"] >= target for f in followers))
+        # The leader's core already counts the entry as committed (its own copy + the acks)...
+        await until(lambda: leader.commit_index >= target)
+        # ...yet through several heartbeat intervals, no commit index leaks out before its write.
+        ticks = {f.id: f.ticks for f in followers}
+        await until(lambda: all(f.ticks >= ticks[f.id] + 5 for f in followers))
+        assert not pending.done()
+        assert all(c.sms[f.id].data.get("k") is None for f in followers)    # ...but nobody applies it
+        gates[leader.id].set()
+        assert await pending == 2
+        await until(lambda: all(sm.data.get("k") == "v" for sm in c.sms.values()))
+    finally:
+        for g in gates.values():
+            g.set()
+        await c.close()
