@@ -253,6 +253,7 @@ async def test_hearing_from_a_restarted_peer_cuts_the_redial_backoff_short() -> 
     await wait_for(lambda: 2 in a._lanes and not a.is_connected(2))
     b = Transport(2, addr, inbox_b)
     await b.start()
+    assert a.bound is not None
     b.set_peer(1, a.bound)              # the restarted peer dials us first
     b.send(msg(1, 2, index=5))
     try:

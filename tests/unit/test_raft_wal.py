@@ -154,13 +154,18 @@ def test_atomic_write_replaces_whole_file(tmp_path) -> None:
 
 def test_storage_snapshot_hardstate_checkpoint_and_leftover_tmp(tmp_path) -> None:
     fsyncs: list[int] = []
-    s = DiskStorage(str(tmp_path), segment_size=4096, fsync=lambda fd: (fsyncs.append(fd), os.fsync(fd)))
+
+    def recording_fsync(fd: int) -> None:
+        fsyncs.append(fd)
+        os.fsync(fd)
+
+    s = DiskStorage(str(tmp_path), segment_size=4096, fsync=recording_fsync)
     s.load()
     for i in range(1, 61):
         s.save(HardState(2, 1, i), entries(i, i, term=2, size=200))
     snap = Snapshot(SnapshotMeta(index=50, term=2, conf=ConfState(voters=(1, 2, 3))), b"state@50")
     removed = s.save_snapshot(snap)
-    assert removed
+    assert removed and fsyncs
     s.close()
     # An interrupted later snapshot write leaves only a .tmp file: it must be ignored.
     with open(tmp_path / "snapshot.tmp", "wb") as f:
