@@ -2,9 +2,9 @@
 leader-only loops.
 
 Theory of operation: every manager runs a RaftNode whose state machine is the store, and
-serves `ca.*`, `raft.*` and `dispatcher.*` on the cluster port, plus the `raft` channel that
+serves `ca.*`, `raft.*`, `dispatcher.*` and `logs.*` on the cluster port, plus the `raft` channel that
 carries Raft's own messages. Leadership is watched; each leadership term is one TaskGroup that
-owns the dispatcher and every reconciler, and losing leadership cancels it. Before a term's
+owns the dispatcher, the log broker and every reconciler, and losing leadership cancels it. Before a term's
 loops start, the new leader confirms its read index, so they begin from every committed write.
 """
 
@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 from manager.dispatcher import Dispatcher
 from manager.dispatcher.rpc import register_dispatcher
+from manager.logbroker import LogBroker
+from manager.logbroker.rpc import register_logs
 from manager.rpc.client import RpcClient
 from manager.rpc.server import Access, RpcServer
 from manager.store import Store
@@ -88,12 +90,14 @@ class ManagerRuntime:
                              bootstrap=bootstrap, options=opts)
         self.proposer.raft = self.raft
         self.dispatcher: Dispatcher | None = None
+        self.logbroker: LogBroker | None = None
         self._leader_loops = leader_loops
         self._server = server
         self.ready = asyncio.Event()
         CAService(self.store).register(server)
         MembershipService(self.store, lambda: self.raft, self.leader_addr).register(server)
         register_dispatcher(server, lambda: self.dispatcher, self.leader_addr)
+        register_logs(server, lambda: self.logbroker, self.leader_addr)
         server.register_channel("raft", self._raft_channel, Access.MANAGER)
 
     async def _raft_channel(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Any) -> None:
@@ -150,11 +154,13 @@ class ManagerRuntime:
             with contextlib.suppress(asyncio.CancelledError):
                 await address_book
             self.dispatcher = None
+            self.logbroker = None
             await self.peers.close()
             await self.raft.stop()
             self._server.unregister_prefix("raft.")
             self._server.unregister_prefix("ca.")
             self._server.unregister_prefix("dispatcher.")
+            self._server.unregister_prefix("logs.")
 
     async def _sync_addresses(self) -> None:
         """Keep Raft's address book in step with the managers' addresses in the store, so a
@@ -183,10 +189,13 @@ class ManagerRuntime:
         await self.raft.read_index()
         log.info("leadership term starts", extra={"raft_id": self.raft.id})
         dispatcher = Dispatcher(self.store)
+        logbroker = LogBroker(self.store, dispatcher)
         try:
             async with asyncio.TaskGroup() as group:
                 self.dispatcher = dispatcher
+                self.logbroker = logbroker
                 group.create_task(dispatcher.run(), name="dispatcher")
+                group.create_task(logbroker.run(), name="logbroker")
                 group.create_task(ReachabilityMonitor(self.store, self.raft).run(), name="reachability")
                 group.create_task(RoleReconciler(self.store, self.raft).run(), name="roles")
                 for factory in self._leader_loops:
@@ -194,6 +203,7 @@ class ManagerRuntime:
                     group.create_task(loop.run(), name=type(loop).__name__)
         finally:
             self.dispatcher = None
+            self.logbroker = None
             log.info("leadership term ends", extra={"raft_id": self.raft.id})
 
 

@@ -11,6 +11,8 @@ Theory of operation:
   stopped and its container removed.
 - Status updates are queued per task (only the newest counts) and sent in batches over the
   current session; what could not be sent stays queued for the next session.
+- `logs`/`logs_cancel` messages go to the LogPublisher (logs.py), which serves them for as long
+  as the session lasts.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 from manager.rpc.client import RpcClient
 from manager.rpc.errors import NotLeaderError, RpcError
 from model import Task, TaskStatus
+from worker.agent.logs import ContainerLogs, LogPublisher
 from worker.agent.task_runner import TaskExecutor, TaskRunner
 
 log = logging.getLogger("shoal.agent")
@@ -37,7 +40,8 @@ class Agent:
     def __init__(self, node_id: str, managers: list[str], ssl_context: Callable[[], ssl.SSLContext],
                  executor: TaskExecutor, description: Callable[[], dict[str, Any]], addr: str,
                  on_managers: Callable[[list[str]], None] | None = None,
-                 on_node: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_node: Callable[[dict[str, Any]], None] | None = None,
+                 logs: ContainerLogs | None = None) -> None:
         self.node_id = node_id
         self.managers = list(managers)
         self._ssl_context = ssl_context
@@ -57,6 +61,7 @@ class Agent:
         self._group: asyncio.TaskGroup | None = None
         self.connected = asyncio.Event()
         self.connected_to = ""
+        self.logs = LogPublisher(logs, lambda task_id: task_id in self._runners)
 
     # ---- lifetime -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -110,7 +115,7 @@ class Agent:
             self.connected.set()
             self._status_ready.set()
             log.info("session open", extra={"manager": addr, "session": self._session_id})
-            await first_failure(self._heartbeats(client, period), self._consume(stream))
+            await first_failure(self._heartbeats(client, period), self._consume(stream), self.logs.serve(client))
 
     async def _consume(self, stream: Any) -> None:
         async for message in stream:
@@ -135,6 +140,8 @@ class Agent:
         elif kind == "node":
             if self._on_node is not None:
                 self._on_node(message)
+        elif kind in ("logs", "logs_cancel"):
+            self.logs.handle(message)
         elif kind == "assignments":
             if message.get("type") == "complete":
                 self._complete_chunk(message)

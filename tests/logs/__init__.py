@@ -1,0 +1,1 @@
+"""Service and task logs through the log broker."""
