@@ -154,7 +154,8 @@ class Simulation:
     def _crash(self, node: SimNode) -> None:
         node.core = None
         node.kv = {}
-        self.down[node.id] = self.now + self.rng.randint(5, 60)
+        quick = self.rng.random() < 0.5  # a process restart, or a longer outage
+        self.down[node.id] = self.now + (self.rng.randint(1, 3) if quick else self.rng.randint(5, 60))
         self.stats["crashes"] += 1
         for c, op in self.client_busy.items():
             if op is not None and op.node == node.id:
@@ -165,7 +166,9 @@ class Simulation:
         while node.core is not None and node.core.has_ready():
             core = node.core
             rd = core.ready()
-            mode = node.crash_at_ready
+            # An armed crash strikes at the next Ready that has something to persist.
+            durable = rd.entries or rd.hard_state is not None or rd.snapshot is not None
+            mode = node.crash_at_ready if durable else ""
             if mode in ("before_persist", "torn"):
                 if mode == "torn" and (rd.entries or rd.snapshot):
                     keep_snap = rd.snapshot is not None and self.rng.random() < 0.5

@@ -15,6 +15,8 @@ from raft.types import (
     MessageType,
     ProposalDropped,
     Role,
+    Snapshot,
+    SnapshotMeta,
 )
 from tests.sim.memnet import MemNet
 
@@ -299,3 +301,61 @@ def test_new_leader_answers_reads_only_after_committing_in_its_term() -> None:
     net.tick(2)                                        # heartbeat -> append -> commit -> read
     assert [r.request_ctx for r in net.read_states[2]] == [b"early"]
     assert net.read_states[2][0].index == net.nodes[2].commit_index
+
+
+# ---------------------------------------------------------------------------- driver reports, restart
+def test_unreachable_and_failed_snapshot_reports_fall_back_to_probing() -> None:
+    net = MemNet(3, snapshot_chunk_size=8)
+    net.campaign(1)
+    net.propose(1, b"a")
+    net.settle()
+    leader = net.nodes[1]
+    assert leader.status()["progress"][2]["state"] == "replicate"  # type: ignore[index]
+    leader.report_unreachable(2)
+    assert leader.prs[2].state.value == "probe"
+    net.isolate(3)
+    for n in range(5):
+        net.propose(1, b"v%d" % n)
+    net.settle()
+    net.compact(1)
+    net.heal()
+    net.drop_rules.append(lambda m: m.type is MessageType.SNAPSHOT)   # the stream never arrives
+    net.tick(1)
+    assert leader.prs[3].state.value == "snapshot"
+    leader.report_snapshot_failed(3)
+    assert leader.prs[3].state.value == "probe"
+    net.drop_rules.clear()
+    net.tick(1, times=2)                                # probing finds the gap and starts a fresh stream
+    assert net.applied[3] == net.applied[1]
+
+
+def test_restart_from_a_snapshot_and_the_entries_after_it() -> None:
+    net = MemNet(3)
+    net.campaign(1)
+    for n in range(4):
+        net.propose(1, b"v%d" % n)
+    net.settle()
+    snap = net.compact(2)
+    net.propose(1, b"after")
+    net.settle()
+    net.crash(2)
+    core = net.restart(2)
+    assert core.log.snapshot_index == snap.meta.index and core.conf == ConfState((1, 2, 3))
+    assert net.applied[2] == [b"v0", b"v1", b"v2", b"v3", b"after"]
+    status = core.status()
+    assert status["snapshot_index"] == snap.meta.index and status["role"] == "follower"
+
+
+def test_compact_refuses_a_snapshot_beyond_applied_or_with_a_wrong_conf() -> None:
+    net = MemNet(3)
+    net.campaign(1)
+    net.propose(1, b"a")
+    net.settle()
+    core = net.nodes[1]
+    meta = core.snapshot_meta(core.applied)
+    with pytest.raises(ValueError, match="outside"):
+        core.snapshot_meta(core.applied + 1)
+    with pytest.raises(ValueError, match="conf"):
+        core.compact(Snapshot(SnapshotMeta(meta.index, meta.term, ConfState((1, 2))), b""))
+    with pytest.raises(ValueError, match="term"):
+        core.compact(Snapshot(SnapshotMeta(meta.index, meta.term + 1, meta.conf), b""))
