@@ -25,12 +25,14 @@ from typing import Any
 from aiohttp import web
 
 from cli.supervisor import Supervisor
+from manager.api import logs as logs_api
 from manager.api import nodes as nodes_api
 from manager.api import swarm as swarm_api
 from manager.api import system
 from manager.api.cluster import CLUSTER, linearizable_reads
 from manager.api.http import SERVER_VERSION, Routes, new_app
 from manager.api.routes import add_cluster_routes
+from manager.logbroker.access import ClusterLogs
 from manager.swarm.leader_loops import Orchestration
 from manager.swarm.node import SwarmNode
 from worker.executor import api as volumes_api
@@ -136,10 +138,12 @@ def build_host(config: DaemonConfig) -> Host:
     executor = Executor(config.data_dir)
     swarm = SwarmNode(config.data_dir, listen_addr=config.listen_addr, advertise_addr=config.advertise_addr,
                       hostname=hostname, executor=RuncTaskExecutor(executor, images),
-                      description=lambda: node_description(hostname), leader_loops=[Orchestration])
+                      description=lambda: node_description(hostname), leader_loops=[Orchestration],
+                      logs=executor)
     app = new_app(linearizable_reads)
     app[system.SWARM_INFO] = swarm
     app[CLUSTER] = swarm
+    app[logs_api.LOG_SOURCE] = ClusterLogs(lambda: swarm.runtime)
     app[swarm_api.SWARM_CONTROL] = swarm
     app[system.DATA_DIR] = str(config.data_dir)
     app[system.HOSTNAME] = hostname

@@ -1,10 +1,11 @@
 """Registers the Engine API routes of the swarm objects a manager serves from its store:
-services, tasks, secrets, configs and networks. Every handler reaches the store through
-`app[manager.api.cluster.CLUSTER]` (503 on workers and outside a swarm)."""
+services, tasks, secrets, configs and networks, and the logs of services and tasks. Every
+handler reaches the store through `app[manager.api.cluster.CLUSTER]` (503 on workers and outside
+a swarm)."""
 
 from __future__ import annotations
 
-from manager.api import configs, networks, secrets, services, tasks
+from manager.api import configs, logs, networks, secrets, services, tasks
 from manager.api.http import Routes
 
 
@@ -14,3 +15,4 @@ def add_cluster_routes(routes: Routes) -> None:
     secrets.add_routes(routes)
     configs.add_routes(routes)
     networks.add_routes(routes)
+    logs.add_routes(routes)

@@ -42,8 +42,11 @@ class Peers(Protocol):
 class LogRuntime(Protocol):
     """What of a manager's runtime opening logs needs (ManagerRuntime has it)."""
 
-    logbroker: LogBroker | None
-    peers: Peers
+    @property
+    def logbroker(self) -> LogBroker | None: ...
+
+    @property
+    def peers(self) -> Peers: ...
 
     def leader_addr(self) -> str: ...
 

@@ -22,11 +22,13 @@ class FakeSessions:
         self.open = set(nodes)
         self.sent: dict[str, list[dict[str, Any]]] = {n: [] for n in nodes}
         self._listeners: list[Callable[[str], None]] = []
+        self.message_sent = asyncio.Event()
 
     def send_to_node(self, node_id: str, message: dict[str, Any]) -> bool:
         if node_id not in self.open:
             return False
         self.sent[node_id].append(message)
+        self.message_sent.set()
         return True
 
     def on_session_closed(self, listener: Callable[[str], None]) -> None:
@@ -161,7 +163,8 @@ async def test_follow_asks_for_tasks_assigned_later_and_ends_only_when_closed(en
 
     async def asked() -> None:
         while not sessions.sent["n2"]:
-            await asyncio.sleep(0.01)
+            sessions.message_sent.clear()
+            await sessions.message_sent.wait()
 
     await asyncio.wait_for(asked(), 5)
     assert sessions.sent["n2"][0]["tasks"] == [t2] and sessions.sent["n2"][0]["tail"] == 0
