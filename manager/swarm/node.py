@@ -54,6 +54,7 @@ from worker.agent.task_runner import TaskExecutor
 log = logging.getLogger("shoal.swarm")
 
 RENEW_CHECK_INTERVAL = 60.0
+ROLE_RETRY_INTERVAL = 1.0
 STARTUP_TIMEOUT = 15.0
 
 
@@ -77,7 +78,8 @@ class SwarmNode:
         self._components: list[asyncio.Task[Any]] = []
         self._group: asyncio.TaskGroup | None = None
         self._lock = asyncio.Lock()
-        self._role_task: asyncio.Task[None] | None = None
+        self._wanted_role: tuple[str, bool] | None = None   # (role, in Raft) as the cluster reports it
+        self._role_wakeup = asyncio.Event()
         self._client_ctx: ssl.SSLContext | None = None
         self.error = ""
 
@@ -93,6 +95,7 @@ class SwarmNode:
                 async with self._lock:
                     await self._start_components(bootstrap=False)
             group.create_task(self._renewal_loop(), name="cert-renewal")
+            group.create_task(self._role_loop(), name="role-changes")
             try:
                 await asyncio.Future()
             finally:
@@ -162,14 +165,34 @@ class SwarmNode:
             self.state.save(self.data_dir)
 
     def _on_node(self, message: dict[str, Any]) -> None:
-        if self._role_task is not None and not self._role_task.done():
-            return  # one change at a time; the next session message brings us back here
-        if self._group is None or self.state is None:
-            return
-        role, member = message.get("role"), bool(message.get("raft_member"))
-        if (role == "manager" and self.state.role == "worker") or (
-                role == "worker" and self.state.role == "manager" and not member):
-            self._role_task = self._group.create_task(self._change_role(str(role)), name="role-change")
+        """What the cluster says this node should be; the role loop acts on it."""
+        self._wanted_role = (str(message.get("role")), bool(message.get("raft_member")))
+        self._role_wakeup.set()
+
+    def _role_change_needed(self) -> str | None:
+        if self.state is None or self._wanted_role is None:
+            return None
+        role, member = self._wanted_role
+        if role == "manager" and self.state.role == "worker":
+            return "manager"
+        if role == "worker" and self.state.role == "manager" and not member:
+            return "worker"  # only once the leader has taken this node out of Raft
+        if role == "manager" and self.state.role == "manager" and not member and self.runtime is not None:
+            return "raft"  # a manager whose Raft join did not complete yet
+        return None
+
+    async def _role_loop(self) -> None:
+        """Level-triggered: whenever this node's role differs from what the cluster wants, change
+        it; a failed attempt is retried until it succeeds or the wish changes."""
+        while True:
+            await self._role_wakeup.wait()
+            self._role_wakeup.clear()
+            while (target := self._role_change_needed()) is not None:
+                done = await (self._retry_raft_join() if target == "raft" else self._change_role(target))
+                if done:
+                    self._wanted_role = None  # the new session will report afresh
+                    break
+                await asyncio.sleep(ROLE_RETRY_INTERVAL)
 
     # ---- info for the API ---------------------------------------------------------------------
     def manager_store(self) -> Store | None:
@@ -476,30 +499,40 @@ class SwarmNode:
         shutil.rmtree(self.data_dir / "swarm", ignore_errors=True)
 
     # ---- role changes and renewal -------------------------------------------------------------
-    async def _change_role(self, role: str) -> None:
+    async def _retry_raft_join(self) -> bool:
+        async with self._lock:
+            if self.runtime is None or self.state is None or self.state.role != "manager":
+                return True
+            try:
+                await self._join_raft()
+                return True
+            except ApiError as e:
+                log.warning("joining Raft failed for now: %s", e.message)
+                return False
+
+    async def _change_role(self, role: str) -> bool:
+        """Become `role`; True when done (or nothing is left to do)."""
         async with self._lock:
             state = self.state
             if state is None or state.role == role:
-                return
+                return True
             log.info("role change", extra={"from": state.role, "to": role})
             try:
                 await self._renew()
                 if self.creds is None or self.creds.identity.role != role:
-                    return  # the CA does not see the change yet; the next node message retries
+                    return False  # the CA does not see the change yet
                 await self._stop_components()
-                if role == "worker":
-                    shutil.rmtree(LocalSwarmState.raft_dir(self.data_dir), ignore_errors=True)
-                    state.raft_id = 0
-                else:
-                    shutil.rmtree(LocalSwarmState.raft_dir(self.data_dir), ignore_errors=True)
-                    state.raft_id = _new_raft_id()
+                shutil.rmtree(LocalSwarmState.raft_dir(self.data_dir), ignore_errors=True)
+                state.raft_id = _new_raft_id() if role == "manager" else 0
                 state.role = role
                 state.save(self.data_dir)
                 await self._start_components(bootstrap=False)
                 if role == "manager":
                     await self._join_raft()
+                return True
             except (RpcError, ApiError, OSError) as e:
                 log.warning("role change to %s failed for now: %s", role, e)
+                return False
 
     async def _renew(self) -> None:
         state, creds = self.state, self.creds
