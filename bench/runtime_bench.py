@@ -14,7 +14,7 @@ Prints one JSON document.
     container's process is then running).
 Cases: one container at a time (`--iterations` runs; p50/p99), and `--burst` (50) started at once
 (latency of each from the common start; p50/p99 and the time until the last). Every container,
-mount and cgroup made is removed before the bench exits. Target: shoal ≤ 1.5× bare runc.
+mount and cgroup made is removed before the bench exits. Target: shoal <= 1.5x bare runc.
 Usage: python bench/runtime_bench.py [--iterations 20] [--burst 50] [--profile]
 """
 
@@ -38,19 +38,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import Task, TaskState, TaskStatus, new_id  # noqa: E402
-from worker.agent.task_runner import TaskRunner  # noqa: E402
-from worker.executor import Executor  # noqa: E402
-from worker.executor import bundle as oci_bundle  # noqa: E402
-from worker.executor.rootfs import mounts_under, unmount  # noqa: E402
-from worker.executor.spec import ResolvedUser  # noqa: E402
-from worker.executor.task_executor import RuncTaskExecutor  # noqa: E402
-from worker.executor.taskspec import config_from_task  # noqa: E402
-from worker.images.busybox_image import build_busybox_image, write_docker_save  # noqa: E402
-from worker.images.store import ImageStore  # noqa: E402
+from model import Task, TaskState, TaskStatus, new_id
+from worker.agent.task_runner import TaskRunner
+from worker.executor import Executor
+from worker.executor import bundle as oci_bundle
+from worker.executor.rootfs import mounts_under, unmount
+from worker.executor.spec import ResolvedUser
+from worker.executor.task_executor import RuncTaskExecutor
+from worker.executor.taskspec import config_from_task
+from worker.images.busybox_image import build_busybox_image, write_docker_save
+from worker.images.store import ImageStore
 
 IMAGE = "shoal-bench/busybox:latest"
 COMMAND = ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"]
@@ -136,10 +136,14 @@ class ShoalWorker:
         """Whatever a failed run left: containers, shims, mounts, cgroups."""
         if self.executor is None:
             return
-        layout = self.executor.layout
         for state in await self.executor.runc.list_containers():
             with contextlib.suppress(Exception):
                 await self.executor.runc.delete(state["id"], force=True)
+        await asyncio.to_thread(self._kill_shims_unmount_uncgroup)
+
+    def _kill_shims_unmount_uncgroup(self) -> None:
+        assert self.executor is not None
+        layout = self.executor.layout
         for ctr in layout.containers_dir.iterdir() if layout.containers_dir.is_dir() else []:
             with contextlib.suppress(OSError, ValueError):
                 pid = int((ctr / "conmon.pid").read_text().strip())
@@ -194,7 +198,7 @@ class BareRunc:
 
     async def _run_one(self, cid: str, path: Path, start: float) -> float:
         self.ids.append(cid)
-        with open(path / "runc.err", "wb") as err:
+        with _open_for_write(path / "runc.err") as err:
             proc = await asyncio.create_subprocess_exec(
                 RUNC, "--root", str(self.state_root), "run", "-d", "--bundle", str(path), cid,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
@@ -221,8 +225,15 @@ class BareRunc:
         if self.state_root.is_dir():
             self.ids = [p.name for p in self.state_root.iterdir() if p.is_dir()]
             await self.remove_all()
+        await asyncio.to_thread(self._remove_cgroups)
+
+    def _remove_cgroups(self) -> None:
         for top in Path("/sys/fs/cgroup").iterdir():
             _remove_cgroup_tree(top / self.cgroup_parent)
+
+
+def _open_for_write(path: Path) -> BinaryIO:
+    return open(path, "wb")  # the caller closes it
 
 
 def _remove_cgroup_tree(top: Path) -> None:

@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import functools
 import gc
 import io
 import json
@@ -36,12 +37,12 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from manager.dispatcher import Dispatcher  # noqa: E402
-from manager.orchestrator.simulation import make_node  # noqa: E402
-from manager.specs import normalize_service_spec  # noqa: E402
-from manager.store import Event, Store, WriteTx  # noqa: E402
-from manager.swarm.leader_loops import Orchestration  # noqa: E402
-from model import Service, TaskState, format_time, new_id  # noqa: E402
+from manager.dispatcher import Dispatcher
+from manager.orchestrator.simulation import make_node
+from manager.specs import normalize_service_spec
+from manager.store import Event, Store, WriteTx
+from manager.swarm.leader_loops import Orchestration
+from model import Service, TaskState, format_time, new_id
 
 TARGET_TASKS_PER_S = 10_000
 CREATE_CHUNK = 500  # nodes registered per store write
@@ -160,6 +161,11 @@ class SimulatedNode:
             await self.dispatcher.update_status(self.node_id, {"session_id": self.session_id, "updates": updates})
 
 
+def _create_all(objects: list[Any], tx: WriteTx) -> None:
+    for obj in objects:
+        tx.create(obj)
+
+
 def service_for(index: int, replicas: int) -> Service:
     spec = {"Name": f"scale-{index}",
             "TaskTemplate": {"ContainerSpec": {"Image": "busybox:latest", "Args": ["sleep", "100000"]},
@@ -173,8 +179,8 @@ async def run_bench(nodes: int, tasks: int, replicas: int, agents: bool, timeout
     store = Store(watch_limit=10**6)
     dispatcher = Dispatcher(store)
     made = [make_node(f"sim-{i:05d}") for i in range(nodes)]
-    for start in range(0, nodes, CREATE_CHUNK):
-        await store.update(lambda tx, chunk=made[start:start + CREATE_CHUNK]: [tx.create(n) for n in chunk])
+    for first in range(0, nodes, CREATE_CHUNK):
+        await store.update(functools.partial(_create_all, made[first:first + CREATE_CHUNK]))
     services = [service_for(i, min(replicas, tasks - i * replicas)) for i in range(-(-tasks // replicas))]
     out: dict[str, Any] = {"nodes": nodes, "tasks": tasks, "services": len(services),
                            "replicas_per_service": replicas, "agents": agents}
@@ -197,7 +203,7 @@ async def run_bench(nodes: int, tasks: int, replicas: int, agents: bool, timeout
                 profiler.enable()
             start = time.monotonic()
             for service in services:
-                await store.update(lambda tx, s=service: tx.create(s))
+                await store.update(functools.partial(_create_all, [service]))
             out["create_requests_s"] = round(time.monotonic() - start, 3)
             try:
                 await asyncio.wait_for(progress.all_assigned.wait(), timeout)

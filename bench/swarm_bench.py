@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from cli.client import DaemonClient  # noqa: E402
-from worker.images.busybox_image import build_busybox_image, write_docker_save  # noqa: E402
+from cli.client import DaemonClient
+from worker.images.busybox_image import build_busybox_image, write_docker_save
 
 IMAGE = "shoal-bench/busybox:latest"
 COMMAND = ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"]

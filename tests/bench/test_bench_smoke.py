@@ -1,0 +1,102 @@
+"""Smoke tests of the benchmarks: each bench script runs end to end at tiny sizes and prints JSON
+of the documented shape. They check that the scripts keep working, never how fast anything is
+(benchmarks are not timed assertions)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_bench(script: str, *args: str, timeout: float = 120.0) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stderr[-2000:]}"
+    return json.loads(proc.stdout)
+
+
+def is_seconds(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value >= 0
+
+
+def needs_root_runc() -> None:
+    if os.geteuid() != 0 or not shutil.which("runc") or not shutil.which("conmon"):
+        pytest.skip("needs root, runc and conmon")
+
+
+def test_scale_bench_json() -> None:
+    doc = run_bench("scale_bench.py", "--nodes", "20", "--tasks", "300", "--replicas", "100",
+                    "--profile", "--profile-top", "5", "--timeout", "60")
+    assert doc["bench"] == "scale" and "error" not in doc, doc.get("error")
+    assert (doc["nodes"], doc["tasks"], doc["services"]) == (20, 300, 3)
+    for key in ("assigned_s", "running_s", "sessions_open_s"):
+        assert is_seconds(doc[key]), key
+    assert doc["placement_rate_tasks_per_s"] > 0 and doc["running_rate_tasks_per_s"] > 0
+    assert doc["nodes_marked_down"] == 0
+    assert doc["memory_kib"]["after"]["VmHWM"] >= doc["memory_kib"]["before_tasks"]["VmRSS"] > 0
+    assert isinstance(doc["meets_target"], bool)
+    assert len(doc["profile"]["by_cumtime"]) == 5
+
+
+def test_scale_bench_rejects_bad_sizes() -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "scale_bench.py"), "--nodes", "0"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--nodes must be >= 1" in proc.stderr
+
+
+def test_runtime_bench_json() -> None:
+    needs_root_runc()
+    doc = run_bench("runtime_bench.py", "--iterations", "1", "--burst", "2")
+    assert doc["bench"] == "runtime" and "error" not in doc, doc.get("error")
+    for case in ("one_container", "burst_2"):
+        for system in ("shoal", "runc"):
+            stats = doc[case][system]
+            assert is_seconds(stats["p50_ms"]) and stats["p99_ms"] >= stats["p50_ms"], (case, system)
+        assert set(doc[case]["shoal_split"]) == {"assigned_to_ready", "ready_to_running"}
+        assert set(doc["ratio_shoal_over_runc"][case]) == {"p50_ms", "p99_ms"}
+    assert doc["burst_2"]["shoal"]["n"] == 2 and doc["burst_2"]["runc"]["all_running_ms"] > 0
+    assert isinstance(doc["meets_target"], bool)
+
+
+def check_swarm_runs(system: dict[str, Any], sizes: list[int]) -> None:
+    assert "error" not in system, system.get("error")
+    for n in sizes:
+        run = system["runs"][str(n)]
+        assert "error" not in run, run["error"]
+        assert (run["replicas"], run["scaled_to"]) == (n, 3 * n)
+        for phase in ("create_s", "scale_s", "update_s", "update_completed_s", "remove_s"):
+            assert is_seconds(run[phase]), phase
+
+
+def test_swarm_bench_shoal_json() -> None:
+    needs_root_runc()
+    doc = run_bench("swarm_bench.py", "--systems", "shoal", "--sizes", "1", "--workers", "0",
+                    "--update-monitor", "0", "--phase-timeout", "60")
+    assert doc["bench"] == "swarm" and doc["workload"]["sizes"] == [1]
+    assert doc["shoal"]["hosts"] == 1 and is_seconds(doc["shoal"]["lab_up_s"])
+    check_swarm_runs(doc["shoal"], [1])
+    assert "docker" not in doc and "ratio_shoal_over_docker" not in doc
+
+
+@pytest.mark.slow
+def test_swarm_bench_side_by_side_json() -> None:
+    """Both systems (Docker only where deploy/bench-docker.sh installed it), with the ratios."""
+    needs_root_runc()
+    doc = run_bench("swarm_bench.py", "--sizes", "2", "--workers", "1", "--update-monitor", "0",
+                    "--phase-timeout", "120", timeout=300)
+    check_swarm_runs(doc["shoal"], [2])
+    if not Path("/usr/sbin/dockerd").exists():
+        assert "deploy/bench-docker.sh" in doc["docker"]["error"]
+        return
+    check_swarm_runs(doc["docker"], [2])
+    assert doc["docker"]["engine"]["runtime_path"] == "/usr/sbin/runc"
+    assert set(doc["ratio_shoal_over_docker"]["2"]) == {"create", "scale", "update", "update_completed", "remove"}
