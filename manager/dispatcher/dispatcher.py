@@ -37,7 +37,7 @@ log = logging.getLogger("shoal.dispatcher")
 DEFAULT_HEARTBEAT_PERIOD = 5.0
 GRACE_MULTIPLIER = 3
 MONITOR_INTERVAL = 0.2
-DISCONNECT_GRACE = 2.0      # seconds a node whose connection closed has to open a new session
+DISCONNECT_GRACE = 3.0      # seconds a node whose connection closed has to open a new session
 
 
 def heartbeat_period_of(tx: ReadTx) -> float:

@@ -196,3 +196,25 @@ def test_busy_hosts_are_not_marked_down(lab: Lab) -> None:
             burner.wait()
     assert {t["ID"] for t in running(lab, "steady")} == before, "no task was replaced"
     remove(lab, "steady")
+
+
+def test_daemon_sigkill_and_restart_keeps_containers_running(lab: Lab) -> None:
+    """Live restore: a worker daemon killed with SIGKILL and restarted re-adopts its containers;
+    nothing is restarted or rescheduled."""
+    create(lab, "kept", replicas=3)
+    tasks = converged(lab, "kept", 3)
+    on_worker = {t["ID"]: t["Status"]["ContainerStatus"]["PID"] for t in tasks
+                 if hosts_of(lab, [t]) == ["worker-1"]}
+    assert on_worker, "a task runs on worker-1"
+    lab.kill("worker-1")
+    for pid in on_worker.values():
+        assert os.path.exists(f"/proc/{pid}"), "containers outlive their daemon"
+    lab.start("worker-1")
+    eventually(lambda: {n["Description"]["Hostname"]: n["Status"]["State"]
+                        for n in api(lab, MANAGER, "GET", "/nodes")}["worker-1"] == "ready",
+               what="the restarted worker to be ready")
+    after = {t["ID"]: t for t in running(lab, "kept")}
+    assert set(on_worker) <= set(after), "the same tasks still run"
+    assert {tid: after[tid]["Status"]["ContainerStatus"]["PID"] for tid in on_worker} == on_worker
+    assert len(after) == 3
+    remove(lab, "kept")
