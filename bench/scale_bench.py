@@ -9,7 +9,7 @@ Prints one JSON document. In one process:
     (Dispatcher.session: the complete set, then incremental assignments), sending heartbeats
     (Dispatcher.heartbeat) and reporting each newly assigned task RUNNING in batches
     (Dispatcher.update_status), as the agent does once a container started. `--no-agents` keeps
-    the nodes silent (placement only).
+    the nodes silent and runs no heartbeat monitor (placement only).
 Workload: S services of R replicas (S*R = `--tasks`) created back to back, as the API would.
 Reported: seconds and tasks/s from the first create to all tasks ASSIGNED, and to all RUNNING;
 manager RSS (VmHWM, VmRSS) before and after; nodes wrongly marked down during the run.
@@ -190,9 +190,9 @@ async def run_bench(nodes: int, tasks: int, replicas: int, agents: bool, timeout
     down_before = store.view(lambda tx: sum(n.state == "down" for n in tx.all("nodes")))
     try:
         async with asyncio.TaskGroup() as group:
-            workers = [group.create_task(progress.run(), name="progress"),
-                       group.create_task(dispatcher.run(), name="dispatcher")]
-            if agents:
+            workers = [group.create_task(progress.run(), name="progress")]
+            if agents:  # silent nodes hold no session: the heartbeat monitor would mark them down
+                workers.append(group.create_task(dispatcher.run(), name="dispatcher"))
                 workers += [group.create_task(s.run(), name=f"node-{s.hostname}") for s in simulated]
                 t0 = time.monotonic()
                 await asyncio.wait_for(asyncio.gather(*(s.ready.wait() for s in simulated)), timeout)
