@@ -28,6 +28,7 @@ from cli.service_flags import (
     parse_port,
     parse_preference,
 )
+from cli.service_logs import logs as service_logs
 from cli.service_progress import wait_for_convergence
 from cli.task_format import SERVICE_HEADERS, TASK_HEADERS, columns, service_rows, task_rows
 
@@ -89,6 +90,9 @@ scalar_options = _options(
 @click.group()
 def service() -> None:
     """Manage services."""
+
+
+service.add_command(service_logs)
 
 
 # -- helpers ------------------------------------------------------------------------------------

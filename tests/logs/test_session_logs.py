@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from manager.ca.authority import RootCA
+from manager.ca.authority import NodeIdentity, RootCA, key_pem, make_csr, new_key
+from manager.ca.node_tls import NodeCredentials
 from manager.dispatcher import Dispatcher
 from manager.dispatcher.rpc import register_dispatcher
 from manager.logbroker import ChannelEnded, LogBroker, LogOptions, LogRecord, LogSelector, Subscription
@@ -21,14 +22,36 @@ from manager.logbroker.rpc import register_logs
 from manager.rpc.client import RpcClient
 from manager.rpc.server import RpcServer
 from manager.store import Store, WriteTx
-from model import Cluster, Node, TaskState, new_id
+from model import Cluster, Node, Task, TaskState, new_id
 from tests.support.fake_executor import FakeExecutor
 from tests.support.wait import async_wait_until
-from tests.unit.test_dispatcher_agent import add_task, creds, state_is
 from worker.agent.agent import Agent
 from worker.executor.logs import LogEntry
 
 TS = "2026-01-02T03:04:05.{:09d}+00:00"
+
+
+def creds(ca: RootCA, node_id: str, role: str, root: Path) -> tuple[NodeCredentials, Path]:
+    key = new_key()
+    c = NodeCredentials(ca.cert_pem, ca.issue(make_csr(key), NodeIdentity(node_id, role, "c")), key_pem(key))
+    c.save(root / node_id)
+    return c, root / node_id
+
+
+async def add_task(store: Store, node_id: str) -> str:
+    task = Task(id=new_id(), service_id="svc", slot=1, node_id=node_id, spec={"ContainerSpec": {"Image": "busybox"}},
+                service_name="web")
+    task.status.advance(TaskState.ASSIGNED, "", "assigned")
+    await store.update(lambda tx: tx.create(task))
+    return task.id
+
+
+async def state_is(store: Store, task_id: str, state: TaskState) -> None:
+    async def check() -> bool:
+        task = store.view(lambda tx: tx.get("tasks", task_id))
+        return task is not None and task.status.state == state
+
+    await async_wait_until(check, timeout=10, what=f"task {task_id} to be {state.api}")
 
 
 class FakeContainers:
