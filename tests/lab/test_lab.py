@@ -128,6 +128,12 @@ def test_lab_cli_up_ls_exec_down(tmp_path: Path) -> None:
         assert "manager-1" in ls.stdout and "worker-1" in ls.stdout and "running" in ls.stdout
         ex = run("exec", "--name", name, "worker-1", "--", sys.executable, "-m", "cli.main", "info")
         assert ex.returncode == 0 and "Name: worker-1" in ex.stdout, ex.stderr
+        # `lab up` formed the swarm by itself and runs the demo service.
+        nodes = run("exec", "--name", name, "manager-1", "--", sys.executable, "-m", "cli.main", "node", "ls")
+        assert nodes.returncode == 0, nodes.stderr
+        assert "Leader" in nodes.stdout and "worker-1" in nodes.stdout and nodes.stdout.count("Ready") == 2
+        ps = run("exec", "--name", name, "manager-1", "--", sys.executable, "-m", "cli.main", "service", "ls")
+        assert "demo" in ps.stdout and "2/2" in ps.stdout, ps.stdout
         bad = run("exec", "--name", name, "nope", "--", "true")
         assert bad.returncode == 1 and "no node 'nope'" in bad.stderr and "Traceback" not in bad.stderr
         again = run("up", "--name", name)

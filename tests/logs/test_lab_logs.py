@@ -20,7 +20,7 @@ import pytest
 
 from cli.lab import Lab, demo
 from tests.conftest import needs_root
-from tests.swarm.helpers import api, eventually, node_update
+from tests.swarm.helpers import api, api_error, eventually, node_update
 from worker.images.busybox_image import build_busybox_image, write_docker_save
 
 IMAGE = "busybox:latest"
@@ -128,6 +128,14 @@ def test_tail_limits_lines_per_task_and_a_task_can_be_read_alone(lab: Lab, tasks
 
     proc = shoal(lab, MANAGER, "service", "logs", "nosuchthing")
     assert proc.returncode == 1 and "no such service or task: nosuchthing" in proc.stderr
+    error = api_error(lab, MANAGER, "GET", "/services/nosuch/logs", stdout="1")
+    assert (error.status, error.message) == (404, "service nosuch not found")
+    error = api_error(lab, MANAGER, "GET", "/tasks/nosuch/logs", stdout="1")
+    assert (error.status, error.message) == (404, "task nosuch not found")
+    error = api_error(lab, MANAGER, "GET", f"/services/{SERVICE}/logs")
+    assert error.status == 400 and "at least one stream" in error.message
+    error = api_error(lab, "worker-1", "GET", f"/services/{SERVICE}/logs", stdout="1")
+    assert error.status == 503 and "Worker nodes can't be used" in error.message
 
 
 def follow_until(lab: Lab, node: str, beyond: dict[str, int], timeout: float = 20.0) -> dict[str, list[int]]:
@@ -189,6 +197,11 @@ def test_docker_cli_service_logs(lab: Lab, tasks: dict[str, dict[str, Any]]) -> 
         match = LINE.match(line)
         assert match and match["ts"], line
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z", match["ts"]), line
+
+    one = next(iter(tasks.values()))
+    proc = lab.exec(MANAGER, ["docker", "service", "logs", "--tail", "2", one["ID"]], timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert list(parsed(proc.stdout)) == [one["ID"][:12]] and len(proc.stdout.splitlines()) == 2
 
 
 def test_logs_on_a_follower_manager_come_through_the_leader(lab: Lab, tasks: dict[str, dict[str, Any]]) -> None:

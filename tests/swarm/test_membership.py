@@ -226,3 +226,36 @@ def test_wrong_and_rotated_tokens_and_bad_certificates_are_refused(swarm: Lab, t
     outcome = json.loads(probe.stdout.strip().splitlines()[-1])
     assert outcome["foreign"].startswith("unavailable"), outcome
     assert outcome["worker"].startswith("permission_denied"), outcome
+
+
+def test_manager_leave_shrinks_raft_and_rejoins(swarm: Lab) -> None:
+    eventually(lambda: agreed_view(swarm), what="agreement")
+    eventually(lambda: managers_in_raft(swarm, "manager-1") == set(MANAGERS), what="three managers in raft")
+    # With manager-2 down, manager-3 leaving would leave 1 reachable manager out of 2: refused.
+    swarm.kill("manager-2")
+    try:
+        eventually(lambda: nodes_by_host(swarm, "manager-3")["manager-2"]["ManagerStatus"]["Reachability"]
+                   == "unreachable", what="manager-2 to be unreachable")
+        err = api_error(swarm, "manager-3", "POST", "/swarm/leave")
+        assert err.status == 503 and "Without a Raft quorum" in err.message
+    finally:
+        swarm.start("manager-2")
+    eventually(lambda: nodes_by_host(swarm, "manager-3")["manager-2"]["ManagerStatus"]["Reachability"]
+               == "reachable", what="manager-2 to be reachable again")
+    api(swarm, "manager-3", "POST", "/swarm/leave")
+    assert api(swarm, "manager-3", "GET", "/info")["Swarm"]["LocalNodeState"] == "inactive"
+    eventually(lambda: managers_in_raft(swarm, "manager-1") == {"manager-1", "manager-2"},
+               what="raft membership to drop the departed manager")
+    node_update(swarm, "manager-1", "worker-1", lambda spec: spec["Labels"].__setitem__("after-leave", "ok"))
+    stale = nodes_by_host(swarm, "manager-1")["manager-3"]
+    assert stale["Spec"]["Role"] == "worker" and not stale.get("ManagerStatus")
+    eventually(lambda: nodes_by_host(swarm, "manager-1")["manager-3"]["Status"]["State"] == "down",
+               what="the departed manager to be down")
+    api(swarm, "manager-1", "DELETE", f"/nodes/{stale['ID']}")
+    token = api(swarm, "manager-1", "GET", "/swarm")["JoinTokens"]["Manager"]
+    api(swarm, "manager-3", "POST", "/swarm/join", {"RemoteAddrs": [f"{swarm.node('manager-1').address}:2377"],
+                                                    "JoinToken": token,
+                                                    "AdvertiseAddr": swarm.node("manager-3").address})
+    eventually(lambda: managers_in_raft(swarm, "manager-1") == set(MANAGERS), timeout=30,
+               what="the manager to rejoin raft")
+    eventually(lambda: agreed_view(swarm), what="agreement after rejoin")
