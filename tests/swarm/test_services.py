@@ -218,3 +218,26 @@ def test_daemon_sigkill_and_restart_keeps_containers_running(lab: Lab) -> None:
     assert {tid: after[tid]["Status"]["ContainerStatus"]["PID"] for tid in on_worker} == on_worker
     assert len(after) == 3
     remove(lab, "kept")
+
+
+def test_unplaceable_tasks_say_why_and_run_once_a_node_fits(lab: Lab) -> None:
+    """Never stuck pending: a task no node fits stays PENDING with the reason, and runs as soon as
+    a node fits (here: when the label it needs appears)."""
+    create(lab, "picky", replicas=2,
+           TaskTemplate={"ContainerSpec": {"Image": IMAGE, "Args": SLEEPER},
+                         "Placement": {"Constraints": ["node.labels.tier==gold"]}})
+
+    def pending_reason() -> str:
+        tasks = api(lab, MANAGER, "GET", "/tasks", filters={"service": ["picky"]})
+        errs = {t["Status"].get("Err", "") for t in tasks if t["Status"]["State"] == "pending"}
+        return next(iter(errs), "") if len(tasks) == 2 and len(errs) == 1 else ""
+
+    reason = eventually(pending_reason, what="pending tasks with a reason")
+    assert reason == "no suitable node (3 nodes not matching placement constraints)", reason
+    node_update(lab, MANAGER, "worker-1", lambda spec: spec["Labels"].__setitem__("tier", "gold"))
+    try:
+        tasks = converged(lab, "picky", 2)
+        assert hosts_of(lab, tasks) == ["worker-1", "worker-1"]
+    finally:
+        node_update(lab, MANAGER, "worker-1", lambda spec: spec["Labels"].pop("tier"))
+    remove(lab, "picky")

@@ -194,3 +194,27 @@ async def test_closed_connection_marks_node_down_fast_but_live_agent_stays_ready
     started = time.monotonic()
     await async_wait_until(lambda: is_state("down"), timeout=DISCONNECT_GRACE + 2, what="node down")
     assert time.monotonic() - started < DISCONNECT_GRACE + 1
+
+
+async def test_large_assignment_sets_arrive_in_chunks(env: dict[str, Any]) -> None:
+    """Hundreds of tasks for one node (more than one chunk) all reach the agent: no single
+    message grows with the cluster."""
+    from manager.dispatcher.assignments import CHUNK
+
+    store, ex = env["store"], env["executor"]
+    count = CHUNK * 2 + 37
+
+    def many(tx: WriteTx) -> None:
+        for slot in range(1, count + 1):
+            t = Task(id=new_id(), service_id="big", slot=slot, node_id=env["node"], service_name="big",
+                     desired_state=TaskState.READY, spec={"ContainerSpec": {"Image": "busybox"}})
+            t.status.advance(TaskState.ASSIGNED, "", "assigned")
+            tx.create(t)
+
+    await store.update(many)
+
+    async def all_ready() -> bool:
+        tasks = store.view(lambda tx: [t for t in tx.all("tasks") if t.service_id == "big"])
+        return len(ex.controllers) >= count and all(t.status.state == TaskState.READY for t in tasks)
+
+    await async_wait_until(all_ready, timeout=30, what=f"{count} tasks prepared")
