@@ -6,7 +6,9 @@ One `RaftNode` owns a `RaftCore`, a `DiskStorage` and a `Transport`, and a TaskG
 loops. The *tick loop* calls `core.tick()` every `tick_interval` seconds. The *ready loop* waits for
 work and, for each `Ready`, in order: persists its snapshot, entries and hard state (group commit,
 fsync; a Ready that only moves the commit index is written without waiting for an fsync) → sends its
-messages → applies the snapshot and committed entries to the `StateMachine` → resolves read states →
+messages (a leader's appends and heartbeats leave while its own write runs: nothing that could count
+its not-yet-durable copy as a replica surfaces before the write returns) → applies the snapshot and
+committed entries to the `StateMachine` → resolves read states →
 `core.advance(ready)` → takes a snapshot every `snapshot_every` applied entries and compacts the log.
 Incoming messages are stepped into the core straight from the transport callback; everything runs on
 one event loop, so the core is never touched concurrently.
