@@ -219,3 +219,17 @@ async def test_a_manager_reads_through_the_leaders_subscribe_stream(env: dict[st
         return env["broker"].open_subscriptions() == 0
 
     await async_wait_until(forgotten, timeout=10, what="the leader to close the remote subscription")
+
+
+async def test_follow_on_a_service_picks_up_a_task_started_later(env: dict[str, Any]) -> None:
+    store, containers, broker = env["store"], env["containers"], env["broker"]
+    t1 = await add_task(store, env["node"])
+    containers.write(t1, "first task")
+    sub = broker.subscribe(LogSelector(service_ids=("svc",)), LogOptions(follow=True))
+    assert [i.message for i in await sub.get(10)] == [b"first task"]
+    t2 = await add_task(store, env["node"])         # scaled up while following
+    await state_is(store, t2, TaskState.RUNNING)
+    containers.write(t2, "second task")
+    got = await sub.get(10)
+    assert [(i.task_id, i.message) for i in got] == [(t2, b"second task")]
+    sub.close()

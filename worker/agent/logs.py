@@ -9,7 +9,8 @@ batches of at most MAX_BATCH_ENTRIES entries or MAX_BATCH_BYTES bytes, sent at m
 FLUSH_INTERVAL after their first entry. A task's last batch says `done`. A reader stops on
 `logs_cancel`, on a `cancelled` reply, when a publish fails, or at the end of its log (with
 follow: once the container has exited and its log is drained). With follow, a task whose
-container does not exist yet is waited for while the task is still assigned to this node.
+container does not exist yet is waited for while the task is assigned to this node (or for
+ASSIGNMENT_GRACE, as the request and the assignment travel separately to the session).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ FLUSH_INTERVAL = 0.1
 ENTRY_OVERHEAD = 48             # bytes a wire entry costs besides its message
 QUEUE_LIMIT = 1000
 CONTAINER_POLL_INTERVAL = 0.25
+ASSIGNMENT_GRACE = 5.0          # a followed task's assignment may arrive after the log request
 PUBLISH_TIMEOUT = 60.0
 
 
@@ -155,8 +157,11 @@ class LogPublisher:
         containers = self._containers
         if containers is None:
             return "this node cannot read container logs"
+        loop = asyncio.get_running_loop()
+        grace_until = loop.time() + ASSIGNMENT_GRACE
         while containers.get(task_id) is None:
-            if not (request.follow and self._has_task(task_id)):
+            waiting = self._has_task(task_id) or loop.time() < grace_until
+            if not (request.follow and waiting):
                 return ""      # no container (never started, or removed): no log
             await asyncio.sleep(CONTAINER_POLL_INTERVAL)
         async for entry in containers.logs(task_id, tail=request.tail, follow=request.follow, since=request.since):
