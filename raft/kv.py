@@ -241,7 +241,14 @@ async def serve(args: argparse.Namespace) -> None:
         http_bound = runner.addresses[0][:2] if runner.addresses else http_addr
         print(json.dumps({"event": "ready", "id": args.id, "raft": f"{bound[0]}:{bound[1]}",
                           "http": f"{http_bound[0]}:{http_bound[1]}"}), flush=True)
-        await stop.wait()
+        stopping, failing = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(node.failed.wait())
+        try:
+            await asyncio.wait({stopping, failing}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            failing.cancel()
+        if node.fatal is not None:      # fail-stop: e.g. the disk refused a write
+            raise NodeStopped(f"raft node {args.id} failed: {node.fatal!r}")
     finally:
         await runner.cleanup()          # stop accepting HTTP first, then stop raft
         await node.stop()
@@ -270,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
             runner(serve(args))
     except (WALCorruptError, StorageCorruptError) as exc:
         print(f"raft.kv: refusing to start: {exc}", file=sys.stderr)
+        return 1
+    except NodeStopped as exc:
+        print(f"raft.kv: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"raft.kv: {exc}", file=sys.stderr)

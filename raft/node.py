@@ -163,6 +163,7 @@ class RaftNode:
         self.last_heard: dict[int, float] = {}  # peer → loop time of its last message (liveness)
         self.leader_changed = asyncio.Event()   # set on every change of (leader, role); tests clear it
         self.fatal: BaseException | None = None
+        self.failed = asyncio.Event()           # set when a fatal error (e.g. a failed fsync) stops it
         self.ticks = 0                          # ticks delivered so far (diagnostics: tick-loop lag)
 
     # -- lifecycle -------------------------------------------------------------------------------------
@@ -212,6 +213,7 @@ class RaftNode:
         except BaseException as exc:
             if not isinstance(exc, asyncio.CancelledError):
                 self.fatal = exc
+                self.failed.set()
                 log.critical("node %d: stopped by a fatal error: %r", self.id, exc)
                 self._fail_all(NodeStopped(f"node {self.id} failed: {exc!r}"))
             raise

@@ -145,10 +145,13 @@ class DiskStorage:
         self._pending.append((hard_state, entries, snapshot))
         self._waiters.append(fut)
         if not self._flushing:
+            # This caller flushes batches until none is left; every caller (itself included)
+            # learns its outcome from its own future.
             self._flushing = True
+            inflight: list[asyncio.Future[None]] = []
             try:
                 while self._pending:
-                    batch, waiters = self._pending, self._waiters
+                    batch, inflight = self._pending, self._waiters
                     self._pending, self._waiters = [], []
                     try:
                         size = sum(len(e.data) for _, ents, _ in batch for e in ents)
@@ -157,20 +160,22 @@ class DiskStorage:
                             self._write_batch(batch)        # small: cheaper than a thread hop
                         else:
                             await asyncio.to_thread(self._write_batch, batch)
-                    except BaseException as exc:
-                        for w in waiters:
+                    except Exception as exc:
+                        for w in inflight:
                             if not w.done():
-                                w.set_exception(exc if isinstance(exc, Exception)
-                                                else RuntimeError("storage write interrupted"))
-                        raise
-                    for w in waiters:
-                        if not w.done():
-                            w.set_result(None)
+                                w.set_exception(exc)
+                    else:
+                        for w in inflight:
+                            if not w.done():
+                                w.set_result(None)
+                    inflight = []
             except BaseException:
-                for w in self._waiters:
-                    if not w.done():
+                # Cancelled mid-write: the outcome of the batches is unknown to their callers.
+                for w in inflight + self._waiters:
+                    if w is not fut and not w.done():
                         w.set_exception(RuntimeError("storage write interrupted"))
                 self._pending, self._waiters = [], []
+                fut.cancel()
                 raise
             finally:
                 self._flushing = False

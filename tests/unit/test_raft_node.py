@@ -230,3 +230,31 @@ async def test_leader_replicates_during_its_own_fsync_but_acks_only_after_it(tmp
         for g in gates.values():
             g.set()
         await c.close()
+
+
+async def test_a_failed_fsync_stops_the_node_and_fails_its_callers(tmp_path: Path) -> None:
+    broken: set[int] = set()
+
+    def fsync_of(i: int) -> Callable[[int], None]:
+        def fsync(fd: int) -> None:
+            if i in broken:
+                raise OSError(5, "Input/output error")
+            os.fdatasync(fd)
+        return fsync
+
+    c = Cluster(tmp_path, 3)
+    try:
+        for i in c.ids:
+            await c.start(i, fsync=fsync_of(i))
+        leader = await c.leader()
+        await leader.propose(put("a", "1"))
+        broken.add(leader.id)
+        with pytest.raises(NodeStopped, match="Input/output error"):
+            await leader.propose(put("b", "2"))
+        assert leader.failed.is_set() and isinstance(leader.fatal, BaseExceptionGroup | OSError)
+        with pytest.raises(NodeStopped):
+            await leader.propose(put("c", "3"))
+        # The others elect a new leader and carry on.
+        await until(lambda: any(n.is_leader for n in c.nodes.values() if n is not leader))
+    finally:
+        await c.close()
