@@ -142,3 +142,15 @@ def query_bool(request: web.Request, name: str, default: bool = False) -> bool:
 
 def machine_arch() -> str:
     return platform.machine() or "x86_64"
+
+
+def go_bool(request: web.Request, name: str) -> bool:
+    """A query boolean parsed as Go's strconv.ParseBool (status, insertDefaults, rotate*)."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return False
+    if raw in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if raw in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    raise ApiError(400, f'invalid value for {name}: strconv.ParseBool: parsing "{raw}": invalid syntax')

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from manager.api.cluster import cluster_store, parse_filters, require_version
-from manager.api.http import ApiError, Routes, json_response, read_json
+from manager.api.http import ApiError, Routes, go_bool, json_response, read_json
 from manager.api.objects_common import any_prefix, api_errors, labels_match, lookup, require_spec_object
 from manager.api.tasks import service_status
 from manager.specs import SpecError, insert_service_defaults, normalize_service_spec, validate_service_spec
@@ -28,18 +28,6 @@ from model import Network, Service, Task, TaskState, new_id
 MODE_KEYS = ("Replicated", "Global", "ReplicatedJob", "GlobalJob")
 SERVICE_FILTERS = {"id", "name", "label", "mode", "runtime"}
 JOB_MODES = ("replicated-job", "global-job")
-
-
-def go_bool(request: web.Request, name: str) -> bool:
-    """A query boolean parsed as Go's strconv.ParseBool (status, insertDefaults)."""
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return False
-    if raw in ("1", "t", "T", "TRUE", "true", "True"):
-        return True
-    if raw in ("0", "f", "F", "FALSE", "false", "False"):
-        return False
-    raise ApiError(400, f'invalid value for {name}: strconv.ParseBool: parsing "{raw}": invalid syntax')
 
 
 # -- resolving references inside a spec ---------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from manager.api.cluster import cluster_store, require_version
-from manager.api.http import ApiError, Routes, json_response, query_bool, read_json
+from manager.api.http import ApiError, Routes, go_bool, json_response, query_bool, read_json
 from manager.ca import tokens
 from manager.specs import SpecError, normalize_swarm_spec, validate_swarm_spec
 from manager.store import StaleVersion, WriteTx
@@ -89,8 +89,8 @@ async def update(request: web.Request) -> web.Response:
         validate_swarm_spec(spec)
     except SpecError as e:
         raise ApiError(400, str(e)) from None
-    rotate_worker = _parse_bool(request, "rotateWorkerToken")
-    rotate_manager = _parse_bool(request, "rotateManagerToken")
+    rotate_worker = go_bool(request, "rotateWorkerToken")
+    rotate_manager = go_bool(request, "rotateManagerToken")
 
     def fn(tx: WriteTx) -> None:
         cluster = _cluster(tx).copy()
@@ -117,16 +117,6 @@ def _ca_der(cluster: Cluster) -> bytes:
 
     pem = str(cluster.tls_info.get("TrustRoot", "")).encode()
     return x509.load_pem_x509_certificate(pem).public_bytes(serialization.Encoding.DER)
-
-
-def _parse_bool(request: web.Request, name: str) -> bool:
-    """Go's ParseBool, which the Engine API uses for the rotate* parameters."""
-    raw = request.query.get(name, "false")
-    if raw in ("1", "t", "T", "TRUE", "true", "True"):
-        return True
-    if raw in ("0", "f", "F", "FALSE", "false", "False", ""):
-        return False
-    raise ApiError(400, f"invalid value for {name}: {raw!r}")
 
 
 async def unlock_key(request: web.Request) -> web.Response:

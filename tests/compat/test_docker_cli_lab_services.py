@@ -3,15 +3,13 @@ with its convergence progress), ls, ps, inspect, scale, update, rollback, rm."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 
 import pytest
 
-from cli.lab import Lab, demo
-from tests.swarm.helpers import eventually
-from worker.images.busybox_image import build_busybox_image, write_docker_save
+from cli.lab import Lab
+from tests.swarm.helpers import eventually, load_busybox_everywhere
 
 
 def docker(lab: Lab, *args: str, timeout: float = 45) -> str:
@@ -24,12 +22,7 @@ def test_docker_cli_service_lifecycle_on_the_lab(make_lab, tmp_path) -> None:
     if shutil.which("docker") is None:
         pytest.fail("the docker CLI is not installed (deploy/install.sh installs it)")
     lab: Lab = make_lab(managers=1, workers=1, swarm=True)
-    archive = write_docker_save(build_busybox_image(healthcheck={}), tmp_path / "bb.tar", ["busybox:latest"])
-
-    async def load() -> None:
-        await asyncio.gather(*(demo.load_image(n.host, archive.read_bytes()) for n in lab.nodes.values()))
-
-    asyncio.run(load())
+    load_busybox_everywhere(lab, tmp_path)
     out = docker(lab, "service", "create", "--name", "web", "--replicas", "2", "--update-monitor", "1s",
                  "--update-parallelism", "2", "busybox:latest", "sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait")
     assert "verify: Service web converged" in out or "converged" in out, out

@@ -5,7 +5,6 @@ streaming new lines until the client stops, timestamps, and logs read on a follo
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import selectors
@@ -18,10 +17,9 @@ from typing import Any
 
 import pytest
 
-from cli.lab import Lab, demo
+from cli.lab import Lab
 from tests.conftest import needs_root
-from tests.swarm.helpers import api, api_error, eventually, node_update
-from worker.images.busybox_image import build_busybox_image, write_docker_save
+from tests.swarm.helpers import api, api_error, eventually, load_busybox_everywhere, node_update
 
 IMAGE = "busybox:latest"
 MANAGER = "manager-1"
@@ -38,13 +36,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     the_lab.down()
     try:
         the_lab.up(managers=1, workers=2, swarm=True)
-        image = build_busybox_image(healthcheck={})
-        archive = write_docker_save(image, tmp_path_factory.mktemp("img") / "busybox.tar", [IMAGE]).read_bytes()
-
-        async def load_all() -> None:
-            await asyncio.gather(*(demo.load_image(n.host, archive) for n in the_lab.nodes.values()))
-
-        asyncio.run(load_all())
+        load_busybox_everywhere(the_lab, tmp_path_factory.mktemp("img"), IMAGE)
         spec = {"Name": SERVICE, "Mode": {"Replicated": {"Replicas": 3}},
                 "TaskTemplate": {"ContainerSpec": {"Image": IMAGE, "Args": COUNTER, "StopGracePeriod": 2_000_000_000},
                                  "Placement": {"MaxReplicas": 1}}}

@@ -37,6 +37,7 @@ from raft.types import (
     ConfState,
     EntryType,
     Message,
+    MessageType,
     NotLeader,
     ProposalDropped,
     Ready,
@@ -179,6 +180,7 @@ class Simulation:
                 self._crash(node)
                 return
             node.storage.persist(rd)
+            self._check_durable_before_send(node, rd)
             if mode == "after_persist":
                 self._crash(node)
                 return
@@ -188,6 +190,28 @@ class Simulation:
             core.advance(rd)
             self._check_leader(node)
             self._maybe_snapshot(node)
+
+    def _check_durable_before_send(self, node: SimNode, rd: Ready) -> None:
+        """Everything a message promises must already be on this node's disk once its Ready is persisted."""
+        st = node.storage
+        hs = st.hard_state
+        durable_terms = {e.index: e.term for e in st.entries}
+        if st.snapshot is not None:
+            durable_terms[st.snapshot.meta.index] = st.snapshot.meta.term
+        for m in rd.messages:
+            if hs is None or (hs.term < m.term and m.type is not MessageType.PRE_VOTE_RESP and (
+                m.type is not MessageType.PRE_VOTE
+            )):
+                raise SafetyViolation(f"node {node.id} sends {m.type.name} at term {m.term} with durable term"
+                                      f" {hs.term if hs else None}")
+            if m.type is MessageType.VOTE_RESP and not m.reject and hs.vote != m.to:
+                raise SafetyViolation(f"node {node.id} grants its vote to {m.to} in term {m.term} before the"
+                                      f" vote is durable (durable vote: {hs.vote})")
+            if m.type is MessageType.APPEND_RESP and not m.reject and m.index:
+                snap_index = st.snapshot.meta.index if st.snapshot else 0
+                last = max([snap_index, *durable_terms])
+                if m.index > last or (m.index > snap_index and m.index not in durable_terms):
+                    raise SafetyViolation(f"node {node.id} acknowledges index {m.index} but only {last} is durable")
 
     def _apply(self, node: SimNode, rd: Ready) -> None:
         assert node.core is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from cli.client import ApiResponseError, DaemonClient
@@ -71,3 +72,16 @@ def node_update(lab: Lab, via: str, ref: str, change: Callable[[dict[str, Any]],
     spec = node["Spec"]
     change(spec)
     api(lab, via, "POST", f"/nodes/{node['ID']}/update", spec, version=node["Version"]["Index"])
+
+
+def load_busybox_everywhere(lab: Lab, directory: Path, tag: str = "busybox:latest") -> None:
+    """Build the busybox test image (no health check) and load it into every lab host."""
+    from cli.lab import demo
+    from worker.images.busybox_image import build_busybox_image, write_docker_save
+
+    archive = write_docker_save(build_busybox_image(healthcheck={}), directory / "busybox.tar", [tag]).read_bytes()
+
+    async def load_all() -> None:
+        await asyncio.gather(*(demo.load_image(n.host, archive) for n in lab.nodes.values()))
+
+    asyncio.run(load_all())

@@ -3,7 +3,6 @@ following node changes, drain, and a worker's crash plus partition."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import time
@@ -12,10 +11,9 @@ from typing import Any
 
 import pytest
 
-from cli.lab import Lab, demo
+from cli.lab import Lab
 from tests.conftest import needs_root
-from tests.swarm.helpers import api, eventually, node_update
-from worker.images.busybox_image import build_busybox_image, write_docker_save
+from tests.swarm.helpers import api, eventually, load_busybox_everywhere, node_update
 
 IMAGE = "busybox:latest"
 # Stops at once on SIGTERM: `wait` is interrupted by the trap.
@@ -33,13 +31,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     the_lab.down()
     try:
         the_lab.up(managers=1, workers=2, swarm=True)
-        image = build_busybox_image(healthcheck={})
-        archive = write_docker_save(image, tmp_path_factory.mktemp("img") / "busybox.tar", [IMAGE]).read_bytes()
-
-        async def load_all() -> None:
-            await asyncio.gather(*(demo.load_image(n.host, archive) for n in the_lab.nodes.values()))
-
-        asyncio.run(load_all())
+        load_busybox_everywhere(the_lab, tmp_path_factory.mktemp("img"), IMAGE)
         cluster = api(the_lab, MANAGER, "GET", "/swarm")
         cluster["Spec"]["Dispatcher"]["HeartbeatPeriod"] = 1_000_000_000
         api(the_lab, MANAGER, "POST", "/swarm/update", cluster["Spec"], version=cluster["Version"]["Index"])
