@@ -39,6 +39,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from manager.dispatcher import Dispatcher
 from manager.orchestrator.simulation import make_node
+from manager.rpc.errors import RpcError
 from manager.specs import normalize_service_spec
 from manager.store import Event, Store, WriteTx
 from manager.swarm.leader_loops import Orchestration
@@ -60,18 +61,20 @@ def memory_kib() -> dict[str, int]:
 
 
 class Progress:
-    """Counts tasks that reached ASSIGNED and RUNNING, from a store subscription, and sets an
-    event when each count reaches the total."""
+    """Counts slots (service, slot number) whose task reached ASSIGNED and RUNNING, from a store
+    subscription, and sets an event when each count reaches the total. Counting slots, not task
+    IDs, keeps replacement tasks (after a node was marked down) from being counted twice."""
 
     def __init__(self, store: Store, total: int) -> None:
         self.total = total
-        self.assigned: set[str] = set()
-        self.running: set[str] = set()
+        self.assigned: set[tuple[str, int]] = set()
+        self.running: set[tuple[str, int]] = set()
         self.assigned_at = 0.0
         self.running_at = 0.0
         self.all_assigned = asyncio.Event()
         self.all_running = asyncio.Event()
-        self._sub = store.watch(tables=("tasks",), limit=10**9)
+        self.marked_down = 0            # times a node was marked down during the run
+        self._sub = store.watch(tables=("tasks", "nodes"), limit=10**9)
 
     def close(self) -> None:
         self._sub.close()
@@ -85,17 +88,37 @@ class Progress:
     def _see(self, event: Event) -> None:
         if event.op == "delete":
             return
-        state = event.obj.status.state
-        if state >= TaskState.ASSIGNED and event.obj.id not in self.assigned:
-            self.assigned.add(event.obj.id)
+        if event.table == "nodes":
+            if event.obj.state == "down" and (event.old is None or event.old.state != "down"):
+                self.marked_down += 1
+            return
+        task = event.obj
+        state = task.status.state
+        slot = (task.service_id, task.slot)
+        if state >= TaskState.ASSIGNED and slot not in self.assigned:
+            self.assigned.add(slot)
             if len(self.assigned) == self.total:
                 self.assigned_at = time.monotonic()
                 self.all_assigned.set()
-        if state == TaskState.RUNNING and event.obj.id not in self.running:
-            self.running.add(event.obj.id)
+        if state == TaskState.RUNNING and slot not in self.running:
+            self.running.add(slot)
             if len(self.running) == self.total:
                 self.running_at = time.monotonic()
                 self.all_running.set()
+
+
+class LoopLag:
+    """The longest time the event loop was unavailable (a 50 ms sleep overshooting), which is
+    what delays heartbeats and status reports of every node."""
+
+    def __init__(self) -> None:
+        self.max_s = 0.0
+
+    async def run(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(0.05)
+            self.max_s = max(self.max_s, time.monotonic() - before - 0.05)
 
 
 class SimulatedNode:
@@ -109,15 +132,24 @@ class SimulatedNode:
         self.session_id = ""
         self.ready = asyncio.Event()
         self.reported: set[str] = set()
+        self.session_restarts = 0
+        self.opened = asyncio.Event()   # the first session is open
         self._pending: dict[str, dict[str, Any]] = {}
         self._wake = asyncio.Event()
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._session())
-            await self.ready.wait()
-            group.create_task(self._heartbeats())
-            group.create_task(self._reporter())
+        """Hold a session; when the dispatcher ends it (e.g. the node was marked down), open a
+        new one, as the agent does."""
+        while True:
+            self.ready.clear()
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._session())
+                    await self.ready.wait()
+                    group.create_task(self._heartbeats())
+                    group.create_task(self._reporter())
+            except* RpcError:
+                self.session_restarts += 1
 
     async def _session(self) -> None:
         params = {"description": {"Hostname": self.hostname,
@@ -130,6 +162,7 @@ class SimulatedNode:
             if kind == "session":
                 self.session_id = message["session_id"]
                 self.ready.set()
+                self.opened.set()
             elif kind == "assignments":
                 records = message.get("tasks") if message.get("type") == "complete" else \
                     [c["task"] for c in message.get("changes") or [] if c.get("action") == "update"]
@@ -158,6 +191,8 @@ class SimulatedNode:
             self._wake.clear()
             batch, self._pending = self._pending, {}
             updates = [{"task_id": tid, "status": st} for tid, st in batch.items()]
+            if not updates:
+                continue
             await self.dispatcher.update_status(self.node_id, {"session_id": self.session_id, "updates": updates})
 
 
@@ -187,15 +222,16 @@ async def run_bench(nodes: int, tasks: int, replicas: int, agents: bool, timeout
     progress = Progress(store, tasks)
     simulated = [SimulatedNode(dispatcher, n.id, n.description["Hostname"]) for n in made]
     memory_before = memory_kib()
-    down_before = store.view(lambda tx: sum(n.state == "down" for n in tx.all("nodes")))
     try:
         async with asyncio.TaskGroup() as group:
-            workers = [group.create_task(progress.run(), name="progress")]
+            lag = LoopLag()
+            workers = [group.create_task(progress.run(), name="progress"),
+                       group.create_task(lag.run(), name="loop-lag")]
             if agents:  # silent nodes hold no session: the heartbeat monitor would mark them down
                 workers.append(group.create_task(dispatcher.run(), name="dispatcher"))
                 workers += [group.create_task(s.run(), name=f"node-{s.hostname}") for s in simulated]
                 t0 = time.monotonic()
-                await asyncio.wait_for(asyncio.gather(*(s.ready.wait() for s in simulated)), timeout)
+                await asyncio.wait_for(asyncio.gather(*(s.opened.wait() for s in simulated)), timeout)
                 out["sessions_open_s"] = round(time.monotonic() - t0, 3)
             workers.append(group.create_task(Orchestration(store).run(), name="orchestration"))
             gc.collect()
@@ -223,7 +259,10 @@ async def run_bench(nodes: int, tasks: int, replicas: int, agents: bool, timeout
                 worker.cancel()
     finally:
         progress.close()
-    out["nodes_marked_down"] = store.view(lambda tx: sum(n.state == "down" for n in tx.all("nodes"))) - down_before
+    out["loop_stall_max_s"] = round(lag.max_s, 3)
+    out["session_restarts"] = sum(s.session_restarts for s in simulated)
+    out["tasks_made"] = store.view(lambda tx: len(tx.all("tasks")))
+    out["nodes_marked_down"] = progress.marked_down
     out["store_index"] = store.index
     out["memory_kib"] = {"before_tasks": memory_before, "after": memory_kib()}
     return out
