@@ -258,10 +258,11 @@ class Simulation:
         if self.faults_on and self.rng.random() < self.faults.drop:
             return
         copies = 2 if self.faults_on and self.rng.random() < self.faults.duplicate else 1
-        for _ in range(copies):
+        for copy in range(copies):
             delay = self.rng.randint(0, self.faults.max_delay) if self.faults_on else 0
             self.seq += 1
-            heapq.heappush(self.inflight, (self.now + delay, self.rng.random(), self.seq, dataclasses.replace(m)))
+            heapq.heappush(self.inflight, (self.now + delay, self.rng.random(), self.seq,
+                                           dataclasses.replace(m) if copy else m))
 
     def _deliver_due(self) -> None:
         for _ in range(50):

@@ -1,6 +1,6 @@
 """Seeded deterministic simulations of a 5-7 node Raft cluster under faults (see simulator.py).
 
-SHOAL_SIM_SEEDS=N runs seeds 0..N-1 (default 200); SHOAL_SIM_SEED=K runs only seed K.
+SHOAL_SIM_SEEDS=N runs seeds 0..N-1 (default 250); SHOAL_SIM_SEED=K runs only seed K.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from tests.sim.simulator import Simulation
 
-DEFAULT_SEEDS = 200
+DEFAULT_SEEDS = 250
 
 
 def _seeds() -> list[int]:
