@@ -15,6 +15,13 @@ The driver feeds the core peer messages (`step`), time (`tick`) and client reque
 4. call `advance(ready)`. Exactly one Ready is outstanding at a time (`has_ready()` is False
    until it is advanced).
 
+Membership: a change takes effect on a node as soon as its CONF_CHANGE entry is in the node's log
+(`conf` is always the latest configuration in the log), so the leader may address a new peer
+before the change commits. Drivers learn a peer's address from `ConfChange.context`, decoding
+CONF_CHANGE entries of `Ready.entries` with `raft.confchange.decode_conf_change`; a message to a
+peer whose address is not known yet can simply be dropped (Raft retries). A brand-new cluster
+(`peers=` and empty storage) writes its founding membership as committed entries 1..n at term 1.
+
 Safety invariants (checked by tests/sim on every run): at most one leader per term; logs that
 agree on (index, term) agree on every earlier entry; a leader holds every committed entry; every
 node applies the same entry at each index. The leader only commits entries of its own term by
