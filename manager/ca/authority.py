@@ -112,6 +112,16 @@ class RootCA:
     def der(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.DER)
 
+    def tls_info(self) -> dict[str, str]:
+        """The Engine API's `TLSInfo` of a swarm: the trust root and its issuer, base64 DER."""
+        import base64
+
+        public = self.cert.public_key().public_bytes(serialization.Encoding.DER,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo)
+        return {"TrustRoot": self.cert_pem.decode(),
+                "CertIssuerSubject": base64.b64encode(self.cert.subject.public_bytes()).decode(),
+                "CertIssuerPublicKey": base64.b64encode(public).decode()}
+
     def issue(self, csr_pem: bytes, identity: NodeIdentity, addresses: list[str] | None = None,
               expiry: datetime.timedelta = DEFAULT_NODE_CERT_EXPIRY) -> bytes:
         """Sign a CSR, stamping the identity the CA chose. Returns the certificate PEM."""

@@ -155,10 +155,13 @@ class Dispatcher:
             node = tx.get("nodes", node_id)
             if node is None:
                 raise NotFound(f"node {node_id} not found")
+            status = {"State": "ready", "Message": "", "Addr": addr or node.status.get("Addr", "")}
+            if node.status == status and (not description or node.description == description):
+                return  # a reconnect with nothing new: no write, no version bump racing users' updates
             node = node.copy()
             if description:
                 node.description = description
-            node.status = {"State": "ready", "Message": "", "Addr": addr or node.status.get("Addr", "")}
+            node.status = status
             tx.update(node)
 
         await retry_on_conflict(lambda: self._store.update(fn))

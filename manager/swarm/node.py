@@ -27,14 +27,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from manager.api.http import ApiError
 from manager.api.swarm import ALREADY_IN_SWARM, MANAGER_LEAVE, NOT_PART_OF_SWARM
 from manager.ca import tokens
-from manager.ca.authority import NodeIdentity, RootCA, key_pem, load_key, make_csr, new_key
-from manager.ca.node_tls import NodeCredentials, bootstrap_client_context
+from manager.ca.authority import NodeIdentity, RootCA, key_pem, make_csr, new_key
+from manager.ca.node_tls import NodeCredentials
 from manager.rpc.client import RpcClient
 from manager.rpc.errors import NotLeaderError, RpcError
 from manager.rpc.server import RpcServer
@@ -43,6 +42,7 @@ from manager.store import Store, WriteTx
 from manager.swarm.addresses import AddressError, choose_advertise, split_host_port
 from manager.swarm.ca_service import cert_expiry
 from manager.swarm.raft_glue import StoreStateMachine
+from manager.swarm.remote import pem_bytes, renew_certificate, request_membership
 from manager.swarm.runtime import LeaderLoopFactory, ManagerRuntime
 from manager.swarm.state import LocalSwarmState
 from model import Cluster, Node, new_id
@@ -277,7 +277,7 @@ class SwarmNode:
         await _until(lambda: runtime.raft.is_leader, STARTUP_TIMEOUT, "the first manager to become leader")
         ca_der = ca.cert.public_bytes(serialization.Encoding.DER)
         cluster.join_tokens = {"Worker": tokens.make_token(ca_der), "Manager": tokens.make_token(ca_der)}
-        cluster.tls_info = _tls_info(ca)
+        cluster.tls_info = ca.tls_info()
         cluster.root_ca = {"Cert": ca.cert_pem.decode(), "Key": key_pem(ca.key).decode() if ca.key else ""}
         if request.get("DefaultAddrPool"):
             cluster.default_addr_pool = list(request["DefaultAddrPool"])
@@ -361,7 +361,8 @@ class SwarmNode:
             errors = []
             for remote in request["RemoteAddrs"]:
                 try:
-                    reply, key = await self._join_via(str(remote), token, request)
+                    reply, key = await request_membership(
+                        str(remote), token, self._description(), str(request.get("Availability") or "active"))
                     break
                 except ApiError:
                     raise
@@ -369,7 +370,7 @@ class SwarmNode:
                     errors.append(f"{remote}: {e}")
             else:
                 raise ApiError(503, "could not join the swarm: no manager could be reached (" + "; ".join(errors) + ")")
-            NodeCredentials(_pem(reply["root"]), _pem(reply["cert"]), key_pem(key)).save(self.certs_dir)
+            NodeCredentials(pem_bytes(reply["root"]), pem_bytes(reply["cert"]), key_pem(key)).save(self.certs_dir)
             role = str(reply["role"])
             self.state = LocalSwarmState(node_id=str(reply["node_id"]), cluster_id=str(reply["cluster_id"]),
                                          role=role, advertise_addr=advertise, listen_addr=listen,
@@ -384,31 +385,6 @@ class SwarmNode:
                 await self._forget()
                 raise
             log.info("joined swarm", extra={"node": self.state.node_id, "role": role})
-
-    async def _join_via(self, remote: str, token: tokens.JoinToken,
-                        request: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-        async with RpcClient(remote, bootstrap_client_context(), connect_timeout=5) as client:
-            root_pem = (await client.call("ca.root", timeout=10))["cert"]
-            root = RootCA.from_pem(root_pem.encode())
-            if not token.matches_ca(root.der):
-                raise ApiError(400, f"remote CA at {remote} does not match the fingerprint in the join token; "
-                                    "refusing to trust it")
-            if client.peer_cert_der is None:
-                raise ApiError(400, f"manager at {remote} presented no certificate")
-            try:
-                root.verify(x509.load_der_x509_certificate(client.peer_cert_der))
-            except Exception as e:
-                raise ApiError(400, f"manager at {remote} presented a certificate its CA did not issue: {e}") from None
-            key = new_key()
-            try:
-                reply = await client.call("ca.join", {
-                    "token": str(token), "csr": make_csr(key), "description": self._description(),
-                    "availability": request.get("Availability") or "active"}, timeout=30)
-            except RpcError as e:
-                if e.code == "invalid_argument":
-                    raise ApiError(400, f"rpc error: code = InvalidArgument desc = {e.message}") from None
-                raise
-            return reply, key
 
     async def _join_raft(self) -> None:
         """Ask the leader to add this manager to Raft; follow redirects until it answers."""
@@ -538,17 +514,9 @@ class SwarmNode:
         state, creds = self.state, self.creds
         if state is None or creds is None:
             return
-        key = load_key(creds.key_pem)
-        for addr in state.managers or [state.advertise_addr]:
-            try:
-                async with RpcClient(addr, self.client_context(), connect_timeout=3) as client:
-                    reply = await client.call("ca.renew", {"csr": make_csr(key)}, timeout=10)
-                break
-            except RpcError as e:
-                log.info("renewal via %s failed: %s", addr, e)
-        else:
+        renewed = await renew_certificate(state.managers or [state.advertise_addr], self.client_context(), creds)
+        if renewed is None:
             return
-        renewed = NodeCredentials(_pem(reply["root"]), _pem(reply["cert"]), creds.key_pem, creds.root_key_pem)
         renewed.save(self.certs_dir)
         self.creds = renewed
         self._client_ctx = None
@@ -566,10 +534,6 @@ class SwarmNode:
                     await self._renew()
 
 
-def _pem(value: str | bytes) -> bytes:
-    return value.encode() if isinstance(value, str) else value
-
-
 def _new_raft_id() -> int:
     return int.from_bytes(os.urandom(7), "big") or 1
 
@@ -577,16 +541,6 @@ def _new_raft_id() -> int:
 def _addr_tuple(addr: str) -> tuple[str, int]:
     host, port = split_host_port(addr)
     return host, port
-
-
-def _tls_info(ca: RootCA) -> dict[str, Any]:
-    public = ca.cert.public_key().public_bytes(serialization.Encoding.DER,
-                                                serialization.PublicFormat.SubjectPublicKeyInfo)
-    import base64
-
-    return {"TrustRoot": ca.cert_pem.decode(),
-            "CertIssuerSubject": base64.b64encode(ca.cert.subject.public_bytes()).decode(),
-            "CertIssuerPublicKey": base64.b64encode(public).decode()}
 
 
 async def _until(check: Callable[[], bool], timeout: float, what: str, fail: bool = True) -> None:

@@ -68,10 +68,18 @@ def set_heartbeat(lab: Lab, via: str, seconds: float) -> None:
 
 
 def node_update(lab: Lab, via: str, ref: str, change: Callable[[dict[str, Any]], None]) -> None:
-    node = api(lab, via, "GET", f"/nodes/{ref}")
-    spec = node["Spec"]
-    change(spec)
-    api(lab, via, "POST", f"/nodes/{node['ID']}/update", spec, version=node["Version"]["Index"])
+    """Read-modify-write of a node's spec, retried (as a careful client does) when the node
+    changed in between (e.g. its agent reconnected): "update out of sequence"."""
+    for attempt in range(5):
+        node = api(lab, via, "GET", f"/nodes/{ref}")
+        spec = node["Spec"]
+        change(spec)
+        try:
+            api(lab, via, "POST", f"/nodes/{node['ID']}/update", spec, version=node["Version"]["Index"])
+            return
+        except ApiResponseError as e:
+            if "update out of sequence" not in e.message or attempt == 4:
+                raise
 
 
 def load_busybox_everywhere(lab: Lab, directory: Path, tag: str = "busybox:latest") -> None:
