@@ -199,12 +199,14 @@ class Simulation:
         if st.snapshot is not None:
             durable_terms[st.snapshot.meta.index] = st.snapshot.meta.term
         for m in rd.messages:
-            if hs is None or (hs.term < m.term and m.type is not MessageType.PRE_VOTE_RESP and (
-                m.type is not MessageType.PRE_VOTE
-            )):
+            if m.type in (MessageType.PRE_VOTE, MessageType.PRE_VOTE_RESP):
+                continue  # pre-votes promise nothing and may carry a future term
+            if hs is None or hs.term < m.term:
                 raise SafetyViolation(f"node {node.id} sends {m.type.name} at term {m.term} with durable term"
                                       f" {hs.term if hs else None}")
-            if m.type is MessageType.VOTE_RESP and not m.reject and hs.vote != m.to:
+            # A granted vote is durable if the disk holds it, or holds a later term (which rules out
+            # voting again in m.term).
+            if m.type is MessageType.VOTE_RESP and not m.reject and hs.term == m.term and hs.vote != m.to:
                 raise SafetyViolation(f"node {node.id} grants its vote to {m.to} in term {m.term} before the"
                                       f" vote is durable (durable vote: {hs.vote})")
             if m.type is MessageType.APPEND_RESP and not m.reject and m.index:
