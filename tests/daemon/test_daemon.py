@@ -119,3 +119,11 @@ async def test_tcp_api_with_mutual_tls(tmp_path: Path) -> None:
         with pytest.raises(ClientError):
             async with DaemonClient(f"tcp://127.0.0.1:{port}", ssl_context=bare) as c:
                 await c.get("/version")
+
+
+def test_second_signal_forces_exit(tmp_path: Path) -> None:
+    with running_daemon(tmp_path) as d:
+        os.kill(d.proc.pid, signal.SIGTERM)
+        os.kill(d.proc.pid, signal.SIGINT)  # arrives while the ordered shutdown is under way
+        assert d.proc.wait(timeout=10) == 130
+        assert "second signal: forcing exit" in d.log_text()
