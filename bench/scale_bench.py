@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import pstats
+import resource
 import sys
 import time
 from pathlib import Path
@@ -63,6 +64,11 @@ class YieldingProposer:
     async def propose(self, data: bytes) -> None:
         await asyncio.sleep(0)
         self._store.apply(data)
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def memory_kib() -> dict[str, int]:
@@ -254,6 +260,7 @@ async def run_bench(nodes: int, tasks: int, replicas: int, agents: bool, timeout
             gc.collect()
             if profiler is not None:
                 profiler.enable()
+            cpu_start = _cpu_seconds()
             start = time.monotonic()
             for service in services:
                 await store.update(functools.partial(_create_all, [service]))
@@ -262,6 +269,10 @@ async def run_bench(nodes: int, tasks: int, replicas: int, agents: bool, timeout
                 await asyncio.wait_for(progress.all_assigned.wait(), timeout)
                 out["assigned_s"] = round(progress.assigned_at - start, 3)
                 out["placement_rate_tasks_per_s"] = round(tasks / (progress.assigned_at - start))
+                # CPU seconds of this process until then: the rate the manager would reach with a
+                # core of its own (this machine may be shared).
+                out["assigned_cpu_s"] = round(_cpu_seconds() - cpu_start, 3)
+                out["placement_rate_per_cpu_s"] = round(tasks / out["assigned_cpu_s"])
                 if agents:
                     await asyncio.wait_for(progress.all_running.wait(), timeout)
                     out["running_s"] = round(progress.running_at - start, 3)

@@ -41,6 +41,7 @@ def test_scale_bench_json() -> None:
     for key in ("assigned_s", "running_s", "sessions_open_s"):
         assert is_seconds(doc[key]), key
     assert doc["placement_rate_tasks_per_s"] > 0 and doc["running_rate_tasks_per_s"] > 0
+    assert is_seconds(doc["assigned_cpu_s"]) and doc["placement_rate_per_cpu_s"] > 0
     assert doc["nodes_marked_down"] == 0 and doc["session_restarts"] == 0
     assert is_seconds(doc["loop_stall_max_s"]) and doc["tasks_made"] == 300
     assert doc["memory_kib"]["after"]["VmHWM"] >= doc["memory_kib"]["before_tasks"]["VmRSS"] > 0
