@@ -436,10 +436,26 @@ class RaftNode:
         index = core.propose(data)
         return await self._track(index, core.term)
 
-    async def _track(self, index: int, term: int) -> Any:
+    def submit(self, data: bytes) -> asyncio.Future[Any]:
+        """`propose` without a coroutine, for callers that serve many requests from callbacks: the
+        future resolves exactly as `propose` would. NotLeader, ProposalDropped and NodeStopped are
+        raised at once. Cancelling the future abandons the wait, not the entry."""
+        core = self._live_core()
+        index = core.propose(data)
+        return self._register(index, core.term)
+
+    def _register(self, index: int, term: int) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        superseded = self._proposals.get(index)
+        if superseded is not None and not superseded[1].done():
+            # Our earlier entry at this index was truncated away while we were not leading.
+            superseded[1].set_exception(ProposalDropped(f"entry {index} was replaced by a newer leader"))
         self._proposals[index] = (term, fut)
         self._wake.set()
+        return fut
+
+    async def _track(self, index: int, term: int) -> Any:
+        fut = self._register(index, term)
         try:
             return await fut
         finally:
