@@ -102,3 +102,12 @@ def test_swarm_bench_side_by_side_json() -> None:
     check_swarm_runs(doc["docker"], [2])
     assert doc["docker"]["engine"]["runtime_path"] == "/usr/sbin/runc"
     assert set(doc["ratio_shoal_over_docker"]["2"]) == {"create", "scale", "update", "update_completed", "remove"}
+
+
+def test_failover_bench_json() -> None:
+    needs_root_runc()
+    doc = run_bench("failover_bench.py", "--trials", "1", "--replicas", "2", timeout=180)
+    assert doc["bench"] == "failover" and doc["settings"]["defaults"] is True
+    seconds = doc["seconds_to_tasks_running_elsewhere"]
+    assert len(seconds["all"]) == 1 and is_seconds(seconds["p99"])
+    assert isinstance(doc["meets_target"], bool)
