@@ -3,15 +3,19 @@
 Theory of operation. A slot is dirty when a runnable task in it was made from another spec
 than the service's current TaskTemplate. `UpdateSupervisor.step` runs inside the
 orchestrator's transaction for one service and moves its update on by one notch:
-- in-flight slots are checked: a replacement that has run for the monitor window is a
-  success; one that fails (or ends) before that is a failure. With start-first the old
-  task is shut down once the replacement runs; with stop-first the old task is shut down
-  first and the replacement waits (desired READY) until it has stopped.
-- past the max failure ratio the failure action applies: pause (UpdateStatus paused),
-  continue, or rollback (PreviousSpec becomes the spec; UpdateStatus rollback_started).
-- free lanes (Parallelism, 0 = all at once) take the next dirty slots, each lane waiting
-  Delay after its previous slot.
-- no dirty slot and nothing in flight: UpdateStatus completed / rollback_completed.
+- in-flight slots are checked. A lane (Parallelism of them, 0 = all at once) is busy from
+  the moment its slot is started until the replacement is RUNNING (or has failed); it is
+  then free again after Delay. With start-first the old task is shut down once the
+  replacement runs; with stop-first the old task is shut down first and the replacement
+  waits (desired READY) until it has stopped.
+- a replacement that runs is then *watched* until its Monitor window (counted from when
+  it was seen running) is over: failing or ending within the window is a failure, exactly
+  as failing before it ran. The window never holds a lane.
+- past the max failure ratio (failures / slots to update) the failure action applies:
+  pause (UpdateStatus paused), continue, or rollback (PreviousSpec becomes the spec;
+  UpdateStatus rollback_started).
+- no dirty slot, nothing in flight and nothing watched (every replacement has passed its
+  window): UpdateStatus completed / rollback_completed.
 The in-memory run is keyed by the spec being rolled out; a new spec supersedes it cleanly
 (slots already replaced are simply dirty again). A paused update stays paused until the
 service spec is changed again (the API clears UpdateStatus on update).
@@ -33,7 +37,6 @@ from model import Service, Task, TaskState, format_time
 class InFlight:
     new_task_id: str
     old_task_ids: list[str]
-    running_since: float | None = None
 
 
 @dataclass
@@ -43,13 +46,34 @@ class UpdateRun:
     config: UpdateConfig
     total: int
     failures: int = 0
-    done: int = 0
-    in_flight: dict[SlotKey, InFlight] = field(default_factory=dict)
+    done: int = 0  # slots whose replacement ran through its monitor window (or was removed)
+    in_flight: dict[SlotKey, InFlight] = field(default_factory=dict)  # each holds a lane
+    watched: dict[str, float] = field(default_factory=dict)  # running replacement -> end of its window
     lanes: list[float] = field(default_factory=list)  # when each lane may start its next slot
     last_failed_task: str = ""
 
+    def fail(self, task_id: str) -> None:
+        self.failures += 1
+        self.last_failed_task = task_id
+
 
 BUSY = float("inf")  # a lane whose slot is in flight
+
+# What became of an updated slot's replacement task (see `_judge`).
+RUNNING, FAILED, REMOVED = "running", "failed", "removed"
+
+
+def _judge(task: Task | None) -> str | None:
+    """RUNNING, FAILED (failed or ended by itself), REMOVED (deleted, or stopped on purpose by
+    a manager: scale down, drain, node down, a newer spec), or None (not running yet)."""
+    if task is None:
+        return REMOVED
+    state = task.status.state
+    if task.desired_state > TaskState.RUNNING and (state <= TaskState.RUNNING or state == TaskState.SHUTDOWN):
+        return REMOVED
+    if state > TaskState.RUNNING:
+        return FAILED
+    return RUNNING if state == TaskState.RUNNING else None
 
 
 def _slot_order(key: SlotKey) -> tuple[int, str]:
@@ -94,17 +118,27 @@ class UpdateSupervisor:
             wake = when if wake is None else min(wake, when)
 
         for key, flight in list(run.in_flight.items()):
-            outcome = self._check_flight(tx, run, flight, now)
+            outcome = self._check_flight(tx, run, flight)
             if outcome is None:
-                if flight.running_since is not None:
-                    later(flight.running_since + run.config.monitor)
                 continue
             del run.in_flight[key]
-            run.done += 1
-            if outcome is False:
-                run.failures += 1
-                run.last_failed_task = flight.new_task_id
             run.lanes[run.lanes.index(BUSY)] = now + run.config.delay
+            if outcome == FAILED:
+                run.fail(flight.new_task_id)
+            elif outcome == RUNNING:
+                run.watched[flight.new_task_id] = now + run.config.monitor
+            else:
+                run.done += 1
+        for task_id, window_end in list(run.watched.items()):
+            outcome = _judge(tx.get("tasks", task_id))
+            if outcome == FAILED:
+                del run.watched[task_id]
+                run.fail(task_id)
+            elif outcome == REMOVED or now >= window_end:
+                del run.watched[task_id]
+                run.done += 1
+            else:
+                later(window_end)
 
         if run.failures and run.failures / max(run.total, 1) > run.config.max_failure_ratio:
             action = run.config.failure_action
@@ -133,7 +167,7 @@ class UpdateSupervisor:
             key = waiting.pop(0)
             run.lanes[free[0]] = BUSY
             run.in_flight[key] = self._start_slot(tx, service, dirty[key], run.config, now)
-        if not run.in_flight and not waiting:
+        if not run.in_flight and not waiting and not run.watched:
             self.runs.pop(service.id, None)
             self._finish(tx, service, now, rollback)
             return None
@@ -144,26 +178,19 @@ class UpdateSupervisor:
         slots = group_by_slot(t for t in tasks if runnable(t))
         return {key: ts for key, ts in slots.items() if any(is_task_dirty(service, t) for t in ts)}
 
-    def _check_flight(self, tx: WriteTx, run: UpdateRun, flight: InFlight, now: float) -> bool | None:
-        """True: the slot is done; False: it failed; None: still going."""
+    def _check_flight(self, tx: WriteTx, run: UpdateRun, flight: InFlight) -> str | None:
+        """RUNNING: the replacement runs (its lane is free, its window starts); FAILED: it
+        failed or ended before running; REMOVED: it was stopped on purpose; None: still starting."""
         task = tx.get("tasks", flight.new_task_id)
-        if task is None or (task.desired_state > TaskState.RUNNING and task.status.state <= TaskState.RUNNING):
-            return True  # removed (scale down, service change): nothing to judge
-        if task.status.state > TaskState.RUNNING:
-            return False
-        if task.status.state == TaskState.RUNNING:
-            if flight.running_since is None:
-                flight.running_since = now
-            if run.config.order == "start-first":
-                for old_id in flight.old_task_ids:
-                    old = tx.get("tasks", old_id)
-                    if old is not None and runnable(old):
-                        old = old.copy()
-                        old.set_desired_state(TaskState.SHUTDOWN)
-                        tx.update(old)
-            if now >= flight.running_since + run.config.monitor:
-                return True
-        return None
+        outcome = _judge(task)
+        if outcome == RUNNING and run.config.order == "start-first":
+            for old_id in flight.old_task_ids:
+                old = tx.get("tasks", old_id)
+                if old is not None and runnable(old):
+                    old = old.copy()
+                    old.set_desired_state(TaskState.SHUTDOWN)
+                    tx.update(old)
+        return outcome
 
     def _start_slot(self, tx: WriteTx, service: Service, slot_tasks: list[Task], config: UpdateConfig,
                     now: float) -> InFlight:
