@@ -5,6 +5,11 @@ no message grows with the cluster (a 4 MB cap once left swarm workers stuck in A
 only increments. A snapshot and a store subscription are taken atomically, so nothing is lost
 or repeated between them. A subscription dropped for lagging is answered by a fresh complete
 set. The manager list rides on the same stream, so agents always know where to fail over.
+
+Routing: all sessions share one store fan-out (`assignment_fanout`). A task event goes only to
+the sessions of the node it is on and, when it moved, of the node it left; a node event goes
+only to that node's session, or to every session when it changes the manager list. So a
+write costs O(1) however many nodes hold sessions.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from manager.store import Event, ReadTx, Store, WatchDropped
+from manager.store import BROADCAST, Event, Fanout, ReadTx, Store, WatchDropped
 from model import Node, Task
 
 CHUNK = 200
@@ -32,24 +37,37 @@ def managers_of(tx: ReadTx) -> list[dict[str, str]]:
 
 
 def _node_tasks(tx: ReadTx, node_id: str) -> list[Task]:
-    return [t for t in tx.all("tasks") if t.node_id == node_id]
+    return tx.find("tasks", node_id=node_id)
 
 
-async def assignment_stream(store: Store, node_id: str,
-                            session_message: Callable[[ReadTx], dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
-    """Yield the session message, then assignments and manager lists, until cancelled."""
+def route_event(event: Event) -> tuple[str, ...]:
+    """The node IDs whose sessions an event concerns (BROADCAST: every session)."""
+    if event.table == "tasks":
+        now = event.obj.node_id
+        before = event.old.node_id if event.old is not None else now
+        return (now,) if before == now else (now, before)
+    if _manager_change(event):
+        return (BROADCAST,)
+    return (event.obj.id,)
 
-    def relevant(event: Event) -> bool:
-        if event.table == "tasks":
-            return bool(event.obj.node_id == node_id or (event.old is not None and event.old.node_id == node_id))
-        return event.table == "nodes"
 
+def assignment_fanout(store: Store) -> Fanout:
+    """The one store fan-out all of a dispatcher's sessions subscribe to, keyed by node ID."""
+    return store.fanout(("tasks", "nodes"), route_event)
+
+
+async def assignment_stream(store: Store, node_id: str, session_message: Callable[[ReadTx], dict[str, Any]],
+                            fanout: Fanout | None = None) -> AsyncIterator[dict[str, Any]]:
+    """Yield the session message, then assignments and manager lists, until cancelled.
+    `fanout`: the dispatcher's shared `assignment_fanout` (one of its own when not given)."""
+    feed = fanout if fanout is not None else assignment_fanout(store)
     first = True
     while True:
         def snapshot(tx: ReadTx) -> tuple[dict[str, Any], list[Task], list[dict[str, str]], Node | None]:
             return session_message(tx), _node_tasks(tx, node_id), managers_of(tx), tx.get("nodes", node_id)
 
-        (hello, tasks, managers, own), sub = store.view_and_watch(snapshot, relevant, tables=("tasks", "nodes"))
+        hello, tasks, managers, own = store.view(snapshot)
+        sub = feed.subscribe(node_id)  # no await since the snapshot: nothing missed or repeated
         try:
             if first:
                 yield hello

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from manager.dispatcher.assignments import assignment_stream
+from manager.dispatcher.assignments import assignment_fanout, assignment_stream
 from manager.dispatcher.outbox import NodeOutboxes, merge_outbox
 from manager.rpc.errors import FailedPrecondition, NotFound, PermissionDenied
 from manager.store import ReadTx, Store, WriteTx, retry_on_conflict
@@ -61,6 +61,7 @@ class Dispatcher:
         self._sessions: dict[str, _Session] = {}       # node_id -> current session
         self._deadlines: dict[str, float] = {}         # node_id -> when it is declared down
         self._outboxes = NodeOutboxes()
+        self._assignments = assignment_fanout(store)   # one store watcher for every session
 
     # ---- leader-term loop ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -98,8 +99,8 @@ class Dispatcher:
 
         outbox = self._outboxes.open(node_id, session_id)
         try:
-            async with contextlib.aclosing(merge_outbox(assignment_stream(self._store, node_id, hello),
-                                                        outbox)) as messages:
+            stream = assignment_stream(self._store, node_id, hello, self._assignments)
+            async with contextlib.aclosing(merge_outbox(stream, outbox)) as messages:
                 async for message in messages:
                     current = self._sessions.get(node_id)
                     if current is None or current.session_id != session_id:

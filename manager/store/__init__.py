@@ -23,10 +23,10 @@ from manager.store.store import (
     retry_on_conflict,
 )
 from manager.store.tx import WriteTx
-from manager.store.watch import Event, Subscription
+from manager.store.watch import BROADCAST, Event, Fanout, Subscription
 
 __all__ = [
-    "MAX_CHANGES_PER_PROPOSAL", "TABLES", "AmbiguousRef", "Batch", "BatchResult", "Event",
+    "BROADCAST", "MAX_CHANGES_PER_PROPOSAL", "TABLES", "AmbiguousRef", "Batch", "BatchResult", "Event", "Fanout",
     "InMemoryProposer", "NameConflict", "NotFound", "ObjectExists", "Proposer", "ReadTx", "StaleVersion",
     "Store", "StoreError", "Subscription", "WatchDropped", "WriteTx", "retry_on_conflict",
 ]

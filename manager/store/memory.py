@@ -2,6 +2,8 @@
 
 Invariant: `MemoryTables` changes only through `put`/`remove`, which keep the name index
 (lower-cased names) and the task indexes (by service, by node) in step with the objects.
+Empty keys are not indexed (most tasks wait unassigned with node ID ""); a lookup of an
+empty key scans instead.
 Objects held here are shared with readers and must never be mutated in place.
 """
 
@@ -32,8 +34,10 @@ class Table:
         if obj.name:
             self.by_name.setdefault(obj.name.lower(), set()).add(obj.id)
         if isinstance(obj, Task):
-            self.by_service.setdefault(obj.service_id, set()).add(obj.id)
-            self.by_node.setdefault(obj.node_id, set()).add(obj.id)
+            if obj.service_id:
+                self.by_service.setdefault(obj.service_id, set()).add(obj.id)
+            if obj.node_id:
+                self.by_node.setdefault(obj.node_id, set()).add(obj.id)
 
     def remove(self, obj_id: str) -> StoreObject | None:
         old = self.objects.pop(obj_id, None)
@@ -44,8 +48,10 @@ class Table:
     def _unindex(self, obj: StoreObject) -> None:
         _discard(self.by_name, obj.name.lower(), obj.id)
         if isinstance(obj, Task):
-            _discard(self.by_service, obj.service_id, obj.id)
-            _discard(self.by_node, obj.node_id, obj.id)
+            if obj.service_id:
+                _discard(self.by_service, obj.service_id, obj.id)
+            if obj.node_id:
+                _discard(self.by_node, obj.node_id, obj.id)
 
 
 def _discard(index: dict[str, set[str]], key: str, obj_id: str) -> None:
@@ -107,9 +113,9 @@ class ReadTx:
         t = self._memory.table(table)
         if name is not None:
             return [t.objects[i] for i in t.by_name.get(name.lower(), ())]
-        if service_id is not None and table == "tasks":
+        if service_id and table == "tasks":
             return [t.objects[i] for i in t.by_service.get(service_id, ())]
-        if node_id is not None and table == "tasks":
+        if node_id and table == "tasks":
             return [t.objects[i] for i in t.by_node.get(node_id, ())]
         return t.objects.values()
 

@@ -12,7 +12,9 @@ Theory of operation:
 - Every applied entry sets `index` (the Raft index when given, else a counter) and that index
   becomes `Version.Index` of each object it wrote.
 - Watchers get events for every applied change; `view_and_watch` takes a snapshot and
-  subscribes with no await in between, so nothing is missed or seen twice.
+  subscribes with no await in between, so nothing is missed or seen twice. Watchers are kept
+  per table, so an event reaches only those of its table; a `fanout` serves many watchers of
+  one key each (per node) at the cost of one.
 """
 
 from __future__ import annotations
@@ -21,16 +23,16 @@ import asyncio
 import itertools
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import msgpack
 
 from manager.store.errors import NameConflict, ObjectExists, StaleVersion, StoreError
-from manager.store.memory import MemoryTables, ReadTx
+from manager.store.memory import TABLES, MemoryTables, ReadTx
 from manager.store.tx import CREATE, DELETE, Change, Key, WriteTx, merge_change
-from manager.store.watch import Event, Subscription
+from manager.store.watch import Event, Fanout, Subscription
 from model import KIND_WORDS, OBJECT_TYPES, UNIQUE_NAME_TABLES, format_time
 
 T = TypeVar("T")
@@ -80,6 +82,9 @@ class Store:
         self._clock = clock
         self._watch_limit = watch_limit
         self._subscriptions: list[Subscription] = []
+        self._fanouts: list[Fanout] = []
+        # Per table, every watcher (subscription or fan-out) that wants its events.
+        self._listeners: dict[str, list[Subscription | Fanout]] = {name: [] for name in TABLES}
         self._lock = asyncio.Lock()
         self._tx_ids = itertools.count(1)
         self._tx_prefix = os.urandom(6).hex()
@@ -97,14 +102,34 @@ class Store:
     def watch(self, predicate: Callable[[Event], bool] | None = None, tables: tuple[str, ...] = (),
               limit: int | None = None) -> Subscription:
         """Subscribe to later events (of `tables`, if given, and passing `predicate`)."""
-        wanted = set(tables)
-
-        def accept(event: Event) -> bool:
-            return (not wanted or event.table in wanted) and (predicate is None or predicate(event))
-
-        sub = Subscription(accept, limit or self._watch_limit, self._unsubscribe)
+        for table in tables:
+            self._memory.table(table)  # a clear error for an unknown table
+        sub = Subscription(predicate, limit or self._watch_limit, self._unsubscribe, tables)
         self._subscriptions.append(sub)
+        for table in sub.tables or TABLES:
+            self._listeners[table].append(sub)
         return sub
+
+    def fanout(self, tables: tuple[str, ...], keys_of: Callable[[Event], Iterable[str]],
+               limit: int | None = None) -> Fanout:
+        """A fan-out over `tables`: subscribers each get only the events whose keys (from
+        `keys_of`) name theirs, at O(keys) per event (see watch.py). `view(fn)` followed by
+        `fanout.subscribe(key)`, with no await between, is a snapshot-and-watch."""
+        for table in tables:
+            self._memory.table(table)
+        return Fanout(tables, keys_of, limit or self._watch_limit, self._attach_fanout, self._detach_fanout)
+
+    def _attach_fanout(self, fanout: Fanout) -> None:
+        if fanout not in self._fanouts:
+            self._fanouts.append(fanout)
+            for table in fanout.tables:
+                self._listeners[table].append(fanout)
+
+    def _detach_fanout(self, fanout: Fanout) -> None:
+        if fanout in self._fanouts:
+            self._fanouts.remove(fanout)
+            for table in fanout.tables:
+                self._listeners[table].remove(fanout)
 
     def view_and_watch(self, fn: Callable[[ReadTx], T], predicate: Callable[[Event], bool] | None = None,
                        tables: tuple[str, ...] = (), limit: int | None = None) -> tuple[T, Subscription]:
@@ -115,6 +140,8 @@ class Store:
     def _unsubscribe(self, sub: Subscription) -> None:
         if sub in self._subscriptions:
             self._subscriptions.remove(sub)
+            for table in sub.tables or TABLES:
+                self._listeners[table].remove(sub)
 
     # -- writes ----------------------------------------------------------------------------
     def _now(self) -> str:
@@ -241,10 +268,10 @@ class Store:
             old = table.objects.get(change.obj.id)
             table.put(change.obj)
             events.append(Event(change.op, change.table, change.obj, old, index))
+        listeners = self._listeners
         for event in events:
-            for sub in list(self._subscriptions):
-                if sub.wants(event):
-                    sub.push(event)
+            for listener in tuple(listeners[event.table]):
+                listener.offer(event)
 
     async def reset(self, snapshot: bytes) -> None:
         """Replace the whole state with `snapshot` through the log, so the reset is durable and
@@ -280,6 +307,8 @@ class Store:
         self._memory = memory
         for sub in list(self._subscriptions):
             sub.drop("store restored from a snapshot; resync")
+        for fanout in list(self._fanouts):
+            fanout.drop("store restored from a snapshot; resync")
 
 
 async def retry_on_conflict(attempt: Callable[[], Awaitable[T]], tries: int = 5) -> T:

@@ -1,19 +1,29 @@
-"""Store events and bounded watch subscriptions.
+"""Store events, bounded watch subscriptions, and fan-outs that route events by key.
 
 Invariant: a subscription holds at most `limit` undelivered events. One more and it is
 dropped: its queue is cleared, the store forgets it, and reading from it raises
 `WatchDropped`, so the watcher knows to take a fresh snapshot (`view_and_watch`) and resync.
+
+A `Fanout` is one store listener for many subscribers that each care about one key (the
+dispatcher: one per node). The store hands it each event of its tables once; it asks
+`keys_of(event)` which keys the event concerns and pushes it to those keys' subscriptions
+only, so an event costs O(keys it names), not O(subscribers). Subscribing takes no await,
+so a snapshot followed by `subscribe` is atomic like `view_and_watch`. A fan-out is attached
+to the store only while it has subscriptions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from manager.store.errors import WatchDropped
+
+BROADCAST = "\x00all"  # a key that names every subscription of a fan-out
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +37,11 @@ class Event:
 
 class Subscription:
     def __init__(self, predicate: Callable[[Event], bool] | None, limit: int,
-                 on_close: Callable[[Subscription], None]) -> None:
+                 on_close: Callable[[Subscription], None], tables: Iterable[str] = ()) -> None:
+        if limit < 1:
+            raise ValueError(f"watch limit must be >= 1, not {limit}")
         self._predicate = predicate
+        self.tables = frozenset(tables)  # empty: every table
         self._limit = limit
         self._queue: deque[Event] = deque()
         self._wakeup = asyncio.Event()
@@ -37,7 +50,13 @@ class Subscription:
         self.closed = False
 
     def wants(self, event: Event) -> bool:
-        return self._predicate is None or self._predicate(event)
+        return (not self.tables or event.table in self.tables) and (
+            self._predicate is None or self._predicate(event))
+
+    def offer(self, event: Event) -> None:
+        """Queue `event` if this subscription wants it (the store calls this per event)."""
+        if self._predicate is None or self._predicate(event):
+            self.push(event)
 
     def push(self, event: Event) -> None:
         if self.closed:
@@ -93,3 +112,61 @@ class Subscription:
 
     async def __anext__(self) -> Event:
         return await self.get()
+
+
+class Fanout:
+    """Routes each event of `tables` to the subscriptions of the keys `keys_of(event)` returns
+    (BROADCAST: to all). Each keyed subscription is an ordinary bounded `Subscription`."""
+
+    def __init__(self, tables: Iterable[str], keys_of: Callable[[Event], Iterable[str]], limit: int,
+                 attach: Callable[[Fanout], None], detach: Callable[[Fanout], None]) -> None:
+        self.tables = frozenset(tables)
+        if not self.tables:
+            raise ValueError("a fan-out needs at least one table")
+        self._keys_of = keys_of
+        self._limit = limit
+        self._attach = attach
+        self._detach = detach
+        self._by_key: dict[str, list[Subscription]] = {}
+
+    def subscribe(self, key: str, limit: int | None = None) -> Subscription:
+        """A subscription to every later event whose keys include `key` (or BROADCAST)."""
+        if key == BROADCAST:
+            raise ValueError("cannot subscribe to the broadcast key itself")
+        sub = Subscription(None, limit or self._limit, functools.partial(self._unsubscribe, key), self.tables)
+        if not self._by_key:
+            self._attach(self)
+        self._by_key.setdefault(key, []).append(sub)
+        return sub
+
+    def subscribers(self) -> int:
+        return sum(len(subs) for subs in self._by_key.values())
+
+    def _unsubscribe(self, key: str, sub: Subscription) -> None:
+        subs = self._by_key.get(key)
+        if subs is None or sub not in subs:
+            return
+        subs.remove(sub)
+        if not subs:
+            del self._by_key[key]
+            if not self._by_key:
+                self._detach(self)
+
+    def offer(self, event: Event) -> None:
+        """The store hands over one event of this fan-out's tables."""
+        keys = set(self._keys_of(event))
+        if BROADCAST in keys:
+            targets = [sub for subs in self._by_key.values() for sub in subs]
+        else:
+            targets = []
+            for key in keys:
+                subs = self._by_key.get(key)
+                if subs:
+                    targets.extend(subs)
+        for sub in targets:
+            sub.push(event)  # may drop the subscription, which unsubscribes it
+
+    def drop(self, reason: str) -> None:
+        """Drop every subscription (the store was reset): each subscriber resyncs."""
+        for sub in [sub for subs in self._by_key.values() for sub in subs]:
+            sub.drop(reason)

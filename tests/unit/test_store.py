@@ -1,10 +1,12 @@
 """The store: transactions, versions, name conflicts, lookups, batches, watches, snapshots."""
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from manager.store import (
+    BROADCAST,
     AmbiguousRef,
     InMemoryProposer,
     NameConflict,
@@ -244,3 +246,31 @@ async def test_rebuild_from_snapshot_plus_log_tail() -> None:
         rebuilt.apply(log[index - 1], index=index)
     assert rebuilt.snapshot() == original.snapshot()
     assert rebuilt.view(lambda tx: tx.get("services", sid)).version == len(log)
+
+
+async def test_fanout_routes_by_key_broadcasts_and_detaches_when_unused() -> None:
+    store = Store()
+
+    def keys(event: Any) -> tuple[str, ...]:
+        name = event.obj.name
+        return (BROADCAST,) if name.startswith("all") else (name[:1],)
+
+    fanout = store.fanout(("services",), keys, limit=2)
+    x1, x2, y = fanout.subscribe("x"), fanout.subscribe("x"), fanout.subscribe("y")
+    for name in ("x-one", "y-one", "all"):
+        await store.update(lambda tx, n=name: tx.create(service(n)))
+    await store.update(lambda tx: tx.create(Node(id=new_id(), spec={"Name": "x-node"})))  # not its table
+    assert [e.obj.name for e in x1.drain()] == ["x-one", "all"] == [e.obj.name for e in x2.drain()]
+    assert [e.obj.name for e in y.drain()] == ["y-one", "all"]
+    for name in ("y-two", "y-three", "y-four"):  # y lags past its limit of 2: dropped
+        await store.update(lambda tx, n=name: tx.create(service(n)))
+    with pytest.raises(WatchDropped, match="overflowed"):
+        y.drain()
+    assert fanout.subscribers() == 2
+    x1.close()
+    x2.close()
+    assert fanout.subscribers() == 0 and not store._fanouts  # detached: costs nothing now
+    again = fanout.subscribe("x")
+    store.restore(store.snapshot())
+    with pytest.raises(WatchDropped, match="restored"):
+        again.drain()
