@@ -7,23 +7,25 @@ have; times are RFC 3339 strings with nanoseconds in UTC ("2026-11-28T03:05:47.1
 from __future__ import annotations
 
 import datetime
-import secrets
+import os
 
 _BASE36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 ID_LENGTH = 25
 
-
-_ID_SPACE = 36**ID_LENGTH
+# Random bytes map to base36 digits by `bytes.translate`: byte b -> _BASE36[b % 36]. Bytes from
+# 252 up are deleted first (252 = 7 * 36), so every digit is equally likely; 32 bytes almost
+# always leave at least 25 (about 129 random bits per ID).
+_TO_DIGIT = bytes(ord(_BASE36[b % 36]) for b in range(256))
+_UNEVEN = bytes(range(7 * 36, 256))
+_DRAW = 32
 
 
 def new_id() -> str:
     """A fresh random 25-character base36 ID."""
-    number = secrets.randbelow(_ID_SPACE)
-    digits = []
-    for _ in range(ID_LENGTH):
-        number, digit = divmod(number, 36)
-        digits.append(_BASE36[digit])
-    return "".join(digits)
+    while True:
+        digits = os.urandom(_DRAW).translate(_TO_DIGIT, _UNEVEN)
+        if len(digits) >= ID_LENGTH:
+            return digits[:ID_LENGTH].decode("ascii")
 
 
 def is_id(text: str) -> bool:

@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 from model.task_state import TaskState, TaskStatus, check_transition
 
 JSON = dict[str, Any]
+_RECORD_FIELDS: dict[type, tuple[str, ...]] = {}  # per class: its dataclass field names, in order
+_STATE_OF = {int(state): state for state in TaskState}
 
 
 @dataclass(kw_only=True)
@@ -43,7 +45,10 @@ class StoreObject:
         return {**self.meta_api(), "Spec": self.spec}
 
     def to_record(self) -> JSON:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        names = _RECORD_FIELDS.get(type(self))
+        if names is None:
+            names = _RECORD_FIELDS[type(self)] = tuple(f.name for f in dataclasses.fields(self))
+        return {name: getattr(self, name) for name in names}
 
     @classmethod
     def from_record(cls, rec: JSON) -> Any:
@@ -194,25 +199,44 @@ class Task(StoreObject):
             out["JobIteration"] = self.job_iteration
         return out
 
+    # Tasks are the bulk of all writes: their record, decoding and copy are written out by hand
+    # (tests check that they cover every field).
     def to_record(self) -> JSON:
-        rec = super().to_record()
-        rec["status"] = self.status.to_record()
-        rec["desired_state"] = int(self.desired_state)
-        return rec
+        status = self.status
+        return {"id": self.id, "version": self.version, "created_at": self.created_at,
+                "updated_at": self.updated_at, "spec": self.spec, "service_id": self.service_id,
+                "slot": self.slot, "node_id": self.node_id, "labels": self.labels,
+                "status": [int(status.state), status.timestamp, status.message, status.err,
+                           status.container_status, status.port_status],
+                "desired_state": int(self.desired_state), "networks_attachments": self.networks_attachments,
+                "job_iteration": self.job_iteration, "service_name": self.service_name}
 
     @classmethod
     def from_record(cls, rec: JSON) -> Task:
-        rec = dict(rec)
-        rec["status"] = TaskStatus.from_record(rec["status"])
-        rec["desired_state"] = TaskState(rec["desired_state"])
-        return cls(**rec)
+        fields = dict(rec)
+        state, timestamp, message, err, container_status, port_status = fields["status"]
+        try:
+            fields["status"] = TaskStatus(_STATE_OF[state], timestamp, message, err, container_status, port_status)
+            fields["desired_state"] = _STATE_OF[fields["desired_state"]]
+        except KeyError as exc:
+            raise ValueError(f"task {fields.get('id')!r}: unknown task state {exc.args[0]!r}") from None
+        return cls(**fields)
 
     def copy(self) -> Task:
         """Copies everything but the spec, which nobody rewrites (shared, read-only)."""
-        return dataclasses.replace(
-            self, status=dataclasses.replace(self.status), labels=dict(self.labels),
-            networks_attachments=_copy.deepcopy(self.networks_attachments),
-            job_iteration=_copy.deepcopy(self.job_iteration))
+        twin = object.__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        status = self.status
+        twin.status = TaskStatus(status.state, status.timestamp, status.message, status.err,
+                                 status.container_status, status.port_status)
+        twin.labels = dict(self.labels)
+        if self.networks_attachments:
+            twin.networks_attachments = _copy.deepcopy(self.networks_attachments)
+        else:
+            twin.networks_attachments = []
+        if self.job_iteration is not None:
+            twin.job_iteration = _copy.deepcopy(self.job_iteration)
+        return twin
 
 
 @dataclass(kw_only=True)

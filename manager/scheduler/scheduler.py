@@ -14,8 +14,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import msgpack
-
 from manager.scheduler.filters import Pipeline
 from manager.scheduler.nodeinfo import NodeInfo, holds_resources
 from manager.scheduler.placement import place_group, place_on_node
@@ -91,16 +89,24 @@ class Scheduler:
     def decide(self) -> list[Decision]:
         """Place every unassigned task that fits (pure: updates only this object's view)."""
         decisions: list[Decision] = []
-        groups: dict[tuple[str, bytes], list[Task]] = {}
+        # Per service, its groups of tasks with equal specs (usually one, two during an update):
+        # a spec is compared by identity first (tasks of one write share it), then by value.
+        by_service: dict[str, list[tuple[dict, list[Task]]]] = {}
         for task in self.unassigned.values():
             if task.node_id:
                 err = place_on_node(task, self.nodes.get(task.node_id), self.pipeline)
                 decisions.append(Decision(task, "" if err else task.node_id, err))
                 continue
-            key = (task.service_id, msgpack.packb(task.spec))
-            groups.setdefault(key, []).append(task)
+            spec = task.spec
+            groups = by_service.setdefault(task.service_id, [])
+            for group_spec, members in groups:
+                if group_spec is spec or group_spec == spec:
+                    members.append(task)
+                    break
+            else:
+                groups.append((spec, [task]))
         infos = list(self.nodes.values())
-        for group in groups.values():
+        for group in (members for groups in by_service.values() for _, members in groups):
             group.sort(key=lambda t: (t.slot, t.id))
             placed, err = place_group(group, infos, self.pipeline)
             decisions.extend(Decision(task, info.id) for task, info in placed)

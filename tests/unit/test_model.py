@@ -1,5 +1,8 @@
 """The object model: IDs, times, the task state table, API shapes and record round trips."""
 
+import dataclasses
+from collections import Counter
+
 import pytest
 
 from model import (
@@ -20,11 +23,15 @@ from model import (
 )
 
 
-def test_ids_are_25_base36() -> None:
-    ids = {new_id() for _ in range(200)}
-    assert len(ids) == 200
+def test_ids_are_25_base36_unique_and_use_every_digit_evenly() -> None:
+    ids = {new_id() for _ in range(20_000)}
+    assert len(ids) == 20_000
     assert all(is_id(i) for i in ids)
-    assert not is_id("ABC")
+    assert not is_id("ABC") and not is_id("a" * 24) and not is_id("A" * 25)
+    counts = Counter("".join(ids))
+    assert set(counts) == set("0123456789abcdefghijklmnopqrstuvwxyz")
+    expected = 20_000 * 25 / 36  # ~13,900 each; a biased digit would be off by ~1/8
+    assert all(abs(n - expected) < 0.06 * expected for n in counts.values()), counts
 
 
 def test_time_round_trip() -> None:
@@ -114,3 +121,23 @@ def test_task_copy_shares_spec_but_not_status() -> None:
     dup = task.copy()
     dup.status.advance(TaskState.PENDING, "ts")
     assert task.status.state is TaskState.NEW and dup.spec is task.spec
+
+
+def test_records_hold_every_field_and_task_copy_every_value() -> None:
+    for cls in (Cluster, Node, Service, Task, Network, Secret, Config):
+        obj = cls(id=new_id())
+        assert set(obj.to_record()) == {f.name for f in dataclasses.fields(obj)}, cls.__name__
+    task = Task(id=new_id(), version=4, created_at="c", updated_at="u", spec={"A": 1}, service_id="s", slot=2,
+                node_id="n", labels={"l": "v"}, status=TaskStatus(TaskState.RUNNING, "ts", "m", "e", {"PID": 1}),
+                desired_state=TaskState.SHUTDOWN, networks_attachments=[{"Addresses": ["10.0.0.2/24"]}],
+                job_iteration={"Index": 1}, service_name="web")
+    dup = task.copy()
+    assert dup == task and type(dup) is Task
+    assert dup.status is not task.status and dup.labels is not task.labels
+    assert dup.networks_attachments is not task.networks_attachments and dup.job_iteration is not task.job_iteration
+    again = Task.from_record(task.to_record())
+    assert again == task and again.status.state is TaskState.RUNNING and again.desired_state is TaskState.SHUTDOWN
+    bad = task.to_record()
+    bad["status"] = [7, "", "", "", None, None]
+    with pytest.raises(ValueError, match="unknown task state 7"):
+        Task.from_record(bad)
