@@ -210,14 +210,17 @@ class TaskRunner:
 
     async def _teardown(self, remove: bool) -> None:
         ctl = self._ctl or self._executor.existing(self.task.id)
-        if ctl is not None:
-            try:
+        try:
+            if ctl is not None:
                 await ctl.shutdown()   # idempotent; also stops a container whose task already failed
-                if remove:
-                    await ctl.remove()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("task %s teardown: %s", self.task.id, e)
-        if not self.status.state.is_terminal:
-            self._set(TaskState.SHUTDOWN, "shutdown")
+            # Stopped is what the cluster waits for; removing the container's files comes after.
+            if not self.status.state.is_terminal:
+                self._set(TaskState.SHUTDOWN, "shutdown")
+            if ctl is not None and remove:
+                await ctl.remove()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("task %s teardown: %s", self.task.id, e)
+            if not self.status.state.is_terminal:
+                self._set(TaskState.SHUTDOWN, "shutdown")
