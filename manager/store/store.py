@@ -90,6 +90,8 @@ class Store:
         self._tx_prefix = os.urandom(6).hex()
         self._outcomes: dict[str, StoreError | None] = {}
         self._waiting: set[str] = set()
+        # Proposals of this store awaiting their commit: id(data) -> (data, tx ID, changes).
+        self._proposed: dict[int, tuple[bytes, str, list[Change]]] = {}
 
     @property
     def index(self) -> int:
@@ -199,6 +201,7 @@ class Store:
         tx_id = f"{self._tx_prefix}-{next(self._tx_ids)}"
         data = msgpack.packb({"tx": tx_id, "c": [c.to_wire() for c in changes]}, use_bin_type=True)
         self._waiting.add(tx_id)
+        self._proposed[id(data)] = (data, tx_id, changes)
         try:
             await self.proposer.propose(data)
             if tx_id not in self._outcomes:
@@ -207,12 +210,22 @@ class Store:
         finally:
             self._waiting.discard(tx_id)
             self._outcomes.pop(tx_id, None)
+            self._proposed.pop(id(data), None)
         if error is not None:
             raise error
 
     # -- applying committed entries ----------------------------------------------------------
     def apply(self, data: bytes, index: int | None = None) -> None:
-        """Apply one committed entry (called by the proposer / Raft driver, in log order)."""
+        """Apply one committed entry (called by the proposer / Raft driver, in log order).
+
+        When `data` is the very bytes object this store proposed (the leader, its entry handed
+        back by Raft), the changes it encoded are applied as they are instead of being decoded
+        again: they hold the same records (the objects' `to_record()` is what was encoded), so
+        every replica ends in the same state; any other entry is decoded."""
+        proposed = self._proposed.pop(id(data), None) if self._proposed else None
+        if proposed is not None and proposed[0] is data:
+            self._apply_changes(proposed[2], proposed[1], index)
+            return
         entry = msgpack.unpackb(data, raw=False)
         if "restore" in entry:  # a whole-state reset (forcing a new cluster from a member's state)
             self.restore(entry["restore"])
@@ -221,7 +234,9 @@ class Store:
             if entry.get("tx") in self._waiting:
                 self._outcomes[entry["tx"]] = None
             return
-        changes = [Change.from_wire(w, self._memory) for w in entry["c"]]
+        self._apply_changes([Change.from_wire(w, self._memory) for w in entry["c"]], entry.get("tx"), index)
+
+    def _apply_changes(self, changes: list[Change], tx_id: str | None, index: int | None) -> None:
         error = self._check(changes)
         if index is not None and index > self._memory.index:
             self._memory.index = index  # a rejected entry still occupies its log index
@@ -229,8 +244,8 @@ class Store:
             self._memory.index += 1
         if error is None:
             self._commit(changes)
-        if entry.get("tx") in self._waiting:
-            self._outcomes[entry["tx"]] = error
+        if tx_id in self._waiting:
+            self._outcomes[tx_id] = error
 
     def _check(self, changes: list[Change]) -> StoreError | None:
         """The deterministic precondition of an entry: every change or none."""
