@@ -481,12 +481,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", required=True, help="directory for the WAL and snapshots")
     p.add_argument("--join", action="store_true",
                    help="do not found a cluster: wait to be added with POST /members on the leader")
-    p.add_argument("--tick-ms", type=float, default=10.0, help="raft tick length (default 10 ms)")
-    p.add_argument("--election-ticks", type=int, default=20,
-                   help="election timeout in ticks (default 20: a follower campaigns after 0.2 to 0.4 s "
+    p.add_argument("--tick-ms", type=float, default=20.0, help="raft tick length (default 20 ms)")
+    p.add_argument("--election-ticks", type=int, default=10,
+                   help="election timeout in ticks (default 10: a follower campaigns after 0.2 to 0.4 s "
                         "without a leader, so even a split vote resolves well within 1 s)")
-    p.add_argument("--heartbeat-ticks", type=int, default=4, help="heartbeat interval in ticks (default 4)")
-    p.add_argument("--snapshot-every", type=int, default=10000, help="applied entries between snapshots")
+    p.add_argument("--heartbeat-ticks", type=int, default=2,
+                   help="heartbeat interval in ticks (default 2: every 40 ms)")
+    p.add_argument("--snapshot-every", type=int, default=100_000,
+                   help="applied entries between snapshots (default 100000; a snapshot serializes the "
+                        "whole store on the event loop, so frequent ones stall writes)")
     p.add_argument("--inline-sync-bytes", type=int, default=65536,
                    help="WAL batches below this size are fsynced on the event loop instead of a worker "
                         "thread (saves a thread hop on fast disks; 0 = always use a thread)")
