@@ -315,6 +315,7 @@ class RaftNode:
                             send(m)
                         else:
                             messages.append(m)
+                    self.transport.flush()
                 await self.storage.persist(hs, rd.entries, rd.snapshot, allow_inline=not leader_overlap)
                 self._synced_term_vote = term_vote
             else:
@@ -323,6 +324,8 @@ class RaftNode:
                 self.storage.append_unsynced(hs)
         for m in messages:
             send(m)
+        if messages:
+            self.transport.flush()
         if rd.snapshot is not None:
             self._apply_snapshot(rd.snapshot)
         for e in rd.committed_entries:

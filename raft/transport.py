@@ -4,12 +4,15 @@ Each frame is `u32 big-endian length | encoded Message` (raft/codec.py); frames 
 `MAX_FRAME`), so there is no datagram-size cap. Connections are one-way: a node dials each peer to
 send and accepts connections to receive; every received message is handed to `deliver(msg)`.
 
-Per peer there are two independent lanes, each with its own bounded queue, sender task and TCP
+Per peer there are two independent lanes, each with its own bounded backlog, connection task and TCP
 connection: the *main* lane (votes, appends, heartbeats, reads) and the *snapshot* lane (SNAPSHOT
 chunks). A multi-megabyte snapshot transfer therefore never delays a heartbeat. `send()` never
-blocks: when a lane's queue is full (a slow or dead peer) the message is dropped and
-`on_unreachable(peer)` is called, which Raft tolerates (it retries); other peers are unaffected.
-A lane that loses its connection reconnects with jittered exponential backoff.
+blocks: it appends to the lane's backlog, and `flush()` (called by the driver after each batch of
+sends, and scheduled by `send()` as a fallback) writes each lane's backlog to its socket as one
+write, with no task switch. A lane whose socket buffer is above `HIGH_WATER` (a slow peer) keeps
+its backlog until the connection task has drained the socket; when a backlog is full the message is
+dropped and `on_unreachable(peer)` is called, which Raft tolerates (it retries); other peers are
+unaffected. A lane that loses its connection reconnects with jittered exponential backoff.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import random
 import ssl
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from raft.codec import CodecError, decode_message, encode_message
 from raft.types import Message, MessageType
@@ -28,6 +32,7 @@ from raft.types import Message, MessageType
 log = logging.getLogger("raft.transport")
 
 MAX_FRAME = 1 << 30
+HIGH_WATER = 4 << 20        # bytes buffered towards a peer above which a lane stops writing
 _LEN = struct.Struct(">I")
 Address = tuple[str, int]
 
@@ -54,23 +59,43 @@ def tls_contexts(cert_file: str, key_file: str, ca_file: str) -> tuple[ssl.SSLCo
 
 
 class _Lane:
-    """One queue + one connection + one sender task towards one peer."""
+    """One backlog + one connection + one connection task towards one peer."""
 
     def __init__(self, transport: Transport, peer: int, name: str, size: int) -> None:
         self.transport = transport
         self.peer = peer
         self.name = name
-        self.queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=size)
+        self.size = size
+        self.backlog: list[Message] = []
+        self.writer: asyncio.StreamWriter | None = None     # set while connected and writable
+        self.blocked = False                                # the socket buffer is above HIGH_WATER
+        self.drain_needed: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
         self.kick = asyncio.Event()     # the peer was heard from: cut a backoff sleep short
 
     def offer(self, msg: Message) -> bool:
-        try:
-            self.queue.put_nowait(msg)
-            return True
-        except asyncio.QueueFull:
+        if len(self.backlog) >= self.size:
             return False
+        self.backlog.append(msg)
+        return True
+
+    def flush(self) -> None:
+        """Write the backlog as one write, unless disconnected or the peer is not keeping up."""
+        writer = self.writer
+        if writer is None or self.blocked or not self.backlog or writer.transport.is_closing():
+            return                      # (a closing connection: the backlog waits for the next one)
+        frames, self.backlog = self.backlog, []
+        parts: list[bytes] = []
+        for msg in frames:
+            body = encode_message(msg)
+            parts.append(_LEN.pack(len(body)))
+            parts.append(body)
+        writer.write(b"".join(parts))
+        if writer.transport.get_write_buffer_size() > HIGH_WATER:
+            self.blocked = True
+            if self.drain_needed is not None and not self.drain_needed.done():
+                self.drain_needed.set_result(None)
 
     async def run(self) -> None:
         t = self.transport
@@ -121,36 +146,35 @@ class _Lane:
         return min(delay * 2, self.transport.backoff_max)
 
     async def _pump(self, writer: asyncio.StreamWriter, reader: asyncio.StreamReader) -> None:
-        queue = self.queue
-        closed = asyncio.ensure_future(reader.read(1))   # the peer never writes: EOF = closed
-        getter: asyncio.Future[Message] | None = None
+        """While connected: `flush()` writes directly; this task only waits for the peer to close
+        the connection, or drains the socket when a flush found it too full."""
+        loop = asyncio.get_running_loop()
+        closed: asyncio.Future[Any] = asyncio.ensure_future(reader.read(1))  # the peer never writes: EOF
+        self.writer = writer
+        self.blocked = False
         try:
             while True:
-                getter = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({getter, closed}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
+                self.flush()
+                if not self.blocked:
+                    self.drain_needed = loop.create_future()
+                    waiters: set[asyncio.Future[Any]] = {closed, self.drain_needed}
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                if closed.done():
                     raise ConnectionError("peer closed the connection")
-                frames = [getter.result()]
-                getter = None
-                while not queue.empty() and len(frames) < 512:
-                    frames.append(queue.get_nowait())
-                parts: list[bytes] = []
-                for msg in frames:
-                    body = encode_message(msg)
-                    parts.append(_LEN.pack(len(body)))
-                    parts.append(body)
-                writer.write(b"".join(parts))
                 await writer.drain()
+                self.blocked = False
         finally:
-            for fut in (closed, getter):
-                if fut is not None and not fut.done():
-                    fut.cancel()
+            self.writer = None
+            if self.drain_needed is not None and not self.drain_needed.done():
+                self.drain_needed.cancel()
+            self.drain_needed = None
+            if not closed.done():
+                closed.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await closed
 
     def _drop_queued(self) -> None:
-        while not self.queue.empty():
-            self.queue.get_nowait()
+        self.backlog.clear()
 
 
 class Transport:
@@ -184,6 +208,8 @@ class Transport:
         self.bound: Address | None = None
         self.dropped = 0
         self.closing = False
+        self._dirty: list[_Lane] = []
+        self._flush_scheduled = False
 
     async def start(self) -> Address:
         """Listen; returns the bound (host, port) (port 0 picks a free one)."""
@@ -231,7 +257,8 @@ class Transport:
     # -- sending -------------------------------------------------------------------------------------
 
     def send(self, msg: Message) -> None:
-        """Queue a message for its peer; never blocks. Unknown peers and full queues drop it."""
+        """Queue a message for its peer; never blocks. Unknown peers and full backlogs drop it.
+        It leaves at the next `flush()` (at the latest on the event loop's next turn)."""
         lanes = self._lanes.get(msg.to)
         if lanes is None:
             self.dropped += 1
@@ -241,6 +268,18 @@ class Transport:
         if not lane.offer(msg):
             self.dropped += 1
             self.on_unreachable(msg.to)
+            return
+        self._dirty.append(lane)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write every backlog that `send()` added to since the last flush."""
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for lane in dirty:
+            lane.flush()
 
     # -- receiving -----------------------------------------------------------------------------------
 

@@ -267,3 +267,28 @@ async def test_hearing_from_a_restarted_peer_cuts_the_redial_backoff_short() -> 
     finally:
         await a.close()
         await b.close()
+
+
+async def test_flush_writes_a_batch_at_once_and_send_alone_flushes_on_the_next_turn() -> None:
+    inbox = Inbox()
+    b = Transport(2, ("127.0.0.1", 0), inbox)
+    addr = await b.start()
+    a = Transport(1, ("127.0.0.1", 0), lambda m: None)
+    await a.start()
+    try:
+        a.set_peer(2, addr)
+        await wait_for(lambda: a.is_connected(2))
+        lane = a._lanes[2][0]
+        for i in range(5):
+            a.send(msg(2, 1, index=i))
+        assert len(lane.backlog) == 5
+        a.flush()                               # written now, as one write, without a task switch
+        assert lane.backlog == []
+        a.send(msg(2, 1, index=5))              # no explicit flush: the scheduled one sends it
+        await asyncio.sleep(0)
+        assert lane.backlog == []
+        await wait_for(lambda: len(inbox.got) == 6)
+        assert [m.index for m in inbox.got] == list(range(6))
+    finally:
+        await a.close()
+        await b.close()
