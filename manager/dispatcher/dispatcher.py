@@ -9,8 +9,8 @@ Theory of operation: the dispatcher lives only on the leader, owned by the leade
   when its deadline passes and ends its session; the agent then opens a new session, which
   makes the node READY again. When a leader starts, every node gets a fresh full grace, so a
   failover never marks healthy nodes down.
-- Status updates are applied in batches and only move a task's state forward, and only for
-  tasks assigned to the reporting node.
+- Status updates only move a task's state forward, and only for tasks assigned to the
+  reporting node. Reports of all nodes are written together (status.py: group commit).
 - Other leader components reach an agent through its session: `send_to_node` queues a message
   into the node's outbox (outbox.py), which the session stream interleaves with assignments;
   `on_session_closed` tells them when a node's session ends.
@@ -28,6 +28,7 @@ from typing import Any
 
 from manager.dispatcher.assignments import assignment_fanout, assignment_stream
 from manager.dispatcher.outbox import NodeOutboxes, merge_outbox
+from manager.dispatcher.status import StatusBatcher
 from manager.rpc.errors import FailedPrecondition, NotFound, PermissionDenied
 from manager.store import ReadTx, Store, WriteTx, retry_on_conflict
 from model import IllegalTransition, Node, TaskState, TaskStatus, new_id
@@ -62,6 +63,7 @@ class Dispatcher:
         self._deadlines: dict[str, float] = {}         # node_id -> when it is declared down
         self._outboxes = NodeOutboxes()
         self._assignments = assignment_fanout(store)   # one store watcher for every session
+        self._status = StatusBatcher(store, _apply_status)  # all nodes' reports, written together
 
     # ---- leader-term loop ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -142,13 +144,9 @@ class Dispatcher:
     async def update_status(self, node_id: str, params: dict[str, Any]) -> dict[str, Any]:
         self._check_session(node_id, str(params.get("session_id", "")))
         updates = list(params.get("updates") or [])
-
-        def apply_all(batch: Any) -> None:
-            for update in updates:
-                batch.update(lambda tx, u=update: _apply_status(tx, node_id, u))
-
-        result = await self._store.batch(apply_all)
-        return {"applied": len(updates) - result.failed}
+        if not updates:
+            return {"applied": 0}
+        return {"applied": await self._status.submit(node_id, updates)}
 
     # ---- node state -------------------------------------------------------------------------
     async def _register(self, node_id: str, description: dict[str, Any], addr: str) -> None:
