@@ -8,7 +8,8 @@ Theory of operation: the dispatcher lives only on the leader, owned by the leade
   keeps only DISCONNECT_GRACE of it. A monitor marks a node DOWN
   when its deadline passes and ends its session; the agent then opens a new session, which
   makes the node READY again. When a leader starts, every node gets a fresh full grace, so a
-  failover never marks healthy nodes down.
+  failover never marks healthy nodes down; when the monitor itself runs late (a stalled event
+  loop), every deadline moves by that much (heartbeats.py), so a busy leader does not either.
 - Status updates only move a task's state forward, and only for tasks assigned to the
   reporting node. Reports of all nodes are written together (status.py: group commit).
 - Other leader components reach an agent through its session: `send_to_node` queues a message
@@ -22,11 +23,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from manager.dispatcher.assignments import assignment_fanout, assignment_stream
+from manager.dispatcher.heartbeats import HeartbeatDeadlines
 from manager.dispatcher.outbox import NodeOutboxes, merge_outbox
 from manager.dispatcher.status import StatusBatcher
 from manager.rpc.errors import FailedPrecondition, NotFound, PermissionDenied
@@ -56,11 +58,14 @@ class _Session:
 
 
 class Dispatcher:
-    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self._store = store
         self._clock = clock
         self._sessions: dict[str, _Session] = {}       # node_id -> current session
-        self._deadlines: dict[str, float] = {}         # node_id -> when it is declared down
+        self._sleep = sleep
+        self._heartbeats = HeartbeatDeadlines(MONITOR_INTERVAL)
+        self._deadlines = self._heartbeats.deadlines   # node_id -> when it is declared down
         self._outboxes = NodeOutboxes()
         self._assignments = assignment_fanout(store)   # one store watcher for every session
         self._status = StatusBatcher(store, _apply_status)  # all nodes' reports, written together
@@ -72,14 +77,12 @@ class Dispatcher:
         start = self._clock()
         for node in self._store.view(lambda tx: tx.all("nodes")):
             self._deadlines[node.id] = start + period * GRACE_MULTIPLIER
+        self._heartbeats.start(start)
         while True:
-            await asyncio.sleep(MONITOR_INTERVAL)
-            now = self._clock()
-            for node_id, deadline in list(self._deadlines.items()):
-                if now >= deadline:
-                    del self._deadlines[node_id]
-                    self._sessions.pop(node_id, None)
-                    await self._set_node_state(node_id, "down", "heartbeat failure")
+            await self._sleep(MONITOR_INTERVAL)
+            for node_id in self._heartbeats.expired(self._clock()):
+                self._sessions.pop(node_id, None)
+                await self._set_node_state(node_id, "down", "heartbeat failure")
 
     # ---- RPC handlers -------------------------------------------------------------------------
     async def session(self, node_id: str, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:

@@ -183,6 +183,7 @@ class Store:
                 members.append(position)
                 if len(pending) >= MAX_CHANGES_PER_PROPOSAL:
                     await self._flush(pending, members, outcome)
+                    await asyncio.sleep(0)  # a proposer that applies at once must not stall the loop
             await self._flush(pending, members, outcome)
         return outcome
 
