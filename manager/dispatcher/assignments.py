@@ -14,9 +14,10 @@ write costs O(1) however many nodes hold sessions.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+from manager.dispatcher.outbox import Outbox
 from manager.store import BROADCAST, Event, Fanout, ReadTx, Store, WatchDropped
 from model import Node, Task
 
@@ -57,17 +58,20 @@ def assignment_fanout(store: Store) -> Fanout:
 
 
 async def assignment_stream(store: Store, node_id: str, session_message: Callable[[ReadTx], dict[str, Any]],
-                            fanout: Fanout | None = None) -> AsyncIterator[dict[str, Any]]:
+                            fanout: Fanout | None = None,
+                            outbox: Outbox | None = None) -> AsyncGenerator[dict[str, Any], None]:
     """Yield the session message, then assignments and manager lists, until cancelled.
-    `fanout`: the dispatcher's shared `assignment_fanout` (one of its own when not given)."""
+    `fanout`: the dispatcher's shared `assignment_fanout` (one of its own when not given);
+    `outbox`: messages of other leader components, sent between the stream's own ones."""
     feed = fanout if fanout is not None else assignment_fanout(store)
+    wakeup = outbox.wakeup if outbox is not None else None
     first = True
     while True:
         def snapshot(tx: ReadTx) -> tuple[dict[str, Any], list[Task], list[dict[str, str]], Node | None]:
             return session_message(tx), _node_tasks(tx, node_id), managers_of(tx), tx.get("nodes", node_id)
 
         hello, tasks, managers, own = store.view(snapshot)
-        sub = feed.subscribe(node_id)  # no await since the snapshot: nothing missed or repeated
+        sub = feed.subscribe(node_id, wakeup=wakeup)  # no await since the snapshot: nothing missed or repeated
         try:
             if first:
                 yield hello
@@ -80,7 +84,14 @@ async def assignment_stream(store: Store, node_id: str, session_message: Callabl
             if own is not None:
                 yield node_message(own)
             while True:
-                await sub.wait()
+                if outbox is None:
+                    await sub.wait()
+                else:
+                    while not sub.pending() and not outbox.pending() and not sub.closed:
+                        outbox.wakeup.clear()
+                        await outbox.wakeup.wait()
+                    for message in outbox.take():
+                        yield message
                 events = sub.drain()
                 updates: dict[str, dict[str, Any]] = {}
                 removes: set[str] = set()

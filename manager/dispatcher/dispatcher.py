@@ -29,7 +29,7 @@ from typing import Any
 
 from manager.dispatcher.assignments import assignment_fanout, assignment_stream
 from manager.dispatcher.heartbeats import HeartbeatDeadlines
-from manager.dispatcher.outbox import NodeOutboxes, merge_outbox
+from manager.dispatcher.outbox import NodeOutboxes
 from manager.dispatcher.status import StatusBatcher
 from manager.rpc.errors import FailedPrecondition, NotFound, PermissionDenied
 from manager.store import ReadTx, Store, WriteTx, retry_on_conflict
@@ -104,8 +104,8 @@ class Dispatcher:
 
         outbox = self._outboxes.open(node_id, session_id)
         try:
-            stream = assignment_stream(self._store, node_id, hello, self._assignments)
-            async with contextlib.aclosing(merge_outbox(stream, outbox)) as messages:
+            stream = assignment_stream(self._store, node_id, hello, self._assignments, outbox)
+            async with contextlib.aclosing(stream) as messages:
                 async for message in messages:
                     current = self._sessions.get(node_id)
                     if current is None or current.session_id != session_id:

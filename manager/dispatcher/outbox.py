@@ -4,18 +4,19 @@ Theory of operation: the session stream is the only way a manager reaches an age
 not listen). While a node's session is open it has one outbox, keyed by the session's ID, so a
 superseded session cannot close its successor's outbox. `send(node_id, message)` queues a
 message and answers False when the node has no open session or its outbox is full (the caller
-reports the node as unavailable rather than waiting). `merge_outbox` interleaves the outbox with
-the assignment stream: the stream's first message (the session hello) always goes first. When
-a session ends its outbox is dropped and every `on_closed` listener hears the node ID, so
-nobody waits for an answer that can no longer come.
+reports the node as unavailable rather than waiting). The session's assignment stream
+(assignments.py) sends what is queued between its own messages, after the session hello; the
+outbox wakes it through the event it shares with the stream's store subscription, so one wait
+serves both. When a session ends its outbox is dropped and every `on_closed` listener hears
+the node ID, so nobody waits for an answer that can no longer come.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("shoal.dispatcher")
@@ -23,19 +24,44 @@ log = logging.getLogger("shoal.dispatcher")
 OUTBOX_LIMIT = 1000
 
 
+class Outbox:
+    """A bounded queue of messages for one session, with the event that wakes its stream."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._messages: deque[dict[str, Any]] = deque()
+        self.wakeup = asyncio.Event()
+
+    def put(self, message: dict[str, Any]) -> bool:
+        if len(self._messages) >= self._limit:
+            return False
+        self._messages.append(message)
+        self.wakeup.set()
+        return True
+
+    def pending(self) -> int:
+        return len(self._messages)
+
+    def take(self) -> list[dict[str, Any]]:
+        """Every queued message, oldest first."""
+        messages = list(self._messages)
+        self._messages.clear()
+        return messages
+
+
 class NodeOutboxes:
     def __init__(self, limit: int = OUTBOX_LIMIT) -> None:
         self._limit = limit
-        self._boxes: dict[str, tuple[str, asyncio.Queue[dict[str, Any]]]] = {}   # node_id -> (session, queue)
+        self._boxes: dict[str, tuple[str, Outbox]] = {}   # node_id -> (session, outbox)
         self._listeners: list[Callable[[str], None]] = []
 
-    def open(self, node_id: str, session_id: str) -> asyncio.Queue[dict[str, Any]]:
+    def open(self, node_id: str, session_id: str) -> Outbox:
         previous = self._boxes.get(node_id)
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self._limit)
-        self._boxes[node_id] = (session_id, queue)
+        outbox = Outbox(self._limit)
+        self._boxes[node_id] = (session_id, outbox)
         if previous is not None:
             self._notify(node_id)    # what was queued for the old session is lost with it
-        return queue
+        return outbox
 
     def close(self, node_id: str, session_id: str) -> None:
         current = self._boxes.get(node_id)
@@ -51,9 +77,7 @@ class NodeOutboxes:
         box = self._boxes.get(node_id)
         if box is None:
             return False
-        try:
-            box[1].put_nowait(message)
-        except asyncio.QueueFull:
+        if not box[1].put(message):
             log.warning("outbox full; message dropped", extra={"node": node_id, "kind": message.get("kind")})
             return False
         return True
@@ -67,40 +91,3 @@ class NodeOutboxes:
                 listener(node_id)
             except Exception:
                 log.exception("outbox close listener failed")
-
-
-async def merge_outbox(stream: AsyncIterator[dict[str, Any]],
-                       outbox: asyncio.Queue[dict[str, Any]]) -> AsyncGenerator[dict[str, Any], None]:
-    """The stream's first message, then the stream's and the outbox's messages as they come.
-    The two pending reads are owned here and cancelled when the consumer stops."""
-    yield await anext(stream)
-    next_item: asyncio.Task[dict[str, Any]] | None = None
-    next_sent: asyncio.Task[dict[str, Any]] | None = None
-    try:
-        while True:
-            if next_item is None:
-                next_item = asyncio.ensure_future(anext(stream))
-            if next_sent is None:
-                next_sent = asyncio.ensure_future(outbox.get())
-            done, _ = await asyncio.wait({next_item, next_sent}, return_when=asyncio.FIRST_COMPLETED)
-            if next_sent in done:
-                message, next_sent = next_sent.result(), None
-                yield message
-            if next_item in done:
-                try:
-                    message = next_item.result()
-                except StopAsyncIteration:
-                    return
-                finally:
-                    next_item = None
-                yield message
-    finally:
-        for pending in (next_item, next_sent):
-            if pending is not None:
-                pending.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await pending
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            with contextlib.suppress(Exception):
-                await aclose()

@@ -37,14 +37,17 @@ class Event:
 
 class Subscription:
     def __init__(self, predicate: Callable[[Event], bool] | None, limit: int,
-                 on_close: Callable[[Subscription], None], tables: Iterable[str] = ()) -> None:
+                 on_close: Callable[[Subscription], None], tables: Iterable[str] = (),
+                 wakeup: asyncio.Event | None = None) -> None:
+        """wakeup: an event to set when an event is queued, if the watcher waits on it together
+        with other sources (it then checks `pending()` itself)."""
         if limit < 1:
             raise ValueError(f"watch limit must be >= 1, not {limit}")
         self._predicate = predicate
         self.tables = frozenset(tables)  # empty: every table
         self._limit = limit
         self._queue: deque[Event] = deque()
-        self._wakeup = asyncio.Event()
+        self._wakeup = wakeup if wakeup is not None else asyncio.Event()
         self._on_close = on_close
         self.dropped_reason = ""
         self.closed = False
@@ -129,11 +132,12 @@ class Fanout:
         self._detach = detach
         self._by_key: dict[str, list[Subscription]] = {}
 
-    def subscribe(self, key: str, limit: int | None = None) -> Subscription:
+    def subscribe(self, key: str, limit: int | None = None, wakeup: asyncio.Event | None = None) -> Subscription:
         """A subscription to every later event whose keys include `key` (or BROADCAST)."""
         if key == BROADCAST:
             raise ValueError("cannot subscribe to the broadcast key itself")
-        sub = Subscription(None, limit or self._limit, functools.partial(self._unsubscribe, key), self.tables)
+        sub = Subscription(None, limit or self._limit, functools.partial(self._unsubscribe, key), self.tables,
+                           wakeup)
         if not self._by_key:
             self._attach(self)
         self._by_key.setdefault(key, []).append(sub)
