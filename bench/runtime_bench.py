@@ -133,9 +133,11 @@ class ShoalWorker:
         return report
 
     async def clean(self) -> None:
-        """Whatever a failed run left: containers, shims, mounts, cgroups."""
+        """Whatever a failed run left: containers, shims, mounts, cgroups (and the helper that
+        starts shims)."""
         if self.executor is None:
             return
+        self.executor.close()
         for state in await self.executor.runc.list_containers():
             with contextlib.suppress(Exception):
                 await self.executor.runc.delete(state["id"], force=True)

@@ -9,13 +9,14 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from worker.executor import ContainerConfig, Executor
-from worker.executor.layout import Layout
+from worker.executor.layout import SHIM_CGROUP, Layout
 from worker.executor.rootfs import mounts_under, unmount
 
 BUSYBOX = shutil.which("busybox") or "/usr/bin/busybox"
@@ -65,6 +66,19 @@ def force_clean(data_dir: Path) -> None:
             pid = int(pidfile.read_text().strip())
             if ctr.name.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
                 os.kill(pid, signal.SIGKILL)
+    leftover = {int(pid) for parent in layout.cgroup_dirs()   # a spawner nobody closed
+                for pid in read_if_exists(parent / SHIM_CGROUP / "cgroup.procs").split()}
+    for pid in leftover:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while leftover and time.monotonic() < deadline:   # poll, with a deadline, until they are gone
+        for pid in list(leftover):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            if not Path(f"/proc/{pid}").exists():
+                leftover.discard(pid)
+        time.sleep(0.01)
     for mount_point in sorted(mounts_under(data_dir), reverse=True):
         with contextlib.suppress(OSError):
             unmount(Path(mount_point))
@@ -92,7 +106,10 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
 async def executor(data_dir: Path) -> AsyncIterator[Executor]:
     ex = Executor(data_dir)
     await ex.start_up()
-    yield ex
+    try:
+        yield ex
+    finally:
+        ex.close()
 
 
 _counter = iter(range(1_000_000))

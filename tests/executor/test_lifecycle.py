@@ -191,12 +191,15 @@ async def test_restart_reaps_half_made_containers(data_dir: Path, busybox_layer:
     stale_cgroup.mkdir(parents=True)
     assert mounts_under(data_dir)
     restarted = Executor(data_dir)
-    report = await restarted.start_up()
-    assert ctl.id in report.dirs_removed
-    assert mounts_under(data_dir) == []
-    assert not ctl.paths.dir.exists()
-    assert not stale_cgroup.exists()
-    assert await restarted.list_existing() == []
+    try:
+        report = await restarted.start_up()
+        assert ctl.id in report.dirs_removed
+        assert mounts_under(data_dir) == []
+        assert not ctl.paths.dir.exists()
+        assert not stale_cgroup.exists()
+        assert await restarted.list_existing() == []
+    finally:
+        restarted.close()
 
 
 async def test_live_restore_after_owner_is_killed(data_dir: Path, busybox_layer: Path,
@@ -235,6 +238,7 @@ async def test_live_restore_after_owner_is_killed(data_dir: Path, busybox_layer:
     finally:
         for ctl in adopted.values():
             await ctl.remove()
+        executor.close()
     assert mounts_under(data_dir) == []
     assert os.listdir(executor.layout.containers_dir) == []
 

@@ -7,7 +7,9 @@ by a restarted daemon for an adopted container behaves exactly like the original
   - prepare: write the config record first (so a crash leaves something cleanup recognises),
     mount the overlay, resolve the user in the image's passwd, acquire volumes, write
     /etc/hosts, hostname, resolv.conf and config.json, then conmon runs `runc create`.
-  - start: `runc start` if the container is created.
+    conmon is born in the shims cgroup (see `shim_spawner`), outside the daemon's cgroup.
+  - start: if the container is created, the exec-fifo handshake of `runc start`
+    (`Runc.start`).
   - wait: the exit, observed through a pidfd on conmon (event driven), then the exit code
     conmon wrote plus the OOM-kill counter of the memory cgroup, recorded in `exit.json`
     before anything can delete the cgroup. With a health check, wait also probes and raises
@@ -209,9 +211,6 @@ class ContainerController:
                 bundle=p.bundle, log=p.log, container_pidfile=p.container_pidfile,
                 conmon_pidfile=p.conmon_pidfile, exit_dir=self.layout.exit_dir,
                 socket_dir=self.layout.socket_dir, shim_output=p.shim_output))
-            shim_pid = self._conmon_pid()
-            if shim_pid:
-                self.layout.move_to_shim_cgroup(shim_pid)
         except (OSError, ConfigError, RuntimeFailure, ValueError) as e:
             if await self.runc_state() is None:     # nothing was created: undo the host side
                 await asyncio.to_thread(self._remove_files)

@@ -3,7 +3,8 @@
 Theory of operation: all state lives under the data dir (see `layout`), in runc's state dir
 and with the conmon shims, none of it in this object, so a new `Executor` on the same data dir
 (a restarted daemon) sees the same containers. `start_up()` first reaps what a crash left
-half-made, then `list_existing()` returns controllers for every container runc still knows,
+half-made and starts the shim spawner helper (see `shim_spawner`; `close()` stops it), then
+`list_existing()` returns controllers for every container runc still knows,
 running or exited meanwhile, with their recorded configs; nothing is restarted.
 """
 
@@ -30,7 +31,8 @@ class Executor:
                  runc_binary: str | None = None, conmon_binary: str | None = None) -> None:
         self.layout = Layout(data_dir, cgroup_parent)
         self.runc = Runc(self.layout.runc_root, runc_binary)
-        self.conmon = Conmon(self.runc, conmon_binary)
+        self.conmon = Conmon(self.runc, conmon_binary, shim_cgroup=self.layout.move_to_shim_cgroup,
+                             spawner_log=self.layout.data_dir / "shim-spawner.log")
         self.volumes = VolumeStore(self.layout.volumes_dir)
 
     def controller(self, config: ContainerConfig) -> ContainerController:
@@ -40,7 +42,12 @@ class Executor:
     async def start_up(self) -> CleanupReport:
         """Reap leftovers of containers that are not alive; call once before adopting."""
         _, report = await reap_stale(self.layout, self.runc, self.volumes)
+        await self.conmon.start_spawner()
         return report
+
+    def close(self) -> None:
+        """Stop the helper that starts shims (containers and their shims keep running)."""
+        self.conmon.close()
 
     async def list_existing(self) -> list[ContainerController]:
         """Controllers for every container runc knows under this executor (live restore)."""

@@ -5,8 +5,9 @@ daemons on one machine never see each other's containers. A container is created
 conmon, which runs `runc create`, reports the container pid (or runc's error) on a sync pipe,
 and double-forks away from us into its own session: conmon is the container's parent, keeps its
 stdio, writes the k8s-file log and, with `--api-version 1`, the exit code to
-`<exit-dir>/<cid>`. It outlives the daemon. The caller then starts the container
-(`Runc.start`: the exec-fifo handshake `runc start` performs, without a runc process). The exit
+`<exit-dir>/<cid>`. It outlives the daemon. conmon is started by a helper process that lives in
+the shims cgroup (`shim_spawner`), so it is born outside the daemon's cgroup. The caller then
+starts the container (`Runc.start`: the exec-fifo handshake `runc start` performs). The exit
 dir is kept apart from the attach socket dir.
 """
 
@@ -15,13 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import select
 import shutil
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from worker.executor.shim_spawner import ShimSpawner, SpawnerUnavailable
+
+log = logging.getLogger("shoal.executor.runtime")
 
 CREATE_TIMEOUT = 30.0
 RUNC_TIMEOUT = 30.0
@@ -204,12 +211,36 @@ class ShimPaths:
 
 
 class Conmon:
-    def __init__(self, runc: Runc, binary: str | None = None) -> None:
+    """Launches conmon. With `shim_cgroup` (a callable putting a pid into the shims cgroup),
+    conmon is started by a `ShimSpawner` helper that sits in that cgroup, so each shim is
+    born there; if the helper cannot run, conmon is started directly and moved after."""
+
+    def __init__(self, runc: Runc, binary: str | None = None, *,
+                 shim_cgroup: Callable[[int], object] | None = None,
+                 spawner_log: Path | None = None) -> None:
         self.runc = runc
         self.binary = binary or _binary("conmon")
+        self.shim_cgroup = shim_cgroup
+        self.spawner = (ShimSpawner(shim_cgroup, spawner_log or runc.root / "shim-spawner.log")
+                        if shim_cgroup is not None else None)
+
+    async def start_spawner(self) -> None:
+        """Start the spawner helper now rather than on the first create (no-op without one)."""
+        if self.spawner is not None and not self.spawner.pid:
+            try:
+                await asyncio.to_thread(self.spawner.ensure_started)
+            except SpawnerUnavailable as e:
+                log.warning("%s; shims will be started directly", e)
+
+    def close(self) -> None:
+        """Stop the spawner helper; running shims are not affected."""
+        if self.spawner is not None:
+            self.spawner.close()
 
     async def create(self, cid: str, name: str, paths: ShimPaths) -> int:
-        """Launch conmon, which runs `runc create`; the container pid once created."""
+        """Launch conmon, which runs `runc create`; the container pid once created. conmon
+        runs in the bundle's parent dir (the container's own dir: it drops an `oom` file in its
+        working dir). The conmon pid file exists when this returns."""
         for d in (paths.exit_dir, paths.socket_dir):
             d.mkdir(parents=True, exist_ok=True)
         argv = [
@@ -222,38 +253,109 @@ class Conmon:
             "--log-level", "info",
         ]
         read_fd, write_fd = os.pipe()
-        env = dict(os.environ, _OCI_SYNCPIPE=str(write_fd))
-        shim_out = os.open(paths.shim_output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=shim_out, stderr=shim_out,
-                pass_fds=(write_fd,), env=env, start_new_session=True)
+            shim_out = os.open(paths.shim_output,
+                               os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            try:
+                await self._launch(argv, str(paths.bundle.parent), write_fd, shim_out)
+            finally:
+                os.close(shim_out)
         except BaseException:
             os.close(read_fd)
             raise
         finally:
             os.close(write_fd)
-            os.close(shim_out)
         try:
             async with asyncio.timeout(CREATE_TIMEOUT):
-                await proc.wait()          # the first conmon exits once it has forked away
                 line = await _read_line(read_fd)
+                pid = _reported_pid(cid, line, paths.shim_output)
+                await _until_exists(paths.conmon_pidfile)
         except TimeoutError:
             raise RuntimeFailure(f"conmon did not report on {cid} within {CREATE_TIMEOUT:.0f}s") \
                 from None
         finally:
             os.close(read_fd)
-        if not line:
-            raise RuntimeFailure(f"conmon for {cid} exited without reporting: {_tail(paths.shim_output)}")
-        try:
-            report = json.loads(line)
-        except ValueError:
-            raise RuntimeFailure(f"conmon for {cid} reported {line!r}") from None
-        pid = int(report.get("data", report.get("pid", -1)))
-        if pid <= 0:
-            message = report.get("message") or _tail(paths.shim_output)
-            raise RuntimeFailure(f"runc create {cid} failed: {message.strip()}")
         return pid
+
+    async def _launch(self, argv: list[str], cwd: str, sync_fd: int, output_fd: int) -> None:
+        """Start conmon: through the spawner when there is one (restarted once if it died),
+        else directly. Returns once it is on its way; the sync pipe tells the outcome."""
+        spawner = self.spawner
+        if spawner is not None:
+            for attempt in (1, 2):
+                try:
+                    if not spawner.pid:
+                        await asyncio.to_thread(spawner.ensure_started)
+                    await _send_when_writable(spawner, argv, dict(os.environ), cwd, sync_fd,
+                                              output_fd)
+                    return
+                except SpawnerUnavailable as e:
+                    if attempt == 2:
+                        log.warning("%s; starting conmon directly", e)
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=output_fd, stderr=output_fd,
+            pass_fds=(sync_fd,), env=dict(os.environ, _OCI_SYNCPIPE=str(sync_fd)), cwd=cwd,
+            start_new_session=True)
+        await proc.wait()          # the first conmon exits once it has written the pid file
+        place = self.shim_cgroup
+        if place is not None:
+            pidfile = argv[argv.index("-P") + 1]
+            with contextlib.suppress(OSError, ValueError):
+                await asyncio.to_thread(lambda: place(int(_read_text(pidfile))))
+
+
+def _reported_pid(cid: str, line: str, shim_output: Path) -> int:
+    """The container pid from conmon's sync-pipe report; RuntimeFailure with its error."""
+    if not line:
+        raise RuntimeFailure(f"conmon for {cid} exited without reporting: {_tail(shim_output)}")
+    try:
+        report = json.loads(line)
+    except ValueError:
+        raise RuntimeFailure(f"conmon for {cid} reported {line!r}") from None
+    pid = int(report.get("data", report.get("pid", -1)))
+    if pid <= 0:
+        message = report.get("message") or _tail(shim_output)
+        raise RuntimeFailure(f"runc create {cid} failed: {message.strip()}")
+    return pid
+
+
+async def _send_when_writable(spawner: ShimSpawner, argv: list[str], env: dict[str, str],
+                              cwd: str, sync_fd: int, output_fd: int) -> None:
+    while True:
+        try:
+            spawner.spawn(argv, env, cwd, sync_fd, output_fd)
+            return
+        except BlockingIOError:     # the helper's queue is full: wait until it drains
+            writable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            fd = spawner.socket_fd
+            if fd < 0:
+                raise SpawnerUnavailable("the shim spawner is not running") from None
+            loop = asyncio.get_running_loop()
+            loop.add_writer(fd, _set_once, writable)
+            try:
+                await writable
+            finally:
+                loop.remove_writer(fd)
+
+
+async def _until_exists(path: Path, interval: float = 0.002) -> None:
+    """Poll for a file another process writes atomically (the caller bounds the wait with a
+    timeout). Only reached in the rare case where the second conmon reported before the
+    first one wrote the pid file."""
+    for _ in range(int(CREATE_TIMEOUT / interval) + 1):
+        if _exists(path):
+            return
+        await asyncio.sleep(interval)
+    raise TimeoutError(f"{path} did not appear")
+
+
+def _exists(path: Path) -> bool:
+    return path.exists()
+
+
+def _read_text(path: str) -> str:
+    with open(path) as f:
+        return f.read()
 
 
 def _set_once(fut: asyncio.Future[None]) -> None:
