@@ -16,8 +16,10 @@ Workload: S services of R replicas (S*R = `--tasks`) created back to back, as th
 Reported: seconds and tasks/s from the first create to all tasks ASSIGNED, and to all RUNNING;
 manager RSS (VmHWM, VmRSS) before and after; nodes wrongly marked down during the run.
 Target: >= 10,000 tasks/s placed. `--profile` adds the top functions of a cProfile of the run.
+The manager's collector thresholds (manager.store.heap.tune_gc, as the daemon applies them) are
+used unless `--default-gc`; `gc_threshold` in the JSON says which.
 Usage: python bench/scale_bench.py [--nodes 1000] [--tasks 100000] [--replicas 1000] [--no-agents]
-                                   [--profile] [--timeout 600]
+                                   [--profile] [--timeout 600] [--default-gc]
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from manager.orchestrator.simulation import make_node
 from manager.rpc.errors import RpcError
 from manager.specs import normalize_service_spec
 from manager.store import Event, Store, WriteTx
+from manager.store.heap import tune_gc
 from manager.swarm.leader_loops import Orchestration
 from model import Service, TaskState, format_time, new_id
 
@@ -316,6 +319,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--profile", action="store_true", help="add a cProfile summary of the timed run")
     ap.add_argument("--profile-top", type=int, default=25)
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per phase")
+    ap.add_argument("--default-gc", action="store_true",
+                    help="keep CPython's default collector thresholds instead of the manager's (tune_gc)")
     args = ap.parse_args(argv)
     for name in ("nodes", "tasks", "replicas"):
         if getattr(args, name) < 1:
@@ -326,12 +331,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     profiler = cProfile.Profile() if args.profile else None
+    gc_threshold = gc.get_threshold() if args.default_gc else tune_gc()  # as the daemon sets it
     result: dict[str, Any] = {
         "bench": "scale",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "manager": "Store(proposer applying on the next loop turn) + leader reconcilers + Dispatcher, "
                    "in one process",
         "target_tasks_per_s": TARGET_TASKS_PER_S,
+        "gc_threshold": list(gc_threshold),
     }
     result.update(asyncio.run(run_bench(args.nodes, args.tasks, args.replicas, not args.no_agents,
                                         args.timeout, profiler)))
