@@ -32,8 +32,20 @@ def is_id(text: str) -> bool:
     return len(text) == ID_LENGTH and all(c in _BASE36 for c in text)
 
 
+_last_formatted: tuple[float, str] = (float("nan"), "")  # callers often format one `now` many times
+
+
 def format_time(seconds: float) -> str:
     """Unix seconds -> RFC3339Nano in UTC (always 9 fractional digits)."""
+    global _last_formatted
+    if _last_formatted[0] == seconds:
+        return _last_formatted[1]
+    text = _format_time(seconds)
+    _last_formatted = (seconds, text)
+    return text
+
+
+def _format_time(seconds: float) -> str:
     whole = int(seconds // 1)
     nanos = round((seconds - whole) * 1e9)
     if nanos >= 1_000_000_000:

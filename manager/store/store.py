@@ -284,10 +284,12 @@ class Store:
             old = table.objects.get(change.obj.id)
             table.put(change.obj)
             events.append(Event(change.op, change.table, change.obj, old, index))
-        listeners = self._listeners
+        by_table: dict[str, list[Event]] = {}
         for event in events:
-            for listener in tuple(listeners[event.table]):
-                listener.offer(event)
+            by_table.setdefault(event.table, []).append(event)
+        for table_name, table_events in by_table.items():
+            for listener in tuple(self._listeners[table_name]):
+                listener.offer_all(table_events)
 
     async def reset(self, snapshot: bytes) -> None:
         """Replace the whole state with `snapshot` through the log, so the reset is durable and

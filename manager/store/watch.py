@@ -61,6 +61,18 @@ class Subscription:
         if self._predicate is None or self._predicate(event):
             self.push(event)
 
+    def offer_all(self, events: list[Event]) -> None:
+        """Queue those of `events` this subscription wants (one entry's events of its tables)."""
+        if self._predicate is not None:
+            events = [event for event in events if self._predicate(event)]
+        if self.closed or not events:
+            return
+        if len(self._queue) + len(events) > self._limit:
+            self.drop(f"watch queue overflowed ({self._limit} events pending); resync from a new snapshot")
+            return
+        self._queue.extend(events)
+        self._wakeup.set()
+
     def push(self, event: Event) -> None:
         if self.closed:
             return
@@ -155,6 +167,11 @@ class Fanout:
             del self._by_key[key]
             if not self._by_key:
                 self._detach(self)
+
+    def offer_all(self, events: list[Event]) -> None:
+        """The store hands over one entry's events of this fan-out's tables."""
+        for event in events:
+            self.offer(event)
 
     def offer(self, event: Event) -> None:
         """The store hands over one event of this fan-out's tables."""

@@ -274,3 +274,12 @@ async def test_fanout_routes_by_key_broadcasts_and_detaches_when_unused() -> Non
     store.restore(store.snapshot())
     with pytest.raises(WatchDropped, match="restored"):
         again.drain()
+
+
+async def test_one_entry_larger_than_a_watch_limit_drops_the_watcher() -> None:
+    store = Store()
+    small, roomy = store.watch(limit=5), store.watch(tables=("services",), limit=6)
+    await store.update(lambda tx: [tx.create(service(f"s{i}")) for i in range(6)])
+    with pytest.raises(WatchDropped, match="overflowed"):
+        small.drain()
+    assert [e.obj.name for e in roomy.drain()] == [f"s{i}" for i in range(6)]
