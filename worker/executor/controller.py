@@ -201,12 +201,8 @@ class ContainerController:
         except ConfigError as e:
             raise ExecutorError(str(e)) from e
         p = self.paths
-        p.dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(p.config, json.dumps(self.config.to_json()))
-        for stale in (p.exit_record, p.started_record, self.layout.exit_file(self.id)):
-            stale.unlink(missing_ok=True)
         try:
-            await asyncio.to_thread(self._prepare_files)
+            await asyncio.to_thread(self._prepare_host)
             await self.conmon.create(self.id, self.config.name, ShimPaths(
                 bundle=p.bundle, log=p.log, container_pidfile=p.container_pidfile,
                 conmon_pidfile=p.conmon_pidfile, exit_dir=self.layout.exit_dir,
@@ -215,6 +211,24 @@ class ContainerController:
             if await self.runc_state() is None:     # nothing was created: undo the host side
                 await asyncio.to_thread(self._remove_files)
             raise ExecutorError(f"preparing container {self.config.name or self.id}: {e}") from e
+
+    def _prepare_host(self) -> None:
+        """Everything on the host before conmon, in one worker-thread hop: the config record
+        first (what cleanup recognises after a crash), then the files of `_prepare_files`."""
+        p = self.paths
+        p.dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            p.dir.mkdir()
+            fresh = True
+        except FileExistsError:
+            fresh = False
+        _write_atomic(p.config, json.dumps(self.config.to_json()))
+        stale = [self.layout.exit_file(self.id)]
+        if not fresh:       # a retried prepare: drop what an earlier run of this id recorded
+            stale += [p.exit_record, p.started_record]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        self._prepare_files()
 
     def _prepare_files(self) -> None:
         c, p = self.config, self.paths

@@ -85,10 +85,13 @@ def mount_overlay(lower_dirs: list[Path], upper: Path, work: Path, target: Path)
     for d in lower_dirs:
         if not d.is_dir():
             raise RootfsError(errno.ENOENT, f"image layer directory {d} does not exist")
-    for d in (upper, work, target):
+    for d in (upper, work):
         d.mkdir(parents=True, exist_ok=True)
-    if is_mounted(target):
-        return
+    try:
+        target.mkdir(parents=True)
+    except FileExistsError:      # only a target that existed can have something mounted on it
+        if is_mounted(target):
+            return
     for d in lower_dirs:
         if ":" in str(d) or "," in str(d):
             raise RootfsError(errno.EINVAL, f"layer path {d} contains ':' or ','")
