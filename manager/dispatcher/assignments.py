@@ -9,7 +9,8 @@ set. The manager list rides on the same stream, so agents always know where to f
 Routing: all sessions share one store fan-out (`assignment_fanout`). A task event goes only to
 the sessions of the node it is on and, when it moved, of the node it left; a node event goes
 only to that node's session, or to every session when it changes the manager list. So a
-write costs O(1) however many nodes hold sessions.
+write costs O(1) however many nodes hold sessions. A task update that only echoes the node's
+own status report (past ASSIGNED, nothing else changed) goes nowhere.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from manager.dispatcher.outbox import Outbox
 from manager.store import BROADCAST, Event, Fanout, ReadTx, Store, WatchDropped
-from model import Node, Task
+from model import Node, Task, TaskState
 
 CHUNK = 200
 
@@ -41,12 +42,27 @@ def _node_tasks(tx: ReadTx, node_id: str) -> list[Task]:
     return tx.find("tasks", node_id=node_id)
 
 
+def status_only_change(old: Task, new: Task) -> bool:
+    """`new` differs from `old` in its observed status (and version) only, and is past ASSIGNED:
+    the node's own status report coming back. The agent tracks that status itself, so the
+    update is not sent (the next complete set carries it anyway)."""
+    return bool(new.status.state > TaskState.ASSIGNED and old.node_id == new.node_id
+                and old.desired_state == new.desired_state and (old.spec is new.spec or old.spec == new.spec)
+                and old.networks_attachments == new.networks_attachments and old.labels == new.labels
+                and old.job_iteration == new.job_iteration and old.service_id == new.service_id
+                and old.slot == new.slot and old.service_name == new.service_name)
+
+
 def route_event(event: Event) -> tuple[str, ...]:
     """The node IDs whose sessions an event concerns (BROADCAST: every session)."""
     if event.table == "tasks":
         now = event.obj.node_id
-        before = event.old.node_id if event.old is not None else now
-        return (now,) if before == now else (now, before)
+        if event.old is None:
+            return (now,)
+        before = event.old.node_id
+        if before == now:
+            return () if event.op == "update" and status_only_change(event.old, event.obj) else (now,)
+        return (now, before)
     if _manager_change(event):
         return (BROADCAST,)
     return (event.obj.id,)

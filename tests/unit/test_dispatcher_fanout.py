@@ -129,3 +129,31 @@ async def test_a_lagging_session_is_dropped_and_resent_the_complete_set() -> Non
         assert complete == {t.id for t in made}
         assert seen < complete  # the increments before the drop were a part of it
         assert dispatcher._assignments.subscribers() == 1  # the resynced stream subscribed again
+
+
+async def test_the_nodes_own_status_coming_back_is_not_sent_but_a_desired_state_change_is() -> None:
+    store = Store()
+    a, _ = await two_nodes(store)
+    task = make_task(a)
+    await store.update(lambda tx: tx.create(task))
+    dispatcher = Dispatcher(store)
+    stream, complete = await open_session(dispatcher, a)
+    async with contextlib.aclosing(stream):  # type: ignore[type-var]
+        assert [t["id"] for t in complete] == [task.id]
+
+        def edit(change: Any) -> Any:
+            def fn(tx: WriteTx) -> None:
+                current = tx.get("tasks", task.id).copy()
+                change(current)
+                tx.update(current)
+            return fn
+
+        queued = dispatcher._assignments._by_key[a]
+        await store.update(edit(lambda t: t.status.advance(TaskState.RUNNING, "t", "started")))  # an echo
+        assert [sub.pending() for sub in queued] == [0]
+        await store.update(edit(lambda t: t.set_desired_state(TaskState.SHUTDOWN)))
+        assert [sub.pending() for sub in queued] == [1]
+        message = await next_message(stream)
+        assert changes_of(message) == [("update", task.id)]
+        sent = message["changes"][0]["task"]
+        assert sent["desired_state"] == int(TaskState.SHUTDOWN) and sent["status"][0] == int(TaskState.RUNNING)
