@@ -63,6 +63,15 @@ def group_by_slot(tasks: Iterable[Task]) -> dict[SlotKey, list[Task]]:
     return slots
 
 
+def ready_slots(tasks: list[Task]) -> list[list[Task]]:
+    """The tasks of each slot holding a task with desired state READY (a delayed restart or a
+    start-first replacement waiting to be started): the only slots READY promotion acts on."""
+    waiting = {slot_key(t) for t in tasks if t.desired_state == TaskState.READY}
+    if not waiting:
+        return []
+    return [slot_tasks for key, slot_tasks in group_by_slot(tasks).items() if key in waiting]
+
+
 def history_limit(tx: ReadTx, default: int = 5) -> int:
     clusters = tx.all("clusters")
     if not clusters:

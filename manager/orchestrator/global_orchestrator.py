@@ -11,7 +11,7 @@ READY promotion run as for replicated services.
 from __future__ import annotations
 
 from manager.orchestrator.clock import Clock
-from manager.orchestrator.common import group_by_slot, new_task, node_is_down, runnable
+from manager.orchestrator.common import new_task, node_is_down, ready_slots, runnable
 from manager.orchestrator.loop import ReconcileLoop
 from manager.orchestrator.restart import RestartSupervisor
 from manager.orchestrator.updater import UpdateSupervisor
@@ -72,6 +72,6 @@ class GlobalOrchestrator(ReconcileLoop):
                 tx.create(new_task(service, now, node_id=node.id))
 
         wake = self.updates.step(tx, service, now)
-        for slot_tasks in group_by_slot(tx.find("tasks", service_id=service_id)).values():
+        for slot_tasks in ready_slots(tx.find("tasks", service_id=service_id)):
             wake = _earliest(wake, self.restarts.promote_ready(tx, slot_tasks, now))
         return wake

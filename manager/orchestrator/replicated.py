@@ -10,7 +10,7 @@ updater moves any rolling update on; READY replacements are started when due.
 from __future__ import annotations
 
 from manager.orchestrator.clock import Clock
-from manager.orchestrator.common import group_by_slot, new_task, node_is_down, runnable
+from manager.orchestrator.common import group_by_slot, new_task, node_is_down, ready_slots, runnable
 from manager.orchestrator.loop import ReconcileLoop
 from manager.orchestrator.restart import RestartSupervisor
 from manager.orchestrator.updater import UpdateSupervisor
@@ -78,6 +78,6 @@ class ReplicatedOrchestrator(ReconcileLoop):
                 created += 1
 
         wake = _earliest(wake, self.updates.step(tx, service, now))
-        for slot_tasks in group_by_slot(tx.find("tasks", service_id=service_id)).values():
+        for slot_tasks in ready_slots(tx.find("tasks", service_id=service_id)):
             wake = _earliest(wake, self.restarts.promote_ready(tx, slot_tasks, now))
         return wake
