@@ -258,7 +258,7 @@ class ContainerController:
             volume_sources=volume_sources,
             nofile_hard=resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
         p.bundle.mkdir(exist_ok=True)
-        _write_atomic(p.bundle / "config.json", json.dumps(spec, indent=1))
+        _write_atomic(p.bundle / "config.json", json.dumps(spec))
 
     async def start(self) -> None:
         st = await self.runc_state()
