@@ -13,9 +13,11 @@ Prints one JSON document.
     cgroup parent), and `runc --root <own> run -d` per container, timed until it returns (the
     container's process is then running).
 Cases: one container at a time (`--iterations` runs; p50/p99), and `--burst` (50) started at once
-(latency of each from the common start; p50/p99 and the time until the last). Every container,
+(latency of each from the common start; p50/p99 and the time until the last), `--burst-rounds`
+(3) times per system, alternated and with the first system swapped every round, latencies
+pooled (one burst is a single draw of the machine's load; the rounds' p50s are listed too). Every container,
 mount and cgroup made is removed before the bench exits. Target: shoal <= 1.5x bare runc.
-Usage: python bench/runtime_bench.py [--iterations 20] [--burst 50] [--profile]
+Usage: python bench/runtime_bench.py [--iterations 20] [--burst 50] [--burst-rounds 3] [--profile]
 """
 
 from __future__ import annotations
@@ -250,7 +252,8 @@ def _remove_cgroup_tree(top: Path) -> None:
 
 # -- main ---------------------------------------------------------------------------------------------
 
-async def run_bench(root: Path, iterations: int, burst: int, profiler: cProfile.Profile | None) -> dict[str, Any]:
+async def run_bench(root: Path, iterations: int, burst: int, burst_rounds: int,
+                    profiler: cProfile.Profile | None) -> dict[str, Any]:
     image = build_busybox_image(root, cmd=COMMAND, healthcheck={}, labels={"org.shoal.bench": "runtime"})
     archive = write_docker_save(image, root / "image.tar", [IMAGE])
     shoal = ShoalWorker(root / "shoal", archive)
@@ -284,12 +287,28 @@ async def run_bench(root: Path, iterations: int, burst: int, profiler: cProfile.
             "shoal_split": {"assigned_to_ready": summary_ms(single["assigned_to_ready"]),
                             "ready_to_running": summary_ms(single["ready_to_running"])},
         }
-        latencies, split = await shoal.run_tasks(burst)
-        floor = await bare.run_containers(burst)
+        burst_shoal: list[float] = []
+        floor: list[float] = []
+        burst_split: dict[str, list[float]] = {"assigned_to_ready": [], "ready_to_running": []}
+        rounds: dict[str, list[float]] = {"shoal": [], "runc": []}
+        for n in range(burst_rounds):   # alternated, and each system goes first every other round
+            for system in (("shoal", "runc") if n % 2 == 0 else ("runc", "shoal")):
+                if system == "shoal":
+                    got, got_split = await shoal.run_tasks(burst)
+                    burst_shoal += got
+                    for k, v in got_split.items():
+                        burst_split[k] += v
+                else:
+                    got = await bare.run_containers(burst)
+                    floor += got
+                rounds[system].append(round(pct(got, 50) * 1e3, 2))
         out[f"burst_{burst}"] = {
-            "shoal": {**summary_ms(latencies), "all_running_ms": round(max(latencies) * 1e3, 2)},
-            "runc": {**summary_ms(floor), "all_running_ms": round(max(floor) * 1e3, 2)},
-            "shoal_split": {k: summary_ms(v) for k, v in split.items()},
+            "rounds": burst_rounds,
+            "shoal": {**summary_ms(burst_shoal), "all_running_ms": round(max(burst_shoal) * 1e3, 2),
+                      "round_p50_ms": rounds["shoal"]},
+            "runc": {**summary_ms(floor), "all_running_ms": round(max(floor) * 1e3, 2),
+                     "round_p50_ms": rounds["runc"]},
+            "shoal_split": {k: summary_ms(v) for k, v in burst_split.items()},
         }
         out["ratio_shoal_over_runc"] = {
             case: {k: round(out[case]["shoal"][k] / out[case]["runc"][k], 2) for k in ("p50_ms", "p99_ms")}
@@ -317,11 +336,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--iterations", type=int, default=20, help="single-container runs per system")
     ap.add_argument("--burst", type=int, default=50, help="containers started at once")
+    ap.add_argument("--burst-rounds", type=int, default=3,
+                    help="burst rounds per system, alternated (latencies pooled)")
     ap.add_argument("--profile", action="store_true", help="cProfile the shoal single-container runs")
     ap.add_argument("--profile-top", type=int, default=25)
     args = ap.parse_args(argv)
-    if args.iterations < 1 or args.burst < 1:
-        ap.error("--iterations and --burst must be >= 1")
+    if args.iterations < 1 or args.burst < 1 or args.burst_rounds < 1:
+        ap.error("--iterations, --burst and --burst-rounds must be >= 1")
     return args
 
 
@@ -334,11 +355,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "bench": "runtime",
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
         "runc": subprocess.run([RUNC, "--version"], capture_output=True, text=True).stdout.splitlines()[0],
-        "iterations": args.iterations, "burst": args.burst, "command": COMMAND,
+        "iterations": args.iterations, "burst": args.burst, "burst_rounds": args.burst_rounds,
+        "command": COMMAND,
         "target": f"shoal p50 and p99 <= {TARGET_RATIO}x bare runc",
     }
     with tempfile.TemporaryDirectory(prefix="runtime-bench-") as tmp:
-        result.update(asyncio.run(run_bench(Path(tmp), args.iterations, args.burst, profiler)))
+        result.update(asyncio.run(run_bench(Path(tmp), args.iterations, args.burst, args.burst_rounds,
+                                            profiler)))
     if profiler is not None:
         result["profile_shoal_single"] = profile_summary(profiler, args.profile_top)
     return result
