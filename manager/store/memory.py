@@ -28,16 +28,22 @@ class Table:
 
     def put(self, obj: StoreObject) -> None:
         old = self.objects.get(obj.id)
+        if isinstance(obj, Task):  # tasks have no name; most updates keep service and node
+            self.objects[obj.id] = obj
+            if isinstance(old, Task) and old.service_id == obj.service_id and old.node_id == obj.node_id:
+                return
+            if old is not None:
+                self._unindex(old)
+            if obj.service_id:
+                self.by_service.setdefault(obj.service_id, set()).add(obj.id)
+            if obj.node_id:
+                self.by_node.setdefault(obj.node_id, set()).add(obj.id)
+            return
         if old is not None:
             self._unindex(old)
         self.objects[obj.id] = obj
         if obj.name:
             self.by_name.setdefault(obj.name.lower(), set()).add(obj.id)
-        if isinstance(obj, Task):
-            if obj.service_id:
-                self.by_service.setdefault(obj.service_id, set()).add(obj.id)
-            if obj.node_id:
-                self.by_node.setdefault(obj.node_id, set()).add(obj.id)
 
     def remove(self, obj_id: str) -> StoreObject | None:
         old = self.objects.pop(obj_id, None)
@@ -46,7 +52,8 @@ class Table:
         return old
 
     def _unindex(self, obj: StoreObject) -> None:
-        _discard(self.by_name, obj.name.lower(), obj.id)
+        if obj.name:
+            _discard(self.by_name, obj.name.lower(), obj.id)
         if isinstance(obj, Task):
             if obj.service_id:
                 _discard(self.by_service, obj.service_id, obj.id)

@@ -273,9 +273,10 @@ class Store:
 
     def _commit(self, changes: list[Change]) -> None:
         index = self._memory.index
+        tables = self._memory.tables
         events: list[Event] = []
         for change in changes:
-            table = self._memory.table(change.table)
+            table = tables[change.table]
             if change.op == DELETE:
                 old = table.remove(change.obj.id)
                 events.append(Event(DELETE, change.table, old, None, index))
