@@ -6,6 +6,7 @@ import ipaddress
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from cli.lab import Lab
@@ -31,13 +32,18 @@ def _stat(pid: int) -> str:
         return ""
 
 
-def _leftovers(lab: Lab, pids: list[int]) -> list[str]:
+def _executor_ids(lab: Lab) -> list[str]:
+    """The executor IDs of the lab's hosts: their containers' cgroups are /shoal/<id>/..."""
+    return [p.read_text().strip() for p in lab.data_root.glob("*/executor-id")]
+
+
+def _leftovers(lab: Lab, pids: list[int], executors: Sequence[str] = ()) -> list[str]:
     found = [f"namespace {ns}" for ns in labnet.list_namespaces() if ns.startswith(lab.name + "-")]
     found += [f"process {pid} ({_stat(pid)})" for pid in pids if _stat(pid) not in ("", "Z")]
     found += [f"dir {p}" for p in (lab.run_dir, lab.data_root) if p.exists()]
     mounts = Path("/proc/self/mountinfo").read_text()
     found += [f"mount under {p}" for p in (lab.run_dir, lab.data_root) if str(p) in mounts]
-    found += [f"cgroup {d}" for d in Path("/sys/fs/cgroup/pids").glob("shoal/*")]
+    found += [f"cgroup {d}" for d in (Path("/sys/fs/cgroup/pids/shoal") / e for e in executors) if d.exists()]
     return found
 
 
@@ -103,14 +109,16 @@ def test_down_leaves_nothing_even_after_kill_9(make_lab) -> None:
     containers = _container_pids()
     assert containers, "the demo's containers run in the executors' cgroups"
     pids = [n.pid for n in lab.nodes.values()] + containers
+    executors = _executor_ids(lab)
+    assert executors
     lab.kill("worker-1")
     # A crash of the tool itself: the state file is lost too.
     (lab.run_dir / "state.json").unlink()
     fresh = Lab(lab.name)
     fresh.down()
-    assert _leftovers(lab, pids) == []
+    assert _leftovers(lab, pids, executors) == []
     fresh.down()  # idempotent
-    assert _leftovers(lab, pids) == []
+    assert _leftovers(lab, pids, executors) == []
 
 
 def test_lab_cli_up_ls_exec_down(tmp_path: Path) -> None:
