@@ -208,6 +208,7 @@ async def serve(config: DaemonConfig, stop: asyncio.Event) -> None:
         except TimeoutError:
             log.warning("API did not stop within the shutdown bound")
         await supervisor.stop(grace=config.shutdown_timeout)
+    host.executor.close()  # the shim spawner; containers and their shims keep running (live restore)
     log.info("daemon stopped")
 
 
