@@ -75,6 +75,14 @@ class Scheduler:
                 self.nodes[obj.id] = NodeInfo(obj)
         elif event.table == "tasks":
             old = event.old
+            if old is not None and event.op == "update" and old.node_id == obj.node_id \
+                    and old.desired_state == obj.desired_state and holds_resources(old) and holds_resources(obj):
+                # A worker's progress on a placed task: the node's counts stay as they are.
+                info = self.nodes.get(obj.node_id)
+                if info is not None and obj.id in info.tasks:
+                    info.tasks[obj.id] = obj
+                    self.unassigned.pop(obj.id, None)
+                    return
             if event.op == "delete" or not holds_resources(obj) or (old is not None and old.node_id != obj.node_id):
                 for node_id in {getattr(old, "node_id", ""), obj.node_id}:
                     info = self.nodes.get(node_id)
