@@ -130,6 +130,11 @@ class ReadTx:
              id_prefix: str | None = None, service_id: str | None = None, node_id: str | None = None,
              slot: int | None = None, where: Predicate | None = None) -> list[Any]:
         """Objects matching every given criterion (name: exact, case-insensitive)."""
+        if name is None and name_prefix is None and id_prefix is None and slot is None and where is None:
+            if service_id is None and node_id is None:
+                return list(self._memory.table(table).objects.values())
+            if table == "tasks" and ((service_id and node_id is None) or (node_id and service_id is None)):
+                return list(self._candidates(table, None, service_id, node_id))  # the index answers exactly
         return [o for o in self._candidates(table, name, service_id, node_id)
                 if matches(o, name=name, name_prefix=name_prefix, id_prefix=id_prefix,
                            service_id=service_id, node_id=node_id, slot=slot, where=where)]
