@@ -75,11 +75,12 @@ class Scheduler:
                 self.nodes[obj.id] = NodeInfo(obj)
         elif event.table == "tasks":
             old = event.old
-            if old is not None and event.op == "update" and old.node_id == obj.node_id \
-                    and old.desired_state == obj.desired_state and holds_resources(old) and holds_resources(obj):
-                # A worker's progress on a placed task: the node's counts stay as they are.
+            if old is not None and event.op == "update" and holds_resources(obj) \
+                    and (old.node_id == "" or (old.node_id == obj.node_id and holds_resources(old))):
+                # This scheduler's own placement coming back, or a worker's progress on a placed
+                # task: the node already counts it as it is.
                 info = self.nodes.get(obj.node_id)
-                if info is not None and obj.id in info.tasks:
+                if info is not None and getattr(info.tasks.get(obj.id), "desired_state", None) == obj.desired_state:
                     info.tasks[obj.id] = obj
                     self.unassigned.pop(obj.id, None)
                     return
