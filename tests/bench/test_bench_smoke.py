@@ -57,7 +57,7 @@ def test_scale_bench_rejects_bad_sizes() -> None:
 
 def test_runtime_bench_json() -> None:
     needs_root_runc()
-    doc = run_bench("runtime_bench.py", "--iterations", "1", "--burst", "2")
+    doc = run_bench("runtime_bench.py", "--iterations", "1", "--burst", "2", "--burst-rounds", "2")
     assert doc["bench"] == "runtime" and "error" not in doc, doc.get("error")
     for case in ("one_container", "burst_2"):
         for system in ("shoal", "runc"):
@@ -65,7 +65,8 @@ def test_runtime_bench_json() -> None:
             assert is_seconds(stats["p50_ms"]) and stats["p99_ms"] >= stats["p50_ms"], (case, system)
         assert set(doc[case]["shoal_split"]) == {"assigned_to_ready", "ready_to_running"}
         assert set(doc["ratio_shoal_over_runc"][case]) == {"p50_ms", "p99_ms"}
-    assert doc["burst_2"]["shoal"]["n"] == 2 and doc["burst_2"]["runc"]["all_running_ms"] > 0
+    burst = doc["burst_2"]
+    assert burst["rounds"] == 2 and burst["shoal"]["n"] == 2 * 2 and burst["runc"]["all_running_ms"] > 0
     assert isinstance(doc["meets_target"], bool)
 
 
