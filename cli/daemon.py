@@ -236,4 +236,8 @@ async def run_daemon(config: DaemonConfig) -> None:
 def main(config: DaemonConfig) -> None:
     import uvloop
 
+    from manager.store.heap import tune_gc
+
+    tune_gc()  # a manager holds a large, long-lived heap: collect young objects less often
+
     uvloop.run(run_daemon(config))
