@@ -73,8 +73,9 @@ class RpcClient:
         self._closed = True
         if self._reader_task is not None:
             self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader_task
+            # gather: the reader's own cancellation is a result, while a cancellation of *this*
+            # task still propagates (suppressing CancelledError here would swallow it).
+            await asyncio.gather(self._reader_task, return_exceptions=True)
             self._reader_task = None
         if self._writer is not None:
             self._writer.close()

@@ -16,7 +16,6 @@ Role changes are driven from the cluster state the agent's session reports about
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -111,8 +110,7 @@ class SwarmNode:
         for task in reversed(self._components):
             task.cancel()
         for task in reversed(self._components):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await asyncio.gather(task, return_exceptions=True)  # never swallows our own cancellation
         self._components.clear()
         self.runtime, self.agent, self._server = None, None, None
 

@@ -145,14 +145,12 @@ class ManagerRuntime:
                             await self._leadership_changed()
                     finally:
                         term.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, Exception):
-                            await term
+                        await asyncio.gather(term, return_exceptions=True)
                 else:
                     await self._leadership_changed()
         finally:
             address_book.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await address_book
+            await asyncio.gather(address_book, return_exceptions=True)
             self.dispatcher = None
             self.logbroker = None
             await self.peers.close()
