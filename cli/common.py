@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import click
 from rich.console import Console
 
-from cli.client import ClientError, DaemonClient
+from cli.client import ApiResponseError, ClientError, DaemonClient
 
 T = TypeVar("T")
 
@@ -49,3 +49,22 @@ def with_client(ctx: click.Context, fn: Callable[[DaemonClient], Awaitable[T]]) 
             return await fn(client)
 
     return run(go())
+
+
+def remove_each(ctx: click.Context, collection: str, refs: tuple[str, ...]) -> None:
+    """`DELETE <collection>/<ref>` for each ref, as docker's `rm` commands do: print each removed
+    ref, print each failure as one line, go on, and exit 1 if any failed."""
+
+    async def go(client: DaemonClient) -> bool:
+        ok = True
+        for ref in refs:
+            try:
+                await client.delete(f"{collection}/{ref}")
+                console.print(ref, markup=False)
+            except ApiResponseError as e:
+                err_console.print(str(e), markup=False)
+                ok = False
+        return ok
+
+    if not with_client(ctx, go):
+        raise SystemExit(1)

@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from cli.client import ApiResponseError, DaemonClient
-from cli.common import console, err_console, fail, with_client
+from cli.client import DaemonClient
+from cli.common import console, fail, remove_each, with_client
 from cli.service_flags import FlagError, parse_key_values
 from cli.task_format import columns
 
@@ -97,19 +97,7 @@ def blob_group(kind: str) -> click.Group:
     @click.argument("refs", nargs=-1, required=True)
     @click.pass_context
     def rm(ctx: click.Context, refs: tuple[str, ...]) -> None:
-        async def go(client: DaemonClient) -> bool:
-            ok = True
-            for ref in refs:
-                try:
-                    await client.delete(f"{table}/{ref}")
-                    console.print(ref, markup=False)
-                except ApiResponseError as e:
-                    err_console.print(str(e), markup=False)
-                    ok = False
-            return ok
-
-        if not with_client(ctx, go):
-            raise SystemExit(1)
+        remove_each(ctx, table, refs)
 
     return group
 

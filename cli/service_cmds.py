@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from cli.client import ApiResponseError, DaemonClient
-from cli.common import console, err_console, fail, with_client
+from cli.common import console, err_console, fail, remove_each, with_client
 from cli.service_flags import (
     FlagError,
     apply_scalar_flags,
@@ -485,17 +485,4 @@ def rollback_cmd(ctx: click.Context, ref: str, detach: bool, quiet: bool, timeou
 @click.pass_context
 def rm(ctx: click.Context, services: tuple[str, ...]) -> None:
     """Remove one or more services."""
-
-    async def go(client: DaemonClient) -> bool:
-        ok = True
-        for ref in services:
-            try:
-                await client.delete(f"/services/{ref}")
-                console.print(ref, markup=False)
-            except ApiResponseError as e:
-                err_console.print(str(e), markup=False)
-                ok = False
-        return ok
-
-    if not with_client(ctx, go):
-        raise SystemExit(1)
+    remove_each(ctx, "/services", services)

@@ -183,12 +183,14 @@ async def test_a_slow_reader_holds_publishers_back_and_closing_releases_them(env
     for _ in range(sub.channel._limit):
         assert await broker.publish("n1", params) == {"cancelled": False}
     blocked = asyncio.create_task(broker.publish("n1", params))
-    await asyncio.sleep(0.05)
+    for _ in range(20):  # let the publisher run until it blocks on the full channel
+        await asyncio.sleep(0)
     assert not blocked.done()
     await sub.get()                       # room for one more
     assert await asyncio.wait_for(blocked, 5) == {"cancelled": False}
     blocked = asyncio.create_task(broker.publish("n1", params))
-    await asyncio.sleep(0.05)
+    for _ in range(20):  # let the publisher run until it blocks on the full channel
+        await asyncio.sleep(0)
     sub.close()
     assert await asyncio.wait_for(blocked, 5) == {"cancelled": True}
 
