@@ -234,7 +234,13 @@ async def run_daemon(config: DaemonConfig) -> None:
 
 
 def main(config: DaemonConfig) -> None:
+    import faulthandler
+
     import uvloop
+
+    # SIGUSR1 writes every thread's stack to stderr (the daemon's log), even when the event loop
+    # is blocked: the first thing to look at when a daemon stops answering.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     from manager.store.heap import tune_gc
 

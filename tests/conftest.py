@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
-from collections.abc import Callable, Iterator
+import shutil
+import signal
+import time
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -33,8 +38,43 @@ def needs_root() -> None:
 _lab_counter = itertools.count(1)
 
 
+# Where a failed lab test's daemon logs are kept (the lab's own run dir goes at teardown).
+FAILED_LAB_LOGS = Path(os.environ.get("SHOAL_FAILED_LAB_LOGS", "/tmp/shoal-failed-labs"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None],
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if report.when == "call" and report.failed:
+        item.stash[_failed_key] = True
+    return report
+
+
+_failed_key = pytest.StashKey[bool]()
+
+
+def _keep_logs(lab: Lab, test_name: str) -> None:
+    dumping = {}
+    for node in lab.nodes.values():  # live daemons dump their stacks into their logs first
+        if node.pid and Path(f"/proc/{node.pid}").exists():
+            with contextlib.suppress(OSError):
+                size = Path(node.log).stat().st_size
+                os.kill(node.pid, signal.SIGUSR1)
+                dumping[node.log] = size
+    deadline = time.monotonic() + 2
+    while dumping and time.monotonic() < deadline:  # until every log has grown by its dump
+        dumping = {log: size for log, size in dumping.items() if Path(log).stat().st_size == size}
+        time.sleep(0.05)
+    target = FAILED_LAB_LOGS / f"{test_name}-{lab.name}"
+    target.mkdir(parents=True, exist_ok=True)
+    for log in lab.run_dir.glob("*.log"):
+        shutil.copy2(log, target / log.name)
+
+
 @pytest.fixture
-def make_lab() -> Iterator[Callable[..., Lab]]:
+def make_lab(request: pytest.FixtureRequest) -> Iterator[Callable[..., Lab]]:
     """A factory for labs that are always torn down, named uniquely for this test process.
 
     The returned Lab has the helpers tests use: kill(node) (SIGKILL), restart(node),
@@ -51,5 +91,8 @@ def make_lab() -> Iterator[Callable[..., Lab]]:
         return lab
 
     yield make
+    failed = request.node.stash.get(_failed_key, False)
     for lab in labs:
+        if failed:
+            _keep_logs(lab, request.node.name)
         lab.down()
