@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 from cli.lab import Lab
 from tests.swarm.helpers import api, api_error, eventually, node_update, nodes_by_host
 
 
-# Slow-marked for now: run after other lab tests in the same process, the survivor's first API
-# call after its peers die has twice gone unanswered for 30 s (see the issue notes); standalone
-# it answers 503 in under a second. Run it with `deploy/test.sh --slow`.
-@pytest.mark.slow
 def test_force_new_cluster_keeps_state_and_restores_writes(make_lab) -> None:
     lab: Lab = make_lab(managers=3, workers=1, swarm=True)
     eventually(lambda: len([n for n in nodes_by_host(lab, "manager-1").values() if n["Status"]["State"] == "ready"])
