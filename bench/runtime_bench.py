@@ -33,7 +33,6 @@ import platform
 import pstats
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,12 +44,12 @@ from typing import Any, BinaryIO
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import Task, TaskState, TaskStatus, new_id
 from worker.agent.task_runner import TaskRunner
-from worker.executor import Executor
+from worker.executor import Executor, rootfs
 from worker.executor import bundle as oci_bundle
-from worker.executor.rootfs import mounts_under, unmount
 from worker.executor.spec import ResolvedUser
 from worker.executor.task_executor import RuncTaskExecutor
 from worker.executor.taskspec import config_from_task
+from worker.executor.teardown import destroy_executor
 from worker.images.busybox_image import build_busybox_image, write_docker_save
 from worker.images.store import ImageStore
 
@@ -140,24 +139,7 @@ class ShoalWorker:
         if self.executor is None:
             return
         self.executor.close()
-        for state in await self.executor.runc.list_containers():
-            with contextlib.suppress(Exception):
-                await self.executor.runc.delete(state["id"], force=True)
-        await asyncio.to_thread(self._kill_shims_unmount_uncgroup)
-
-    def _kill_shims_unmount_uncgroup(self) -> None:
-        assert self.executor is not None
-        layout = self.executor.layout
-        for ctr in layout.containers_dir.iterdir() if layout.containers_dir.is_dir() else []:
-            with contextlib.suppress(OSError, ValueError):
-                pid = int((ctr / "conmon.pid").read_text().strip())
-                if ctr.name.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    os.kill(pid, signal.SIGKILL)
-        for point in sorted(mounts_under(self.data_dir), key=len, reverse=True):
-            with contextlib.suppress(OSError):
-                unmount(Path(point))
-        for parent in layout.cgroup_dirs():
-            _remove_cgroup_tree(parent)
+        await asyncio.to_thread(destroy_executor, self.data_dir)
 
 
 # -- the floor: bare runc ---------------------------------------------------------------------------
@@ -173,6 +155,10 @@ class BareRunc:
         self.ids: list[str] = []
 
     def prepare(self) -> None:
+        # All of it on a tmpfs, as runc's default --root (/run/runc) is on a normal host, and as
+        # shoal's executor keeps runc state, bundles and records: the floor gets the same help.
+        self.root.mkdir(parents=True)
+        rootfs.mount("tmpfs", self.root, "tmpfs", 0, "mode=0700,size=512m")
         self.rootfs.mkdir(parents=True)
         for layer in reversed(self.layers):    # lowest first, upper layers overwrite
             subprocess.run(["cp", "-a", "--remove-destination", f"{layer}/.", str(self.rootfs)],
@@ -230,6 +216,7 @@ class BareRunc:
             self.ids = [p.name for p in self.state_root.iterdir() if p.is_dir()]
             await self.remove_all()
         await asyncio.to_thread(self._remove_cgroups)
+        rootfs.unmount_below(self.root)
 
     def _remove_cgroups(self) -> None:
         for top in Path("/sys/fs/cgroup").iterdir():

@@ -291,11 +291,14 @@ class Lab:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
                 _wait_gone(pid, 5)
+        from worker.executor.rootfs import unmount_below
+        from worker.executor.teardown import destroy_executor
+
         if self.data_root.is_dir():
             for data_dir in self.data_root.iterdir():
-                _reap_containers(data_dir)
-        _unmount_below(self.data_root)
-        _unmount_below(self.run_dir)
+                destroy_executor(data_dir)
+        unmount_below(self.data_root)
+        unmount_below(self.run_dir)
         for ns in namespaces:
             net.delete_namespace(ns)
         shutil.rmtree(self.data_root, ignore_errors=True)
@@ -311,49 +314,6 @@ def _terminate(pid: int, timeout: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         _wait_gone(pid, 5)
-
-
-def _reap_containers(data_dir: Path) -> None:
-    """Kill every process in the cgroups of the executor that owns `data_dir` (its containers and
-    their shims, which live in their own network namespaces), then remove those cgroups."""
-    if not (data_dir / "executor-id").exists():
-        return
-    from worker.executor.layout import Layout
-
-    parents = Layout(data_dir).cgroup_dirs()
-    for _ in range(50):
-        pids = {int(p) for parent in parents if parent.is_dir()
-                for procs in parent.rglob("cgroup.procs") for p in procs.read_text().split()}
-        if not pids:
-            break
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
-    for parent in parents:
-        if parent.is_dir():
-            for d in sorted((p for p in parent.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-                with contextlib.suppress(OSError):
-                    d.rmdir()
-            with contextlib.suppress(OSError):
-                parent.rmdir()
-                parent.parent.rmdir()  # the shared /shoal parent, once no executor uses it
-
-
-def _unmount_below(root: Path) -> None:
-    """Lazily unmount every mount point at or below `root`, deepest first."""
-    root_s = str(root)
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return
-    points = []
-    for line in lines:
-        point = line.split()[4].encode().decode("unicode_escape")
-        if point == root_s or point.startswith(root_s + "/"):
-            points.append(point)
-    for point in sorted(set(points), key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True)
 
 
 def _ping(socket_path: str) -> bool:

@@ -1,23 +1,20 @@
 """Fixtures for executor tests with real runc containers: a busybox image layer built from
 busybox-static, and an Executor on a fresh data dir whose containers, shims, mounts and cgroups
-are force-removed after each test, by their own ids and pids, even when the test failed."""
+are force-removed after each test (`destroy_executor`: through its own cgroups), even when the
+test failed."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from worker.executor import ContainerConfig, Executor
-from worker.executor.layout import SHIM_CGROUP, Layout
-from worker.executor.rootfs import mounts_under, unmount
+from worker.executor.teardown import destroy_executor
 
 BUSYBOX = shutil.which("busybox") or "/usr/bin/busybox"
 
@@ -52,46 +49,6 @@ def busybox_layer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_busybox_layer(tmp_path_factory.mktemp("layers") / "busybox")
 
 
-def force_clean(data_dir: Path) -> None:
-    """Remove every trace of containers under data_dir, by id and pid, ignoring errors."""
-    layout = Layout(data_dir)
-    runc_root = layout.runc_root
-    if runc_root.is_dir():
-        for state in runc_root.iterdir():
-            subprocess.run(["runc", "--root", str(runc_root), "delete", "--force", state.name],
-                           capture_output=True, check=False)
-    for ctr in layout.containers_dir.iterdir() if layout.containers_dir.is_dir() else []:
-        pidfile = ctr / "conmon.pid"
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(pidfile.read_text().strip())
-            if ctr.name.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                os.kill(pid, signal.SIGKILL)
-    leftover = {int(pid) for parent in layout.cgroup_dirs()   # a spawner nobody closed
-                for pid in read_if_exists(parent / SHIM_CGROUP / "cgroup.procs").split()}
-    for pid in leftover:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while leftover and time.monotonic() < deadline:   # poll, with a deadline, until they are gone
-        for pid in list(leftover):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            if not Path(f"/proc/{pid}").exists():
-                leftover.discard(pid)
-        time.sleep(0.01)
-    for mount_point in sorted(mounts_under(data_dir), reverse=True):
-        with contextlib.suppress(OSError):
-            unmount(Path(mount_point))
-    for parent in layout.cgroup_dirs():
-        if parent.is_dir():
-            for child in parent.iterdir():
-                if child.is_dir():
-                    with contextlib.suppress(OSError):
-                        child.rmdir()
-            with contextlib.suppress(OSError):
-                parent.rmdir()
-
-
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Iterator[Path]:
     d = tmp_path / "data"
@@ -99,7 +56,7 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
     try:
         yield d
     finally:
-        force_clean(d)
+        destroy_executor(d)
 
 
 @pytest.fixture

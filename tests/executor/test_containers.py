@@ -200,8 +200,8 @@ async def test_bad_user_and_missing_bind_source_give_clear_errors(executor: Exec
     ctl = executor.controller(make_config(busybox_layer, ["true"], user="ghost"))
     with pytest.raises(ExecutorError, match="unable to find user ghost"):
         await ctl.prepare()
-    assert mounts_under(executor.layout.data_dir) == []      # a failed prepare is undone
-    assert not ctl.paths.dir.exists()
+    assert mounts_under(executor.layout.states_dir) == []      # a failed prepare is undone
+    assert not ctl.paths.exists()
     await ctl.remove()
     ctl = executor.controller(make_config(busybox_layer, ["true"], mounts=[
         MountSpec(type="bind", source="/nonexistent/shoal-src", target="/x")]))

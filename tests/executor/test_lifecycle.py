@@ -171,9 +171,9 @@ async def test_remove_leaves_nothing_behind(executor: Executor, busybox_layer: P
     await ctl.remove()
     assert not pid_alive(state.pid) and not pid_alive(conmon_pid)
     assert await executor.runc.state(ctl.id) is None
-    assert mounts_under(executor.layout.data_dir) == []
+    assert mounts_under(executor.layout.states_dir) == []
     assert not any(d.exists() for d in cgroups)
-    assert not ctl.paths.dir.exists()
+    assert not ctl.paths.exists()
     assert not executor.layout.exit_file(ctl.id).exists()
     await ctl.remove()          # idempotent
     await ctl.shutdown()
@@ -184,18 +184,19 @@ async def test_restart_reaps_half_made_containers(data_dir: Path, busybox_layer:
     executor = Executor(data_dir)
     ctl = executor.controller(make_config(busybox_layer, ["true"]))
     # a crash in the middle of prepare: files and the overlay mount, but no runc container
+    ctl.paths.state.mkdir(parents=True)
     ctl.paths.dir.mkdir(parents=True)
     ctl.paths.config.write_text(json.dumps(ctl.config.to_json()))
     await asyncio.to_thread(ctl._prepare_files)
     stale_cgroup = executor.layout.cgroup_dirs("ghost")[0]
     stale_cgroup.mkdir(parents=True)
-    assert mounts_under(data_dir)
+    assert mounts_under(executor.layout.states_dir)
     restarted = Executor(data_dir)
     try:
         report = await restarted.start_up()
         assert ctl.id in report.dirs_removed
-        assert mounts_under(data_dir) == []
-        assert not ctl.paths.dir.exists()
+        assert mounts_under(executor.layout.states_dir) == []
+        assert not ctl.paths.exists()
         assert not stale_cgroup.exists()
         assert await restarted.list_existing() == []
     finally:
@@ -239,8 +240,8 @@ async def test_live_restore_after_owner_is_killed(data_dir: Path, busybox_layer:
         for ctl in adopted.values():
             await ctl.remove()
         executor.close()
-    assert mounts_under(data_dir) == []
-    assert os.listdir(executor.layout.containers_dir) == []
+    assert mounts_under(executor.layout.states_dir) == []
+    assert os.listdir(executor.layout.containers_dir) == os.listdir(executor.layout.states_dir) == []
 
 
 async def test_start_before_prepare_is_an_error(executor: Executor, busybox_layer: Path) -> None:

@@ -112,8 +112,8 @@ async def test_a_shim_that_cannot_start_gives_a_clear_error(data_dir: Path, busy
         ctl = executor.controller(make_config(busybox_layer, ["true"]))
         with pytest.raises(ExecutorError, match="cannot start the shim"):
             await ctl.prepare()
-        assert mounts_under(data_dir) == []
-        assert not ctl.paths.dir.exists()
+        assert mounts_under(executor.layout.states_dir) == []
+        assert not ctl.paths.exists()
     finally:
         executor.close()
 

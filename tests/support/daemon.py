@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.wait import wait_until
+from worker.executor.teardown import destroy_executor
 
 
 @dataclass
@@ -64,10 +65,12 @@ def start_daemon(root: Path, *extra: str, name: str = "d") -> DaemonProcess:
 
 
 def stop_daemon(daemon: DaemonProcess) -> None:
+    """SIGKILL the daemon, then whatever its executor owns (containers, shims, mounts, cgroups)."""
     if daemon.proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(daemon.proc.pid, signal.SIGKILL)
         daemon.proc.wait(10)
+    destroy_executor(daemon.data_dir)
 
 
 @contextlib.contextmanager

@@ -2,10 +2,10 @@
 
 Theory of operation: a container is alive exactly when runc (under this executor's `--root`)
 knows it; those are adopted, never touched. Everything else the executor owns is derived
-from a container id and is removed when that id is not alive: a container directory without
-runc state (a prepare or a remove cut short), its overlay mount, its cgroup directories under
-this executor's cgroup parent, its exit file and attach sockets, its volume refs. runc state
-whose container directory is gone (a remove cut short after the directory went) is deleted
+from a container id and is removed when that id is not alive: a container directory (on disk
+or on the run tmpfs) without runc state (a prepare or a remove cut short), its overlay mount,
+its cgroup directories under this executor's cgroup parent, its exit file and attach sockets,
+its volume refs. runc state whose container directory is gone (a remove cut short after the directory went) is deleted
 with `runc delete --force`.
 """
 
@@ -41,7 +41,8 @@ async def reap_stale(layout: Layout, runc: Runc, volumes: VolumeStore) -> tuple[
     """Remove leftovers of dead containers; the ids of the live (adoptable) ones."""
     report = CleanupReport()
     known = {c["id"] for c in await runc.list_containers()}
-    dirs = {d.name for d in layout.containers_dir.iterdir() if d.is_dir()}
+    dirs = {d.name for parent in (layout.containers_dir, layout.states_dir) if parent.is_dir()
+            for d in parent.iterdir() if d.is_dir()}
     for cid in sorted(known - dirs):
         await runc.delete(cid, force=True)
         report.runc_deleted.append(cid)
@@ -54,13 +55,15 @@ async def reap_stale(layout: Layout, runc: Runc, volumes: VolumeStore) -> tuple[
 
 def _reap_files(layout: Layout, volumes: VolumeStore, live: set[str], dead_dirs: set[str],
                 report: CleanupReport) -> None:
-    for mount_point in sorted(rootfs.mounts_under(layout.containers_dir), reverse=True):
-        cid = Path(mount_point).relative_to(layout.containers_dir).parts[0]
+    for mount_point in sorted(rootfs.mounts_under(layout.states_dir), reverse=True):
+        cid = Path(mount_point).relative_to(layout.states_dir).parts[0]
         if cid not in live:
             rootfs.unmount(Path(mount_point))
             report.unmounted.append(mount_point)
     for cid in sorted(dead_dirs):
-        shutil.rmtree(layout.container(cid).dir, ignore_errors=True)
+        paths = layout.container(cid)
+        shutil.rmtree(paths.state, ignore_errors=True)
+        shutil.rmtree(paths.dir, ignore_errors=True)
         report.dirs_removed.append(cid)
     for exit_file in layout.exit_dir.iterdir():
         if exit_file.name not in live:

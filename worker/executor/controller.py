@@ -166,7 +166,7 @@ class ContainerController:
         else:
             status = ExitStatus(-1, self.layout.oom_kill_count(self.id) > 0, _now(),
                                 error or "container exited without a recorded exit code")
-        if self.paths.dir.is_dir():
+        if self.paths.state.is_dir():
             _write_atomic(self.paths.exit_record, json.dumps(asdict(status)))
         return status
 
@@ -216,12 +216,12 @@ class ContainerController:
         """Everything on the host before conmon, in one worker-thread hop: the config record
         first (what cleanup recognises after a crash), then the files of `_prepare_files`."""
         p = self.paths
-        p.dir.parent.mkdir(parents=True, exist_ok=True)
         try:
-            p.dir.mkdir()
+            p.state.mkdir()
             fresh = True
         except FileExistsError:
             fresh = False
+        p.dir.mkdir(exist_ok=True)
         _write_atomic(p.config, json.dumps(self.config.to_json()))
         stale = [self.layout.exit_file(self.id)]
         if not fresh:       # a retried prepare: drop what an earlier run of this id recorded
@@ -364,6 +364,7 @@ class ContainerController:
                     pass
         self.layout.exit_file(self.id).unlink(missing_ok=True)
         shutil.rmtree(self.layout.socket_dir / self.id, ignore_errors=True)
+        shutil.rmtree(self.paths.state, ignore_errors=True)
         shutil.rmtree(self.paths.dir, ignore_errors=True)
 
 

@@ -30,6 +30,7 @@ class Executor:
     def __init__(self, data_dir: Path, *, cgroup_parent: str | None = None,
                  runc_binary: str | None = None, conmon_binary: str | None = None) -> None:
         self.layout = Layout(data_dir, cgroup_parent)
+        self.layout.mount_run_dir()
         self.runc = Runc(self.layout.runc_root, runc_binary)
         self.conmon = Conmon(self.runc, conmon_binary, shim_cgroup=self.layout.move_to_shim_cgroup,
                              spawner_log=self.layout.data_dir / "shim-spawner.log")

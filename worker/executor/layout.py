@@ -5,41 +5,61 @@ live restore agree on them. The cgroup parent includes an executor id that is ge
 per data dir and persisted, so several daemons on one machine never share cgroups and a
 restarted daemon finds its own again.
 
+What lives only as long as the containers do (runc's state, bundles, pid and exit files, the
+overlay mount points) goes into `run/`, a tmpfs the executor mounts (`mount_run_dir`): it
+outlives a daemon restart (live restore) but not a reboot (when no container survives either),
+and creating a container's dozen small files there costs a fraction of what it costs on a
+journalled disk file system. What must survive is on disk: each container's writable layer and
+its log.
+
     <data-dir>/executor-id              random id, stable for this data dir
-    <data-dir>/runc/                    runc --root (container state)
-    <data-dir>/exits/<cid>              exit codes written by conmon
-    <data-dir>/sockets/                 conmon attach sockets (kept apart from exits/)
     <data-dir>/volumes/<name>/_data     local volumes
-    <data-dir>/containers/<cid>/        config.json of shoal, bundle/, rootfs/ (overlay mount),
-                                        upper/, work/, etc/, container.log, pid files, exit.json
+    <data-dir>/containers/<cid>/        on disk: upper/, work/ (the writable layer), container.log
+    <data-dir>/run/                     tmpfs:
+        runc/                           runc --root (container state)
+        exits/<cid>                     exit codes written by conmon
+        sockets/                        conmon attach sockets (kept apart from exits/)
+        containers/<cid>/               shoal.json (the config record), bundle/, rootfs/ (the
+                                        overlay mount), etc/, pid files, conmon.out, exit.json
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from worker.executor import rootfs
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 SHIM_CGROUP = "shims"          # child of the cgroup parent holding the conmon processes
+MS_NOSUID, MS_NODEV, MS_PRIVATE = 2, 4, 1 << 18
+EXECUTOR_ID_FILE = "executor-id"
+
+log = logging.getLogger("shoal.executor")
+
+
+RUN_DIR_SIZE = "256m"          # bundles and records are small; this bounds a runaway writer
 
 
 @dataclass(frozen=True)
 class ContainerPaths:
-    dir: Path
+    dir: Path                  # on disk: the writable layer and the log
+    state: Path                # on the run tmpfs: everything else
 
     @property
     def config(self) -> Path:
-        return self.dir / "shoal.json"
+        return self.state / "shoal.json"
 
     @property
     def bundle(self) -> Path:
-        return self.dir / "bundle"
+        return self.state / "bundle"
 
     @property
     def rootfs(self) -> Path:
-        return self.dir / "rootfs"
+        return self.state / "rootfs"
 
     @property
     def upper(self) -> Path:
@@ -51,7 +71,7 @@ class ContainerPaths:
 
     @property
     def etc(self) -> Path:
-        return self.dir / "etc"
+        return self.state / "etc"
 
     @property
     def log(self) -> Path:
@@ -59,23 +79,26 @@ class ContainerPaths:
 
     @property
     def container_pidfile(self) -> Path:
-        return self.dir / "container.pid"
+        return self.state / "container.pid"
 
     @property
     def conmon_pidfile(self) -> Path:
-        return self.dir / "conmon.pid"
+        return self.state / "conmon.pid"
 
     @property
     def shim_output(self) -> Path:
-        return self.dir / "conmon.out"
+        return self.state / "conmon.out"
 
     @property
     def exit_record(self) -> Path:
-        return self.dir / "exit.json"
+        return self.state / "exit.json"
 
     @property
     def started_record(self) -> Path:
-        return self.dir / "started"
+        return self.state / "started"
+
+    def exists(self) -> bool:
+        return self.dir.exists() or self.state.exists()
 
 
 class Layout:
@@ -84,11 +107,27 @@ class Layout:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.executor_id = self._executor_id()
         self.cgroup_parent = (cgroup_parent or f"/shoal/{self.executor_id}").rstrip("/")
-        for d in (self.runc_root, self.exit_dir, self.socket_dir, self.containers_dir):
+        self.containers_dir.mkdir(exist_ok=True)
+
+    def mount_run_dir(self) -> None:
+        """Mount the run tmpfs unless it is mounted already (a restarted daemon finds its
+        containers' state there), then make its directories. Without the right to mount (not
+        root), `run/` stays a plain directory: everything works, only slower."""
+        self.run_dir.mkdir(exist_ok=True)
+        if not rootfs.is_mounted(self.run_dir):
+            try:
+                rootfs.mount("tmpfs", self.run_dir, "tmpfs", MS_NOSUID | MS_NODEV,
+                             f"mode=0700,size={RUN_DIR_SIZE}")
+                # Private: the containers' overlay mounts made below it do not propagate into
+                # every other mount namespace (each container's, while runc sets it up).
+                rootfs.mount("none", self.run_dir, "", MS_PRIVATE)
+            except OSError as e:
+                log.warning("cannot mount a tmpfs on %s, using the disk: %s", self.run_dir, e)
+        for d in (self.runc_root, self.exit_dir, self.socket_dir, self.states_dir):
             d.mkdir(parents=True, exist_ok=True)
 
     def _executor_id(self) -> str:
-        path = self.data_dir / "executor-id"
+        path = self.data_dir / EXECUTOR_ID_FILE
         try:
             text = path.read_text().strip()
             if text:
@@ -102,16 +141,24 @@ class Layout:
         return new
 
     @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    @property
     def runc_root(self) -> Path:
-        return self.data_dir / "runc"
+        return self.run_dir / "runc"
 
     @property
     def exit_dir(self) -> Path:
-        return self.data_dir / "exits"
+        return self.run_dir / "exits"
 
     @property
     def socket_dir(self) -> Path:
-        return self.data_dir / "sockets"
+        return self.run_dir / "sockets"
+
+    @property
+    def states_dir(self) -> Path:
+        return self.run_dir / "containers"
 
     @property
     def volumes_dir(self) -> Path:
@@ -122,7 +169,7 @@ class Layout:
         return self.data_dir / "containers"
 
     def container(self, cid: str) -> ContainerPaths:
-        return ContainerPaths(self.containers_dir / cid)
+        return ContainerPaths(self.containers_dir / cid, self.states_dir / cid)
 
     def exit_file(self, cid: str) -> Path:
         return self.exit_dir / cid

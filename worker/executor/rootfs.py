@@ -9,6 +9,7 @@ a crash left behind.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -100,3 +101,11 @@ def mount_overlay(lower_dirs: list[Path], upper: Path, work: Path, target: Path)
         raise RootfsError(errno.E2BIG,
                           f"overlay options for {len(lower_dirs)} layers exceed one page")
     mount("overlay", target, "overlay", 0, data)
+
+
+def unmount_below(root: Path) -> None:
+    """Unmount everything at or below `root`, deepest first (lazily where busy); best effort."""
+    points = [p for p in mount_points() if p == str(root).rstrip("/")] + mounts_under(root)
+    for point in sorted(set(points), key=len, reverse=True):
+        with contextlib.suppress(OSError):
+            unmount(Path(point))
