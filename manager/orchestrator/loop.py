@@ -46,6 +46,26 @@ class ReconcileLoop:
             return {event.obj.service_id}
         return ALL
 
+    def dirty_from_events(self, events: list[Event]) -> set[str] | None:
+        """Service IDs a batch of events may affect (None: all of them): `dirty_from` of each."""
+        dirty: set[str] = set()
+        if type(self).dirty_from is not ReconcileLoop.dirty_from:
+            for event in events:
+                more = self.dirty_from(event)
+                if more is ALL:
+                    return ALL
+                dirty |= more
+            return dirty
+        for event in events:  # the rule of ReconcileLoop.dirty_from, without a set per event
+            table = event.table
+            if table == "tasks":
+                dirty.add(event.obj.service_id)
+            elif table == "services":
+                dirty.add(event.obj.id)
+            else:
+                return ALL
+        return dirty
+
     def service_ids(self, tx: WriteTx | None = None) -> set[str]:
         ids = self.store.view(lambda tx: {s.id for s in tx.all("services")})
         return ids | set(self.wakes)
@@ -96,13 +116,9 @@ class ReconcileLoop:
                         self.wakes[service_id] = self.clock.now() + RETRY_AFTER_ERROR
                     retries = 0
                     await self._wait(sub)
-                    dirty = self.due()
-                    for event in sub.drain():
-                        more = self.dirty_from(event)
-                        if more is ALL:
-                            dirty = ALL
-                            break
-                        dirty |= more
+                    due = self.due()
+                    more = self.dirty_from_events(sub.drain())
+                    dirty = ALL if more is ALL else due | more
             except WatchDropped:
                 continue
             finally:

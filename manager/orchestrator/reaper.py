@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from manager.orchestrator.common import group_by_slot, history_limit, runnable, task_stopped
 from manager.orchestrator.loop import ReconcileLoop
-from manager.store import Event, WriteTx
+from manager.store import WriteTx
 from model import TaskState, format_time
 
 
@@ -24,13 +24,6 @@ class TaskReaper(ReconcileLoop):
     def service_ids(self, tx: WriteTx | None = None) -> set[str]:
         return self.store.view(lambda tx: {t.service_id for t in tx.all("tasks")}) | set(self.wakes)
 
-    def dirty_from(self, event: Event) -> set[str] | None:
-        if event.table == "services":
-            return {event.obj.id}
-        if event.table == "tasks":
-            return {event.obj.service_id}
-        return None
-
     def reconcile_service(self, tx: WriteTx, service_id: str, now: float) -> float | None:
         service = tx.get("services", service_id)
         stamp = format_time(now)
@@ -39,7 +32,7 @@ class TaskReaper(ReconcileLoop):
             if service is None and runnable(task):
                 changed = task.copy()
                 changed.set_desired_state(TaskState.REMOVE)
-            if task.node_id and tx.get("nodes", task.node_id) is None and task.status.state <= TaskState.RUNNING:
+            if task.node_id and task.status.state <= TaskState.RUNNING and tx.get("nodes", task.node_id) is None:
                 changed = changed or task.copy()
                 changed.status.advance(TaskState.ORPHANED, stamp, "task orphaned: its node left the swarm")
                 if runnable(changed):
@@ -48,6 +41,8 @@ class TaskReaper(ReconcileLoop):
                 tx.update(changed)
         limit = history_limit(tx)
         for slot_tasks in group_by_slot(tx.find("tasks", service_id=service_id)).values():
+            if all(runnable(task) for task in slot_tasks):
+                continue  # runnable tasks are never deleted
             keep = len(slot_tasks)
             for task in sorted(slot_tasks, key=lambda t: (t.created_at, t.version)):
                 if runnable(task) or not task_stopped(task, tx):

@@ -40,13 +40,17 @@ class ReplicatedOrchestrator(ReconcileLoop):
             return None
         if service.mode != "replicated":
             return None
+        unusable: dict[str, bool] = {}  # node ID -> down, removed or drained (read once per round)
         for task in tx.find("tasks", service_id=service_id):
             if not runnable(task) or (task.desired_state == TaskState.READY and task.status.state <= TaskState.RUNNING \
                     and not task.node_id):
                 continue
             if task.node_id:
-                node = tx.get("nodes", task.node_id)
-                if node_is_down(node) or node.availability == "drain":
+                bad = unusable.get(task.node_id)
+                if bad is None:
+                    node = tx.get("nodes", task.node_id)
+                    bad = unusable[task.node_id] = node_is_down(node) or node.availability == "drain"
+                if bad:
                     self.restarts.restart(tx, service, task, now, moved=True)
                     continue
             if task.status.state > TaskState.RUNNING:

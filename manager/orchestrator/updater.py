@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from manager.orchestrator.common import SlotKey, group_by_slot, is_task_dirty, new_task, runnable
+from manager.orchestrator.common import SlotKey, group_by_slot, new_task, runnable, slot_key
 from manager.specs import UpdateConfig, update_config
 from manager.store import WriteTx
 from model import Service, Task, TaskState, format_time
@@ -174,9 +174,13 @@ class UpdateSupervisor:
         return wake
 
     def _dirty_slots(self, tx: WriteTx, service: Service) -> dict[SlotKey, list[Task]]:
-        tasks = tx.find("tasks", service_id=service.id)
-        slots = group_by_slot(t for t in tasks if runnable(t))
-        return {key: ts for key, ts in slots.items() if any(is_task_dirty(service, t) for t in ts)}
+        """The runnable tasks of each slot holding a runnable task made from another spec."""
+        template = service.spec.get("TaskTemplate") or {}
+        live = [t for t in tx.find("tasks", service_id=service.id) if t.desired_state <= TaskState.RUNNING]
+        dirty_keys = {slot_key(t) for t in live if t.spec is not template and t.spec != template}  # is_task_dirty
+        if not dirty_keys:
+            return {}
+        return group_by_slot(t for t in live if slot_key(t) in dirty_keys)
 
     def _check_flight(self, tx: WriteTx, run: UpdateRun, flight: InFlight) -> str | None:
         """RUNNING: the replacement runs (its lane is free, its window starts); FAILED: it

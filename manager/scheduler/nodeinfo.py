@@ -51,8 +51,9 @@ class NodeInfo:
     def free_memory(self) -> int:
         return self.total_memory - self.reserved_memory
 
-    def add_task(self, task: Task) -> bool:
-        """Count `task` here (replacing an older copy). False if it was already counted as is."""
+    def add_task(self, task: Task, reserved: tuple[int, int] | None = None) -> bool:
+        """Count `task` here (replacing an older copy). False if it was already counted as is.
+        `reserved`: the task's `reservations`, when the caller already knows them."""
         old = self.tasks.get(task.id)
         if old is not None:
             if old.desired_state == task.desired_state:
@@ -60,7 +61,7 @@ class NodeInfo:
                 return False
             self.remove_task(task.id)
         self.tasks[task.id] = task
-        cpu, memory = reservations(task)
+        cpu, memory = reserved if reserved is not None else reservations(task)
         self.reserved_cpu += cpu
         self.reserved_memory += memory
         if task.desired_state <= TaskState.RUNNING:

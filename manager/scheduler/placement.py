@@ -15,7 +15,7 @@ import heapq
 from collections.abc import Iterable
 
 from manager.scheduler.filters import Pipeline
-from manager.scheduler.nodeinfo import NodeInfo
+from manager.scheduler.nodeinfo import NodeInfo, reservations
 from manager.specs import node_value
 from model import Task
 
@@ -29,10 +29,7 @@ class Branch:
         self.children: dict[str, Branch] = {}
         self.heap: list[tuple[int, int, str]] = []
         self.infos: dict[str, NodeInfo] = {}
-
-    @property
-    def is_leaf(self) -> bool:
-        return self.level == len(self.descriptors)
+        self.is_leaf = level == len(descriptors)
 
     def add(self, info: NodeInfo) -> None:
         self.count += info.service_counts.get(self.service_id, 0)
@@ -55,12 +52,12 @@ class Branch:
     def place(self, pipeline: Pipeline) -> NodeInfo | None:
         """Pick a node for one task (the caller then adds the task to it); None: nothing fits."""
         if self.is_leaf:
-            while self.heap:
-                _, _, node_id = self.heap[0]
-                info = self.infos[node_id]
-                if pipeline.check_dynamic(info):
+            heap = self.heap
+            while heap:
+                info = self.infos[heap[0][2]]
+                if not pipeline.dynamic or pipeline.check_dynamic(info):
                     return info
-                heapq.heappop(self.heap)
+                heapq.heappop(heap)
             return None
         while self.children:
             value, child = min(self.children.items(), key=lambda kv: (kv[1].count, kv[0]))
@@ -97,11 +94,12 @@ def place_group(tasks: list[Task], infos: Iterable[NodeInfo],
         if pipeline.check(info):
             root.add(info)
     placed: list[tuple[Task, NodeInfo]] = []
+    reserved = reservations(first)  # identical tasks reserve alike
     for task in tasks:
         chosen = root.place(pipeline)
         if chosen is None:
             break
-        chosen.add_task(task)
+        chosen.add_task(task, reserved)
         root.placed(chosen)
         placed.append((task, chosen))
     explanation = pipeline.explain() if len(placed) < len(tasks) else ""

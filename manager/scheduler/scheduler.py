@@ -74,25 +74,43 @@ class Scheduler:
             else:
                 self.nodes[obj.id] = NodeInfo(obj)
         elif event.table == "tasks":
-            old = event.old
-            if old is not None and event.op == "update" and holds_resources(obj) \
-                    and (old.node_id == "" or (old.node_id == obj.node_id and holds_resources(old))):
-                # This scheduler's own placement coming back, or a worker's progress on a placed
-                # task: the node already counts it as it is.
-                info = self.nodes.get(obj.node_id)
-                if info is not None and getattr(info.tasks.get(obj.id), "desired_state", None) == obj.desired_state:
-                    info.tasks[obj.id] = obj
-                    self.unassigned.pop(obj.id, None)
+            self._task_event(event.op, obj, event.old)
+
+    def _task_event(self, op: str, task: Task, old: Task | None) -> None:
+        state = task.status.state
+        holds = bool(task.node_id) and TaskState.ASSIGNED <= state <= TaskState.RUNNING  # holds_resources
+        if holds and op == "update" and old is not None \
+                and (old.node_id == "" or (old.node_id == task.node_id and holds_resources(old))):
+            # This scheduler's own placement coming back, or a worker's progress on a placed
+            # task: the node already counts it as it is.
+            info = self.nodes.get(task.node_id)
+            if info is not None:
+                counted = info.tasks.get(task.id)
+                if counted is not None and counted.desired_state == task.desired_state:
+                    info.tasks[task.id] = task
+                    self.unassigned.pop(task.id, None)
                     return
-            if event.op == "delete" or not holds_resources(obj) or (old is not None and old.node_id != obj.node_id):
-                for node_id in {getattr(old, "node_id", ""), obj.node_id}:
-                    info = self.nodes.get(node_id)
-                    if info is not None:
-                        info.remove_task(obj.id)
-            if event.op == "delete":
-                self.unassigned.pop(obj.id, None)
-            else:
-                self._track(obj)
+        moved = old is not None and old.node_id != task.node_id
+        if op == "delete" or not holds or moved:
+            info = self.nodes.get(task.node_id)
+            if info is not None:
+                info.remove_task(task.id)
+            if moved:
+                info = self.nodes.get(old.node_id)  # type: ignore[union-attr]
+                if info is not None:
+                    info.remove_task(task.id)
+        if op == "delete":
+            self.unassigned.pop(task.id, None)
+            return
+        if (state == TaskState.PENDING or (self.accept_new and state == TaskState.NEW)) \
+                and task.desired_state <= TaskState.RUNNING:  # _schedulable
+            self.unassigned[task.id] = task
+        else:
+            self.unassigned.pop(task.id, None)
+        if holds:
+            info = self.nodes.get(task.node_id)
+            if info is not None:
+                info.add_task(task)
 
     # -- deciding ------------------------------------------------------------------------------
     def decide(self) -> list[Decision]:

@@ -113,7 +113,10 @@ class ReadTx:
         return self._memory.index
 
     def get(self, table: str, obj_id: str) -> Any:
-        return self._memory.table(table).objects.get(obj_id)
+        try:
+            return self._memory.tables[table].objects.get(obj_id)
+        except KeyError:
+            return self._memory.table(table).objects.get(obj_id)  # raises the clear error
 
     def _candidates(self, table: str, name: str | None, service_id: str | None,
                     node_id: str | None) -> Iterable[StoreObject]:

@@ -251,43 +251,45 @@ class Store:
     def _check(self, changes: list[Change]) -> StoreError | None:
         """The deterministic precondition of an entry: every change or none."""
         created_names: dict[tuple[str, str], str] = {}
+        tables = self._memory.tables
         for change in changes:
-            table = self._memory.table(change.table)
-            current = table.objects.get(change.obj.id)
-            kind = KIND_WORDS[change.table]
+            table = tables.get(change.table) or self._memory.table(change.table)
+            obj = change.obj
+            current = table.objects.get(obj.id)
             if change.op == CREATE:
                 if current is not None:
-                    return ObjectExists(f"{kind} {change.obj.id} already exists")
+                    return ObjectExists(f"{KIND_WORDS[change.table]} {obj.id} already exists")
             elif current is None or current.version != change.expected_version:
-                return StaleVersion(f"{kind} {change.obj.id}")
-            if change.op != DELETE and change.table in UNIQUE_NAME_TABLES and change.obj.name:
-                lowered = change.obj.name.lower()
-                holders = table.by_name.get(lowered, set()) - {change.obj.id}
+                return StaleVersion(f"{KIND_WORDS[change.table]} {obj.id}")
+            if change.table in UNIQUE_NAME_TABLES and change.op != DELETE and obj.name:
+                kind = KIND_WORDS[change.table]
+                lowered = obj.name.lower()
+                holders = table.by_name.get(lowered, set()) - {obj.id}
                 renamed_away = {c.obj.id for c in changes if c.table == change.table
                                 and (c.op == DELETE or c.obj.name.lower() != lowered)}
-                if holders - renamed_away or created_names.get((change.table, lowered), change.obj.id) \
-                        != change.obj.id:
-                    return NameConflict(kind, change.obj.name)
-                created_names[(change.table, lowered)] = change.obj.id
+                if holders - renamed_away or created_names.get((change.table, lowered), obj.id) != obj.id:
+                    return NameConflict(kind, obj.name)
+                created_names[(change.table, lowered)] = obj.id
         return None
 
     def _commit(self, changes: list[Change]) -> None:
         index = self._memory.index
         tables = self._memory.tables
-        events: list[Event] = []
-        for change in changes:
-            table = tables[change.table]
-            if change.op == DELETE:
-                old = table.remove(change.obj.id)
-                events.append(Event(DELETE, change.table, old, None, index))
-                continue
-            change.obj.version = index
-            old = table.objects.get(change.obj.id)
-            table.put(change.obj)
-            events.append(Event(change.op, change.table, change.obj, old, index))
         by_table: dict[str, list[Event]] = {}
-        for event in events:
-            by_table.setdefault(event.table, []).append(event)
+        for change in changes:
+            name = change.table
+            table = tables[name]
+            events = by_table.get(name)
+            if events is None:
+                events = by_table[name] = []
+            obj = change.obj
+            if change.op == DELETE:
+                events.append(Event(DELETE, name, table.remove(obj.id), None, index))
+                continue
+            obj.version = index
+            old = table.objects.get(obj.id)
+            table.put(obj)
+            events.append(Event(change.op, name, obj, old, index))
         for table_name, table_events in by_table.items():
             for listener in tuple(self._listeners[table_name]):
                 listener.offer_all(table_events)

@@ -69,20 +69,20 @@ class WriteTx(ReadTx):
     over by the transaction: do not modify them afterwards."""
 
     def __init__(self, memory: MemoryTables, now: str, parent: dict[Key, Change] | None = None) -> None:
-        super().__init__(memory)
+        self._memory = memory
         self.now = now
         self.changes: dict[Key, Change] = {}
-        self._parent = parent or {}
-
-    def _pending(self, table: str, obj_id: str) -> Change | None:
-        key = (table, obj_id)
-        return self.changes.get(key) or self._parent.get(key)
+        self._parent = parent if parent is not None else {}
 
     def get(self, table: str, obj_id: str) -> Any:
-        pending = self._pending(table, obj_id)
+        key = (table, obj_id)
+        pending = self.changes.get(key) or self._parent.get(key)
         if pending is not None:
             return None if pending.op == DELETE else pending.obj
-        return super().get(table, obj_id)
+        try:
+            return self._memory.tables[table].objects.get(obj_id)
+        except KeyError:
+            return super().get(table, obj_id)  # raises the clear error
 
     def find(self, table: str, *, name: str | None = None, name_prefix: str | None = None,
              id_prefix: str | None = None, service_id: str | None = None, node_id: str | None = None,
@@ -91,6 +91,8 @@ class WriteTx(ReadTx):
                         node_id=node_id, slot=slot, where=where)
         pending = {c.obj.id: c for c in self._parent.values() if c.table == table}
         pending.update({c.obj.id: c for c in self.changes.values() if c.table == table})
+        if not pending:
+            return super().find(table, **criteria)  # type: ignore[arg-type]
         found = [o for o in super().find(table, **criteria) if o.id not in pending]  # type: ignore[arg-type]
         found.extend(c.obj for c in pending.values()
                      if c.op != DELETE and matches(c.obj, **criteria))  # type: ignore[arg-type]
@@ -103,7 +105,7 @@ class WriteTx(ReadTx):
         return int(current.version)
 
     def _check_name(self, table: str, obj: StoreObject) -> None:
-        if table in UNIQUE_NAME_TABLES and obj.name:
+        if obj.name:
             for other in self.find(table, name=obj.name):
                 if other.id != obj.id:
                     raise NameConflict(KIND_WORDS[table], obj.name)
@@ -112,7 +114,8 @@ class WriteTx(ReadTx):
         table = obj.TABLE
         if self.get(table, obj.id) is not None:
             raise ObjectExists(f"{KIND_WORDS[table]} {obj.id} already exists")
-        self._check_name(table, obj)
+        if table in UNIQUE_NAME_TABLES:
+            self._check_name(table, obj)
         obj.created_at = obj.created_at or self.now
         obj.updated_at = self.now
         merge_change(self.changes, Change(CREATE, table, 0, obj))
@@ -124,7 +127,8 @@ class WriteTx(ReadTx):
         current = self._current_version(table, obj)
         if obj.version != current:
             raise StaleVersion(f"{KIND_WORDS[table]} {obj.id}: version {obj.version}, stored {current}")
-        self._check_name(table, obj)
+        if table in UNIQUE_NAME_TABLES:
+            self._check_name(table, obj)
         obj.updated_at = self.now
         merge_change(self.changes, Change(UPDATE, table, current, obj))
         return obj

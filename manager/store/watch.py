@@ -170,12 +170,24 @@ class Fanout:
 
     def offer_all(self, events: list[Event]) -> None:
         """The store hands over one entry's events of this fan-out's tables."""
+        keys_of = self._keys_of
+        by_key = self._by_key
         for event in events:
-            self.offer(event)
+            keys = keys_of(event)
+            if type(keys) is tuple and len(keys) == 1 and keys[0] != BROADCAST:  # the usual case
+                subs = by_key.get(keys[0])
+                if subs:
+                    for sub in tuple(subs):
+                        sub.push(event)  # may drop the subscription, which unsubscribes it
+            elif keys:
+                self._deliver(event, keys)
 
     def offer(self, event: Event) -> None:
         """The store hands over one event of this fan-out's tables."""
-        keys = set(self._keys_of(event))
+        self._deliver(event, self._keys_of(event))
+
+    def _deliver(self, event: Event, named: Iterable[str]) -> None:
+        keys = set(named)
         if BROADCAST in keys:
             targets = [sub for subs in self._by_key.values() for sub in subs]
         else:
