@@ -118,16 +118,20 @@ async def test_a_shim_that_cannot_start_gives_a_clear_error(data_dir: Path, busy
         executor.close()
 
 
-async def test_runc_start_process_fallback_still_works(executor: Executor, busybox_layer: Path) -> None:
-    executor.runc.start_via_fifo = False
-    ctl = executor.controller(make_config(busybox_layer, ["sleep", "300"]))
+async def test_runc_process_fallbacks_still_work(executor: Executor, busybox_layer: Path) -> None:
+    """start, kill and delete through runc's own commands (the shortcuts turned off)."""
+    executor.runc.shortcuts = False
+    ctl = executor.controller(make_config(busybox_layer, ["sh", "-c", "trap 'exit 3' TERM; sleep 300 & wait"]))
     try:
         await ctl.prepare()
         assert (await ctl.state()).status == "created"
         await ctl.start()
         assert (await ctl.state()).status == "running"
+        await ctl.shutdown(grace=10)
+        assert (await ctl.wait()).exit_code == 3
     finally:
         await ctl.remove()
+    assert not (executor.runc.root / ctl.id).exists()
 
 
 async def test_fifo_start_lets_the_process_exec_and_reports_a_dead_init(executor: Executor,
