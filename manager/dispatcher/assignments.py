@@ -62,7 +62,7 @@ def route_event(event: Event) -> tuple[str, ...]:
         before = event.old.node_id
         if before == now:
             return () if event.op == "update" and status_only_change(event.old, event.obj) else (now,)
-        return (now, before)
+        return (now, before) if before else (now,)  # "" is no node: nothing left behind
     if _manager_change(event):
         return (BROADCAST,)
     return (event.obj.id,)
@@ -106,8 +106,9 @@ async def assignment_stream(store: Store, node_id: str, session_message: Callabl
                     while not sub.pending() and not outbox.pending() and not sub.closed:
                         outbox.wakeup.clear()
                         await outbox.wakeup.wait()
-                    for message in outbox.take():
-                        yield message
+                    if outbox.pending():
+                        for message in outbox.take():
+                            yield message
                 events = sub.drain()
                 updates: dict[str, dict[str, Any]] = {}
                 removes: set[str] = set()

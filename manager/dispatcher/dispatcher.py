@@ -33,7 +33,7 @@ from manager.dispatcher.outbox import NodeOutboxes
 from manager.dispatcher.status import StatusBatcher
 from manager.rpc.errors import FailedPrecondition, NotFound, PermissionDenied
 from manager.store import ReadTx, Store, WriteTx, retry_on_conflict
-from model import IllegalTransition, Node, TaskState, TaskStatus, new_id
+from model import IllegalTransition, Node, TaskState, new_id
 
 log = logging.getLogger("shoal.dispatcher")
 
@@ -184,20 +184,25 @@ class Dispatcher:
             log.exception("could not mark node %s %s", node_id, state)
 
 
+_STATE_BY_API = {state.api: state for state in TaskState}
+
+
 def _apply_status(tx: WriteTx, node_id: str, update: dict[str, Any]) -> None:
     task = tx.get("tasks", str(update.get("task_id", "")))
     if task is None:
         return  # removed meanwhile: nothing to report on
     if task.node_id != node_id:
         raise PermissionDenied(f"task {task.id} is not assigned to node {node_id}")
-    status = TaskStatus.from_api(update.get("status") or {})
-    if status.state < task.status.state or status.state < TaskState.ACCEPTED:
+    report = update.get("status") or {}
+    text = report.get("State", "new")
+    state = _STATE_BY_API.get(text) or TaskState.from_api(text)  # from_api: other cases, or the error
+    if state < task.status.state or state < TaskState.ACCEPTED:
         return  # stale or not a worker's state to report
     task = task.copy()
     try:
-        task.status.advance(status.state, status.timestamp, status.message, status.err)
+        task.status.advance(state, report.get("Timestamp", ""), report.get("Message", ""), report.get("Err", ""))
     except IllegalTransition:
         return
-    task.status.container_status = status.container_status
-    task.status.port_status = status.port_status
+    task.status.container_status = report.get("ContainerStatus")
+    task.status.port_status = report.get("PortStatus") or None
     tx.update(task)

@@ -15,9 +15,7 @@ so no report waits forever.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from manager.rpc.errors import Unavailable
@@ -27,11 +25,13 @@ ApplyOne = Callable[[WriteTx, str, dict[str, Any]], None]
 _YOUR_TURN = object()  # a report's future resolved with this: its submitter becomes the writer
 
 
-@dataclass
 class _Report:
-    node_id: str
-    updates: list[dict[str, Any]]
-    future: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    __slots__ = ("future", "node_id", "updates")
+
+    def __init__(self, node_id: str, updates: list[dict[str, Any]], future: asyncio.Future[Any]) -> None:
+        self.node_id = node_id
+        self.updates = updates
+        self.future = future
 
 
 class StatusBatcher:
@@ -44,7 +44,8 @@ class StatusBatcher:
 
     async def submit(self, node_id: str, updates: list[dict[str, Any]]) -> int:
         """Write `updates` of `node_id`; returns how many were applied (the rest failed alone)."""
-        report = _Report(node_id, updates)
+        loop = asyncio.get_running_loop()
+        report = _Report(node_id, updates, loop.create_future())
         self._queue.append(report)
         while True:
             if not self._writing:
@@ -52,7 +53,7 @@ class StatusBatcher:
             result = await report.future
             if result is not _YOUR_TURN:
                 return int(result)
-            report.future = asyncio.get_running_loop().create_future()
+            report.future = loop.create_future()
 
     async def _write_queued(self) -> None:
         self._writing = True
@@ -81,11 +82,12 @@ class StatusBatcher:
                     break
 
     def _queue_updates(self, reports: list[_Report]) -> Callable[[Batch], None]:
-        def fill(batch: Batch) -> None:
-            for report in reports:
-                for update in report.updates:
-                    batch.update(functools.partial(self._apply, report.node_id, update))
-        return fill
+        apply_one = self._apply_one
 
-    def _apply(self, node_id: str, update: dict[str, Any], tx: WriteTx) -> None:
-        self._apply_one(tx, node_id, update)
+        def fill(batch: Batch) -> None:
+            queue = batch.update
+            for report in reports:
+                node_id = report.node_id
+                for update in report.updates:
+                    queue(lambda tx, node_id=node_id, update=update: apply_one(tx, node_id, update))  # type: ignore[misc]
+        return fill

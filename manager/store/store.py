@@ -164,6 +164,7 @@ class Store:
         batch = Batch()
         fn(batch)
         outcome = BatchResult()
+        results, errors = outcome.results, outcome.errors
         async with self._lock:
             pending: dict[Key, Change] = {}
             members: list[int] = []  # positions of the transactions in `pending`
@@ -175,11 +176,11 @@ class Store:
                     for change in tx.changes.values():
                         merge_change(pending, change)
                 except Exception as exc:
-                    outcome.results.append(None)
-                    outcome.errors.append(exc)
+                    results.append(None)
+                    errors.append(exc)
                     continue
-                outcome.results.append(value)
-                outcome.errors.append(None)
+                results.append(value)
+                errors.append(None)
                 members.append(position)
                 if len(pending) >= MAX_CHANGES_PER_PROPOSAL:
                     await self._flush(pending, members, outcome)
