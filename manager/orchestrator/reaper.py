@@ -27,20 +27,30 @@ class TaskReaper(ReconcileLoop):
     def reconcile_service(self, tx: WriteTx, service_id: str, now: float) -> float | None:
         service = tx.get("services", service_id)
         stamp = format_time(now)
+        node_gone: dict[str, bool] = {}  # node ID -> removed from the swarm (read once per round)
         for task in tx.find("tasks", service_id=service_id):
             changed = None
             if service is None and runnable(task):
                 changed = task.copy()
                 changed.set_desired_state(TaskState.REMOVE)
-            if task.node_id and task.status.state <= TaskState.RUNNING and tx.get("nodes", task.node_id) is None:
+            gone = False
+            if task.node_id and task.status.state <= TaskState.RUNNING:
+                known = node_gone.get(task.node_id)
+                if known is None:
+                    known = node_gone[task.node_id] = tx.get("nodes", task.node_id) is None
+                gone = known
+            if gone:
                 changed = changed or task.copy()
                 changed.status.advance(TaskState.ORPHANED, stamp, "task orphaned: its node left the swarm")
                 if runnable(changed):
                     changed.set_desired_state(TaskState.SHUTDOWN)
             if changed is not None:
                 tx.update(changed)
+        tasks = tx.find("tasks", service_id=service_id)
+        if all(task.desired_state <= TaskState.RUNNING for task in tasks):
+            return None  # every task runnable: nothing to delete (runnable tasks are never deleted)
         limit = history_limit(tx)
-        for slot_tasks in group_by_slot(tx.find("tasks", service_id=service_id)).values():
+        for slot_tasks in group_by_slot(tasks).values():
             if all(runnable(task) for task in slot_tasks):
                 continue  # runnable tasks are never deleted
             keep = len(slot_tasks)

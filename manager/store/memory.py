@@ -27,10 +27,23 @@ class Table:
         self.by_node: dict[str, set[str]] = {}
 
     def put(self, obj: StoreObject) -> None:
-        old = self.objects.get(obj.id)
+        self.replace(obj, self.objects.get(obj.id))
+
+    def replace(self, obj: StoreObject, old: StoreObject | None) -> None:
+        """`put` when the caller already holds `old`, the object stored under `obj.id` (or None)."""
         if isinstance(obj, Task):  # tasks have no name; most updates keep service and node
             self.objects[obj.id] = obj
-            if isinstance(old, Task) and old.service_id == obj.service_id and old.node_id == obj.node_id:
+            if isinstance(old, Task):
+                if old.service_id != obj.service_id:
+                    if old.service_id:
+                        _discard(self.by_service, old.service_id, obj.id)
+                    if obj.service_id:
+                        self.by_service.setdefault(obj.service_id, set()).add(obj.id)
+                if old.node_id != obj.node_id:
+                    if old.node_id:
+                        _discard(self.by_node, old.node_id, obj.id)
+                    if obj.node_id:
+                        self.by_node.setdefault(obj.node_id, set()).add(obj.id)
                 return
             if old is not None:
                 self._unindex(old)

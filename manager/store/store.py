@@ -289,7 +289,7 @@ class Store:
                 continue
             obj.version = index
             old = table.objects.get(obj.id)
-            table.put(obj)
+            table.replace(obj, old)
             events.append(Event(change.op, name, obj, old, index))
         for table_name, table_events in by_table.items():
             for listener in tuple(self._listeners[table_name]):

@@ -94,8 +94,13 @@ class WriteTx(ReadTx):
         if not pending:
             return super().find(table, **criteria)  # type: ignore[arg-type]
         found = [o for o in super().find(table, **criteria) if o.id not in pending]  # type: ignore[arg-type]
-        found.extend(c.obj for c in pending.values()
-                     if c.op != DELETE and matches(c.obj, **criteria))  # type: ignore[arg-type]
+        if table == "tasks" and service_id is not None and name is None and name_prefix is None \
+                and id_prefix is None and node_id is None and slot is None and where is None:
+            # a service's tasks (the orchestrators' question): what `matches` would answer
+            found.extend(c.obj for c in pending.values() if c.op != DELETE and c.obj.service_id == service_id)  # type: ignore[attr-defined]
+        else:
+            found.extend(c.obj for c in pending.values()
+                         if c.op != DELETE and matches(c.obj, **criteria))  # type: ignore[arg-type]
         return found
 
     def _current_version(self, table: str, obj: StoreObject) -> int:
