@@ -177,8 +177,10 @@ async def test_unhealthy_container_fails_wait(executor: Executor, busybox_layer:
 
 async def test_failing_probe_during_start_period_does_not_count(executor: Executor,
                                                                 busybox_layer: Path) -> None:
+    # Probes fail for the first 0.8 s (inside the start period, with retries=1); the container
+    # then stays up until the test, having seen it healthy, tells it to exit.
     config = make_config(
-        busybox_layer, ["sh", "-c", "sleep 0.8; touch /tmp/up; echo up; sleep 0.8"],
+        busybox_layer, ["sh", "-c", "sleep 0.8; touch /tmp/up; while [ ! -f /tmp/done ]; do sleep 0.05; done"],
         healthcheck=Healthcheck(test=["test", "-f", "/tmp/up"], interval=0.2, timeout=2.0,
                                 retries=1, start_period=5.0))
     ctl = executor.controller(config)
@@ -186,9 +188,16 @@ async def test_failing_probe_during_start_period_does_not_count(executor: Execut
         await ctl.prepare()
         await ctl.start()
         async with asyncio.timeout(15):
-            status = await ctl.wait()
+            waiting = asyncio.create_task(ctl.wait())     # wait() runs the health checks
+            try:
+                while ctl.health is None or ctl.health.status != "healthy":
+                    assert not waiting.done(), f"ended before it was healthy: {waiting.result()}"
+                    await asyncio.sleep(0.05)
+                await executor.runc.exec(ctl.id, ["touch", "/tmp/done"], timeout=10)
+                status = await waiting
+            finally:
+                waiting.cancel()
         assert status.exit_code == 0
-        assert ctl.health is not None and ctl.health.status == "healthy"
     finally:
         await ctl.remove()
 

@@ -182,6 +182,8 @@ async def test_remove_leaves_nothing_behind(executor: Executor, busybox_layer: P
 
 async def test_restart_reaps_half_made_containers(data_dir: Path, busybox_layer: Path) -> None:
     executor = Executor(data_dir)
+    await executor.start_up()
+    executor.close()
     ctl = executor.controller(make_config(busybox_layer, ["true"]))
     # a crash in the middle of prepare: files and the overlay mount, but no runc container
     ctl.paths.state.mkdir(parents=True)
@@ -248,3 +250,29 @@ async def test_start_before_prepare_is_an_error(executor: Executor, busybox_laye
     ctl = executor.controller(make_config(busybox_layer, ["true"]))
     with pytest.raises(ExecutorError, match="not prepared"):
         await ctl.start()
+
+
+async def test_containers_are_created_at_most_n_at_once(data_dir: Path, busybox_layer: Path) -> None:
+    executor = Executor(data_dir, max_parallel_creates=2)
+    await executor.start_up()
+    creating, most = 0, 0
+    real_create = executor.conmon.create
+
+    async def counted_create(*args: object, **kw: object) -> int:
+        nonlocal creating, most
+        creating += 1
+        most = max(most, creating)
+        try:
+            return await real_create(*args, **kw)  # type: ignore[arg-type]
+        finally:
+            creating -= 1
+
+    executor.conmon.create = counted_create  # type: ignore[method-assign]
+    ctls = [executor.controller(make_config(busybox_layer, ["sleep", "300"])) for _ in range(5)]
+    try:
+        await asyncio.gather(*(ctl.prepare() for ctl in ctls))
+        assert [(await ctl.state()).status for ctl in ctls] == ["created"] * 5
+        assert most == 2
+    finally:
+        await asyncio.gather(*(ctl.remove() for ctl in ctls))
+        executor.close()

@@ -115,7 +115,8 @@ def _read_text(path: Path) -> str:
 
 class ContainerController:
     def __init__(self, layout: Layout, runc: Runc, conmon: Conmon, volumes: VolumeStore,
-                 config: ContainerConfig) -> None:
+                 config: ContainerConfig, creating: asyncio.Semaphore | None = None) -> None:
+        self.creating = creating or asyncio.Semaphore(1)
         self.layout = layout
         self.runc = runc
         self.conmon = conmon
@@ -202,11 +203,12 @@ class ContainerController:
             raise ExecutorError(str(e)) from e
         p = self.paths
         try:
-            await asyncio.to_thread(self._prepare_host)
-            await self.conmon.create(self.id, self.config.name, ShimPaths(
-                bundle=p.bundle, log=p.log, container_pidfile=p.container_pidfile,
-                conmon_pidfile=p.conmon_pidfile, exit_dir=self.layout.exit_dir,
-                socket_dir=self.layout.socket_dir, shim_output=p.shim_output))
+            async with self.creating:
+                await asyncio.to_thread(self._prepare_host)
+                await self.conmon.create(self.id, self.config.name, ShimPaths(
+                    bundle=p.bundle, log=p.log, container_pidfile=p.container_pidfile,
+                    conmon_pidfile=p.conmon_pidfile, exit_dir=self.layout.exit_dir,
+                    socket_dir=self.layout.socket_dir, shim_output=p.shim_output))
         except (OSError, ConfigError, RuntimeFailure, ValueError) as e:
             if await self.runc_state() is None:     # nothing was created: undo the host side
                 await asyncio.to_thread(self._remove_files)

@@ -2,7 +2,9 @@
 
 Theory of operation: all state lives under the data dir (see `layout`), in runc's state dir
 and with the conmon shims, none of it in this object, so a new `Executor` on the same data dir
-(a restarted daemon) sees the same containers. `start_up()` first reaps what a crash left
+(a restarted daemon) sees the same containers. At most `max_parallel_creates` containers are
+being created at once (`default_parallel_creates`); starting, stopping and removing are not
+bounded. `start_up()` first mounts the run tmpfs (see `layout`), reaps what a crash left
 half-made and starts the shim spawner helper (see `shim_spawner`; `close()` stops it), then
 `list_existing()` returns controllers for every container runc still knows,
 running or exited meanwhile, with their recorded configs; nothing is restarted.
@@ -10,8 +12,10 @@ running or exited meanwhile, with their recorded configs; nothing is restarted.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -26,22 +30,32 @@ from worker.executor.volumes import VolumeStore
 log = logging.getLogger("shoal.executor")
 
 
+def default_parallel_creates() -> int:
+    """How many containers are created at once. Creating one is CPU work (runc, the shim, the
+    overlay mount): beyond a few per core, a burst only makes every container of it wait for
+    all the others, where a bound lets the first ones run while the rest are made."""
+    return 3 * (os.cpu_count() or 1)
+
+
 class Executor:
     def __init__(self, data_dir: Path, *, cgroup_parent: str | None = None,
-                 runc_binary: str | None = None, conmon_binary: str | None = None) -> None:
+                 runc_binary: str | None = None, conmon_binary: str | None = None,
+                 max_parallel_creates: int | None = None) -> None:
         self.layout = Layout(data_dir, cgroup_parent)
-        self.layout.mount_run_dir()
         self.runc = Runc(self.layout.runc_root, runc_binary)
         self.conmon = Conmon(self.runc, conmon_binary, shim_cgroup=self.layout.move_to_shim_cgroup,
                              spawner_log=self.layout.data_dir / "shim-spawner.log")
         self.volumes = VolumeStore(self.layout.volumes_dir)
+        self.creating = asyncio.Semaphore(max_parallel_creates or default_parallel_creates())
 
     def controller(self, config: ContainerConfig) -> ContainerController:
         """A controller for `config` (nothing happens until `prepare`)."""
-        return ContainerController(self.layout, self.runc, self.conmon, self.volumes, config)
+        return ContainerController(self.layout, self.runc, self.conmon, self.volumes, config, self.creating)
 
     async def start_up(self) -> CleanupReport:
-        """Reap leftovers of containers that are not alive; call once before adopting."""
+        """Mount the run tmpfs (unless a previous daemon left it mounted), reap leftovers of
+        containers that are not alive; call once, before anything else."""
+        self.layout.mount_run_dir()
         _, report = await reap_stale(self.layout, self.runc, self.volumes)
         await self.conmon.start_spawner()
         return report

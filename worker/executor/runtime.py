@@ -54,7 +54,6 @@ class Runc:
         self.root = root
         self.binary = binary or _binary("runc")
         self.shortcuts = shortcuts
-        root.mkdir(parents=True, exist_ok=True)
 
     def _cmd(self, *args: str) -> list[str]:
         return [self.binary, "--root", str(self.root), *args]
