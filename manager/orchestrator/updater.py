@@ -176,7 +176,8 @@ class UpdateSupervisor:
     def _dirty_slots(self, tx: WriteTx, service: Service) -> dict[SlotKey, list[Task]]:
         """The runnable tasks of each slot holding a runnable task made from another spec."""
         template = service.spec.get("TaskTemplate") or {}
-        live = [t for t in tx.find("tasks", service_id=service.id) if t.desired_state <= TaskState.RUNNING]
+        running = TaskState.RUNNING  # bound once: an Enum member lookup per task is not free
+        live = [t for t in tx.find("tasks", service_id=service.id) if t.desired_state <= running]
         dirty_keys = {slot_key(t) for t in live if t.spec is not template and t.spec != template}  # is_task_dirty
         if not dirty_keys:
             return {}

@@ -173,8 +173,11 @@ class Store:
                 tx = WriteTx(self._memory, now, parent=pending)
                 try:
                     value = txfn(tx)
-                    for change in tx.changes.values():
-                        merge_change(pending, change)
+                    for key, change in tx.changes.items():
+                        if key in pending:
+                            merge_change(pending, change)
+                        else:
+                            pending[key] = change
                 except Exception as exc:
                     results.append(None)
                     errors.append(exc)
@@ -201,7 +204,9 @@ class Store:
 
     async def _propose(self, changes: list[Change]) -> None:
         tx_id = f"{self._tx_prefix}-{next(self._tx_ids)}"
-        data = msgpack.packb({"tx": tx_id, "c": [c.to_wire() for c in changes]}, use_bin_type=True)
+        data = msgpack.packb({"tx": tx_id, "c": [[c.op, c.table, c.expected_version, c.obj.to_record()]
+                                                 if c.op != DELETE else c.to_wire() for c in changes]},
+                             use_bin_type=True)  # Change.to_wire, inlined for big batches
         self._waiting.add(tx_id)
         self._proposed[id(data)] = (data, tx_id, changes)
         try:

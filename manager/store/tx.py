@@ -103,12 +103,6 @@ class WriteTx(ReadTx):
                          if c.op != DELETE and matches(c.obj, **criteria))  # type: ignore[arg-type]
         return found
 
-    def _current_version(self, table: str, obj: StoreObject) -> int:
-        current = self.get(table, obj.id)
-        if current is None:
-            raise NotFound(f"{KIND_WORDS[table]} {obj.id} not found")
-        return int(current.version)
-
     def _check_name(self, table: str, obj: StoreObject) -> None:
         if obj.name:
             for other in self.find(table, name=obj.name):
@@ -129,13 +123,20 @@ class WriteTx(ReadTx):
     def update(self, obj: StoreObject) -> StoreObject:
         """Write `obj` back; `obj.version` must be the version currently stored."""
         table = obj.TABLE
-        current = self._current_version(table, obj)
+        stored = self.get(table, obj.id)
+        if stored is None:
+            raise NotFound(f"{KIND_WORDS[table]} {obj.id} not found")
+        current = int(stored.version)
         if obj.version != current:
             raise StaleVersion(f"{KIND_WORDS[table]} {obj.id}: version {obj.version}, stored {current}")
         if table in UNIQUE_NAME_TABLES:
             self._check_name(table, obj)
         obj.updated_at = self.now
-        merge_change(self.changes, Change(UPDATE, table, current, obj))
+        key = (table, obj.id)
+        if key in self.changes:
+            merge_change(self.changes, Change(UPDATE, table, current, obj))
+        else:
+            self.changes[key] = Change(UPDATE, table, current, obj)
         return obj
 
     def delete(self, table: str, obj_id: str) -> None:
