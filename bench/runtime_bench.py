@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import cProfile
 import io
 import json
@@ -49,7 +48,7 @@ from worker.executor import bundle as oci_bundle
 from worker.executor.spec import ResolvedUser
 from worker.executor.task_executor import RuncTaskExecutor
 from worker.executor.taskspec import config_from_task
-from worker.executor.teardown import destroy_executor
+from worker.executor.teardown import destroy_executor, remove_cgroup_tree
 from worker.images.busybox_image import build_busybox_image, write_docker_save
 from worker.images.store import ImageStore
 
@@ -220,21 +219,11 @@ class BareRunc:
 
     def _remove_cgroups(self) -> None:
         for top in Path("/sys/fs/cgroup").iterdir():
-            _remove_cgroup_tree(top / self.cgroup_parent)
+            remove_cgroup_tree(top / self.cgroup_parent)
 
 
 def _open_for_write(path: Path) -> BinaryIO:
     return open(path, "wb")  # the caller closes it
-
-
-def _remove_cgroup_tree(top: Path) -> None:
-    if not top.is_dir():
-        return
-    for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-        with contextlib.suppress(OSError):
-            d.rmdir()
-    with contextlib.suppress(OSError):
-        top.rmdir()
 
 
 # -- main ---------------------------------------------------------------------------------------------

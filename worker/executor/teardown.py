@@ -31,7 +31,9 @@ def destroy_executor(data_dir: Path) -> None:
         cgroups = []
     rootfs.unmount_below(data_dir)
     for parent in cgroups:
-        _remove_cgroup_tree(parent)
+        remove_cgroup_tree(parent)
+        with contextlib.suppress(OSError):
+            parent.parent.rmdir()           # the shared /shoal parent, once no executor uses it
 
 
 def _members(cgroups: list[Path]) -> set[int]:
@@ -55,7 +57,9 @@ def _kill_members(cgroups: list[Path]) -> None:
         time.sleep(0.01)                          # poll, bounded by the deadline, until they left
 
 
-def _remove_cgroup_tree(top: Path) -> None:
+def remove_cgroup_tree(top: Path) -> None:
+    """Remove the cgroup directory `top` and every one below it, deepest first (each only
+    goes once empty of processes)."""
     if not top.is_dir():
         return
     for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
@@ -63,4 +67,3 @@ def _remove_cgroup_tree(top: Path) -> None:
             d.rmdir()
     with contextlib.suppress(OSError):
         top.rmdir()
-        top.parent.rmdir()          # the shared /shoal parent, once no executor uses it
