@@ -199,7 +199,9 @@ def _apply_status(tx: WriteTx, node_id: str, update: dict[str, Any]) -> None:
         raise PermissionDenied(f"task {task.id} is not assigned to node {node_id}")
     report = update.get("status") or {}
     text = report.get("State", "new")
-    state = _STATE_BY_API.get(text) or TaskState.from_api(text)  # from_api: other cases, or the error
+    state = _STATE_BY_API.get(text)
+    if state is None:
+        state = TaskState.from_api(text)  # another spelling, or the error naming it
     if state < task.status.state or state < _ACCEPTED:
         return  # stale or not a worker's state to report
     task = task.copy()

@@ -15,6 +15,7 @@ from model import Node, Task, TaskState
 # comparisons run for every task of every write.
 _ASSIGNED, _RUNNING = TaskState.ASSIGNED, TaskState.RUNNING
 
+
 def reservations(task: Task) -> tuple[int, int]:
     """(NanoCPUs, MemoryBytes) the task reserves."""
     res = ((task.spec.get("Resources") or {}).get("Reservations")) or {}
