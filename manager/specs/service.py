@@ -121,7 +121,7 @@ def _validate_resources(value: Any, path: str) -> None:
 
 def _validate_restart(value: Any, path: str) -> None:
     policy = field_map(value, path, RESTART_KEYS)
-    if policy.get("Condition") is not None:
+    if policy.get("Condition"):                 # "" means the default, as Docker reads it
         choice(policy["Condition"], f"{path}.Condition", ("none", "on-failure", "any"))
     for key in ("Delay", "Window"):
         if policy.get(key) is not None:
@@ -189,9 +189,9 @@ def _validate_update_config(value: Any, path: str, actions: tuple[str, ...]) -> 
     for key in ("Delay", "Monitor"):
         if cfg.get(key) is not None:
             duration(cfg[key], f"{path}.{key}")
-    if cfg.get("FailureAction") is not None:
+    if cfg.get("FailureAction"):                # "" means the default (docker stack deploy sends it)
         choice(cfg["FailureAction"], f"{path}.FailureAction", actions)
-    if cfg.get("Order") is not None:
+    if cfg.get("Order"):
         choice(cfg["Order"], f"{path}.Order", ("stop-first", "start-first"))
     ratio = cfg.get("MaxFailureRatio")
     if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1):
@@ -230,6 +230,13 @@ def normalize_service_spec(spec: dict[str, Any],
     tmpl.setdefault("ForceUpdate", 0)
     tmpl.setdefault("Runtime", "container")
     tmpl.setdefault("ContainerSpec", {}).setdefault("Isolation", "default")
+    for cfg in (out.get("UpdateConfig"), out.get("RollbackConfig")):
+        for key in ("FailureAction", "Order"):
+            if cfg is not None and cfg.get(key) == "":         # "" stands for the default
+                cfg[key] = UPDATE_DEFAULTS[key]
+    restart = tmpl.get("RestartPolicy")
+    if restart is not None and restart.get("Condition") == "":
+        restart["Condition"] = RESTART_DEFAULTS["Condition"]
     endpoint = out.setdefault("EndpointSpec", {})
     endpoint.setdefault("Mode", "vip")
     for port in endpoint.get("Ports") or []:

@@ -159,3 +159,19 @@ def test_swarm_spec_defaults_and_validation() -> None:
     assert updated["Orchestration"]["TaskHistoryRetentionLimit"] == 2
     with pytest.raises(SpecError, match="HeartbeatPeriod"):
         validate_swarm_spec({"Dispatcher": {"HeartbeatPeriod": -1}})
+
+
+def test_empty_enum_strings_mean_the_default() -> None:
+    """`docker stack deploy` sends "" for an UpdateConfig.Order/FailureAction it was not given;
+    Docker reads "" as the default, and so do we (accepted, shown as the default)."""
+    spec = {"Name": "st_web", "TaskTemplate": {"ContainerSpec": {"Image": "x"},
+                                               "RestartPolicy": {"Condition": ""}},
+            "Mode": {"Replicated": {"Replicas": 3}},
+            "UpdateConfig": {"Parallelism": 1, "FailureAction": "", "Order": ""},
+            "RollbackConfig": {"Parallelism": 1, "FailureAction": "", "Order": ""}}
+    validate_service_spec(spec)
+    shown = insert_service_defaults(normalize_service_spec(spec))
+    assert shown["UpdateConfig"]["Order"] == shown["RollbackConfig"]["Order"] == "stop-first"
+    assert shown["UpdateConfig"]["FailureAction"] == shown["RollbackConfig"]["FailureAction"] == "pause"
+    assert shown["TaskTemplate"]["RestartPolicy"]["Condition"] == "any"
+    assert update_config(shown).order == "stop-first" and restart_policy(shown["TaskTemplate"]).condition == "any"

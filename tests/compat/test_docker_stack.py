@@ -1,0 +1,72 @@
+"""`docker stack deploy/services/ps/rm` against a lab manager: the compose-file client, which
+sends specs the plain `service create` does not (empty enum strings, a stack network, labels)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from cli.lab import Lab
+from tests.compat.test_docker_cli_lab_services import docker
+from tests.swarm.helpers import eventually, load_busybox_everywhere
+
+STACK = """\
+version: "3.8"
+services:
+  web:
+    image: busybox:latest
+    command: ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"]
+    environment:
+      COLOR: "{color}"
+    deploy:
+      replicas: 3
+      update_config:
+        parallelism: 3
+        monitor: 1s
+  agent:
+    image: busybox:latest
+    command: ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"]
+    deploy:
+      mode: global
+"""
+
+
+def services(lab: Lab) -> dict[str, str]:
+    """NAME -> REPLICAS of `docker stack services st`."""
+    out = docker(lab, "stack", "services", "st", "--format", "{{.Name}} {{.Replicas}}")
+    return dict(line.split() for line in out.splitlines() if line.strip())
+
+
+def test_docker_stack_deploy_update_and_rm(make_lab, tmp_path) -> None:
+    if shutil.which("docker") is None:
+        pytest.fail("the docker CLI is not installed (deploy/install.sh installs it)")
+    lab: Lab = make_lab(managers=1, workers=1, swarm=True)
+    load_busybox_everywhere(lab, tmp_path)
+    compose = tmp_path / "stack.yml"
+    compose.write_text(STACK.format(color="blue"))
+    out = docker(lab, "stack", "deploy", "-c", str(compose), "st")
+    assert "Creating network st_default" in out and "Creating service st_web" in out, out
+    eventually(lambda: services(lab) == {"st_web": "3/3", "st_agent": "2/2"}, what="the stack to run")
+    web = json.loads(docker(lab, "service", "inspect", "st_web"))[0]["Spec"]
+    assert web["Labels"]["com.docker.stack.namespace"] == "st"
+    assert web["UpdateConfig"]["Order"] == "stop-first"        # sent as "", shown as the default
+    assert "st" in docker(lab, "stack", "ls")
+
+    compose.write_text(STACK.format(color="green"))
+    docker(lab, "stack", "deploy", "-c", str(compose), "st")
+
+    def updated() -> bool:
+        spec = json.loads(docker(lab, "service", "inspect", "st_web"))[0]
+        tasks = docker(lab, "stack", "ps", "st", "--filter", "desired-state=running",
+                       "--format", "{{.Name}} {{.CurrentState}}")
+        return ("COLOR=green" in spec["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"]
+                and (spec.get("UpdateStatus") or {}).get("State") == "completed"
+                and tasks.count("Running") == 5)
+    eventually(updated, what="the stack update to complete")
+
+    out = docker(lab, "stack", "rm", "st")
+    assert "Removing network st_default" in out, out
+    eventually(lambda: "st_" not in docker(lab, "service", "ls") and "st_default" not in docker(lab, "network", "ls"),
+               what="the stack to be gone")
