@@ -35,6 +35,7 @@ from manager.api.routes import add_cluster_routes
 from manager.logbroker.access import ClusterLogs
 from manager.swarm.leader_loops import Orchestration
 from manager.swarm.node import SwarmNode
+from worker.agent.dependencies import Dependencies
 from worker.executor import api as volumes_api
 from worker.executor.executor import Executor
 from worker.executor.task_executor import RuncTaskExecutor
@@ -136,10 +137,11 @@ def build_host(config: DaemonConfig) -> Host:
     hostname = config.hostname or socket.gethostname()
     images = ImageStore(config.data_dir / "images")
     executor = Executor(config.data_dir)
+    dependencies = Dependencies()   # the node's secrets and configs: filled by the agent, read by the executor
     swarm = SwarmNode(config.data_dir, listen_addr=config.listen_addr, advertise_addr=config.advertise_addr,
-                      hostname=hostname, executor=RuncTaskExecutor(executor, images),
+                      hostname=hostname, executor=RuncTaskExecutor(executor, images, dependencies=dependencies),
                       description=lambda: node_description(hostname), leader_loops=[Orchestration],
-                      logs=executor)
+                      logs=executor, dependencies=dependencies)
     app = new_app(linearizable_reads)
     app[system.SWARM_INFO] = swarm
     app[CLUSTER] = swarm

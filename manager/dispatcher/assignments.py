@@ -11,6 +11,13 @@ the sessions of the node it is on and, when it moved, of the node it left; a nod
 only to that node's session, or to every session when it changes the manager list. So a
 write costs O(1) however many nodes hold sessions. A task update that only echoes the node's
 own status report (past ASSIGNED, nothing else changed) goes nowhere.
+
+Secrets and configs: a message that carries tasks also carries the data of exactly the secrets
+and configs those tasks refer to (`"secrets"`/`"configs"`: ID → base64 data, only when
+non-empty), and only for tasks that may still be prepared (desired state up to RUNNING). So
+only the node of a task that uses a secret ever receives it. Their data never changes (an
+update can change only labels), so the copy sent with a task stays right for its life. A task
+without references costs two dict look-ups; the store is read only for chunks that need data.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from model import Node, Task, TaskState
 # Task states bound once: reading a member off the Enum class costs ~70 ns, and these
 # comparisons run for every task of every write.
 _ASSIGNED = TaskState.ASSIGNED
+_RUNNING = TaskState.RUNNING
 
 CHUNK = 200
 
@@ -40,6 +48,42 @@ def managers_of(tx: ReadTx) -> list[dict[str, str]]:
         if node.role == "manager" and status.get("Addr"):
             out.append({"node_id": node.id, "addr": status["Addr"]})
     return sorted(out, key=lambda m: m["node_id"])
+
+
+def needs_dependencies(task: Task) -> bool:
+    """Does the task refer to secrets or configs and may it still be prepared? O(1)."""
+    container = task.spec.get("ContainerSpec")
+    return bool(container and (container.get("Secrets") or container.get("Configs"))
+                and task.desired_state <= _RUNNING)
+
+
+_DEPENDENCY_KINDS = (("secrets", "Secrets", "SecretID"), ("configs", "Configs", "ConfigID"))
+
+
+def dependency_data(tx: ReadTx, tasks: list[Task]) -> dict[str, dict[str, str]]:
+    """{"secrets": {ID: data}, "configs": {ID: data}} for what `tasks` refer to, the empty
+    kinds left out. A reference to an object that is gone is left out too: the node then
+    rejects the task, naming what is missing."""
+    out: dict[str, dict[str, str]] = {}
+    for table, key, id_key in _DEPENDENCY_KINDS:
+        found: dict[str, str] = {}
+        for task in tasks:
+            for ref in task.spec["ContainerSpec"].get(key) or []:
+                obj_id = ref.get(id_key) if isinstance(ref, dict) else None
+                if obj_id and obj_id not in found:
+                    obj = tx.get(table, obj_id)
+                    if obj is not None:
+                        found[obj_id] = str(obj.spec.get("Data") or "")
+        if found:
+            out[table] = found
+    return out
+
+
+def _with_dependencies(store: Store, message: dict[str, Any], tasks: list[Task]) -> dict[str, Any]:
+    """`message` plus the data of what `tasks` (those that need it) refer to."""
+    if tasks:
+        message.update(store.view(lambda tx: dependency_data(tx, tasks)))
+    return message
 
 
 def _node_tasks(tx: ReadTx, node_id: str) -> list[Task]:
@@ -98,8 +142,10 @@ async def assignment_stream(store: Store, node_id: str, session_message: Callabl
                 first = False
             for start in range(0, max(len(tasks), 1), CHUNK):
                 chunk = tasks[start:start + CHUNK]
-                yield {"kind": "assignments", "type": "complete", "tasks": [task_wire(t) for t in chunk],
-                       "more": start + CHUNK < len(tasks)}
+                yield _with_dependencies(
+                    store, {"kind": "assignments", "type": "complete", "tasks": [task_wire(t) for t in chunk],
+                            "more": start + CHUNK < len(tasks)},
+                    [t for t in chunk if needs_dependencies(t)])
             yield {"kind": "managers", "managers": managers}
             if own is not None:
                 yield node_message(own)
@@ -114,7 +160,7 @@ async def assignment_stream(store: Store, node_id: str, session_message: Callabl
                         for message in outbox.take():
                             yield message
                 events = sub.drain()
-                updates: dict[str, dict[str, Any]] = {}
+                updates: dict[str, Task] = {}
                 removes: set[str] = set()
                 managers_changed = False
                 own_update: Node | None = None
@@ -129,13 +175,12 @@ async def assignment_stream(store: Store, node_id: str, session_message: Callabl
                         removes.add(task.id)
                         updates.pop(task.id, None)
                     else:
-                        updates[task.id] = task_wire(task)
+                        updates[task.id] = task
                         removes.discard(task.id)
                 if updates or removes:
-                    items = [{"action": "update", "task": t} for t in updates.values()]
-                    items += [{"action": "remove", "task_id": i} for i in sorted(removes)]
-                    for start in range(0, len(items), CHUNK):
-                        yield {"kind": "assignments", "type": "incremental", "changes": items[start:start + CHUNK]}
+                    changed: list[Task | str] = [*updates.values(), *sorted(removes)]
+                    for start in range(0, len(changed), CHUNK):
+                        yield _incremental(store, changed[start:start + CHUNK])
                 if managers_changed:
                     yield {"kind": "managers", "managers": store.view(managers_of)}
                 if own_update is not None:
@@ -144,6 +189,20 @@ async def assignment_stream(store: Store, node_id: str, session_message: Callabl
             continue  # lagged: resend the complete set from a fresh snapshot
         finally:
             sub.close()
+
+
+def _incremental(store: Store, changed: list[Task | str]) -> dict[str, Any]:
+    """One incremental message: a Task is an update, a task ID a remove."""
+    items: list[dict[str, Any]] = []
+    needing: list[Task] = []
+    for change in changed:
+        if isinstance(change, str):
+            items.append({"action": "remove", "task_id": change})
+        else:
+            items.append({"action": "update", "task": task_wire(change)})
+            if needs_dependencies(change):
+                needing.append(change)
+    return _with_dependencies(store, {"kind": "assignments", "type": "incremental", "changes": items}, needing)
 
 
 def node_message(node: Node) -> dict[str, Any]:

@@ -47,6 +47,7 @@ from manager.swarm.state import LocalSwarmState
 from model import Cluster, Node, new_id
 from raft.recovery import replay_log
 from worker.agent.agent import Agent
+from worker.agent.dependencies import Dependencies
 from worker.agent.logs import ContainerLogs
 from worker.agent.task_runner import TaskExecutor
 
@@ -60,7 +61,8 @@ STARTUP_TIMEOUT = 15.0
 class SwarmNode:
     def __init__(self, data_dir: Path, *, listen_addr: str, advertise_addr: str, hostname: str,
                  executor: TaskExecutor, description: Callable[[], dict[str, Any]],
-                 leader_loops: list[LeaderLoopFactory], logs: ContainerLogs | None = None) -> None:
+                 leader_loops: list[LeaderLoopFactory], logs: ContainerLogs | None = None,
+                 dependencies: Dependencies | None = None) -> None:
         self.data_dir = data_dir
         self._default_listen = listen_addr
         self._default_advertise = advertise_addr
@@ -69,6 +71,7 @@ class SwarmNode:
         self._description = description
         self._leader_loops = leader_loops
         self._logs = logs
+        self._dependencies = dependencies   # secrets and configs, shared with the executor
         self.state: LocalSwarmState | None = LocalSwarmState.load(data_dir)
         self.creds: NodeCredentials | None = None
         self.runtime: ManagerRuntime | None = None
@@ -136,7 +139,8 @@ class SwarmNode:
         assert state is not None
         self.agent = Agent(state.node_id, state.managers or [state.advertise_addr], self.client_context,
                            self._executor, self._description, split_host_port(state.advertise_addr)[0],
-                           on_managers=self._on_managers, on_node=self._on_node, logs=self._logs)
+                           on_managers=self._on_managers, on_node=self._on_node, logs=self._logs,
+                           dependencies=self._dependencies)
         self._spawn(self.agent.run(), "agent")
 
     async def _start_manager(self, bootstrap: bool, members: dict[int, str]) -> None:

@@ -11,6 +11,9 @@ Theory of operation:
   stopped and its container removed.
 - Status updates are queued per task (only the newest counts) and sent in batches over the
   current session; what could not be sent stays queued for the next session.
+- Secrets and configs ride on the assignment messages of the tasks that use them; they are kept
+  in `dependencies` (see dependencies.py) before those tasks reach their runners, bound to the
+  tasks, released when a runner ends, and pruned to what each complete set brings.
 - `logs`/`logs_cancel` messages go to the LogPublisher (logs.py), which serves them for as long
   as the session lasts.
 """
@@ -27,6 +30,7 @@ from typing import Any
 from manager.rpc.client import RpcClient
 from manager.rpc.errors import NotLeaderError, RpcError
 from model import Task, TaskStatus
+from worker.agent.dependencies import Dependencies
 from worker.agent.logs import ContainerLogs, LogPublisher
 from worker.agent.task_runner import TaskExecutor, TaskRunner
 
@@ -41,7 +45,7 @@ class Agent:
                  executor: TaskExecutor, description: Callable[[], dict[str, Any]], addr: str,
                  on_managers: Callable[[list[str]], None] | None = None,
                  on_node: Callable[[dict[str, Any]], None] | None = None,
-                 logs: ContainerLogs | None = None) -> None:
+                 logs: ContainerLogs | None = None, dependencies: Dependencies | None = None) -> None:
         self.node_id = node_id
         self.managers = list(managers)
         self._ssl_context = ssl_context
@@ -50,6 +54,7 @@ class Agent:
         self._addr = addr
         self._on_managers = on_managers
         self._on_node = on_node
+        self.dependencies = dependencies if dependencies is not None else Dependencies()
         self._leader_hint = ""
         self._runners: dict[str, TaskRunner] = {}
         self._runner_tasks: dict[str, asyncio.Task[None]] = {}
@@ -143,8 +148,16 @@ class Agent:
         elif kind in ("logs", "logs_cancel"):
             self.logs.handle(message)
         elif kind == "assignments":
-            if message.get("type") == "complete":
+            complete = message.get("type") == "complete"
+            if complete:
+                self.dependencies.begin_complete_set()
+            if "secrets" in message or "configs" in message:
+                for problem in self.dependencies.add(message.get("secrets"), message.get("configs")):
+                    log.warning("assignment dependency dropped: %s", problem)
+            if complete:
                 self._complete_chunk(message)
+                if not message.get("more"):
+                    self.dependencies.end_complete_set()
             else:
                 for change in message.get("changes") or []:
                     if change.get("action") == "remove":
@@ -165,6 +178,7 @@ class Agent:
             self._complete_seen = None
 
     def _assign(self, task: Task) -> None:
+        self.dependencies.bind(task)
         runner = self._runners.get(task.id)
         if runner is not None:
             runner.update(task)
@@ -180,6 +194,7 @@ class Agent:
         finally:
             self._runners.pop(runner.task_id, None)
             self._runner_tasks.pop(runner.task_id, None)
+            self.dependencies.release(runner.task_id)
 
     def _unassign(self, task_id: str) -> None:
         runner = self._runners.get(task_id)

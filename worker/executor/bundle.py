@@ -2,7 +2,8 @@
 
 Theory of operation: `build_spec` takes a validated `ContainerConfig` plus everything the host
 side has already decided (the mounted rootfs path, the cgroup path, the resolved user, the host
-paths of volume sources and of the per-container /etc files) and returns the config.json dict.
+paths of volume sources, of the per-container /etc files and of the injected secret and config
+files) and returns the config.json dict.
 No I/O happens here, so tests check the spec field by field. Defaults follow what users of
 Docker expect: its default capability set, masked and read-only /proc and /sys paths, a private
 /dev with devpts, shm and mqueue, rprivate propagation for binds, and a new net namespace (runc
@@ -46,6 +47,7 @@ class HostPaths:
     cgroups_path: str                             # e.g. /shoal/<daemon-id>/<cid>
     etc_files: dict[str, str] = field(default_factory=dict)   # container path → host file
     volume_sources: dict[str, str] = field(default_factory=dict)  # mount target → host dir
+    injected_files: dict[str, str] = field(default_factory=dict)  # container path → host file (ro)
     nofile_hard: int = 0       # the host's RLIMIT_NOFILE hard limit (a container cannot exceed it)
 
 
@@ -100,6 +102,16 @@ def _etc_mounts(host: HostPaths, user_targets: set[str]) -> list[dict[str, Any]]
         {"destination": dest, "type": "bind", "source": src, "options": ["rbind", "rprivate", "rw"]}
         for dest, src in sorted(host.etc_files.items())
         if dest not in user_targets
+    ]
+
+
+def _injected_mounts(host: HostPaths) -> list[dict[str, Any]]:
+    """Secrets and configs: read-only binds, after the user's mounts so that one lands inside a
+    tmpfs or volume the user mounted on its parent directory."""
+    return [
+        {"destination": dest, "type": "bind", "source": src,
+         "options": ["rbind", "rprivate", "ro", "nosuid", "nodev"]}
+        for dest, src in sorted(host.injected_files.items())
     ]
 
 
@@ -167,7 +179,8 @@ def build_spec(config: ContainerConfig, user: ResolvedUser, host: HostPaths) -> 
         },
         "root": {"path": host.rootfs, "readonly": config.read_only},
         "hostname": config.hostname,
-        "mounts": _system_mounts() + user_mounts + _etc_mounts(host, user_targets),
+        "mounts": _system_mounts() + user_mounts + _etc_mounts(host, user_targets)
+        + _injected_mounts(host),
         "annotations": {f"label.{k}": v for k, v in sorted(config.labels.items())}
         | {"shoal.name": config.name},
         "linux": {

@@ -6,7 +6,8 @@ the records in the container's directory), never from in-memory flags, so a cont
 by a restarted daemon for an adopted container behaves exactly like the original one.
   - prepare: write the config record first (so a crash leaves something cleanup recognises),
     mount the overlay, resolve the user in the image's passwd, acquire volumes, write
-    /etc/hosts, hostname, resolv.conf and config.json, then conmon runs `runc create`.
+    /etc/hosts, hostname, resolv.conf, the injected secret and config files (under the state
+    dir, on the run tmpfs: never on disk) and config.json, then conmon runs `runc create`.
     conmon is born in the shims cgroup (see `shim_spawner`), outside the daemon's cgroup.
   - start: if the container is created, the exec-fifo handshake of `runc start`
     (`Runc.start`).
@@ -46,6 +47,7 @@ from worker.executor.spec import (
 from worker.executor.volumes import ANONYMOUS_LABEL, VolumeStore
 
 SHIM_EXIT_TIMEOUT = 10.0
+INJECTED_DIR = "files"         # under the state dir: the secret and config files
 
 
 class ExecutorError(Exception):
@@ -253,11 +255,12 @@ class ContainerController:
         (p.etc / "hosts").write_text(bundle.hosts_file(hostname, c.extra_hosts))
         (p.etc / "resolv.conf").write_text(
             bundle.resolv_conf(_read_text(Path("/etc/resolv.conf")), c.dns_servers))
+        injected = _write_injected_files(c, p.state / INJECTED_DIR)
         spec_config = c if c.hostname else _with_hostname(c, hostname)
         spec = bundle.build_spec(spec_config, user, bundle.HostPaths(
             rootfs=str(p.rootfs), cgroups_path=self.layout.cgroups_path(c.id),
             etc_files={f"/etc/{n}": str(p.etc / n) for n in ("hostname", "hosts", "resolv.conf")},
-            volume_sources=volume_sources,
+            volume_sources=volume_sources, injected_files=injected,
             nofile_hard=resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
         p.bundle.mkdir(exist_ok=True)
         _write_atomic(p.bundle / "config.json", json.dumps(spec))
@@ -368,6 +371,30 @@ class ContainerController:
         shutil.rmtree(self.layout.socket_dir / self.id, ignore_errors=True)
         shutil.rmtree(self.paths.state, ignore_errors=True)
         shutil.rmtree(self.paths.dir, ignore_errors=True)
+
+
+def _write_injected_files(config: ContainerConfig, into: Path) -> dict[str, str]:
+    """Write each injected file (numbered, so no name from the task reaches the host path) with
+    its owner and mode; container path → host file. Created 0600 and only then given its mode
+    and owner, so nobody reads it while it is being written."""
+    out: dict[str, str] = {}
+    if not config.files:
+        return out
+    into.mkdir(mode=0o700, exist_ok=True)
+    for index, injected in enumerate(config.files):
+        path = into / str(index)
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(injected.data)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        os.chown(path, injected.uid, injected.gid)
+        os.chmod(path, injected.mode)
+        out[injected.target] = str(path)
+    return out
 
 
 def volume_name(cid: str, mount: MountSpec) -> str:

@@ -5,11 +5,14 @@ overlay lower dirs, the final argv, env, cwd, user spec, mounts, limits, health 
 executor never consults the image store or the cluster. It round-trips through JSON
 (`to_json`/`from_json`) because a restarted daemon re-adopts containers from what it persisted.
 User specs ("name", "uid", "uid:gid", "name:group") are resolved against the container's own
-/etc/passwd and /etc/group by the pure `resolve_user`.
+/etc/passwd and /etc/group by the pure `resolve_user`. Injected files (a service's secrets and
+configs) carry their bytes (base64 in JSON): the record lives on the executor's run tmpfs, as do
+the files written from it, so their contents never reach the disk.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +51,41 @@ class MountSpec:
         if self.propagation not in PROPAGATIONS:
             raise ConfigError(
                 f"mount propagation {self.propagation!r} is not one of {', '.join(PROPAGATIONS)}")
+
+
+@dataclass(frozen=True)
+class InjectedFile:
+    """A file given to the container (a secret or a config): bind-mounted read-only at
+    `target` from a copy the executor writes with this owner and mode."""
+
+    target: str                # absolute path in the container
+    data: bytes
+    uid: int = 0
+    gid: int = 0
+    mode: int = 0o444
+    source: str = ""           # what it is, for error texts: "secret db-password"
+
+    def validate(self) -> None:
+        what = self.source or f"injected file {self.target}"
+        if not self.target.startswith("/"):
+            raise ConfigError(f"{what}: target {self.target!r} must be an absolute path")
+        if ".." in self.target.split("/"):
+            raise ConfigError(f"{what}: target {self.target!r} must not contain '..'")
+        if self.target.rstrip("/") == "":
+            raise ConfigError(f"{what}: target must name a file, not /")
+        if not 0 <= self.mode <= 0o7777:
+            raise ConfigError(f"{what}: mode {self.mode:o} is not a file mode")
+        if self.uid < 0 or self.gid < 0:
+            raise ConfigError(f"{what}: uid and gid must not be negative")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "data": base64.b64encode(self.data).decode("ascii"),
+                "uid": self.uid, "gid": self.gid, "mode": self.mode, "source": self.source}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> InjectedFile:
+        return cls(target=data["target"], data=base64.b64decode(data["data"]), uid=int(data["uid"]),
+                   gid=int(data["gid"]), mode=int(data["mode"]), source=str(data.get("source", "")))
 
 
 @dataclass(frozen=True)
@@ -96,6 +134,7 @@ class ContainerConfig:
     read_only: bool = False
     extra_hosts: list[str] = field(default_factory=list)  # "ip name [name...]" lines for /etc/hosts
     dns_servers: list[str] = field(default_factory=list)  # empty: copy the host's resolv.conf
+    files: list[InjectedFile] = field(default_factory=list)  # secrets and configs
 
     def validate(self) -> None:
         if not _CID_RE.match(self.id) or self.id == "shims":
@@ -118,10 +157,17 @@ class ContainerConfig:
         signal_number(self.stop_signal)
         if self.healthcheck is not None and not self.healthcheck.test:
             raise ConfigError("health check has an empty test command")
+        targets: set[str] = set()
+        for injected in self.files:
+            injected.validate()
+            if injected.target in targets:
+                raise ConfigError(f"two secrets or configs are mounted at {injected.target}")
+            targets.add(injected.target)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["lower_dirs"] = [str(p) for p in self.lower_dirs]
+        data["files"] = [f.to_json() for f in self.files]
         return data
 
     @classmethod
@@ -132,6 +178,7 @@ class ContainerConfig:
         d["resources"] = Resources(**d.get("resources", {}))
         hc = d.get("healthcheck")
         d["healthcheck"] = Healthcheck(**hc) if hc else None
+        d["files"] = [InjectedFile.from_json(f) for f in d.get("files", [])]
         return cls(**d)
 
 

@@ -4,7 +4,9 @@ Theory of operation: `controller(task, progress)` makes sure the task's image is
 (pulling it if missing, reporting progress lines while the task is PREPARING), reads the
 image's layers and config, and builds the `ContainerConfig` with `config_from_task`: the
 container id is the task id, its name the task's display name, and it carries the swarm labels
-users of Docker expect. `existing(task_id)` finds the container made for a task earlier (live
+users of Docker expect, and the task's secrets and configs as injected files, from the data
+the agent holds for the node (`dependencies`; a reference without data rejects the task with
+the name of what is missing). `existing(task_id)` finds the container made for a task earlier (live
 restore). Image and spec problems surface as `ExecutorError` with a one-line message, which
 the task runner puts in the task status (REJECTED before start).
 """
@@ -16,8 +18,8 @@ from typing import Any, Protocol
 
 from worker.executor.controller import ContainerController, ExecutorError
 from worker.executor.executor import Executor
-from worker.executor.spec import ConfigError
-from worker.executor.taskspec import config_from_task
+from worker.executor.spec import ConfigError, InjectedFile
+from worker.executor.taskspec import config_from_task, resolve_injected_files
 
 
 class TaskLike(Protocol):
@@ -43,6 +45,12 @@ class ImageSource(Protocol):
     def image_config(self, image: Any) -> dict[str, Any]: ...
 
 
+class DependencySource(Protocol):
+    """What this module needs of `worker.agent.dependencies.Dependencies`."""
+
+    def files_for(self, task: Any) -> list[InjectedFile]: ...
+
+
 NetnsFor = Callable[[TaskLike], str]
 
 
@@ -58,8 +66,10 @@ def swarm_labels(task: TaskLike) -> dict[str, str]:
 
 class RuncTaskExecutor:
     def __init__(self, executor: Executor, images: ImageSource, *, hostname: str = "",
-                 netns_for: NetnsFor | None = None, pull_policy: str = "missing") -> None:
+                 netns_for: NetnsFor | None = None, pull_policy: str = "missing",
+                 dependencies: DependencySource | None = None) -> None:
         self.executor = executor
+        self.dependencies = dependencies
         self.images = images
         self.hostname = hostname
         self.netns_for = netns_for
@@ -70,6 +80,7 @@ class RuncTaskExecutor:
         ref = spec.get("Image")
         if not ref or not isinstance(ref, str):
             raise ExecutorError("task: ContainerSpec.Image is required")
+        files = self._files(task, spec)
 
         async def on_progress(event: dict[str, Any]) -> None:
             text = " ".join(str(event[k]) for k in ("status", "id") if event.get(k))
@@ -88,10 +99,22 @@ class RuncTaskExecutor:
             config = config_from_task(
                 task.id, task.display_name, task.spec, image_config, list(layers),
                 hostname=self.hostname, labels=swarm_labels(task),
-                netns_path=self.netns_for(task) if self.netns_for else "")
+                netns_path=self.netns_for(task) if self.netns_for else "", files=files)
         except ConfigError as e:
             raise ExecutorError(f"invalid task spec: {e}") from e
         return self.executor.controller(config)
+
+    def _files(self, task: TaskLike, spec: dict[str, Any]) -> list[InjectedFile]:
+        """The task's secrets and configs; checked before the image is pulled, so a task whose
+        data is missing fails at once and names it."""
+        if not spec.get("Secrets") and not spec.get("Configs"):
+            return []
+        try:
+            if self.dependencies is None:   # nothing held: any file reference is missing
+                return resolve_injected_files(spec, lambda _kind, _id, _name: None)
+            return self.dependencies.files_for(task)
+        except ConfigError as e:
+            raise ExecutorError(f"task: {e}") from e
 
     def existing(self, task_id: str) -> ContainerController | None:
         return self.executor.get(task_id)

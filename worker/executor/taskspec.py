@@ -8,12 +8,17 @@ way Docker merges them:
   - Dir/User/StopSignal/Hostname: the task's if set, else the image's, else the default;
   - Healthcheck: the task's fields over the image's; `["NONE"]` disables it; durations are
     nanoseconds in the API and seconds here;
-  - Mounts, Resources.Limits, ReadOnly, Hosts, DNSConfig.Nameservers map one to one.
+  - Mounts, Resources.Limits, ReadOnly, Hosts, DNSConfig.Nameservers map one to one;
+  - Secrets and Configs become injected files (`resolve_injected_files`, given a lookup of the
+    data the node was sent): a secret's relative `File.Name` lands under /run/secrets, a
+    config's under /; an absolute one is used as is; UID/GID default to "0" and Mode to 0444.
 Bad input raises `ConfigError` naming the field.
 """
 
 from __future__ import annotations
 
+import posixpath
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,7 @@ from worker.executor.spec import (
     ConfigError,
     ContainerConfig,
     Healthcheck,
+    InjectedFile,
     MountSpec,
     Resources,
     merge_env,
@@ -128,13 +134,92 @@ def resolve_resources(resources: dict[str, Any] | None) -> Resources:
     return out
 
 
+SECRETS_DIR = "/run/secrets"
+DEFAULT_FILE_MODE = 0o444
+
+
+class MissingDependency(ConfigError):
+    """A secret or config the task refers to whose data this node does not have."""
+
+
+# (kind, ID, name) → the data, or None when the node has none.
+DependencyLookup = Callable[[str, str, str], bytes | None]
+
+
+def injected_target(kind: str, file_name: str) -> str:
+    """Where a secret's or config's `File.Name` lands: relative names under /run/secrets (a
+    secret) or / (a config), absolute ones as they are. `..` components are refused."""
+    if not file_name:
+        raise ConfigError(f"{kind} target: File.Name is empty")
+    if ".." in file_name.split("/"):
+        raise ConfigError(f"{kind} target {file_name!r} must not contain '..'")
+    if file_name.startswith("/"):
+        target = file_name
+    else:
+        target = posixpath.join(SECRETS_DIR if kind == "secret" else "/", file_name)
+    target = posixpath.normpath(target)
+    if target in ("/", SECRETS_DIR) or "\0" in target:
+        raise ConfigError(f"{kind} target {file_name!r} does not name a file")
+    return target
+
+
+def _file_id(value: Any, what: str) -> int:
+    if value in (None, ""):
+        return 0
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a numeric ID, not {value!r}") from None
+    if number < 0:
+        raise ConfigError(f"{what} must not be negative")
+    return number
+
+
+def resolve_injected_files(spec: dict[str, Any], lookup: DependencyLookup) -> list[InjectedFile]:
+    """ContainerSpec.Secrets and .Configs as files. A config reference with a `Runtime` target
+    (a credential spec) is no file and is skipped. Data missing for a reference raises
+    `MissingDependency` naming it."""
+    out: list[InjectedFile] = []
+    for kind, key, id_key, name_key in (("secret", "Secrets", "SecretID", "SecretName"),
+                                        ("config", "Configs", "ConfigID", "ConfigName")):
+        refs = spec.get(key) or []
+        if not isinstance(refs, list):
+            raise ConfigError(f"ContainerSpec.{key} must be a list")
+        for ref in refs:
+            if not isinstance(ref, dict):
+                raise ConfigError(f"ContainerSpec.{key} entries must be objects")
+            if ref.get("File") is None and ref.get("Runtime") is not None:
+                continue
+            obj_id, name = str(ref.get(id_key) or ""), str(ref.get(name_key) or "")
+            if not obj_id:
+                raise ConfigError(f"ContainerSpec.{key}: {kind} {name or '?'} has no {id_key}")
+            label = f"{kind} {name or obj_id}"
+            file = ref.get("File") or {}
+            if not isinstance(file, dict):
+                raise ConfigError(f"{label}: File must be an object")
+            target = injected_target(kind, str(file.get("Name") or name or obj_id))
+            mode = file.get("Mode")
+            mode = DEFAULT_FILE_MODE if mode is None else mode
+            if not isinstance(mode, int) or isinstance(mode, bool) or not 0 <= mode <= 0o7777:
+                raise ConfigError(f"{label}: File.Mode must be a file mode (0 to 0o7777), not {mode!r}")
+            data = lookup(kind, obj_id, name)
+            if data is None:
+                raise MissingDependency(f"{label} (ID {obj_id}) is not available on this node")
+            out.append(InjectedFile(target=target, data=data, uid=_file_id(file.get("UID"), f"{label}: File.UID"),
+                                    gid=_file_id(file.get("GID"), f"{label}: File.GID"), mode=mode,
+                                    source=label))
+    return out
+
+
 def config_from_task(container_id: str, name: str, task_spec: dict[str, Any],
                      image_config: dict[str, Any], lower_dirs: list[Path], *,
                      hostname: str = "", netns_path: str = "",
-                     labels: dict[str, str] | None = None) -> ContainerConfig:
+                     labels: dict[str, str] | None = None,
+                     files: list[InjectedFile] | None = None) -> ContainerConfig:
     """`task_spec` is the Engine API TaskSpec (with `ContainerSpec` and `Resources`);
     `image_config` is the image's `config` object (Env, Entrypoint, Cmd, WorkingDir, User,
-    Healthcheck, StopSignal, Labels); `lower_dirs` are its layers, top first."""
+    Healthcheck, StopSignal, Labels); `lower_dirs` are its layers, top first; `files` the
+    task's secrets and configs (`resolve_injected_files`)."""
     spec = task_spec.get("ContainerSpec") or {}
     image = image_config or {}
     stop_grace = spec.get("StopGracePeriod")
@@ -160,6 +245,7 @@ def config_from_task(container_id: str, name: str, task_spec: dict[str, Any],
         read_only=bool(spec.get("ReadOnly")),
         extra_hosts=_str_list(spec.get("Hosts"), "ContainerSpec.Hosts"),
         dns_servers=_str_list(dns, "DNSConfig.Nameservers"),
+        files=list(files or []),
     )
     config.validate()
     return config
