@@ -1,0 +1,83 @@
+"""Secrets and configs on a lab (1 manager, 1 worker, real daemons and containers): a service
+of 2 replicas, one per node, referring to a secret and a config created through the Engine
+API, finds both files inside each of its containers (read back through `shoal service logs`),
+with the owner and mode the service asked for."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from cli.lab import Lab
+from tests.conftest import needs_root
+from tests.swarm.helpers import api, eventually, load_busybox_everywhere
+
+IMAGE = "busybox:latest"
+MANAGER = "manager-1"
+SERVICE = "uses-secrets"
+SECRET_TEXT = "secret-value-7f3a"
+CONFIG_TEXT = "config-value-91bc"
+LINE = re.compile(r"^(?P<svc>[\w-]+)\.(?P<slot>\d+)\.(?P<task>[0-9a-z]{12})@(?P<host>\S+)\s+\| (?P<text>.*)$")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    needs_root()
+    the_lab = Lab(f"sd{os.getpid() % 100000:05d}")
+    the_lab.down()
+    try:
+        the_lab.up(managers=1, workers=1, swarm=True)
+        load_busybox_everywhere(the_lab, tmp_path_factory.mktemp("img"), IMAGE)
+        yield the_lab
+    finally:
+        the_lab.down()
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def test_both_replicas_read_the_secret_and_the_config(lab: Lab) -> None:
+    secret = api(lab, MANAGER, "POST", "/secrets/create", {"Name": "db-password", "Data": b64(SECRET_TEXT + "\n")})
+    config = api(lab, MANAGER, "POST", "/configs/create", {"Name": "app-conf", "Data": b64(CONFIG_TEXT + "\n")})
+    command = ("cat /run/secrets/db-password /app.conf; "
+               "stat -c 'meta %n %a %u' /run/secrets/db-password /app.conf; "
+               "trap 'exit 0' TERM; sleep 100000 & wait")
+    spec = {
+        "Name": SERVICE,
+        "Mode": {"Replicated": {"Replicas": 2}},
+        "TaskTemplate": {
+            "ContainerSpec": {
+                "Image": IMAGE, "Args": ["sh", "-c", command], "StopGracePeriod": 2_000_000_000,
+                "Secrets": [{"SecretID": secret["ID"], "SecretName": "db-password",
+                             "File": {"Name": "db-password", "UID": "1000", "GID": "0", "Mode": 0o400}}],
+                "Configs": [{"ConfigID": config["ID"], "ConfigName": "app-conf",
+                             "File": {"Name": "app.conf", "UID": "0", "GID": "0", "Mode": 0o444}}],
+            },
+            "Placement": {"MaxReplicas": 1},
+        },
+    }
+    api(lab, MANAGER, "POST", "/services/create", spec)
+
+    def lines_per_host() -> dict[str, list[str]]:
+        proc = lab.exec(MANAGER, [sys.executable, "-m", "cli.main", "service", "logs", SERVICE], timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        out: dict[str, list[str]] = {}
+        for line in proc.stdout.splitlines():
+            match = LINE.match(line)
+            assert match, f"unexpected log line {line!r}"
+            out.setdefault(match["host"], []).append(match["text"])
+        complete = len(out) == 2 and all(len(texts) >= 4 for texts in out.values())
+        return out if complete else {}
+
+    per_host = eventually(lines_per_host, timeout=30, what="both replicas to print their files")
+    assert set(per_host) == {"manager-1", "worker-1"}
+    for host, texts in per_host.items():
+        assert texts[:2] == [SECRET_TEXT, CONFIG_TEXT], (host, texts)
+        assert "meta /run/secrets/db-password 400 1000" in texts, (host, texts)
+        assert "meta /app.conf 444 0" in texts, (host, texts)
