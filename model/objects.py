@@ -21,6 +21,8 @@ from model.task_state import TaskState, TaskStatus, check_transition
 JSON = dict[str, Any]
 _RECORD_FIELDS: dict[type, tuple[str, ...]] = {}  # per class: its dataclass field names, in order
 _STATE_OF = {int(state): state for state in TaskState}
+_NUMBER_OF = {state: int(state) for state in TaskState}  # a dict read is cheaper than int(member)
+_new_object = object.__new__
 
 
 @dataclass(kw_only=True)
@@ -200,8 +202,23 @@ class Task(StoreObject):
         return out
 
     # Tasks are the bulk of all writes: their record, decoding and copy are written out by hand
-    # (tests check that they cover every field).
+    # (tests check that they cover every field, in field order, and that copies are independent).
     def to_record(self) -> JSON:
+        # A task's __dict__ holds exactly its fields in field order (set so by __init__ and kept
+        # by copy()), so the record starts as a copy of it; anything else is spelled out.
+        # A state that is not a TaskState member takes the spelled-out path and its int().
+        record = self.__dict__.copy()
+        status = self.status
+        state_number = _NUMBER_OF.get(status.state)
+        desired_number = _NUMBER_OF.get(self.desired_state)
+        if len(record) != _TASK_FIELD_COUNT or state_number is None or desired_number is None:
+            return self._to_record_by_name()
+        record["status"] = [state_number, status.timestamp, status.message, status.err,
+                            status.container_status, status.port_status]
+        record["desired_state"] = desired_number
+        return record
+
+    def _to_record_by_name(self) -> JSON:
         status = self.status
         return {"id": self.id, "version": self.version, "created_at": self.created_at,
                 "updated_at": self.updated_at, "spec": self.spec, "service_id": self.service_id,
@@ -223,20 +240,29 @@ class Task(StoreObject):
         return cls(**fields)
 
     def copy(self) -> Task:
-        """Copies everything but the spec, which nobody rewrites (shared, read-only)."""
-        twin = object.__new__(type(self))
-        twin.__dict__.update(self.__dict__)
+        """Copies everything but the spec, which nobody rewrites (shared, read-only): a new status
+        (its container and port status dicts shared, as they are replaced, never edited), new
+        labels, and deep copies of the network attachments and job iteration."""
+        twin = _new_object(type(self))
+        twin.__dict__ = values = self.__dict__.copy()
         status = self.status
-        twin.status = TaskStatus(status.state, status.timestamp, status.message, status.err,
-                                 status.container_status, status.port_status)
-        twin.labels = dict(self.labels)
-        if self.networks_attachments:
-            twin.networks_attachments = _copy.deepcopy(self.networks_attachments)
-        else:
-            twin.networks_attachments = []
+        twin_status = _new_object(TaskStatus)  # TaskStatus(...) costs a call to its __init__
+        twin_status.state = status.state
+        twin_status.timestamp = status.timestamp
+        twin_status.message = status.message
+        twin_status.err = status.err
+        twin_status.container_status = status.container_status
+        twin_status.port_status = status.port_status
+        values["status"] = twin_status
+        values["labels"] = dict(self.labels)
+        attachments = self.networks_attachments
+        values["networks_attachments"] = _copy.deepcopy(attachments) if attachments else []
         if self.job_iteration is not None:
-            twin.job_iteration = _copy.deepcopy(self.job_iteration)
+            values["job_iteration"] = _copy.deepcopy(self.job_iteration)
         return twin
+
+
+_TASK_FIELD_COUNT = len(dataclasses.fields(Task))
 
 
 @dataclass(kw_only=True)
