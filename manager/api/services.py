@@ -21,13 +21,13 @@ from manager.api.cluster import cluster_store, parse_filters, require_version
 from manager.api.http import ApiError, Routes, go_bool, json_response, read_json
 from manager.api.objects_common import any_prefix, api_errors, labels_match, lookup, require_spec_object
 from manager.api.tasks import service_status
+from manager.orchestrator.jobs import JOB_MODES
 from manager.specs import SpecError, insert_service_defaults, normalize_service_spec, validate_service_spec
 from manager.store import ReadTx, StaleVersion, WriteTx
 from model import Network, Service, Task, TaskState, new_id
 
 MODE_KEYS = ("Replicated", "Global", "ReplicatedJob", "GlobalJob")
 SERVICE_FILTERS = {"id", "name", "label", "mode", "runtime"}
-JOB_MODES = ("replicated-job", "global-job")
 
 
 # -- resolving references inside a spec ---------------------------------------------------------

@@ -18,6 +18,7 @@ from manager.api.cluster import cluster_store, parse_filters
 from manager.api.http import ApiError, Routes, json_response
 from manager.api.objects_common import any_prefix, api_errors, labels_match, lookup
 from manager.orchestrator.common import is_task_dirty
+from manager.orchestrator.jobs import JOB_MODES, job_iteration, replicated_job_sizes, task_iteration
 from manager.store import ReadTx
 from model import Node, Service, Task, TaskState
 
@@ -41,12 +42,15 @@ def _down_nodes(tx: ReadTx) -> set[str]:
 
 
 def service_status(tx: ReadTx, service: Service) -> dict[str, int]:
-    """ServiceStatus{RunningTasks, DesiredTasks, CompletedTasks} of `GET /services?status=true`."""
+    """ServiceStatus{RunningTasks, DesiredTasks, CompletedTasks} of `GET /services?status=true`.
+    For a job, only the tasks of its current iteration count."""
     down = _down_nodes(tx)
+    mode = service.mode
+    iteration = job_iteration(service) if mode in JOB_MODES else None
     running = desired_global = completed = 0
     task: Task
     for task in tx.find("tasks", service_id=service.id):
-        if task.node_id in down:
+        if task.node_id in down or (iteration is not None and task_iteration(task) != iteration):
             continue
         if task.desired_state not in (TaskState.RUNNING, TaskState.COMPLETE):
             continue
@@ -54,15 +58,13 @@ def service_status(tx: ReadTx, service: Service) -> dict[str, int]:
             running += 1
         elif task.status.state == TaskState.COMPLETE:
             completed += 1
-        if task.desired_state == TaskState.RUNNING:
+        if task.desired_state == TaskState.RUNNING or (   # a global job: its unfinished tasks
+                task.desired_state == TaskState.COMPLETE and task.status.state <= TaskState.RUNNING):
             desired_global += 1
-    mode = service.mode
     if mode == "replicated":
         desired = service.replicas
     elif mode == "replicated-job":
-        job = (service.spec.get("Mode") or {}).get("ReplicatedJob") or {}
-        max_concurrent = int(job.get("MaxConcurrent") or 1)
-        total = int(job.get("TotalCompletions") or max_concurrent)
+        max_concurrent, total = replicated_job_sizes(service)
         desired = max(0, min(max_concurrent, total - completed))
     else:
         desired = desired_global

@@ -86,20 +86,6 @@ def history_limit(tx: ReadTx, default: int = 5) -> int:
     return default if value is None else int(value)
 
 
-def service_status(tx: ReadTx, service: Service) -> dict[str, int]:
-    """`ServiceStatus` for `GET /services?status=true`: running tasks, desired tasks, completed."""
-    tasks = tx.find("tasks", service_id=service.id)
-    nodes = {n.id: n for n in tx.all("nodes")}
-    running = sum(1 for t in tasks if t.status.state == _RUNNING and runnable(t)
-                  and not node_is_down(nodes.get(t.node_id)))
-    completed = sum(1 for t in tasks if t.status.state == _COMPLETE)
-    if service.mode == "global":
-        desired = sum(1 for t in tasks if runnable(t))
-    else:
-        desired = service.replicas
-    return {"RunningTasks": running, "DesiredTasks": desired, "CompletedTasks": completed}
-
-
 def update_service_spec(service: Service, new_spec: dict[str, Any], now: float) -> Service:
     """A copy of `service` with `new_spec` (already validated and normalised): the old spec
     becomes PreviousSpec and UpdateStatus is cleared so the updater starts afresh."""

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from manager.orchestrator.clock import ManualClock
 from manager.orchestrator.global_orchestrator import GlobalOrchestrator
+from manager.orchestrator.jobs import JobOrchestrator
 from manager.orchestrator.reaper import TaskReaper
 from manager.orchestrator.replicated import ReplicatedOrchestrator
 from manager.orchestrator.restart import RestartSupervisor
@@ -75,7 +76,7 @@ class FakeAgent:
         if state < TaskState.ASSIGNED or state > TaskState.RUNNING or not self._node_up(tx, task.node_id):
             return None
         moved = task.copy()
-        if task.desired_state > TaskState.RUNNING:
+        if task.desired_state >= TaskState.SHUTDOWN:     # a job's task runs to COMPLETE
             moved.status.advance(TaskState.SHUTDOWN, now, "shutdown")
             self.stopped.append(task.id)
             self.log.append(("stop", task.id))
@@ -115,6 +116,7 @@ class Harness:
         self.updates = UpdateSupervisor()
         self.replicated = ReplicatedOrchestrator(self.store, self.clock, self.restarts, self.updates)
         self.global_ = GlobalOrchestrator(self.store, self.clock, self.restarts, self.updates)
+        self.jobs = JobOrchestrator(self.store, self.clock)
         self.reaper = TaskReaper(self.store, self.clock)
         self.scheduler = Scheduler(self.store, clock=self.clock.now)
         self.agent = FakeAgent(self.store, self.clock)
@@ -126,6 +128,7 @@ class Harness:
         before = self.store.index
         await self.replicated.reconcile()
         await self.global_.reconcile()
+        await self.jobs.reconcile()
         for event in self._sub.drain():
             self.scheduler.handle(event)
         await self.scheduler.tick()

@@ -13,7 +13,7 @@ from model import Node, Task, TaskState
 
 # Task states bound once: reading a member off the Enum class costs ~70 ns, and these
 # comparisons run for every task of every write.
-_ASSIGNED, _RUNNING = TaskState.ASSIGNED, TaskState.RUNNING
+_ASSIGNED, _COMPLETE, _RUNNING = TaskState.ASSIGNED, TaskState.COMPLETE, TaskState.RUNNING
 
 
 def reservations(task: Task) -> tuple[int, int]:
@@ -68,7 +68,7 @@ class NodeInfo:
         cpu, memory = reserved if reserved is not None else reservations(task)
         self.reserved_cpu += cpu
         self.reserved_memory += memory
-        if task.desired_state <= _RUNNING:
+        if task.desired_state <= _COMPLETE:     # running, or a job's task running to completion
             self.service_counts[task.service_id] = self.service_counts.get(task.service_id, 0) + 1
             self.active_count += 1
         return True
@@ -80,7 +80,7 @@ class NodeInfo:
         cpu, memory = reservations(task)
         self.reserved_cpu -= cpu
         self.reserved_memory -= memory
-        if task.desired_state <= _RUNNING:
+        if task.desired_state <= _COMPLETE:     # running, or a job's task running to completion
             left = self.service_counts[task.service_id] - 1
             if left:
                 self.service_counts[task.service_id] = left

@@ -22,7 +22,8 @@ from model import Task, TaskState, format_time
 
 # Task states bound once: reading a member off the Enum class costs ~70 ns, and these
 # comparisons run for every task of every write.
-_ASSIGNED, _NEW, _PENDING, _RUNNING = TaskState.ASSIGNED, TaskState.NEW, TaskState.PENDING, TaskState.RUNNING
+_ASSIGNED, _COMPLETE, _NEW, _PENDING, _RUNNING = (
+    TaskState.ASSIGNED, TaskState.COMPLETE, TaskState.NEW, TaskState.PENDING, TaskState.RUNNING)
 
 PENDING_MESSAGE = "pending task scheduling"
 ASSIGNED_MESSAGE = "scheduler assigned task to node"
@@ -56,7 +57,7 @@ class Scheduler:
     def _schedulable(self, task: Task) -> bool:
         wanted = task.status.state == _PENDING or (
             self.accept_new and task.status.state == _NEW)
-        return wanted and task.desired_state <= _RUNNING
+        return wanted and task.desired_state <= _COMPLETE     # a job's tasks run to COMPLETE
 
     def _track(self, task: Task) -> None:
         if self._schedulable(task):
@@ -107,7 +108,7 @@ class Scheduler:
             self.unassigned.pop(task.id, None)
             return
         if (state == _PENDING or (self.accept_new and state == _NEW)) \
-                and task.desired_state <= _RUNNING:  # _schedulable
+                and task.desired_state <= _COMPLETE:  # _schedulable
             self.unassigned[task.id] = task
         else:
             self.unassigned.pop(task.id, None)

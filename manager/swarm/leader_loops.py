@@ -6,6 +6,7 @@ import asyncio
 
 from manager.orchestrator import (
     GlobalOrchestrator,
+    JobOrchestrator,
     ReplicatedOrchestrator,
     RestartSupervisor,
     SystemClock,
@@ -28,5 +29,6 @@ class Orchestration:
         async with asyncio.TaskGroup() as group:
             group.create_task(ReplicatedOrchestrator(self._store, clock, restarts, updates).run(), name="replicated")
             group.create_task(GlobalOrchestrator(self._store, clock, restarts, updates).run(), name="global")
+            group.create_task(JobOrchestrator(self._store, clock).run(), name="jobs")
             group.create_task(TaskReaper(self._store, clock).run(), name="reaper")
             group.create_task(Scheduler(self._store, accept_new=True).run(), name="scheduler")

@@ -345,7 +345,7 @@ async def test_default_history_limit_is_five_per_slot() -> None:
 
 
 async def test_service_status_counts() -> None:
-    from manager.orchestrator import service_status
+    from manager.api.tasks import service_status
 
     h, nodes = await swarm(2)
     rep = make_service("rep", replicas=3)
