@@ -16,8 +16,10 @@ Secrets and configs: a message that carries tasks also carries the data of exact
 and configs those tasks refer to (`"secrets"`/`"configs"`: ID → base64 data, only when
 non-empty), and only for tasks that may still be prepared (desired state up to RUNNING). So
 only the node of a task that uses a secret ever receives it. Their data never changes (an
-update can change only labels), so the copy sent with a task stays right for its life. A task
-without references costs two dict look-ups; the store is read only for chunks that need data.
+update can change only labels), so the copy sent with a task stays right for its life, and
+reading it when the message is sent (a short view per message that needs data) agrees with
+the snapshot the tasks came from; one deleted meanwhile is left out and the node rejects the
+task, naming it. A task without references costs two dict look-ups.
 """
 
 from __future__ import annotations

@@ -104,3 +104,19 @@ async def test_a_bad_injected_target_is_refused_before_anything_is_made(
     with pytest.raises(ExecutorError, match="must not contain"):
         await ctl.prepare()
     assert not ctl.paths.state.exists() and not ctl.paths.dir.exists()
+
+
+async def test_injected_files_work_on_a_read_only_root_file_system(executor: Executor, busybox_layer: Path) -> None:
+    files = [InjectedFile("/run/secrets/nested/token", b"tok\n", uid=1000, gid=1000, mode=0o400)]
+    config = make_config(busybox_layer, ["sh", "-c", "cat /run/secrets/nested/token; echo done"],
+                         files=files, read_only=True, user="nobody")
+    ctl = executor.controller(config)
+    try:
+        await ctl.prepare()
+        await ctl.start()
+        log = await wait_for_log(ctl.paths.log, "done")
+        assert "tok" in log       # read as uid 1000, the owner of a 0400 file
+        async with asyncio.timeout(15):
+            assert (await ctl.wait()).exit_code == 0
+    finally:
+        await ctl.remove()
