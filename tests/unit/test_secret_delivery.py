@@ -1,7 +1,8 @@
 """Secrets and configs from the store to a task's files: the dispatcher sends a secret's data
 only with the tasks that refer to it and only to their node; the agent's Dependencies keep it
 for exactly as long as a task needs it and resolve references into files (targets, defaults,
-`..` refused); a task whose data is missing is rejected, naming what is missing."""
+`..` refused); a task whose data is missing is rejected, naming what is missing; the bundle
+binds the files read-only."""
 
 from __future__ import annotations
 
@@ -28,8 +29,9 @@ from tests.unit.test_dispatcher_fanout import changes_of, next_message, open_ses
 from worker.agent.agent import Agent
 from worker.agent.dependencies import Dependencies, MissingDependency
 from worker.agent.task_runner import TaskRunner
+from worker.executor.bundle import HostPaths, build_spec
 from worker.executor.controller import ExecutorError
-from worker.executor.spec import ConfigError, InjectedFile
+from worker.executor.spec import ConfigError, ContainerConfig, InjectedFile, MountSpec, ResolvedUser
 from worker.executor.task_executor import RuncTaskExecutor
 
 
@@ -309,3 +311,19 @@ async def test_agent_gets_the_data_with_the_task_and_drops_it_when_the_task_is_r
         return executor.dependencies.held() == set()
 
     await async_wait_until(released, what="the secret and config to be dropped with their task")
+
+
+# ---- the bundle ----------------------------------------------------------------------------------
+
+def test_bundle_binds_injected_files_read_only_after_the_users_mounts() -> None:
+    config = ContainerConfig(id="c1", name="c1", lower_dirs=[Path("/l")], args=["true"],
+                             mounts=[MountSpec(type="tmpfs", target="/run")],
+                             files=[InjectedFile("/run/secrets/db", b"pw")])
+    spec = build_spec(config, ResolvedUser(0, 0, [], "/"), HostPaths(
+        rootfs="/r", cgroups_path="/shoal/x/c1", injected_files={"/run/secrets/db": "/state/c1/files/0"}))
+    destinations = [m["destination"] for m in spec["mounts"]]
+    assert destinations.index("/run") < destinations.index("/run/secrets/db")
+    bind = spec["mounts"][destinations.index("/run/secrets/db")]
+    assert bind["source"] == "/state/c1/files/0" and bind["type"] == "bind"
+    assert "ro" in bind["options"] and "rw" not in bind["options"]
+    assert ContainerConfig.from_json(config.to_json()) == config
