@@ -14,7 +14,8 @@ own status report (past ASSIGNED, nothing else changed) goes nowhere.
 
 Secrets and configs: a message that carries tasks also carries the data of exactly the secrets
 and configs those tasks refer to (`"secrets"`/`"configs"`: ID → base64 data, only when
-non-empty), and only for tasks that may still be prepared (desired state up to RUNNING). So
+non-empty), and only for tasks that may still be prepared (desired state up to RUNNING, or
+COMPLETE for a job's tasks). So
 only the node of a task that uses a secret ever receives it. Their data never changes (an
 update can change only labels), so the copy sent with a task stays right for its life, and
 reading it when the message is sent (a short view per message that needs data) agrees with
@@ -34,7 +35,7 @@ from model import Node, Task, TaskState
 # Task states bound once: reading a member off the Enum class costs ~70 ns, and these
 # comparisons run for every task of every write.
 _ASSIGNED = TaskState.ASSIGNED
-_RUNNING = TaskState.RUNNING
+_COMPLETE = TaskState.COMPLETE   # a job's tasks are desired COMPLETE: they still run
 
 CHUNK = 200
 
@@ -56,7 +57,7 @@ def needs_dependencies(task: Task) -> bool:
     """Does the task refer to secrets or configs and may it still be prepared? O(1)."""
     container = task.spec.get("ContainerSpec")
     return bool(container and (container.get("Secrets") or container.get("Configs"))
-                and task.desired_state <= _RUNNING)
+                and task.desired_state <= _COMPLETE)
 
 
 _DEPENDENCY_KINDS = (("secrets", "Secrets", "SecretID"), ("configs", "Configs", "ConfigID"))

@@ -128,7 +128,8 @@ async def test_incremental_updates_carry_data_of_their_own_tasks_only() -> None:
         assert message["secrets"] == {s2.id: b64("two")} and "configs" not in message
 
         # A's next message is about its own new task and brings s1 alone: s2 never reached A.
-        with_s1 = task_on(a, secrets=[secret_ref(s1)])
+        # (A job's task, desired COMPLETE, still runs: it gets its data too.)
+        with_s1 = task_on(a, secrets=[secret_ref(s1)], desired=TaskState.COMPLETE)
         await store.update(lambda tx: tx.create(with_s1))
         message = await next_message(stream_a)
         assert changes_of(message) == [("update", with_s1.id)]
