@@ -39,6 +39,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cli.client import DaemonClient
+from worker.executor.rootfs import unmount_below
+from worker.executor.teardown import remove_cgroup_tree
 from worker.images.busybox_image import build_busybox_image, write_docker_save
 
 IMAGE = "shoal-bench/busybox:latest"
@@ -276,7 +278,7 @@ class DockerSwarm:
                     os.kill(pid, signal.SIGKILL)
             for pid in pids:
                 _wait_gone(pid, 5.0)
-        _unmount_below(root)
+        unmount_below(Path(root))
         _remove_cgroups(self.cgroup)
         subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
@@ -378,22 +380,7 @@ def _cgroup_pids(name: str) -> list[int]:
 
 def _remove_cgroups(name: str) -> None:
     for top in _cgroup_dirs(name):
-        for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-            with contextlib.suppress(OSError):
-                d.rmdir()
-        with contextlib.suppress(OSError):
-            top.rmdir()
-
-
-def _unmount_below(root: str) -> None:
-    points = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            point = line.split()[4].encode().decode("unicode_escape")
-            if point == root or point.startswith(root + "/"):
-                points.add(point)
-    for point in sorted(points, key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], capture_output=True)
+        remove_cgroup_tree(top)
 
 
 # -- main ---------------------------------------------------------------------------------------------
