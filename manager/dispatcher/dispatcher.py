@@ -5,7 +5,8 @@ Theory of operation: the dispatcher lives only on the leader, owned by the leade
   stream (see assignments.py). The session carries an ID; heartbeats and status updates must
   name the current session, so a stale agent connection cannot write.
 - Heartbeats reset a deadline of `period * GRACE_MULTIPLIER`; a session whose connection closes
-  keeps only DISCONNECT_GRACE of it. A monitor marks a node DOWN
+  keeps only DISCONNECT_GRACE of it, and a node whose connection was cut for not answering
+  keepalive probes (gone, or cut off: see rpc/liveness.py) none at all. A monitor marks a node DOWN
   when its deadline passes and ends its session; the agent then opens a new session, which
   makes the node READY again. When a leader starts, every node gets a fresh full grace, so a
   failover never marks healthy nodes down; when the monitor itself runs late (a stalled event
@@ -135,6 +136,12 @@ class Dispatcher:
         if current is None or current.session_id != session_id or node_id not in self._deadlines:
             return
         self._deadlines[node_id] = min(self._deadlines[node_id], self._clock() + DISCONNECT_GRACE)
+
+    def peer_unreachable(self, node_id: str) -> None:
+        """The node's connection was cut for not answering keepalive probes: it is gone or cut
+        off (a busy node's kernel still answers them), so it gets no grace at all."""
+        if node_id in self._deadlines:
+            self._deadlines[node_id] = min(self._deadlines[node_id], self._clock())
 
     def _check_session(self, node_id: str, session_id: str) -> _Session:
         current = self._sessions.get(node_id)

@@ -33,6 +33,12 @@ def register_dispatcher(server: RpcServer, current: Callable[[], Dispatcher | No
     async def update_status(peer: Peer, params: dict[str, Any]) -> Any:
         return await dispatcher().update_status(peer.node_id, params)
 
+    def unreachable(node_id: str) -> None:
+        found = current()
+        if found is not None:
+            found.peer_unreachable(node_id)
+
+    server.on_peer_unreachable(unreachable)
     server.register_stream("dispatcher.session", session, Access.NODE)
     server.register("dispatcher.heartbeat", heartbeat, Access.NODE)
     server.register("dispatcher.update_status", update_status, Access.NODE)

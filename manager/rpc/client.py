@@ -17,6 +17,7 @@ from typing import Any
 
 from manager.rpc import frames
 from manager.rpc.errors import RpcError, Unavailable, from_wire
+from manager.rpc.liveness import set_keepalive
 
 _END = object()
 
@@ -56,6 +57,7 @@ class RpcClient:
                 self._connect_timeout)
         except (OSError, TimeoutError, ssl.SSLError) as e:
             raise Unavailable(f"cannot reach {self.addr}: {e or type(e).__name__}") from None
+        set_keepalive(writer.get_extra_info("socket"))   # a dead manager is noticed in seconds
         ssl_object = writer.get_extra_info("ssl_object")
         self.peer_cert_der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
         writer.write(frames.encode({"channel": "rpc"}))

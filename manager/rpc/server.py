@@ -6,6 +6,8 @@ anonymous and may only call methods registered as ANONYMOUS (joining). The first
 the channel. On the `rpc` channel every request runs as its own task in the connection's
 TaskGroup, so a slow call never blocks the others; replies share one write lock. A streaming
 method is an async generator whose items go out as they come; the caller may cancel it.
+Connections probe their peer with TCP keepalive (`liveness`); a node cut for not answering is
+reported to `on_peer_unreachable` listeners (the dispatcher marks it down at once).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from manager.ca.authority import CertificateError, NodeIdentity
 from manager.ca.node_tls import peer_identity
 from manager.rpc import frames
 from manager.rpc.errors import InvalidArgument, PermissionDenied, RpcError
+from manager.rpc.liveness import is_unreachable, set_keepalive
 
 log = logging.getLogger("shoal.rpc")
 
@@ -68,6 +71,7 @@ class RpcServer:
         self._ssl = ssl_context
         self._methods: dict[str, _Method] = {}
         self._channels: dict[str, tuple[ChannelHandler, Access]] = {}
+        self._unreachable_listeners: list[Callable[[str], None]] = []
         self._connections: set[asyncio.Task[Any]] = set()
         self._closing = False
         self.bound: tuple[str, int] | None = None
@@ -84,6 +88,20 @@ class RpcServer:
 
     def register_channel(self, name: str, handler: ChannelHandler, access: Access) -> None:
         self._channels[name] = (handler, access)
+
+    def on_peer_unreachable(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(node_id)` when a node's connection is cut because the node stopped
+        answering keepalive probes (it is gone or cut off; see `liveness`), before the
+        connection's calls and streams are cancelled."""
+        self._unreachable_listeners.append(listener)
+
+    def _notify_unreachable(self, node_id: str) -> None:
+        log.warning("peer unreachable: keepalive probes unanswered", extra={"node": node_id})
+        for listener in self._unreachable_listeners:
+            try:
+                listener(node_id)
+            except Exception:
+                log.exception("peer-unreachable listener failed")
 
     async def serve(self, host: str, port: int, ready: asyncio.Future[tuple[str, int]] | None = None) -> None:
         """Listen until cancelled; then close the listener and every connection."""
@@ -114,6 +132,7 @@ class RpcServer:
             return
         self._connections.add(task)
         addr = writer.get_extra_info("peername")
+        set_keepalive(writer.get_extra_info("socket"))
         try:
             try:
                 identity = peer_identity(writer.get_extra_info("ssl_object"))
@@ -154,6 +173,10 @@ class RpcServer:
                     try:
                         frame = await frames.read_frame(reader)
                     except (EOFError, frames.FrameError, ConnectionError, ssl.SSLError):
+                        return
+                    except OSError as e:
+                        if is_unreachable(e) and peer.node_id:
+                            self._notify_unreachable(peer.node_id)
                         return
                     kind, call_id = frame.get("t"), int(frame.get("id", 0))
                     if kind == "cancel":

@@ -13,7 +13,7 @@ import pytest
 
 from cli.lab import Lab
 from tests.conftest import needs_root
-from tests.swarm.helpers import api, eventually, load_busybox_everywhere, node_update
+from tests.swarm.helpers import api, eventually, load_busybox_everywhere, node_update, set_heartbeat
 
 IMAGE = "busybox:latest"
 # Stops at once on SIGTERM: `wait` is interrupted by the trap.
@@ -165,6 +165,32 @@ def test_crashed_and_partitioned_worker_tasks_run_elsewhere(lab: Lab) -> None:
                         for n in api(lab, MANAGER, "GET", "/nodes")}[victim] == "ready",
                what="the restarted worker to be ready")
     remove(lab, "survivor")
+
+
+def test_a_dead_host_is_detected_without_waiting_for_heartbeats(lab: Lab) -> None:
+    """The host drops off the network before its daemon dies (so nothing of it, not even a FIN,
+    arrives). With heartbeats every 60 s (3 minutes of grace) its tasks still move within the
+    wait below: the manager's keepalive probes go unanswered and the node is cut at once."""
+    create(lab, "lifeline", replicas=3)
+    converged(lab, "lifeline", 3)
+    victim = "worker-2"
+    set_heartbeat(lab, MANAGER, 60)
+    try:
+        for other in ("manager-1", "worker-1"):
+            lab.partition(victim, other)
+        lab.kill(victim)
+        eventually(lambda: (lambda r: len(r) == 3 and victim not in hosts_of(lab, r))(running(lab, "lifeline")),
+                   timeout=30, what="tasks of the unreachable host running elsewhere")
+        states = {n["Description"]["Hostname"]: n["Status"]["State"] for n in api(lab, MANAGER, "GET", "/nodes")}
+        assert states[victim] == "down"
+    finally:
+        lab.heal()
+        set_heartbeat(lab, MANAGER, 1)
+        lab.start(victim)
+    eventually(lambda: {n["Description"]["Hostname"]: n["Status"]["State"]
+                        for n in api(lab, MANAGER, "GET", "/nodes")}[victim] == "ready",
+               what="the restarted worker to be ready")
+    remove(lab, "lifeline")
 
 
 def test_busy_hosts_are_not_marked_down(lab: Lab) -> None:

@@ -1,0 +1,38 @@
+"""TCP keepalive on cluster-port connections: a peer that stops answering is noticed in seconds.
+
+A crashed daemon's kernel closes its sockets, but a host that died, lost power or was cut off
+sends nothing at all; on an idle connection TCP would notice that only after hours. Every
+cluster-port socket (accepted by the server, opened by the client) is therefore set to probe
+after `IDLE_S` of silence, every `INTERVAL_S`, and to give up after `PROBES` unanswered probes,
+or after `USER_TIMEOUT_S` with unacknowledged data: `UNREACHABLE_AFTER_S` in all. The probes
+are answered by the peer's kernel, so a peer whose daemon is merely busy (a stalled event loop,
+a saturated CPU) stays connected; only a peer that is gone or unreachable is cut. A read then
+fails with ETIMEDOUT, which `is_unreachable` recognises.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+IDLE_S = 1
+INTERVAL_S = 1
+PROBES = 2
+UNREACHABLE_AFTER_S = IDLE_S + INTERVAL_S * PROBES
+USER_TIMEOUT_S = UNREACHABLE_AFTER_S
+
+
+def set_keepalive(sock: socket.socket | None) -> None:
+    """Apply the probing above to a connected TCP socket (others are left alone)."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, IDLE_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, INTERVAL_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, PROBES)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_S * 1000)
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """True for the error a read gets once the probes above went unanswered."""
+    return isinstance(error, OSError) and error.errno == errno.ETIMEDOUT
