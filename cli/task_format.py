@@ -108,7 +108,7 @@ def _state_since(task: dict[str, Any], now: float) -> str:
         ago = max(0.0, now - parse_time(stamp))
     except ValueError:
         return state
-    return f"{state} {human_duration(ago)} ago"
+    return f"{state} {human_duration(ago).lower()} ago"      # "Running about a minute ago", as docker
 
 
 def task_rows(tasks: list[dict[str, Any]], service_names: dict[str, str], node_names: dict[str, str],

@@ -112,6 +112,9 @@ def test_table_text() -> None:
     assert columns(("A", "BB"), [["xxx", "y"]]) == "A     BB\nxxx   y"
     assert human_duration(5) == "5 seconds" and human_duration(90) == "About a minute"
     assert human_duration(3 * 3600) == "3 hours"
+    from cli.task_format import _state_since
+    assert _state_since({"Status": {"State": "running", "Timestamp": "2026-01-01T00:00:00Z"}},
+                        parse_time("2026-01-01T00:01:30Z")) == "Running about a minute ago"
     tasks = [
         {"ID": "a" * 25, "ServiceID": "s", "Slot": 1, "NodeID": "n1", "DesiredState": "shutdown",
          "CreatedAt": "2026-01-01T00:00:00.000000000Z", "Spec": {"ContainerSpec": {"Image": "busybox:1@sha256:x"}},
