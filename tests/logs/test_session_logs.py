@@ -12,30 +12,20 @@ from typing import Any
 
 import pytest
 
-from manager.ca.authority import NodeIdentity, RootCA, key_pem, make_csr, new_key
-from manager.ca.node_tls import NodeCredentials
 from manager.dispatcher import Dispatcher
-from manager.dispatcher.rpc import register_dispatcher
 from manager.logbroker import ChannelEnded, LogBroker, LogOptions, LogRecord, LogSelector, Subscription
 from manager.logbroker.access import RemoteLogStream
 from manager.logbroker.rpc import register_logs
 from manager.rpc.client import RpcClient
 from manager.rpc.server import RpcServer
-from manager.store import Store, WriteTx
-from model import Cluster, Node, Task, TaskState, new_id
+from manager.store import Store
+from model import Task, TaskState, new_id
 from tests.support.fake_executor import FakeExecutor
+from tests.support.session_env import session_env
 from tests.support.wait import async_wait_until
-from worker.agent.agent import Agent
 from worker.executor.logs import LogEntry
 
 TS = "2026-01-02T03:04:05.{:09d}+00:00"
-
-
-def creds(ca: RootCA, node_id: str, role: str, root: Path) -> tuple[NodeCredentials, Path]:
-    key = new_key()
-    c = NodeCredentials(ca.cert_pem, ca.issue(make_csr(key), NodeIdentity(node_id, role, "c")), key_pem(key))
-    c.save(root / node_id)
-    return c, root / node_id
 
 
 async def add_task(store: Store, node_id: str) -> str:
@@ -97,36 +87,20 @@ class FakeContainers:
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    store = Store()
-    worker_id = new_id()
-
-    def seed(tx: WriteTx) -> None:
-        tx.create(Cluster(id=new_id(), spec={"Name": "default", "Dispatcher": {"HeartbeatPeriod": 500_000_000}}))
-        tx.create(Node(id=worker_id, spec={"Role": "worker", "Availability": "active", "Labels": {}}))
-
-    await store.update(seed)
-    ca = RootCA.create("c")
-    mcreds, mdir = creds(ca, "mgr", "manager", tmp_path)
-    server = RpcServer(mcreds.server_context(mdir))
-    dispatcher = Dispatcher(store)
-    broker = LogBroker(store, dispatcher)
-    register_dispatcher(server, lambda: dispatcher, lambda: "")
-    register_logs(server, lambda: broker, lambda: "")
-    ready: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
-    wcreds, wdir = creds(ca, worker_id, "worker", tmp_path)
     containers = FakeContainers()
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(server.serve("127.0.0.1", 0, ready)), group.create_task(dispatcher.run()),
-                 group.create_task(broker.run())]
-        host, port = await ready
-        agent = Agent(worker_id, [f"{host}:{port}"], lambda: wcreds.client_context(wdir), FakeExecutor(),
-                      lambda: {"Hostname": "w1"}, "127.0.0.1", logs=containers)
-        tasks.append(group.create_task(agent.run()))
-        await asyncio.wait_for(agent.connected.wait(), 10)
-        yield {"store": store, "node": worker_id, "broker": broker, "agent": agent, "containers": containers,
-               "addr": f"{host}:{port}", "manager_ctx": lambda: mcreds.client_context(mdir)}
-        for t in tasks:
-            t.cancel()
+    brokers: list[LogBroker] = []
+
+    def with_broker(server: RpcServer, dispatcher: Dispatcher, store: Store) -> list[Any]:
+        broker = LogBroker(store, dispatcher)
+        brokers.append(broker)
+        register_logs(server, lambda: broker, lambda: "")
+        return [broker.run()]
+
+    async with session_env(tmp_path, FakeExecutor(), period_ns=500_000_000, extras=with_broker,
+                           logs=containers) as e:
+        await asyncio.wait_for(e.agent.connected.wait(), 10)
+        yield {"store": e.store, "node": e.node, "broker": brokers[0], "agent": e.agent, "containers": containers,
+               "addr": e.addr, "manager_ctx": e.manager_ctx}
 
 
 async def drain(sub: Subscription | RemoteLogStream, timeout: float = 10.0) -> list[Any]:

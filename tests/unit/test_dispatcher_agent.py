@@ -3,63 +3,27 @@ store: sessions, node state, assignments, task lifecycle, status reporting, hear
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from manager.ca.authority import NodeIdentity, RootCA, key_pem, make_csr, new_key
-from manager.ca.node_tls import NodeCredentials
-from manager.dispatcher import Dispatcher
-from manager.dispatcher.rpc import register_dispatcher
-from manager.rpc.server import RpcServer
 from manager.store import Store, WriteTx
-from model import Cluster, Node, Task, TaskState, new_id
+from model import Node, Task, TaskState, new_id
 from tests.support.fake_executor import FakeExecutor
+from tests.support.session_env import session_env
 from tests.support.wait import async_wait_until
-from worker.agent.agent import Agent
 
 PERIOD_NS = 200_000_000  # 0.2 s heartbeats keep the test fast
 
 
-def creds(ca: RootCA, node_id: str, role: str, root: Path) -> tuple[NodeCredentials, Path]:
-    key = new_key()
-    c = NodeCredentials(ca.cert_pem, ca.issue(make_csr(key), NodeIdentity(node_id, role, "c")), key_pem(key))
-    c.save(root / node_id)
-    return c, root / node_id
-
-
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    store = Store()
-    worker_id = new_id()
-
-    def seed(tx: WriteTx) -> None:
-        tx.create(Cluster(id=new_id(), spec={"Name": "default", "Dispatcher": {"HeartbeatPeriod": PERIOD_NS}}))
-        tx.create(Node(id=worker_id, spec={"Role": "worker", "Availability": "active", "Labels": {}}))
-
-    await store.update(seed)
-    ca = RootCA.create("c")
-    mcreds, mdir = creds(ca, "mgr", "manager", tmp_path)
-    server = RpcServer(mcreds.server_context(mdir))
-    dispatcher = Dispatcher(store)
-    register_dispatcher(server, lambda: dispatcher, lambda: "")
-    ready: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
-    wcreds, wdir = creds(ca, worker_id, "worker", tmp_path)
     executor = FakeExecutor()
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(server.serve("127.0.0.1", 0, ready)), group.create_task(dispatcher.run())]
-        host, port = await ready
-        agent = Agent(worker_id, [f"{host}:{port}"], lambda: wcreds.client_context(wdir), executor,
-                      lambda: {"Hostname": "w1", "Platform": {"OS": "linux", "Architecture": "x86_64"}},
-                      "127.0.0.1")
-        agent_task = group.create_task(agent.run())
-        yield {"store": store, "node": worker_id, "executor": executor, "agent": agent, "agent_task": agent_task,
-               "dispatcher": dispatcher}
-        for t in [*tasks, agent_task]:
-            t.cancel()
+    async with session_env(tmp_path, executor, period_ns=PERIOD_NS) as e:
+        yield {"store": e.store, "node": e.node, "executor": executor, "agent": e.agent,
+               "agent_task": e.agent_task, "dispatcher": e.dispatcher}
 
 
 def node(store: Store, node_id: str) -> Node:

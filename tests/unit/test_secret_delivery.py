@@ -16,17 +16,13 @@ from typing import Any
 
 import pytest
 
-from manager.ca.authority import RootCA
 from manager.dispatcher import Dispatcher
-from manager.dispatcher.rpc import register_dispatcher
-from manager.rpc.server import RpcServer
-from manager.store import Store, WriteTx
-from model import Cluster, Config, Node, Secret, Task, TaskState, new_id
+from manager.store import Store
+from model import Config, Secret, Task, TaskState, new_id
 from tests.support.fake_executor import FakeController, FakeExecutor
+from tests.support.session_env import session_env
 from tests.support.wait import async_wait_until
-from tests.unit.test_dispatcher_agent import creds
 from tests.unit.test_dispatcher_fanout import changes_of, next_message, open_session, two_nodes
-from worker.agent.agent import Agent
 from worker.agent.dependencies import Dependencies, MissingDependency
 from worker.agent.task_runner import TaskRunner
 from worker.executor.bundle import HostPaths, build_spec
@@ -251,32 +247,9 @@ class FilesExecutor(FakeExecutor):
 
 @pytest.fixture
 async def session(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    store = Store()
-    worker_id = new_id()
-
-    def seed(tx: WriteTx) -> None:
-        tx.create(Cluster(id=new_id(), spec={"Name": "default", "Dispatcher": {"HeartbeatPeriod": 200_000_000}}))
-        tx.create(Node(id=worker_id, spec={"Role": "worker", "Availability": "active", "Labels": {}}))
-
-    await store.update(seed)
-    ca = RootCA.create("c")
-    mcreds, mdir = creds(ca, "mgr", "manager", tmp_path)
-    server = RpcServer(mcreds.server_context(mdir))
-    dispatcher = Dispatcher(store)
-    register_dispatcher(server, lambda: dispatcher, lambda: "")
-    ready: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
-    wcreds, wdir = creds(ca, worker_id, "worker", tmp_path)
     executor = FilesExecutor()
-    async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(server.serve("127.0.0.1", 0, ready)), group.create_task(dispatcher.run())]
-        host, port = await ready
-        agent = Agent(worker_id, [f"{host}:{port}"], lambda: wcreds.client_context(wdir), executor,
-                      lambda: {"Hostname": "w1", "Platform": {"OS": "linux", "Architecture": "x86_64"}},
-                      "127.0.0.1", dependencies=executor.dependencies)
-        tasks.append(group.create_task(agent.run()))
-        yield {"store": store, "node": worker_id, "executor": executor, "agent": agent}
-        for t in tasks:
-            t.cancel()
+    async with session_env(tmp_path, executor, dependencies=executor.dependencies) as e:
+        yield {"store": e.store, "node": e.node, "executor": executor, "agent": e.agent}
 
 
 async def wait_state(store: Store, task_id: str, state: TaskState) -> Task:
