@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 
 from cli.lab import Lab
-from tests.conftest import needs_root
-from tests.swarm.helpers import api, api_error, eventually, load_busybox_everywhere, node_update
+from tests.swarm.helpers import api, api_error, eventually, node_update, swarm_lab
 
 IMAGE = "busybox:latest"
 MANAGER = "manager-1"
@@ -31,19 +30,12 @@ LINE = re.compile(r"^(?:(?P<ts>\S+) )?(?P<svc>[\w-]+)\.(?P<slot>\d+)\.(?P<task>[
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    needs_root()
-    the_lab = Lab(f"lg{os.getpid() % 100000:05d}")
-    the_lab.down()
-    try:
-        the_lab.up(managers=1, workers=2, swarm=True)
-        load_busybox_everywhere(the_lab, tmp_path_factory.mktemp("img"), IMAGE)
+    with swarm_lab("lg", tmp_path_factory.mktemp("img"), managers=1, workers=2, image=IMAGE) as the_lab:
         spec = {"Name": SERVICE, "Mode": {"Replicated": {"Replicas": 3}},
                 "TaskTemplate": {"ContainerSpec": {"Image": IMAGE, "Args": COUNTER, "StopGracePeriod": 2_000_000_000},
                                  "Placement": {"MaxReplicas": 1}}}
         api(the_lab, MANAGER, "POST", "/services/create", spec)
         yield the_lab
-    finally:
-        the_lab.down()
 
 
 def running_tasks(lab: Lab) -> list[dict[str, Any]]:

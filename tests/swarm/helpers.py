@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -93,3 +95,21 @@ def load_busybox_everywhere(lab: Lab, directory: Path, tag: str = "busybox:lates
         await asyncio.gather(*(demo.load_image(n.host, archive) for n in lab.nodes.values()))
 
     asyncio.run(load_all())
+
+
+@contextlib.contextmanager
+def swarm_lab(prefix: str, image_dir: Path, *, managers: int = 1, workers: int = 1,
+              image: str = "busybox:latest") -> Iterator[Lab]:
+    """A lab with a formed swarm and the busybox test image on every host, for a module of tests
+    (named `<prefix><pid>`); always torn down."""
+    from tests.conftest import needs_root
+
+    needs_root()
+    lab = Lab(f"{prefix}{os.getpid() % 100000:05d}")
+    lab.down()
+    try:
+        lab.up(managers=managers, workers=workers, swarm=True)
+        load_busybox_everywhere(lab, image_dir, image)
+        yield lab
+    finally:
+        lab.down()

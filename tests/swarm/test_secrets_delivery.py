@@ -7,7 +7,6 @@ with the owner and mode the service asked for; so does a global service made wit
 from __future__ import annotations
 
 import base64
-import os
 import re
 import subprocess
 import sys
@@ -16,8 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from cli.lab import Lab
-from tests.conftest import needs_root
-from tests.swarm.helpers import api, eventually, load_busybox_everywhere
+from tests.swarm.helpers import api, eventually, swarm_lab
 
 IMAGE = "busybox:latest"
 MANAGER = "manager-1"
@@ -30,15 +28,8 @@ LINE = re.compile(r"^(?P<svc>[\w-]+)\.(?P<slot>[0-9a-z]+)\.(?P<task>[0-9a-z]{12}
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    needs_root()
-    the_lab = Lab(f"sd{os.getpid() % 100000:05d}")
-    the_lab.down()
-    try:
-        the_lab.up(managers=1, workers=1, swarm=True)
-        load_busybox_everywhere(the_lab, tmp_path_factory.mktemp("img"), IMAGE)
+    with swarm_lab("sd", tmp_path_factory.mktemp("img"), managers=1, workers=1, image=IMAGE) as the_lab:
         yield the_lab
-    finally:
-        the_lab.down()
 
 
 def b64(text: str) -> str:

@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from cli.lab import Lab
-from tests.conftest import needs_root
-from tests.swarm.helpers import api, eventually, load_busybox_everywhere, node_update, set_heartbeat
+from tests.swarm.helpers import api, eventually, node_update, set_heartbeat, swarm_lab
 
 IMAGE = "busybox:latest"
 # Stops at once on SIGTERM: `wait` is interrupted by the trap.
@@ -26,18 +25,9 @@ MISSING_IMAGE = "127.0.0.1:1/nope:missing"
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    needs_root()
-    the_lab = Lab(f"v{os.getpid() % 100000:05d}")
-    the_lab.down()
-    try:
-        the_lab.up(managers=1, workers=2, swarm=True)
-        load_busybox_everywhere(the_lab, tmp_path_factory.mktemp("img"), IMAGE)
-        cluster = api(the_lab, MANAGER, "GET", "/swarm")
-        cluster["Spec"]["Dispatcher"]["HeartbeatPeriod"] = 1_000_000_000
-        api(the_lab, MANAGER, "POST", "/swarm/update", cluster["Spec"], version=cluster["Version"]["Index"])
+    with swarm_lab("v", tmp_path_factory.mktemp("img"), managers=1, workers=2, image=IMAGE) as the_lab:
+        set_heartbeat(the_lab, MANAGER, 1)
         yield the_lab
-    finally:
-        the_lab.down()
 
 
 def create(lab: Lab, name: str, replicas: int | None = None, **extra: Any) -> str:
