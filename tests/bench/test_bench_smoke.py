@@ -103,6 +103,7 @@ def test_swarm_bench_side_by_side_json() -> None:
     check_swarm_runs(doc["docker"], [2])
     assert doc["docker"]["engine"]["runtime_path"] == "/usr/sbin/runc"
     assert set(doc["ratio_shoal_over_docker"]["2"]) == {"create", "scale", "update", "update_completed", "remove"}
+    assert isinstance(doc["meets_target"], bool)
 
 
 def test_failover_bench_json() -> None:
