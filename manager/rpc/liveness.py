@@ -3,11 +3,14 @@
 A crashed daemon's kernel closes its sockets, but a host that died, lost power or was cut off
 sends nothing at all; on an idle connection TCP would notice that only after hours. Every
 cluster-port socket (accepted by the server, opened by the client) is therefore set to probe
-after `IDLE_S` of silence, every `INTERVAL_S`, and to give up after `PROBES` unanswered probes,
-or after `USER_TIMEOUT_S` with unacknowledged data: `UNREACHABLE_AFTER_S` in all. The probes
-are answered by the peer's kernel, so a peer whose daemon is merely busy (a stalled event loop,
-a saturated CPU) stays connected; only a peer that is gone or unreachable is cut. A read then
-fails with ETIMEDOUT, which `is_unreachable` recognises.
+after `IDLE_S` of silence, every `INTERVAL_S`, and to give up after `PROBES` unanswered probes:
+`UNREACHABLE_AFTER_S` in all. The probes are answered by the peer's kernel, so a peer whose
+daemon is merely busy (a stalled event loop, a saturated CPU) stays connected; only a peer that
+is gone or unreachable is cut. Probes only go out while nothing sent is unacknowledged; with
+data in flight, `USER_TIMEOUT_S` bounds the wait instead. It is longer, because it also counts
+while a live peer that stopped reading (a stalled daemon with a full receive buffer) advertises
+a zero window, and such a peer must not be cut. A read then fails with ETIMEDOUT, which
+`is_unreachable` recognises.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ IDLE_S = 1
 INTERVAL_S = 1
 PROBES = 2
 UNREACHABLE_AFTER_S = IDLE_S + INTERVAL_S * PROBES
-USER_TIMEOUT_S = UNREACHABLE_AFTER_S
+USER_TIMEOUT_S = 10
 
 
 def set_keepalive(sock: socket.socket | None) -> None:

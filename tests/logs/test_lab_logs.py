@@ -150,12 +150,13 @@ def follow_until(lab: Lab, node: str, beyond: dict[str, int], timeout: float = 2
         selector.close()
     finally:
         os.killpg(proc.pid, signal.SIGINT)
+        os.set_blocking(proc.stdout.fileno(), True)   # drain what it still writes, as a terminal does
         try:
-            proc.wait(timeout=10)
+            _, stderr = proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise AssertionError("shoal service logs -f did not stop on SIGINT") from None
+            _, stderr = proc.communicate()
+            raise AssertionError(f"shoal service logs -f did not stop on SIGINT: {stderr[-500:]!r}") from None
     return seen
 
 
