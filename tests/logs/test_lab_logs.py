@@ -122,11 +122,18 @@ def test_tail_limits_lines_per_task_and_a_task_can_be_read_alone(lab: Lab, tasks
     assert error.status == 503 and "Worker nodes can't be used" in error.message
 
 
+WITH_DEFAULT_SIGINT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                       "os.execvp(sys.argv[1], sys.argv[1:])")
+
+
 def follow_until(lab: Lab, node: str, beyond: dict[str, int], timeout: float = 20.0) -> dict[str, list[int]]:
     """Run `shoal service logs -f` until every task printed a line numbered above `beyond`,
     then interrupt it; it must exit promptly."""
     argv = lab.exec_argv(node, [sys.executable, "-m", "cli.main", "service", "logs", "-f", "--tail", "1", SERVICE])
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    # As from a terminal: SIGINT at its default even when this test runs with it ignored (a
+    # background job inherits SIGINT ignored, and an ignored signal stays ignored across exec).
+    proc = subprocess.Popen([sys.executable, "-c", WITH_DEFAULT_SIGINT, *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
     seen: dict[str, list[int]] = {}
     buffer = b""
     try:
