@@ -174,6 +174,8 @@ def _validate_mode(value: Any) -> None:
             integer(rep["Replicas"], "Mode.Replicated.Replicas")
     if "Global" in mode:
         field_map(mode["Global"], "Mode.Global", frozenset())
+    if "GlobalJob" in mode:
+        field_map(mode["GlobalJob"], "Mode.GlobalJob", frozenset())
     if "ReplicatedJob" in mode:
         job = field_map(mode["ReplicatedJob"], "Mode.ReplicatedJob",
                         frozenset({"MaxConcurrent", "TotalCompletions"}))

@@ -77,6 +77,8 @@ def test_insert_defaults() -> None:
     ("Mode", {"Sometimes": {}}, "unknown mode 'Sometimes'"),
     ("Mode", {"Replicated": {"Replicas": -1}, }, "Mode.Replicated.Replicas: must be at least 0"),
     ("Mode", {"Replicated": {"Replicas": 1}, "Global": {}}, "only one mode"),
+    ("Mode", {"ReplicatedJob": {"MaxConcurrent": -1}}, "Mode.ReplicatedJob.MaxConcurrent: must be at least 0"),
+    ("Mode", {"GlobalJob": {"Sometimes": 1}}, "unknown field Mode.GlobalJob.Sometimes"),
     ("TaskTemplate.Placement", {"Constraints": ["node.role=manager"]}, "one operator from ==, !="),
     ("TaskTemplate.Placement", {"Constraints": ["node.colour==red"]}, "unknown key 'node.colour'"),
     ("TaskTemplate.RestartPolicy", {"Delay": "5s"}, "RestartPolicy.Delay: expected a duration"),
