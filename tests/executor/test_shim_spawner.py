@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -36,14 +37,20 @@ def shim_cgroup_members(layout: Layout) -> dict[str, set[int]]:
 
 
 async def wait_gone(pid: int, timeout: float = 5.0) -> None:
-    """Poll, with a deadline, until the process is gone."""
+    """Wait, up to `timeout`, until the process is gone."""
     await asyncio.to_thread(wait_gone_blocking, pid, timeout)
 
 
 def wait_gone_blocking(pid: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while pid_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    """Wait, up to `timeout`, for the process to exit (its pidfd turns readable when it does)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        select.select([pidfd], [], [], timeout)
+    finally:
+        os.close(pidfd)
     assert not pid_alive(pid), f"process {pid} is still alive"
 
 
@@ -176,8 +183,9 @@ async def test_fifo_reader_returns_what_the_writer_wrote_or_nothing_when_it_died
     fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
     try:
         reader = asyncio.ensure_future(_read_fifo_until_exec(fd, never.pid))
-        await asyncio.sleep(0.05)                  # give a wrong wake-up the chance to happen
-        assert not reader.done()
+        for _ in range(20):       # loop turns, each polling the selector: a wrong wake-up would land
+            await asyncio.sleep(0)
+        assert not select.select([fd], [], [], 0)[0] and not reader.done()
         never.kill()
         async with asyncio.timeout(10):
             assert await reader == b""
@@ -229,10 +237,10 @@ async def test_spawner_runs_programs_with_the_sync_pipe_env_and_cwd(tmp_path: Pa
 
 
 def test_spawner_exits_when_its_owner_dies(tmp_path: Path) -> None:
-    code = ("import sys, time; sys.path.insert(0, sys.argv[1]);"
+    code = ("import sys; sys.path.insert(0, sys.argv[1]);"
             "from worker.executor.shim_spawner import ShimSpawner;"
             "s = ShimSpawner(lambda pid: None, __import__('pathlib').Path(sys.argv[2]));"
-            "s.ensure_started(); print(s.pid, flush=True); time.sleep(300)")
+            "s.ensure_started(); print(s.pid, flush=True); __import__('signal').pause()")
     owner = subprocess.Popen([sys.executable, "-c", code, str(Path(__file__).resolve().parents[2]),
                               str(tmp_path / "log")], stdout=subprocess.PIPE, text=True)
     try:
