@@ -50,21 +50,27 @@ async def test_reports_arriving_together_are_one_write_and_fail_alone() -> None:
     assert all(state(store, task_of[n]) == TaskState.RUNNING for n in nodes)
 
 
+class GatedProposer:
+    """Applies a proposal only once `gate` is set; `entered` tells a write is in progress."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def propose(self, data: bytes) -> None:
+        self.entered.set()
+        await self.gate.wait()
+        self.store.apply(data)
+
+
 async def test_a_cancelled_writer_fails_its_reports_and_hands_over_the_queue() -> None:
     store, task_of = await seeded(["a", "b", "c"])
-    gate = asyncio.Event()
-    entered = asyncio.Event()
-
-    class GatedProposer:
-        async def propose(self, data: bytes) -> None:
-            entered.set()
-            await gate.wait()
-            store.apply(data)
-
-    store.proposer = GatedProposer()
+    gated = GatedProposer(store)
+    store.proposer = gated
     batcher = StatusBatcher(store, apply_one)
     writer = asyncio.create_task(batcher.submit("a", [{"task_id": task_of["a"]}]))
-    await entered.wait()  # a's report is being written, nothing else queued
+    await gated.entered.wait()  # a's report is being written, nothing else queued
     queued = [asyncio.create_task(batcher.submit(n, [{"task_id": task_of[n]}])) for n in ("b", "c")]
     async def both_queued() -> bool:  # b and c wait behind the write in progress
         return len(batcher._queue) == 2
@@ -73,7 +79,7 @@ async def test_a_cancelled_writer_fails_its_reports_and_hands_over_the_queue() -
     writer.cancel()
     with pytest.raises(asyncio.CancelledError):
         await writer
-    gate.set()
+    gated.gate.set()
     assert await asyncio.wait_for(asyncio.gather(*queued), 5) == [1, 1]  # b took over the writing
     assert state(store, task_of["b"]) == state(store, task_of["c"]) == TaskState.RUNNING
     assert state(store, task_of["a"]) == TaskState.ASSIGNED  # cancelled with its write: resent later
@@ -81,22 +87,14 @@ async def test_a_cancelled_writer_fails_its_reports_and_hands_over_the_queue() -
 
 async def test_an_interrupted_report_of_another_caller_is_told_to_resend() -> None:
     store, task_of = await seeded(["a", "b"])
-    gate = asyncio.Event()
-    entered = asyncio.Event()
-
-    class GatedProposer:
-        async def propose(self, data: bytes) -> None:
-            entered.set()
-            await gate.wait()
-            store.apply(data)
-
-    store.proposer = GatedProposer()
+    gated = GatedProposer(store)
+    store.proposer = gated
     batcher = StatusBatcher(store, apply_one)
     # a and b report in the same turn: a writes both; a is cancelled mid-write.
     writer = asyncio.create_task(batcher.submit("a", [{"task_id": task_of["a"]}]))
     other = asyncio.create_task(batcher.submit("b", [{"task_id": task_of["b"]}]))
-    await entered.wait()
+    await gated.entered.wait()
     writer.cancel()
     with pytest.raises(Unavailable, match="report again"):
         await asyncio.wait_for(other, 5)
-    gate.set()
+    gated.gate.set()
