@@ -43,6 +43,13 @@ def is_task_dirty(service: Service, task: Task) -> bool:
     return task.spec != (service.spec.get("TaskTemplate") or {})
 
 
+def earliest(a: float | None, b: float | None) -> float | None:
+    """The sooner of two wake-up times (None: no wake-up)."""
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
+
+
 def runnable(task: Task) -> bool:
     return task.desired_state <= _RUNNING
 

@@ -11,19 +11,13 @@ READY promotion run as for replicated services.
 from __future__ import annotations
 
 from manager.orchestrator.clock import Clock
-from manager.orchestrator.common import new_task, node_is_down, ready_slots, runnable
+from manager.orchestrator.common import earliest, new_task, node_is_down, ready_slots, runnable
 from manager.orchestrator.loop import ReconcileLoop
 from manager.orchestrator.restart import RestartSupervisor
 from manager.orchestrator.updater import UpdateSupervisor
 from manager.specs import SpecError, placement_constraints
 from manager.store import Store, WriteTx
 from model import Node, Service, Task, TaskState
-
-
-def _earliest(a: float | None, b: float | None) -> float | None:
-    if a is None:
-        return b
-    return a if b is None else min(a, b)
 
 
 def node_fits(service: Service, node: Node) -> bool:
@@ -73,5 +67,5 @@ class GlobalOrchestrator(ReconcileLoop):
 
         wake = self.updates.step(tx, service, now)
         for slot_tasks in ready_slots(tx.find("tasks", service_id=service_id)):
-            wake = _earliest(wake, self.restarts.promote_ready(tx, slot_tasks, now))
+            wake = earliest(wake, self.restarts.promote_ready(tx, slot_tasks, now))
         return wake

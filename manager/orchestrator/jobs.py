@@ -23,7 +23,7 @@ transaction:
 from __future__ import annotations
 
 from manager.orchestrator.clock import Clock
-from manager.orchestrator.common import new_task, node_is_down
+from manager.orchestrator.common import earliest, new_task, node_is_down
 from manager.orchestrator.global_orchestrator import node_fits
 from manager.orchestrator.loop import ReconcileLoop
 from manager.specs import restart_policy
@@ -95,8 +95,8 @@ class JobOrchestrator(ReconcileLoop):
                 active += 1
             elif state == "free":
                 free.append(slot)
-            elif state == "waiting" and when is not None:
-                wake = when if wake is None else min(wake, when)
+            elif state == "waiting":
+                wake = earliest(wake, when)
         for slot in free[:max(0, max_concurrent - active)]:
             self._create(tx, service, iteration, now, slot=slot)
         return wake
@@ -132,8 +132,8 @@ class JobOrchestrator(ReconcileLoop):
                 continue
             if mine:
                 state, when = self._after_failure(service, mine[-1], node.id, now)
-                if state == "waiting" and when is not None:
-                    wake = when if wake is None else min(wake, when)
+                if state == "waiting":
+                    wake = earliest(wake, when)
                 if state != "free":
                     continue
             self._create(tx, service, iteration, now, node_id=node.id)

@@ -10,7 +10,7 @@ updater moves any rolling update on; READY replacements are started when due.
 from __future__ import annotations
 
 from manager.orchestrator.clock import Clock
-from manager.orchestrator.common import group_by_slot, new_task, node_is_down, ready_slots, runnable
+from manager.orchestrator.common import earliest, group_by_slot, new_task, node_is_down, ready_slots, runnable
 from manager.orchestrator.loop import ReconcileLoop
 from manager.orchestrator.restart import RestartSupervisor
 from manager.orchestrator.updater import UpdateSupervisor
@@ -23,11 +23,6 @@ _READY, _REMOVE, _RUNNING = TaskState.READY, TaskState.REMOVE, TaskState.RUNNING
 
 MAX_NEW_TASKS_PER_ROUND = 2000  # bounds one proposal; the rest follow in the next round
 
-
-def _earliest(a: float | None, b: float | None) -> float | None:
-    if a is None:
-        return b
-    return a if b is None else min(a, b)
 
 
 class ReplicatedOrchestrator(ReconcileLoop):
@@ -85,7 +80,7 @@ class ReplicatedOrchestrator(ReconcileLoop):
                 taken.add(number)
                 created += 1
 
-        wake = _earliest(wake, self.updates.step(tx, service, now))
+        wake = earliest(wake, self.updates.step(tx, service, now))
         for slot_tasks in ready_slots(tx.find("tasks", service_id=service_id)):
-            wake = _earliest(wake, self.restarts.promote_ready(tx, slot_tasks, now))
+            wake = earliest(wake, self.restarts.promote_ready(tx, slot_tasks, now))
         return wake

@@ -12,7 +12,7 @@ leader starts counting afresh (as its delays do).
 
 from __future__ import annotations
 
-from manager.orchestrator.common import SlotKey, new_task, slot_key, task_stopped
+from manager.orchestrator.common import SlotKey, earliest, new_task, slot_key, task_stopped
 from manager.specs import restart_policy
 from manager.store import WriteTx
 from model import Service, Task, TaskState
@@ -67,7 +67,7 @@ class RestartSupervisor:
                 continue
             due = self.delayed_until.get(task.id, now)
             if due > now:
-                wake = due if wake is None else min(wake, due)
+                wake = earliest(wake, due)
                 continue
             others = [t for t in slot_tasks if t.id != task.id and t.desired_state != TaskState.READY]
             if all(task_stopped(t, tx) for t in others):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from manager.orchestrator.common import SlotKey, group_by_slot, new_task, runnable, slot_key
+from manager.orchestrator.common import SlotKey, earliest, group_by_slot, new_task, runnable, slot_key
 from manager.specs import UpdateConfig, update_config
 from manager.store import WriteTx
 from model import Service, Task, TaskState, format_time
@@ -115,7 +115,7 @@ class UpdateSupervisor:
 
         def later(when: float) -> None:
             nonlocal wake
-            wake = when if wake is None else min(wake, when)
+            wake = earliest(wake, when)
 
         for key, flight in list(run.in_flight.items()):
             outcome = self._check_flight(tx, run, flight)
