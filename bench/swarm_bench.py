@@ -34,12 +34,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cli.client import DaemonClient
+from cli.lab.procs import all_pids, cmdline, ping, terminate, wait_gone
 from worker.executor.rootfs import unmount_below
 from worker.executor.teardown import remove_cgroup_tree
 from worker.images.busybox_image import build_busybox_image, write_docker_save
@@ -243,7 +244,7 @@ class DockerSwarm:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
         self.pid = proc.pid  # nsenter execs dockerd: the same PID
         deadline = time.monotonic() + timeout
-        while not _ping(self.socket):
+        while not ping(self.socket):
             if proc.poll() is not None:
                 raise BenchError(f"dockerd exited with {proc.returncode} during startup:\n{self.log_tail()}")
             if time.monotonic() > deadline:
@@ -265,13 +266,13 @@ class DockerSwarm:
 
     def stop(self) -> None:
         root = str(self.root)
-        _terminate(self.pid, 30.0)
-        if self.containerd_pid and root in _cmdline(self.containerd_pid):
-            _terminate(self.containerd_pid, 10.0)
+        terminate(self.pid, 30.0)
+        if self.containerd_pid and root in cmdline(self.containerd_pid):
+            terminate(self.containerd_pid, 10.0)
         # Whatever survived a crash: shims and helpers in our namespace or naming our root, and
         # container processes below our cgroup parent.
         for _ in range(3):
-            pids = set(_netns_pids(self.netns)) | {p for p in _all_pids() if root in _cmdline(p)}
+            pids = set(_netns_pids(self.netns)) | {p for p in all_pids() if root in cmdline(p)}
             pids |= set(_cgroup_pids(self.cgroup))
             pids.discard(os.getpid())
             if not pids:
@@ -280,7 +281,7 @@ class DockerSwarm:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             for pid in pids:
-                _wait_gone(pid, 5.0)
+                wait_gone(pid, 5.0)
         unmount_below(Path(root))
         _remove_cgroups(self.cgroup)
         subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
@@ -303,64 +304,6 @@ def bench_docker(archive: bytes, sizes: list[int], monitor_s: float | None, time
 
 
 # -- process, mount and cgroup helpers ----------------------------------------------------------------
-
-def _ping(path: Path) -> bool:
-    import socket as socketlib
-
-    try:
-        with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM) as s:
-            s.settimeout(1.0)
-            s.connect(str(path))
-            s.sendall(b"GET /_ping HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-            return s.recv(64).startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
-
-
-def _all_pids() -> Iterator[int]:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            yield int(entry)
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _terminate(pid: int, timeout: float) -> None:
-    if not _alive(pid):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    if not _wait_gone(pid, timeout):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        _wait_gone(pid, 5.0)
-
 
 def _netns_pids(netns: str) -> list[int]:
     proc = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True)

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cli.lab import net
+from cli.lab.procs import cmdline, pid_alive, ping, terminate, wait_gone
 
 RUN_ROOT = Path("/run/shoal-lab")
 DATA_ROOT = Path("/var/lib/shoal-lab")
@@ -52,42 +53,6 @@ class LabNode:
     @property
     def host(self) -> str:
         return f"unix://{self.socket}"
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state == "Z":
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            return False
-    return True
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        if not _pid_alive(pid):
-            return True
-        time.sleep(0.05)
-    return not _pid_alive(pid)
 
 
 class Lab:
@@ -211,9 +176,9 @@ class Lab:
         node = self.node(name)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not _pid_alive(node.pid):
+            if not pid_alive(node.pid):
                 raise LabError(f"daemon of {name} exited during startup:\n{self.log_tail(name)}")
-            if _ping(node.socket):
+            if ping(node.socket):
                 return
             time.sleep(0.05)
         raise LabError(f"daemon of {name} not ready after {timeout:.0f}s:\n{self.log_tail(name)}")
@@ -228,17 +193,17 @@ class Lab:
     def kill(self, name: str) -> None:
         """SIGKILL the node's daemon (what a crash looks like)."""
         node = self.node(name)
-        if _pid_alive(node.pid):
+        if pid_alive(node.pid):
             os.kill(node.pid, signal.SIGKILL)
-            _wait_gone(node.pid, 5)
+            wait_gone(node.pid, 5)
 
     def stop(self, name: str, timeout: float = STOP_TIMEOUT) -> None:
         node = self.node(name)
-        _terminate(node.pid, timeout)
+        terminate(node.pid, timeout)
 
     def start(self, name: str) -> None:
         node = self.node(name)
-        if _pid_alive(node.pid):
+        if pid_alive(node.pid):
             raise LabError(f"{name} is already running (pid {node.pid})")
         self._spawn(node)
         self._save()
@@ -269,9 +234,9 @@ class Lab:
 
     def status(self, name: str) -> str:
         node = self.node(name)
-        if not _pid_alive(node.pid):
+        if not pid_alive(node.pid):
             return "stopped"
-        return "running" if _ping(node.socket) else "starting"
+        return "running" if ping(node.socket) else "starting"
 
     # ---- down -------------------------------------------------------------------------------
     def down(self) -> None:
@@ -279,7 +244,7 @@ class Lab:
         prefix = f"{self.name}-"
         namespaces = [ns for ns in net.list_namespaces() if ns == self.hub_ns or (
             ns.startswith(prefix) and ns.removeprefix(prefix).split("-")[0] in ("manager", "worker"))]
-        pids = {n.pid for n in self.nodes.values() if n.pid and self.name in _cmdline(n.pid)}
+        pids = {n.pid for n in self.nodes.values() if n.pid and self.name in cmdline(n.pid)}
         for ns in namespaces:
             pids.update(net.namespace_pids(ns))
         pids.discard(os.getpid())
@@ -287,10 +252,10 @@ class Lab:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         for pid in pids:
-            if not _wait_gone(pid, STOP_TIMEOUT / 3):
+            if not wait_gone(pid, STOP_TIMEOUT / 3):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                _wait_gone(pid, 5)
+                wait_gone(pid, 5)
         from worker.executor.rootfs import unmount_below
         from worker.executor.teardown import destroy_executor
 
@@ -304,31 +269,6 @@ class Lab:
         shutil.rmtree(self.data_root, ignore_errors=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
         self.nodes = {}
-
-
-def _terminate(pid: int, timeout: float) -> None:
-    if not _pid_alive(pid):
-        return
-    os.kill(pid, signal.SIGTERM)
-    if not _wait_gone(pid, timeout):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        _wait_gone(pid, 5)
-
-
-def _ping(socket_path: str) -> bool:
-    """A blocking `GET /_ping` over the unix socket."""
-    import socket as socketlib
-
-    try:
-        with socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM) as s:
-            s.settimeout(1.0)
-            s.connect(socket_path)
-            s.sendall(b"GET /_ping HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n")
-            reply = s.recv(64)
-        return reply.startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
 
 
 def list_labs() -> list[str]:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from cli.lab.procs import ping
 from tests.support.wait import wait_until
 from worker.executor.teardown import destroy_executor
 
@@ -33,19 +34,6 @@ class DaemonProcess:
 def daemon_argv(data_dir: Path, socket: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "cli.main", "daemon", "--data-dir", str(data_dir),
             "--socket", str(socket), *extra]
-
-
-def ping(socket: Path) -> bool:
-    import socket as socketlib
-
-    try:
-        with socketlib.socket(socketlib.AF_UNIX) as s:
-            s.settimeout(1)
-            s.connect(str(socket))
-            s.sendall(b"GET /_ping HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-            return s.recv(64).startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
 
 
 def start_daemon(root: Path, *extra: str, name: str = "d") -> DaemonProcess:
