@@ -31,6 +31,7 @@ from typing import Any
 from manager.dispatcher.outbox import Outbox
 from manager.store import BROADCAST, Event, Fanout, ReadTx, Store, WatchDropped
 from model import Node, Task, TaskState
+from model.references import references
 
 # Task states bound once: reading a member off the Enum class costs ~70 ns, and these
 # comparisons run for every task of every write.
@@ -55,12 +56,7 @@ def managers_of(tx: ReadTx) -> list[dict[str, str]]:
 
 def needs_dependencies(task: Task) -> bool:
     """Does the task refer to secrets or configs and may it still be prepared? O(1)."""
-    container = task.spec.get("ContainerSpec")
-    return bool(container and (container.get("Secrets") or container.get("Configs"))
-                and task.desired_state <= _COMPLETE)
-
-
-_DEPENDENCY_KINDS = (("secrets", "Secrets", "SecretID"), ("configs", "Configs", "ConfigID"))
+    return task.desired_state <= _COMPLETE and bool(references(task.spec))
 
 
 def dependency_data(tx: ReadTx, tasks: list[Task]) -> dict[str, dict[str, str]]:
@@ -68,17 +64,14 @@ def dependency_data(tx: ReadTx, tasks: list[Task]) -> dict[str, dict[str, str]]:
     kinds left out. A reference to an object that is gone is left out too: the node then
     rejects the task, naming what is missing."""
     out: dict[str, dict[str, str]] = {}
-    for table, key, id_key in _DEPENDENCY_KINDS:
-        found: dict[str, str] = {}
-        for task in tasks:
-            for ref in task.spec["ContainerSpec"].get(key) or []:
-                obj_id = ref.get(id_key) if isinstance(ref, dict) else None
-                if obj_id and obj_id not in found:
-                    obj = tx.get(table, obj_id)
-                    if obj is not None:
-                        found[obj_id] = str(obj.spec.get("Data") or "")
-        if found:
-            out[table] = found
+    for task in tasks:
+        for kind, obj_id in references(task.spec):
+            table = f"{kind}s"
+            if obj_id in out.get(table, ()):
+                continue
+            obj = tx.get(table, obj_id)
+            if obj is not None:
+                out.setdefault(table, {})[obj_id] = str(obj.spec.get("Data") or "")
     return out
 
 

@@ -23,31 +23,18 @@ import binascii
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from model.references import references
 from worker.executor.spec import ConfigError, InjectedFile
 from worker.executor.taskspec import MissingDependency, resolve_injected_files
 
 __all__ = ["Dependencies", "MissingDependency", "references"]
 
 KINDS = ("secret", "config")
-_REF_KEYS = (("secret", "Secrets", "SecretID"), ("config", "Configs", "ConfigID"))
 
 
 class TaskLike(Protocol):
     id: str
     spec: dict[str, Any]
-
-
-def references(spec: Mapping[str, Any]) -> frozenset[tuple[str, str]]:
-    """The (kind, ID) pairs a TaskSpec refers to; empty (and cheap) when it refers to none."""
-    container = spec.get("ContainerSpec")
-    if not container or not (container.get("Secrets") or container.get("Configs")):
-        return frozenset()
-    out = set()
-    for kind, key, id_key in _REF_KEYS:
-        for ref in container.get(key) or []:
-            if isinstance(ref, dict) and ref.get(id_key):
-                out.add((kind, str(ref[id_key])))
-    return frozenset(out)
 
 
 class Dependencies:
