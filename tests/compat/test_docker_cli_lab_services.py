@@ -4,12 +4,9 @@ with its convergence progress), ls, ps, inspect, scale, update, rollback, rm."""
 from __future__ import annotations
 
 import json
-import shutil
-
-import pytest
 
 from cli.lab import Lab
-from tests.swarm.helpers import eventually, load_busybox_everywhere
+from tests.swarm.helpers import eventually
 
 
 def docker(lab: Lab, *args: str, timeout: float = 45) -> str:
@@ -18,11 +15,8 @@ def docker(lab: Lab, *args: str, timeout: float = 45) -> str:
     return proc.stdout + proc.stderr
 
 
-def test_docker_cli_service_lifecycle_on_the_lab(make_lab, tmp_path) -> None:
-    if shutil.which("docker") is None:
-        pytest.fail("the docker CLI is not installed (deploy/install.sh installs it)")
-    lab: Lab = make_lab(managers=1, workers=1, swarm=True)
-    load_busybox_everywhere(lab, tmp_path)
+def test_docker_cli_service_lifecycle_on_the_lab(docker_lab: Lab) -> None:
+    lab = docker_lab
     out = docker(lab, "service", "create", "--name", "web", "--replicas", "2", "--update-monitor", "1s",
                  "--update-parallelism", "2", "busybox:latest", "sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait")
     assert "verify: Service web converged" in out or "converged" in out, out

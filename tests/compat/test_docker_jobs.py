@@ -5,20 +5,14 @@ the completions, and an update runs the job again."""
 from __future__ import annotations
 
 import json
-import shutil
-
-import pytest
 
 from cli.lab import Lab
 from tests.compat.test_docker_cli_lab_services import docker
-from tests.swarm.helpers import eventually, load_busybox_everywhere
+from tests.swarm.helpers import eventually
 
 
-def test_docker_cli_replicated_and_global_jobs(make_lab, tmp_path) -> None:
-    if shutil.which("docker") is None:
-        pytest.fail("the docker CLI is not installed (deploy/install.sh installs it)")
-    lab: Lab = make_lab(managers=1, workers=1, swarm=True)
-    load_busybox_everywhere(lab, tmp_path)
+def test_docker_cli_replicated_and_global_jobs(docker_lab: Lab) -> None:
+    lab = docker_lab
     out = docker(lab, "service", "create", "--name", "batch", "--mode", "replicated-job", "--replicas", "4",
                  "--max-concurrent", "2", "busybox:latest", "sh", "-c", "echo batch done", timeout=60)
     assert "job complete" in out, out

@@ -5,13 +5,10 @@ secrets and configs it creates from files)."""
 from __future__ import annotations
 
 import json
-import shutil
-
-import pytest
 
 from cli.lab import Lab
 from tests.compat.test_docker_cli_lab_services import docker
-from tests.swarm.helpers import eventually, load_busybox_everywhere
+from tests.swarm.helpers import eventually
 
 STACK = """\
 version: "3.8"
@@ -50,11 +47,8 @@ def services(lab: Lab) -> dict[str, str]:
     return dict(line.split() for line in out.splitlines() if line.strip())
 
 
-def test_docker_stack_deploy_update_and_rm(make_lab, tmp_path) -> None:
-    if shutil.which("docker") is None:
-        pytest.fail("the docker CLI is not installed (deploy/install.sh installs it)")
-    lab: Lab = make_lab(managers=1, workers=1, swarm=True)
-    load_busybox_everywhere(lab, tmp_path)
+def test_docker_stack_deploy_update_and_rm(docker_lab: Lab, tmp_path) -> None:
+    lab = docker_lab
     compose = tmp_path / "stack.yml"
     compose.write_text(STACK.format(color="blue"))
     (tmp_path / "token.txt").write_text("s3cret-token\n")
