@@ -4,7 +4,7 @@ With default settings (5 s heartbeats). A run: a lab of 1 manager + W workers, a
 replicas of a shell that traps SIGTERM and sleeps; then, per trial, the daemon of a worker that
 runs some of the tasks is partitioned from every other host and then killed with SIGKILL (a dead
 machine: nothing of it, not even its kernel closing the daemon's connections, reaches the others;
-the manager notices through TCP keepalive, see manager/rpc/liveness.py), and the clock runs
+the manager notices through TCP keepalive, see rpc/liveness.py), and the clock runs
 until N tasks are RUNNING again, none on that worker. The worker is then healed and restarted
 before the next trial. Prints JSON: p50/p99/max over the trials. Reference from the issue:
 swarmkit needs about 20 s; the target is <= 5 s.

@@ -34,7 +34,7 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tests.procs.kvcluster import KVClient, KVCluster, free_ports
+from bench.support.kvcluster import KVClient, KVCluster, free_ports
 
 CONCURRENCY = (1, 16, 64)
 

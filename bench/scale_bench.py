@@ -42,14 +42,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.support.swarm_sim import make_node
 from manager.dispatcher import Dispatcher
-from manager.orchestrator.simulation import make_node
-from manager.rpc.errors import RpcError
 from manager.specs import normalize_service_spec
 from manager.store import Event, Store, WriteTx
 from manager.store.heap import tune_gc
 from manager.swarm.leader_loops import Orchestration
 from model import Service, TaskState, format_time, new_id
+from rpc.errors import RpcError
 
 TARGET_TASKS_PER_S = 10_000
 CREATE_CHUNK = 500  # nodes registered per store write

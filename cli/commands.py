@@ -10,7 +10,7 @@ import click
 
 from cli.client import DaemonClient
 from cli.common import console, fail, with_client
-from manager.api.http import SERVER_VERSION
+from engineapi.http import SERVER_VERSION
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,8 +89,8 @@ def daemon(data_dir: str, socket_path: str, tcp: str, tls_cert: str, tls_key: st
            listen_addr: str, advertise_addr: str, hostname: str, log_level: str,
            shutdown_timeout: float) -> None:
     """Run the shoal daemon for this host (as root)."""
-    from cli import daemon as daemon_mod
     from cli import logs
+    from node import daemon as daemon_mod
 
     if tcp and ":" not in tcp:
         fail(f"invalid --tcp {tcp!r}: expected HOST:PORT")

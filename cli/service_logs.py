@@ -23,7 +23,7 @@ import click
 
 from cli.client import ApiResponseError, DaemonClient
 from cli.common import fail, with_client
-from worker.executor.logs import parse_frames
+from engineapi.logframes import parse_frames
 
 STDERR, SYSTEM_ERROR = 2, 3
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)$")

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from manager.api.http import ApiError
+from engineapi.http import ApiError
 from manager.store import Store
 
 NOT_IN_SWARM = ('This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" '

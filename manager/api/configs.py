@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from manager.api.http import Routes
+from engineapi.http import Routes
 from manager.api.secrets import CONFIGS, add_kind_routes
 
 

@@ -23,12 +23,12 @@ from typing import Protocol
 
 from aiohttp import web
 
+from engineapi.http import ApiError, Routes, query_bool
+from engineapi.logframes import details_text, frame
 from manager.api.cluster import cluster_store
-from manager.api.http import ApiError, Routes, query_bool
 from manager.api.objects_common import api_errors
 from manager.logbroker import ChannelEnded, LogItem, LogOptions, LogRecord, LogSelector, LogWarning
 from manager.logbroker.access import LogStream
-from worker.executor.logs import details_text, frame
 
 MULTIPLEXED = "application/vnd.docker.multiplexed-stream"
 RAW = "application/vnd.docker.raw-stream"

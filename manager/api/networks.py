@@ -15,8 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
+from engineapi.http import ApiError, Routes, json_response, read_json
 from manager.api.cluster import cluster_store, parse_filters
-from manager.api.http import ApiError, Routes, json_response, read_json
 from manager.api.objects_common import any_prefix, any_substring, api_errors, labels_match, lookup, require_spec_object
 from manager.specs import SpecError, validate_network_create
 from manager.specs.checks import drop_nulls

@@ -11,8 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
+from engineapi.http import ApiError, Routes, json_response, query_bool, read_json
 from manager.api.cluster import CLUSTER, cluster_store, parse_filters, require_version
-from manager.api.http import ApiError, Routes, json_response, query_bool, read_json
 from manager.specs import SpecError, validate_node_spec
 from manager.store import AmbiguousRef, NotFound, ReadTx, StaleVersion, WriteTx
 from model import Node

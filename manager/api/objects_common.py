@@ -22,7 +22,7 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from manager.api.http import ApiError
+from engineapi.http import ApiError
 from manager.specs import SpecError
 from manager.store import AmbiguousRef, NameConflict, NotFound, ReadTx, StaleVersion, StoreError
 

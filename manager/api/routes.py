@@ -5,8 +5,8 @@ a swarm)."""
 
 from __future__ import annotations
 
+from engineapi.http import Routes
 from manager.api import configs, logs, networks, secrets, services, tasks
-from manager.api.http import Routes
 
 
 def add_cluster_routes(routes: Routes) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
+from engineapi.http import Routes, json_response, read_json
 from manager.api.cluster import cluster_store, parse_filters, require_version
-from manager.api.http import Routes, json_response, read_json
 from manager.api.objects_common import (
     any_prefix,
     api_errors,

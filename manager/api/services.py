@@ -17,8 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
+from engineapi.http import ApiError, Routes, go_bool, json_response, read_json
 from manager.api.cluster import cluster_store, parse_filters, require_version
-from manager.api.http import ApiError, Routes, go_bool, json_response, read_json
 from manager.api.objects_common import any_prefix, api_errors, labels_match, lookup, require_spec_object
 from manager.api.tasks import service_status
 from manager.orchestrator.jobs import JOB_MODES

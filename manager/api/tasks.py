@@ -14,8 +14,8 @@ from typing import Any
 
 from aiohttp import web
 
+from engineapi.http import ApiError, Routes, json_response
 from manager.api.cluster import cluster_store, parse_filters
-from manager.api.http import ApiError, Routes, json_response
 from manager.api.objects_common import any_prefix, api_errors, labels_match, lookup
 from manager.orchestrator.common import is_task_dirty
 from manager.orchestrator.jobs import JOB_MODES, job_iteration, replicated_job_sizes, task_iteration

@@ -32,9 +32,9 @@ from manager.dispatcher.assignments import assignment_fanout, assignment_stream
 from manager.dispatcher.heartbeats import HeartbeatDeadlines
 from manager.dispatcher.outbox import NodeOutboxes
 from manager.dispatcher.status import StatusBatcher
-from manager.rpc.errors import FailedPrecondition, NotFound, PermissionDenied
 from manager.store import ReadTx, Store, WriteTx, retry_on_conflict
 from model import IllegalTransition, Node, TaskState, new_id
+from rpc.errors import FailedPrecondition, NotFound, PermissionDenied
 
 # Task states bound once: reading a member off the Enum class costs ~70 ns, and these
 # comparisons run for every task of every write.

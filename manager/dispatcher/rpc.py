@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from manager.dispatcher.dispatcher import Dispatcher
-from manager.rpc.errors import NotLeaderError
-from manager.rpc.server import Access, Peer, RpcServer
+from rpc.errors import NotLeaderError
+from rpc.server import Access, Peer, RpcServer
 
 
 def register_dispatcher(server: RpcServer, current: Callable[[], Dispatcher | None],

@@ -18,8 +18,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from manager.rpc.errors import Unavailable
 from manager.store import Batch, Store, WriteTx
+from rpc.errors import Unavailable
 
 ApplyOne = Callable[[WriteTx, str, dict[str, Any]], None]
 _YOUR_TURN = object()  # a report's future resolved with this: its submitter becomes the writer

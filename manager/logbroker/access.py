@@ -20,8 +20,8 @@ from typing import Protocol
 from manager.logbroker.broker import LogBroker
 from manager.logbroker.channel import LogChannel
 from manager.logbroker.types import LogItem, LogOptions, LogSelector, LogWarning, item_from_wire
-from manager.rpc.client import RpcClient
-from manager.rpc.errors import NotLeaderError, RpcError, Unavailable
+from rpc.client import RpcClient
+from rpc.errors import NotLeaderError, RpcError, Unavailable
 
 log = logging.getLogger("shoal.logbroker")
 

@@ -26,9 +26,9 @@ from typing import Any, Protocol
 
 from manager.logbroker.channel import LogChannel
 from manager.logbroker.types import LogItem, LogOptions, LogRecord, LogSelector, LogWarning, entry_from_wire
-from manager.rpc.errors import InvalidArgument, PermissionDenied
 from manager.store import ReadTx, Store, WatchDropped
 from model import Task, TaskState, new_id
+from rpc.errors import InvalidArgument, PermissionDenied
 
 log = logging.getLogger("shoal.logbroker")
 

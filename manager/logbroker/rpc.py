@@ -18,8 +18,8 @@ from typing import Any
 from manager.logbroker.broker import LogBroker
 from manager.logbroker.channel import ChannelEnded
 from manager.logbroker.types import LogOptions, LogSelector
-from manager.rpc.errors import InvalidArgument, NotLeaderError
-from manager.rpc.server import Access, Peer, RpcServer
+from rpc.errors import InvalidArgument, NotLeaderError
+from rpc.server import Access, Peer, RpcServer
 
 
 def register_logs(server: RpcServer, current: Callable[[], LogBroker | None],

@@ -13,11 +13,11 @@ import datetime
 import hmac
 from typing import Any
 
-from manager.ca.authority import CertificateError, NodeIdentity, RootCA
-from manager.rpc.errors import FailedPrecondition, InvalidArgument, PermissionDenied
-from manager.rpc.server import Access, Peer, RpcServer
+from ca.authority import CertificateError, NodeIdentity, RootCA
 from manager.store import ReadTx, Store, WriteTx
 from model import Cluster, Node, new_id
+from rpc.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from rpc.server import Access, Peer, RpcServer
 
 INVALID_TOKEN = "A valid join token is necessary to join this cluster"
 

@@ -20,13 +20,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from manager.rpc.errors import FailedPrecondition, InvalidArgument, NotLeaderError, Unavailable
-from manager.rpc.server import Access, Peer, RpcServer
 from manager.store import ReadTx, Store, WriteTx, retry_on_conflict
 from model import Node
 from raft.node import Member, RaftNode
 from raft.transport import parse_address
 from raft.types import NotLeader
+from rpc.errors import FailedPrecondition, InvalidArgument, NotLeaderError, Unavailable
+from rpc.server import Access, Peer, RpcServer
 
 log = logging.getLogger("shoal.membership")
 

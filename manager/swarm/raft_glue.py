@@ -18,10 +18,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from manager.rpc.errors import RpcError, Unavailable
 from manager.store import Store
 from raft.node import NodeStopped, RaftNode
 from raft.types import Entry, NotLeader, ProposalDropped
+from rpc.errors import RpcError, Unavailable
 
 NO_LEADER = ("rpc error: code = Unknown desc = The swarm does not have a leader. It's possible that too few "
              "managers are online. Make sure more than half of the managers are online.")

@@ -22,8 +22,6 @@ from manager.dispatcher import Dispatcher
 from manager.dispatcher.rpc import register_dispatcher
 from manager.logbroker import LogBroker
 from manager.logbroker.rpc import register_logs
-from manager.rpc.client import RpcClient
-from manager.rpc.server import Access, RpcServer
 from manager.store import Store
 from manager.swarm.ca_service import CAService
 from manager.swarm.membership import (
@@ -37,6 +35,8 @@ from manager.swarm.raft_glue import NO_LEADER, NoQuorum, RaftProposer, StoreStat
 from raft.node import Member, NodeOptions, NodeStopped, RaftNode
 from raft.transport import parse_address
 from raft.types import NotLeader
+from rpc.client import RpcClient
+from rpc.server import Access, RpcServer
 
 log = logging.getLogger("shoal.manager")
 
@@ -206,6 +206,6 @@ class ManagerRuntime:
 
 
 def _preamble() -> bytes:
-    from manager.rpc.frames import encode
+    from rpc.frames import encode
 
     return encode(RAFT_CHANNEL_HELLO)

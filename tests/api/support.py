@@ -20,13 +20,14 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from manager.api import nodes, system
+from engineapi.http import Routes, new_app
+from manager.api import nodes
 from manager.api.cluster import CLUSTER, ClusterAccess
-from manager.api.http import Routes, new_app
 from manager.api.routes import add_cluster_routes
 from manager.orchestrator.common import is_task_dirty
 from manager.store import Store, WriteTx
 from model import Node, Service, Task, TaskState, TaskStatus, new_id
+from node import system_api as system
 
 NODE_ID = "n0de0000000000000000000001"
 

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from engineapi.logframes import parse_frames
 from tests.executor.conftest import make_config, needs_root_and_runc, read_if_exists, wait_for_log
 from worker.executor import Executor, ExecutorError, MountSpec
-from worker.executor.logs import format_entry, parse_frames
+from worker.executor.logs import format_entry
 from worker.executor.rootfs import mount, mounts_under, unmount
 from worker.executor.runtime import pid_alive
 from worker.executor.volumes import VolumeError

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from cli.client import ApiResponseError, DaemonClient
 from cli.volume_cmds import volume
-from manager.api.http import Routes, new_app
+from engineapi.http import Routes, new_app
 from worker.executor.api import add_routes
 from worker.executor.volumes import VolumeStore
 

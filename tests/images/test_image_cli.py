@@ -15,7 +15,7 @@ from aiohttp import web
 from click.testing import CliRunner
 
 from cli.image_cmds import image
-from manager.api.http import Routes, new_app
+from engineapi.http import Routes, new_app
 from tests.support.images import build_busybox_image, push_image, write_docker_save
 from tests.support.registry import RegistryProcess, requires_registry
 from worker.images import ImageStore

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from manager.api.http import Routes, new_app
+from engineapi.http import Routes, new_app
 from tests.support.images import build_busybox_image, push_image, write_docker_save
 from tests.support.registry import RegistryProcess, requires_registry
 from worker.images import ImageStore

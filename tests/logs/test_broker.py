@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from manager.logbroker import ChannelEnded, LogBroker, LogOptions, LogRecord, LogSelector, LogWarning, Subscription
-from manager.rpc.errors import InvalidArgument, PermissionDenied
 from manager.store import Store, WriteTx
 from model import Task, TaskState, new_id
+from rpc.errors import InvalidArgument, PermissionDenied
 
 
 class FakeSessions:

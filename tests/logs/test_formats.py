@@ -11,10 +11,10 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from cli.service_logs import LinePrefixer, _pretty, parse_details, since_seconds
-from manager.api.http import ApiError
+from engineapi.http import ApiError
+from engineapi.logframes import parse_frames
 from manager.api.logs import LogQuery, docker_timestamp, incomplete_notice, parse_log_query, render
 from manager.logbroker import LogOptions, LogRecord
-from worker.executor.logs import parse_frames
 
 
 def query(qs: str) -> LogQuery:

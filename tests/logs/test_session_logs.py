@@ -16,10 +16,10 @@ from manager.dispatcher import Dispatcher
 from manager.logbroker import ChannelEnded, LogBroker, LogOptions, LogRecord, LogSelector, Subscription
 from manager.logbroker.access import RemoteLogStream
 from manager.logbroker.rpc import register_logs
-from manager.rpc.client import RpcClient
-from manager.rpc.server import RpcServer
 from manager.store import Store
 from model import Task, TaskState, new_id
+from rpc.client import RpcClient
+from rpc.server import RpcServer
 from tests.support.fake_executor import FakeExecutor
 from tests.support.session_env import session_env
 from tests.support.wait import async_wait_until

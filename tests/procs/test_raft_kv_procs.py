@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.procs.kvcluster import KVClient, KVCluster
+from bench.support.kvcluster import KVClient, KVCluster
 
 SNAPSHOT_EVERY = 50
 WRITERS = 8

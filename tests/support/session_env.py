@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from manager.ca.authority import NodeIdentity, RootCA, key_pem, make_csr, new_key
-from manager.ca.node_tls import NodeCredentials
+from ca.authority import NodeIdentity, RootCA, key_pem, make_csr, new_key
+from ca.node_tls import NodeCredentials, peer_identity
 from manager.dispatcher import Dispatcher
 from manager.dispatcher.rpc import register_dispatcher
-from manager.rpc.server import RpcServer
 from manager.store import Store, WriteTx
 from model import Cluster, Node, new_id
+from rpc.server import RpcServer
 from worker.agent.agent import Agent
 
 # Extra manager-side services: given the server, dispatcher and store, register what they need
@@ -60,7 +60,7 @@ async def session_env(root: Path, executor: Any, *, period_ns: int = 200_000_000
     await store.update(seed)
     ca = RootCA.create("c")
     mcreds, mdir = creds(ca, "mgr", "manager", root)
-    server = RpcServer(mcreds.server_context(mdir))
+    server = RpcServer(mcreds.server_context(mdir), identify=peer_identity)
     dispatcher = Dispatcher(store)
     register_dispatcher(server, lambda: dispatcher, lambda: "")
     side = extras(server, dispatcher, store) if extras is not None else []

@@ -11,10 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-from manager.ca.authority import NodeIdentity, RootCA, key_pem, make_csr, new_key
-from manager.ca.node_tls import NodeCredentials
-from manager.rpc.client import RpcClient
-from manager.rpc.errors import RpcError
+from ca.authority import NodeIdentity, RootCA, key_pem, make_csr, new_key
+from ca.node_tls import NodeCredentials
+from rpc.client import RpcClient
+from rpc.errors import RpcError
 
 
 async def attempt(addr: str, creds: NodeCredentials, directory: Path, trust_any: bool) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from cli.daemon import DaemonConfig, build_app
+from node.daemon import DaemonConfig, build_app
 
 
 @pytest.fixture

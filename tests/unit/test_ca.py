@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from manager.ca import tokens
-from manager.ca.authority import CertificateError, NodeIdentity, RootCA, key_pem, make_csr, new_key
-from manager.ca.node_tls import NodeCredentials
+from ca import tokens
+from ca.authority import CertificateError, NodeIdentity, RootCA, key_pem, make_csr, new_key
+from ca.node_tls import NodeCredentials
 
 
 def test_token_round_trip_and_ca_pinning() -> None:

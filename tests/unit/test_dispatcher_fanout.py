@@ -10,8 +10,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from bench.support.swarm_sim import make_node
 from manager.dispatcher import Dispatcher
-from manager.orchestrator.simulation import make_node
 from manager.store import Store, WriteTx
 from model import Task, TaskState, new_id
 

@@ -8,10 +8,10 @@ import asyncio
 
 import pytest
 
+from bench.support.swarm_sim import make_node
 from manager.dispatcher import Dispatcher
 from manager.dispatcher.heartbeats import HeartbeatDeadlines
 from manager.orchestrator.clock import ManualClock
-from manager.orchestrator.simulation import make_node
 from manager.store import Store
 from model import Cluster, new_id
 from tests.support.wait import async_wait_until

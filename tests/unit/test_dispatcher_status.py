@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from manager.dispatcher.status import StatusBatcher
-from manager.rpc.errors import PermissionDenied, Unavailable
 from manager.store import Store, WriteTx
 from model import Task, TaskState, new_id
+from rpc.errors import PermissionDenied, Unavailable
 from tests.support.wait import async_wait_until
 
 

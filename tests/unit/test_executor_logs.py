@@ -6,14 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from engineapi.logframes import frame, parse_frames
 from worker.executor.health import HEALTHY, STARTING, UNHEALTHY, HealthTracker, ProbeResult
 from worker.executor.logs import (
     LineAssembler,
     LogEntry,
     LogFormatError,
     format_entry,
-    frame,
-    parse_frames,
     parse_line,
     read_log,
     timestamp_seconds,

@@ -2,8 +2,8 @@
 MaxConcurrent at once, until TotalCompletions; failures are retried per the restart policy;
 an update starts a new iteration."""
 
+from bench.support.swarm_sim import Harness, make_node
 from manager.orchestrator.jobs import JobOrchestrator, task_iteration
-from manager.orchestrator.simulation import Harness, make_node
 from manager.specs import normalize_service_spec
 from model import Node, Service, Task, TaskState, new_id
 

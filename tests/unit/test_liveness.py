@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import socket
 
-from manager.rpc.liveness import IDLE_S, INTERVAL_S, PROBES, USER_TIMEOUT_S, is_unreachable, set_keepalive
+from rpc.liveness import IDLE_S, INTERVAL_S, PROBES, USER_TIMEOUT_S, is_unreachable, set_keepalive
 
 
 def test_tcp_sockets_get_keepalive_probes_and_others_are_left_alone() -> None:

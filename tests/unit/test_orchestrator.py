@@ -3,8 +3,8 @@
 import asyncio
 from collections import Counter
 
+from bench.support.swarm_sim import Harness, make_node
 from manager.orchestrator import ManualClock, ReplicatedOrchestrator, TaskReaper, is_task_dirty
-from manager.orchestrator.simulation import Harness, make_node
 from manager.specs import normalize_service_spec
 from manager.store import Store
 from model import Cluster, Node, Service, Task, TaskState, new_id

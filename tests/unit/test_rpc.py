@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from manager.ca.authority import NodeIdentity, RootCA, key_pem, make_csr, new_key
-from manager.ca.node_tls import NodeCredentials, bootstrap_client_context
-from manager.rpc.client import RpcClient
-from manager.rpc.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
-from manager.rpc.server import Access, Peer, RpcServer
+from ca.authority import NodeIdentity, RootCA, key_pem, make_csr, new_key
+from ca.node_tls import NodeCredentials, bootstrap_client_context, peer_identity
+from rpc.client import RpcClient
+from rpc.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from rpc.server import Access, Peer, RpcServer
 
 
 def creds_for(ca: RootCA, node_id: str, role: str, directory: Path) -> tuple[NodeCredentials, Path]:
@@ -28,7 +28,7 @@ def creds_for(ca: RootCA, node_id: str, role: str, directory: Path) -> tuple[Nod
 async def cluster(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     ca = RootCA.create("c")
     server_creds, server_dir = creds_for(ca, "mgr", "manager", tmp_path)
-    server = RpcServer(server_creds.server_context(server_dir))
+    server = RpcServer(server_creds.server_context(server_dir), identify=peer_identity)
     release, entered = asyncio.Event(), asyncio.Event()
 
     async def whoami(peer: Peer, params: dict[str, Any]) -> Any:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from manager.orchestrator.simulation import Harness, make_node
+from bench.support.swarm_sim import Harness, make_node
 from manager.specs import normalize_service_spec
 from manager.store import Store, WriteTx
 from model import Service, new_id

@@ -3,8 +3,8 @@
 import copy
 import itertools
 
+from bench.support.swarm_sim import Harness, make_node
 from manager.orchestrator import is_task_dirty, rollback_service, update_service_spec
-from manager.orchestrator.simulation import Harness, make_node
 from manager.specs import SpecError, normalize_service_spec
 from model import Service, Task, TaskState, new_id
 

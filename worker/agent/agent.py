@@ -27,9 +27,9 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from manager.rpc.client import RpcClient
-from manager.rpc.errors import NotLeaderError, RpcError
 from model import Task, TaskStatus
+from rpc.client import RpcClient
+from rpc.errors import NotLeaderError, RpcError
 from worker.agent.dependencies import Dependencies
 from worker.agent.logs import ContainerLogs, LogPublisher
 from worker.agent.task_runner import TaskExecutor, TaskRunner

@@ -22,8 +22,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from manager.rpc.client import RpcClient
-from manager.rpc.errors import RpcError
+from rpc.client import RpcClient
+from rpc.errors import RpcError
 from worker.executor.logs import LogEntry
 
 log = logging.getLogger("shoal.agent.logs")

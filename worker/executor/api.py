@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from manager.api.http import ApiError, Routes, json_response, query_bool, read_json
+from engineapi.http import ApiError, Routes, json_response, query_bool, read_json
 from worker.executor.volumes import VolumeError, VolumeStore
 
 

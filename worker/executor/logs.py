@@ -15,15 +15,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import struct
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import quote
 
-STDOUT, STDERR = 1, 2
+from engineapi.logframes import STDERR, STDOUT, details_text, frame
+
 FOLLOW_POLL_INTERVAL = 0.1
 
 
@@ -93,15 +92,6 @@ class LineAssembler:
         return out
 
 
-def frame(stream_id: int, payload: bytes) -> bytes:
-    """An Engine API multiplexed stream frame."""
-    return struct.pack(">BxxxL", stream_id, len(payload)) + payload
-
-
-def details_text(details: dict[str, str]) -> str:
-    return ",".join(f"{quote(k, safe='.')}={quote(v, safe='.')}" for k, v in details.items())
-
-
 def format_entry(entry: LogEntry, *, timestamps: bool = False,
                  details: dict[str, str] | None = None) -> bytes:
     """The frame for one entry: `[<timestamp> ][<details> ]<message>\\n`."""
@@ -111,18 +101,6 @@ def format_entry(entry: LogEntry, *, timestamps: bool = False,
     if details is not None:
         prefix += details_text(details).encode() + b" "
     return frame(entry.stream_id, prefix + entry.message + b"\n")
-
-
-def parse_frames(data: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
-    """Split a multiplexed stream into (stream id, payload) frames, plus an incomplete rest."""
-    out, pos = [], 0
-    while len(data) - pos >= 8:
-        stream_id, length = struct.unpack_from(">BxxxL", data, pos)
-        if len(data) - pos - 8 < length:
-            break
-        out.append((stream_id, data[pos + 8:pos + 8 + length]))
-        pos += 8 + length
-    return out, data[pos:]
 
 
 def _records(chunk: bytes, assembler: LineAssembler, since: float | None = None) -> list[LogEntry]:

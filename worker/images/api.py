@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from manager.api.http import ApiError, Routes, json_response, query_bool
+from engineapi.http import ApiError, Routes, json_response, query_bool
 from worker.images import views
 from worker.images.errors import ImageError
 from worker.images.manifest import Platform

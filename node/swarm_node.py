@@ -28,24 +28,24 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from manager.api.http import ApiError
-from manager.api.swarm import ALREADY_IN_SWARM, MANAGER_LEAVE, NOT_PART_OF_SWARM
-from manager.ca import tokens
-from manager.ca.authority import NodeIdentity, RootCA, key_pem, make_csr, new_key
-from manager.ca.node_tls import NodeCredentials
-from manager.rpc.client import RpcClient
-from manager.rpc.errors import NotLeaderError, RpcError
-from manager.rpc.server import RpcServer
+from ca import tokens
+from ca.authority import NodeIdentity, RootCA, key_pem, make_csr, new_key
+from ca.node_tls import NodeCredentials, peer_identity
+from engineapi.http import ApiError
 from manager.specs import default_swarm_spec, normalize_swarm_spec
 from manager.store import Store, WriteTx
-from manager.swarm.addresses import AddressError, choose_advertise, split_host_port
 from manager.swarm.ca_service import cert_expiry
 from manager.swarm.raft_glue import StoreStateMachine
-from manager.swarm.remote import pem_bytes, renew_certificate, request_membership
 from manager.swarm.runtime import LeaderLoopFactory, ManagerRuntime
-from manager.swarm.state import LocalSwarmState
 from model import Cluster, Node, new_id
+from node.addresses import AddressError, choose_advertise, split_host_port
+from node.remote import pem_bytes, renew_certificate, request_membership
+from node.state import LocalSwarmState
+from node.swarm_api import ALREADY_IN_SWARM, MANAGER_LEAVE, NOT_PART_OF_SWARM
 from raft.recovery import replay_log
+from rpc.client import RpcClient
+from rpc.errors import NotLeaderError, RpcError
+from rpc.server import RpcServer
 from worker.agent.agent import Agent
 from worker.agent.dependencies import Dependencies
 from worker.agent.logs import ContainerLogs
@@ -146,7 +146,7 @@ class SwarmNode:
     async def _start_manager(self, bootstrap: bool, members: dict[int, str]) -> None:
         state, creds = self.state, self.creds
         assert state is not None and creds is not None
-        server = RpcServer(creds.server_context(self.certs_dir))
+        server = RpcServer(creds.server_context(self.certs_dir), identify=peer_identity)
         host, port = split_host_port(state.listen_addr)
         ready: asyncio.Future[tuple[str, int]] = asyncio.get_running_loop().create_future()
         self._server = server

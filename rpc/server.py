@@ -21,11 +21,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from manager.ca.authority import CertificateError, NodeIdentity
-from manager.ca.node_tls import peer_identity
-from manager.rpc import frames
-from manager.rpc.errors import InvalidArgument, PermissionDenied, RpcError
-from manager.rpc.liveness import is_unreachable, set_keepalive
+from model.identity import NodeIdentity
+from rpc import frames
+from rpc.errors import InvalidArgument, PermissionDenied, RpcError
+from rpc.liveness import is_unreachable, set_keepalive
 
 log = logging.getLogger("shoal.rpc")
 
@@ -48,6 +47,8 @@ class Peer:
 
 Unary = Callable[[Peer, dict[str, Any]], Awaitable[Any]]
 Streaming = Callable[[Peer, dict[str, Any]], AsyncIterator[Any]]
+# The verified peer's identity from its TLS connection (None: no certificate); ValueError refuses it.
+PeerIdentifier = Callable[[ssl.SSLObject | None], NodeIdentity | None]
 ChannelHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, Peer], Awaitable[None]]
 
 
@@ -67,8 +68,9 @@ def _allowed(access: Access, peer: Peer) -> bool:
 
 
 class RpcServer:
-    def __init__(self, ssl_context: ssl.SSLContext) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext, identify: PeerIdentifier) -> None:
         self._ssl = ssl_context
+        self._identify = identify
         self._methods: dict[str, _Method] = {}
         self._channels: dict[str, tuple[ChannelHandler, Access]] = {}
         self._unreachable_listeners: list[Callable[[str], None]] = []
@@ -135,8 +137,8 @@ class RpcServer:
         set_keepalive(writer.get_extra_info("socket"))
         try:
             try:
-                identity = peer_identity(writer.get_extra_info("ssl_object"))
-            except CertificateError as e:
+                identity = self._identify(writer.get_extra_info("ssl_object"))
+            except ValueError as e:
                 log.warning("refusing peer with a bad certificate", extra={"peer": str(addr), "error": str(e)})
                 return
             peer = Peer(identity, f"{addr[0]}:{addr[1]}" if addr else "")

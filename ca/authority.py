@@ -8,12 +8,13 @@ never pass for a manager's. Keys are ECDSA P-256. The CA's key lives only on man
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from model.identity import NodeIdentity
 
 ROLE_MANAGER = "swarm-manager"
 ROLE_WORKER = "swarm-worker"
@@ -23,15 +24,8 @@ DEFAULT_NODE_CERT_EXPIRY = datetime.timedelta(days=90)
 BACKDATE = datetime.timedelta(minutes=5)
 
 
-class CertificateError(Exception):
-    pass
-
-
-@dataclass(frozen=True)
-class NodeIdentity:
-    node_id: str
-    role: str          # "manager" | "worker"
-    cluster_id: str
+class CertificateError(ValueError):
+    """A certificate that does not name a node of this swarm, or a request that cannot be signed."""
 
 
 def new_key() -> ec.EllipticCurvePrivateKey:

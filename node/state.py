@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from manager.ca.node_tls import write_atomic
+from ca.node_tls import write_atomic
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from manager.api.http import (
+from engineapi.http import (
     API_VERSION,
     MIN_API_VERSION,
     SERVER_VERSION,

@@ -24,17 +24,18 @@ from typing import Any
 
 from aiohttp import web
 
-from cli.supervisor import Supervisor
+from engineapi.http import SERVER_VERSION, Routes, new_app
 from manager.api import logs as logs_api
 from manager.api import nodes as nodes_api
-from manager.api import swarm as swarm_api
-from manager.api import system
+from manager.api import swarm as cluster_swarm_api
 from manager.api.cluster import CLUSTER, linearizable_reads
-from manager.api.http import SERVER_VERSION, Routes, new_app
 from manager.api.routes import add_cluster_routes
 from manager.logbroker.access import ClusterLogs
 from manager.swarm.leader_loops import Orchestration
-from manager.swarm.node import SwarmNode
+from node import swarm_api
+from node import system_api as system
+from node.supervisor import Supervisor
+from node.swarm_node import SwarmNode
 from worker.agent.dependencies import Dependencies
 from worker.executor import api as volumes_api
 from worker.executor.executor import Executor
@@ -122,7 +123,7 @@ class Host:
 def node_description(hostname: str) -> dict[str, Any]:
     import platform
 
-    from manager.api.system import meminfo_total
+    from node.system_api import meminfo_total
 
     return {
         "Hostname": hostname,
@@ -152,6 +153,7 @@ def build_host(config: DaemonConfig) -> Host:
     routes = Routes(app)
     system.add_routes(routes)
     swarm_api.add_routes(routes)
+    cluster_swarm_api.add_routes(routes)
     nodes_api.add_routes(routes)
     add_cluster_routes(routes)
     images_api.add_routes(routes, images)

@@ -15,9 +15,9 @@ import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
-from manager.rpc import frames
-from manager.rpc.errors import RpcError, Unavailable, from_wire
-from manager.rpc.liveness import set_keepalive
+from rpc import frames
+from rpc.errors import RpcError, Unavailable, from_wire
+from rpc.liveness import set_keepalive
 
 _END = object()
 

@@ -14,12 +14,12 @@ from typing import Any
 
 from cryptography import x509
 
-from manager.api.http import ApiError
-from manager.ca import tokens
-from manager.ca.authority import RootCA, load_key, make_csr, new_key
-from manager.ca.node_tls import NodeCredentials, bootstrap_client_context
-from manager.rpc.client import RpcClient
-from manager.rpc.errors import RpcError
+from ca import tokens
+from ca.authority import RootCA, load_key, make_csr, new_key
+from ca.node_tls import NodeCredentials, bootstrap_client_context
+from engineapi.http import ApiError
+from rpc.client import RpcClient
+from rpc.errors import RpcError
 
 log = logging.getLogger("shoal.swarm")
 

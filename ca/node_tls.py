@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from manager.ca.authority import BACKDATE, NodeIdentity, RootCA, identity_of
+from ca.authority import BACKDATE, NodeIdentity, RootCA, identity_of
 
 ROOT_CERT = "swarm-root-ca.crt"
 ROOT_KEY = "swarm-root-ca.key"

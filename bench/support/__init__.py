@@ -1,0 +1,1 @@
+"""Harnesses shared by the benchmarks and the tests (the tests may import bench/, never the reverse)."""
