@@ -16,12 +16,16 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from model.node_state import NodeState, Reachability, check_node_move, check_reachability_move
 from model.task_state import TaskState, TaskStatus, check_transition
+from model.update_state import UpdateState, check_update_move
 
 JSON = dict[str, Any]
 _RECORD_FIELDS: dict[type, tuple[str, ...]] = {}  # per class: its dataclass field names, in order
 _STATE_OF = {int(state): state for state in TaskState}
 _NUMBER_OF = {state: int(state) for state in TaskState}  # a dict read is cheaper than int(member)
+_NODE_STATE_OF: dict[str, NodeState] = {state.value: state for state in NodeState}  # cheaper than NodeState(text)
+_UPDATE_STATE_OF: dict[str, UpdateState] = {state.value: state for state in UpdateState}
 _new_object = object.__new__
 
 
@@ -104,8 +108,44 @@ class Node(StoreObject):
         return str(self.description.get("Hostname") or "")
 
     @property
-    def state(self) -> str:
-        return str(self.status.get("State", "unknown"))
+    def state(self) -> NodeState:
+        text = self.status.get("State", "unknown")
+        state = _NODE_STATE_OF.get(text)
+        return state if state is not None else NodeState.from_api(text)
+
+    def set_state(self, state: NodeState, message: str = "", addr: str | None = None) -> None:
+        """Move Status.State along the table (model/node_state.py), with its message (and a new
+        address when given). An illegal move raises and changes nothing."""
+        check_node_move(self.state, state)
+        status = {**self.status, "State": state.value, "Message": message}
+        if addr is not None:
+            status["Addr"] = addr
+        self.status = status
+
+    @property
+    def reachability(self) -> Reachability | None:
+        """ManagerStatus.Reachability; None for a worker."""
+        if self.manager_status is None:
+            return None
+        return Reachability.from_api(self.manager_status.get("Reachability", "unknown"))
+
+    def set_reachability(self, reachability: Reachability) -> None:
+        """Move a manager's reachability along the table. An illegal move, or a node without
+        a manager status, raises and changes nothing."""
+        current = self.reachability
+        if current is None or self.manager_status is None:
+            raise ValueError(f"node {self.id} has no manager status")
+        check_reachability_move(current, reachability)
+        self.manager_status = {**self.manager_status, "Reachability": reachability.value}
+
+    def set_manager_status(self, raft_id: int, addr: str, reachability: Reachability) -> None:
+        """Record the node as a Raft member. A new manager status starts at `reachability`; an
+        existing one moves there along the table (an illegal move raises and changes nothing)."""
+        if self.manager_status is not None:
+            current = self.reachability
+            assert current is not None
+            check_reachability_move(current, reachability)
+        self.manager_status = {"RaftID": raft_id, "Addr": addr, "Reachability": reachability.value}
 
     @property
     def availability(self) -> str:
@@ -146,6 +186,32 @@ class Service(StoreObject):
     @property
     def replicas(self) -> int:
         return int(((self.spec.get("Mode") or {}).get("Replicated") or {}).get("Replicas", 1))
+
+    @property
+    def update_state(self) -> UpdateState | None:
+        """UpdateStatus.State; None when there is no UpdateStatus."""
+        if self.update_status is None:
+            return None
+        text = self.update_status.get("State", "")
+        state = _UPDATE_STATE_OF.get(text)
+        return state if state is not None else UpdateState.from_api(text)
+
+    def set_update_status(self, state: UpdateState, message: str, started_at: str,
+                          completed_at: str = "") -> None:
+        """Move UpdateStatus.State along the table (model/update_state.py) and replace the
+        status. An illegal move raises and changes nothing."""
+        check_update_move(self.update_state, state)
+        status: JSON = {"State": state.value, "StartedAt": started_at}
+        if completed_at:
+            status["CompletedAt"] = completed_at
+        status["Message"] = message
+        self.update_status = status
+
+    def clear_update_status(self) -> None:
+        """A new spec: no update status until the updater starts rolling it out (legal from
+        every state)."""
+        check_update_move(self.update_state, None)
+        self.update_status = None
 
     def to_api(self) -> JSON:
         out = {**self.meta_api(), "Spec": self.spec}

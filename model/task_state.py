@@ -48,7 +48,8 @@ del _state
 
 
 class IllegalTransition(ValueError):
-    """A task state would move backwards."""
+    """A move a state table does not allow: here a task state moving backwards (the update and
+    node state tables raise subclasses of it)."""
 
 
 # The states each state may move to: itself and every later state.

@@ -24,7 +24,7 @@ from manager.api.tasks import service_status
 from manager.orchestrator.jobs import JOB_MODES
 from manager.specs import SpecError, insert_service_defaults, normalize_service_spec, validate_service_spec
 from manager.store import ReadTx, StaleVersion, WriteTx
-from model import Network, Service, Task, TaskState, new_id
+from model import Network, Service, Task, TaskState, UpdateState, new_id
 
 MODE_KEYS = ("Replicated", "Global", "ReplicatedJob", "GlobalJob")
 SERVICE_FILTERS = {"id", "name", "label", "mode", "runtime"}
@@ -172,8 +172,9 @@ async def update_service(request: web.Request) -> web.Response:
                     raise SpecError(f"rpc error: code = FailedPrecondition desc = service {service.id} "
                                     "does not have a previous spec")
                 service.spec, service.previous_spec = service.previous_spec, current
-                service.update_status = {"State": "rollback_started", "StartedAt": tx.now,
-                                         "Message": "manually requested rollback"}
+                # Legal from every update state (model/update_state.py), as in swarmkit.
+                service.set_update_status(UpdateState.ROLLBACK_STARTED, "manually requested rollback",
+                                          started_at=tx.now)
             else:
                 new_spec = stored_spec(tx, body)
                 if new_spec.get("Name", "") != current.get("Name", ""):
@@ -181,7 +182,7 @@ async def update_service(request: web.Request) -> web.Response:
                 if _mode_kind(new_spec) != service.mode:
                     raise SpecError("rpc error: code = InvalidArgument desc = service mode change is not allowed")
                 service.previous_spec, service.spec = current, new_spec
-                service.update_status = None
+                service.clear_update_status()
             service.endpoint = {**service.endpoint, "Spec": service.spec.get("EndpointSpec") or {}}
             if service.mode in JOB_MODES:
                 last = ((service.job_status or {}).get("JobIteration") or {}).get("Index", 0)

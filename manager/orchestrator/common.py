@@ -14,12 +14,14 @@ from typing import Any
 
 from manager.specs import SpecError
 from manager.store import ReadTx
-from model import Node, Service, Task, TaskState, TaskStatus, format_time, new_id
+from model import Node, NodeState, Service, Task, TaskState, TaskStatus, UpdateState, format_time, new_id
 
 # Task states bound once: reading a member off the Enum class costs ~70 ns, and these
 # comparisons run for every task of every write.
 _ASSIGNED, _COMPLETE, _NEW, _READY, _RUNNING = (
     TaskState.ASSIGNED, TaskState.COMPLETE, TaskState.NEW, TaskState.READY, TaskState.RUNNING)
+
+_DOWN = NodeState.DOWN
 
 SlotKey = tuple[str, int | str]
 
@@ -56,7 +58,7 @@ def runnable(task: Task) -> bool:
 
 def node_is_down(node: Node | None) -> bool:
     """Gone from the store, or marked down by the dispatcher."""
-    return node is None or node.state == "down"
+    return node is None or node.state is _DOWN
 
 
 def task_stopped(task: Task, tx: ReadTx) -> bool:
@@ -99,7 +101,7 @@ def update_service_spec(service: Service, new_spec: dict[str, Any], now: float) 
     updated = service.copy()
     updated.previous_spec = copy.deepcopy(service.spec)
     updated.spec = copy.deepcopy(new_spec)
-    updated.update_status = None
+    updated.clear_update_status()
     return updated
 
 
@@ -109,6 +111,6 @@ def rollback_service(service: Service, now: float) -> Service:
         raise SpecError(f"service {service.id} does not have a previous spec")
     rolled = service.copy()
     rolled.spec, rolled.previous_spec = copy.deepcopy(service.previous_spec), copy.deepcopy(service.spec)
-    rolled.update_status = {"State": "rollback_started", "StartedAt": format_time(now),
-                            "Message": "manually requested rollback"}
+    rolled.set_update_status(UpdateState.ROLLBACK_STARTED, "manually requested rollback",
+                             started_at=format_time(now))  # legal from every state
     return rolled

@@ -19,6 +19,9 @@ orchestrator's transaction for one service and moves its update on by one notch:
 The in-memory run is keyed by the spec being rolled out; a new spec supersedes it cleanly
 (slots already replaced are simply dirty again). A paused update stays paused until the
 service spec is changed again (the API clears UpdateStatus on update).
+Every UpdateStatus write goes through the table in model/update_state.py, checked against the
+service as stored in this transaction: an illegal move is a bug here, so it raises, the
+transaction is dropped and the orchestrator loop logs it and retries the service later.
 """
 
 from __future__ import annotations
@@ -30,7 +33,12 @@ import msgpack
 from manager.orchestrator.common import SlotKey, earliest, group_by_slot, new_task, runnable, slot_key
 from manager.specs import UpdateConfig, update_config
 from manager.store import WriteTx
-from model import Service, Task, TaskState, format_time
+from model import Service, Task, TaskState, UpdateState, format_time
+
+# Update states bound once (see TaskState in common.py).
+_UPDATING, _PAUSED, _COMPLETED = UpdateState.UPDATING, UpdateState.PAUSED, UpdateState.COMPLETED
+_ROLLBACK_STARTED, _ROLLBACK_PAUSED, _ROLLBACK_COMPLETED = (
+    UpdateState.ROLLBACK_STARTED, UpdateState.ROLLBACK_PAUSED, UpdateState.ROLLBACK_COMPLETED)
 
 
 @dataclass
@@ -89,12 +97,11 @@ class UpdateSupervisor:
 
     def step(self, tx: WriteTx, service: Service, now: float) -> float | None:
         """Advance this service's update; returns when to look again (or None)."""
-        status = service.update_status or {}
-        state = status.get("State")
-        if state in ("paused", "rollback_paused"):
+        state = service.update_state
+        if state in (_PAUSED, _ROLLBACK_PAUSED):
             self.runs.pop(service.id, None)
             return None
-        rollback = state in ("rollback_started", "rollback_paused")
+        rollback = state is _ROLLBACK_STARTED
         target = msgpack.packb(service.spec.get("TaskTemplate") or {})
         dirty = self._dirty_slots(tx, service)
         run = self.runs.get(service.id)
@@ -102,15 +109,16 @@ class UpdateSupervisor:
             run = None  # superseded by a newer spec
         if run is None:
             if not dirty:
-                if state in ("updating", "rollback_started"):
+                if state in (_UPDATING, _ROLLBACK_STARTED):
                     self._finish(tx, service, now, rollback)
                 return None
             config = update_config(service.spec, rollback=rollback)
             lanes = config.parallelism or len(dirty)
             run = self.runs[service.id] = UpdateRun(target, rollback, config, len(dirty), lanes=[now] * lanes)
-            if state not in ("updating", "rollback_started"):
-                self._set_status(tx, service, {"State": "updating", "StartedAt": format_time(now),
-                                               "Message": "update in progress"})
+        if state not in (_UPDATING, _ROLLBACK_STARTED):
+            # A new rollout, or one whose status a spec change that left the TaskTemplate alone
+            # (a scale) cleared meanwhile: mark it in progress, as swarmkit's fresh updater does.
+            self._set_status(tx, service, _UPDATING, "update in progress", now, restart=True)
         wake: float | None = None
 
         def later(when: float) -> None:
@@ -144,11 +152,9 @@ class UpdateSupervisor:
             action = run.config.failure_action
             if action == "pause" or (action == "rollback" and (rollback or service.previous_spec is None)):
                 self.runs.pop(service.id, None)
-                self._set_status(tx, service, {
-                    "State": "rollback_paused" if rollback else "paused",
-                    "StartedAt": status.get("StartedAt") or format_time(now),
-                    "Message": f"{'rollback' if rollback else 'update'} paused due to failure or early "
-                               f"termination of task {run.last_failed_task}"})
+                self._set_status(tx, service, _ROLLBACK_PAUSED if rollback else _PAUSED,
+                                 f"{'rollback' if rollback else 'update'} paused due to failure or early "
+                                 f"termination of task {run.last_failed_task}", now)
                 return None
             if action == "rollback":
                 self.runs.pop(service.id, None)
@@ -211,22 +217,24 @@ class UpdateSupervisor:
         tx.create(replacement)
         return InFlight(replacement.id, [t.id for t in slot_tasks])
 
-    def _set_status(self, tx: WriteTx, service: Service, status: dict) -> None:
-        current = tx.get("services", service.id)
-        updated = current.copy()
-        updated.update_status = status
+    def _set_status(self, tx: WriteTx, service: Service, state: UpdateState, message: str, now: float,
+                    restart: bool = False, complete: bool = False) -> None:
+        """Move the stored service's UpdateStatus to `state`. StartedAt is kept unless `restart`;
+        CompletedAt is set when `complete`. An illegal move raises (see the module comment)."""
+        updated = tx.get("services", service.id).copy()
+        started = None if restart else (updated.update_status or {}).get("StartedAt")
+        updated.set_update_status(state, message, started_at=started or format_time(now),
+                                  completed_at=format_time(now) if complete else "")
         tx.update(updated)
 
     def _finish(self, tx: WriteTx, service: Service, now: float, rollback: bool) -> None:
-        started = (service.update_status or {}).get("StartedAt") or format_time(now)
-        self._set_status(tx, service, {
-            "State": "rollback_completed" if rollback else "completed", "StartedAt": started,
-            "CompletedAt": format_time(now), "Message": "rollback completed" if rollback else "update completed"})
+        self._set_status(tx, service, _ROLLBACK_COMPLETED if rollback else _COMPLETED,
+                         "rollback completed" if rollback else "update completed", now, complete=True)
 
     def _start_rollback(self, tx: WriteTx, service: Service, now: float, failed_task: str) -> None:
         current = tx.get("services", service.id).copy()
+        current.set_update_status(
+            _ROLLBACK_STARTED, f"update rolled back due to failure or early termination of task {failed_task}",
+            started_at=format_time(now))
         current.spec, current.previous_spec = current.previous_spec, None
-        current.update_status = {
-            "State": "rollback_started", "StartedAt": format_time(now),
-            "Message": f"update rolled back due to failure or early termination of task {failed_task}"}
         tx.update(current)
