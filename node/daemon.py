@@ -206,12 +206,13 @@ async def serve(config: DaemonConfig, stop: asyncio.Event) -> None:
                                         "data_dir": str(config.data_dir), "pid": os.getpid()})
         await stop.wait()
         log.info("shutting down", extra={"timeout": config.shutdown_timeout})
+        deadline = asyncio.get_running_loop().time() + config.shutdown_timeout   # one bound for everything
         try:
-            async with asyncio.timeout(config.shutdown_timeout):
+            async with asyncio.timeout_at(deadline):
                 await api.stop()
         except TimeoutError:
             log.warning("API did not stop within the shutdown bound")
-        await supervisor.stop(grace=config.shutdown_timeout)
+        await supervisor.stop(deadline)
     host.executor.close()  # the shim spawner; containers and their shims keep running (live restore)
     log.info("daemon stopped")
 

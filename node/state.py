@@ -7,6 +7,7 @@ or the new state. Its absence means the node is in no swarm.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,3 +46,8 @@ class LocalSwarmState:
     @staticmethod
     def raft_dir(data_dir: Path) -> Path:
         return data_dir / "swarm" / "raft"
+
+
+def new_raft_id() -> int:
+    """A random Raft member ID for a node that becomes a manager (never 0)."""
+    return int.from_bytes(os.urandom(7), "big") or 1

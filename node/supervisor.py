@@ -3,16 +3,14 @@
 Theory of operation: components are started in dependency order with `start(name, coro)`; they
 all live in a single `asyncio.TaskGroup`, so a component that crashes brings the daemon down
 instead of dying silently. `stop()` is the ordered, bounded shutdown: components are cancelled in
-reverse start order, each given a share of the deadline; whatever is still running when the
+reverse start order, all within one deadline; whatever is still running when the
 deadline passes is abandoned to the TaskGroup's own cancellation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -29,19 +27,19 @@ class Supervisor:
         self._tasks.append((name, task))
         return task
 
-    async def stop(self, grace: float) -> None:
-        """Cancel components newest first, waiting for each within the remaining time."""
-        deadline = time.monotonic() + grace
+    async def stop(self, deadline: float) -> None:
+        """Cancel components newest first, each waited for until `deadline` (event-loop time);
+        what is still running then is abandoned to the TaskGroup's own cancellation."""
+        loop = asyncio.get_running_loop()
         for name, task in reversed(self._tasks):
             if task.done():
                 continue
             task.cancel()
-            remaining = deadline - time.monotonic()
+            remaining = deadline - loop.time()
             if remaining <= 0:
                 log.warning("shutdown deadline passed; abandoning %s", name)
                 continue
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):
-                await asyncio.wait_for(asyncio.shield(task), remaining)
+            await asyncio.wait({task}, timeout=remaining)   # never raises; our own cancellation propagates
             if not task.done():
                 log.warning("component %s did not stop in time", name)
         self._tasks.clear()

@@ -161,7 +161,7 @@ class RaftNode:
         self._last_snapshot_index = 0
         self._synced_term_vote = (0, 0)
         self.last_heard: dict[int, float] = {}  # peer → loop time of its last message (liveness)
-        self.leader_changed = asyncio.Event()   # set on every change of (leader, role); tests clear it
+        self._changed = asyncio.Event()         # replaced and set after every round of work: see wait_until
         self.fatal: BaseException | None = None
         self.failed = asyncio.Event()           # set when a fatal error (e.g. a failed fsync) stops it
         self.ticks = 0                          # ticks delivered so far (diagnostics: tick-loop lag)
@@ -230,8 +230,8 @@ class RaftNode:
                 async with asyncio.timeout(timeout):
                     await self._ready_loop_done.wait()
             self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception, BaseExceptionGroup):
-                await self._runner
+            # gather, not suppress(CancelledError): a cancellation of stop()'s caller must propagate
+            await asyncio.gather(self._runner, return_exceptions=True)
         await self.transport.close()
         self.storage.close()
         self._fail_all(NodeStopped(f"node {self.id} stopped"))
@@ -288,8 +288,25 @@ class RaftNode:
                 self._wake.clear()
                 while core.has_ready() and not self._stopping:
                     await self._handle_ready(core, core.ready())
+                self._notify_changed()
         finally:
             self._ready_loop_done.set()
+            self._notify_changed()
+
+    def _notify_changed(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float | None = None) -> None:
+        """Return once `predicate()` holds. It is checked again after every round of work the node
+        does (a message stepped, a tick, a Ready handled), so it may read any of the node's state:
+        role, leader, commit and match indexes. Raises TimeoutError after `timeout` seconds and
+        NodeStopped once the node stops or fails."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                if self._stopping or self.fatal is not None:
+                    raise NodeStopped(f"node {self.id} stopped")
+                await self._changed.wait()
 
     async def _handle_ready(self, core: RaftCore, rd: Ready) -> None:
         if rd.soft_state is not None:
@@ -352,7 +369,6 @@ class RaftNode:
         assert self.core is not None
         log.info("node %d: %s, term %d, leader %d", self.id, rd.soft_state.role.value, self.core.term,
                  rd.soft_state.leader)
-        self.leader_changed.set()
         if rd.soft_state.role is not Role.LEADER:
             # Reads routed through a leader we no longer follow will never be answered.
             for fut in self._reads.values():

@@ -170,8 +170,8 @@ class _Lane:
             self.drain_needed = None
             if not closed.done():
                 closed.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await closed
+            # gather, not suppress(CancelledError): a cancellation of this task must propagate
+            await asyncio.gather(closed, return_exceptions=True)
 
     def _drop_queued(self) -> None:
         self.backlog.clear()

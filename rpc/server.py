@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from aio import cancel_and_wait
 from model.identity import NodeIdentity
 from rpc import frames
 from rpc.errors import InvalidArgument, PermissionDenied, RpcError
@@ -77,6 +78,7 @@ class RpcServer:
         self._connections: set[asyncio.Task[Any]] = set()
         self._closing = False
         self.bound: tuple[str, int] | None = None
+        self._listener: asyncio.Server | None = None
 
     def register(self, name: str, fn: Unary, access: Access = Access.NODE) -> None:
         self._methods[name] = _Method(fn, access, stream=False)
@@ -105,13 +107,23 @@ class RpcServer:
             except Exception:
                 log.exception("peer-unreachable listener failed")
 
-    async def serve(self, host: str, port: int, ready: asyncio.Future[tuple[str, int]] | None = None) -> None:
-        """Listen until cancelled; then close the listener and every connection."""
-        server = await asyncio.start_server(self._on_connection, host, port, ssl=self._ssl,
-                                            ssl_handshake_timeout=10)
-        sock = server.sockets[0].getsockname()
+    async def listen(self, host: str, port: int) -> tuple[str, int]:
+        """Bind the cluster port (an OSError such as "address already in use" is raised here, to
+        the caller, before anything runs); `serve()` then accepts connections."""
+        self._listener = await asyncio.start_server(self._on_connection, host, port, ssl=self._ssl,
+                                                    ssl_handshake_timeout=10)
+        sock = self._listener.sockets[0].getsockname()
         self.bound = (sock[0], sock[1])
         log.info("cluster port listening", extra={"addr": f"{sock[0]}:{sock[1]}"})
+        return self.bound
+
+    async def serve(self, host: str = "", port: int = 0, ready: asyncio.Future[tuple[str, int]] | None = None) -> None:
+        """Serve until cancelled (binding first unless `listen()` did); then close the listener
+        and every connection."""
+        if self._listener is None:
+            await self.listen(host, port)
+        server = self._listener
+        assert server is not None and self.bound is not None
         if ready is not None and not ready.done():
             ready.set_result(self.bound)
         try:
@@ -119,10 +131,7 @@ class RpcServer:
         finally:
             self._closing = True
             server.close()
-            for task in list(self._connections):
-                task.cancel()
-            if self._connections:
-                await asyncio.gather(*self._connections, return_exceptions=True)
+            await cancel_and_wait(list(self._connections))
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)
 

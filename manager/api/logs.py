@@ -153,7 +153,7 @@ async def stream_logs(request: web.Request, selector: LogSelector, query: LogQue
             await response.write_eof()
         return response
     finally:
-        stream.close()
+        await stream.aclose()
 
 
 async def service_logs(request: web.Request) -> web.StreamResponse:

@@ -12,11 +12,11 @@ error of `open()`, not of the stream.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Protocol
 
+from aio import cancel_and_wait
 from manager.logbroker.broker import LogBroker
 from manager.logbroker.channel import LogChannel
 from manager.logbroker.types import LogItem, LogOptions, LogSelector, LogWarning, item_from_wire
@@ -32,7 +32,9 @@ OPEN_TIMEOUT = 10.0
 class LogStream(Protocol):
     async def get(self, timeout: float | None = None) -> list[LogItem]: ...
 
-    def close(self) -> None: ...
+    async def aclose(self) -> None:
+        """Stop the stream and release what it holds; returns once it has."""
+        ...
 
 
 class Peers(Protocol):
@@ -64,7 +66,7 @@ class RemoteLogStream:
         try:
             await asyncio.wait_for(asyncio.shield(self._acknowledged), OPEN_TIMEOUT)
         except BaseException:
-            self.close()
+            await self.aclose()
             raise
         return self
 
@@ -92,17 +94,11 @@ class RemoteLogStream:
     async def get(self, timeout: float | None = None) -> list[LogItem]:
         return await self._channel.get(timeout)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         self._channel.close()
-        if self._pump is not None and not self._pump.done():
-            self._pump.cancel()
+        await cancel_and_wait([self._pump])
         if self._acknowledged.done() and not self._acknowledged.cancelled():
             self._acknowledged.exception()   # retrieved: never "exception was never retrieved"
-
-    async def wait_closed(self) -> None:
-        if self._pump is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._pump
 
 
 class ClusterLogs:

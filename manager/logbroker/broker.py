@@ -68,6 +68,9 @@ class Subscription:
             self.channel.close()
             self._on_close(self)
 
+    async def aclose(self) -> None:
+        self.close()
+
     # ---- broker side ----------------------------------------------------------------------------
     def service_of(self, task_id: str) -> str:
         return self._services.get(task_id, "")

@@ -23,13 +23,13 @@ import asyncio
 import itertools
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import msgpack
 
-from manager.store.errors import NameConflict, ObjectExists, StaleVersion, StoreError
+from manager.store.errors import NameConflict, ObjectExists, StaleVersion, StoreError, WatchDropped
 from manager.store.memory import TABLES, MemoryTables, ReadTx
 from manager.store.tx import CREATE, DELETE, Change, Key, WriteTx, merge_change
 from manager.store.watch import Event, Fanout, Subscription
@@ -111,6 +111,23 @@ class Store:
         for table in sub.tables or TABLES:
             self._listeners[table].append(sub)
         return sub
+
+    async def changes(self, tables: tuple[str, ...]) -> AsyncGenerator[None, None]:
+        """Yield at once and again after every commit that touches `tables` (several commits may
+        fold into one wake-up), for loops that re-read the whole state each time. A dropped
+        watch (the consumer lagged, or the store was reset) yields again, so nothing is missed.
+        Use under `contextlib.aclosing` so the subscription is closed with the loop."""
+        while True:
+            sub = self.watch(tables=tables)
+            try:
+                while True:
+                    yield
+                    await sub.wait()
+                    sub.drain()
+            except WatchDropped:
+                continue
+            finally:
+                sub.close()
 
     def fanout(self, tables: tuple[str, ...], keys_of: Callable[[Event], Iterable[str]],
                limit: int | None = None) -> Fanout:

@@ -14,10 +14,12 @@ leader, the proposer waits for an election for a bounded time, then fails with a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aio import cancel_and_wait
 from manager.store import Store
 from raft.node import NodeStopped, RaftNode
 from raft.types import Entry, NotLeader, ProposalDropped
@@ -29,6 +31,7 @@ NOT_COMMITTED = ("rpc error: code = Unavailable desc = the write could not be co
                  "reachable (no quorum); it may still apply if quorum returns")
 LEADER_WAIT = 4.0
 COMMIT_WAIT = 8.0
+RETRY_INTERVAL = 0.2     # seconds between retries of a forwarded write while the leader is unchanged
 
 
 class NoQuorum(Unavailable):
@@ -92,24 +95,23 @@ async def _propose_as_leader(raft: RaftNode, data: bytes, deadline: float) -> No
     """Propose locally; give up with NoQuorum (the write's outcome unknown) if this node stops
     being the leader or the deadline passes before the entry commits, instead of hanging."""
     proposal = asyncio.ensure_future(raft.propose(data))
+    lost = asyncio.ensure_future(raft.wait_until(lambda: not raft.is_leader))
     try:
-        while True:
-            done, _ = await asyncio.wait({proposal}, timeout=0.1)
-            if done:
-                proposal.result()
-                return
-            if not raft.is_leader or time.monotonic() >= deadline:
-                raise NoQuorum(NOT_COMMITTED)
+        done, _ = await asyncio.wait({proposal, lost}, timeout=max(0.0, deadline - time.monotonic()),
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if proposal in done:
+            proposal.result()
+            return
+        if lost in done:
+            lost.result()   # NodeStopped when the node stopped
+        raise NoQuorum(NOT_COMMITTED)
     finally:
-        if not proposal.done():
-            proposal.cancel()
+        await cancel_and_wait([proposal, lost])
 
 
 async def _wait_for_change(raft: RaftNode, deadline: float) -> None:
-    """Until the leader changes, a short poll interval passes, or the deadline."""
-    raft.leader_changed.clear()
-    remaining = max(0.0, deadline - time.monotonic())
-    try:
-        await asyncio.wait_for(raft.leader_changed.wait(), min(0.2, remaining))
-    except TimeoutError:
-        pass
+    """Before a retry: until the leader changes, a short interval passes, or the deadline."""
+    leader = raft.leader
+    with contextlib.suppress(TimeoutError):
+        await raft.wait_until(lambda: raft.leader != leader,
+                              timeout=min(RETRY_INTERVAL, max(0.0, deadline - time.monotonic())))

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from aio import Backoff, cancel_and_wait
 from manager.dispatcher import Dispatcher
 from manager.dispatcher.rpc import register_dispatcher
 from manager.logbroker import LogBroker
@@ -42,6 +43,8 @@ log = logging.getLogger("shoal.manager")
 
 RAFT_CHANNEL_HELLO = {"channel": "raft"}
 READ_TIMEOUT = 4.0
+TERM_RESTART_FIRST = 0.1     # seconds before a crashed leadership term starts again, doubling
+TERM_RESTART_CEILING = 5.0
 
 
 class LeaderLoop(Protocol):
@@ -135,22 +138,11 @@ class ManagerRuntime:
     async def run(self) -> None:
         await self.raft.start()
         self.ready.set()
-        address_book = asyncio.create_task(self._sync_addresses(), name="raft-address-book")
         try:
-            while True:
-                if self.raft.is_leader:
-                    term = asyncio.create_task(self._term(), name="leader-term")
-                    try:
-                        while self.raft.is_leader and not term.done():
-                            await self._leadership_changed()
-                    finally:
-                        term.cancel()
-                        await asyncio.gather(term, return_exceptions=True)
-                else:
-                    await self._leadership_changed()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._sync_addresses(), name="raft-address-book")
+                group.create_task(self._leadership(), name="leadership")
         finally:
-            address_book.cancel()
-            await asyncio.gather(address_book, return_exceptions=True)
             self.dispatcher = None
             self.logbroker = None
             await self.peers.close()
@@ -160,12 +152,39 @@ class ManagerRuntime:
             self._server.unregister_prefix("dispatcher.")
             self._server.unregister_prefix("logs.")
 
+    async def _leadership(self) -> None:
+        """One term at a time while this node leads. A term that crashes is logged with its
+        traceback and started again after a growing delay, as long as the node still leads."""
+        backoff = Backoff(first=TERM_RESTART_FIRST, ceiling=TERM_RESTART_CEILING)
+        raft = self.raft
+        try:
+            while True:
+                await raft.wait_until(lambda: raft.is_leader)
+                term = asyncio.create_task(self._term(), name="leader-term")
+                lost = asyncio.create_task(raft.wait_until(lambda: not raft.is_leader), name="leadership-lost")
+                try:
+                    await asyncio.wait({term, lost}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    errors = await cancel_and_wait([term, lost])
+                term_error = next((e for e in errors if not isinstance(e, NodeStopped)), None)
+                if term_error is None:
+                    backoff.reset()
+                    continue
+                if not raft.is_leader:
+                    log.info("leadership term ended with %r after leadership moved", term_error)
+                    continue
+                delay = backoff.next_delay()
+                log.error("leadership term crashed; restarting in %.2fs", delay, exc_info=term_error)
+                with contextlib.suppress(TimeoutError):   # leadership lost while waiting: no restart
+                    await raft.wait_until(lambda: not raft.is_leader, timeout=delay)
+        except NodeStopped:
+            log.warning("raft stopped; this manager no longer takes part in leadership")
+
     async def _sync_addresses(self) -> None:
         """Keep Raft's address book in step with the managers' addresses in the store, so a
         restarted manager can reach members it only knows by ID from its log."""
-        sub = self.store.watch(tables=("nodes",))
-        try:
-            while True:
+        async with contextlib.aclosing(self.store.changes(("nodes",))) as changes:
+            async for _ in changes:
                 for node in self.store.view(manager_nodes):
                     status = node.manager_status or {}
                     raft_id, addr = int(status.get("RaftID", 0)), str(status.get("Addr", ""))
@@ -173,15 +192,6 @@ class ManagerRuntime:
                     if raft_id and addr and raft_id != self.raft.id and (
                             member is None or f"{member.raft[0]}:{member.raft[1]}" != addr):
                         self.raft.update_address(raft_id, parse_address(addr))
-                await sub.wait()
-                sub.drain()
-        finally:
-            sub.close()
-
-    async def _leadership_changed(self) -> None:
-        self.raft.leader_changed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.raft.leader_changed.wait(), 0.25)
 
     async def _term(self) -> None:
         await self.raft.read_index()

@@ -179,15 +179,13 @@ async def test_a_manager_reads_through_the_leaders_subscribe_stream(env: dict[st
     async with RpcClient(env["addr"], env["manager_ctx"]()) as client:
         stream = await RemoteLogStream(client, LogSelector(service_ids=("svc",)), LogOptions()).open()
         items = await drain(stream)
-        stream.close()
-        await stream.wait_closed()
+        await stream.aclose()
     assert [(i.task_id, i.message) for i in items] == [(t1, b"via"), (t1, b"leader")]
 
     async with RpcClient(env["addr"], env["manager_ctx"]()) as client:
         stream = await RemoteLogStream(client, LogSelector(task_ids=(t1,)), LogOptions(follow=True)).open()
         assert len(await stream.get(10)) == 2
-        stream.close()
-        await stream.wait_closed()
+        await stream.aclose()
 
     async def forgotten() -> bool:
         return env["broker"].open_subscriptions() == 0

@@ -16,12 +16,12 @@ ASSIGNMENT_GRACE, as the request and the assignment travel separately to the ses
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from aio import cancel_and_wait
 from rpc.client import RpcClient
 from rpc.errors import RpcError
 from worker.executor.logs import LogEntry
@@ -134,9 +134,8 @@ class LogPublisher:
         except Exception:
             log.exception("log publisher of task %s failed", task_id)
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
+            for error in await cancel_and_wait([reader]):
+                log.error("log reader of task %s failed", task_id, exc_info=error)
             readers = self._readers.get(request.subscription)
             if readers is not None:
                 readers.pop(task_id, None)

@@ -1,0 +1,137 @@
+"""Starting a swarm on this node: `swarm init`, and `swarm init --force-new-cluster`.
+
+Both run under the node's lock. Init either completes (the node leads a one-manager swarm whose
+cluster object and node object are committed) or leaves no trace: any failure forgets the
+half-made state and is answered as an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives import serialization
+
+from ca import tokens
+from ca.authority import NodeIdentity, RootCA, key_pem, make_csr, new_key
+from ca.node_tls import NodeCredentials
+from engineapi.http import ApiError
+from manager.specs import default_swarm_spec, normalize_swarm_spec
+from manager.store import Store, WriteTx
+from manager.swarm.ca_service import cert_expiry
+from manager.swarm.raft_glue import StoreStateMachine
+from model import Cluster, Node, new_id
+from node.addresses import AddressError, choose_advertise, split_host_port
+from node.state import LocalSwarmState, new_raft_id
+from node.swarm_api import ALREADY_IN_SWARM
+from raft.recovery import replay_log
+
+if TYPE_CHECKING:
+    from node.swarm_node import SwarmNode
+
+log = logging.getLogger("shoal.swarm")
+
+
+def addresses(node: SwarmNode, request: dict[str, Any]) -> tuple[str, str]:
+    """(listen, advertise) for an init or join request, with the daemon's defaults."""
+    try:
+        listen_host, listen_port = split_host_port(str(request.get("ListenAddr") or node.default_listen))
+        advertise = choose_advertise(str(request.get("AdvertiseAddr") or ""), node.default_advertise,
+                                     f"{listen_host}:{listen_port}")
+    except AddressError as e:
+        raise ApiError(400, str(e)) from None
+    return f"{listen_host}:{listen_port}", advertise
+
+
+async def init(node: SwarmNode, request: dict[str, Any]) -> str:
+    if node.state is not None:
+        raise ApiError(503, ALREADY_IN_SWARM)
+    listen, advertise = addresses(node, request)
+    node_id, cluster_id = new_id(), new_id()
+    ca = RootCA.create(cluster_id)
+    spec = normalize_swarm_spec(request.get("Spec"), base=default_swarm_spec())
+    key = new_key()
+    cluster = Cluster(id=cluster_id, spec=spec)
+    cert = ca.issue(make_csr(key), NodeIdentity(node_id, "manager", cluster_id), expiry=cert_expiry(cluster))
+    NodeCredentials(ca.cert_pem, cert, key_pem(key), key_pem(ca.key) if ca.key else None).save(node.certs_dir)
+    node.state = LocalSwarmState(node_id=node_id, cluster_id=cluster_id, role="manager", advertise_addr=advertise,
+                                 listen_addr=listen, managers=[advertise], raft_id=new_raft_id())
+    try:
+        await _first_manager(node, ca, cluster, request)
+    except BaseException:
+        await node.forget()
+        raise
+    log.info("swarm initialised", extra={"node": node_id, "advertise": advertise})
+    return node_id
+
+
+async def _first_manager(node: SwarmNode, ca: RootCA, cluster: Cluster, request: dict[str, Any]) -> None:
+    state = node.state
+    assert state is not None
+    state.save(node.data_dir)
+    node.set_credentials(NodeCredentials.load(node.certs_dir))
+    await node.start_manager(bootstrap=True, members={})
+    runtime = await node.until_leader("the first manager to become leader")
+    ca_der = ca.cert.public_bytes(serialization.Encoding.DER)
+    cluster.join_tokens = {"Worker": tokens.make_token(ca_der), "Manager": tokens.make_token(ca_der)}
+    cluster.tls_info = ca.tls_info()
+    cluster.root_ca = {"Cert": ca.cert_pem.decode(), "Key": key_pem(ca.key).decode() if ca.key else ""}
+    if request.get("DefaultAddrPool"):
+        cluster.default_addr_pool = list(request["DefaultAddrPool"])
+    if request.get("SubnetSize"):
+        cluster.subnet_size = int(request["SubnetSize"])
+    if request.get("DataPathPort"):
+        cluster.data_path_port = int(request["DataPathPort"])
+    availability = request.get("Availability") or "active"
+    me = Node(id=state.node_id, spec={"Labels": {}, "Role": "manager", "Availability": availability},
+              description=node.description(),
+              status={"State": "ready", "Message": "", "Addr": split_host_port(state.advertise_addr)[0]},
+              manager_status={"RaftID": state.raft_id, "Addr": state.advertise_addr, "Reachability": "reachable"})
+
+    def seed(tx: WriteTx) -> None:
+        tx.create(cluster)
+        tx.create(me)
+
+    await runtime.store.update(seed)
+    node.start_agent()
+
+
+async def force_new_cluster(node: SwarmNode) -> str:
+    """Recover a manager that lost quorum: keep the state it has committed and make it the only
+    manager of a new Raft cluster. The old Raft data is kept aside, never deleted; the other
+    managers become workers (they may be promoted again)."""
+    state = node.state
+    if state is None or state.role != "manager":
+        raise ApiError(400, "--force-new-cluster needs this node to be a manager of an existing swarm")
+    await node.stop_components()
+    raft_dir = LocalSwarmState.raft_dir(node.data_dir)
+    recovered = Store()
+    await asyncio.to_thread(replay_log, str(raft_dir), StoreStateMachine(recovered))
+    snapshot = recovered.snapshot()
+    raft_dir.rename(raft_dir.with_name(f"raft.before-force-new-cluster.{int(time.time())}"))
+    state.managers = [state.advertise_addr]
+    state.save(node.data_dir)
+    node.set_credentials(NodeCredentials.load(node.certs_dir))
+    await node.start_manager(bootstrap=True, members={})
+    runtime = await node.until_leader("the recovered manager to become leader")
+    await runtime.store.reset(snapshot)
+
+    def sole_manager(tx: WriteTx) -> None:
+        for other in tx.all("nodes"):
+            if other.id == state.node_id:
+                other = other.copy()
+                other.manager_status = {"RaftID": state.raft_id, "Addr": state.advertise_addr,
+                                        "Reachability": "reachable"}
+                tx.update(other)
+            elif other.manager_status is not None or other.role == "manager":
+                other = other.copy()
+                other.manager_status = None
+                other.spec = {**other.spec, "Role": "worker"}
+                tx.update(other)
+
+    await runtime.store.update(sole_manager)
+    node.start_agent()
+    log.info("forced a new cluster", extra={"node": state.node_id})
+    return state.node_id
