@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.client import ClientError, DaemonClient
+from cli.client import ApiResponseError, ClientError, DaemonClient
 from tests.support.daemon import daemon_argv, running_daemon
 from tests.support.tls import TestCA
 from tests.support.wait import free_port
@@ -127,3 +127,31 @@ def test_second_signal_forces_exit(tmp_path: Path) -> None:
         os.kill(d.proc.pid, signal.SIGINT)  # arrives while the ordered shutdown is under way
         assert d.proc.wait(timeout=10) == 130
         assert "second signal: forcing exit" in d.log_text()
+
+
+async def test_swarm_init_on_a_port_in_use_is_an_error_and_the_daemon_lives(tmp_path: Path) -> None:
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        with running_daemon(tmp_path) as d:
+            async with DaemonClient(d.host) as c:
+                with pytest.raises(ApiResponseError) as err:
+                    await c.post("/swarm/init", {"ListenAddr": f"127.0.0.1:{port}",
+                                                 "AdvertiseAddr": f"127.0.0.1:{port}"})
+                assert err.value.status == 400
+                assert f"listen tcp 127.0.0.1:{port}: bind: " in str(err.value)
+                assert "address already in use" in str(err.value).lower()
+                assert (await c.get("/info"))["Swarm"]["LocalNodeState"] == "inactive", "nothing half-made"
+                free = free_port()
+                node_id = await c.post("/swarm/init", {"ListenAddr": f"127.0.0.1:{free}",
+                                                       "AdvertiseAddr": f"127.0.0.1:{free}"})
+                assert (await c.get("/info"))["Swarm"]["NodeID"] == node_id
+                await c.post("/swarm/leave", force="1")
+            assert d.proc.poll() is None, "the daemon must keep running"
+            assert "ExceptionGroup" not in d.log_text()
+    finally:
+        taken.close()
