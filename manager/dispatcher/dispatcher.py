@@ -11,6 +11,9 @@ Theory of operation: the dispatcher lives only on the leader, owned by the leade
   makes the node READY again. When a leader starts, every node gets a fresh full grace, so a
   failover never marks healthy nodes down; when the monitor itself runs late (a stalled event
   loop), every deadline moves by that much (heartbeats.py), so a busy leader does not either.
+- A node's state moves along the table in model/node_state.py: registering makes it READY from
+  any state; the monitor's DOWN for a node already down is no write at all, and a move the
+  table refuses (a bug) is logged with its traceback and changes nothing.
 - Status updates only move a task's state forward, and only for tasks assigned to the
   reporting node. Reports of all nodes are written together (status.py: group commit).
 - Other leader components reach an agent through its session: `send_to_node` queues a message
@@ -33,7 +36,7 @@ from manager.dispatcher.heartbeats import HeartbeatDeadlines
 from manager.dispatcher.outbox import NodeOutboxes
 from manager.dispatcher.status import StatusBatcher
 from manager.store import ReadTx, Store, WriteTx, retry_on_conflict
-from model import IllegalTransition, Node, TaskState, new_id
+from model import IllegalTransition, Node, NodeState, TaskState, new_id
 from rpc.errors import FailedPrecondition, NotFound, PermissionDenied
 
 # Task states bound once: reading a member off the Enum class costs ~70 ns, and these
@@ -87,7 +90,7 @@ class Dispatcher:
             await self._sleep(MONITOR_INTERVAL)
             for node_id in self._heartbeats.expired(self._clock()):
                 self._sessions.pop(node_id, None)
-                await self._set_node_state(node_id, "down", "heartbeat failure")
+                await self._set_node_state(node_id, NodeState.DOWN, "heartbeat failure")
 
     # ---- RPC handlers -------------------------------------------------------------------------
     async def session(self, node_id: str, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
@@ -168,24 +171,23 @@ class Dispatcher:
             node = tx.get("nodes", node_id)
             if node is None:
                 raise NotFound(f"node {node_id} not found")
-            status = {"State": "ready", "Message": "", "Addr": addr or node.status.get("Addr", "")}
-            if node.status == status and (not description or node.description == description):
-                return  # a reconnect with nothing new: no write, no version bump racing users' updates
-            node = node.copy()
+            updated = node.copy()
+            updated.set_state(NodeState.READY, "", addr or node.status.get("Addr", ""))  # legal from any state
             if description:
-                node.description = description
-            node.status = status
-            tx.update(node)
+                updated.description = description
+            if updated.status == node.status and updated.description == node.description:
+                return  # a reconnect with nothing new: no write, no version bump racing users' updates
+            tx.update(updated)
 
         await retry_on_conflict(lambda: self._store.update(fn))
 
-    async def _set_node_state(self, node_id: str, state: str, message: str) -> None:
+    async def _set_node_state(self, node_id: str, state: NodeState, message: str) -> None:
         def fn(tx: WriteTx) -> None:
             node: Node | None = tx.get("nodes", node_id)
-            if node is None or node.status.get("State") == state:
-                return
+            if node is None or node.state is state:
+                return  # gone, or already there (a down node's deadline after a leader change)
             node = node.copy()
-            node.status = {**node.status, "State": state, "Message": message}
+            node.set_state(state, message)  # IllegalNodeTransition: logged below, nothing written
             tx.update(node)
 
         try:

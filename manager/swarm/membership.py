@@ -6,7 +6,8 @@ out of Raft. Only the leader serves them; others answer NotLeaderError with its 
 
 Leader loops (one leadership term each):
 - the reachability monitor writes each manager's Reachability from when the leader last heard
-  from it, so every manager's `node ls` agrees;
+  from it, so every manager's `node ls` agrees (moves along the table in model/node_state.py;
+  it only ever writes reachable or unreachable, which every reachability may move to);
 - the role reconciler carries out demotions: a manager whose spec says worker is removed from
   Raft (leadership is handed over first if it is the leader itself), then loses its manager
   status. Promotions are driven by the promoted node, which calls `raft.join`.
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from manager.store import ReadTx, Store, WriteTx, retry_on_conflict
-from model import Node
+from model import Node, Reachability
 from raft.node import Member, RaftNode
 from raft.transport import parse_address
 from raft.types import NotLeader
@@ -87,7 +88,7 @@ class MembershipService:
             if current is None:
                 return
             current = current.copy()
-            current.manager_status = {"RaftID": raft_id, "Addr": addr, "Reachability": "reachable"}
+            current.set_manager_status(raft_id, addr, Reachability.REACHABLE)  # it just called us
             tx.update(current)
 
         await retry_on_conflict(lambda: self._store.update(record))
@@ -156,13 +157,14 @@ class ReachabilityMonitor:
         self._store = store
         self._raft = raft
 
-    def _reachability(self, node: Node) -> str:
+    def _reachability(self, node: Node) -> Reachability:
         raft_id = int((node.manager_status or {}).get("RaftID", 0))
         if raft_id == self._raft.id:
-            return "reachable"
+            return Reachability.REACHABLE
         heard = self._raft.last_heard.get(raft_id)
         now = asyncio.get_running_loop().time()
-        return "reachable" if heard is not None and now - heard < UNREACHABLE_AFTER else "unreachable"
+        reachable = heard is not None and now - heard < UNREACHABLE_AFTER
+        return Reachability.REACHABLE if reachable else Reachability.UNREACHABLE
 
     async def run(self) -> None:
         started = time.monotonic()
@@ -174,19 +176,19 @@ class ReachabilityMonitor:
             changes = {}
             for node in self._store.view(manager_nodes):
                 wanted = self._reachability(node)
-                if (node.manager_status or {}).get("Reachability") != wanted:
+                if node.reachability is not wanted:
                     changes[node.id] = wanted
             if changes:
                 await self._write(changes)
 
-    async def _write(self, changes: dict[str, str]) -> None:
+    async def _write(self, changes: dict[str, Reachability]) -> None:
         def fn(tx: WriteTx) -> None:
             for node_id, reachability in changes.items():
                 node = tx.get("nodes", node_id)
                 if node is None or node.manager_status is None:
                     continue
                 node = node.copy()
-                node.manager_status = {**node.manager_status, "Reachability": reachability}
+                node.set_reachability(reachability)
                 tx.update(node)
 
         try:

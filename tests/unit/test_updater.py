@@ -466,3 +466,25 @@ async def test_new_spec_supersedes_an_update_being_monitored() -> None:
     await h.advance(10)
     await h.settle()
     assert state(h, svc) == "completed"
+
+
+async def test_scale_during_a_rollout_keeps_it_marked_in_progress() -> None:
+    """A scale-only spec change clears UpdateStatus (a new spec) but leaves the TaskTemplate, so
+    the rollout goes on: it is marked in progress again (as swarmkit's fresh updater would), and
+    it ends completed, which the table only allows from updating."""
+    h, svc = await start(4, update={"Parallelism": 1, "Delay": 5 * SEC, "Monitor": 1 * SEC})
+    await set_image(h, svc, "app:2")
+    await run_for(h, 3)
+    assert state(h, svc) == "updating" and 0 < sum(image(t) == "app:2" for t in live(h, svc)) < 4
+
+    def scale(tx):
+        cur = tx.get("services", svc.id)
+        spec = copy.deepcopy(cur.spec)
+        spec["Mode"]["Replicated"]["Replicas"] = 5
+        tx.update(update_service_spec(cur, spec, h.clock.now()))
+    await h.store.update(scale)
+    assert current(h, svc).update_status is None
+    await h.settle()
+    assert state(h, svc) == "updating"
+    await run_for(h, 40)
+    assert state(h, svc) == "completed" and sorted(image(t) for t in live(h, svc)) == ["app:2"] * 5
