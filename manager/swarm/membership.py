@@ -16,6 +16,7 @@ Leader loops (one leadership term each):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -100,13 +101,14 @@ class MembershipService:
         if raft_id not in raft.learners:
             await raft.add_member(raft_id, member, learner=True)
         target = raft.commit_index
-        deadline = time.monotonic() + CATCH_UP_TIMEOUT
-        while raft.match_index(raft_id) < target:
-            if not raft.is_leader:
-                raise NotLeader(raft.leader)
-            if time.monotonic() >= deadline:
-                raise Unavailable(f"new manager (raft id {raft_id}) did not catch up within {CATCH_UP_TIMEOUT:.0f}s")
-            await asyncio.sleep(0.05)
+        try:
+            await raft.wait_until(lambda: raft.match_index(raft_id) >= target or not raft.is_leader,
+                                  timeout=CATCH_UP_TIMEOUT)
+        except TimeoutError:
+            raise Unavailable(f"new manager (raft id {raft_id}) did not catch up within {CATCH_UP_TIMEOUT:.0f}s") \
+                from None
+        if not raft.is_leader:
+            raise NotLeader(raft.leader)
         await raft.promote_learner(raft_id)
 
     async def members(self, peer: Peer, params: dict[str, Any]) -> Any:
@@ -205,16 +207,11 @@ class RoleReconciler:
         self._raft = raft
 
     async def run(self) -> None:
-        sub = self._store.watch(tables=("nodes",))
-        try:
-            while True:
+        async with contextlib.aclosing(self._store.changes(("nodes",))) as changes:
+            async for _ in changes:
                 for node in self._store.view(manager_nodes):
                     if node.role == "worker":
                         await self._demote(node)
-                await sub.wait()
-                sub.drain()
-        finally:
-            sub.close()
 
     async def _demote(self, node: Node) -> None:
         raft_id = int((node.manager_status or {}).get("RaftID", 0))
