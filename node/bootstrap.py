@@ -22,7 +22,7 @@ from manager.specs import default_swarm_spec, normalize_swarm_spec
 from manager.store import Store, WriteTx
 from manager.swarm.ca_service import cert_expiry
 from manager.swarm.raft_glue import StoreStateMachine
-from model import Cluster, Node, new_id
+from model import Cluster, Node, Reachability, new_id
 from node.addresses import AddressError, choose_advertise, split_host_port
 from node.state import LocalSwarmState, new_raft_id
 from node.swarm_api import ALREADY_IN_SWARM
@@ -122,8 +122,7 @@ async def force_new_cluster(node: SwarmNode) -> str:
         for other in tx.all("nodes"):
             if other.id == state.node_id:
                 other = other.copy()
-                other.manager_status = {"RaftID": state.raft_id, "Addr": state.advertise_addr,
-                                        "Reachability": "reachable"}
+                other.set_manager_status(state.raft_id, state.advertise_addr, Reachability.REACHABLE)
                 tx.update(other)
             elif other.manager_status is not None or other.role == "manager":
                 other = other.copy()
