@@ -32,7 +32,8 @@ from rpc.client import RpcClient
 from rpc.errors import NotLeaderError, RpcError
 from worker.agent.dependencies import Dependencies
 from worker.agent.logs import ContainerLogs, LogPublisher
-from worker.agent.task_runner import TaskExecutor, TaskRunner
+from worker.agent.task_runner import TaskRunner
+from worker.exec import TaskExecutor
 
 log = logging.getLogger("shoal.agent")
 

@@ -2,16 +2,11 @@
 
 Entry points: `Executor` (controllers, live restore, logs, volumes), `ContainerConfig` (what a
 container is), `taskspec.config_from_task` (Engine API TaskSpec + image config → ContainerConfig).
+`ContainerController` implements the Controller contract of `worker.exec`, re-exported here.
 """
 
-from worker.executor.controller import (
-    ContainerController,
-    ContainerState,
-    ContainerUnhealthy,
-    Controller,
-    ExecutorError,
-    ExitStatus,
-)
+from worker.exec import ContainerState, Controller, ExecutorError, ExitStatus, TemporaryError
+from worker.executor.controller import ContainerController, ContainerUnhealthy
 from worker.executor.executor import Executor
 from worker.executor.spec import ContainerConfig, Healthcheck, MountSpec, Resources
 
@@ -27,4 +22,5 @@ __all__ = [
     "Healthcheck",
     "MountSpec",
     "Resources",
+    "TemporaryError",
 ]

@@ -1,4 +1,5 @@
-"""The Controller protocol and its runc implementation: one container's lifecycle.
+"""`ContainerController`: the runc implementation of the Controller protocol (`worker.exec`), one
+container's lifecycle.
 
 Theory of operation: `prepare → start → wait`, with `shutdown`/`terminate`/`remove` at any time.
 Every step is idempotent and decides what to do from what exists (runc's state, the exit file,
@@ -17,22 +18,28 @@ by a restarted daemon for an adopted container behaves exactly like the original
     `ContainerUnhealthy` once the container is unhealthy.
   - shutdown: the stop signal, the grace period, then SIGKILL to every process.
   - remove: kill, record the exit, `runc delete`, unmount, release volumes, delete the dir.
+Errors are `ExecutorError`s with a one-line message for the task status, fatal to the task,
+except what trying again can mend, raised as `TemporaryError`: the host short of processes, file
+descriptors or memory while preparing, and stopping that did not happen (runc failed to signal
+or delete, or the container had not exited `SHIM_EXIT_TIMEOUT` seconds after SIGKILL).
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import os
 import resource
 import shutil
 import signal
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from worker.exec import ContainerState, ExecutorError, ExitStatus, TemporaryError
 from worker.executor import bundle, rootfs
 from worker.executor.health import HealthMonitor
 from worker.executor.layout import Layout
@@ -47,55 +54,13 @@ from worker.executor.spec import (
 from worker.executor.volumes import ANONYMOUS_LABEL, VolumeStore
 
 SHIM_EXIT_TIMEOUT = 10.0
+# What a retried prepare may no longer meet: the host short of processes, descriptors or memory.
+HOST_SHORTAGE = frozenset({errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 INJECTED_DIR = "files"         # under the state dir: the secret and config files
 
 
-class ExecutorError(Exception):
-    """A container operation failed; the message is meant for the task status."""
-
-
 class ContainerUnhealthy(ExecutorError):
-    pass
-
-
-class Controller(Protocol):
-    async def prepare(self) -> None: ...
-    async def start(self) -> None: ...
-    async def wait(self) -> ExitStatus: ...
-    async def shutdown(self, grace: float | None = None) -> None: ...
-    async def terminate(self) -> None: ...
-    async def remove(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class ExitStatus:
-    exit_code: int
-    oom_killed: bool = False
-    finished_at: str = ""
-    error: str = ""            # set when the shim lost track of the container
-
-    @property
-    def failed(self) -> bool:
-        return self.exit_code != 0 or self.oom_killed or bool(self.error)
-
-    @property
-    def message(self) -> str:
-        """The task status message: "" for success."""
-        if self.error:
-            return f"task: {self.error}"
-        if not self.failed:
-            return ""
-        text = f"task: non-zero exit ({self.exit_code})"
-        return text + ": OOMKilled" if self.oom_killed else text
-
-
-@dataclass(frozen=True)
-class ContainerState:
-    status: str                 # absent | created | running | stopped
-    pid: int = 0
-    started_at: str = ""
-    exit: ExitStatus | None = None
-    health: dict[str, Any] | None = None
+    """`wait` saw the container's health check fail; the container is left running."""
 
 
 def _now() -> str:
@@ -214,7 +179,8 @@ class ContainerController:
         except (OSError, ConfigError, RuntimeFailure, ValueError) as e:
             if await self.runc_state() is None:     # nothing was created: undo the host side
                 await asyncio.to_thread(self._remove_files)
-            raise ExecutorError(f"preparing container {self.config.name or self.id}: {e}") from e
+            error = TemporaryError if isinstance(e, OSError) and e.errno in HOST_SHORTAGE else ExecutorError
+            raise error(f"preparing container {self.config.name or self.id}: {e}") from e
 
     def _prepare_host(self) -> None:
         """Everything on the host before conmon, in one worker-thread hop: the config record
@@ -317,7 +283,10 @@ class ContainerController:
         if st.get("status") == "created":
             await self.terminate()
             return
-        await self.runc.kill(self.id, signal_number(self.config.stop_signal))
+        try:
+            await self.runc.kill(self.id, signal_number(self.config.stop_signal))
+        except RuntimeFailure as e:
+            raise TemporaryError(f"stopping container {self.id}: {e}") from e
         try:
             async with asyncio.timeout(grace):
                 await self._wait_exit()
@@ -330,10 +299,16 @@ class ContainerController:
         st = await self.runc_state()
         if st is None or self.exited():
             return
-        if st.get("status") in ("running", "created", "paused"):
-            await self.runc.kill(self.id, signal.SIGKILL, all_processes=True)
-        async with asyncio.timeout(SHIM_EXIT_TIMEOUT):
-            await self._wait_exit()
+        try:
+            if st.get("status") in ("running", "created", "paused"):
+                await self.runc.kill(self.id, signal.SIGKILL, all_processes=True)
+            async with asyncio.timeout(SHIM_EXIT_TIMEOUT):
+                await self._wait_exit()
+        except RuntimeFailure as e:
+            raise TemporaryError(f"killing container {self.id}: {e}") from e
+        except TimeoutError as e:
+            raise TemporaryError(f"container {self.id} has not exited {SHIM_EXIT_TIMEOUT:g}s after "
+                                 "SIGKILL") from e
 
     async def remove(self) -> None:
         """Leave nothing behind: process, runc state, cgroup, mount, bundle, volume refs."""
@@ -342,7 +317,10 @@ class ContainerController:
             await self.terminate()
             if not self.exited():
                 self._record_exit("removed before it exited")
-            await self.runc.delete(self.id, force=True)
+            try:
+                await self.runc.delete(self.id, force=True)
+            except RuntimeFailure as e:
+                raise TemporaryError(f"removing container {self.id}: {e}") from e
         pid = self._conmon_pid()
         if pid:
             try:

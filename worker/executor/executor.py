@@ -19,8 +19,9 @@ import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from worker.exec import ExecutorError
 from worker.executor.cleanup import CleanupReport, reap_stale
-from worker.executor.controller import ContainerController, ExecutorError
+from worker.executor.controller import ContainerController
 from worker.executor.layout import Layout
 from worker.executor.logs import LogEntry, read_log
 from worker.executor.runtime import Conmon, Runc

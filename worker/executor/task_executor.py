@@ -1,4 +1,4 @@
-"""The agent's TaskExecutor on real containers: a task → its image → a ContainerController.
+"""The TaskExecutor of `worker.exec` on real containers: a task → its image → a ContainerController.
 
 Theory of operation: `controller(task, progress)` makes sure the task's image is in the store
 (pulling it if missing, reporting progress lines while the task is PREPARING), reads the
@@ -7,8 +7,8 @@ container id is the task id, its name the task's display name, and it carries th
 users of Docker expect, and the task's secrets and configs as injected files, from the data
 the agent holds for the node (`dependencies`; a reference without data rejects the task with
 the name of what is missing). `existing(task_id)` finds the container made for a task earlier (live
-restore). Image and spec problems surface as `ExecutorError` with a one-line message, which
-the task runner puts in the task status (REJECTED before start).
+restore). Image and spec problems surface as `ExecutorError` with a one-line message: fatal,
+so the task is REJECTED with it (a missing image or secret does not appear by trying again).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from worker.executor.controller import ContainerController, ExecutorError
+from worker.exec import ExecutorError
+from worker.executor.controller import ContainerController
 from worker.executor.executor import Executor
 from worker.executor.spec import ConfigError, InjectedFile
 from worker.executor.taskspec import config_from_task, resolve_injected_files
