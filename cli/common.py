@@ -1,10 +1,11 @@
-"""What every CLI command shares: the daemon address, running a coroutine, one-line errors."""
+"""What every CLI command shares: the daemon address, running a coroutine, one-line errors, and
+the `--filter KEY=VALUE` option."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 import click
@@ -13,6 +14,10 @@ from rich.console import Console
 from cli.client import ApiResponseError, ClientError, DaemonClient
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+# The Engine API `filters` value in the docker CLI's map form: {"KEY": {"VALUE": true}}.
+FilterQuery = dict[str, dict[str, bool]]
 
 # Output that is not a terminal (pipes, tests, scripts) is never wrapped or truncated.
 _WIDTH = None if sys.stdout.isatty() else 400
@@ -68,3 +73,39 @@ def remove_each(ctx: click.Context, collection: str, refs: tuple[str, ...]) -> N
 
     if not with_client(ctx, go):
         raise SystemExit(1)
+
+
+def filter_query(items: Iterable[str]) -> FilterQuery | None:
+    """`--filter KEY=VALUE` items as the `filters` query value (None when there are none).
+
+    As the docker CLI reads them: an empty item is skipped, the key is trimmed and lower-cased,
+    the value trimmed, repeated keys collect values. An item without `=` (or with no key) is a
+    usage error: click prints it on one line and exits 2."""
+    out: FilterQuery = {}
+    for item in items:
+        if not item:
+            continue
+        key, eq, value = item.partition("=")
+        key = key.strip().lower()
+        if not eq or not key:
+            raise click.BadParameter(f"bad format of filter (expected name=value): {item!r}")
+        out.setdefault(key, {})[value.strip()] = True
+    return out or None
+
+
+def with_filter(query: FilterQuery | None, key: str, *values: str) -> FilterQuery:
+    """A copy of `query` with `values` added to the set of `key` (what a command adds itself)."""
+    out = {k: dict(v) for k, v in (query or {}).items()}
+    for value in values:
+        out.setdefault(key, {})[value] = True
+    return out
+
+
+def filter_option(*decls: str, help: str) -> Callable[[F], F]:
+    """The repeatable `--filter` option (declared as `decls`, e.g. "-f", "--filter"), handed to
+    the command as its `filters` argument, already a `FilterQuery | None`."""
+
+    def parse(_ctx: click.Context, _param: click.Parameter, items: tuple[str, ...]) -> FilterQuery | None:
+        return filter_query(items)
+
+    return click.option(*decls, "filters", multiple=True, callback=parse, help=help)

@@ -14,7 +14,7 @@ import click
 from rich.table import Table
 
 from cli.client import DaemonClient
-from cli.common import console, fail, with_client
+from cli.common import FilterQuery, console, fail, filter_option, with_client, with_filter
 
 
 def human_size(size: float) -> str:
@@ -33,17 +33,6 @@ def human_ago(unix: int) -> str:
             n = delta // seconds
             return f"{n} {name}{'s' if n > 1 else ''} ago"
     return "Less than a minute ago"
-
-
-def filters_param(items: tuple[str, ...]) -> str | None:
-    """`--filter k=v` options → the Engine API map form `{"k": {"v": true}}`."""
-    out: dict[str, dict[str, bool]] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            fail(f"invalid filter {item!r}: expected KEY=VALUE")
-        out.setdefault(key, {})[value] = True
-    return json.dumps(out) if out else None
 
 
 def _split_repo_tag(target: str) -> tuple[str, str]:
@@ -73,18 +62,16 @@ def image() -> None:
 
 
 @image.command("ls")
-@click.option("-f", "--filter", "filters", multiple=True,
-              help="Filter: reference=, dangling=true|false, label=, before=, since=.")
+@filter_option("-f", "--filter", help="Filter: reference=, dangling=true|false, label=, before=, since=.")
 @click.option("-q", "--quiet", is_flag=True, help="Only image IDs.")
 @click.option("--no-trunc", is_flag=True, help="Full image IDs.")
 @click.option("--digests", is_flag=True, help="Show digests.")
 @click.pass_context
-def ls(ctx: click.Context, filters: tuple[str, ...], quiet: bool, no_trunc: bool, digests: bool) -> None:
+def ls(ctx: click.Context, filters: FilterQuery | None, quiet: bool, no_trunc: bool, digests: bool) -> None:
     """List images."""
-    params = {"filters": filters_param(filters)}
 
     async def go(c: DaemonClient) -> Any:
-        return await c.get("/images/json", **params)
+        return await c.get("/images/json", filters=filters)
 
     images = with_client(ctx, go)
 
@@ -246,18 +233,18 @@ def save(ctx: click.Context, names: tuple[str, ...], output: str) -> None:
 @image.command("prune")
 @click.option("-a", "--all", "all_images", is_flag=True, help="Remove all unused images, not just dangling.")
 @click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--filter", "filters", multiple=True, help="Filter: label=KEY[=VALUE].")
+@filter_option("--filter", help="Filter: label=KEY[=VALUE].")
 @click.pass_context
-def prune(ctx: click.Context, all_images: bool, force: bool, filters: tuple[str, ...]) -> None:
+def prune(ctx: click.Context, all_images: bool, force: bool, filters: FilterQuery | None) -> None:
     """Remove unused images."""
     if not force:
         what = "all images without at least one task using them" if all_images else "all dangling images"
         if not click.confirm(f"WARNING! This will remove {what}.\nAre you sure you want to continue?"):
             return
-    items = [*filters, *(["dangling=false"] if all_images else [])]
+    query = with_filter(filters, "dangling", "false") if all_images else filters
 
     async def go(c: DaemonClient) -> Any:
-        return await c.post("/images/prune", filters=filters_param(tuple(items)))
+        return await c.post("/images/prune", filters=query)
 
     body = with_client(ctx, go) or {}
     deleted = body.get("ImagesDeleted") or []

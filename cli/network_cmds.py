@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from cli.client import DaemonClient
-from cli.common import console, fail, remove_each, with_client
+from cli.common import FilterQuery, console, fail, filter_option, remove_each, with_client
 from cli.service_flags import FlagError, parse_key_values
 from cli.task_format import columns
 
@@ -58,19 +58,13 @@ def create(ctx: click.Context, name: str, driver: str, subnet: tuple[str, ...], 
 
 @network.command("ls")
 @click.option("--quiet", "-q", is_flag=True, help="Only display IDs.")
-@click.option("--filter", "-f", "filter_", multiple=True, help="Filter output (name=x, label=k=v, driver=overlay).")
+@filter_option("--filter", "-f", help="Filter output (name=x, label=k=v, driver=overlay).")
 @click.pass_context
-def ls(ctx: click.Context, quiet: bool, filter_: tuple[str, ...]) -> None:
+def ls(ctx: click.Context, quiet: bool, filters: FilterQuery | None) -> None:
     """List networks."""
-    filters: dict[str, list[str]] = {}
-    for item in filter_:
-        key, eq, value = item.partition("=")
-        if not eq:
-            fail(f"bad format of filter (expected name=value): {item}")
-        filters.setdefault(key, []).append(value)
 
     async def go(client: DaemonClient) -> Any:
-        return await client.get("/networks", filters=filters or None)
+        return await client.get("/networks", filters=filters)
 
     nets = sorted(with_client(ctx, go), key=lambda n: n["Name"])
     if quiet:

@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 from cli.client import DaemonClient
-from cli.common import console, fail, with_client
+from cli.common import FilterQuery, console, fail, filter_option, with_client
 
 
 @click.group()
@@ -28,19 +28,13 @@ def _manager_status(n: dict[str, Any]) -> str:
 
 @node.command("ls")
 @click.option("-q", "--quiet", is_flag=True)
-@click.option("-f", "--filter", "filters", multiple=True, help="key=value (id, name, label, role, node.label)")
+@filter_option("-f", "--filter", help="key=value (id, name, label, role, node.label)")
 @click.pass_context
-def ls(ctx: click.Context, quiet: bool, filters: tuple[str, ...]) -> None:
+def ls(ctx: click.Context, quiet: bool, filters: FilterQuery | None) -> None:
     """List nodes; * marks this node."""
-    wanted: dict[str, dict[str, bool]] = {}
-    for f in filters:
-        key, sep, value = f.partition("=")
-        if not sep:
-            fail(f"invalid filter {f!r}: expected key=value")
-        wanted.setdefault(key, {})[value] = True
 
     async def go(c: DaemonClient) -> tuple[list[dict[str, Any]], str]:
-        nodes = await c.get("/nodes", filters=wanted or None)
+        nodes = await c.get("/nodes", filters=filters)
         info = await c.get("/info")
         return nodes, info["Swarm"]["NodeID"]
 

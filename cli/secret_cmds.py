@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from cli.client import DaemonClient
-from cli.common import console, fail, remove_each, with_client
+from cli.common import FilterQuery, console, fail, filter_option, remove_each, with_client
 from cli.service_flags import FlagError, parse_key_values
 from cli.task_format import columns
 
@@ -58,18 +58,11 @@ def blob_group(kind: str) -> click.Group:
 
     @group.command("ls", help=f"List {kind}s.")
     @click.option("--quiet", "-q", is_flag=True, help="Only display IDs.")
-    @click.option("--filter", "-f", "filter_", multiple=True, help="Filter output (name=x, label=k=v).")
+    @filter_option("--filter", "-f", help="Filter output (name=x, label=k=v).")
     @click.pass_context
-    def ls(ctx: click.Context, quiet: bool, filter_: tuple[str, ...]) -> None:
-        filters: dict[str, list[str]] = {}
-        for item in filter_:
-            key, eq, value = item.partition("=")
-            if not eq:
-                fail(f"bad format of filter (expected name=value): {item}")
-            filters.setdefault(key, []).append(value)
-
+    def ls(ctx: click.Context, quiet: bool, filters: FilterQuery | None) -> None:
         async def go(client: DaemonClient) -> Any:
-            return await client.get(table, filters=filters or None)
+            return await client.get(table, filters=filters)
 
         objs = sorted(with_client(ctx, go), key=lambda o: o["Spec"]["Name"])
         if quiet:

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from cli.client import ApiResponseError, DaemonClient
-from cli.common import console, err_console, fail, remove_each, with_client
+from cli.common import FilterQuery, console, err_console, fail, filter_option, remove_each, with_client, with_filter
 from cli.service_flags import (
     FlagError,
     apply_scalar_flags,
@@ -188,24 +188,13 @@ def create(ctx: click.Context, name: str, mode: str, env: tuple[str, ...], label
 
 
 # -- ls / ps / inspect -----------------------------------------------------------------------------
-def _filters(items: tuple[str, ...]) -> dict[str, list[str]] | None:
-    out: dict[str, list[str]] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq:
-            fail(f"bad format of filter (expected name=value): {item}")
-        out.setdefault(key, []).append(value)
-    return out or None
-
-
 @service.command("ls")
 @click.option("--quiet", "-q", is_flag=True, help="Only display IDs.")
-@click.option("--filter", "-f", "filter_", multiple=True, help="Filter output (name=web, label=a=b, mode=global).")
+@filter_option("--filter", "-f", help="Filter output (name=web, label=a=b, mode=global).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.pass_context
-def ls(ctx: click.Context, quiet: bool, filter_: tuple[str, ...], fmt: str) -> None:
+def ls(ctx: click.Context, quiet: bool, filters: FilterQuery | None, fmt: str) -> None:
     """List services."""
-    filters = _filters(filter_)
 
     async def go(client: DaemonClient) -> list[dict[str, Any]]:
         return list(await client.get("/services", filters=filters, status=None if quiet else "true"))
@@ -224,11 +213,11 @@ def ls(ctx: click.Context, quiet: bool, filter_: tuple[str, ...], fmt: str) -> N
 @click.argument("services", nargs=-1, required=True)
 @click.option("--quiet", "-q", is_flag=True, help="Only display task IDs.")
 @click.option("--no-trunc", is_flag=True, help="Do not truncate output.")
-@click.option("--filter", "-f", "filter_", multiple=True, help="Filter output (desired-state=running, node=x).")
+@filter_option("--filter", "-f", help="Filter output (desired-state=running, node=x).")
 @click.pass_context
-def ps(ctx: click.Context, services: tuple[str, ...], quiet: bool, no_trunc: bool, filter_: tuple[str, ...]) -> None:
+def ps(ctx: click.Context, services: tuple[str, ...], quiet: bool, no_trunc: bool,
+       filters: FilterQuery | None) -> None:
     """List the tasks of one or more services."""
-    extra = _filters(filter_) or {}
 
     async def go(client: DaemonClient) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, str]]:
         names: dict[str, str] = {}
@@ -240,7 +229,7 @@ def ps(ctx: click.Context, services: tuple[str, ...], quiet: bool, no_trunc: boo
                     fail(f"no such service: {ref}")
                 raise
             names[svc["ID"]] = svc["Spec"].get("Name", "")
-        tasks = await client.get("/tasks", filters={**extra, "service": list(names)})
+        tasks = await client.get("/tasks", filters=with_filter(filters, "service", *names))
         nodes = await client.get("/nodes") if tasks else []
         node_names = {n["ID"]: (n["Spec"].get("Name") or n["Description"].get("Hostname") or n["ID"])
                       for n in nodes}

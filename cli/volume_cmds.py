@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 
 from cli.client import DaemonClient
-from cli.common import console, fail, with_client
+from cli.common import FilterQuery, console, fail, filter_option, with_client, with_filter
 
 
 def _key_values(items: tuple[str, ...], what: str) -> dict[str, str]:
@@ -21,16 +21,6 @@ def _key_values(items: tuple[str, ...], what: str) -> dict[str, str]:
             fail(f"invalid {what} {item!r}: expected KEY=VALUE")
         out[key] = value if eq else ""
     return out
-
-
-def _filters(items: tuple[str, ...]) -> dict[str, list[str]] | None:
-    out: dict[str, list[str]] = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            fail(f"invalid filter {item!r}: expected KEY=VALUE (e.g. label=env=prod, dangling=true)")
-        out.setdefault(key, []).append(value)
-    return out or None
 
 
 @click.group()
@@ -57,17 +47,15 @@ def create(ctx: click.Context, name: str, driver: str, labels: tuple[str, ...],
 
 
 @volume.command("ls")
-@click.option("-f", "--filter", "filters", multiple=True,
-              help="Filter (name=, label=, dangling=, driver=).")
+@filter_option("-f", "--filter", help="Filter (name=, label=, dangling=, driver=).")
 @click.option("-q", "--quiet", is_flag=True, help="Only names.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
 @click.pass_context
-def ls(ctx: click.Context, filters: tuple[str, ...], quiet: bool, fmt: str) -> None:
+def ls(ctx: click.Context, filters: FilterQuery | None, quiet: bool, fmt: str) -> None:
     """List volumes."""
-    params = {"filters": _filters(filters)}
 
     async def go(c: DaemonClient) -> Any:
-        return await c.get("/volumes", **{k: v for k, v in params.items() if v})
+        return await c.get("/volumes", filters=filters)
 
     vols = with_client(ctx, go).get("Volumes") or []
     if quiet:
@@ -118,22 +106,20 @@ def rm(ctx: click.Context, names: tuple[str, ...], force: bool) -> None:
 @volume.command()
 @click.option("-a", "--all", "all_volumes", is_flag=True,
               help="Remove all unused volumes, not only anonymous ones.")
-@click.option("--filter", "filters", multiple=True, help="Filter (label=...).")
+@filter_option("--filter", help="Filter (label=...).")
 @click.option("-f", "--force", is_flag=True, help="Do not prompt for confirmation.")
 @click.pass_context
-def prune(ctx: click.Context, all_volumes: bool, filters: tuple[str, ...], force: bool) -> None:
+def prune(ctx: click.Context, all_volumes: bool, filters: FilterQuery | None, force: bool) -> None:
     """Remove unused volumes."""
     if not force:
         what = "all volumes not used by at least one container" if all_volumes \
             else "all anonymous volumes not used by at least one container"
         click.confirm(f"WARNING! This will remove {what}.\nAre you sure you want to continue?",
                       abort=True)
-    flt = _filters(filters) or {}
-    if all_volumes:
-        flt["all"] = ["true"]
+    query = with_filter(filters, "all", "true") if all_volumes else filters
 
     async def go(c: DaemonClient) -> Any:
-        return await c.post("/volumes/prune", filters=flt or None)
+        return await c.post("/volumes/prune", filters=query)
 
     report = with_client(ctx, go)
     deleted = report.get("VolumesDeleted") or []

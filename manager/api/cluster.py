@@ -105,28 +105,3 @@ def _kind_of(request: web.Request) -> str:
     parts = [p for p in request.path.split("/") if p and not p.startswith("v1.")]
     return parts[0].rstrip("s") if parts else "object"
 
-
-def parse_filters(request: web.Request, allowed: set[str]) -> dict[str, list[str]]:
-    """The `filters` query parameter in either form (map or list), checked against `allowed`."""
-    import json
-
-    raw = request.query.get("filters", "")
-    if not raw:
-        return {}
-    try:
-        doc: Any = json.loads(raw)
-    except ValueError:
-        raise ApiError(400, f"invalid filters: {raw!r} is not JSON") from None
-    if not isinstance(doc, dict):
-        raise ApiError(400, "invalid filters: expected a JSON object")
-    out: dict[str, list[str]] = {}
-    for key, value in doc.items():
-        if key not in allowed:
-            raise ApiError(400, f"Invalid filter '{key}'")
-        if isinstance(value, dict):
-            out[key] = [k for k, v in value.items() if v]
-        elif isinstance(value, list):
-            out[key] = [str(v) for v in value]
-        else:
-            out[key] = [str(value)]
-    return out

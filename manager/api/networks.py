@@ -15,8 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
+from engineapi.filters import request_filters
 from engineapi.http import ApiError, Routes, json_response, read_json
-from manager.api.cluster import cluster_store, parse_filters
+from manager.api.cluster import cluster_store
 from manager.api.objects_common import any_prefix, any_substring, api_errors, labels_match, lookup, require_spec_object
 from manager.specs import SpecError, validate_network_create
 from manager.specs.checks import drop_nulls
@@ -111,16 +112,27 @@ def _dangling(tx: ReadTx, network: Network) -> bool:
     return not _service_users(tx, network.id) and not network.spec.get("Ingress")
 
 
+def _dangling_filter(values: list[str]) -> bool | None:
+    """The `dangling` network filter as dockerd reads it (daemon/network/filter.go): one value,
+    "true"/"1" or "false"/"0"; None when absent."""
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ApiError(400, 'got more than one value for filter key "dangling"')
+    if values[0] in ("true", "1"):
+        return True
+    if values[0] in ("false", "0"):
+        return False
+    raise ApiError(400, """invalid value for filter 'dangling', must be "true" (or "1"), or "false" (or "0")""")
+
+
 async def list_networks(request: web.Request) -> web.Response:
     store = cluster_store(request)
-    filters = parse_filters(request, NETWORK_FILTERS)
+    filters = request_filters(request, NETWORK_FILTERS)
     for value in filters.get("type") or []:
         if value not in ("custom", "builtin"):
             raise ApiError(400, f"invalid filter: 'type'='{value}'")
-    dangling = filters.get("dangling")
-    for value in dangling or []:
-        if value.lower() not in ("true", "false", "1", "0"):
-            raise ApiError(400, f"invalid filter 'dangling=[{value}]'")
+    dangling = _dangling_filter(filters.get("dangling") or [])
 
     def select(tx: ReadTx) -> list[dict[str, Any]]:
         networks: list[Network] = tx.all("networks")
@@ -129,11 +141,10 @@ async def list_networks(request: web.Request) -> web.Response:
             api = n.to_api()
             if not (any_prefix(filters.get("id"), n.id) and any_substring(filters.get("name"), n.name)
                     and labels_match(filters.get("label"), api["Labels"])
-                    and (not filters.get("driver") or api["Driver"] in filters["driver"])
-                    and (not filters.get("scope") or "swarm" in filters["scope"])
+                    and filters.exact_match("driver", api["Driver"]) and filters.exact_match("scope", "swarm")
                     and (not filters.get("type") or "custom" in filters["type"])):
                 continue
-            if dangling and _dangling(tx, n) != (dangling[0].lower() in ("true", "1")):
+            if dangling is not None and _dangling(tx, n) != dangling:
                 continue
             out.append(api)
         return out

@@ -11,8 +11,10 @@ from typing import Any
 
 from aiohttp import web
 
+from engineapi.filters import Filters, request_filters
 from engineapi.http import ApiError, Routes, json_response, query_bool, read_json
-from manager.api.cluster import CLUSTER, cluster_store, parse_filters, require_version
+from manager.api.cluster import CLUSTER, cluster_store, require_version
+from manager.api.objects_common import labels_match
 from manager.specs import SpecError, validate_node_spec
 from manager.store import AmbiguousRef, NotFound, ReadTx, StaleVersion, WriteTx
 from model import Node
@@ -42,33 +44,25 @@ def lookup(tx: ReadTx, ref: str) -> Node:
     return node
 
 
-def _label_match(labels: dict[str, str], wanted: list[str]) -> bool:
-    for item in wanted:
-        key, sep, value = item.partition("=")
-        if key not in labels or (sep and labels[key] != value):
-            return False
-    return True
-
-
-def _matches(node: Node, filters: dict[str, list[str]]) -> bool:
-    if "id" in filters and not any(node.id.startswith(v) for v in filters["id"]):
+def _matches(node: Node, filters: Filters) -> bool:
+    """A key with no values does not filter (dockerd hands swarmkit empty lists)."""
+    if (ids := filters.get("id")) and not any(node.id.startswith(v) for v in ids):
         return False
-    if "name" in filters and not any(node.name.startswith(v) or node.hostname.startswith(v)
-                                     for v in filters["name"]):
+    if (names := filters.get("name")) and not any(node.name.startswith(v) or node.hostname.startswith(v)
+                                                  for v in names):
         return False
-    if "role" in filters and node.role not in filters["role"]:
+    if (roles := filters.get("role")) and node.role not in roles:
         return False
-    if "membership" in filters and "accepted" not in filters["membership"]:
+    if (memberships := filters.get("membership")) and "accepted" not in memberships:
         return False
     engine_labels = ((node.description.get("Engine") or {}).get("Labels")) or {}
-    if "label" in filters and not _label_match(engine_labels, filters["label"]):
-        return False
-    return not ("node.label" in filters and not _label_match(node.spec.get("Labels") or {}, filters["node.label"]))
+    return labels_match(filters.get("label"), engine_labels) and \
+        labels_match(filters.get("node.label"), node.spec.get("Labels"))
 
 
 async def list_nodes(request: web.Request) -> web.Response:
     store = cluster_store(request)
-    filters = parse_filters(request, FILTERS)
+    filters = request_filters(request, FILTERS)
     leader = request.app[CLUSTER].leader_node_id()
     nodes = store.view(lambda tx: [n for n in tx.all("nodes") if _matches(n, filters)])
     return json_response([node_api(n, leader) for n in nodes])

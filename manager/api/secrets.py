@@ -15,8 +15,9 @@ from typing import Any
 
 from aiohttp import web
 
+from engineapi.filters import request_filters
 from engineapi.http import Routes, json_response, read_json
-from manager.api.cluster import cluster_store, parse_filters, require_version
+from manager.api.cluster import cluster_store, require_version
 from manager.api.objects_common import (
     any_prefix,
     api_errors,
@@ -79,7 +80,7 @@ def handlers(kind: BlobKind) -> dict[str, Callable[[web.Request], Any]]:
 
     async def list_all(request: web.Request) -> web.Response:
         store = cluster_store(request)
-        filters = parse_filters(request, FILTERS)
+        filters = request_filters(request, FILTERS)
 
         def select(tx: ReadTx) -> list[dict[str, Any]]:
             objs: list[StoreObject] = tx.all(kind.table)

@@ -17,8 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
+from engineapi.filters import request_filters
 from engineapi.http import ApiError, Routes, go_bool, json_response, read_json
-from manager.api.cluster import cluster_store, parse_filters, require_version
+from manager.api.cluster import cluster_store, require_version
 from manager.api.objects_common import any_prefix, api_errors, labels_match, lookup, require_spec_object
 from manager.api.tasks import service_status
 from manager.orchestrator.jobs import JOB_MODES
@@ -115,10 +116,9 @@ def _service_api(service: Service, insert_defaults: bool) -> dict[str, Any]:
 
 async def list_services(request: web.Request) -> web.Response:
     store = cluster_store(request)
-    filters = parse_filters(request, SERVICE_FILTERS)
+    filters = request_filters(request, SERVICE_FILTERS)
     with_status = go_bool(request, "status")
-    modes = filters.get("mode")
-    for mode in modes or []:
+    for mode in filters.get("mode") or []:
         if mode not in ("replicated", "global", "replicated-job", "global-job"):
             raise ApiError(400, f"Invalid filter: 'mode'='{mode}'")
 
@@ -128,7 +128,7 @@ async def list_services(request: web.Request) -> web.Response:
         for service in sorted(services, key=lambda s: s.created_at):
             if not (any_prefix(filters.get("id"), service.id) and any_prefix(filters.get("name"), service.name)
                     and labels_match(filters.get("label"), service.spec.get("Labels"))
-                    and (not modes or service.mode in modes)
+                    and filters.exact_match("mode", service.mode)
                     and (not filters.get("runtime") or service.spec["TaskTemplate"].get("Runtime")
                          in filters["runtime"])):
                 continue

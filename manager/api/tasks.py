@@ -14,8 +14,9 @@ from typing import Any
 
 from aiohttp import web
 
+from engineapi.filters import request_filters
 from engineapi.http import ApiError, Routes, json_response
-from manager.api.cluster import cluster_store, parse_filters
+from manager.api.cluster import cluster_store
 from manager.api.objects_common import any_prefix, api_errors, labels_match, lookup
 from manager.orchestrator.common import is_task_dirty
 from manager.orchestrator.jobs import JOB_MODES, job_iteration, replicated_job_sizes, task_iteration
@@ -79,14 +80,14 @@ def _resolve_refs(tx: ReadTx, table: str, refs: list[str] | None) -> set[str] | 
 
 async def list_tasks(request: web.Request) -> web.Response:
     store = cluster_store(request)
-    filters = parse_filters(request, TASK_FILTERS)
+    filters = request_filters(request, TASK_FILTERS)
     wanted_states: set[TaskState] = set()
     for state in filters.get("desired-state") or []:
         if state not in DESIRED_STATE_FILTER:
             raise ApiError(400, f"Invalid filter 'desired-state'='{state}': expected running, shutdown "
                                 "or accepted")
         wanted_states.add(DESIRED_STATE_FILTER[state])
-    up_to_date = "_up-to-date" in filters
+    up_to_date = bool(filters.get("_up-to-date"))
 
     def select(tx: ReadTx) -> list[dict[str, Any]]:
         service_ids = _resolve_refs(tx, "services", filters.get("service"))

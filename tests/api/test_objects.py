@@ -44,7 +44,7 @@ async def test_task_filters(client: TestClient, store: Store) -> None:
     assert await ids({"service": [sid]}) == {fresh.id, stale.id, old.id}
     assert await ids({"_up-to-date": {"true": True}, "service": {sid: True}}) == {fresh.id, old.id}
     assert await ids({"service": ["web"], "desired-state": ["running"]}) == {fresh.id, stale.id}
-    assert await ids({"service": ["web"], "desired-state": {"shutdown": True}}) == {old.id}
+    assert await ids({"service": {"web": True}, "desired-state": {"shutdown": True}}) == {old.id}
     assert await ids({"label": ["com.docker.stack.namespace=st"]}) == {fresh.id, stale.id, old.id}
     assert await ids({"node": ["node-a"], "id": [fresh.id[:8]]}) == {fresh.id}
     assert await ids({"name": ["web.2"]}) == {stale.id}
@@ -53,7 +53,7 @@ async def test_task_filters(client: TestClient, store: Store) -> None:
     status, err = await call(client, "GET", "/tasks", filters=json.dumps({"desired-state": ["bogus"]}))
     assert status == 400
     status, err = await call(client, "GET", "/tasks", filters=json.dumps({"colour": ["red"]}))
-    assert status == 400 and err["message"] == "Invalid filter 'colour'"
+    assert status == 400 and err["message"] == "invalid filter 'colour'"
     _, task = await call(client, "GET", f"/tasks/{fresh.id}", expect=200)
     assert task["Slot"] == 1 and task["DesiredState"] == "running" and task["NodeID"] == NODE_ID
     assert task["Spec"]["ContainerSpec"]["Image"] == "busybox:latest"
@@ -145,6 +145,13 @@ async def test_networks(client: TestClient) -> None:
     assert status == 400 and f"network {nid} is in use by service" in err["message"]
     _, listed = await call(client, "GET", "/networks", filters=json.dumps({"dangling": ["true"]}))
     assert listed == []
+    _, listed = await call(client, "GET", "/networks", filters=json.dumps({"dangling": {"false": True}}))
+    assert [n["Id"] for n in listed] == [nid]
+    _, listed = await call(client, "GET", "/networks", filters=json.dumps({"driver": {"overlay": False}}))
+    assert listed == []
+    status, err = await call(client, "GET", "/networks", filters=json.dumps({"dangling": ["yes"]}))
+    assert status == 400 and err["message"] == \
+        """invalid value for filter 'dangling', must be "true" (or "1"), or "false" (or "0")"""
     await call(client, "DELETE", "/services/web", expect=200)
     assert (await client.delete("/networks/n1")).status == 204
     status, err = await call(client, "DELETE", "/networks/n1")

@@ -193,8 +193,16 @@ async def test_list_filters_both_forms_and_status(client: TestClient, store: Sto
     assert await names({"label": {"tier=back": True}}) == []
     assert await names({"mode": ["global"]}) == ["db"]
     assert await names({"id": [sid[:5]]}) == ["web"]
+    # dockerd: `name` is read with Get (a value mapped to false still selects), `mode` with
+    # ExactMatch (a false value matches nothing, and the key still filters)
+    assert await names({"name": {"we": False}}) == ["web"]
+    assert await names({"mode": {"global": False}}) == []
+    assert await names({"mode": {"global": False, "replicated": True}}) == ["web"]
     status, err = await call(client, "GET", "/services", filters=json.dumps({"bogus": ["x"]}))
-    assert status == 400 and err["message"] == "Invalid filter 'bogus'"
+    assert status == 400 and err["message"] == "invalid filter 'bogus'"
+    for raw in ("{", '{"name": "web"}', '{"name": ["web"], "mode": {"global": true}}', "[]"):
+        status, err = await call(client, "GET", "/services", filters=raw)
+        assert (status, err["message"]) == (400, "invalid filter"), raw
     _, out = await call(client, "GET", "/services", status="true", filters=json.dumps({"name": ["web"]}))
     assert out[0]["ServiceStatus"] == {"RunningTasks": 1, "DesiredTasks": 2, "CompletedTasks": 0}
     _, out = await call(client, "GET", "/services")

@@ -41,7 +41,9 @@ async def test_load_list_inspect_tag_save_delete(client: TestClient, tmp_path: P
     filtered = await client.get("/images/json", params={"filters": json.dumps({"reference": {"nope*": True}})})
     assert await filtered.json() == []
     bad_filter = await client.get("/images/json", params={"filters": json.dumps({"bogus": ["x"]})})
-    assert bad_filter.status == 400 and (await bad_filter.json())["message"] == "Invalid filter 'bogus'"
+    assert bad_filter.status == 400 and (await bad_filter.json())["message"] == "invalid filter 'bogus'"
+    bad_bool = await client.get("/images/json", params={"filters": json.dumps({"dangling": {"true": False}})})
+    assert bad_bool.status == 400 and (await bad_bool.json())["message"] == "invalid filter 'dangling=[true]'"
 
     body = await (await client.get("/v1.47/images/busybox/json")).json()
     assert body["Id"] == image.image_id and body["Config"]["WorkingDir"] == "/home/app"
@@ -86,6 +88,8 @@ async def test_prune(client: TestClient, tmp_path: Path) -> None:
     image = build_busybox_image()
     archive = write_docker_save(image, tmp_path / "a.tar", [])
     await client.post("/images/load", data=archive.read_bytes())
+    bad = await client.post("/images/prune", params={"filters": json.dumps({"reference": ["x"]})})
+    assert bad.status == 400 and (await bad.json())["message"] == "invalid filter 'reference'"
     resp = await client.post("/images/prune", params={"filters": json.dumps({"dangling": ["true"]})})
     body = await resp.json()
     assert body["ImagesDeleted"] == [{"Deleted": image.image_id}] and body["SpaceReclaimed"] > 0

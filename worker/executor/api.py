@@ -3,41 +3,23 @@
 Theory of operation: thin translation between HTTP and `VolumeStore`; filesystem work runs in
 a thread. Shapes follow the Engine API: list answers `{"Volumes": [...], "Warnings": []}`,
 create answers 201 with the volume, remove 204, a missing volume 404, one in use 409, and
-filters arrive as a JSON `filters` query (`name`, `label`, `dangling`, `driver`; prune also
-`all` and `label`).
+filters arrive as a JSON `filters` query read by engineapi.filters (list: `name`, `label`,
+`dangling`, `driver`; prune: `label`, `all`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from aiohttp import web
 
+from engineapi.filters import Filters, request_filters
 from engineapi.http import ApiError, Routes, json_response, query_bool, read_json
 from worker.executor.volumes import VolumeError, VolumeStore
 
-
-def _filters(request: web.Request) -> dict[str, list[str]]:
-    raw = request.query.get("filters")
-    if not raw:
-        return {}
-    try:
-        data = json.loads(raw)
-    except ValueError as e:
-        raise ApiError(400, f"invalid filters: {e}") from e
-    if not isinstance(data, dict):
-        raise ApiError(400, "invalid filters: want a JSON object")
-    out: dict[str, list[str]] = {}
-    for key, value in data.items():
-        # both {"k": ["v"]} and the older {"k": {"v": true}} forms
-        out[key] = list(value) if isinstance(value, (list, dict)) else [str(value)]
-    known = {"name", "label", "dangling", "driver", "all"}
-    for key in out:
-        if key not in known:
-            raise ApiError(400, f"invalid filter '{key}'")
-    return out
+LIST_FILTERS = ("name", "label", "dangling", "driver")
+PRUNE_FILTERS = ("label", "all")
 
 
 def _labels(values: list[str]) -> dict[str, str | None]:
@@ -48,19 +30,15 @@ def _labels(values: list[str]) -> dict[str, str | None]:
     return out
 
 
-def _matches(vol: dict[str, Any], users: list[str], filters: dict[str, list[str]]) -> bool:
-    if "name" in filters and not any(f in vol["Name"] for f in filters["name"]):
+def _matches(vol: dict[str, Any], users: list[str], filters: Filters, dangling: bool | None) -> bool:
+    if (names := filters.get("name")) and not any(f in vol["Name"] for f in names):
         return False
-    if "driver" in filters and vol["Driver"] not in filters["driver"]:
+    if (drivers := filters.get("driver")) and vol["Driver"] not in drivers:
         return False
     for key, value in _labels(filters.get("label", [])).items():
         if key not in vol["Labels"] or (value is not None and vol["Labels"][key] != value):
             return False
-    if "dangling" in filters:
-        want = filters["dangling"][0].lower() in ("1", "true")
-        if want != (not users):
-            return False
-    return True
+    return dangling is None or dangling == (not users)
 
 
 def add_routes(routes: Routes, volumes: VolumeStore) -> None:
@@ -68,10 +46,11 @@ def add_routes(routes: Routes, volumes: VolumeStore) -> None:
         return ApiError(e.status, e.message)
 
     async def list_volumes(request: web.Request) -> web.Response:
-        filters = _filters(request)
+        filters = request_filters(request, LIST_FILTERS)
+        dangling = filters.bool_value("dangling", False) if "dangling" in filters else None
 
         def go() -> list[dict[str, Any]]:
-            return [v for v in volumes.list() if _matches(v, volumes.users(v["Name"]), filters)]
+            return [v for v in volumes.list() if _matches(v, volumes.users(v["Name"]), filters, dangling)]
 
         return json_response({"Volumes": await asyncio.to_thread(go), "Warnings": []})
 
@@ -106,7 +85,7 @@ def add_routes(routes: Routes, volumes: VolumeStore) -> None:
         return web.Response(status=204)
 
     async def prune_volumes(request: web.Request) -> web.Response:
-        filters = _filters(request)
+        filters = request_filters(request, PRUNE_FILTERS)
         all_volumes = any(v.lower() in ("1", "true") for v in filters.get("all", []))
         labels = _labels(filters.get("label", []))
         try:

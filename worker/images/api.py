@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engineapi.filters import request_filters
 from engineapi.http import ApiError, Routes, json_response, query_bool
 from worker.images import views
 from worker.images.errors import ImageError
@@ -31,25 +32,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STREAM_CHUNK = 256 * 1024
 
 
-def parse_filters(raw: str | None) -> dict[str, list[str]]:
-    """Engine API `filters`: `{"k": {"v": true}}` (CLI) or `{"k": ["v"]}` (docker-py)."""
-    if not raw:
-        return {}
-    try:
-        doc = json.loads(raw)
-    except ValueError as e:
-        raise ApiError(400, f"invalid filters JSON: {e}") from e
-    if not isinstance(doc, dict):
-        raise ApiError(400, "invalid filters: expected a JSON object")
-    out: dict[str, list[str]] = {}
-    for key, value in doc.items():
-        if isinstance(value, dict):
-            out[key] = [str(v) for v, on in value.items() if on]
-        elif isinstance(value, list):
-            out[key] = [str(v) for v in value]
-        else:
-            out[key] = [str(value)]
-    return out
+PRUNE_FILTERS = ("dangling", "label")
 
 
 def _errors_as_api(handler: Handler) -> Handler:
@@ -71,7 +54,12 @@ class ImageHandlers:
         self.store = store
 
     async def list_images(self, request: web.Request) -> web.Response:
-        return json_response(views.list_images(self.store, parse_filters(request.query.get("filters"))))
+        filters = request_filters(request, views.LIST_FILTERS)
+        wanted = dict(filters)
+        if "dangling" in filters:
+            # dockerd reads it as one boolean (GetBoolOrDefault): "true"/"1" or "false"/"0"
+            wanted["dangling"] = [str(filters.bool_value("dangling", False)).lower()]
+        return json_response(views.list_images(self.store, wanted))
 
     async def inspect(self, request: web.Request) -> web.Response:
         return json_response(views.inspect(self.store, self.store.get(request.match_info["name"])))
@@ -186,14 +174,9 @@ class ImageHandlers:
                                                      force=query_bool(request, "force")))
 
     async def prune(self, request: web.Request) -> web.Response:
-        filters = parse_filters(request.query.get("filters"))
-        for key in filters:
-            if key not in ("dangling", "label"):
-                raise ApiError(400, f"Invalid filter '{key}'")
-        dangling = filters.get("dangling", ["true"])[-1].lower()
-        if dangling not in ("true", "1", "false", "0"):
-            raise ApiError(400, f"Invalid filter 'dangling={dangling}'")
-        return json_response(await self.store.prune(all_images=dangling in ("false", "0"),
+        filters = request_filters(request, PRUNE_FILTERS)
+        dangling_only = filters.bool_value("dangling", True)
+        return json_response(await self.store.prune(all_images=not dangling_only,
                                                      label_filters=filters.get("label")))
 
     async def distribution(self, request: web.Request) -> web.Response:
