@@ -34,7 +34,7 @@ from rpc.server import RpcServer
 from worker.agent.agent import Agent
 from worker.agent.dependencies import Dependencies
 from worker.agent.logs import ContainerLogs
-from worker.agent.task_runner import TaskExecutor
+from worker.exec import TaskExecutor
 
 log = logging.getLogger("shoal.swarm")
 

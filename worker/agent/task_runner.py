@@ -36,7 +36,7 @@ from worker.exec import (
     is_temporary,
 )
 
-__all__ = ["Report", "TaskExecutor", "TaskRunner"]
+__all__ = ["Report", "TaskRunner"]
 
 log = logging.getLogger("shoal.agent.task")
 
