@@ -110,7 +110,7 @@ class RpcServer:
     async def listen(self, host: str, port: int) -> tuple[str, int]:
         """Bind the cluster port (an OSError such as "address already in use" is raised here, to
         the caller, before anything runs); `serve()` then accepts connections."""
-        self._listener = await asyncio.start_server(self._on_connection, host, port, ssl=self._ssl,
+        self._listener = await asyncio.start_server(self._accept, host, port, ssl=self._ssl,
                                                     ssl_handshake_timeout=10)
         sock = self._listener.sockets[0].getsockname()
         self.bound = (sock[0], sock[1])
@@ -135,13 +135,22 @@ class RpcServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)
 
-    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Each connection runs as a task the server owns (cancelled and awaited by `serve()`), not
+        as asyncio's own client_connected_cb task, which reports a normal cancellation as an error."""
         if self._closing:
             writer.close()
             return
+        task = asyncio.create_task(self._on_connection(reader, writer), name="rpc-connection")
         self._connections.add(task)
+        task.add_done_callback(self._connection_done)
+
+    def _connection_done(self, task: asyncio.Task[None]) -> None:
+        self._connections.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("connection handler failed", exc_info=error)
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         addr = writer.get_extra_info("peername")
         set_keepalive(writer.get_extra_info("socket"))
         try:
@@ -164,7 +173,6 @@ class RpcServer:
         except (EOFError, frames.FrameError, ConnectionError, TimeoutError, ssl.SSLError):
             pass
         finally:
-            self._connections.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1)

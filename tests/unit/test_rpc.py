@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -116,3 +117,23 @@ async def test_connection_loss_fails_pending_calls(cluster: dict[str, Any]) -> N
     with pytest.raises(Unavailable):
         await pending
     await c.close()
+
+
+async def test_stopping_the_server_with_open_connections_logs_no_error(
+        cluster: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+    """A normal cancellation (the server stops under a live connection and a call in flight) is
+    not an error: nothing is logged at ERROR, by shoal or by asyncio."""
+    creds, d = creds_for(cluster["ca"], "w1", "worker", cluster["dir"])
+    async with RpcClient(cluster["addr"], creds.client_context(d)) as worker:
+        assert await worker.call("node.only") == {"node": "w1", "role": "worker"}
+        call = asyncio.create_task(worker.call("slow"))
+        await cluster["entered"].wait()
+        with caplog.at_level(logging.DEBUG):
+            cluster["task"].cancel()
+            await asyncio.gather(cluster["task"], return_exceptions=True)
+            with pytest.raises(Unavailable):
+                await call
+        # the loop runs the transports' close callbacks and asyncio's own bookkeeping now
+        for _ in range(3):
+            await asyncio.sleep(0)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
