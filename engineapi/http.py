@@ -22,6 +22,7 @@ API_VERSION = "1.47"
 MIN_API_VERSION = "1.24"
 SERVER_VERSION = "0.1.0"
 SERVER_HEADER = f"shoal/{SERVER_VERSION} (linux)"
+MAX_JSON_DEPTH = 100   # Engine API bodies nest about 8 levels; deeper is an attack or a mistake
 
 log = logging.getLogger("shoal.api")
 
@@ -127,9 +128,31 @@ async def read_json(request: web.Request) -> Any:
     if not raw.strip():
         return {}
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except ValueError as e:
         raise ApiError(400, f"invalid JSON body: {e}") from e
+    except RecursionError:
+        raise ApiError(400, f"invalid JSON body: nested deeper than {MAX_JSON_DEPTH} levels") from None
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise ApiError(400, f"invalid JSON body: nested deeper than {MAX_JSON_DEPTH} levels")
+    return body
+
+
+def json_depth(value: Any) -> int:
+    """How deeply arrays and objects nest in a decoded JSON value (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def query_bool(request: web.Request, name: str, default: bool = False) -> bool:

@@ -65,3 +65,17 @@ async def test_unknown_route_is_404_json(client: TestClient) -> None:
     assert resp.status == 404
     assert resp.headers["Content-Type"] == "application/json"
     assert (await resp.json())["message"]
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b"[" * 101 + b"]" * 101, b'{"Name": ' + b"[" * 5000 + b"]" * 5000 + b"}"])
+async def test_deeply_nested_json_is_a_400_naming_the_problem(client: TestClient, body: bytes) -> None:
+    resp = await client.post("/swarm/init", data=body, headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    assert (await resp.json())["message"] == "invalid JSON body: nested deeper than 100 levels"
+    assert (await client.get("/_ping")).status == 200
+
+
+def test_json_depth_counts_arrays_and_objects() -> None:
+    from engineapi.http import json_depth
+
+    assert json_depth(1) == 0 and json_depth([]) == 1 and json_depth({"a": [1, {"b": []}]}) == 4
