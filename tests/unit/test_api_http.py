@@ -67,7 +67,8 @@ async def test_unknown_route_is_404_json(client: TestClient) -> None:
     assert (await resp.json())["message"]
 
 
-@pytest.mark.parametrize("body", [b"[" * 100_000, b"[" * 101 + b"]" * 101, b'{"Name": ' + b"[" * 5000 + b"]" * 5000 + b"}"])
+@pytest.mark.parametrize("body", [b"[" * 100_000, b"[" * 101 + b"]" * 101,
+                                  b'{"Name": ' + b"[" * 5000 + b"]" * 5000 + b"}"])
 async def test_deeply_nested_json_is_a_400_naming_the_problem(client: TestClient, body: bytes) -> None:
     resp = await client.post("/swarm/init", data=body, headers={"Content-Type": "application/json"})
     assert resp.status == 400
