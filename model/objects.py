@@ -98,6 +98,10 @@ class Node(StoreObject):
     description: JSON = field(default_factory=dict)
     status: JSON = field(default_factory=lambda: {"State": "unknown", "Message": "", "Addr": ""})
     manager_status: JSON | None = None
+    # The node's own endpoint on each overlay network it needs (ingress, and every network its
+    # live tasks use), written by the allocator in swarmkit's NetworkAttachment shape:
+    # [{"Network": <Network.to_swarm_api()>, "Addresses": ["10.0.0.2/24"]}]. Not in the Engine API.
+    attachments: list[JSON] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -335,21 +339,54 @@ _TASK_FIELD_COUNT = len(dataclasses.fields(Task))
 class Network(StoreObject):
     """spec: the create request (Name, Labels, Driver, IPAM, Internal, Attachable, Ingress, ...).
 
-    `ipam` holds what the allocator decided (subnets, gateways); `driver_state` the driver's
-    own allocation (e.g. the VXLAN id)."""
+    The allocator (manager/allocator) fills in the rest; until then `ipam` is None:
+    - `ipam`: swarmkit's IPAMOptions, what was allocated:
+      {"Driver": {"Name": "default", "Options"?: {...}},
+       "Configs": [{"Subnet": "10.0.1.0/24", "Gateway": "10.0.1.1", "Range"?: ..., "AuxiliaryAddresses"?: {...}}]}
+    - `driver_state`: the overlay driver's allocation:
+      {"Name": "overlay", "Options": {"com.docker.network.driver.overlay.vxlanid_list": "4097", ...}}
+    - `address_cursor`: per subnet, the last address handed out ({"10.0.1.0/24": "10.0.1.7"}), so
+      addresses go out in ascending order, wrapping around, across leader changes too."""
 
     TABLE: ClassVar[str] = "networks"
     ipam: JSON | None = None
     driver_state: JSON = field(default_factory=dict)
+    address_cursor: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def allocated(self) -> bool:
+        return bool(self.ipam and self.driver_state)
+
+    @property
+    def is_ingress(self) -> bool:
+        return bool(self.spec.get("Ingress"))
+
+    def _ipam_api(self) -> JSON:
+        """The Engine API `IPAM` object: what was allocated, else what was asked for."""
+        if not self.ipam:
+            asked = self.spec.get("IPAM") or {}
+            return {"Driver": asked.get("Driver") or "default", "Options": asked.get("Options"),
+                    "Config": asked.get("Config") or []}
+        driver = self.ipam.get("Driver") or {}
+        configs = []
+        for cfg in self.ipam.get("Configs") or []:
+            out = {"Subnet": cfg.get("Subnet", "")}
+            if cfg.get("Range"):
+                out["IPRange"] = cfg["Range"]
+            if cfg.get("Gateway"):
+                out["Gateway"] = cfg["Gateway"]
+            if cfg.get("AuxiliaryAddresses"):
+                out["AuxiliaryAddresses"] = cfg["AuxiliaryAddresses"]
+            configs.append(out)
+        return {"Driver": driver.get("Name") or "default", "Options": driver.get("Options"), "Config": configs}
 
     def to_api(self) -> JSON:
         spec = self.spec
-        ipam = self.ipam or spec.get("IPAM") or {}
         return {
             "Name": spec.get("Name", ""), "Id": self.id, "Created": self.created_at, "Scope": "swarm",
-            "Driver": spec.get("Driver") or "overlay", "EnableIPv6": bool(spec.get("EnableIPv6", False)),
-            "IPAM": {"Driver": ipam.get("Driver") or "default", "Options": ipam.get("Options"),
-                     "Config": ipam.get("Config") or []},
+            "Driver": self.driver_state.get("Name") or spec.get("Driver") or "overlay",
+            "EnableIPv6": bool(spec.get("EnableIPv6", False)),
+            "IPAM": self._ipam_api(),
             "Internal": bool(spec.get("Internal", False)), "Attachable": bool(spec.get("Attachable", False)),
             "Ingress": bool(spec.get("Ingress", False)),
             "ConfigFrom": spec.get("ConfigFrom") or {"Network": ""},
@@ -357,6 +394,60 @@ class Network(StoreObject):
             "Options": {**(spec.get("Options") or {}), **(self.driver_state.get("Options") or {})},
             "Labels": spec.get("Labels") or {},
         }
+
+    def to_swarm_api(self) -> JSON:
+        """The swarm Network object (types/swarm.Network) as `Task.NetworksAttachments` embeds it:
+        {ID, Version, CreatedAt, UpdatedAt, Spec{Name, Labels, DriverConfiguration, Scope, ...},
+        DriverState{Name, Options}, IPAMOptions{Driver{Name}, Configs[{Subnet, Gateway}]}}."""
+        spec = self.spec
+        driver_config: JSON = {}
+        if spec.get("Driver"):
+            driver_config["Name"] = spec["Driver"]
+        if spec.get("Options"):
+            driver_config["Options"] = spec["Options"]
+        out_spec: JSON = {"Name": spec.get("Name", ""), "Labels": spec.get("Labels") or {},
+                          "DriverConfiguration": driver_config}
+        if spec.get("EnableIPv6"):
+            out_spec["IPv6Enabled"] = True
+        for key in ("Internal", "Attachable", "Ingress"):
+            if spec.get(key):
+                out_spec[key] = True
+        asked = spec.get("IPAM")
+        if asked:
+            asked_driver: JSON = {}
+            if asked.get("Driver"):
+                asked_driver["Name"] = asked["Driver"]
+            if asked.get("Options"):
+                asked_driver["Options"] = asked["Options"]
+            asked_out: JSON = {"Driver": asked_driver}
+            configs = [_swarm_ipam_config(c.get("Subnet"), c.get("IPRange"), c.get("Gateway"))
+                       for c in asked.get("Config") or []]
+            if configs:
+                asked_out["Configs"] = configs
+            out_spec["IPAMOptions"] = asked_out
+        if (spec.get("ConfigFrom") or {}).get("Network"):
+            out_spec["ConfigFrom"] = {"Network": spec["ConfigFrom"]["Network"]}
+        out_spec["Scope"] = "swarm"
+        state: JSON = {}
+        if self.driver_state.get("Name"):
+            state["Name"] = self.driver_state["Name"]
+        if self.driver_state.get("Options"):
+            state["Options"] = dict(self.driver_state["Options"])
+        out: JSON = {**self.meta_api(), "Spec": out_spec, "DriverState": state}
+        if self.ipam:
+            driver = self.ipam.get("Driver") or {}
+            allocated: JSON = {"Driver": {k: v for k, v in (("Name", driver.get("Name")),
+                                                             ("Options", driver.get("Options"))) if v}}
+            configs = [_swarm_ipam_config(c.get("Subnet"), c.get("Range"), c.get("Gateway"))
+                       for c in self.ipam.get("Configs") or []]
+            if configs:
+                allocated["Configs"] = configs
+            out["IPAMOptions"] = allocated
+        return out
+
+
+def _swarm_ipam_config(subnet: str | None, ip_range: str | None, gateway: str | None) -> JSON:
+    return {k: v for k, v in (("Subnet", subnet), ("Range", ip_range), ("Gateway", gateway)) if v}
 
 
 @dataclass(kw_only=True)

@@ -1,16 +1,18 @@
 """An in-memory swarm for tests and simulations: the control loops plus fake agents.
 
 `FakeAgent` plays the workers' part: it moves assigned tasks through accepted, preparing,
-ready, starting to running (or fails them, per a rule), shuts down tasks whose desired
-state is past running, and marks NEW tasks PENDING as the allocator would. `Harness.settle()`
-runs scheduler, orchestrators, reaper and agent rounds until nothing changes, so tests
-drive a whole service lifecycle with no sleeps and virtual time.
+ready, starting to running (or fails them, per a rule) and shuts down tasks whose desired
+state is past running. The leader's own loops are the real ones: orchestrators, the network
+allocator (NEW -> PENDING, with addresses on the task's networks), the scheduler (PENDING ->
+ASSIGNED) and the reaper. `Harness.settle()` runs rounds of them all until nothing changes,
+so tests drive a whole service lifecycle with no sleeps and virtual time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from manager.allocator import Allocator
 from manager.orchestrator.clock import ManualClock
 from manager.orchestrator.global_orchestrator import GlobalOrchestrator
 from manager.orchestrator.jobs import JobOrchestrator
@@ -69,10 +71,6 @@ class FakeAgent:
 
     def _next(self, tx: WriteTx, task: Task, now: str) -> Task | None:
         state = task.status.state
-        if state == TaskState.NEW:
-            moved = task.copy()
-            moved.status.advance(TaskState.PENDING, now, "pending task scheduling")
-            return moved
         if state < TaskState.ASSIGNED or state > TaskState.RUNNING or not self._node_up(tx, task.node_id):
             return None
         moved = task.copy()
@@ -118,10 +116,13 @@ class Harness:
         self.global_ = GlobalOrchestrator(self.store, self.clock, self.restarts, self.updates)
         self.jobs = JobOrchestrator(self.store, self.clock)
         self.reaper = TaskReaper(self.store, self.clock)
+        self.allocator = Allocator(self.store, clock=self.clock.now)
         self.scheduler = Scheduler(self.store, clock=self.clock.now)
         self.agent = FakeAgent(self.store, self.clock)
         self._sub = self.store.watch(tables=("nodes", "tasks"), limit=10**7)
+        self._allocator_sub = self.store.watch(tables=Allocator.TABLES, limit=10**7)
         self.store.view(self.scheduler.load)
+        self.store.view(self.allocator.load)
 
     async def round(self, agent: bool = True) -> int:
         """One pass of every loop; returns the number of store writes it caused."""
@@ -129,6 +130,7 @@ class Harness:
         await self.replicated.reconcile()
         await self.global_.reconcile()
         await self.jobs.reconcile()
+        await self.allocate()
         for event in self._sub.drain():
             self.scheduler.handle(event)
         await self.scheduler.tick()
@@ -138,6 +140,14 @@ class Harness:
         for event in self._sub.drain():
             self.scheduler.handle(event)
         return self.store.index - before
+
+    async def allocate(self) -> None:
+        """One allocator round over the events since the last one."""
+        for event in self._allocator_sub.drain():
+            self.allocator.handle(event)
+        await self.allocator.tick()
+        for event in self._allocator_sub.drain():
+            self.allocator.handle(event)
 
     async def settle(self, max_rounds: int = 50, agent: bool = True) -> int:
         """Run rounds until a round changes nothing. Returns the rounds taken."""

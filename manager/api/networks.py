@@ -1,22 +1,27 @@
 """Engine API handlers for swarm networks (the objects only; overlay/ programs the data plane).
 
 Theory of operation: a network is created in the store as asked (overlay driver, swarm scope);
-the allocator later fills in its subnet and VXLAN id. Names are unique (409 "network with name X
-already exists"); only one ingress network may exist. A network cannot be removed while a
-service or a live task uses it (400), and the ingress network not while a service publishes a
-port through it.
+the leader's allocator (manager/allocator) later fills in its subnet, gateway and VXLAN id. The
+create request is checked first with Docker's texts and statuses: pre-defined names (403),
+ingress and attachable together, IPAM configs and pinned VXLAN ids (400), a second ingress (409),
+a name taken (409 "network with name X already exists"); a subnet or VXLAN id that clashes with
+another network's is refused at once (Docker finds out only in the allocator, and logs it).
+Removal follows swarmkit: a predefined network never; the ingress network not while a service
+publishes an ingress-mode port; any other not while a service refers to it or a task that is
+(desired and observed) at most running is attached to it (400 FailedPrecondition).
 """
 
 from __future__ import annotations
 
 import copy
-import ipaddress
 from typing import Any
 
 from aiohttp import web
 
 from engineapi.filters import request_filters
 from engineapi.http import ApiError, Routes, json_response, read_json
+from manager.allocator import PREDEFINED_LABEL, IpamError, find_ingress, is_ingress, needs_ingress, plan_network
+from manager.allocator.ipam import check_ipam_driver, parse_requested, parse_vni_list
 from manager.api.cluster import cluster_store
 from manager.api.objects_common import any_prefix, any_substring, api_errors, labels_match, lookup, require_spec_object
 from manager.specs import SpecError, validate_network_create
@@ -27,36 +32,33 @@ from model import Network, Service, Task, TaskState, new_id
 NETWORK_FILTERS = {"driver", "id", "label", "name", "scope", "type", "dangling"}
 
 
-def _subnets(spec: dict[str, Any], path: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    out = []
-    for i, cfg in enumerate((spec.get("IPAM") or {}).get("Config") or []):
-        subnet = cfg.get("Subnet")
-        if not subnet:
-            continue
-        try:
-            out.append(ipaddress.ip_network(subnet, strict=True))
-        except ValueError as exc:
-            raise SpecError(f"invalid {path}.IPAM.Config[{i}].Subnet: {exc}") from None
-        gateway = cfg.get("Gateway")
-        if gateway:
-            try:
-                gw = ipaddress.ip_address(gateway)
-            except ValueError as exc:
-                raise SpecError(f"invalid {path}.IPAM.Config[{i}].Gateway: {exc}") from None
-            if gw not in out[-1]:
-                raise SpecError(f"invalid {path}.IPAM.Config[{i}].Gateway: {gateway} is not in {subnet}")
-    return out
+PREDEFINED_NAMES = ("bridge", "host", "none")
 
 
-def _network_subnets(network: Network) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    ipam = network.ipam or network.spec.get("IPAM") or {}
-    out = []
-    for cfg in ipam.get("Config") or []:
-        try:
-            out.append(ipaddress.ip_network(cfg.get("Subnet", ""), strict=False))
-        except ValueError:
-            continue
-    return out
+def _rpc(code: str, desc: str) -> str:
+    """How dockerd words an error it got from the swarm manager over gRPC."""
+    return f"rpc error: code = {code} desc = {desc}"
+
+
+def _check_create(body: dict[str, Any]) -> None:
+    """swarmkit's validateNetworkSpec and the daemon's checks, in their order."""
+    name = body.get("Name")
+    if name in PREDEFINED_NAMES:
+        raise ApiError(403, f"{name} is a pre-defined network and cannot be created")
+    if body.get("Attachable") and body.get("Ingress"):
+        raise SpecError(_rpc("InvalidArgument", "ingress network cannot be attachable"))
+    if PREDEFINED_LABEL in (body.get("Labels") or {}):
+        raise ApiError(403, _rpc("PermissionDenied", f"label {PREDEFINED_LABEL} is for internally created "
+                                                     "predefined networks and cannot be applied by users"))
+    try:
+        check_ipam_driver(body.get("IPAM"))
+        parse_requested(body.get("IPAM"))
+    except IpamError as exc:
+        raise SpecError(_rpc("InvalidArgument", exc.message)) from None
+    try:
+        parse_vni_list(body.get("Options"))
+    except IpamError as exc:
+        raise SpecError(exc.message) from None
 
 
 def _stored_spec(body: dict[str, Any]) -> dict[str, Any]:
@@ -75,22 +77,25 @@ async def create_network(request: web.Request) -> web.Response:
         validate_network_create(body)
         if body.get("Scope") not in (None, "", "swarm"):
             raise SpecError(f"invalid NetworkCreate.Scope: {body['Scope']!r} (swarm networks have scope swarm)")
+        _check_create(body)
         spec = _stored_spec(body)
-        wanted = _subnets(spec, "NetworkCreate")
 
         def create(tx: WriteTx) -> str:
             if tx.find("networks", name=spec["Name"]):
                 raise ApiError(409, f"network with name {spec['Name']} already exists")
             networks: list[Network] = tx.all("networks")
-            if spec.get("Ingress") and any(n.spec.get("Ingress") for n in networks):
-                raise SpecError("rpc error: code = AlreadyExists desc = ingress network already present")
-            for other in networks:
-                for mine in wanted:
-                    for theirs in _network_subnets(other):
-                        if mine.version == theirs.version and mine.overlaps(theirs):
-                            raise SpecError(f"invalid NetworkCreate.IPAM.Config: subnet {mine} overlaps "
-                                            f"with network {other.name} ({theirs})")
+            ingress = find_ingress(networks) if spec.get("Ingress") else None
+            if ingress is not None:
+                raise ApiError(409, _rpc("AlreadyExists", f"ingress network ({ingress.id}) is already present"))
             network = Network(id=new_id(), spec=spec)
+            clusters = tx.all("clusters")
+            try:  # what the allocator will do: a clash of subnets or VXLAN ids is refused now
+                if clusters:
+                    plan_network(network, networks, clusters[0].default_addr_pool, clusters[0].subnet_size)
+                else:
+                    plan_network(network, networks, ["10.0.0.0/8"], 24)
+            except IpamError as exc:
+                raise SpecError(exc.message) from None
             tx.create(network)
             return network.id
 
@@ -170,27 +175,36 @@ async def remove_network(request: web.Request) -> web.Response:
 
         def remove(tx: WriteTx) -> None:
             network: Network = lookup(tx, "networks", ref)
+            if (network.spec.get("Labels") or {}).get(PREDEFINED_LABEL) == "true":
+                raise SpecError(_rpc("FailedPrecondition", f"network {network.id} ({network.name}) is a swarm "
+                                                           "predefined network and cannot be removed"))
+            if is_ingress(network):
+                services: list[Service] = tx.all("services")
+                for service in services:
+                    if needs_ingress(service):
+                        raise SpecError(_rpc("FailedPrecondition", "ingress network cannot be removed because "
+                                                                   f"service {service.id} depends on it"))
+                tx.delete("networks", network.id)
+                return
             users = _service_users(tx, network.id)
             if users:
-                raise SpecError(f"rpc error: code = FailedPrecondition desc = network {network.id} is in use "
-                                f"by service {users[0].id}")
-            if network.spec.get("Ingress"):
-                services: list[Service] = tx.all("services")
-                for s in services:
-                    ports = (s.spec.get("EndpointSpec") or {}).get("Ports") or []
-                    if any(p.get("PublishMode", "ingress") == "ingress" for p in ports):
-                        raise SpecError("rpc error: code = FailedPrecondition desc = ingress network cannot be "
-                                        f"removed because service {s.id} depends on it")
+                raise SpecError(_rpc("FailedPrecondition", f"network {network.id} is in use by service "
+                                                           f"{users[0].id}"))
             tasks: list[Task] = tx.all("tasks")
             for task in tasks:
-                if task.desired_state <= TaskState.RUNNING and any(
-                        (a.get("Network") or {}).get("ID") == network.id for a in task.networks_attachments):
-                    raise SpecError(f"rpc error: code = FailedPrecondition desc = network {network.id} is in use "
-                                    f"by task {task.id}")
+                if task.desired_state <= TaskState.RUNNING and task.status.state <= TaskState.RUNNING \
+                        and _task_uses(task, network.id):
+                    raise SpecError(_rpc("FailedPrecondition", f"network {network.id} is in use by task "
+                                                               f"{task.id}"))
             tx.delete("networks", network.id)
 
         await store.update(remove)
     return web.Response(status=204)
+
+
+def _task_uses(task: Task, network_id: str) -> bool:
+    return any((a.get("Network") or {}).get("ID") == network_id for a in task.networks_attachments) or \
+        any(n.get("Target") == network_id for n in task.spec.get("Networks") or [])
 
 
 def add_routes(routes: Routes) -> None:

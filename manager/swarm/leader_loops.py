@@ -1,9 +1,11 @@
-"""The reconcilers a leader runs for one term: orchestrators, the task reaper and the scheduler."""
+"""The reconcilers a leader runs for one term: orchestrators, the task reaper, the network allocator
+(NEW -> PENDING, with addresses) and the scheduler (PENDING -> ASSIGNED)."""
 
 from __future__ import annotations
 
 import asyncio
 
+from manager.allocator import Allocator
 from manager.orchestrator import (
     GlobalOrchestrator,
     JobOrchestrator,
@@ -31,4 +33,5 @@ class Orchestration:
             group.create_task(GlobalOrchestrator(self._store, clock, restarts, updates).run(), name="global")
             group.create_task(JobOrchestrator(self._store, clock).run(), name="jobs")
             group.create_task(TaskReaper(self._store, clock).run(), name="reaper")
-            group.create_task(Scheduler(self._store, accept_new=True).run(), name="scheduler")
+            group.create_task(Allocator(self._store).run(), name="allocator")
+            group.create_task(Scheduler(self._store).run(), name="scheduler")

@@ -135,7 +135,8 @@ async def test_networks(client: TestClient) -> None:
     assert status == 400 and "overlaps" in err["message"]
     status, err = await call(client, "POST", "/networks/create", {
         "Name": "n3", "IPAM": {"Config": [{"Subnet": "10.9.1.0/33"}]}})
-    assert status == 400 and "Subnet" in err["message"]
+    assert status == 400 and err["message"] == \
+        "rpc error: code = InvalidArgument desc = ipam configuration: invalid subnet 10.9.1.0/33"
     _, listed = await call(client, "GET", "/networks", filters=json.dumps(
         {"label": {"com.docker.stack.namespace=st": True}}))
     assert [n["Id"] for n in listed] == [nid]

@@ -1,0 +1,30 @@
+"""manager.allocator: network allocation on the leader (see allocator.py), the ingress network
+`swarm init` creates (ingress.py) and the init request's network settings (settings.py)."""
+
+from manager.allocator.allocator import PENDING_MESSAGE, Allocator, wants_addresses
+from manager.allocator.book import AddressBook, task_holds_addresses
+from manager.allocator.ingress import INGRESS_NAME, ingress_network
+from manager.allocator.ipam import VXLAN_ID_LIST, IpamError
+from manager.allocator.networks import (
+    PREDEFINED_LABEL,
+    NetworkAllocation,
+    claimed_subnets,
+    find_ingress,
+    is_ingress,
+    needs_ingress,
+    network_vnis,
+    plan_network,
+)
+from manager.allocator.settings import (
+    NetworkSettings,
+    init_network_settings,
+    validate_data_path_port,
+    validate_default_addr_pool,
+)
+
+__all__ = [
+    "INGRESS_NAME", "PENDING_MESSAGE", "PREDEFINED_LABEL", "VXLAN_ID_LIST", "AddressBook", "Allocator", "IpamError",
+    "NetworkAllocation", "NetworkSettings", "claimed_subnets", "find_ingress", "ingress_network",
+    "init_network_settings", "is_ingress", "needs_ingress", "network_vnis", "plan_network", "task_holds_addresses",
+    "validate_data_path_port", "validate_default_addr_pool", "wants_addresses",
+]
