@@ -47,7 +47,7 @@ from manager.allocator.networks import (
     plan_network,
     task_network_refs,
 )
-from manager.store import Batch, Event, ReadTx, Store, WatchDropped, WriteTx
+from manager.store import Batch, Event, ReadTx, StaleVersion, Store, WatchDropped, WriteTx
 from model import Network, Node, Task, TaskState, format_time
 
 log = logging.getLogger(__name__)
@@ -217,7 +217,10 @@ class Allocator:
             [("task", t.id) for t in tasks]
         for (kind, object_id), value, error in zip(jobs, result.results, result.errors, strict=True):
             if error is not None:
-                log.info("allocator: writing %s %s gave way (%s); retrying", kind, object_id, error)
+                if isinstance(error, StaleVersion):
+                    log.info("allocator: writing %s %s gave way (%s); retrying", kind, object_id, error)
+                else:
+                    log.warning("allocator: writing %s %s failed; retrying", kind, object_id, exc_info=error)
                 retry = True
                 if kind == "node":
                     self._mark_nodes({object_id})
