@@ -68,6 +68,11 @@ def apply_conf_change(conf: ConfState, cc: ConfChange) -> ConfState:
     return ConfState(voters=tuple(sorted(voters)), learners=tuple(sorted(learners)))
 
 
+def is_member(conf: ConfState, node_id: int) -> bool:
+    """Is `node_id` a voter or a learner of `conf`?"""
+    return node_id in conf.voters or node_id in conf.learners
+
+
 def conf_after_entry(conf: ConfState, entry: Entry) -> ConfState:
     """Apply a CONF_CHANGE entry; an invalid one (never proposed by a correct leader) is a no-op."""
     try:

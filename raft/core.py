@@ -22,6 +22,20 @@ CONF_CHANGE entries of `Ready.entries` with `raft.confchange.decode_conf_change`
 peer whose address is not known yet can simply be dropped (Raft retries). A brand-new cluster
 (`peers=` and empty storage) writes its founding membership as committed entries 1..n at term 1.
 
+Removed members (Raft dissertation §4.2.3): a node removed while it was cut off never hears of it
+from the leader, which stops replicating to it; it may even still lead a stale term. So a node
+answers a message from a peer that is in neither its committed nor its latest configuration with
+REMOVED, carrying its commit point (index, term), instead of acting on it — unless the message is one
+a member could need from a node it has not heard of yet: a leader's (or its transfer's) message of
+the current term or later, or a vote request it could grant. The peer checks the claim against its
+own log: if it lacks that committed entry, a committed configuration newer than its log excludes it,
+so it steps down and stops campaigning (it could not win with that entry missing anyway) until its
+log catches up; if it holds the entry, its own log already decides, and it just learns the commit.
+A leader also sends REMOVED to a follower whose removal it has just committed. `removed` (also in
+`SoftState` and `status()`) is true while a notice holds or after this node committed its own
+removal; it is volatile (a restarted removed node relearns it from its log or its first contact)
+and turns false again if the node is added back under the same id.
+
 Safety invariants (checked by tests/sim on every run): at most one leader per term; logs that
 agree on (index, term) agree on every earlier entry; a leader holds every committed entry; every
 node applies the same entry at each index. The leader only commits entries of its own term by
@@ -34,7 +48,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from raft.confchange import ConfHistory, apply_conf_change, encode_conf_change
+from raft.confchange import ConfHistory, apply_conf_change, encode_conf_change, is_member
 from raft.config import Config
 from raft.leader import TRANSFER_CONTEXT, LeaderSide
 from raft.log import RaftLog, entry_size
@@ -100,6 +114,7 @@ class RaftCore(LeaderSide):
         if applied > self.log.committed:
             raise ValueError(f"applied index {applied} is beyond the commit index {self.log.committed}")
         self.log.applied = max(applied, snap_index)
+        self._note_committed([e for e in kept if e.index <= self.log.committed])
         self._prev_hard_state = HardState(self.term, self.vote, self.log.committed)
 
         brand_new = hard_state is None and snapshot is None and not kept
@@ -121,6 +136,8 @@ class RaftCore(LeaderSide):
         self.randomized_election_timeout = self.cfg.election_tick
         self.snapshot_rx: tuple[SnapshotMeta, bytearray] | None = None
         self._ready_outstanding = False
+        self._removal_notice: tuple[int, int] | None = None  # (index, term) of a peer's REMOVED
+        self._removed_by_log = False        # the last committed change about this node removed it
         self._init_leader_state()
 
     def _bootstrap(self, peers: ConfState) -> None:
@@ -161,13 +178,13 @@ class RaftCore(LeaderSide):
         return SnapshotMeta(index, term, self.conf_history.at(index))
 
     def _promotable(self) -> bool:
-        return self.id in self.conf.voters
+        return self.id in self.conf.voters and not self._notice_active()
 
     def status(self) -> dict[str, object]:
         out: dict[str, object] = {
             "id": self.id, "role": self.role.value, "term": self.term, "leader": self.leader,
             "commit": self.log.committed, "applied": self.log.applied, "last_index": self.log.last_index,
-            "snapshot_index": self.log.snapshot_index,
+            "snapshot_index": self.log.snapshot_index, "removed": self.removed,
             "conf": {"voters": list(self.conf.voters), "learners": list(self.conf.learners)},
         }
         if self.role is Role.LEADER:
@@ -251,6 +268,12 @@ class RaftCore(LeaderSide):
         """Feed one message from a peer. Stale, misaddressed and unknown messages are dropped."""
         if msg.to != self.id or msg.frm == self.id or msg.term <= 0:
             return
+        if msg.type is MessageType.REMOVED:
+            self._handle_removed_notice(msg)
+            return
+        if self._is_removed_peer(msg.frm) and not self._heeds_removed_peer(msg):
+            self._send_removed_notice(msg.frm)
+            return
         if msg.term > self.term:
             if msg.type in _VOTE_REQUESTS:
                 in_lease = (self.cfg.check_quorum and self.leader != 0
@@ -264,10 +287,11 @@ class RaftCore(LeaderSide):
             else:
                 self._become_follower(msg.term, 0)
         elif msg.term < self.term:
-            if msg.type in (MessageType.APPEND, MessageType.HEARTBEAT) and (
-                self.cfg.check_quorum or self.cfg.pre_vote
-            ):
-                # A stale leader (e.g. healed from a partition) learns the new term from this.
+            if msg.type in (MessageType.APPEND, MessageType.HEARTBEAT):
+                # A stale leader (e.g. healed from a partition) learns the new term from this. (etcd
+                # answers only with check-quorum or pre-vote, counting on our own vote requests to
+                # carry our term otherwise; but a removed node's requests are answered with REMOVED
+                # instead, and a node added back after raising its term must be able to say so.)
                 self._send(Message(MessageType.APPEND_RESP, msg.frm, self.id, self.term))
             elif msg.type is MessageType.PRE_VOTE:
                 self._send(Message(MessageType.PRE_VOTE_RESP, msg.frm, self.id, self.term, reject=True))
@@ -380,6 +404,66 @@ class RaftCore(LeaderSide):
         self.log.restore(snap)
         self.conf_history.reset(meta.index, meta.conf)
         self.snapshot = snap
+        if is_member(meta.conf, self.id):
+            self._removed_by_log = False
+
+    # ------------------------------------------------------------------ removed members
+    @property
+    def removed(self) -> bool:
+        """This node knows that a committed configuration excludes it: a peer's REMOVED notice about a
+        commit beyond our log, or our own committed removal (and no re-add since, even uncommitted)."""
+        return self._notice_active() or (self._removed_by_log and not is_member(self.conf, self.id))
+
+    def _log_covers(self, index: int, term: int) -> bool:
+        return index <= self.log.snapshot_index or self.log.term(index) == term
+
+    def _notice_active(self) -> bool:
+        notice = self._removal_notice
+        return notice is not None and not self._log_covers(*notice)
+
+    def _note_committed(self, entries: Sequence[Entry]) -> None:
+        for e in entries:
+            if e.type is EntryType.CONF_CHANGE:
+                if is_member(self.conf_at(e.index), self.id):
+                    self._removed_by_log = False
+                elif is_member(self.conf_at(e.index - 1), self.id):
+                    self._removed_by_log = True
+
+    def _is_removed_peer(self, peer: int) -> bool:
+        """`peer` is in neither our latest nor our committed configuration (which has voters)."""
+        if is_member(self.conf, peer):
+            return False
+        committed = self.conf_at(max(self.log.committed, self.conf_history.base_index))
+        return bool(committed.voters) and not is_member(committed, peer)
+
+    def _heeds_removed_peer(self, msg: Message) -> bool:
+        """Messages from outside our configuration that we act on all the same: the peer may have been
+        added by entries we lack. A leader of a stale term, or a candidate whose log is behind ours, is
+        not such a peer (it would have our committed entries), so it is told it is out instead."""
+        if msg.type in _VOTE_REQUESTS:
+            return self.log.is_up_to_date(msg.index, msg.log_term)
+        return msg.term >= self.term and (
+            msg.type in _FROM_LEADER or msg.type in (MessageType.TIMEOUT_NOW, MessageType.READ_INDEX_RESP))
+
+    def _send_removed_notice(self, peer: int) -> None:
+        index = max(self.log.committed, self.log.snapshot_index)
+        term = self.log.term(index)
+        assert term is not None
+        self._send(Message(MessageType.REMOVED, peer, self.id, self.term, log_term=term, index=index))
+
+    def _handle_removed_notice(self, msg: Message) -> None:
+        if msg.term > self.term:
+            self._become_follower(msg.term, 0)
+        if self._log_covers(msg.index, msg.log_term):
+            # We hold that committed entry, so our own configuration already says whether we are in;
+            # the entry being committed is news we can use.
+            if self.role is Role.FOLLOWER and msg.index > self.log.committed:
+                self.log.commit_to(msg.index)
+            return
+        if self._removal_notice is None or msg.index > self._removal_notice[0]:
+            self._removal_notice = (msg.index, msg.log_term)
+        if self.role is not Role.FOLLOWER:
+            self._become_follower(self.term, 0)
 
     # ------------------------------------------------------------------ client API
     def propose(self, data: bytes) -> int:
@@ -461,7 +545,7 @@ class RaftCore(LeaderSide):
 
     # ------------------------------------------------------------------ Ready
     def _soft_state(self) -> SoftState:
-        return SoftState(self.leader, self.role)
+        return SoftState(self.leader, self.role, self.removed)
 
     def _hard_state(self) -> HardState:
         return HardState(self.term, self.vote, self.log.committed)
@@ -490,6 +574,7 @@ class RaftCore(LeaderSide):
             messages=self.msgs,
             read_states=self.read_states,
         )
+        self._note_committed(rd.committed_entries)
         soft, hard = self._soft_state(), self._hard_state()
         if soft != self._prev_soft_state:
             rd.soft_state = soft
@@ -503,6 +588,8 @@ class RaftCore(LeaderSide):
         if not self._ready_outstanding:
             raise RuntimeError("advance() without an outstanding Ready")
         self._ready_outstanding = False
+        if self._removal_notice is not None and not self._notice_active():
+            self._removal_notice = None     # our log caught up past it: our own configuration decides
         if ready.soft_state is not None:
             self._prev_soft_state = ready.soft_state
         if ready.hard_state is not None:

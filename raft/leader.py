@@ -11,7 +11,8 @@ next Ready is built, so each follower gets one batch per Ready rather than one p
 Commit rule: the commit index is the highest index a majority of voters holds, and it only moves
 when the entry there is of the current term (Raft §5.4.2, the "Figure 8" case). A leader removed
 from the configuration keeps replicating until that removal commits, then steps down (after
-handing leadership to an up-to-date voter if one exists).
+handing leadership to an up-to-date voter if one exists). A removed follower likewise keeps getting
+appends until its removal commits, and is then sent REMOVED (see raft/core.py, "Removed members").
 
 Reads (ReadIndex) wait until the leader has committed an entry of its term, then record the commit
 index and confirm leadership by a heartbeat round (raft/readonly.py).
@@ -45,6 +46,12 @@ class LeaderSide:
     read_states: list[ReadState]
 
     def _become_follower(self, term: int, leader: int) -> None:
+        raise NotImplementedError
+
+    def _is_removed_peer(self, peer: int) -> bool:
+        raise NotImplementedError
+
+    def _send_removed_notice(self, peer: int) -> None:
         raise NotImplementedError
 
     @property
@@ -89,6 +96,8 @@ class LeaderSide:
         for peer in list(self.prs):
             if peer not in members:
                 del self.prs[peer]
+                if peer != self.id and self._is_removed_peer(peer):
+                    self._send_removed_notice(peer)  # its removal committed: it hears nothing more
         for peer in members:
             pr = self.prs.get(peer)
             if pr is None:

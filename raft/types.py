@@ -37,6 +37,7 @@ class MessageType(enum.IntEnum):
     READ_INDEX = 11         # follower asks the leader for a read index
     READ_INDEX_RESP = 12
     PROPOSE = 13            # reserved; proposals on followers fail with NotLeader instead
+    REMOVED = 14            # "a committed configuration excludes you": (index, log_term) of that commit
 
 
 class Role(enum.Enum):
@@ -119,6 +120,7 @@ class ReadState:
 class SoftState:
     leader: int
     role: Role
+    removed: bool = False   # this node knows a committed configuration excludes it (RaftCore.removed)
 
 
 @dataclass(slots=True)

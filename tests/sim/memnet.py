@@ -23,6 +23,7 @@ from raft.types import (
     Ready,
     Role,
     Snapshot,
+    SoftState,
 )
 
 
@@ -79,6 +80,7 @@ class MemNet:
         self.applied: dict[int, list[bytes]] = {}          # data of applied normal entries, per node
         self.read_states: dict[int, list[ReadState]] = {}
         self.installed: dict[int, list[Snapshot]] = {}     # snapshots installed from a leader
+        self.soft_states: dict[int, list[SoftState]] = {}  # every soft state a node's Readies reported
         self.queue: list[Message] = []
         self.down: set[int] = set()
         self.cut: set[tuple[int, int]] = set()              # (from, to) links that drop everything
@@ -101,6 +103,7 @@ class MemNet:
         self.applied[nid] = applied
         self.read_states.setdefault(nid, [])
         self.installed.setdefault(nid, [])
+        self.soft_states.setdefault(nid, [])
         core = RaftCore(self.config(nid), peers=peers, applied=index, **args)
         self.nodes[nid] = core
         self.down.discard(nid)
@@ -134,6 +137,8 @@ class MemNet:
                 if e.type is EntryType.NORMAL and e.data:
                     self.applied[nid].append(e.data)
             self.read_states[nid].extend(rd.read_states)
+            if rd.soft_state is not None:
+                self.soft_states[nid].append(rd.soft_state)
             core.advance(rd)
 
     def _dropped(self, m: Message) -> bool:
@@ -182,6 +187,13 @@ class MemNet:
         for other in self.nodes:
             if other != nid:
                 self.cut |= {(nid, other), (other, nid)}
+
+    def partition(self, *groups: set[int]) -> None:
+        """Cut every link between nodes of different groups."""
+        for a in groups:
+            for b in groups:
+                if a is not b:
+                    self.cut |= {(x, y) for x in a for y in b}
 
     def heal(self) -> None:
         self.cut.clear()

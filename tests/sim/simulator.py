@@ -15,9 +15,10 @@ compaction on every node, sent in small chunks.
 
 Checks while running: at most one leader per term (election safety); a new leader holds every
 entry known committed (leader completeness); every node applies the same entry at each index
-(state machine safety); logs that agree on an (index, term) agree before it (log matching). At
-the end the faults stop, the cluster must make progress again, and the clients' history must be
-linearizable (tests/sim/linearizability.py).
+(state machine safety); logs that agree on an (index, term) agree before it (log matching); a node
+that knows it was removed never leads. At the end the faults stop, the cluster must recover and then
+stay quiet (see `settle_and_verify` for exactly what is required of whom), and the clients' history
+must be linearizable (tests/sim/linearizability.py).
 """
 
 from __future__ import annotations
@@ -122,6 +123,9 @@ class Simulation:
         self.blocked: set[tuple[int, int]] = set()
         self.heal_at = 0
         self.faults_on = True
+        # After recovery: the members of the settled configuration, and the outsiders heard by them.
+        self.settled_members: set[int] = set()
+        self.outsiders_heard: set[int] = set()
         # checks
         self.leader_of_term: dict[int, int] = {}
         self.committed: dict[int, tuple[int, bytes]] = {}
@@ -278,6 +282,8 @@ class Simulation:
                 node = self.nodes.get(m.to)
                 if node is None or node.core is None or (m.frm, m.to) in self.blocked:
                     continue
+                if m.to in self.settled_members and m.frm not in self.settled_members:
+                    self.outsiders_heard.add(m.frm)
                 node.core.step(m)
                 touched.add(m.to)
                 self._check_leader(node)
@@ -289,6 +295,8 @@ class Simulation:
         core = node.core
         if core is None or core.role is not Role.LEADER:
             return
+        if core.removed:
+            raise SafetyViolation(f"node {node.id} leads term {core.term} though it knows it was removed")
         first = self.leader_of_term.setdefault(core.term, node.id)
         self.stats["terms"] = len(self.leader_of_term)
         if first != node.id:
@@ -456,8 +464,28 @@ class Simulation:
             self.tick_once()
         self.settle_and_verify()
 
+    # Ticks of calm required after recovery: two maximal election timeouts (election_tick is 10).
+    QUIET_TICKS = 40
+
     def settle_and_verify(self) -> None:
-        """Stop the faults, restart everyone, and require the cluster to recover and agree."""
+        """Stop the faults, restart everyone, and require the cluster to recover, agree and stay calm.
+
+        What is required, and of whom, is exactly what Raft (with shoal's removed-member notice)
+        promises once the network is reliable and every node is up:
+
+        - Recovery: within 150 ticks there is exactly one leader, it has committed an entry of its
+          term and has no leadership transfer under way, and every member of its configuration
+          (voter or learner) has applied its whole log and is not campaigning.
+          Nothing is required of the other nodes' logs: a node removed while cut off is never sent
+          the entries after its removal (Raft §4.2.3), and nodes never added hold nothing.
+        - Calm: for QUIET_TICKS more ticks that leader keeps leading the same term, so no member
+          sees an election, whether started by a member or by a removed node. (A transfer asked for
+          before the faults stopped is an election the application wanted: recovery waits it out.)
+        - Removed nodes learn they are out: every outsider (a node outside the leader's
+          configuration) whose messages reached a member during the calm reports `removed`; an
+          outsider that never contacts a member cannot be told, and Raft does not promise it anything
+          (it cannot disturb the members either).
+        """
         self.faults_on = False
         self.blocked.clear()
         for node in self.nodes.values():
@@ -470,6 +498,7 @@ class Simulation:
                 break
         else:
             raise SafetyViolation(f"no recovery within 150 fault-free ticks: {self._summary()}")
+        self._verify_calm()
         for c, op in self.client_busy.items():
             if op is not None:
                 self._finish_unknown(c, op)
@@ -478,6 +507,25 @@ class Simulation:
         if not result.ok:
             raise SafetyViolation(result.describe())
 
+    def _verify_calm(self) -> None:
+        leader = self._leader()
+        assert leader is not None and leader.core is not None
+        term, conf = leader.core.term, leader.core.conf
+        self.settled_members = set(conf.voters) | set(conf.learners)
+        self.outsiders_heard = set()
+        for _ in range(self.QUIET_TICKS):
+            self.tick_once()
+            leaders = [n.id for n in self.nodes.values() if n.core is not None and n.core.role is Role.LEADER]
+            if leaders != [leader.id] or leader.core.term != term:
+                raise SafetyViolation(f"after recovery under leader {leader.id} of term {term}, at tick {self.now}"
+                                      f" the leaders are {leaders}: {self._summary()}")
+        for nid in sorted(self.outsiders_heard):
+            core = self.nodes[nid].core
+            if core is not None and not core.removed:
+                raise SafetyViolation(f"node {nid}, outside the configuration {conf}, was heard by its members but"
+                                      f" does not know it was removed: {self._summary()}")
+        self.settled_members = set()
+
     def _converged(self) -> bool:
         leaders = [n.core for n in self.nodes.values() if n.core is not None and n.core.role is Role.LEADER]
         if len(leaders) != 1:
@@ -485,10 +533,15 @@ class Simulation:
         leader = leaders[0]
         if leader.log.term(leader.commit_index) != leader.term:
             return False
+        # A leadership transfer asked for before the faults stopped may still hand over: not yet settled.
+        if leader.lead_transferee or any(m.type is MessageType.TIMEOUT_NOW for *_, m in self.inflight):
+            return False
         members = set(leader.conf.voters) | set(leader.conf.learners)
+        cores = [self.nodes[m].core for m in members]
         return all(
-            self.nodes[m].core is not None and self.nodes[m].core.applied == leader.log.last_index  # type: ignore[union-attr]
-            for m in members
+            core is not None and core.applied == leader.log.last_index
+            and core.role in (Role.LEADER, Role.FOLLOWER)
+            for core in cores
         )
 
     def _summary(self) -> str:
@@ -496,3 +549,21 @@ class Simulation:
         for n in self.nodes.values():
             parts.append(f"{n.id}:down" if n.core is None else f"{n.id}:{n.core.status()}")
         return "; ".join(parts)
+
+
+def replay_command(seed: int) -> str:
+    return f"SHOAL_SIM_SEED={seed} .venv/bin/python -m pytest tests/sim -q"
+
+
+def run_seed(seed: int) -> Simulation:
+    """Run one seed to the end; AssertionError (with the command that replays it) if it fails."""
+    sim = Simulation(seed)
+    try:
+        sim.run()
+    except Exception as exc:
+        raise AssertionError(f"seed {seed} failed at tick {sim.now}: {exc}\n  faults: {sim.faults}\n"
+                             f"  replay: {replay_command(seed)}") from exc
+    # The run must have exercised the system, not idled through it.
+    if not (sim.stats["puts_ok"] > 0 and sim.stats["gets_ok"] > 0):
+        raise AssertionError(f"seed {seed} idled through its run: {sim.stats}\n  replay: {replay_command(seed)}")
+    return sim
