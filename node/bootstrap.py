@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import shutil
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
@@ -18,7 +21,8 @@ from ca import tokens
 from ca.authority import NodeIdentity, RootCA, key_pem, make_csr, new_key
 from ca.node_tls import NodeCredentials
 from engineapi.http import ApiError
-from manager.specs import default_swarm_spec, normalize_swarm_spec
+from manager.allocator import NetworkSettings, ingress_network, init_network_settings
+from manager.specs import SpecError, default_swarm_spec, normalize_swarm_spec
 from manager.store import Store, WriteTx
 from manager.swarm.ca_service import cert_expiry
 from manager.swarm.raft_glue import StoreStateMachine
@@ -48,6 +52,10 @@ def addresses(node: SwarmNode, request: dict[str, Any]) -> tuple[str, str]:
 async def init(node: SwarmNode, request: dict[str, Any]) -> str:
     if node.state is not None:
         raise ApiError(503, ALREADY_IN_SWARM)
+    try:
+        network_settings = init_network_settings(request)
+    except SpecError as e:
+        raise ApiError(400, str(e)) from None
     listen, advertise = addresses(node, request)
     node_id, cluster_id = new_id(), new_id()
     ca = RootCA.create(cluster_id)
@@ -59,7 +67,7 @@ async def init(node: SwarmNode, request: dict[str, Any]) -> str:
     node.state = LocalSwarmState(node_id=node_id, cluster_id=cluster_id, role="manager", advertise_addr=advertise,
                                  listen_addr=listen, managers=[advertise], raft_id=new_raft_id())
     try:
-        await _first_manager(node, ca, cluster, request)
+        await _first_manager(node, ca, cluster, network_settings, request)
     except BaseException:
         await node.forget()
         raise
@@ -67,7 +75,8 @@ async def init(node: SwarmNode, request: dict[str, Any]) -> str:
     return node_id
 
 
-async def _first_manager(node: SwarmNode, ca: RootCA, cluster: Cluster, request: dict[str, Any]) -> None:
+async def _first_manager(node: SwarmNode, ca: RootCA, cluster: Cluster, network_settings: NetworkSettings,
+                         request: dict[str, Any]) -> None:
     state = node.state
     assert state is not None
     state.save(node.data_dir)
@@ -78,12 +87,7 @@ async def _first_manager(node: SwarmNode, ca: RootCA, cluster: Cluster, request:
     cluster.join_tokens = {"Worker": tokens.make_token(ca_der), "Manager": tokens.make_token(ca_der)}
     cluster.tls_info = ca.tls_info()
     cluster.root_ca = {"Cert": ca.cert_pem.decode(), "Key": key_pem(ca.key).decode() if ca.key else ""}
-    if request.get("DefaultAddrPool"):
-        cluster.default_addr_pool = list(request["DefaultAddrPool"])
-    if request.get("SubnetSize"):
-        cluster.subnet_size = int(request["SubnetSize"])
-    if request.get("DataPathPort"):
-        cluster.data_path_port = int(request["DataPathPort"])
+    network_settings.apply(cluster)
     availability = request.get("Availability") or "active"
     me = Node(id=state.node_id, spec={"Labels": {}, "Role": "manager", "Availability": availability},
               description=node.description(),
@@ -93,6 +97,7 @@ async def _first_manager(node: SwarmNode, ca: RootCA, cluster: Cluster, request:
     def seed(tx: WriteTx) -> None:
         tx.create(cluster)
         tx.create(me)
+        tx.create(ingress_network())   # the allocator gives it the first subnet and VXLAN id 4096
 
     await runtime.store.update(seed)
     node.start_agent()
@@ -101,36 +106,61 @@ async def _first_manager(node: SwarmNode, ca: RootCA, cluster: Cluster, request:
 async def force_new_cluster(node: SwarmNode) -> str:
     """Recover a manager that lost quorum: keep the state it has committed and make it the only
     manager of a new Raft cluster. The old Raft data is kept aside, never deleted; the other
-    managers become workers (they may be promoted again)."""
+    managers become workers (they may be promoted again). A failure puts the node back as it was
+    (its Raft data and manager list, its components running) and is the caller's error."""
     state = node.state
     if state is None or state.role != "manager":
         raise ApiError(400, "--force-new-cluster needs this node to be a manager of an existing swarm")
-    await node.stop_components()
     raft_dir = LocalSwarmState.raft_dir(node.data_dir)
-    recovered = Store()
-    await asyncio.to_thread(replay_log, str(raft_dir), StoreStateMachine(recovered))
-    snapshot = recovered.snapshot()
-    raft_dir.rename(raft_dir.with_name(f"raft.before-force-new-cluster.{int(time.time())}"))
-    state.managers = [state.advertise_addr]
-    state.save(node.data_dir)
-    node.set_credentials(NodeCredentials.load(node.certs_dir))
-    await node.start_manager(bootstrap=True, members={})
-    runtime = await node.until_leader("the recovered manager to become leader")
-    await runtime.store.reset(snapshot)
+    managers = list(state.managers)
+    aside: Path | None = None
+    await node.stop_components()
+    try:
+        recovered = Store()
+        await asyncio.to_thread(replay_log, str(raft_dir), StoreStateMachine(recovered))
+        snapshot = recovered.snapshot()
+        aside = raft_dir.with_name(f"raft.before-force-new-cluster.{int(time.time())}")
+        raft_dir.rename(aside)
+        state.managers = [state.advertise_addr]
+        state.save(node.data_dir)
+        node.set_credentials(NodeCredentials.load(node.certs_dir))
+        await node.start_manager(bootstrap=True, members={})
+        runtime = await node.until_leader("the recovered manager to become leader")
+        await runtime.store.reset(snapshot)
 
-    def sole_manager(tx: WriteTx) -> None:
-        for other in tx.all("nodes"):
-            if other.id == state.node_id:
-                other = other.copy()
-                other.set_manager_status(state.raft_id, state.advertise_addr, Reachability.REACHABLE)
-                tx.update(other)
-            elif other.manager_status is not None or other.role == "manager":
-                other = other.copy()
-                other.manager_status = None
-                other.spec = {**other.spec, "Role": "worker"}
-                tx.update(other)
+        def sole_manager(tx: WriteTx) -> None:
+            for other in tx.all("nodes"):
+                if other.id == state.node_id:
+                    other = other.copy()
+                    other.set_manager_status(state.raft_id, state.advertise_addr, Reachability.REACHABLE)
+                    tx.update(other)
+                elif other.manager_status is not None or other.role == "manager":
+                    other = other.copy()
+                    other.manager_status = None
+                    other.spec = {**other.spec, "Role": "worker"}
+                    tx.update(other)
 
-    await runtime.store.update(sole_manager)
-    node.start_agent()
+        await runtime.store.update(sole_manager)
+        node.start_agent()
+    except BaseException:
+        await _undo_force_new_cluster(node, raft_dir, aside, managers)
+        raise
     log.info("forced a new cluster", extra={"node": state.node_id})
     return state.node_id
+
+
+async def _undo_force_new_cluster(node: SwarmNode, raft_dir: Path, aside: Path | None, managers: list[str]) -> None:
+    """Put a manager back as it was before a --force-new-cluster that failed half way."""
+    state = node.state
+    assert state is not None
+    await node.stop_components()
+    if aside is not None:
+        shutil.rmtree(raft_dir, ignore_errors=True)   # the new cluster's beginnings
+        os.rename(aside, raft_dir)
+    state.managers = managers
+    state.save(node.data_dir)
+    try:
+        await node.start_components(bootstrap=False)
+    except Exception as e:
+        node.record_failure("restarting the manager after a failed --force-new-cluster", e)
+        await node.stop_components()

@@ -17,7 +17,7 @@ import pytest
 from cli.client import ApiResponseError, ClientError, DaemonClient
 from tests.support.daemon import daemon_argv, running_daemon
 from tests.support.tls import TestCA
-from tests.support.wait import free_port
+from tests.support.wait import async_wait_until, free_port
 
 
 def shoal_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -155,3 +155,38 @@ async def test_swarm_init_on_a_port_in_use_is_an_error_and_the_daemon_lives(tmp_
             assert "ExceptionGroup" not in d.log_text()
     finally:
         taken.close()
+
+
+async def test_swarm_init_address_pools_data_path_port_and_the_ingress_network(tmp_path: Path) -> None:
+    with running_daemon(tmp_path) as d:
+        async with DaemonClient(d.host) as c:
+            port = free_port()
+            addr = {"ListenAddr": f"127.0.0.1:{port}", "AdvertiseAddr": f"127.0.0.1:{port}"}
+            for bad, message in [
+                ({"SubnetSize": 30}, "subnet size is out of range: 30"),
+                ({"DefaultAddrPool": ["10.20.0.0/24"], "SubnetSize": 16},
+                 'invalid CIDR: "10.20.0.0/24". Subnet size is too small for pool: 16'),
+                ({"DataPathPort": 80}, "Datapath port number is not in valid range (1024-49151) : 80"),
+            ]:
+                with pytest.raises(ApiResponseError) as err:
+                    await c.post("/swarm/init", {**addr, **bad})
+                assert (err.value.status, err.value.message) == (400, message)
+            assert (await c.get("/info"))["Swarm"]["LocalNodeState"] == "inactive"
+            await c.post("/swarm/init", {**addr, "DefaultAddrPool": ["10.20.0.0/16", "10.30.0.0/16"],
+                                         "SubnetSize": 26, "DataPathPort": 4242})
+            cluster = (await c.get("/info"))["Swarm"]["Cluster"]
+            assert (cluster["DefaultAddrPool"], cluster["SubnetSize"], cluster["DataPathPort"]) == (
+                ["10.20.0.0/16", "10.30.0.0/16"], 26, 4242)
+
+            async def ingress() -> dict:
+                return next(n for n in await c.get("/networks") if n["Name"] == "ingress")
+
+            async def allocated() -> bool:
+                return bool((await ingress())["IPAM"]["Config"])
+
+            await async_wait_until(allocated, what="the allocator to give ingress its subnet")
+            net = await ingress()
+            assert net["Ingress"] is True and net["Scope"] == "swarm" and net["Driver"] == "overlay"
+            assert net["IPAM"]["Config"] == [{"Subnet": "10.20.0.0/26", "Gateway": "10.20.0.1"}]
+            assert net["Options"]["com.docker.network.driver.overlay.vxlanid_list"] == "4096"
+            await c.post("/swarm/leave", force="1")
