@@ -220,7 +220,8 @@ class ContainerController:
         (p.etc / "hostname").write_text(hostname + "\n")
         (p.etc / "hosts").write_text(bundle.hosts_file(hostname, c.extra_hosts))
         (p.etc / "resolv.conf").write_text(
-            bundle.resolv_conf(_read_text(Path("/etc/resolv.conf")), c.dns_servers))
+            c.resolv_conf if c.resolv_conf and not c.dns_servers
+            else bundle.resolv_conf(_read_text(Path("/etc/resolv.conf")), c.dns_servers))
         injected = _write_injected_files(c, p.state / INJECTED_DIR)
         spec_config = c if c.hostname else _with_hostname(c, hostname)
         spec = bundle.build_spec(spec_config, user, bundle.HostPaths(

@@ -134,6 +134,7 @@ class ContainerConfig:
     read_only: bool = False
     extra_hosts: list[str] = field(default_factory=list)  # "ip name [name...]" lines for /etc/hosts
     dns_servers: list[str] = field(default_factory=list)  # empty: copy the host's resolv.conf
+    resolv_conf: str = ""            # the whole /etc/resolv.conf from the task's sandbox (embedded DNS)
     files: list[InjectedFile] = field(default_factory=list)  # secrets and configs
 
     def validate(self) -> None:

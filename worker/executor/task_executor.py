@@ -9,6 +9,9 @@ the agent holds for the node (`dependencies`; a reference without data rejects t
 the name of what is missing). `existing(task_id)` finds the container made for a task earlier (live
 restore). Image and spec problems surface as `ExecutorError` with a one-line message: fatal,
 so the task is REJECTED with it (a missing image or secret does not appear by trying again).
+
+With `networking`, every container joins its task's network sandbox (namespace, interfaces,
+embedded DNS: worker.networking), made before the container is and removed after it is.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from worker.exec import ExecutorError
+from worker.exec import ContainerState, Controller, ExecutorError, ExitStatus
 from worker.executor.controller import ContainerController
 from worker.executor.executor import Executor
 from worker.executor.spec import ConfigError, InjectedFile
 from worker.executor.taskspec import config_from_task, resolve_injected_files
+from worker.networking import TaskSandbox
 
 
 class TaskLike(Protocol):
@@ -52,7 +56,42 @@ class DependencySource(Protocol):
     def files_for(self, task: Any) -> list[InjectedFile]: ...
 
 
-NetnsFor = Callable[[TaskLike], str]
+class Sandboxes(Protocol):
+    """What this module needs of `worker.networking.TaskNetworking`."""
+
+    async def sandbox(self, task: Any) -> TaskSandbox: ...
+    async def release(self, task_id: str) -> None: ...
+
+
+class SandboxedController:
+    """A container controller whose task sandbox goes when the container does."""
+
+    def __init__(self, inner: ContainerController, task_id: str, sandboxes: Sandboxes) -> None:
+        self.inner = inner
+        self._task_id = task_id
+        self._sandboxes = sandboxes
+
+    async def prepare(self) -> None:
+        await self.inner.prepare()
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def wait(self) -> ExitStatus:
+        return await self.inner.wait()
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        await self.inner.shutdown(grace)
+
+    async def terminate(self) -> None:
+        await self.inner.terminate()
+
+    async def remove(self) -> None:
+        await self.inner.remove()
+        await self._sandboxes.release(self._task_id)
+
+    async def state(self) -> ContainerState:
+        return await self.inner.state()
 
 
 def swarm_labels(task: TaskLike) -> dict[str, str]:
@@ -67,16 +106,16 @@ def swarm_labels(task: TaskLike) -> dict[str, str]:
 
 class RuncTaskExecutor:
     def __init__(self, executor: Executor, images: ImageSource, *, hostname: str = "",
-                 netns_for: NetnsFor | None = None, pull_policy: str = "missing",
+                 networking: Sandboxes | None = None, pull_policy: str = "missing",
                  dependencies: DependencySource | None = None) -> None:
         self.executor = executor
         self.dependencies = dependencies
         self.images = images
         self.hostname = hostname
-        self.netns_for = netns_for
+        self.networking = networking
         self.pull_policy = pull_policy
 
-    async def controller(self, task: TaskLike, progress: Callable[[str], None]) -> ContainerController:
+    async def controller(self, task: TaskLike, progress: Callable[[str], None]) -> Controller:
         spec = task.spec.get("ContainerSpec") or {}
         ref = spec.get("Image")
         if not ref or not isinstance(ref, str):
@@ -96,14 +135,21 @@ class RuncTaskExecutor:
             raise
         except Exception as e:   # ImageError and friends carry a one-line message
             raise ExecutorError(str(getattr(e, "message", e))) from e
+        sandbox = await self.networking.sandbox(task) if self.networking is not None else None
         try:
             config = config_from_task(
                 task.id, task.display_name, task.spec, image_config, list(layers),
-                hostname=self.hostname, labels=swarm_labels(task),
-                netns_path=self.netns_for(task) if self.netns_for else "", files=files)
+                hostname=self.hostname, labels=swarm_labels(task), files=files,
+                netns_path=sandbox.netns_path if sandbox else "", resolv_conf=sandbox.resolv_conf if sandbox else "",
+                sandbox_hosts=list(sandbox.hosts) if sandbox else None)
         except ConfigError as e:
             raise ExecutorError(f"invalid task spec: {e}") from e
-        return self.executor.controller(config)
+        return self._sandboxed(self.executor.controller(config), task.id)
+
+    def _sandboxed(self, ctlr: ContainerController, task_id: str) -> Controller:
+        if self.networking is None:
+            return ctlr
+        return SandboxedController(ctlr, task_id, self.networking)
 
     def _files(self, task: TaskLike, spec: dict[str, Any]) -> list[InjectedFile]:
         """The task's secrets and configs; checked before the image is pulled, so a task whose
@@ -117,5 +163,6 @@ class RuncTaskExecutor:
         except ConfigError as e:
             raise ExecutorError(f"task: {e}") from e
 
-    def existing(self, task_id: str) -> ContainerController | None:
-        return self.executor.get(task_id)
+    def existing(self, task_id: str) -> Controller | None:
+        ctlr = self.executor.get(task_id)
+        return self._sandboxed(ctlr, task_id) if ctlr is not None else None

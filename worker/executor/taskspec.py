@@ -213,13 +213,14 @@ def resolve_injected_files(spec: dict[str, Any], lookup: DependencyLookup) -> li
 
 def config_from_task(container_id: str, name: str, task_spec: dict[str, Any],
                      image_config: dict[str, Any], lower_dirs: list[Path], *,
-                     hostname: str = "", netns_path: str = "",
-                     labels: dict[str, str] | None = None,
+                     hostname: str = "", netns_path: str = "", resolv_conf: str = "",
+                     sandbox_hosts: list[str] | None = None, labels: dict[str, str] | None = None,
                      files: list[InjectedFile] | None = None) -> ContainerConfig:
     """`task_spec` is the Engine API TaskSpec (with `ContainerSpec` and `Resources`);
     `image_config` is the image's `config` object (Env, Entrypoint, Cmd, WorkingDir, User,
     Healthcheck, StopSignal, Labels); `lower_dirs` are its layers, top first; `files` the
-    task's secrets and configs (`resolve_injected_files`)."""
+    task's secrets and configs (`resolve_injected_files`); `netns_path`, `resolv_conf` and
+    `sandbox_hosts` come from the task's network sandbox."""
     spec = task_spec.get("ContainerSpec") or {}
     image = image_config or {}
     stop_grace = spec.get("StopGracePeriod")
@@ -243,8 +244,9 @@ def config_from_task(container_id: str, name: str, task_spec: dict[str, Any],
         labels={**(image.get("Labels") or {}), **(spec.get("Labels") or {}), **(labels or {})},
         netns_path=netns_path,
         read_only=bool(spec.get("ReadOnly")),
-        extra_hosts=_str_list(spec.get("Hosts"), "ContainerSpec.Hosts"),
+        extra_hosts=[*_str_list(spec.get("Hosts"), "ContainerSpec.Hosts"), *(sandbox_hosts or [])],
         dns_servers=_str_list(dns, "DNSConfig.Nameservers"),
+        resolv_conf=resolv_conf,
         files=list(files or []),
     )
     config.validate()

@@ -1,0 +1,218 @@
+"""The node's task networking: the overlay data path (overlay/) and the embedded DNS (ingress/)
+behind the worker's `TaskNetworking` contract (worker/networking.py).
+
+Theory of operation: the agent hands over the newest `NetworkViews` (`sync`): the overlay
+networks the node's tasks use are made to match them (namespace, bridge, VXLAN device, a
+permanent neighbour and forwarding entry per remote endpoint), and every task's DNS server gets
+the new records at once. `sandbox(task)` gives a task its network namespace with one interface
+per attachment (and the gateway bridge unless all its networks are internal) and starts its
+DNS server at 127.0.0.11; `release` undoes it after the container is gone. Where the VXLAN
+port and tunnel address last were is kept in `<run_dir>/datapath.json`, so a restarted daemon
+adopts what runs (namespaces, interfaces, peers) without cutting a task, and restarts each
+sandbox's DNS server, before the first view arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Iterable
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from pathlib import Path
+
+from aio import cancel_and_wait
+from ca.node_tls import write_atomic
+from ingress.dns import DnsServer, ForwardLimit, NetworkEntry, ServiceEntry, ServiceRecords, TaskEntry, resolv_conf
+from ingress.dns.records import parse_address
+from model import Task
+from overlay import Attachment, OverlayHost, OverlaySpec, Peer
+from worker.exec import TemporaryError
+from worker.networking import NetworkView, NetworkViews, TaskSandbox
+
+log = logging.getLogger("shoal.networking")
+
+STATE_FILE = "datapath.json"
+
+
+def overlay_spec(view: NetworkView) -> OverlaySpec:
+    return OverlaySpec(network_id=view.id, vni=view.vni, subnet=IPv4Network(view.subnet),
+                       gateway=IPv4Address(view.gateway), mtu=view.mtu, internal=view.internal)
+
+
+def dns_records(views: Iterable[NetworkView]) -> ServiceRecords:
+    return ServiceRecords.of(
+        NetworkEntry(view.id, view.name, tuple(
+            ServiceEntry(s.name, s.id, "dnsrr" if s.mode == "dnsrr" else "vip",
+                         parse_address(s.vip) if s.vip else None, s.aliases, tuple(
+                TaskEntry(t.name, t.id, t.container_id, parse_address(t.address), t.hostname, t.aliases)
+                for t in s.tasks))
+            for s in view.services))
+        for view in views)
+
+
+class NodeNetworking:
+    def __init__(self, run_dir: Path, vtep: Callable[[], str], *, resolv_conf_path: str = "/etc/resolv.conf",
+                 name_prefix: str = "shoal") -> None:
+        self.run_dir = run_dir
+        self._vtep = vtep                   # this node's data-path (advertise) address, "" outside a swarm
+        self._resolv_conf_path = resolv_conf_path
+        self._name_prefix = name_prefix
+        self._host: OverlayHost | None = None
+        self._views: NetworkViews | None = None
+        self._records = ServiceRecords()
+        self._dns: dict[str, DnsServer] = {}        # task id -> its DNS server
+        self._limit = ForwardLimit()                # one bound on forwarded queries for the node
+        self._lock = asyncio.Lock()
+
+    # ---- lifetime -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Adopt what an earlier daemon left running (live restore)."""
+        try:
+            saved = json.loads((self.run_dir / STATE_FILE).read_text())
+        except FileNotFoundError:
+            return
+        async with self._lock:
+            host = self._new_host(str(saved["vtep"]), int(saved["port"]))
+            report = await host.adopt()
+            log.info("adopted the data path", extra={"networks": len(report.networks),
+                                                     "sandboxes": len(report.sandboxes),
+                                                     "dropped": len(report.dropped)})
+            for key, record in (await host.sandboxes()).items():
+                networks = [a.network_id for a in record.attachments]
+                if networks:
+                    await self._start_dns(key, host.sandbox_path(key), networks, external=record.gateway is not None)
+
+    async def close(self) -> None:
+        """Stop serving DNS; the data path stays up for the containers (live restore)."""
+        async with self._lock:
+            await self._close_dns(list(self._dns))
+            if self._host is not None:
+                await self._host.close()
+                self._host = None
+
+    async def purge(self) -> None:
+        """Remove every network, sandbox and rule this node made (the node left its swarm)."""
+        async with self._lock:
+            await self._close_dns(list(self._dns))
+            if self._host is None and (self.run_dir / STATE_FILE).exists():
+                saved = json.loads((self.run_dir / STATE_FILE).read_text())
+                self._new_host(str(saved["vtep"]), int(saved["port"]))
+            if self._host is not None:
+                await self._host.purge()
+                await self._host.close()
+                self._host = None
+            (self.run_dir / STATE_FILE).unlink(missing_ok=True)
+            self._views, self._records = None, ServiceRecords()
+
+    def _new_host(self, vtep: str, port: int) -> OverlayHost:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._host = OverlayHost(IPv4Address(vtep), port, self.run_dir, self._name_prefix)
+        write_atomic(self.run_dir / STATE_FILE, json.dumps({"vtep": vtep, "port": port}).encode())
+        return self._host
+
+    async def _host_for(self, port: int) -> OverlayHost:
+        vtep = self._vtep()
+        if not vtep:
+            raise TemporaryError("this node has no data-path address yet")
+        host = self._host
+        if host is not None and host.port != port:    # another swarm: start from nothing
+            await host.purge()
+            await host.close()
+            host = self._host = None
+        if host is None:
+            host = self._new_host(vtep, port)
+            await host.adopt()
+        elif str(host.local_vtep) != vtep:
+            log.info("data-path address changed", extra={"from": str(host.local_vtep), "to": vtep})
+            await host.set_local_vtep(IPv4Address(vtep))
+            write_atomic(self.run_dir / STATE_FILE, json.dumps({"vtep": vtep, "port": port}).encode())
+        return host
+
+    # ---- TaskNetworking ----------------------------------------------------------------------
+    async def sync(self, views: NetworkViews) -> None:
+        async with self._lock:
+            host = await self._host_for(views.data_path_port)
+            self._views = views
+            wanted = {view.id: overlay_spec(view) for view in views.views.values()}
+            if views.known:
+                await host.reconcile(wanted.values())
+            else:
+                for spec in wanted.values():
+                    await host.ensure_network(spec)
+            for view in views.views.values():
+                await host.set_peers(view.id, [Peer(IPv4Address(p.ip), p.mac, IPv4Address(p.vtep))
+                                               for p in view.peers])
+            self._records = dns_records(views.views.values())
+            for server in self._dns.values():
+                server.update(self._records)
+
+    async def sandbox(self, task: Task) -> TaskSandbox:
+        async with self._lock:
+            views = self._views
+            if views is None:
+                raise TemporaryError("the node's networks are not known yet")
+            try:
+                attached = views.task_networks(task)
+            except KeyError as e:
+                raise TemporaryError(f"network {e.args[0]} is not known on this node yet") from None
+            host = await self._host_for(views.data_path_port)
+            for view, _ in attached:
+                await host.ensure_network(overlay_spec(view))
+            path = await host.create_sandbox(task.id)
+            await host.attach(task.id, [Attachment(overlay_spec(view), IPv4Interface(address))
+                                        for view, address in attached])
+            if not attached:
+                return TaskSandbox(str(path), "")
+            # user networks resolve first, then ingress (Docker's order)
+            order = [v.id for v, _ in attached if not v.ingress] + [v.id for v, _ in attached if v.ingress]
+            external = not all(view.internal for view, _ in attached)
+            if task.id not in self._dns:
+                await self._start_dns(task.id, path, order, external)
+            spec = task.spec.get("ContainerSpec") or {}
+            hostname = str(spec.get("Hostname") or task.id[:12])
+            first = IPv4Interface(attached[0][1]).ip
+            return TaskSandbox(str(path), resolv_conf(self._host_resolv_conf()), (f"{first}\t{hostname}",))
+
+    async def release(self, task_id: str) -> None:
+        async with self._lock:
+            await self._close_dns([task_id])
+            if self._host is not None:
+                await self._host.delete_sandbox(task_id)
+
+    async def retain(self, task_ids: Iterable[str]) -> None:
+        keep = set(task_ids)
+        async with self._lock:
+            if self._host is None:
+                return
+            for key in set(await self._host.sandboxes()) - keep:
+                log.info("removing the sandbox of a task this node no longer has", extra={"task": key})
+                await self._close_dns([key])
+                await self._host.delete_sandbox(key)
+
+    # ---- DNS ----------------------------------------------------------------------------------
+    async def _start_dns(self, key: str, path: Path, networks: list[str], external: bool) -> None:
+        server = DnsServer(str(path), self._records, networks, resolv_conf_path=self._resolv_conf_path,
+                           external_access=external, limit=self._limit)
+        await server.start()
+        self._dns[key] = server
+
+    async def _close_dns(self, keys: list[str]) -> None:
+        servers = [self._dns.pop(k) for k in keys if k in self._dns]
+        if servers:
+            closing = [asyncio.ensure_future(s.close()) for s in servers]
+            try:
+                await asyncio.gather(*closing)
+            except BaseException:
+                await cancel_and_wait(closing)
+                raise
+
+    def _host_resolv_conf(self) -> str:
+        try:
+            return Path(self._resolv_conf_path).read_text()
+        except OSError:
+            return ""
+
+    # ---- the node-local view (Engine API) ----------------------------------------------------
+    def views(self) -> NetworkViews | None:
+        return self._views
