@@ -12,6 +12,11 @@ only to that node's session, or to every session when it changes the manager lis
 write costs O(1) however many nodes hold sessions. A task update that only echoes the node's
 own status report (past ASSIGNED, nothing else changed) goes nowhere.
 
+Networks: with a `NetworkSession` (network_push.py) the stream also carries the node's networks,
+peers and DNS: a complete set right after the hello, then changes, each taken with no await
+after the snapshot or the drain of task events it precedes, so an agent always knows a task's
+networks before the task.
+
 Secrets and configs: a message that carries tasks also carries the data of exactly the secrets
 and configs those tasks refer to (`"secrets"`/`"configs"`: ID → base64 data, only when
 non-empty), and only for tasks that may still be prepared (desired state up to RUNNING, or
@@ -28,6 +33,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+from manager.dispatcher.network_push import NetworkSession
 from manager.dispatcher.outbox import Outbox
 from manager.store import BROADCAST, Event, Fanout, ReadTx, Store, WatchDropped
 from model import Node, Task, TaskState
@@ -118,13 +124,15 @@ def assignment_fanout(store: Store) -> Fanout:
 
 
 async def assignment_stream(store: Store, node_id: str, session_message: Callable[[ReadTx], dict[str, Any]],
-                            fanout: Fanout | None = None,
-                            outbox: Outbox | None = None) -> AsyncGenerator[dict[str, Any], None]:
+                            fanout: Fanout | None = None, outbox: Outbox | None = None,
+                            networks: NetworkSession | None = None) -> AsyncGenerator[dict[str, Any], None]:
     """Yield the session message, then assignments and manager lists, until cancelled.
     `fanout`: the dispatcher's shared `assignment_fanout` (one of its own when not given);
-    `outbox`: messages of other leader components, sent between the stream's own ones."""
+    `outbox`: messages of other leader components, sent between the stream's own ones;
+    `networks`: the session's side of the network push (network_push.py), whose messages go
+    before the tasks that use their networks (it shares the outbox's wakeup when both are given)."""
     feed = fanout if fanout is not None else assignment_fanout(store)
-    wakeup = outbox.wakeup if outbox is not None else None
+    wakeup = outbox.wakeup if outbox is not None else networks.wakeup if networks is not None else None
     first = True
     while True:
         def snapshot(tx: ReadTx) -> tuple[dict[str, Any], list[Task], list[dict[str, str]], Node | None]:
@@ -133,9 +141,13 @@ async def assignment_stream(store: Store, node_id: str, session_message: Callabl
         hello, tasks, managers, own = store.view(snapshot)
         sub = feed.subscribe(node_id, wakeup=wakeup)  # no await since the snapshot: nothing missed or repeated
         try:
+            # The networks as of this snapshot (or later): the complete set first, then any change.
+            network_message = networks.take() if networks is not None else None
             if first:
                 yield hello
                 first = False
+            if network_message is not None:
+                yield network_message
             for start in range(0, max(len(tasks), 1), CHUNK):
                 chunk = tasks[start:start + CHUNK]
                 yield _with_dependencies(
@@ -146,16 +158,22 @@ async def assignment_stream(store: Store, node_id: str, session_message: Callabl
             if own is not None:
                 yield node_message(own)
             while True:
-                if outbox is None:
+                if wakeup is None:
                     await sub.wait()
                 else:
-                    while not sub.pending() and not outbox.pending() and not sub.closed:
-                        outbox.wakeup.clear()
-                        await outbox.wakeup.wait()
-                    if outbox.pending():
+                    while not sub.pending() and not sub.closed and not (outbox is not None and outbox.pending()) \
+                            and not (networks is not None and networks.pending()):
+                        wakeup.clear()
+                        await wakeup.wait()
+                    if outbox is not None and outbox.pending():
                         for message in outbox.take():
                             yield message
                 events = sub.drain()
+                if networks is not None:
+                    # Taken with no await since the drain: it covers the networks of these tasks.
+                    network_message = networks.take()
+                    if network_message is not None:
+                        yield network_message
                 updates: dict[str, Task] = {}
                 removes: set[str] = set()
                 managers_changed = False

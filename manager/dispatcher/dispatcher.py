@@ -16,6 +16,8 @@ Theory of operation: the dispatcher lives only on the leader, owned by the leade
   table refuses (a bug) is logged with its traceback and changes nothing.
 - Status updates only move a task's state forward, and only for tasks assigned to the
   reporting node. Reports of all nodes are written together (status.py: group commit).
+- Each session also carries the networks its node needs (network_push.py): a complete set
+  first, then only changes, routed from one shared index to the nodes they concern.
 - Other leader components reach an agent through its session: `send_to_node` queues a message
   into the node's outbox (outbox.py), which the session stream interleaves with assignments;
   `on_session_closed` tells them when a node's session ends.
@@ -33,6 +35,7 @@ from typing import Any
 
 from manager.dispatcher.assignments import assignment_fanout, assignment_stream
 from manager.dispatcher.heartbeats import HeartbeatDeadlines
+from manager.dispatcher.network_push import NetworkPush, NetworkSession
 from manager.dispatcher.outbox import NodeOutboxes
 from manager.dispatcher.status import StatusBatcher
 from manager.store import ReadTx, Store, WriteTx, retry_on_conflict
@@ -77,10 +80,17 @@ class Dispatcher:
         self._outboxes = NodeOutboxes()
         self._assignments = assignment_fanout(store)   # one store watcher for every session
         self._status = StatusBatcher(store, _apply_status)  # all nodes' reports, written together
+        self._networks = NetworkPush(store)            # networks, peers and DNS of each node's tasks
 
     # ---- leader-term loop ---------------------------------------------------------------------
     async def run(self) -> None:
-        """Mark nodes DOWN when their heartbeats stop. Runs for one leadership term."""
+        """Mark nodes DOWN when their heartbeats stop, and push network changes to the sessions
+        of the nodes they concern. Runs for one leadership term."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._networks.run(), name="network-push")
+            await self._monitor()
+
+    async def _monitor(self) -> None:
         period = self._store.view(heartbeat_period_of)
         start = self._clock()
         for node in self._store.view(lambda tx: tx.all("nodes")):
@@ -111,8 +121,10 @@ class Dispatcher:
                     "heartbeat_period": heartbeat_period_of(tx)}
 
         outbox = self._outboxes.open(node_id, session_id)
+        networks: NetworkSession | None = None
         try:
-            stream = assignment_stream(self._store, node_id, hello, self._assignments, outbox)
+            networks = self._networks.open(node_id, outbox.wakeup)
+            stream = assignment_stream(self._store, node_id, hello, self._assignments, outbox, networks)
             async with contextlib.aclosing(stream) as messages:
                 async for message in messages:
                     current = self._sessions.get(node_id)
@@ -120,6 +132,8 @@ class Dispatcher:
                         raise FailedPrecondition("session superseded or expired; open a new one")
                     yield message
         finally:
+            if networks is not None:
+                networks.close()
             self._outboxes.close(node_id, session_id)
             self._connection_lost(node_id, session_id)
 
