@@ -2,7 +2,7 @@
 whatever programs the data path for them.
 
 The dispatcher pushes `{"kind": "networks", ...}` messages on the session stream: a complete set
-first, then increments (manager/dispatcher/networks.py). `NetworkViews` (pure) holds what the
+first, then increments (manager/dispatcher/network_push.py). `NetworkViews` (pure) holds what the
 node was told. A `TaskNetworking` implementation (node/networking.py composes overlay/ and
 ingress/ behind it) makes the kernel match those views, and gives each task a sandbox: the
 network namespace its container joins, with one interface per attached network and the
