@@ -391,8 +391,11 @@ class Allocator:
                 retries = 0
                 while True:
                     retry = await self.tick()
-                    for event in sub.drain():
+                    events = sub.drain()
+                    for event in events:
                         self.handle(event)
+                    if events and not retry:
+                        continue   # commits landed while the round ran (others' or its own): another round
                     if retry and retries < MAX_IMMEDIATE_RETRIES:
                         retries += 1
                         continue

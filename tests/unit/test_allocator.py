@@ -8,6 +8,7 @@ import contextlib
 import itertools
 from typing import Any
 
+from aio import cancel_and_wait
 from bench.support.swarm_sim import Harness, make_node
 from manager.allocator import Allocator, ingress_network
 from manager.store import Store, WriteTx
@@ -399,3 +400,33 @@ async def test_the_leader_loop_allocates_as_events_arrive() -> None:
         runner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runner
+
+
+async def test_a_task_created_while_a_round_runs_is_allocated_without_another_event() -> None:
+    """The loop drains the events that landed during a round and runs another round for them;
+    it must not go to sleep with work in hand (a lost wake-up left tasks NEW until an unrelated
+    write came along)."""
+    store = new_store()
+    net = network("net")
+    svc = service("web", [net.id])
+    first, second = task(svc, 1), task(svc, 2)
+    await put(store, net, svc, first)
+
+    class Interleaved(Allocator):
+        async def tick(self) -> bool:
+            retry = await super().tick()
+            if self.ticks == 1:
+                await put(store, second)   # commits between this round's writes and the drain
+            return retry
+
+    runner = asyncio.create_task(Interleaved(store).run())
+    sub = store.watch(tables=("tasks",))
+    try:
+        async with asyncio.timeout(10):
+            while (t := get(store, "tasks", second.id)) is None or t.status.state is TaskState.NEW:
+                await sub.wait()
+                sub.drain()
+        assert get(store, "tasks", first.id).status.state is TaskState.PENDING
+    finally:
+        sub.close()
+        await cancel_and_wait([runner])
