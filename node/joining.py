@@ -3,7 +3,10 @@
 Both run under the node's lock. A join either completes (certificates issued, components
 running, a manager added to Raft) or forgets everything it wrote. A manager that leaves first
 hands leadership away and asks the leader to take it out of Raft, refusing (without --force)
-when that would cost the swarm its quorum.
+when that would cost the swarm its quorum. Every leave is bounded: asking the leader takes at
+most `LEAVE_RAFT_TIMEOUT` (then it is an error), or `FORCED_LEAVE_RAFT_TIMEOUT` with --force
+(then the node leaves all the same, as Docker's does: the others see a manager gone); forgetting
+the swarm (components, task containers, state) is bounded too (`SwarmNode.forget`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ log = logging.getLogger("shoal.swarm")
 JOIN_TIMEOUT = 15.0          # seconds to get into Raft as a manager
 LEADERSHIP_HANDOFF = 5.0     # seconds a leaving leader waits for another manager to take over
 RETRY_INTERVAL = 0.2         # seconds between attempts to reach a leader over the cluster port
-LEAVE_ATTEMPTS = 30
+LEAVE_RAFT_TIMEOUT = 30.0    # seconds a leaving manager tries to get out of Raft
+FORCED_LEAVE_RAFT_TIMEOUT = 8.0   # the same with --force, which then leaves anyway
 
 
 async def join(node: SwarmNode, request: dict[str, Any]) -> None:
@@ -132,11 +136,21 @@ async def leave(node: SwarmNode, force: bool) -> None:
                                 f"{remaining}. Without a Raft quorum your swarm will be inaccessible. Use "
                                 "`--force` to suppress this message.")
         if len(managers) > 1:
-            await _leave_raft(node, force)
+            try:
+                async with asyncio.timeout(FORCED_LEAVE_RAFT_TIMEOUT if force else LEAVE_RAFT_TIMEOUT):
+                    await _leave_raft(node)
+            except TimeoutError:
+                if not force:
+                    raise ApiError(503, "could not reach the leader to leave Raft; "
+                                        "use --force to leave anyway") from None
+                log.warning("left the swarm without leaving Raft: no leader answered within %.0fs",
+                            FORCED_LEAVE_RAFT_TIMEOUT)
     await node.forget()
 
 
-async def _leave_raft(node: SwarmNode, force: bool) -> None:
+async def _leave_raft(node: SwarmNode) -> None:
+    """Hand leadership away if need be, then ask the leader to take this manager out of Raft;
+    retried until it answers (the caller bounds it)."""
     runtime = node.runtime
     assert runtime is not None
     raft = runtime.raft
@@ -146,7 +160,7 @@ async def _leave_raft(node: SwarmNode, force: bool) -> None:
             raft.transfer_leadership(random.choice(others))
             with contextlib.suppress(TimeoutError):   # no taker: the leader is asked all the same
                 await raft.wait_until(lambda: bool(raft.leader) and not raft.is_leader, timeout=LEADERSHIP_HANDOFF)
-    for _ in range(LEAVE_ATTEMPTS):
+    while True:
         addr = runtime.leader_addr()
         if addr and not raft.is_leader:
             try:
@@ -156,5 +170,3 @@ async def _leave_raft(node: SwarmNode, force: bool) -> None:
             except RpcError as e:
                 log.info("raft.leave: %s", e)
         await asyncio.sleep(RETRY_INTERVAL)   # no leader known yet, or it refused: ask again shortly
-    if not force:
-        raise ApiError(503, "could not reach the leader to leave Raft; use --force to leave anyway")

@@ -6,16 +6,22 @@ The agent's session reports this node's wanted role; the role loop is level-trig
 - demoted (spec says worker and the leader has taken it out of Raft): stop the manager parts,
   drop the Raft state and renew the certificate as a worker;
 - a manager whose Raft join did not complete is joined again.
-A failed attempt is retried until it succeeds or the wish changes.
+A failed attempt is retried, after a growing delay, until it succeeds or the wish changes. Each
+attempt is a `SwarmNode.background` transition: it runs under the node's lock, a leave cancels
+it, and it either happens or leaves the node as it was (a promotion whose manager cannot start
+goes back to being a worker; a demotion whose worker cannot start stays a manager).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import shutil
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from aio import Backoff
 from engineapi.http import ApiError
 from node.joining import join_raft
 from node.remote import renew_certificate
@@ -28,7 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("shoal.swarm")
 
 RENEW_CHECK_INTERVAL = 60.0
-ROLE_RETRY_INTERVAL = 1.0
+ROLE_RETRY_FIRST = 1.0         # seconds before a failed role change is tried again, doubling
+ROLE_RETRY_CEILING = 30.0
 
 
 def change_needed(node: SwarmNode) -> str | None:
@@ -47,52 +54,92 @@ def change_needed(node: SwarmNode) -> str | None:
 
 
 async def role_loop(node: SwarmNode) -> None:
+    backoff = Backoff(ROLE_RETRY_FIRST, ROLE_RETRY_CEILING)
     while True:
         await node.role_wakeup.wait()
         node.role_wakeup.clear()
         while (target := change_needed(node)) is not None:
-            done = await (_retry_raft_join(node) if target == "raft" else _change_role(node, target))
+            done = await node.background(functools.partial(_attempt, node, target))
+            if done is None:
+                break        # a leave cut it short: whatever the node is next reports afresh
             if done:
                 node.wanted_role = None  # the new session will report afresh
+                backoff.reset()
                 break
-            await asyncio.sleep(ROLE_RETRY_INTERVAL)   # the CA or leader is not there yet: retry
+            await asyncio.sleep(backoff.next_delay())   # the CA or leader is not there yet: retry
+
+
+async def _attempt(node: SwarmNode, target: str) -> bool:
+    """One try at `target`, under the lock; True when done (or no longer wanted)."""
+    if change_needed(node) != target:
+        return True      # the wish changed, or another transition did it meanwhile
+    if target == "raft":
+        return await _retry_raft_join(node)
+    return await _change_role(node, target)
 
 
 async def _retry_raft_join(node: SwarmNode) -> bool:
-    async with node.lock:
-        if node.runtime is None or node.state is None or node.state.role != "manager":
-            return True
-        try:
-            await join_raft(node)
-            return True
-        except ApiError as e:
-            log.warning("joining Raft failed for now: %s", e.message)
-            return False
+    if node.runtime is None or node.state is None or node.state.role != "manager":
+        return True
+    try:
+        await join_raft(node)
+        return True
+    except ApiError as e:
+        log.warning("joining Raft failed for now: %s", e.message)
+        return False
 
 
 async def _change_role(node: SwarmNode, role: str) -> bool:
-    """Become `role`; True when done (or nothing is left to do)."""
-    async with node.lock:
-        state = node.state
-        if state is None or state.role == role:
-            return True
-        log.info("role change", extra={"from": state.role, "to": role})
-        try:
-            await renew(node)
-            if node.creds is None or node.creds.identity.role != role:
-                return False  # the CA does not see the change yet
-            await node.stop_components()
-            shutil.rmtree(LocalSwarmState.raft_dir(node.data_dir), ignore_errors=True)
-            state.raft_id = new_raft_id() if role == "manager" else 0
-            state.role = role
-            state.save(node.data_dir)
-            await node.start_components(bootstrap=False)
-            if role == "manager":
-                await join_raft(node)
-            return True
-        except (RpcError, ApiError, OSError) as e:
-            log.warning("role change to %s failed for now: %s", role, e)
-            return False
+    """Become `role`; True when done (or nothing is left to do), False to try again later, with
+    the node as it was."""
+    state = node.state
+    if state is None or state.role == role:
+        return True
+    log.info("role change", extra={"from": state.role, "to": role})
+    try:
+        await renew(node)
+    except (RpcError, ApiError, OSError) as e:
+        log.warning("role change to %s failed for now: %s", role, e)
+        return False
+    if node.creds is None or node.creds.identity.role != role:
+        return False  # the CA does not see the change yet
+    before = replace(state)
+    raft_dir = LocalSwarmState.raft_dir(node.data_dir)
+    await node.stop_components()
+    try:
+        if role == "manager":
+            shutil.rmtree(raft_dir, ignore_errors=True)   # a new member starts with no Raft state
+        state.raft_id = new_raft_id() if role == "manager" else 0
+        state.role = role
+        state.save(node.data_dir)
+        await node.start_components(bootstrap=False)
+    except Exception as e:   # the node goes back to what it was, and tries again later
+        log.warning("role change to %s failed for now: %s", role, e)
+        await _restore(node, before)
+        return False
+    if role == "worker":
+        shutil.rmtree(raft_dir, ignore_errors=True)       # out of Raft for good
+        return True
+    try:
+        await join_raft(node)   # on failure the node is a manager outside Raft, joined again later
+    except (RpcError, ApiError, OSError) as e:
+        log.warning("joining Raft after a promotion failed for now: %s", e)
+        return False
+    return True
+
+
+async def _restore(node: SwarmNode, before: LocalSwarmState) -> None:
+    """Put the node back in the role it had before a role change that failed half way."""
+    await node.stop_components()
+    node.state = before
+    before.save(node.data_dir)
+    if before.role == "worker":
+        shutil.rmtree(LocalSwarmState.raft_dir(node.data_dir), ignore_errors=True)
+    try:
+        await node.start_components(bootstrap=False)
+    except Exception as e:
+        node.record_failure(f"restarting as a {before.role}", e)
+        await node.stop_components()
 
 
 async def renew(node: SwarmNode) -> None:
@@ -114,5 +161,7 @@ async def renewal_loop(node: SwarmNode) -> None:
         interval = 1.0 if creds is None else max(0.5, min(RENEW_CHECK_INTERVAL, creds.lifetime.total_seconds() / 10))
         await asyncio.sleep(interval)   # a clock, not a poll: certificates age with time
         if node.creds is not None and node.creds.renewal_due():
-            async with node.lock:
-                await renew(node)
+            try:
+                await node.background(functools.partial(renew, node))
+            except (RpcError, OSError) as e:
+                log.warning("certificate renewal failed for now: %s", e)

@@ -8,7 +8,23 @@ start, so a restarted daemon comes back as what it was with no manual step.
 
 The transitions live beside this module, each a function of the node taken under its lock:
 `bootstrap` (init, force-new-cluster), `joining` (join, leave) and `roles` (promotion,
-demotion, certificate renewal).
+demotion, certificate renewal). Each either happens or leaves the node as it was; a failure is
+the caller's error, never the daemon's end.
+
+Invariants:
+- A component that crashes is logged and reported in `error` (the swarm's `Error` in /info); it
+  never takes the TaskGroup, and with it the daemon, down. So is a crash of the role or renewal
+  loop, which starts again after a growing delay.
+- Stopping the components is ordered (newest first) and bounded (`STOP_TIMEOUT` in all). A
+  component still running `RECANCEL_AFTER` seconds after its cancel is cancelled again: an
+  await below it may have swallowed the first (Python 3.11's `asyncio.wait_for` returns the
+  result of an operation that finished in the same turn as the cancel; that is how a leave once
+  waited forever for an agent that had just connected). One that outlives the bound is logged
+  and abandoned to the TaskGroup; the stop goes on.
+- A leave never waits on a transition the node started itself (a role change, a certificate
+  renewal): those run as `background` attempts, which a leave cancels before it takes the lock.
+- Forgetting the swarm kills and removes the containers of every task the agent ran, as
+  Docker does when a node leaves.
 """
 
 from __future__ import annotations
@@ -17,11 +33,11 @@ import asyncio
 import logging
 import shutil
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from aio import cancel_and_wait
+from aio import Backoff
 from ca.node_tls import NodeCredentials, peer_identity
 from engineapi.http import ApiError
 from manager.store import Store
@@ -31,14 +47,22 @@ from node.addresses import split_host_port
 from node.state import LocalSwarmState
 from raft.node import RaftNode
 from rpc.server import RpcServer
-from worker.agent.agent import Agent
+from worker.agent.agent import Agent, remove_task_containers
 from worker.agent.dependencies import Dependencies
 from worker.agent.logs import ContainerLogs
 from worker.exec import TaskExecutor
 
 log = logging.getLogger("shoal.swarm")
 
+T = TypeVar("T")
+
 STARTUP_TIMEOUT = 15.0
+STOP_TIMEOUT = 10.0            # seconds for all of a role's components to stop
+RECANCEL_AFTER = 2.0           # a component still running this long after a cancel is cancelled again
+REMOVE_CONTAINERS_TIMEOUT = 20.0   # seconds to kill and remove the task containers of a swarm left
+LEAVE_LOCK_TIMEOUT = 60.0      # a leave waits this long at most for an API transition in progress
+LOOP_RESTART_FIRST = 1.0       # seconds before a crashed role or renewal loop starts again, doubling
+LOOP_RESTART_CEILING = 30.0
 
 
 class SwarmNode:
@@ -60,6 +84,7 @@ class SwarmNode:
         self.runtime: ManagerRuntime | None = None
         self.agent: Agent | None = None
         self._components: list[asyncio.Task[Any]] = []
+        self._background: set[asyncio.Future[Any]] = set()   # transitions the node started itself
         self._group: asyncio.TaskGroup | None = None
         self.lock = asyncio.Lock()          # one transition at a time
         self.wanted_role: tuple[str, bool] | None = None   # (role, in Raft) as the cluster reports it
@@ -77,25 +102,67 @@ class SwarmNode:
             self._group = group
             if self.state is not None:
                 async with self.lock:
-                    await self.start_components(bootstrap=False)
-            group.create_task(roles.renewal_loop(self), name="cert-renewal")
-            group.create_task(roles.role_loop(self), name="role-changes")
+                    try:
+                        await self.start_components(bootstrap=False)
+                    except Exception as e:   # e.g. its cluster port is taken: the node reports it, may leave
+                        self.record_failure("starting the swarm components", e)
+                        await self.stop_components()
+            group.create_task(self._keep_running("certificate renewal", roles.renewal_loop), name="cert-renewal")
+            group.create_task(self._keep_running("role changes", roles.role_loop), name="role-changes")
             try:
                 await asyncio.Future()
             finally:
                 await self.stop_components()
 
+    def record_failure(self, what: str, error: BaseException) -> None:
+        """A failure the node survives: logged with its traceback, reported as the swarm's Error."""
+        log.error("%s failed", what, exc_info=error)
+        self.error = f"{what} failed: {error or type(error).__name__}"
+
+    async def _keep_running(self, what: str, loop: Callable[[SwarmNode], Awaitable[None]]) -> None:
+        """Run one of the node's own loops; a crash is logged and the loop starts again after a
+        growing delay."""
+        backoff = Backoff(LOOP_RESTART_FIRST, LOOP_RESTART_CEILING)
+        while True:
+            try:
+                await loop(self)
+            except Exception as e:
+                self.record_failure(what, e)
+            await asyncio.sleep(backoff.next_delay())   # a clock, not a poll: spaces the restarts
+
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         assert self._group is not None, "SwarmNode.run() is not running"
-        task = self._group.create_task(coro, name=name)
+        task = self._group.create_task(self._component(coro, name), name=name)
         self._components.append(task)
         return task
 
-    async def stop_components(self) -> None:
-        """Stop the role's components, newest first."""
-        components, self._components = self._components, []
-        for task in reversed(components):
-            await cancel_and_wait([task])
+    async def _component(self, coro: Awaitable[Any], name: str) -> None:
+        try:
+            await coro
+        except Exception as e:   # the node's error, not the daemon's end: the node can still leave
+            self.record_failure(f"swarm component {name}", e)
+
+    async def stop_components(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop the role's components, newest first, within `timeout` seconds in all (see the
+        module's invariants: a component is cancelled again if it keeps running, abandoned if it
+        outlives the bound). A component leaves the list once it has stopped, so a stop that is
+        itself cancelled half way is finished by the next one."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._components:
+            task = self._components[-1]
+            while not task.done():
+                task.cancel()
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    log.error("swarm component %s did not stop within %.0fs; abandoned", task.get_name(), timeout)
+                    break
+                await asyncio.wait({task}, timeout=min(RECANCEL_AFTER, remaining))   # never raises
+                if not task.done():
+                    log.warning("swarm component %s still runs after its cancel; cancelling it again",
+                                task.get_name())
+            if task in self._components:
+                self._components.remove(task)
         self.runtime, self.agent = None, None
 
     def client_context(self) -> ssl.SSLContext:
@@ -111,6 +178,7 @@ class SwarmNode:
     async def start_components(self, bootstrap: bool, members: dict[int, str] | None = None) -> None:
         state = self.state
         assert state is not None
+        self.error = ""
         self.set_credentials(NodeCredentials.load(self.certs_dir))
         if self.creds is None:
             raise ApiError(500, f"swarm state without certificates in {self.certs_dir}")
@@ -138,13 +206,21 @@ class SwarmNode:
             await server.listen(host, port)
         except OSError as e:
             raise ApiError(400, f"listen tcp {host}:{port}: bind: {e.strerror or e}") from None
-        self.runtime = ManagerRuntime(
+        self._spawn(server.serve(), "cluster-port")   # owned from here on: a failure below stops it
+        self.runtime = runtime = ManagerRuntime(
             raft_id=state.raft_id, advertise_addr=state.advertise_addr,
             raft_dir=LocalSwarmState.raft_dir(self.data_dir), server=server, client_ssl=self.client_context,
             members=members, bootstrap=bootstrap, leader_loops=self._leader_loops)
-        self._spawn(server.serve(), "cluster-port")
-        self._spawn(self.runtime.run(), "manager")
-        await asyncio.wait_for(self.runtime.ready.wait(), STARTUP_TIMEOUT)
+        manager = self._spawn(runtime.run(), "manager")
+        ready = asyncio.ensure_future(runtime.ready.wait())
+        try:
+            await asyncio.wait({ready, manager}, timeout=STARTUP_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            await asyncio.gather(ready, return_exceptions=True)
+        if not runtime.ready.is_set():
+            why = self.error if manager.done() else f"Raft did not start within {STARTUP_TIMEOUT:.0f}s"
+            raise ApiError(500, f"the manager did not start: {why}")
 
     async def until_leader(self, what: str) -> ManagerRuntime:
         """Wait (bounded) until this manager leads; the runtime once it does."""
@@ -168,11 +244,54 @@ class SwarmNode:
         self.role_wakeup.set()
 
     async def forget(self) -> None:
-        """Drop every trace of swarm membership on this node."""
+        """Drop every trace of swarm membership on this node: stop the components, kill and
+        remove the containers of the tasks the agent ran, delete the swarm state. Bounded."""
+        task_ids = self.agent.task_ids() if self.agent is not None else []
         await self.stop_components()
+        await remove_task_containers(self._executor, task_ids, REMOVE_CONTAINERS_TIMEOUT)
         self.state = None
         self.set_credentials(None)
+        self.wanted_role = None     # what the old swarm wanted of this node means nothing to a new one
+        self.role_wakeup.clear()
+        self.error = ""
         shutil.rmtree(self.data_dir / "swarm", ignore_errors=True)
+
+    # ---- transitions the node starts itself ---------------------------------------------------
+    async def background(self, transition: Callable[[], Awaitable[T]]) -> T | None:
+        """Run a transition the node starts itself (role change, Raft rejoin, certificate
+        renewal) under the lock, as a child task that a leave cancels. Its result, or None when
+        a leave cut it short."""
+        attempt = asyncio.ensure_future(self._locked(transition))
+        self._background.add(attempt)
+        try:
+            return await attempt
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if attempt.cancelled() and current is not None and not current.cancelling():
+                return None     # a leave took precedence
+            raise
+        finally:
+            self._background.discard(attempt)
+
+    async def _locked(self, transition: Callable[[], Awaitable[T]]) -> T:
+        async with self.lock:
+            return await transition()
+
+    async def _lock_for_leave(self) -> None:
+        """Take the lock for a leave: cancel the node's own transitions in flight (again, should
+        one swallow a cancel), and wait for an API transition to finish, within a bound."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEAVE_LOCK_TIMEOUT
+        while True:
+            for attempt in self._background:
+                attempt.cancel()
+            try:
+                async with asyncio.timeout(min(RECANCEL_AFTER, max(0.0, deadline - loop.time()))):
+                    await self.lock.acquire()
+                return
+            except TimeoutError:
+                if loop.time() >= deadline:
+                    raise ApiError(503, "another swarm operation is still in progress; try again") from None
 
     # ---- the transitions the API drives (SwarmControl) -----------------------------------------
     async def init(self, request: dict[str, Any]) -> str:
@@ -186,8 +305,11 @@ class SwarmNode:
             await joining.join(self, request)
 
     async def leave(self, force: bool) -> None:
-        async with self.lock:
+        await self._lock_for_leave()
+        try:
             await joining.leave(self, force)
+        finally:
+            self.lock.release()
 
     # ---- info for the API ---------------------------------------------------------------------
     def manager_store(self) -> Store | None:

@@ -6,6 +6,8 @@ serves `ca.*`, `raft.*`, `dispatcher.*` and `logs.*` on the cluster port, plus t
 carries Raft's own messages. Leadership is watched; each leadership term is one TaskGroup that
 owns the dispatcher, the log broker and every reconciler, and losing leadership cancels it. Before a term's
 loops start, the new leader confirms its read index, so they begin from every committed write.
+Stopping (cancelling `run`) closes the peer connections, stops Raft (its log is closed there) and
+unregisters the services; that cleanup runs to its end even if the stop is repeated meanwhile.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -123,7 +125,8 @@ class ManagerRuntime:
 
     async def read_barrier(self) -> None:
         try:
-            await asyncio.wait_for(self.raft.read_index(), READ_TIMEOUT)
+            async with asyncio.timeout(READ_TIMEOUT):   # not wait_for: on 3.11 it can swallow a cancel
+                await self.raft.read_index()
         except (NotLeader, TimeoutError, NodeStopped):
             raise NoQuorum(NO_LEADER) from None
 
@@ -145,8 +148,13 @@ class ManagerRuntime:
         finally:
             self.dispatcher = None
             self.logbroker = None
+            await _to_the_end(self._close())
+
+    async def _close(self) -> None:
+        try:
             await self.peers.close()
             await self.raft.stop()
+        finally:
             self._server.unregister_prefix("raft.")
             self._server.unregister_prefix("ca.")
             self._server.unregister_prefix("dispatcher.")
@@ -213,6 +221,23 @@ class ManagerRuntime:
             self.dispatcher = None
             self.logbroker = None
             log.info("leadership term ends", extra={"raft_id": self.raft.id})
+
+
+async def _to_the_end(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Run `cleanup` to its end even if the caller is cancelled (again) meanwhile; a cancellation
+    that arrived is raised once it is done. Bounded by the cleanup's own bounds (Raft's stop)."""
+    task = asyncio.ensure_future(cleanup)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("stopping the manager failed", exc_info=error)
+        raise asyncio.CancelledError()
+    task.result()
 
 
 def _preamble() -> bytes:

@@ -16,6 +16,12 @@ Theory of operation:
   tasks, released when a runner ends, and pruned to what each complete set brings.
 - `logs`/`logs_cancel` messages go to the LogPublisher (logs.py), which serves them for as long
   as the session lasts.
+- Stopping: the agent is cancelled; every loop of it checks for a cancellation that an await
+  below it swallowed (Python 3.11's `asyncio.wait_for` drops a cancel that races with the awaited
+  operation finishing, e.g. the connect to a manager), so a stop always takes effect. Runners
+  are cancelled with it and leave their containers running (a restarted daemon re-adopts them);
+  leaving the swarm is another matter: `remove_task_containers` then kills and removes the
+  containers of every task the agent ran, as Docker does on `swarm leave`.
 """
 
 from __future__ import annotations
@@ -32,13 +38,14 @@ from rpc.client import RpcClient
 from rpc.errors import NotLeaderError, RpcError
 from worker.agent.dependencies import Dependencies
 from worker.agent.logs import ContainerLogs, LogPublisher
-from worker.agent.task_runner import TaskRunner
-from worker.exec import TaskExecutor
+from worker.agent.task_runner import TaskRunner, raise_if_cancel_requested
+from worker.exec import TaskExecutor, is_temporary
 
 log = logging.getLogger("shoal.agent")
 
 REPORT_INTERVAL = 0.05
 MAX_BACKOFF = 2.0
+REMOVE_RETRY = 0.2      # seconds between attempts to remove a container after a temporary error
 
 
 class Agent:
@@ -86,6 +93,7 @@ class Agent:
         backoff = 0.1
         while True:
             for addr in self._candidates():
+                raise_if_cancel_requested()
                 try:
                     await self._session(addr)
                     backoff = 0.1
@@ -111,6 +119,7 @@ class Agent:
 
     async def _session(self, addr: str) -> None:
         async with RpcClient(addr, self._ssl_context(), connect_timeout=3) as client:
+            raise_if_cancel_requested()   # a stop that raced with the connect must not open a session
             stream = client.stream("dispatcher.session", {"description": self._description(), "addr": self._addr})
             hello = await anext(aiter(stream))
             self._session_id = str(hello["session_id"])
@@ -205,6 +214,10 @@ class Agent:
     def runner_states(self) -> dict[str, str]:
         return {tid: r.status.state.api for tid, r in self._runners.items()}
 
+    def task_ids(self) -> list[str]:
+        """The tasks this agent runs (or is stopping) now."""
+        return list(self._runners)
+
     # ---- status reporting ---------------------------------------------------------------------
     def _queue_status(self, task_id: str, status: TaskStatus) -> None:
         self._pending_status[task_id] = status
@@ -212,6 +225,7 @@ class Agent:
 
     async def _report_loop(self) -> None:
         while True:
+            raise_if_cancel_requested()
             await self._status_ready.wait()
             self._status_ready.clear()
             client, session = self._client, self._session_id
@@ -228,6 +242,42 @@ class Agent:
             await asyncio.sleep(REPORT_INTERVAL)
             if self._pending_status:
                 self._status_ready.set()
+
+
+async def remove_task_containers(executor: TaskExecutor, task_ids: list[str], timeout: float) -> list[str]:
+    """Kill and remove the containers of `task_ids` (a node leaving its swarm; Docker force-removes
+    a leaving node's task containers), all at once, temporary errors retried, within `timeout`
+    seconds. Call once nothing runs these tasks any more (the agent stopped). Returns the task IDs
+    whose containers could not be removed (logged)."""
+    left: list[str] = []
+
+    async def remove(task_id: str) -> None:
+        ctl = executor.existing(task_id)
+        while ctl is not None:
+            try:
+                await ctl.remove()
+                return
+            except Exception as e:
+                if not is_temporary(e):
+                    log.warning("task %s: removing its container: %s", task_id, e)
+                    left.append(task_id)
+                    return
+                await asyncio.sleep(REMOVE_RETRY)   # e.g. runc busy: the same step again shortly
+
+    removals = [asyncio.ensure_future(remove(task_id)) for task_id in task_ids]
+    if not removals:
+        return []
+    try:
+        _, late = await asyncio.wait(removals, timeout=timeout)
+    finally:
+        for removal in removals:
+            removal.cancel()
+        await asyncio.gather(*removals, return_exceptions=True)
+    for removal in late:
+        left.append(task_ids[removals.index(removal)])
+    if left:
+        log.error("containers of %d task(s) were not removed: %s", len(left), ", ".join(sorted(left)))
+    return left
 
 
 async def first_failure(*coros: Any) -> None:
