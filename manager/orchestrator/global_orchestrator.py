@@ -47,6 +47,7 @@ class GlobalOrchestrator(ReconcileLoop):
             if runnable(task):
                 by_node.setdefault(task.node_id, []).append(task)
         nodes = {n.id: n for n in tx.all("nodes")}
+        wake: float | None = None
         for node_id, tasks in by_node.items():
             node = nodes.get(node_id)
             if node is None or node_is_down(node) or node.availability == "drain" \
@@ -58,14 +59,14 @@ class GlobalOrchestrator(ReconcileLoop):
                 continue
             for task in tasks:
                 if task.status.state > TaskState.RUNNING:
-                    self.restarts.restart(tx, service, task, now)
+                    wake = earliest(wake, self.restarts.restart(tx, service, task, now))
         for node in nodes.values():
             if node.id in by_node or node_is_down(node) or node.availability != "active":
                 continue
             if node_fits(service, node):
                 tx.create(new_task(service, now, node_id=node.id))
 
-        wake = self.updates.step(tx, service, now)
+        wake = earliest(wake, self.updates.step(tx, service, now))
         for slot_tasks in ready_slots(tx.find("tasks", service_id=service_id)):
             wake = earliest(wake, self.restarts.promote_ready(tx, slot_tasks, now))
         return wake

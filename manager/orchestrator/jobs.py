@@ -15,7 +15,8 @@ transaction:
 - a task that failed (or whose node went down, for a replicated job) is retried per the
   restart policy: condition `none` never, `on-failure` and `any` after a failure (a completed
   task is never re-run), at most MaxAttempts times within Window, not before Delay has passed
-  (kept in memory, like the restart supervisor's history: a new leader counts afresh).
+  (kept in memory, like the restart supervisor's history: a new leader counts afresh); the same
+  rejection over and over waits longer each time, as for services (`restart.rejection_delay`).
   Slot 0 is a real slot here, unlike for replicated services, so attempts are kept per
   (service, slot) by this loop rather than by the restart supervisor's slot keys.
 """
@@ -26,6 +27,7 @@ from manager.orchestrator.clock import Clock
 from manager.orchestrator.common import earliest, new_task, node_is_down
 from manager.orchestrator.global_orchestrator import node_fits
 from manager.orchestrator.loop import ReconcileLoop
+from manager.orchestrator.restart import RepeatedRejections
 from manager.specs import restart_policy
 from manager.store import Store, WriteTx
 from model import Service, Task, TaskState
@@ -65,6 +67,7 @@ class JobOrchestrator(ReconcileLoop):
         # (service, slot or node) -> when the next attempt may start / when attempts were made
         self.retry_at: dict[tuple[str, int | str], float] = {}
         self.attempts: dict[tuple[str, int | str], list[float]] = {}
+        self.rejections = RepeatedRejections()
 
     def reconcile_service(self, tx: WriteTx, service_id: str, now: float) -> float | None:
         service = tx.get("services", service_id)
@@ -155,7 +158,7 @@ class JobOrchestrator(ReconcileLoop):
                 if policy.condition == "none" or (0 < policy.max_attempts <= len(attempts)):
                     return "given-up", None
                 attempts.append(now)
-                delay = policy.delay
+                delay = self.rejections.delay(key, last, policy.delay)
             due = self.retry_at[key] = now + delay
         if due > now:
             return "waiting", due

@@ -2,9 +2,10 @@
 
 Per service, in one transaction: tasks on a down, removed or drained node are replaced
 elsewhere (no restart delay, no attempt counted); finished tasks go to the restart
-supervisor; missing slots get new tasks (lowest free numbers first); extra slots are removed
-from the highest number down (desired REMOVE; the reaper deletes them once stopped); the
-updater moves any rolling update on; READY replacements are started when due.
+supervisor (which holds back one that ended within its own restart delay until the delay is
+over); missing slots get new tasks (lowest free numbers first); extra slots are removed from
+the highest number down (desired REMOVE; the reaper deletes them once stopped); the updater
+moves any rolling update on; READY replacements are started when due.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class ReplicatedOrchestrator(ReconcileLoop):
         if service.mode != "replicated":
             return None
         unusable: dict[str, bool] = {}  # node ID -> down, removed or drained (read once per round)
+        wake: float | None = None
         for task in tx.find("tasks", service_id=service_id):
             if not runnable(task) or (task.desired_state == _READY and task.status.state <= _RUNNING \
                     and not task.node_id):
@@ -53,12 +55,11 @@ class ReplicatedOrchestrator(ReconcileLoop):
                     self.restarts.restart(tx, service, task, now, moved=True)
                     continue
             if task.status.state > _RUNNING:
-                self.restarts.restart(tx, service, task, now)
+                wake = earliest(wake, self.restarts.restart(tx, service, task, now))
 
         slots = group_by_slot(tx.find("tasks", service_id=service_id))
         occupied = sorted(key[1] for key, ts in slots.items() if any(runnable(t) for t in ts))
         wanted = service.replicas
-        wake: float | None = None
         if len(occupied) > wanted:
             for number in occupied[wanted:]:
                 for task in slots[(service_id, number)]:
