@@ -34,6 +34,8 @@ from manager.logbroker.access import ClusterLogs
 from manager.swarm.leader_loops import Orchestration
 from node import swarm_api
 from node import system_api as system
+from node.addresses import split_host_port
+from node.networking import NodeNetworking
 from node.supervisor import Supervisor
 from node.swarm_node import SwarmNode
 from worker.agent.dependencies import Dependencies
@@ -118,6 +120,7 @@ class Host:
     swarm: SwarmNode
     executor: Executor
     images: ImageStore
+    networking: NodeNetworking
 
 
 def node_description(hostname: str) -> dict[str, Any]:
@@ -139,10 +142,17 @@ def build_host(config: DaemonConfig) -> Host:
     images = ImageStore(config.data_dir / "images")
     executor = Executor(config.data_dir)
     dependencies = Dependencies()   # the node's secrets and configs: filled by the agent, read by the executor
+
+    def data_path_address() -> str:
+        """The VXLAN tunnel address: the node's advertise address in its swarm."""
+        return split_host_port(swarm.state.advertise_addr)[0] if swarm.state is not None else ""
+
+    networking = NodeNetworking(config.data_dir / "network", data_path_address)
     swarm = SwarmNode(config.data_dir, listen_addr=config.listen_addr, advertise_addr=config.advertise_addr,
-                      hostname=hostname, executor=RuncTaskExecutor(executor, images, dependencies=dependencies),
+                      hostname=hostname,
+                      executor=RuncTaskExecutor(executor, images, dependencies=dependencies, networking=networking),
                       description=lambda: node_description(hostname), leader_loops=[Orchestration],
-                      logs=executor, dependencies=dependencies)
+                      logs=executor, dependencies=dependencies, networking=networking)
     app = new_app(linearizable_reads)
     app[system.SWARM_INFO] = swarm
     app[CLUSTER] = swarm
@@ -158,7 +168,7 @@ def build_host(config: DaemonConfig) -> Host:
     add_cluster_routes(routes)
     images_api.add_routes(routes, images)
     volumes_api.add_routes(routes, executor.volumes)
-    return Host(app, swarm, executor, images)
+    return Host(app, swarm, executor, images, networking)
 
 
 def build_app(config: DaemonConfig) -> web.Application:
@@ -198,6 +208,7 @@ async def serve(config: DaemonConfig, stop: asyncio.Event) -> None:
     host = build_host(config)
     api = ApiServer(config, host.app)
     await host.executor.start_up()
+    await host.networking.start()       # adopt the task sandboxes a previous daemon left (live restore)
     async with asyncio.TaskGroup() as group:
         supervisor = Supervisor(group)
         supervisor.start("swarm", host.swarm.run())
@@ -213,6 +224,7 @@ async def serve(config: DaemonConfig, stop: asyncio.Event) -> None:
         except TimeoutError:
             log.warning("API did not stop within the shutdown bound")
         await supervisor.stop(deadline)
+    await host.networking.close()   # DNS servers stop; the data path stays up for the containers
     host.executor.close()  # the shim spawner; containers and their shims keep running (live restore)
     log.info("daemon stopped")
 

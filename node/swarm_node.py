@@ -44,6 +44,7 @@ from manager.store import Store
 from manager.swarm.runtime import LeaderLoopFactory, ManagerRuntime
 from node import bootstrap, joining, roles
 from node.addresses import split_host_port
+from node.networking import NodeNetworking
 from node.state import LocalSwarmState
 from raft.node import RaftNode
 from rpc.server import RpcServer
@@ -69,7 +70,7 @@ class SwarmNode:
     def __init__(self, data_dir: Path, *, listen_addr: str, advertise_addr: str, hostname: str,
                  executor: TaskExecutor, description: Callable[[], dict[str, Any]],
                  leader_loops: list[LeaderLoopFactory], logs: ContainerLogs | None = None,
-                 dependencies: Dependencies | None = None) -> None:
+                 dependencies: Dependencies | None = None, networking: NodeNetworking | None = None) -> None:
         self.data_dir = data_dir
         self.default_listen = listen_addr
         self.default_advertise = advertise_addr
@@ -79,6 +80,7 @@ class SwarmNode:
         self._leader_loops = leader_loops
         self._logs = logs
         self._dependencies = dependencies   # secrets and configs, shared with the executor
+        self._networking = networking       # the task sandboxes, shared with the executor
         self.state: LocalSwarmState | None = LocalSwarmState.load(data_dir)
         self.creds: NodeCredentials | None = None
         self.runtime: ManagerRuntime | None = None
@@ -192,7 +194,7 @@ class SwarmNode:
         self.agent = Agent(state.node_id, state.managers or [state.advertise_addr], self.client_context,
                            self._executor, self.description, split_host_port(state.advertise_addr)[0],
                            on_managers=self._on_managers, on_node=self._on_node, logs=self._logs,
-                           dependencies=self._dependencies)
+                           dependencies=self._dependencies, networking=self._networking)
         self._spawn(self.agent.run(), "agent")
 
     async def start_manager(self, bootstrap: bool, members: dict[int, str]) -> None:
@@ -249,6 +251,11 @@ class SwarmNode:
         task_ids = self.agent.task_ids() if self.agent is not None else []
         await self.stop_components()
         await remove_task_containers(self._executor, task_ids, REMOVE_CONTAINERS_TIMEOUT)
+        if self._networking is not None:
+            try:
+                await self._networking.purge()      # the old swarm's networks go with it, as in Docker
+            except Exception as e:
+                self.record_failure("removing the old swarm's networks", e)
         self.state = None
         self.set_credentials(None)
         self.wanted_role = None     # what the old swarm wanted of this node means nothing to a new one

@@ -16,6 +16,10 @@ Theory of operation:
   tasks, released when a runner ends, and pruned to what each complete set brings.
 - `logs`/`logs_cancel` messages go to the LogPublisher (logs.py), which serves them for as long
   as the session lasts.
+- `networks` messages update the node's `NetworkViews` (worker/networking.py); one loop makes the
+  data path match the latest views (coalesced: it applies the newest state, never a backlog;
+  a failure is retried after a growing pause), and after each complete assignment set drops the
+  sandboxes of tasks the node no longer has.
 - Stopping: the agent is cancelled; every loop of it checks for a cancellation that an await
   below it swallowed (Python 3.11's `asyncio.wait_for` drops a cancel that races with the awaited
   operation finishing, e.g. the connect to a manager), so a stop always takes effect. Runners
@@ -27,12 +31,14 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
 from collections.abc import Callable
 from typing import Any
 
+from aio import Backoff
 from model import Task, TaskStatus
 from rpc.client import RpcClient
 from rpc.errors import NotLeaderError, RpcError
@@ -40,6 +46,7 @@ from worker.agent.dependencies import Dependencies
 from worker.agent.logs import ContainerLogs, LogPublisher
 from worker.agent.task_runner import TaskRunner, raise_if_cancel_requested
 from worker.exec import TaskExecutor, is_temporary
+from worker.networking import NetworkViews, TaskNetworking
 
 log = logging.getLogger("shoal.agent")
 
@@ -53,7 +60,8 @@ class Agent:
                  executor: TaskExecutor, description: Callable[[], dict[str, Any]], addr: str,
                  on_managers: Callable[[list[str]], None] | None = None,
                  on_node: Callable[[dict[str, Any]], None] | None = None,
-                 logs: ContainerLogs | None = None, dependencies: Dependencies | None = None) -> None:
+                 logs: ContainerLogs | None = None, dependencies: Dependencies | None = None,
+                 networking: TaskNetworking | None = None) -> None:
         self.node_id = node_id
         self.managers = list(managers)
         self._ssl_context = ssl_context
@@ -75,12 +83,18 @@ class Agent:
         self.connected = asyncio.Event()
         self.connected_to = ""
         self.logs = LogPublisher(logs, lambda task_id: task_id in self._runners)
+        self.networking = networking
+        self.network_views = NetworkViews()
+        self._network_work = asyncio.Event()      # views changed, or a complete set arrived
+        self._retain_due = False
 
     # ---- lifetime -----------------------------------------------------------------------------
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
             self._group = group
             group.create_task(self._report_loop(), name="agent-reporter")
+            if self.networking is not None:
+                group.create_task(self._network_loop(self.networking), name="agent-networks")
             await self._session_loop()
 
     def _candidates(self) -> list[str]:
@@ -157,6 +171,10 @@ class Agent:
                 self._on_node(message)
         elif kind in ("logs", "logs_cancel"):
             self.logs.handle(message)
+        elif kind == "networks":
+            for problem in self.network_views.apply(message):
+                log.warning("network view dropped: %s", problem)
+            self._network_work.set()
         elif kind == "assignments":
             complete = message.get("type") == "complete"
             if complete:
@@ -186,6 +204,8 @@ class Agent:
             for task_id in set(self._runners) - self._complete_seen:
                 self._unassign(task_id)
             self._complete_seen = None
+            self._retain_due = True
+            self._network_work.set()
 
     def _assign(self, task: Task) -> None:
         self.dependencies.bind(task)
@@ -217,6 +237,35 @@ class Agent:
     def task_ids(self) -> list[str]:
         """The tasks this agent runs (or is stopping) now."""
         return list(self._runners)
+
+    # ---- networks -----------------------------------------------------------------------------
+    async def _network_loop(self, networking: TaskNetworking) -> None:
+        """Level-triggered: apply the newest views; a failure is logged and retried after a
+        growing pause (or sooner, when newer views arrive)."""
+        backoff = Backoff(first=0.2, ceiling=MAX_BACKOFF)
+        applied = -1
+        while True:
+            await self._network_work.wait()
+            self._network_work.clear()
+            try:
+                if self.network_views.version != applied:
+                    version = self.network_views.version
+                    await networking.sync(self.network_views)
+                    applied = version
+                if self._retain_due:
+                    self._retain_due = False
+                    await networking.retain(list(self._runners))
+                backoff.reset()
+            except Exception:
+                log.exception("programming the node's networks failed; will retry")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._network_views_changed(applied), backoff.next_delay())
+                self._network_work.set()   # try again: after the pause, or at once for newer views
+
+    async def _network_views_changed(self, applied: int) -> None:
+        while self.network_views.version == applied:
+            self._network_work.clear()
+            await self._network_work.wait()
 
     # ---- status reporting ---------------------------------------------------------------------
     def _queue_status(self, task_id: str, status: TaskStatus) -> None:
