@@ -11,6 +11,7 @@ from manager.allocator.networks import (
     claimed_subnets,
     find_ingress,
     is_ingress,
+    needs_addresses,
     needs_ingress,
     network_vnis,
     plan_network,
@@ -25,6 +26,6 @@ from manager.allocator.settings import (
 __all__ = [
     "INGRESS_NAME", "PENDING_MESSAGE", "PREDEFINED_LABEL", "VXLAN_ID_LIST", "AddressBook", "Allocator", "IpamError",
     "NetworkAllocation", "NetworkSettings", "claimed_subnets", "find_ingress", "ingress_network",
-    "init_network_settings", "is_ingress", "needs_ingress", "network_vnis", "plan_network", "task_holds_addresses",
-    "validate_data_path_port", "validate_default_addr_pool", "wants_addresses",
+    "init_network_settings", "is_ingress", "needs_addresses", "needs_ingress", "network_vnis", "plan_network",
+    "task_holds_addresses", "validate_data_path_port", "validate_default_addr_pool", "wants_addresses",
 ]

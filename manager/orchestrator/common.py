@@ -12,14 +12,15 @@ import copy
 from collections.abc import Iterable
 from typing import Any
 
+from manager.allocator import PENDING_MESSAGE, needs_addresses
 from manager.specs import SpecError
 from manager.store import ReadTx
 from model import Node, NodeState, Service, Task, TaskState, TaskStatus, UpdateState, format_time, new_id
 
 # Task states bound once: reading a member off the Enum class costs ~70 ns, and these
 # comparisons run for every task of every write.
-_ASSIGNED, _COMPLETE, _NEW, _READY, _RUNNING = (
-    TaskState.ASSIGNED, TaskState.COMPLETE, TaskState.NEW, TaskState.READY, TaskState.RUNNING)
+_ASSIGNED, _COMPLETE, _NEW, _PENDING, _READY, _RUNNING = (
+    TaskState.ASSIGNED, TaskState.COMPLETE, TaskState.NEW, TaskState.PENDING, TaskState.READY, TaskState.RUNNING)
 
 _DOWN = NodeState.DOWN
 
@@ -32,10 +33,12 @@ def slot_key(task: Task) -> SlotKey:
 
 def new_task(service: Service, now: float, slot: int = 0, node_id: str = "",
              desired: TaskState = TaskState.RUNNING) -> Task:
-    """A fresh task from the service's current TaskTemplate (state NEW)."""
+    """A fresh task from the service's current TaskTemplate: NEW when the allocator must give it
+    addresses first, else straight PENDING for the scheduler (Docker writes every task twice)."""
+    status = TaskStatus(_NEW, format_time(now), "created") if needs_addresses(service) else \
+        TaskStatus(_PENDING, format_time(now), PENDING_MESSAGE)
     return Task(id=new_id(), spec=service.spec.get("TaskTemplate") or {}, service_id=service.id, slot=slot,
-                node_id=node_id, desired_state=desired, service_name=service.name,
-                status=TaskStatus(_NEW, format_time(now), "created"),
+                node_id=node_id, desired_state=desired, service_name=service.name, status=status,
                 labels=dict(service.spec.get("Labels") or {}))
 
 

@@ -430,3 +430,18 @@ async def test_a_task_created_while_a_round_runs_is_allocated_without_another_ev
     finally:
         sub.close()
         await cancel_and_wait([runner])
+
+
+def test_only_tasks_that_need_addresses_start_new_the_others_go_straight_to_pending() -> None:
+    from manager.orchestrator.common import new_task
+
+    plain = service("plain", [])
+    networked = service("net", ["n1"])
+    publishing = service("pub", [])
+    publishing.spec["EndpointSpec"] = {"Ports": [{"TargetPort": 80, "PublishedPort": 8080}]}
+    host_only = service("host", [])
+    host_only.spec["EndpointSpec"] = {"Ports": [{"TargetPort": 80, "PublishedPort": 8080, "PublishMode": "host"}]}
+    states = {s.name: new_task(s, 0.0, slot=1).status for s in (plain, networked, publishing, host_only)}
+    assert {n: st.state for n, st in states.items()} == {
+        "plain": TaskState.PENDING, "net": TaskState.NEW, "pub": TaskState.NEW, "host": TaskState.PENDING}
+    assert states["plain"].message == "pending task scheduling"
