@@ -62,10 +62,6 @@ class NodeCredentials:
         return RootCA.from_pem(self.root_pem, self.root_key_pem)
 
     @property
-    def not_after(self) -> datetime.datetime:
-        return self.cert.not_valid_after_utc
-
-    @property
     def lifetime(self) -> datetime.timedelta:
         """From issue to expiry (validity starts BACKDATE before issue, for clock skew)."""
         cert = self.cert

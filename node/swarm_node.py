@@ -327,9 +327,6 @@ class SwarmNode:
     def is_worker(self) -> bool:
         return self.state is not None and self.state.role == "worker"
 
-    def local_node_id(self) -> str:
-        return self.state.node_id if self.state else ""
-
     def leader_node_id(self) -> str:
         return self.runtime.leader_node_id() if self.runtime else ""
 

@@ -32,23 +32,6 @@ class SwarmInfoSource(Protocol):
         ...
 
 
-class NoSwarm:
-    """A daemon that is not part of a swarm."""
-
-    def swarm_info(self) -> dict[str, Any]:
-        return {
-            "NodeID": "",
-            "NodeAddr": "",
-            "LocalNodeState": "inactive",
-            "ControlAvailable": False,
-            "Error": "",
-            "RemoteManagers": None,
-        }
-
-    def swarm_state(self) -> str:
-        return "inactive"
-
-
 SWARM_INFO = web.AppKey("swarm_info", SwarmInfoSource)
 DATA_DIR = web.AppKey("data_dir", str)
 HOSTNAME = web.AppKey("hostname", str)

@@ -60,11 +60,6 @@ def is_bound(path: Path) -> bool:
         return False
 
 
-def same_netns(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
-    sa, sb = os.stat(a), os.stat(b)
-    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
-
-
 def prepare_dir(directory: Path) -> None:
     """Create `directory` and make it a shared mount of itself (once; idempotent)."""
     directory.mkdir(parents=True, exist_ok=True)

@@ -30,9 +30,6 @@ class ClusterAccess(Protocol):
         """True when this node is in a swarm as a worker."""
         ...
 
-    def local_node_id(self) -> str:
-        ...
-
     def leader_node_id(self) -> str:
         """The node ID of the current Raft leader, as this manager sees it ("" if none)."""
         ...
@@ -41,25 +38,6 @@ class ClusterAccess(Protocol):
         """Return once this manager's store holds every write committed before the call
         (a Raft ReadIndex round); raise an error with an HTTP status when there is no quorum."""
         ...
-
-
-class NoCluster:
-    """A daemon outside any swarm."""
-
-    def manager_store(self) -> Store | None:
-        return None
-
-    def is_worker(self) -> bool:
-        return False
-
-    def local_node_id(self) -> str:
-        return ""
-
-    def leader_node_id(self) -> str:
-        return ""
-
-    async def read_barrier(self) -> None:
-        return None
 
 
 CLUSTER = web.AppKey("cluster", ClusterAccess)

@@ -52,10 +52,6 @@ class Subscription:
         self.dropped_reason = ""
         self.closed = False
 
-    def wants(self, event: Event) -> bool:
-        return (not self.tables or event.table in self.tables) and (
-            self._predicate is None or self._predicate(event))
-
     def offer(self, event: Event) -> None:
         """Queue `event` if this subscription wants it (the store calls this per event)."""
         if self._predicate is None or self._predicate(event):

@@ -47,9 +47,6 @@ class StoreCluster:
     def is_worker(self) -> bool:
         return self.worker
 
-    def local_node_id(self) -> str:
-        return NODE_ID
-
     def leader_node_id(self) -> str:
         return NODE_ID
 

@@ -231,9 +231,6 @@ class Agent:
         if runner is not None:
             runner.unassign()
 
-    def runner_states(self) -> dict[str, str]:
-        return {tid: r.status.state.api for tid, r in self._runners.items()}
-
     def task_ids(self) -> list[str]:
         """The tasks this agent runs (or is stopping) now."""
         return list(self._runners)

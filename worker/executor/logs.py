@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -171,8 +170,3 @@ async def read_log(path: Path, *, tail: int | None = None, follow: bool = False,
         await asyncio.sleep(poll_interval)
 
 
-def log_size(path: Path) -> int:
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return 0

@@ -111,12 +111,6 @@ class BlobStore:
             w.write(data)
             return w.commit()
 
-    def put_stream(self, src: BinaryIO, expected: str | None = None, what: str = "blob") -> str:
-        with self.writer(expected, what) as w:
-            while chunk := src.read(COPY_CHUNK):
-                w.write(chunk)
-            return w.commit()
-
     def read_bytes(self, digest: str) -> bytes:
         try:
             return self.path(digest).read_bytes()

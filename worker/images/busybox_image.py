@@ -78,11 +78,6 @@ class TarBuilder:
         info.linkname = target
         self.tar.addfile(info)
 
-    def chardev(self, name: str, major: int, minor: int, mode: int = 0o666) -> None:
-        info = self._info(name, tarfile.CHRTYPE, mode)
-        info.devmajor, info.devminor = major, minor
-        self.tar.addfile(info)
-
     def finish(self) -> bytes:
         self.tar.close()
         return self.buffer.getvalue()

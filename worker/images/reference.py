@@ -53,11 +53,6 @@ class Reference:
     def familiar(self) -> str:
         return _join(self.familiar_name, self.tag, self.digest)
 
-    def with_tag(self, tag: str) -> Reference:
-        if not _TAG.match(tag):
-            raise InvalidReference(f"invalid tag format: {tag!r}")
-        return replace(self, tag=tag, digest=None)
-
     def with_digest(self, digest: str) -> Reference:
         return replace(self, tag=None, digest=digest)
 
