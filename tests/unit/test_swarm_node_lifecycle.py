@@ -16,6 +16,7 @@ from engineapi.http import ApiError
 from node import swarm_node
 from node.swarm_node import SwarmNode
 from tests.support.fake_executor import FakeController, FakeExecutor
+from worker.agent import agent as agent_module
 from worker.agent.agent import remove_task_containers
 from worker.exec import TemporaryError
 
@@ -125,17 +126,20 @@ async def test_a_leave_cancels_a_transition_the_node_started_itself(tmp_path: Pa
     assert not node.lock.locked()
 
 
-async def test_removing_the_containers_of_the_tasks_left_behind() -> None:
+async def test_removing_the_containers_of_the_tasks_left_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_module, "REMOVE_RETRY", 0.01)
     executor = FakeExecutor()
-    for task_id in ("a", "b", "c"):
+    for task_id in ("a", "b", "c", "d"):
         executor.controllers[task_id] = ctl = FakeController(task_id)
         ctl.status = "running"
-    executor.controllers["b"].fail["remove"] = [TemporaryError("runc busy")]   # retried
-    executor.controllers["c"].fail["remove"] = [RuntimeError("disk on fire")]  # given up, reported
-    left = await remove_task_containers(executor, ["a", "b", "c", "gone"], timeout=5)
-    assert left == ["c"]
-    assert executor.controllers["a"].status == executor.controllers["b"].status == "removed"
-    assert executor.controllers["b"].calls.count("remove") == 2
+    executor.controllers["b"].fail["remove"] = [TemporaryError("runc busy")] * 6          # retried
+    executor.controllers["c"].fail["remove"] = [RuntimeError("shim gone, still running")]  # retried too
+    executor.controllers["d"].fail["remove"] = [RuntimeError("disk on fire")] * 10          # given up
+    left = await remove_task_containers(executor, ["a", "b", "c", "d", "gone"], timeout=5)
+    assert left == ["d"]
+    assert {executor.controllers[t].status for t in "abc"} == {"removed"}
+    assert executor.controllers["b"].calls.count("remove") == 7
+    assert executor.controllers["d"].calls.count("remove") == agent_module.REMOVE_ATTEMPTS
 
 
 async def test_removing_containers_is_bounded() -> None:

@@ -53,6 +53,7 @@ log = logging.getLogger("shoal.agent")
 REPORT_INTERVAL = 0.05
 MAX_BACKOFF = 2.0
 REMOVE_RETRY = 0.2      # seconds between attempts to remove a container after a temporary error
+REMOVE_ATTEMPTS = 4     # attempts to remove a container whose removal fails for another reason
 
 
 class Agent:
@@ -299,16 +300,21 @@ async def remove_task_containers(executor: TaskExecutor, task_ids: list[str], ti
 
     async def remove(task_id: str) -> None:
         ctl = executor.existing(task_id)
+        failures = 0
         while ctl is not None:
             try:
                 await ctl.remove()
                 return
             except Exception as e:
-                if not is_temporary(e):
+                # A temporary error is retried until the bound; another one a few times too (a
+                # container killed half way through its creation, as a runner stopped by the
+                # leave may leave it, is only seen as stopped a moment later).
+                failures += 0 if is_temporary(e) else 1
+                if failures >= REMOVE_ATTEMPTS:
                     log.warning("task %s: removing its container: %s", task_id, e)
                     left.append(task_id)
                     return
-                await asyncio.sleep(REMOVE_RETRY)   # e.g. runc busy: the same step again shortly
+                await asyncio.sleep(REMOVE_RETRY * 2 ** failures)   # the same step again shortly
 
     removals = [asyncio.ensure_future(remove(task_id)) for task_id in task_ids]
     if not removals:
