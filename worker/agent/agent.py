@@ -243,6 +243,7 @@ class Agent:
         backoff = Backoff(first=0.2, ceiling=MAX_BACKOFF)
         applied = -1
         while True:
+            raise_if_cancel_requested()      # a stop swallowed by the wait_for below still stops it
             await self._network_work.wait()
             self._network_work.clear()
             try:
