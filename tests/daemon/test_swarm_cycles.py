@@ -115,6 +115,27 @@ async def test_a_hundred_init_and_forced_leave_cycles_never_wedge_the_daemon(tmp
         stops_on_sigterm(d)
 
 
+async def test_an_init_that_fails_half_way_is_an_error_and_leaves_nothing(tmp_path: Path) -> None:
+    """Raft cannot start (its directory is taken by a file): the init is answered with the
+    reason, nothing of it stays (no cluster port, no state), and the next init works."""
+    with running_daemon(tmp_path) as d:
+        async with DaemonClient(d.host) as c:
+            blocker = d.data_dir / "swarm" / "raft"
+            blocker.parent.mkdir(parents=True)
+            blocker.write_text("not a directory")
+            port = free_port()
+            with pytest.raises(ApiResponseError) as failed:
+                await call(c, "POST", "/swarm/init", addr(port))
+            assert failed.value.status == 500 and "the manager did not start" in failed.value.message
+            assert "File exists" in failed.value.message
+            assert (await swarm_state(c))["LocalNodeState"] == "inactive"
+            assert not (d.data_dir / "swarm").exists()
+            node_id = await call(c, "POST", "/swarm/init", addr(port))      # the port was let go
+            assert (await swarm_state(c))["NodeID"] == node_id
+            await call(c, "POST", "/swarm/leave", force=True)
+        stops_on_sigterm(d)
+
+
 @pytest.mark.slow
 async def test_a_thousand_init_and_forced_leave_cycles(tmp_path: Path) -> None:
     with running_daemon(tmp_path, "--shutdown-timeout", "10") as d:
