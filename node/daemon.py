@@ -29,13 +29,14 @@ from manager.api import logs as logs_api
 from manager.api import nodes as nodes_api
 from manager.api import swarm as cluster_swarm_api
 from manager.api.cluster import CLUSTER, linearizable_reads
+from manager.api.local_networks import LOCAL_NETWORKS
 from manager.api.routes import add_cluster_routes
 from manager.logbroker.access import ClusterLogs
 from manager.swarm.leader_loops import Orchestration
 from node import swarm_api
 from node import system_api as system
 from node.addresses import split_host_port
-from node.networking import NodeNetworking
+from node.networking import LocalNetworkSource, NodeNetworking
 from node.supervisor import Supervisor
 from node.swarm_node import SwarmNode
 from worker.agent.dependencies import Dependencies
@@ -156,6 +157,8 @@ def build_host(config: DaemonConfig) -> Host:
     app = new_app(linearizable_reads)
     app[system.SWARM_INFO] = swarm
     app[CLUSTER] = swarm
+    app[LOCAL_NETWORKS] = LocalNetworkSource(networking, hostname,
+                                             lambda: swarm.state.node_id if swarm.state is not None else "")
     app[logs_api.LOG_SOURCE] = ClusterLogs(lambda: swarm.runtime)
     app[swarm_api.SWARM_CONTROL] = swarm
     app[system.DATA_DIR] = str(config.data_dir)

@@ -10,6 +10,12 @@ DNS server at 127.0.0.11; `release` undoes it after the container is gone. Where
 port and tunnel address last were is kept in `<run_dir>/datapath.json`, so a restarted daemon
 adopts what runs (namespaces, interfaces, peers) without cutting a task, and restarts each
 sandbox's DNS server, before the first view arrives.
+
+`local_networks()` is the read-only node-local view the Engine API shows (manager/api/
+local_networks.py): per network pushed to this node (ingress always among them), the task
+endpoints in this node's sandboxes, its own endpoint, the nodes with endpoints on it and the
+services in rotation. Task names and the cluster object's labels, options and creation time are
+remembered from the tasks this node sandboxed (a worker has no store to read them from).
 """
 
 from __future__ import annotations
@@ -17,16 +23,26 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
+from typing import Any
 
 from aio import cancel_and_wait
 from ca.node_tls import write_atomic
 from ingress.dns import DnsServer, ForwardLimit, NetworkEntry, ServiceEntry, ServiceRecords, TaskEntry, resolv_conf
 from ingress.dns.records import parse_address
-from model import Task
-from overlay import Attachment, OverlayHost, OverlaySpec, Peer
+from manager.api.local_networks import (
+    VXLAN_ID_LIST,
+    LocalEndpoint,
+    LocalNetwork,
+    LocalPeer,
+    LocalService,
+    LocalServiceTask,
+)
+from model import Task, format_time
+from overlay import Attachment, OverlayError, OverlayHost, OverlaySpec, Peer, SandboxRecord
 from worker.exec import TemporaryError
 from worker.networking import NetworkView, NetworkViews, TaskSandbox
 
@@ -64,6 +80,10 @@ class NodeNetworking:
         self._dns: dict[str, DnsServer] = {}        # task id -> its DNS server
         self._limit = ForwardLimit()                # one bound on forwarded queries for the node
         self._lock = asyncio.Lock()
+        # for the node-local view (Engine API): remembered, never needed by the data path
+        self._task_names: dict[str, str] = {}       # task id -> "web.1.<taskid>"
+        self._cluster_networks: dict[str, dict[str, Any]] = {}   # network id -> swarm Network object
+        self._first_seen: dict[str, str] = {}       # network id -> when this node first had it
 
     # ---- lifetime -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -104,6 +124,9 @@ class NodeNetworking:
                 self._host = None
             (self.run_dir / STATE_FILE).unlink(missing_ok=True)
             self._views, self._records = None, ServiceRecords()
+            self._task_names.clear()
+            self._cluster_networks.clear()
+            self._first_seen.clear()
 
     def _new_host(self, vtep: str, port: int) -> OverlayHost:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -135,6 +158,9 @@ class NodeNetworking:
             host = await self._host_for(views.data_path_port)
             self._views = views
             wanted = {view.id: overlay_spec(view) for view in views.views.values()}
+            now = format_time(time.time())
+            self._first_seen = {k: self._first_seen.get(k) or now for k in wanted}
+            self._cluster_networks = {k: v for k, v in self._cluster_networks.items() if k in wanted}
             if views.known:
                 await host.reconcile(wanted.values())
             else:
@@ -162,6 +188,7 @@ class NodeNetworking:
             path = await host.create_sandbox(task.id)
             await host.attach(task.id, [Attachment(overlay_spec(view), IPv4Interface(address))
                                         for view, address in attached])
+            self._remember(task)
             if not attached:
                 return TaskSandbox(str(path), "")
             # user networks resolve first, then ingress (Docker's order)
@@ -176,6 +203,7 @@ class NodeNetworking:
 
     async def release(self, task_id: str) -> None:
         async with self._lock:
+            self._task_names.pop(task_id, None)
             await self._close_dns([task_id])
             if self._host is not None:
                 await self._host.delete_sandbox(task_id)
@@ -187,6 +215,7 @@ class NodeNetworking:
                 return
             for key in set(await self._host.sandboxes()) - keep:
                 log.info("removing the sandbox of a task this node no longer has", extra={"task": key})
+                self._task_names.pop(key, None)
                 await self._close_dns([key])
                 await self._host.delete_sandbox(key)
 
@@ -216,3 +245,70 @@ class NodeNetworking:
     # ---- the node-local view (Engine API) ----------------------------------------------------
     def views(self) -> NetworkViews | None:
         return self._views
+
+    def _remember(self, task: Task) -> None:
+        self._task_names[task.id] = task.display_name
+        for attachment in task.networks_attachments:
+            network = attachment.get("Network") if isinstance(attachment, dict) else None
+            if isinstance(network, dict) and network.get("ID"):
+                self._cluster_networks[str(network["ID"])] = network
+
+    async def _sandbox_records(self) -> dict[str, SandboxRecord]:
+        host = self._host
+        if host is None:
+            return {}
+        try:
+            return await host.sandboxes()
+        except OverlayError:        # closed under us (a leave, a shutdown): nothing to show
+            return {}
+
+    async def local_networks(self, own_name: str = "") -> list[LocalNetwork]:
+        """The networks instantiated on this node as the Engine API shows them (read-only; no lock:
+        a view in the middle of a sync is as good as the one before it). `own_name` names this
+        node among the peers ("<hostname>-<node id[:12]>")."""
+        views = self._views
+        if views is None:
+            return []
+        records = await self._sandbox_records()
+        now = format_time(time.time())
+        own_vtep = str(self._host.local_vtep) if self._host is not None else self._vtep()
+        names = {t.id: t.name for view in views.views.values() for s in view.services for t in s.tasks}
+        out = []
+        for view in sorted(views.views.values(), key=lambda v: v.name):
+            endpoints = tuple(
+                LocalEndpoint(key, self._task_names.get(key) or names.get(key) or key, str(att.address))
+                for key, record in sorted(records.items()) for att in record.attachments if att.network_id == view.id)
+            host_of = {p.ip: p.vtep for p in view.peers}
+            host_of.update({ep.address.split("/")[0]: own_vtep for ep in endpoints})
+            peers = {p.vtep: LocalPeer(p.vtep) for p in view.peers if p.vtep}
+            if own_vtep:
+                peers[own_vtep] = LocalPeer(own_vtep, own_name)
+            services = tuple(LocalService(s.name, s.id, s.vip, tuple(
+                LocalServiceTask(t.name, t.id, t.address, host_of.get(t.address, "")) for t in s.tasks))
+                for s in view.services)
+            cluster = self._cluster_networks.get(view.id) or {}
+            spec = cluster.get("Spec") or {}
+            options = {**((spec.get("DriverConfiguration") or {}).get("Options") or {}),
+                       **((cluster.get("DriverState") or {}).get("Options") or {})}
+            options.pop(VXLAN_ID_LIST, None)
+            out.append(LocalNetwork(
+                id=view.id, name=view.name, subnet=view.subnet, gateway=view.gateway, vni=view.vni,
+                internal=view.internal, ingress=view.ingress, attachable=view.attachable,
+                node_address=view.node_address, endpoints=endpoints, peers=tuple(peers.values()),
+                services=services, created=str(cluster.get("CreatedAt") or self._first_seen.setdefault(view.id, now)),
+                labels=dict(spec.get("Labels") or {}), options={str(k): str(v) for k, v in options.items()}))
+        return out
+
+
+class LocalNetworkSource:
+    """What the daemon registers as the API's `LocalNetworks`: this node's networks, with the node
+    itself among the peers named as Docker names it, `<hostname>-<node id[:12]>`."""
+
+    def __init__(self, networking: NodeNetworking, hostname: str, node_id: Callable[[], str]) -> None:
+        self._networking = networking
+        self._hostname = hostname
+        self._node_id = node_id
+
+    async def local_networks(self) -> list[LocalNetwork]:
+        node_id = self._node_id()
+        return await self._networking.local_networks(f"{self._hostname}-{node_id[:12]}" if node_id else "")
