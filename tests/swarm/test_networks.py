@@ -179,8 +179,8 @@ def test_network_rm_in_use_and_an_exhausted_pool_say_why(lab: Lab) -> None:
 
 def test_a_killed_worker_daemon_keeps_its_tasks_connected_and_peers_converge(lab: Lab) -> None:
     app = network(lab, "kept")
-    service(lab, "kw", WEB, 4, ["kept"], max_per_node=1)
-    tasks = converged(lab, "kw", 4)
+    service(lab, "kw", WEB, 5, ["kept"], max_per_node=1)   # one task on every host
+    tasks = converged(lab, "kw", 5)
     on_worker = [t for t in tasks if host_of(lab, t) == "worker-1"]
     elsewhere = [t for t in tasks if host_of(lab, t) != "worker-1"]
     assert on_worker and elsewhere
