@@ -90,9 +90,11 @@ def test_kill_and_restart_a_node(make_lab) -> None:
     assert lab.status("manager-1") == "running"
 
 
-def _container_pids() -> list[int]:
-    """Processes in any shoal executor's cgroups (containers and their shims)."""
-    return [int(p) for procs in Path("/sys/fs/cgroup/pids").glob("shoal/*/**/cgroup.procs")
+def _container_pids(executors: Sequence[str]) -> list[int]:
+    """Processes in these executors' cgroups (containers and their shims); other labs' executors
+    on the same machine are not this test's business."""
+    return [int(p) for executor in executors
+            for procs in Path("/sys/fs/cgroup/pids").glob(f"shoal/{executor}/**/cgroup.procs")
             for p in procs.read_text().split()]
 
 
@@ -106,11 +108,11 @@ def test_down_leaves_nothing_even_after_kill_9(make_lab) -> None:
     for node in lab.nodes.values():
         asyncio.run(demo.load_image(node.host, archive))
     assert asyncio.run(demo.deploy_demo(lab.node("manager-1").host, replicas=3)) == 3
-    containers = _container_pids()
-    assert containers, "the demo's containers run in the executors' cgroups"
-    pids = [n.pid for n in lab.nodes.values()] + containers
     executors = _executor_ids(lab)
     assert executors
+    containers = _container_pids(executors)
+    assert containers, "the demo's containers run in the executors' cgroups"
+    pids = [n.pid for n in lab.nodes.values()] + containers
     lab.kill("worker-1")
     # A crash of the tool itself: the state file is lost too.
     (lab.run_dir / "state.json").unlink()
