@@ -51,7 +51,12 @@ log = logging.getLogger("shoal.dispatcher")
 DEFAULT_HEARTBEAT_PERIOD = 5.0
 GRACE_MULTIPLIER = 3
 MONITOR_INTERVAL = 0.2
-DISCONNECT_GRACE = 3.0      # seconds a node whose connection closed has to open a new session
+# Seconds a node whose connection closed has to open a new session. A closed connection (the
+# kernel answered) means the daemon died or restarted while its host, and so its containers,
+# live on: long enough for a restarted daemon to come back and re-adopt them (live restore)
+# rather than have them duplicated elsewhere; still shorter than Docker's heartbeat grace. A
+# host that is gone or cut off is caught by keepalive probes in about 3 s (peer_unreachable).
+DISCONNECT_GRACE = 10.0
 
 
 def heartbeat_period_of(tx: ReadTx) -> float:
@@ -146,9 +151,9 @@ class Dispatcher:
         self._outboxes.on_closed(listener)
 
     def _connection_lost(self, node_id: str, session_id: str) -> None:
-        """The session's stream ended: a closed connection is a strong sign that the node is gone
-        (a crashed daemon's kernel closes its sockets), so shorten its grace. A live agent opens
-        a new session within it; a busy one keeps its connection and its full grace."""
+        """The session's stream ended: the daemon died or restarted (its kernel closed the
+        socket), so shorten its grace to DISCONNECT_GRACE. A restarted daemon opens a new session
+        within it and keeps its tasks; a busy one keeps its connection and its full grace."""
         current = self._sessions.get(node_id)
         if current is None or current.session_id != session_id or node_id not in self._deadlines:
             return
