@@ -2,13 +2,27 @@
 # Install what the side-by-side benchmarks compare against, as root. Safe to run twice.
 #   - etcd-server (Debian) for bench/raft_bench.py: the benchmark starts its own 3-member etcd
 #     cluster on loopback and stops it by PID, so the packaged system service must never run.
+#   - iperf3 (Debian) for bench/overlay_bench.py: the benchmark runs its own iperf3 servers and
+#     clients inside the lab's network namespaces and stops them by PID, so the packaged iperf3
+#     service must never run either.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
-if command -v etcd >/dev/null 2>&1 && dpkg-query -W -f='${Status}' etcd-server 2>/dev/null \
-        | grep -q "install ok installed"; then
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
+wanted=()
+if command -v etcd >/dev/null 2>&1 && installed etcd-server; then
     echo "bench-setup: etcd already installed: $(etcd --version | head -1)" >&2
 else
+    wanted+=(etcd-server etcd-client)
+fi
+if command -v iperf3 >/dev/null 2>&1 && installed iperf3; then
+    echo "bench-setup: iperf3 already installed: $(iperf3 --version | head -1)" >&2
+else
+    wanted+=(iperf3)
+fi
+
+if [ "${#wanted[@]}" -gt 0 ]; then
     created_policy=0
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         # Forbid package scripts from starting daemons while we install.
@@ -18,17 +32,23 @@ else
     fi
     cleanup() { if [ "$created_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi; }
     trap cleanup EXIT
+    # iperf3's package asks (debconf) whether to run a system-wide server: no.
+    echo "iperf3 iperf3/start_daemon boolean false" | debconf-set-selections
     apt-get update -q
-    apt-get install -y -q --no-install-recommends etcd-server etcd-client
+    apt-get install -y -q --no-install-recommends "${wanted[@]}"
 fi
 
-# Whatever the init system did, leave no packaged etcd running or enabled (by service name only).
-if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-    systemctl disable --now etcd.service >/dev/null 2>&1 || true
-elif command -v service >/dev/null 2>&1; then
-    service etcd stop >/dev/null 2>&1 || true
-fi
-if command -v update-rc.d >/dev/null 2>&1; then
-    update-rc.d etcd disable >/dev/null 2>&1 || true
-fi
+# Whatever the init system did, leave no packaged etcd or iperf3 running or enabled (by service
+# name only).
+for service in etcd iperf3; do
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl disable --now "$service.service" >/dev/null 2>&1 || true
+    elif command -v service >/dev/null 2>&1; then
+        service "$service" stop >/dev/null 2>&1 || true
+    fi
+    if command -v update-rc.d >/dev/null 2>&1; then
+        update-rc.d "$service" disable >/dev/null 2>&1 || true
+    fi
+done
 etcd --version | head -1
+iperf3 --version | head -1

@@ -113,3 +113,26 @@ def test_failover_bench_json() -> None:
     seconds = doc["seconds_to_tasks_running_elsewhere"]
     assert len(seconds["all"]) == 1 and is_seconds(seconds["p99"])
     assert isinstance(doc["meets_target"], bool)
+
+
+def test_overlay_bench_json() -> None:
+    """Every part at its smallest (iperf3 only where deploy/bench-setup.sh installed it)."""
+    needs_root_runc()
+    doc = run_bench("overlay_bench.py", "--reps", "1", "--seconds", "1", "--rr-count", "20", "--tasks", "1",
+                    timeout=180)
+    assert doc["bench"] == "overlay"
+    if not shutil.which("iperf3"):
+        assert "deploy/bench-setup.sh" in doc["error"]
+        return
+    assert "error" not in doc, doc["error"]
+    throughput, rtt, start = doc["throughput"], doc["round_trip"], doc["assignment_to_running"]
+    assert "error" not in throughput and "error" not in start, (throughput.get("error"), start.get("error"))
+    for path in ("underlay", "overlay"):
+        assert throughput[path]["median_gbit_s"] > 0 and len(throughput[path]["runs"]) == 1
+        assert rtt[path]["n"] == 20 and rtt[path]["p99_us"] >= rtt[path]["median_us"] > 0
+    assert doc["lab"]["overlay"]["mtu"] == 1450 and throughput["ratio_overlay_over_underlay"] > 0
+    for kind in ("without_network", "with_network"):
+        assert start[kind]["n"] == 1 and is_seconds(start[kind]["median_ms"])
+    assert set(start["first_task_ms"]) == {"without_network", "with_network_first_on_node"}
+    assert start["log_running_timestamps_equal_api"] is True
+    assert isinstance(doc["meets_goals"], bool)

@@ -1,0 +1,603 @@
+"""Benchmark: the overlay data path against the underlay, and what a network costs at task start,
+on a lab, in one run (issue 11).
+
+Prints one JSON document. A lab (cli.lab.Lab, named `ob<pid>`) of one manager and one worker, each
+a network namespace running a real `shoal daemon`, joined by the lab's bridge (198.18.0.x). An
+overlay network and two services of one sleeping busybox task each, pinned to different hosts by
+placement constraints (`node.hostname==manager-1`, `node.hostname==worker-1`). Then:
+
+  - throughput: iperf3 (Debian's, installed by deploy/bench-setup.sh) runs in the tasks' network
+    namespaces (`nsenter --net=<data dir>/network/netns/s-<task id>` with the host's iperf3: the
+    namespace the container runs in), server on manager-1's task, client on worker-1's, over the
+    overlay addresses; and the same two hosts' underlay: iperf3 in the lab hosts' own namespaces
+    over their 198.18.0.x addresses. One TCP stream for `--seconds` (after 1 s of warm-up that is
+    omitted), `--reps` times per path, the two paths alternated and the first one swapped every rep;
+    the median Gbit/s of each path counts. Goal: overlay >= 0.9x the underlay.
+  - round trip: a TCP request/response loop (one connection, TCP_NODELAY, a 1-byte request and a
+    1-byte reply, as netperf's TCP_RR; Python on both ends, the same code on both paths, so the
+    constant cost of the interpreter is in both figures and `added_us` is the overlay's own cost),
+    `--rr-count` round trips per rep after 200 unmeasured ones, same namespaces, same alternation;
+    median and p99 over all reps. No goal in the issue: reported.
+  - assignment -> RUNNING: services of one task each, pinned to worker-1, created one at a time
+    (each waits until its task runs), alternately without a network and with one overlay attached
+    (a network of its own, created for this phase), `--tasks` of each kind after one unmeasured
+    task of each kind (the first with-network task also sets the network up on the node: reported
+    apart in `first_task_ms`). A task's status keeps only its latest timestamp, so its
+    history is read from manager-1's Raft log (a copy of the WAL, replayed read-only, with the
+    store's version checks so that only applied writes count): from the ASSIGNED timestamp (the
+    scheduler's clock) to the RUNNING timestamp (the worker's report); both are this machine's
+    clock. Each task's RUNNING timestamp in the log is checked against `GET /tasks`. Median of each
+    kind; goal: with a network <= 1.3x without. `created_to_running_ms` (from the task's CreatedAt,
+    so including allocation and scheduling) is reported beside it, and `split_median_ms` cuts the
+    latency at the worker's PREPARING and STARTING reports.
+
+Only the lab's own namespaces are ever targeted: each server binds a lab or an overlay address
+inside the lab. Every process the bench starts is stopped by PID and the lab is torn down at the end,
+on failure and on Ctrl-C or SIGTERM too.
+Usage: python bench/overlay_bench.py [--reps 5] [--seconds 5] [--rr-count 2000] [--tasks 10]
+                                     [--timeout 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from cli.client import DaemonClient
+from cli.lab import Lab, demo
+from model import TaskState, parse_time
+from node.state import LocalSwarmState
+from raft.types import EntryType
+from raft.wal import WAL
+from worker.images.busybox_image import build_busybox_image, write_docker_save
+
+IMAGE = "shoal-bench/busybox:latest"
+SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"]
+IPERF3 = shutil.which("iperf3") or "/usr/bin/iperf3"
+IPERF_PORT = 5201
+RR_PORT = 5202
+RR_WARMUP = 200
+SERVER_HOST, CLIENT_HOST = "manager-1", "worker-1"
+THROUGHPUT_GOAL = 0.9          # overlay / underlay, at least
+START_GOAL = 1.3               # with a network / without, at most
+REALTIME_PRIORITY = 10         # SCHED_FIFO priority of iperf3 with --realtime
+POLL_S = 0.05
+
+# The request/response loop, stdlib only, run by this interpreter inside a namespace.
+RR_SERVER = r"""
+import socket, sys
+host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((host, port))
+s.listen(1)
+s.settimeout(timeout)
+print("ready", flush=True)
+c, _ = s.accept()
+c.settimeout(timeout)
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+while c.recv(1):
+    c.sendall(b"y")
+"""
+RR_CLIENT = r"""
+import json, socket, sys, time
+host, port, warmup, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+c = socket.create_connection((host, port), timeout=10)
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+now, send, recv = time.perf_counter_ns, c.sendall, c.recv
+out = []
+for i in range(warmup + count):
+    t0 = now()
+    send(b"x")
+    if not recv(1):
+        raise SystemExit("server closed")
+    out.append(now() - t0)
+c.close()
+print(json.dumps(out[warmup:]))
+"""
+
+
+class BenchError(Exception):
+    pass
+
+
+# -- processes in namespaces -----------------------------------------------------------------------
+
+_children: list[subprocess.Popen[str]] = []
+
+
+def in_ns(netns: str) -> list[str]:
+    """The argv prefix running a command in the network namespace at path `netns` (and nothing
+    else of it: the host's binaries and file systems)."""
+    return ["nsenter", f"--net={netns}", "--"]
+
+
+def spawn(argv: list[str]) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    _children.append(proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen[str], timeout: float = 5.0) -> None:
+    """Stop one process this bench started, by its PID."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    with contextlib.suppress(ValueError):
+        _children.remove(proc)
+
+
+def stop_all() -> None:
+    for proc in list(_children):
+        with contextlib.suppress(Exception):
+            stop(proc)
+
+
+def run(argv: list[str], timeout: float) -> str:
+    proc = spawn(argv)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"{' '.join(argv[3:6])}…: no result after {timeout:.0f}s") from None
+    finally:
+        stop(proc)
+    if proc.returncode != 0:
+        raise BenchError(f"{' '.join(argv[3:6])}… exited {proc.returncode}: {(err or out).strip()[-400:]}")
+    return out
+
+
+def stderr_of(proc: subprocess.Popen[str]) -> str:
+    return proc.stderr.read()[-400:] if proc.stderr is not None else ""
+
+
+def wait_listening(netns: str, port: int, server: subprocess.Popen[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise BenchError(f"server on port {port} exited {server.returncode}: {stderr_of(server)}")
+        ss = subprocess.run([*in_ns(netns), "ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True)
+        if ss.stdout.strip():
+            return
+        time.sleep(0.02)
+    raise BenchError(f"nothing listens on port {port} after {timeout:.0f}s")
+
+
+def link_stats(netns: str, dev: str = "eth0") -> dict[str, int]:
+    out = subprocess.run([*in_ns(netns), "ip", "-j", "-s", "link", "show", dev], capture_output=True,
+                         text=True, check=True).stdout
+    link = json.loads(out)[0]
+    tx = link["stats64"]["tx"]
+    return {"mtu": link["mtu"], "tx_bytes": tx["bytes"], "tx_packets": tx["packets"]}
+
+
+# -- throughput and round trip ---------------------------------------------------------------------
+
+class Path_:
+    """One way from the client's namespace to the server's address."""
+
+    def __init__(self, name: str, server_ns: str, server_ip: str, client_ns: str, client_host_ns: str) -> None:
+        self.name, self.server_ns, self.server_ip, self.client_ns = name, server_ns, server_ip, client_ns
+        self.client_host_ns = client_host_ns     # where the client's host puts packets on the lab's wire
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def iperf(path: Path_, seconds: int, timeout: float, realtime: bool) -> dict[str, Any]:
+    prio = ["chrt", "-f", str(REALTIME_PRIORITY)] if realtime else []
+    server = spawn([*prio, *in_ns(path.server_ns), IPERF3, "-s", "-1", "-B", path.server_ip, "-p", str(IPERF_PORT)])
+    try:
+        wait_listening(path.server_ns, IPERF_PORT, server, 10)
+        before = link_stats(path.client_host_ns)
+        cpu_before = children_cpu_s()     # from here until the server is reaped, only these two end
+        out = run([*prio, *in_ns(path.client_ns), IPERF3, "-c", path.server_ip, "-p", str(IPERF_PORT),
+                   "-t", str(seconds), "-O", "1", "-J", "--connect-timeout", "5000"], timeout=seconds + timeout)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(10)
+        cpu = children_cpu_s() - cpu_before
+        after = link_stats(path.client_host_ns)
+    finally:
+        stop(server)
+    doc = json.loads(out)
+    if doc.get("error"):
+        raise BenchError(f"iperf3 on the {path.name}: {doc['error']}")
+    end = doc["end"]
+    sender = end["streams"][0]["sender"]
+    packets = after["tx_packets"] - before["tx_packets"]
+    # The bytes of the whole run, omitted second included, against the CPU time of both processes
+    # (user + system, which holds the softirq work done in their context: most of the data path).
+    omitted = sum(i["sum"]["bytes"] for i in doc.get("intervals", []) if i["sum"].get("omitted"))
+    sent = end["sum_sent"]["bytes"] + omitted
+    return {
+        "gbit_s": round(end["sum_received"]["bits_per_second"] / 1e9, 3),
+        "cpu_s_per_gib": round(cpu / (sent / 2**30), 4) if sent else None,
+        "retransmits": end["sum_sent"].get("retransmits"),
+        "mean_rtt_us": sender.get("mean_rtt"),   # TCP's smoothed RTT under load (from TCP_INFO)
+        # what left the client's host on the lab's wire, per packet: ~64 KB when GSO packets go
+        # unsegmented through veths and the VXLAN device, ~1.5 KB if anything segmented them
+        "wire_bytes_per_packet": (after["tx_bytes"] - before["tx_bytes"]) // packets if packets else None,
+    }
+
+
+def round_trips(path: Path_, count: int, timeout: float) -> list[float]:
+    server = spawn([*in_ns(path.server_ns), sys.executable, "-c", RR_SERVER, path.server_ip, str(RR_PORT),
+                    str(timeout)])
+    try:
+        if server.stdout is None or server.stdout.readline().strip() != "ready":
+            raise BenchError(f"round-trip server on the {path.name} did not start: {stderr_of(server)}")
+        out = run([*in_ns(path.client_ns), sys.executable, "-c", RR_CLIENT, path.server_ip, str(RR_PORT),
+                   str(RR_WARMUP), str(count)], timeout=timeout)
+    finally:
+        stop(server)
+    return [ns / 1000 for ns in json.loads(out)]
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def data_path(paths: dict[str, Path_], reps: int, seconds: int, rr_count: int, timeout: float,
+              realtime: bool) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
+    rtts: dict[str, list[float]] = {name: [] for name in paths}
+    order = list(paths)
+    for rep in range(reps):
+        for name in (order if rep % 2 == 0 else order[::-1]):
+            runs[name].append(iperf(paths[name], seconds, timeout, realtime))
+        for name in (order if rep % 2 == 0 else order[::-1]):
+            rtts[name].extend(round_trips(paths[name], rr_count, timeout))
+    throughput: dict[str, Any] = {
+        "method": f"iperf3, 1 TCP stream, {seconds} s (+1 s omitted) per run, {reps} runs per path, "
+                  "paths alternated; median" + (f"; both ends at SCHED_FIFO {REALTIME_PRIORITY}" if realtime else ""),
+    }
+    for name in paths:
+        rates = [r["gbit_s"] for r in runs[name]]
+        cpu = [r["cpu_s_per_gib"] for r in runs[name] if r["cpu_s_per_gib"] is not None]
+        throughput[name] = {"median_gbit_s": round(statistics.median(rates), 3),
+                            "median_cpu_s_per_gib": round(statistics.median(cpu), 4) if cpu else None,
+                            "runs": runs[name]}
+    ratio = throughput["overlay"]["median_gbit_s"] / throughput["underlay"]["median_gbit_s"]
+    pairs = [o["gbit_s"] / u["gbit_s"] for o, u in zip(runs["overlay"], runs["underlay"], strict=True)]
+    cpu_o, cpu_u = throughput["overlay"]["median_cpu_s_per_gib"], throughput["underlay"]["median_cpu_s_per_gib"]
+    throughput.update({
+        "ratio_overlay_over_underlay": round(ratio, 3),
+        "ratio_per_rep": [round(p, 3) for p in pairs],
+        "cpu_per_byte_overlay_over_underlay": round(cpu_o / cpu_u, 3) if cpu_o and cpu_u else None,
+        "goal": f"overlay >= {THROUGHPUT_GOAL}x underlay", "meets_goal": ratio >= THROUGHPUT_GOAL,
+    })
+    rtt: dict[str, Any] = {
+        "method": f"TCP request/response, 1 connection, TCP_NODELAY, 1-byte request and reply, Python on both "
+                  f"ends; {rr_count} round trips per rep after {RR_WARMUP} unmeasured, {reps} reps per path",
+    }
+    for name in paths:
+        samples = rtts[name]
+        rtt[name] = {"n": len(samples), "median_us": round(statistics.median(samples), 1),
+                     "p99_us": round(quantile(samples, 0.99), 1), "min_us": round(min(samples), 1)}
+    rtt["ratio_median_overlay_over_underlay"] = round(rtt["overlay"]["median_us"] / rtt["underlay"]["median_us"], 3)
+    rtt["added_us"] = round(rtt["overlay"]["median_us"] - rtt["underlay"]["median_us"], 1)
+    return {"throughput": throughput, "round_trip": rtt}
+
+
+# -- the lab ---------------------------------------------------------------------------------------
+
+async def call(host: str, method: str, path: str, body: Any = None, **params: Any) -> Any:
+    async with DaemonClient(host, timeout=30) as c:
+        return (await c.request(method, path, params=params or None, body=body))[1]
+
+
+def service_spec(name: str, host: str, networks: list[str]) -> dict[str, Any]:
+    template: dict[str, Any] = {"ContainerSpec": {"Image": IMAGE, "Args": SLEEPER, "StopGracePeriod": 2_000_000_000},
+                                "Placement": {"Constraints": [f"node.hostname=={host}"]}}
+    if networks:
+        template["Networks"] = [{"Target": n} for n in networks]
+    return {"Name": name, "Labels": {"org.shoal.bench": "overlay"}, "TaskTemplate": template,
+            "Mode": {"Replicated": {"Replicas": 1}}}
+
+
+async def running_task(manager: str, service: str, timeout: float) -> dict[str, Any]:
+    """The service's one task, once it runs."""
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        tasks = await call(manager, "GET", "/tasks", filters={"service": [service]})
+        for task in tasks:
+            if task["Status"]["State"] == "running" and task["DesiredState"] == "running":
+                return task
+        seen = ", ".join(f"{t['Status']['State']} {t['Status'].get('Err', '')}".strip() for t in tasks)
+        await asyncio.sleep(POLL_S)
+    raise BenchError(f"service {service}: no running task after {timeout:.0f}s ({seen or 'no task'})")
+
+
+async def start_service(manager: str, name: str, host: str, networks: list[str], timeout: float) -> dict[str, Any]:
+    await call(manager, "POST", "/services/create", service_spec(name, host, networks))
+    return await running_task(manager, name, timeout)
+
+
+def sandbox_path(lab: Lab, host: str, task: dict[str, Any]) -> str:
+    path = Path(lab.node(host).data_dir) / "network" / "netns" / f"s-{task['ID']}"
+    if not path.exists():
+        raise BenchError(f"task {task['ID']} on {host} has no sandbox namespace at {path}")
+    return str(path)
+
+
+def overlay_address(task: dict[str, Any], network_id: str) -> str:
+    for attachment in task.get("NetworksAttachments") or []:
+        if attachment["Network"]["ID"] == network_id:
+            return str(attachment["Addresses"][0]).split("/")[0]
+    raise BenchError(f"task {task['ID']} has no address on network {network_id}")
+
+
+# -- assignment -> RUNNING, from the Raft log ------------------------------------------------------
+
+def task_histories(wal_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per task: its CreatedAt and the first timestamp it was written with in each state, from a
+    copy of a manager's WAL. Entries are checked as the store checks them (every change's expected
+    version, all or nothing), so a write the store rejected never counts."""
+    with tempfile.TemporaryDirectory(prefix="overlay-bench-wal-") as tmp:
+        for segment in sorted(wal_dir.glob("*.wal")):
+            shutil.copy(segment, tmp)
+        wal = WAL(tmp)
+        replay = wal.open()
+        wal.close()
+    versions: dict[tuple[str, str], int] = {}
+    out: dict[str, dict[str, Any]] = {}
+    for entry in replay.entries:
+        if entry.type != EntryType.NORMAL or not entry.data:
+            continue
+        doc = msgpack.unpackb(entry.data, raw=False)
+        if not isinstance(doc, dict):
+            continue
+        if "restore" in doc:
+            versions.clear()
+            continue
+        changes = doc.get("c") or []
+
+        def applies(op: str, table: str, expected: int, rec: dict[str, Any]) -> bool:
+            current = versions.get((table, rec["id"]))
+            if op == "create":
+                return current is None
+            return current is None or current == expected   # None: written before this log began
+
+        if not all(applies(*change) for change in changes):
+            continue
+        for op, table, _, rec in changes:
+            key = (table, rec["id"])
+            if op == "delete":
+                versions.pop(key, None)
+                continue
+            versions[key] = entry.index
+            if table == "tasks":
+                history = out.setdefault(rec["id"], {"created_at": rec.get("created_at", ""), "states": {}})
+                history["states"].setdefault(TaskState(rec["status"][0]).api, rec["status"][1])
+    return out
+
+
+def summary_ms(values: list[float]) -> dict[str, Any]:
+    return {"n": len(values), "median_ms": round(statistics.median(values), 1),
+            "p90_ms": round(quantile(values, 0.9), 1), "min_ms": round(min(values), 1),
+            "max_ms": round(max(values), 1), "all_ms": [round(v, 1) for v in values]}
+
+
+async def start_latency(lab: Lab, count: int, timeout: float) -> dict[str, Any]:
+    manager = lab.node(SERVER_HOST).host
+    network = (await call(manager, "POST", "/networks/create", {"Name": "oblat", "Driver": "overlay"}))["Id"]
+    started: list[tuple[str, int, dict[str, Any]]] = []       # (kind, round, task as the API gave it)
+    for i in range(count + 1):                                  # round 0: unmeasured, one of each
+        kinds = ("without_network", "with_network") if i % 2 == 0 else ("with_network", "without_network")
+        for kind in kinds:
+            name = f"lat-{'n' if kind == 'with_network' else 'p'}{i}"
+            task = await start_service(manager, name, CLIENT_HOST, [network] if kind == "with_network" else [],
+                                       timeout)
+            started.append((kind, i, task))
+    histories = task_histories(LocalSwarmState.raft_dir(Path(lab.node(SERVER_HOST).data_dir)) / "wal")
+    result: dict[str, Any] = {
+        "method": "services of 1 task pinned to worker-1, created one at a time, kinds alternated (first kind "
+                  f"swapped every round), {count} of each after 1 unmeasured of each; ASSIGNED timestamp (the "
+                  "scheduler's) to RUNNING timestamp (the worker's), both from manager-1's Raft log; median",
+    }
+    assigned: dict[str, list[float]] = {"without_network": [], "with_network": []}
+    created: dict[str, list[float]] = {"without_network": [], "with_network": []}
+    # where the time goes: the worker reports preparing (sandbox, container created) and starting
+    steps = (("assigned", "preparing"), ("preparing", "starting"), ("starting", "running"))
+    split: dict[str, dict[str, list[float]]] = {k: {f"{a}_to_{b}": [] for a, b in steps} for k in assigned}
+    mismatches = []
+    for kind, i, task in started:
+        states = (histories.get(task["ID"]) or {}).get("states") or {}
+        if "assigned" not in states or "running" not in states:
+            raise BenchError(f"task {task['ID']}: states in the Raft log: {sorted(states) or 'none'}")
+        if states["running"] != task["Status"]["Timestamp"]:
+            mismatches.append(task["ID"])
+        running = parse_time(states["running"])
+        a_ms = (running - parse_time(states["assigned"])) * 1000
+        c_ms = (running - parse_time(task["CreatedAt"])) * 1000
+        if i == 0:   # unmeasured; the first with a network also set the network up on worker-1
+            result.setdefault("first_task_ms", {})[
+                "with_network_first_on_node" if kind == "with_network" else kind] = round(a_ms, 1)
+            continue
+        assigned[kind].append(a_ms)
+        created[kind].append(c_ms)
+        for a, b in steps:
+            if a in states and b in states:
+                split[kind][f"{a}_to_{b}"].append((parse_time(states[b]) - parse_time(states[a])) * 1000)
+    for kind in assigned:
+        result[kind] = summary_ms(assigned[kind])
+    ratio = result["with_network"]["median_ms"] / result["without_network"]["median_ms"]
+    result.update({
+        "ratio_median_with_over_without": round(ratio, 3),
+        "goal": f"with a network <= {START_GOAL}x without", "meets_goal": ratio <= START_GOAL,
+        "created_to_running_ms": {kind: {"median_ms": round(statistics.median(v), 1),
+                                         "p90_ms": round(quantile(v, 0.9), 1)} for kind, v in created.items()},
+        "split_median_ms": {kind: {step: round(statistics.median(v), 1) for step, v in parts.items() if v}
+                            for kind, parts in split.items()},
+        "log_running_timestamps_equal_api": not mismatches,
+    })
+    if mismatches:
+        result["log_mismatches"] = mismatches
+    for _, _, task in started:        # stop them now, so that nothing of this phase stays running
+        with contextlib.suppress(Exception):
+            await call(manager, "DELETE", f"/services/{task['ServiceID']}")
+    return result
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the run as Ctrl-C does (KeyboardInterrupt), so cleanup runs."""
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Cleanup that a second Ctrl-C does not cut short."""
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    old = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def bench(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    lab = Lab(f"ob{os.getpid() % 100000:05d}")
+    try:
+        with uninterrupted():
+            lab.down()
+        t0 = time.monotonic()
+        lab.up(managers=1, workers=1, swarm=True)
+        result["lab"] = {"name": lab.name, "hosts": [SERVER_HOST, CLIENT_HOST], "up_s": round(time.monotonic() - t0, 3)}
+        with tempfile.TemporaryDirectory(prefix="overlay-bench-") as tmp:
+            archive = write_docker_save(build_busybox_image(healthcheck={}), Path(tmp) / "bb.tar", [IMAGE]).read_bytes()
+
+        async def setup() -> tuple[str, dict[str, Any], dict[str, Any]]:
+            await asyncio.gather(*(demo.load_image(n.host, archive) for n in lab.nodes.values()))
+            manager = lab.node(SERVER_HOST).host
+            net = (await call(manager, "POST", "/networks/create", {"Name": "obench", "Driver": "overlay"}))["Id"]
+            server, client = await asyncio.gather(
+                start_service(manager, "ob-server", SERVER_HOST, [net], args.timeout),
+                start_service(manager, "ob-client", CLIENT_HOST, [net], args.timeout))
+            return net, server, client
+
+        net, server_task, client_task = asyncio.run(setup())
+        host_ns = {h: f"/run/netns/{lab.node(h).ns}" for h in (SERVER_HOST, CLIENT_HOST)}
+        client_sandbox = sandbox_path(lab, CLIENT_HOST, client_task)
+        paths = {
+            "underlay": Path_("underlay", host_ns[SERVER_HOST], lab.node(SERVER_HOST).address,
+                              host_ns[CLIENT_HOST], host_ns[CLIENT_HOST]),
+            "overlay": Path_("overlay", sandbox_path(lab, SERVER_HOST, server_task), overlay_address(server_task, net),
+                             client_sandbox, host_ns[CLIENT_HOST]),
+        }
+        result["lab"].update({
+            "underlay": {"server": f"{SERVER_HOST} {paths['underlay'].server_ip}",
+                         "mtu": link_stats(host_ns[CLIENT_HOST])["mtu"]},
+            "overlay": {"server": f"task {server_task['ID'][:12]} on {SERVER_HOST} {paths['overlay'].server_ip}",
+                        "client": f"task {client_task['ID'][:12]} on {CLIENT_HOST} "
+                                  f"{overlay_address(client_task, net)}",
+                        "mtu": link_stats(client_sandbox)["mtu"]},
+        })
+        try:
+            result.update(data_path(paths, args.reps, args.seconds, args.rr_count, args.timeout, args.realtime))
+        except BenchError as e:
+            result["throughput"] = {"error": str(e)}
+        try:
+            result["assignment_to_running"] = asyncio.run(start_latency(lab, args.tasks, args.timeout))
+        except BenchError as e:
+            result["assignment_to_running"] = {"error": str(e)}
+    finally:
+        with uninterrupted():
+            stop_all()
+            lab.down()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--reps", type=int, default=5, help="iperf3 runs and round-trip loops per path")
+    ap.add_argument("--seconds", type=int, default=5, help="seconds per iperf3 run (after 1 s omitted)")
+    ap.add_argument("--rr-count", type=int, default=2000, help="measured round trips per loop")
+    ap.add_argument("--tasks", type=int, default=10, help="measured task starts of each kind")
+    ap.add_argument("--timeout", type=float, default=60.0, help="bound on each wait, in seconds")
+    ap.add_argument("--realtime", action="store_true",
+                    help=f"run both iperf3 ends at SCHED_FIFO {REALTIME_PRIORITY}, so that other load on the machine "
+                         "does not decide the throughput (they then take the CPUs they need for each run)")
+    args = ap.parse_args(argv)
+    for name, low, high in (("reps", 1, 20), ("seconds", 1, 60), ("rr_count", 10, 100_000), ("tasks", 1, 50)):
+        if not low <= getattr(args, name) <= high:
+            ap.error(f"--{name.replace('_', '-')} must be in {low}..{high}")
+    if not 5 <= args.timeout <= 600:
+        ap.error("--timeout must be in 5..600")
+    return args
+
+
+def main(argv: list[str] | None = None) -> tuple[dict[str, Any], int]:
+    args = parse_args(argv)
+    result: dict[str, Any] = {
+        "bench": "overlay",
+        "settings": {"reps": args.reps, "seconds": args.seconds, "rr_count": args.rr_count, "tasks": args.tasks,
+                     "realtime": args.realtime},
+        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "loadavg_start": list(os.getloadavg())},
+    }
+    if os.geteuid() != 0 or not shutil.which("runc"):
+        result["error"] = "needs root and runc"
+        return result, 0
+    if not os.access(IPERF3, os.X_OK):
+        result["error"] = f"{IPERF3} is not installed (run deploy/bench-setup.sh)"
+        return result, 0
+    result["iperf3"] = subprocess.run([IPERF3, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    status = 0
+    try:
+        with interruptible():
+            bench(args, result)
+    except KeyboardInterrupt as e:
+        result["error"] = f"interrupted ({e.args[0] if e.args else 'SIGINT'}); the lab was torn down"
+        status = 130
+    except Exception as e:  # a failed run is a result; the lab is already down
+        result["error"] = f"{type(e).__name__}: {e}"
+    result["machine"]["loadavg_end"] = list(os.getloadavg())
+    parts = [result.get(k) or {} for k in ("throughput", "assignment_to_running")]
+    if all("meets_goal" in p for p in parts):
+        result["meets_goals"] = all(p["meets_goal"] for p in parts)
+    return result, status
+
+
+if __name__ == "__main__":
+    doc, code = main()
+    print(json.dumps(doc, indent=2))
+    sys.exit(code)
