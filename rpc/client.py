@@ -52,9 +52,9 @@ class RpcClient:
     async def connect(self) -> RpcClient:
         host, port = split_addr(self.addr)
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, ssl=self._ssl, server_hostname=host or None),
-                self._connect_timeout)
+            async with asyncio.timeout(self._connect_timeout):   # not wait_for: it can drop a cancel (3.11)
+                reader, writer = await asyncio.open_connection(host, port, ssl=self._ssl,
+                                                               server_hostname=host or None)
         except (OSError, TimeoutError, ssl.SSLError) as e:
             raise Unavailable(f"cannot reach {self.addr}: {e or type(e).__name__}") from None
         set_keepalive(writer.get_extra_info("socket"))   # a dead manager is noticed in seconds
@@ -82,7 +82,8 @@ class RpcClient:
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._writer.wait_closed(), 1)
+                async with asyncio.timeout(1):
+                    await self._writer.wait_closed()
             self._writer = None
         self._fail_all(Unavailable(f"connection to {self.addr} closed"))
 
@@ -142,7 +143,8 @@ class RpcClient:
         self._waiters[call_id] = fut
         try:
             await self._send({"t": "req", "id": call_id, "m": method, "p": params or {}})
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                return await fut
         except TimeoutError:
             raise Unavailable(f"{method} on {self.addr} timed out after {timeout}s") from None
         finally:

@@ -133,7 +133,8 @@ class RpcServer:
             server.close()
             await cancel_and_wait(list(self._connections))
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 2)
+                async with asyncio.timeout(2):
+                    await server.wait_closed()
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Each connection runs as a task the server owns (cancelled and awaited by `serve()`), not
@@ -160,7 +161,8 @@ class RpcServer:
                 log.warning("refusing peer with a bad certificate", extra={"peer": str(addr), "error": str(e)})
                 return
             peer = Peer(identity, f"{addr[0]}:{addr[1]}" if addr else "")
-            hello = await asyncio.wait_for(frames.read_frame(reader), 10)
+            async with asyncio.timeout(10):
+                hello = await frames.read_frame(reader)
             channel = hello.get("channel") if isinstance(hello, dict) else None
             if channel == "rpc":
                 await self._serve_rpc(reader, writer, peer)
@@ -175,7 +177,8 @@ class RpcServer:
         finally:
             writer.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1)
+                async with asyncio.timeout(1):
+                    await writer.wait_closed()
 
     async def _serve_rpc(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:
         lock = asyncio.Lock()

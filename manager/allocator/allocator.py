@@ -402,7 +402,8 @@ class Allocator:
                     retries = 0
                     if retry:
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(sub.wait(), RETRY_AFTER_ERROR)
+                            async with asyncio.timeout(RETRY_AFTER_ERROR):
+                                await sub.wait()
                     else:
                         await sub.wait()
                     for event in sub.drain():

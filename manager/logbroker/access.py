@@ -64,7 +64,8 @@ class RemoteLogStream:
     async def open(self) -> RemoteLogStream:
         self._pump = asyncio.create_task(self._copy(), name="log stream from leader")
         try:
-            await asyncio.wait_for(asyncio.shield(self._acknowledged), OPEN_TIMEOUT)
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                await asyncio.shield(self._acknowledged)
         except BaseException:
             await self.aclose()
             raise

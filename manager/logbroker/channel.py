@@ -52,7 +52,8 @@ class LogChannel:
         if not self._batches and not self.finished and not self.closed:
             self._readable.clear()
             try:
-                await asyncio.wait_for(self._readable.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._readable.wait()
             except TimeoutError:
                 return []
         if self._batches:

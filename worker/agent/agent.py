@@ -20,10 +20,11 @@ Theory of operation:
   data path match the latest views (coalesced: it applies the newest state, never a backlog;
   a failure is retried after a growing pause), and after each complete assignment set drops the
   sandboxes of tasks the node no longer has.
-- Stopping: the agent is cancelled; every loop of it checks for a cancellation that an await
-  below it swallowed (Python 3.11's `asyncio.wait_for` drops a cancel that races with the awaited
-  operation finishing, e.g. the connect to a manager), so a stop always takes effect. Runners
-  are cancelled with it and leave their containers running (a restarted daemon re-adopts them);
+- Stopping: the agent is cancelled. Nothing below it bounds an await with `asyncio.wait_for`,
+  which in Python 3.11 drops a cancel that races with the awaited operation finishing (that is
+  how a leave once waited forever for an agent whose connect had just completed); bounds are
+  `asyncio.timeout` scopes, which never lose one. Runners are cancelled with it and leave their
+  containers running (a restarted daemon re-adopts them);
   leaving the swarm is another matter: `remove_task_containers` then kills and removes the
   containers of every task the agent ran, as Docker does on `swarm leave`.
 """
@@ -44,7 +45,7 @@ from rpc.client import RpcClient
 from rpc.errors import NotLeaderError, RpcError
 from worker.agent.dependencies import Dependencies
 from worker.agent.logs import ContainerLogs, LogPublisher
-from worker.agent.task_runner import TaskRunner, raise_if_cancel_requested
+from worker.agent.task_runner import TaskRunner
 from worker.exec import TaskExecutor, is_temporary
 from worker.networking import NetworkViews, TaskNetworking
 
@@ -108,7 +109,6 @@ class Agent:
         backoff = 0.1
         while True:
             for addr in self._candidates():
-                raise_if_cancel_requested()
                 try:
                     await self._session(addr)
                     backoff = 0.1
@@ -134,7 +134,6 @@ class Agent:
 
     async def _session(self, addr: str) -> None:
         async with RpcClient(addr, self._ssl_context(), connect_timeout=3) as client:
-            raise_if_cancel_requested()   # a stop that raced with the connect must not open a session
             stream = client.stream("dispatcher.session", {"description": self._description(), "addr": self._addr})
             hello = await anext(aiter(stream))
             self._session_id = str(hello["session_id"])
@@ -243,7 +242,6 @@ class Agent:
         backoff = Backoff(first=0.2, ceiling=MAX_BACKOFF)
         applied = -1
         while True:
-            raise_if_cancel_requested()      # a stop swallowed by the wait_for below still stops it
             await self._network_work.wait()
             self._network_work.clear()
             try:
@@ -258,7 +256,8 @@ class Agent:
             except Exception:
                 log.exception("programming the node's networks failed; will retry")
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._network_views_changed(applied), backoff.next_delay())
+                    async with asyncio.timeout(backoff.next_delay()):
+                        await self._network_views_changed(applied)
                 self._network_work.set()   # try again: after the pause, or at once for newer views
 
     async def _network_views_changed(self, applied: int) -> None:
@@ -273,7 +272,6 @@ class Agent:
 
     async def _report_loop(self) -> None:
         while True:
-            raise_if_cancel_requested()
             await self._status_ready.wait()
             self._status_ready.clear()
             client, session = self._client, self._session_id

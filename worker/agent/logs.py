@@ -179,7 +179,8 @@ class LogPublisher:
             timed_out = False
             try:
                 timeout = None if not batch else max(0.0, flush_at - loop.time())
-                item = await asyncio.wait_for(queue.get(), timeout)
+                async with asyncio.timeout(timeout):
+                    item = await queue.get()
                 if isinstance(item, _End):
                     end = item
                 else:

@@ -36,7 +36,7 @@ from worker.exec import (
     is_temporary,
 )
 
-__all__ = ["Report", "TaskRunner", "raise_if_cancel_requested"]
+__all__ = ["Report", "TaskRunner"]
 
 log = logging.getLogger("shoal.agent.task")
 
@@ -48,16 +48,6 @@ RETRY_MAX_DELAY = 5.0      # up to this
 
 def _now() -> str:
     return format_time(datetime.now(UTC).timestamp())
-
-
-def raise_if_cancel_requested() -> None:
-    """Raise CancelledError when the current task has been asked to stop but is still running:
-    an await below swallowed the cancellation (Python 3.11's `asyncio.wait_for` returns the result
-    when the awaited operation finished in the same turn as the cancel). Loops call it once per
-    turn, so a stop always takes effect."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError()
 
 
 class NoContainer:
@@ -130,7 +120,6 @@ class TaskRunner:
         try:
             self._ctl = self._executor.existing(self.task.id)
             while not self._leaving():
-                raise_if_cancel_requested()
                 step = await self._step()
                 if step is not None:
                     await self._after(step)
@@ -209,7 +198,6 @@ class TaskRunner:
         leaving = self.task.copy()
         leaving.desired_state = TaskState.SHUTDOWN
         while True:
-            raise_if_cancel_requested()
             step = await do(leaving, ctl)
             self._apply(step)
             leaving.status = self.task.status
@@ -218,7 +206,6 @@ class TaskRunner:
             if step.outcome is Outcome.RETRY:
                 await asyncio.sleep(self._retry.next_delay())
         while True:
-            raise_if_cancel_requested()
             try:
                 await ctl.remove()
                 return
