@@ -21,12 +21,11 @@ before anyone judged it, and nothing moves back to it.
 
 from __future__ import annotations
 
-import enum
-
+from model.api_enum import ApiEnum
 from model.task_state import IllegalTransition
 
 
-class NodeState(enum.StrEnum):
+class NodeState(ApiEnum):
     """The Engine API spelling of each state is its value."""
 
     UNKNOWN = "unknown"
@@ -34,25 +33,11 @@ class NodeState(enum.StrEnum):
     READY = "ready"
     DISCONNECTED = "disconnected"
 
-    @classmethod
-    def from_api(cls, text: str) -> NodeState:
-        try:
-            return cls(text)
-        except ValueError:
-            raise ValueError(f"unknown node state {text!r}") from None
 
-
-class Reachability(enum.StrEnum):
+class Reachability(ApiEnum):
     UNKNOWN = "unknown"
     UNREACHABLE = "unreachable"
     REACHABLE = "reachable"
-
-    @classmethod
-    def from_api(cls, text: str) -> Reachability:
-        try:
-            return cls(text)
-        except ValueError:
-            raise ValueError(f"unknown reachability {text!r}") from None
 
 
 class IllegalNodeTransition(IllegalTransition):

@@ -21,12 +21,11 @@ update stays paused until a new spec (None) or a manual rollback.
 
 from __future__ import annotations
 
-import enum
-
+from model.api_enum import ApiEnum
 from model.task_state import IllegalTransition
 
 
-class UpdateState(enum.StrEnum):
+class UpdateState(ApiEnum):
     """The Engine API spelling of each state is its value."""
 
     UPDATING = "updating"
@@ -35,13 +34,6 @@ class UpdateState(enum.StrEnum):
     ROLLBACK_STARTED = "rollback_started"
     ROLLBACK_PAUSED = "rollback_paused"
     ROLLBACK_COMPLETED = "rollback_completed"
-
-    @classmethod
-    def from_api(cls, text: str) -> UpdateState:
-        try:
-            return cls(text)
-        except ValueError:
-            raise ValueError(f"unknown update state {text!r}") from None
 
 
 class IllegalUpdateTransition(IllegalTransition):
