@@ -7,19 +7,20 @@ with anything the container binds. In the container's namespace, table `ip shoal
   - chain dns-snat (hook postrouting, priority srcnat): anything leaving the random ports gets
     source port 53 back (conntrack already undoes the DNAT on replies; this covers the rest,
     as Docker does).
-The table is replaced in one `nft -f -` transaction (add, delete, define), so a restarted daemon
-with new ports never leaves a half-old rule set. nft runs under `nsenter --net=` on an fd the
-daemon holds, so the rules land in the namespace the sockets were made in even if its path
-has been reused since.
+The table is replaced in one nft transaction (add, delete, define), so a restarted daemon with
+new ports never leaves a half-old rule set. The script runs through libnftables in a thread that
+joins the namespace on an fd the daemon holds, so the rules land in the namespace the sockets
+were made in even if its path has been reused since.
 """
 
 from __future__ import annotations
 
-import asyncio
-import shutil
+import functools
+
+from ingress.dns.netns import run_in_netns
+from ingress.nftables import NftError, run_script
 
 TABLE = "shoal-dns"
-NFT_TIMEOUT = 10.0
 
 
 def nat_script(address: str, udp_port: int, tcp_port: int) -> str:
@@ -49,23 +50,10 @@ class NatError(Exception):
     pass
 
 
-def _tool(name: str) -> str:
-    return shutil.which(name) or f"/usr/sbin/{name}"
-
-
 async def run_nft(netns_fd: int, script: str) -> None:
-    """Apply an nft script in the namespace open at `netns_fd`, as one transaction."""
-    proc = await asyncio.create_subprocess_exec(
-        _tool("nsenter"), f"--net=/proc/self/fd/{netns_fd}", "--", _tool("nft"), "-f", "-",
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        pass_fds=(netns_fd,))
+    """Apply an nft script in the namespace open at `netns_fd`, as one transaction (in-process,
+    from a thread that joins the namespace: no fork of the daemon)."""
     try:
-        async with asyncio.timeout(NFT_TIMEOUT):
-            out, err = await proc.communicate(script.encode())
-    except BaseException:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        raise
-    if proc.returncode != 0:
-        raise NatError(f"nft in the container namespace: {(err or out).decode(errors='replace').strip()}")
+        await run_in_netns(netns_fd, functools.partial(run_script, script))
+    except NftError as e:
+        raise NatError(f"nft in the container namespace: {e}") from None
