@@ -1,0 +1,125 @@
+"""The kernel side: nft, ip and conntrack run inside a given network namespace, and sysctls.
+
+Every tool runs as `nsenter --net=/proc/self/fd/N -- tool ...` on an fd the daemon holds (as the
+embedded DNS does, ingress/dns/nat.py), so it acts on the namespace that fd was opened on even
+if its path has been reused since; with no fd it runs in the daemon's own namespace. sysctls
+are written from a throwaway thread that joined the namespace (ingress/dns/netns.py): no
+process per key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Sequence
+
+from ingress.dns.netns import run_in_netns
+
+TOOL_TIMEOUT = 60.0          # a full rewrite of thousands of services takes a fraction of that
+
+
+class DataPlaneError(Exception):
+    pass
+
+
+def _tool(name: str) -> str:
+    return shutil.which(name) or f"/usr/sbin/{name}"
+
+
+async def run(netns_fd: int | None, argv: Sequence[str], stdin: str | None = None) -> tuple[int, str, str]:
+    """(returncode, stdout, stderr) of `argv` run in the namespace open at `netns_fd`."""
+    cmd = [_tool(argv[0]), *argv[1:]]
+    fds: tuple[int, ...] = ()
+    if netns_fd is not None:
+        cmd = [_tool("nsenter"), f"--net=/proc/self/fd/{netns_fd}", "--", *cmd]
+        fds = (netns_fd,)
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, pass_fds=fds)
+    try:
+        async with asyncio.timeout(TOOL_TIMEOUT):
+            out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+async def nft_apply(netns_fd: int | None, script: str) -> None:
+    """One atomic transaction: all of `script` or nothing."""
+    if not script:
+        return
+    rc, out, err = await run(netns_fd, ["nft", "-f", "-"], script)
+    if rc != 0:
+        raise DataPlaneError(f"nft: {(err or out).strip()}")
+
+
+async def nft_list(netns_fd: int | None, table: str) -> str | None:
+    """`nft -j list table ip <table>`; None if there is no such table."""
+    rc, out, err = await run(netns_fd, ["nft", "-j", "list", "table", "ip", table])
+    if rc != 0:
+        if "No such file or directory" in err:
+            return None
+        raise DataPlaneError(f"nft list table {table}: {err.strip()}")
+    return out
+
+
+async def ip_json(netns_fd: int | None, *args: str) -> str:
+    rc, out, err = await run(netns_fd, ["ip", "-j", *args])
+    if rc != 0:
+        raise DataPlaneError(f"ip {' '.join(args)}: {err.strip()}")
+    return out
+
+
+async def ip_batch(netns_fd: int | None, lines: Sequence[str]) -> None:
+    """Every line is tried (-force); any failure is raised afterwards."""
+    if not lines:
+        return
+    rc, out, err = await run(netns_fd, ["ip", "-force", "-batch", "-"], "".join(line + "\n" for line in lines))
+    if rc != 0:
+        raise DataPlaneError(f"ip: {(err or out).strip()}")
+
+
+async def conntrack_delete(netns_fd: int | None, args: Sequence[str]) -> int:
+    """Delete the conntrack entries matching `args`; how many went."""
+    rc, out, err = await run(netns_fd, ["conntrack", "-D", *args])
+    text = err + out
+    count = 0
+    for line in text.splitlines():
+        if "flow entries have been deleted" in line:
+            try:
+                count = int(line.split(":")[-1].split()[0])
+            except (ValueError, IndexError):
+                count = 0
+    nothing_matched = count == 0 and "flow entries have been deleted" in text   # exit status 1
+    if rc != 0 and not nothing_matched:
+        raise DataPlaneError(f"conntrack -D {' '.join(args)}: {text.strip()}")
+    return count
+
+
+def _write_sysctls(pairs: Sequence[tuple[str, str]]) -> None:
+    for key, value in pairs:
+        with open(f"/proc/sys/{key}", "w") as f:
+            f.write(value)
+
+
+async def write_sysctls(netns_fd: int | None, pairs: Sequence[tuple[str, str]]) -> None:
+    if not pairs:
+        return
+    try:
+        if netns_fd is None:
+            await asyncio.to_thread(_write_sysctls, pairs)
+        else:
+            await run_in_netns(netns_fd, lambda: _write_sysctls(pairs))
+    except OSError as exc:
+        raise DataPlaneError(f"sysctl: {exc}") from exc
+
+
+def identity(netns_fd: int | None) -> tuple[int, int]:
+    """What tells one namespace from another (a path may be reused by a new one)."""
+    st = os.fstat(netns_fd) if netns_fd is not None else os.stat("/proc/thread-self/ns/net")
+    return st.st_dev, st.st_ino

@@ -1,0 +1,229 @@
+"""Service VIPs on the real kernel: an LB namespace between a client task and two backends.
+
+Topology (all on one bridge, the stand-in for an overlay network 10.0.0.0/16):
+  c   (client task)   10.0.0.9
+  lb  (the node's LB namespace for the network, its endpoint) 10.0.0.2 on eth0
+  b1, b2 (backend tasks) 10.0.0.7, 10.0.0.8: HTTP on 80, 8080, 7777; UDP echo on 5353
+The IngressDataPlane programs only `lb` (the VIP /32 aliases and table shoal-lb).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+import pytest
+
+from ingress.dataplane import Applied, IngressDataPlane, LbNetwork, VipService
+from ingress.dataplane.plan import table_names
+from tests.ingress.support import (
+    Http,
+    Net,
+    connect_error,
+    fetch,
+    needs_root_and_tools,
+    nft_ruleset,
+    ping,
+    sh,
+    udp_ask,
+)
+
+pytestmark = [pytest.mark.lab, needs_root_and_tools()]
+
+LB = IPv4Address("10.0.0.2")
+CLIENT = "10.0.0.9"
+B1, B2 = IPv4Address("10.0.0.7"), IPv4Address("10.0.0.8")
+VIP = IPv4Address("10.0.1.5")
+NAMES = {"b1": B1, "b2": B2}
+PORTS = (80, 8080, 7777)
+
+
+@dataclass
+class Bed:
+    net: Net
+    lb: str
+    c: str
+
+    @property
+    def lb_path(self) -> str:
+        return self.net.path(self.lb)
+
+
+@pytest.fixture
+def bed(net: Net) -> Bed:
+    sw = net.ns("sw")
+    net.bridge(sw, "br0")
+    lb = net.ns("lb")
+    net.plug(lb, "eth0", f"{LB}/16", sw, "br0")
+    c = net.ns("c")
+    net.plug(c, "eth0", f"{CLIENT}/16", sw, "br0")
+    for name, addr in NAMES.items():
+        ns = net.ns(name)
+        net.plug(ns, "eth0", f"{addr}/16", sw, "br0")
+        net.backend(ns, name, tcp=PORTS, udp=(5353,))
+    return Bed(net, lb, c)
+
+
+def lb(*services: VipService) -> LbNetwork:
+    return LbNetwork(LB, "eth0", services)
+
+
+async def test_vip_balances_every_port_over_its_backends_and_answers_ping(bed: Bed) -> None:
+    dp = IngressDataPlane()
+    await dp.set_lb("net1", bed.lb_path, lb(VipService(VIP, (B1, B2)), VipService(IPv4Address("10.0.1.6"))))
+    for port in PORTS:
+        seen = [await fetch(bed.c, str(VIP), port) for _ in range(4)]
+        assert sorted(name for name, _ in seen) == ["b1", "b1", "b2", "b2"], (port, seen)
+        assert {peer for _, peer in seen} == {str(LB)}, "the backend sees the node's LB address (SNAT)"
+    udp = [await udp_ask(bed.c, str(VIP), 5353) for _ in range(4)]
+    assert sorted(name for name, _ in udp) == ["b1", "b1", "b2", "b2"], udp
+    assert ping(bed.c, str(VIP)), "ICMP echo to a VIP is answered"
+    assert ping(bed.c, "10.0.1.6"), "even with no backends"
+    assert await connect_error(bed.c, "10.0.1.6", 80) == "ECONNREFUSED", "no backend: refused at once"
+    assert not ping(bed.c, "10.0.1.99"), "not a VIP"
+
+    # The same wanted state again changes nothing.
+    again = await dp.set_lb("net1", bed.lb_path, lb(VipService(VIP, (B1, B2)), VipService(IPv4Address("10.0.1.6"))))
+    assert again == Applied()
+
+
+async def test_draining_keeps_open_connections_and_removal_resets_them(bed: Bed) -> None:
+    dp = IngressDataPlane()
+    await dp.set_lb("net1", bed.lb_path, lb(VipService(VIP, (B1, B2))))
+    conn = await Http.open(bed.c, str(VIP), 80)
+    try:
+        first, _ = await conn.get()
+        other = "b2" if first == "b1" else "b1"
+        leaving = NAMES[first]
+
+        applied = await dp.set_lb("net1", bed.lb_path, lb(VipService(VIP, (NAMES[other],), (leaving,))))
+        assert applied.flushed == 0
+        # The rotation shrinks in place: a map element moves, the one rule gets modulus 1.
+        assert applied.commands <= 4, applied.script
+        assert (await conn.get())[0] == first, "an open connection keeps its backend while it drains"
+        assert {(await fetch(bed.c, str(VIP), 80))[0] for _ in range(4)} == {other}, "no new ones"
+
+        applied = await dp.set_lb("net1", bed.lb_path, lb(VipService(VIP, (NAMES[other],))))
+        assert applied.flushed >= 1
+        with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+            await conn.get(timeout=5)                 # a reset, not a hang (timeout would fail the test)
+    finally:
+        conn.close()
+
+    # Back in rotation: new connections reach it again.
+    await dp.set_lb("net1", bed.lb_path, lb(VipService(VIP, (B1, B2))))
+    assert {(await fetch(bed.c, str(VIP), 8080))[0] for _ in range(4)} == {"b1", "b2"}
+
+
+async def test_a_restarted_daemon_adopts_the_tables_and_flushes_what_left_meanwhile(bed: Bed) -> None:
+    first_life = IngressDataPlane()
+    other_vip = VipService(IPv4Address("10.0.1.6"), (B1,))
+    await first_life.set_lb("net1", bed.lb_path, lb(VipService(VIP, (B1, B2)), other_vip))
+    conn = await Http.open(bed.c, str(VIP), 80)
+    try:
+        name, _ = await conn.get()
+        other = "b2" if name == "b1" else "b1"
+        draining = lb(VipService(VIP, (NAMES[other],), (NAMES[name],)), other_vip)
+        await first_life.set_lb("net1", bed.lb_path, draining)
+
+        # A new life reads the tables back: only the fixed rules are rewritten, nothing cut.
+        second_life = IngressDataPlane()
+        applied = await second_life.set_lb("net1", bed.lb_path, draining)
+        assert applied.flushed == 0
+        assert not [line for line in applied.script.splitlines()
+                    if re.match(r"(add|delete) (element|map|chain)", line)], applied.script
+        assert (await conn.get())[0] == name
+
+        # Another life, told that the draining backend is gone for good and a VIP removed.
+        third_life = IngressDataPlane()
+        applied = await third_life.set_lb("net1", bed.lb_path, lb(VipService(VIP, (NAMES[other],))))
+        assert applied.flushed >= 1
+        with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+            await conn.get(timeout=5)
+    finally:
+        conn.close()
+    assert "10.0.1.6" not in sh("ip", "-n", bed.lb, "address", "show", "dev", "eth0")
+    assert not ping(bed.c, "10.0.1.6")
+
+    # A table in a shape this code never writes is rewritten whole, in one transaction.
+    table = table_names()["lb"]
+    sh("ip", "netns", "exec", bed.lb, "nft", "add", "chain", "ip", table, "v-deadbeef")
+    applied = await IngressDataPlane().set_lb("net1", bed.lb_path, lb(VipService(VIP, (B1, B2))))
+    assert applied.script.startswith(f"table ip {table} {{}}\ndelete table ip {table}\n")
+    assert "v-deadbeef" not in nft_ruleset(bed.lb)
+    assert {(await fetch(bed.c, str(VIP), 80))[0] for _ in range(4)} == {"b1", "b2"}
+
+    await third_life.remove_lb("net1", bed.lb_path, "eth0")
+    assert table not in nft_ruleset(bed.lb)
+    assert not ping(bed.c, str(VIP))
+
+
+def _vips(n: int) -> list[IPv4Address]:
+    return [IPv4Address(int(IPv4Address("10.0.4.0")) + i) for i in range(n)]
+
+
+async def _traced_path(bed: Bed, vip: IPv4Address) -> list[str]:
+    """The rules of table shoal-lb that the first packet of one connection to `vip` went
+    through, from `nft monitor trace` (a probe is repeated until the monitor has seen one)."""
+    sh("ip", "netns", "exec", bed.lb, "nft", "-f", "-", input=(
+        "table ip trace {}\ndelete table ip trace\n"
+        "table ip trace { chain pre { type filter hook prerouting priority -350; "
+        f"ip daddr {vip} tcp flags syn meta nftrace set 1; }}; }}\n"))
+    proc = await asyncio.create_subprocess_exec("ip", "netns", "exec", bed.lb, "nft", "monitor", "trace",
+                                                stdout=asyncio.subprocess.PIPE)
+    lines: list[str] = []
+    done = asyncio.Event()
+
+    async def reader() -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            line = raw.decode()
+            lines.append(line)
+            if re.search(r"ip shoal-lb post (rule|policy)", line):
+                done.set()
+
+    try:
+        async with asyncio.timeout(30), asyncio.TaskGroup() as tg:
+            task = tg.create_task(reader())
+            while not done.is_set():
+                await fetch(bed.c, str(vip), 80)
+                try:
+                    async with asyncio.timeout(0.5):
+                        await done.wait()
+                except TimeoutError:
+                    continue               # the monitor was not listening yet: probe again
+            task.cancel()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+        sh("ip", "netns", "exec", bed.lb, "nft", "delete", "table", "ip", "trace", check=False)
+    ids = [m.group(1) for line in lines if (m := re.match(r"trace id (\w+) ip shoal-lb post", line))]
+    return [line.split(" ", 3)[3].strip() for line in lines
+            if line.startswith(f"trace id {ids[0]} ip shoal-lb") and " rule " in line]
+
+
+async def test_a_thousand_services_leave_the_packet_path_unchanged(bed: Bed) -> None:
+    dp = IngressDataPlane()
+    await dp.set_lb("net1", bed.lb_path, lb(VipService(VIP, (B1, B2))))
+    one = await _traced_path(bed, VIP)
+    assert len(one) == 3, one          # vip verdict map → the service's dnat → snat
+
+    many = [VipService(v, (B1, B2)) for v in _vips(1000)]
+    applied = await dp.set_lb("net1", bed.lb_path, lb(VipService(VIP, (B1, B2)), *many))
+    assert applied.commands == 4 * 1000 + 1      # map, chain, elements, rule per service; one vmap batch
+    thousand = await _traced_path(bed, VIP)
+    assert [re.sub(r"\(verdict.*", "", r) for r in thousand] == [re.sub(r"\(verdict.*", "", r) for r in one]
+    assert (await fetch(bed.c, str(_vips(1000)[-1]), 7777))[0] in {"b1", "b2"}
+
+    ruleset = nft_ruleset(bed.lb)
+    pre = re.search(r"chain pre \{(.*?)\n\t\}", ruleset, re.S)
+    assert pre and pre.group(1).count("\n\t\t") == 2, "one hook line and one rule, whatever the count"
+
+    # One service's change is a couple of commands, whatever the number of services.
+    many[500] = VipService(many[500].vip, (B2,), (B1,))
+    applied = await dp.set_lb("net1", bed.lb_path, lb(VipService(VIP, (B1, B2)), *many))
+    assert applied.commands <= 4, applied.script
+    assert all(f"{int(many[500].vip):08x}" in line for line in applied.script.splitlines()), applied.script
