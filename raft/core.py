@@ -361,6 +361,7 @@ class RaftCore(LeaderSide):
             if rewritten:
                 self.conf_history.truncate_from(rewritten)
                 self.conf_history.on_append(self.log.slice(rewritten, self.log.last_index + 1) or [])
+                self._retract_acks_from(rewritten)
             self._send(Message(MessageType.APPEND_RESP, msg.frm, self.id, self.term, index=last_new))
             return
         hint = self.log.find_conflict_by_term(min(msg.index, self.log.last_index), msg.log_term)
@@ -396,6 +397,13 @@ class RaftCore(LeaderSide):
         self._restore(Snapshot(meta, bytes(buf)))
         self._send(Message(MessageType.APPEND_RESP, msg.frm, self.id, self.term, index=self.log.last_index))
 
+    def _retract_acks_from(self, index: int) -> None:
+        """Our log from `index` on was just replaced (a newer leader's entries or snapshot): unsent
+        acknowledgements of entries there, to an older leader, would claim entries we no longer hold
+        and will never persist. Drop them, as the network might have."""
+        self.msgs = [m for m in self.msgs
+                     if not (m.type is MessageType.APPEND_RESP and not m.reject and m.index >= index)]
+
     def _restore(self, snap: Snapshot) -> None:
         meta = snap.meta
         if self.log.match_term(meta.index, meta.term):
@@ -404,6 +412,7 @@ class RaftCore(LeaderSide):
         self.log.restore(snap)
         self.conf_history.reset(meta.index, meta.conf)
         self.snapshot = snap
+        self._retract_acks_from(meta.index + 1)
         if is_member(meta.conf, self.id):
             self._removed_by_log = False
 

@@ -45,8 +45,9 @@ def check_seed(seed: int) -> tuple[int, str | None]:
 
 
 def sweep(seeds: Iterable[int], workers: int | None = None,
-          progress: Callable[[int, int], None] | None = None) -> SweepResult:
-    """Run `seeds` in `workers` processes (default: one per core)."""
+          progress: Callable[[int, int, str | None], None] | None = None) -> SweepResult:
+    """Run `seeds` in `workers` processes (default: one per core). `progress(done, failed, failure)`
+    is called after each seed, with that seed's failure if it failed."""
     todo = list(seeds)
     result = SweepResult()
     started = time.monotonic()
@@ -58,7 +59,7 @@ def sweep(seeds: Iterable[int], workers: int | None = None,
             if failure is not None:
                 result.failures[seed] = failure
             if progress is not None:
-                progress(result.seeds, len(result.failures))
+                progress(result.seeds, len(result.failures), failure)
     result.seconds = time.monotonic() - started
     return result
 
@@ -73,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     total = stop - first
     step = max(1, total // 20)
 
-    def progress(done: int, failed: int) -> None:
+    def progress(done: int, failed: int, failure: str | None) -> None:
+        if failure is not None:
+            print(failure.splitlines()[0][:300], file=sys.stderr, flush=True)
         if done % step == 0 or done == total:
             print(f"{done}/{total} seeds, {failed} failed", file=sys.stderr, flush=True)
 

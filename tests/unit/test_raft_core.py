@@ -193,6 +193,21 @@ def test_conflicting_uncommitted_entries_are_repaired() -> None:
     assert all(net.log_terms(n) == terms for n in net.nodes)
 
 
+def test_an_entry_overwritten_in_the_same_ready_is_not_acknowledged() -> None:
+    # Found by simulation seed 4543: an append from the old leader and one from a newer leader reach
+    # a follower between two Readies. The second overwrites the entry the first one added, so the
+    # acknowledgement already queued for the old leader must not leave: that entry is never persisted.
+    net = MemNet(3, pre_vote=False, check_quorum=False)
+    net.campaign(1)                                         # entries 1..4, term 2
+    follower = net.nodes[3]
+    follower.step(Message(MessageType.APPEND, 3, 1, 2, log_term=2, index=4, entries=(Entry(2, 5),), commit=4))
+    follower.step(Message(MessageType.APPEND, 3, 2, 3, log_term=2, index=4, entries=(Entry(3, 5),), commit=4))
+    rd = follower.ready()
+    assert rd.entries == [Entry(3, 5)]
+    acks = [(m.to, m.term, m.index) for m in rd.messages if m.type is MessageType.APPEND_RESP and not m.reject]
+    assert acks == [(2, 3, 5)]
+
+
 def test_restart_recovers_term_vote_log_and_conf_from_storage() -> None:
     net = MemNet(3)
     net.campaign(1)
