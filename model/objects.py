@@ -168,9 +168,19 @@ class Node(StoreObject):
 
 @dataclass(kw_only=True)
 class Service(StoreObject):
+    """`endpoint` is the Engine API's Endpoint, as stored:
+    {"Spec": <a copy of Spec.EndpointSpec, {} when there is none>,
+     "Ports": [PortConfig, ...],          # every spec port in spec order, Protocol and PublishMode
+                                          # lower-case; an ingress port asked as 0 holds the port the
+                                          # allocator chose (30000-32767); omitted when none
+     "VirtualIPs": [{"NetworkID": "<id>", "Addr": "10.0.1.2/24"}, ...]}  # vip mode: ingress first
+                                          # (if an ingress port is published), then the spec's
+                                          # networks in order; omitted when none
+    The API writes `Spec`; the allocator (manager/allocator) writes Ports and VirtualIPs."""
+
     TABLE: ClassVar[str] = "services"
     previous_spec: JSON | None = None
-    endpoint: JSON = field(default_factory=dict)  # {Spec, Ports?, VirtualIPs?}
+    endpoint: JSON = field(default_factory=dict)
     update_status: JSON | None = None
     job_status: JSON | None = None
     pending_delete: bool = False
@@ -243,6 +253,12 @@ class Task(StoreObject):
     networks_attachments: list[JSON] = field(default_factory=list)
     job_iteration: JSON | None = None
     service_name: str = ""  # for the task's display name <service>.<slot>.<id>
+    # The host-mode published ports the task was placed with (swarmkit's Task.Endpoint, reduced
+    # to what a node acts on): {"Ports": [PortConfig with PublishMode "host", ...]}, or None.
+    # Written by the scheduler when it assigns the task (its HostPortFilter counted these ports on
+    # the node); the worker reports them as Status.PortStatus. Replaced, never edited. Not in the
+    # Engine API (Docker's Task has no Endpoint).
+    endpoint: JSON | None = None
 
     @property
     def name(self) -> str:
@@ -296,7 +312,8 @@ class Task(StoreObject):
                 "status": [int(status.state), status.timestamp, status.message, status.err,
                            status.container_status, status.port_status],
                 "desired_state": int(self.desired_state), "networks_attachments": self.networks_attachments,
-                "job_iteration": self.job_iteration, "service_name": self.service_name}
+                "job_iteration": self.job_iteration, "service_name": self.service_name,
+                "endpoint": self.endpoint}
 
     @classmethod
     def from_record(cls, rec: JSON) -> Task:
@@ -311,8 +328,8 @@ class Task(StoreObject):
 
     def copy(self) -> Task:
         """Copies everything but the spec, which nobody rewrites (shared, read-only): a new status
-        (its container and port status dicts shared, as they are replaced, never edited), new
-        labels, and deep copies of the network attachments and job iteration."""
+        (its container and port status dicts shared, as they are replaced, never edited; so is the
+        endpoint), new labels, and deep copies of the network attachments and job iteration."""
         twin = _new_object(type(self))
         twin.__dict__ = values = self.__dict__.copy()
         status = self.status

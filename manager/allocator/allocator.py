@@ -1,14 +1,23 @@
-"""The network allocator: subnets and VXLAN ids for networks, addresses for tasks and nodes.
-Leader only.
+"""The network allocator: subnets and VXLAN ids for networks, service endpoints (virtual IPs
+and published ports), addresses for tasks and nodes. Leader only.
 
 Theory of operation (level-triggered, like the scheduler): `load` takes everything from one
 snapshot (the address book of what is in use, the unallocated networks, the NEW tasks, every
 node); events only update that and mark networks, nodes and tasks to look at. Each `tick()` is
 one store batch of small transactions that re-read what they change:
 1. every unallocated network gets its subnets, gateways and VXLAN ids (`plan_network`);
-2. every node whose needs changed gets one address on ingress and on each network its live
+2. every service that changed (or waits for something that changed) gets its `Endpoint`: its
+   published ports (ports.py: explicit ingress ports re-checked against the other services, a
+   port asked as 0 the lowest free one of 30000-32767, kept once chosen) and, in vip mode, one
+   virtual IP on ingress when it publishes an ingress-mode port, then one per network of its
+   spec in order (TaskTemplate.Networks, else Spec.Networks). A VIP it holds keeps its address;
+   one on a network it no longer uses (or all of them, in dnsrr mode) is dropped, which frees it.
+   A service that cannot get its endpoint keeps the one it had (nothing half done is written);
+   its NEW tasks wait with the reason, and it is tried again when an address or a port is freed
+   or a network changes;
+3. every node whose needs changed gets one address on ingress and on each network its live
    tasks use, and loses those it no longer needs;
-3. every NEW task gets one address per network it attaches to (ingress first when its service
+4. every NEW task gets one address per network it attaches to (ingress first when its service
    publishes an ingress-mode port, then TaskTemplate.Networks in order), written as
    `NetworksAttachments`, and moves to PENDING ("pending task scheduling") for the scheduler.
    A task that cannot get them stays NEW with the reason in Status.Err, naming the network
@@ -17,7 +26,9 @@ one store batch of small transactions that re-read what they change:
 
 Invariants:
 - Nothing lives only in this object. Used addresses are what the store's tasks, nodes and
-  services hold (see book.py); a freed address is simply no longer held by anyone.
+  services hold (see book.py); a freed address is simply no longer held by anyone. Published
+  ports are what the services' specs and `Endpoint.Ports` say, read in the transaction that
+  allocates a new one.
 - Every address handed out moves its network's `address_cursor` in the same transaction, and
   the next search starts after it: addresses go out in ascending order and wrap around, so a
   freed address is not reused at once, on this leader or the next one.
@@ -42,13 +53,18 @@ from manager.allocator.book import AddressBook, attachment_networks
 from manager.allocator.ipam import IPAddress, IpamError, SubnetConfig, next_address
 from manager.allocator.networks import (
     allocated_configs,
+    endpoint_mode,
     find_ingress,
+    gets_vip,
+    is_ingress,
     needs_ingress,
     plan_network,
+    service_network_refs,
     task_network_refs,
 )
+from manager.allocator.ports import PortClaims, allocate_ports
 from manager.store import Batch, Event, ReadTx, StaleVersion, Store, WatchDropped, WriteTx
-from model import Network, Node, Task, TaskState, format_time
+from model import Network, Node, Service, Task, TaskState, format_time
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +79,16 @@ DEFAULT_SUBNET_SIZE = 24
 def wants_addresses(task: Task) -> bool:
     """A NEW task that is meant to run (what the allocator moves to PENDING)."""
     return task.status.state == _NEW and task.desired_state <= _COMPLETE
+
+
+def _ports_of(service: Service) -> tuple[Any, Any]:
+    """What a service speaks for among published ports (its spec's and its allocated ones)."""
+    return (service.spec.get("EndpointSpec") or {}).get("Ports"), (service.endpoint or {}).get("Ports")
+
+
+def _service_key(service_id: str) -> str:
+    """What a task waiting for its service's endpoint is blocked on (beside network IDs)."""
+    return "service:" + service_id
 
 
 class _Used:
@@ -86,6 +112,7 @@ class _Round:
     ingress: Network | None = None
     ingress_known: bool = False
     publishes: dict[str, bool] = field(default_factory=dict)  # service ID -> needs ingress
+    services: dict[str, str] = field(default_factory=dict)  # service ID -> why no endpoint ("": it has one)
 
 
 class Allocator:
@@ -101,6 +128,8 @@ class Allocator:
         self.blocked: dict[str, str] = {}  # task ID -> the network ID (or reference) it waits for
         self.dirty_nodes: set[str] | None = None  # None: every node
         self.waiting_nodes: dict[str, set[str]] = {}  # network ID -> nodes waiting for an address on it
+        self.dirty_services: set[str] | None = None  # services to (re)allocate; None: every one
+        self.failed_services: dict[str, str] = {}  # service ID -> why its endpoint cannot be allocated
         self.ticks = 0
 
     # -- state from the store -----------------------------------------------------------------
@@ -114,6 +143,8 @@ class Allocator:
         self.blocked = {}
         self.dirty_nodes = None
         self.waiting_nodes = {}
+        self.dirty_services = None
+        self.failed_services = {}
 
     def handle(self, event: Event) -> None:
         table, obj = event.table, event.obj
@@ -140,6 +171,14 @@ class Allocator:
                 self._mark_nodes({obj.id})
         elif table == "services":
             self._wake(self.book.service(obj.id, None if gone else obj))
+            if gone:
+                self.failed_services.pop(obj.id, None)
+                if self.dirty_services is not None:
+                    self.dirty_services.discard(obj.id)
+            if gone or event.old is None or _ports_of(event.old) != _ports_of(obj):
+                self._mark_services(self.failed_services)  # ports may have been freed
+            if not gone and (event.old is None or event.old.spec != obj.spec):
+                self._mark_services({obj.id})
             if not gone and (event.old is None or event.old.spec.get("EndpointSpec") != obj.spec.get("EndpointSpec")):
                 self.blocked = {t: n for t, n in self.blocked.items()
                                 if self.new_tasks.get(t) is None or self.new_tasks[t].service_id != obj.id}
@@ -149,6 +188,12 @@ class Allocator:
                 self.network_errors.clear()
 
     def _network_event(self, network: Network, old: Network | None, gone: bool) -> None:
+        if gone or old is None or old.allocated != network.allocated or old.ipam != network.ipam:
+            # services may wait for it; a new or gone ingress concerns every service that publishes
+            if is_ingress(network) or (old is not None and is_ingress(old)):
+                self.dirty_services = None
+            else:
+                self._mark_services(self.failed_services)
         if gone:
             self.unallocated.discard(network.id)
             self.network_errors.clear()  # its subnet and ids are free again: retry the others
@@ -177,10 +222,15 @@ class Allocator:
             self.blocked = {t: n for t, n in self.blocked.items() if n not in network_ids}
         for network_id in network_ids:
             self._mark_nodes(self.waiting_nodes.pop(network_id, set()))
+        self._mark_services(self.failed_services)
 
     def _mark_nodes(self, node_ids: Iterable[str]) -> None:
         if self.dirty_nodes is not None:
             self.dirty_nodes.update(node_ids)
+
+    def _mark_services(self, service_ids: Iterable[str]) -> None:
+        if self.dirty_services is not None:
+            self.dirty_services.update(service_ids)
 
     # -- one round --------------------------------------------------------------------------------
     async def tick(self) -> bool:
@@ -192,9 +242,18 @@ class Allocator:
         else:
             node_ids = sorted(self.dirty_nodes)
         self.dirty_nodes = set()
-        tasks = sorted((t for t in self.new_tasks.values() if t.id not in self.blocked),
+        if self.dirty_services is None:
+            service_ids = self.store.view(lambda tx: [s.id for s in sorted(tx.all("services"),
+                                                                           key=lambda s: (s.created_at, s.id))])
+        else:
+            service_ids = sorted(self.dirty_services)
+        self.dirty_services = set()
+        # a task waiting for its service's endpoint comes along whenever the service is tried
+        retried = {_service_key(i) for i in service_ids} if self.blocked else set()
+        tasks = sorted((t for t in self.new_tasks.values()
+                        if t.id not in self.blocked or self.blocked[t.id] in retried),
                        key=lambda t: (t.created_at, t.id))
-        if not network_ids and not node_ids and not tasks:
+        if not network_ids and not service_ids and not node_ids and not tasks:
             return False
         if network_ids:
             created = self.store.view(lambda tx: {i: (n.created_at, i) for i in network_ids
@@ -205,6 +264,8 @@ class Allocator:
         def queue(batch: Batch) -> None:
             for network_id in network_ids:
                 batch.update(functools.partial(self._network_tx, network_id))
+            for service_id in service_ids:
+                batch.update(functools.partial(self._service_tx, service_id, state))
             for node_id in node_ids:
                 batch.update(functools.partial(self._node_tx, node_id, state))
             for task in tasks:
@@ -213,8 +274,8 @@ class Allocator:
         result = await self.store.batch(queue)
         retry = False
         woken: set[str] = set()
-        jobs = [("network", i) for i in network_ids] + [("node", i) for i in node_ids] + \
-            [("task", t.id) for t in tasks]
+        jobs = [("network", i) for i in network_ids] + [("service", i) for i in service_ids] + \
+            [("node", i) for i in node_ids] + [("task", t.id) for t in tasks]
         for (kind, object_id), value, error in zip(jobs, result.results, result.errors, strict=True):
             if error is not None:
                 if isinstance(error, StaleVersion):
@@ -224,6 +285,10 @@ class Allocator:
                 retry = True
                 if kind == "node":
                     self._mark_nodes({object_id})
+                elif kind == "service":
+                    self._mark_services({object_id})
+            elif kind == "service":
+                self._service_result(object_id, value, woken)
             elif kind == "network" and value:
                 self.network_errors[object_id] = value
                 log.warning("allocator: network %s cannot be allocated: %s", object_id, value)
@@ -235,6 +300,16 @@ class Allocator:
                 self.blocked[object_id] = value
         self._wake(woken)
         return retry
+
+    def _service_result(self, service_id: str, reason: str | None, woken: set[str]) -> None:
+        before = self.failed_services.get(service_id)
+        if reason:
+            if reason != before:
+                log.warning("allocator: service %s: %s", service_id, reason)
+            self.failed_services[service_id] = reason
+        elif before is not None:
+            del self.failed_services[service_id]
+            woken.add(_service_key(service_id))  # its tasks waited for it
 
     # -- the transactions (each re-reads what it changes) ---------------------------------------
     def _network_tx(self, network_id: str, tx: WriteTx) -> str | None:
@@ -290,6 +365,72 @@ class Allocator:
         state.taken.setdefault(network_id, set()).add(int(address))
         return f"{address}/{config.prefix}"
 
+    def _service_tx(self, service_id: str, state: _Round, tx: WriteTx) -> str | None:
+        """Bring one service's Endpoint in line with its spec; returns why it cannot be, if so."""
+        service: Service | None = tx.get("services", service_id)
+        if service is None:
+            state.services[service_id] = ""
+            return None
+        ports = allocate_ports(service, lambda: PortClaims(tx.all("services"), but=service_id))
+        if isinstance(ports, str):
+            state.services[service_id] = ports
+            return ports
+        vips = self._plan_vips(service, state, tx)
+        if isinstance(vips, str):
+            state.services[service_id] = vips
+            return vips
+        spec = service.spec.get("EndpointSpec")
+        endpoint: dict[str, Any] = {"Spec": copy.deepcopy(spec) if spec is not None else {}}
+        if ports:
+            endpoint["Ports"] = ports
+        if vips:
+            endpoint["VirtualIPs"] = [
+                {"NetworkID": network.id, "Addr": addr if isinstance(addr, str) else
+                 self._hand_out(tx, network.id, *addr, state)} for network, addr in vips]
+        state.services[service_id] = ""
+        if endpoint != (service.endpoint or {"Spec": copy.deepcopy(spec) if spec is not None else {}}):
+            updated = service.copy()
+            updated.endpoint = endpoint
+            tx.update(updated)
+        return None
+
+    def _plan_vips(self, service: Service, state: _Round,
+                   tx: WriteTx) -> list[tuple[Network, str | tuple[SubnetConfig, IPAddress]]] | str:
+        """The service's VIPs in order (ingress first, then its networks): the address it holds,
+        or a free one to hand out; or why one cannot be had. Nothing is handed out here."""
+        if endpoint_mode(service) == "dnsrr":
+            return []
+        networks: list[Network] = []
+        if needs_ingress(service):
+            ingress = self._ingress(tx, state)
+            if ingress is not None:
+                networks.append(ingress)
+        for ref in service_network_refs(service):
+            network = tx.get("networks", ref)
+            if network is None:
+                named = tx.find("networks", name=ref)
+                network = named[0] if len(named) == 1 else None
+            if network is None:
+                return f"network {ref} not found"
+            if gets_vip(network) and not is_ingress(network) and all(n.id != network.id for n in networks):
+                networks.append(network)
+        held = {str(v.get("NetworkID")): str(v.get("Addr")) for v in (service.endpoint or {}).get("VirtualIPs") or []
+                if isinstance(v, dict) and v.get("NetworkID") and v.get("Addr")}
+        out: list[tuple[Network, str | tuple[SubnetConfig, IPAddress]]] = []
+        for network in networks:
+            if network.id in held:
+                out.append((network, held[network.id]))
+                continue
+            if not network.allocated:
+                reason = self.network_errors.get(network.id)
+                return f'network "{network.name}" is not allocated yet' + (f": {reason}" if reason else "")
+            picked = self._pick(tx, network, state)
+            if isinstance(picked, str):
+                return f"{picked} for the service's virtual IP"
+            state.taken.setdefault(network.id, set()).add(int(picked[1]))  # two services, one round
+            out.append((network, picked))
+        return out
+
     def _node_tx(self, node_id: str, state: _Round, tx: WriteTx) -> list[str]:
         """Bring one node's attachments in line; returns the networks it waits for."""
         node: Node | None = tx.get("nodes", node_id)
@@ -336,6 +477,11 @@ class Allocator:
         if task is None or not wants_addresses(task):
             return None
         service = tx.get("services", task.service_id)
+        waits = state.services.get(task.service_id)
+        if waits is None:
+            waits = self.failed_services.get(task.service_id, "")
+        if waits and service is not None:
+            return self._wait(tx, task, _service_key(task.service_id), waits)
         publishes = state.publishes.get(task.service_id)
         if publishes is None:
             publishes = state.publishes[task.service_id] = needs_ingress(service)

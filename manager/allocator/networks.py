@@ -153,6 +153,32 @@ def needs_addresses(service: Service) -> bool:
     return bool(template.get("Networks") or service.spec.get("Networks")) or needs_ingress(service)
 
 
+def service_network_refs(service: Service) -> list[str]:
+    """The service's network references in spec order: TaskTemplate.Networks, else the
+    deprecated Spec.Networks. Duplicates are dropped."""
+    spec = service.spec
+    refs = (spec.get("TaskTemplate") or {}).get("Networks") or spec.get("Networks") or []
+    out: list[str] = []
+    for ref in refs:
+        target = str((ref or {}).get("Target") or "") if isinstance(ref, dict) else ""
+        if target and target not in out:
+            out.append(target)
+    return out
+
+
+def endpoint_mode(service: Service) -> str:
+    """"vip" (the default) or "dnsrr"."""
+    mode = str((service.spec.get("EndpointSpec") or {}).get("Mode") or "vip").lower()
+    return "dnsrr" if mode == "dnsrr" else "vip"
+
+
+def gets_vip(network: Network) -> bool:
+    """Node-local networks (the predefined `host` and `bridge`, any driver but overlay) get no VIP."""
+    if (network.spec.get("Labels") or {}).get(PREDEFINED_LABEL) == "true":
+        return False
+    return str(network.driver_state.get("Name") or network.spec.get("Driver") or "overlay") == "overlay"
+
+
 def task_network_refs(task: Task, service: Service | None) -> list[str]:
     """The network references of a task, in spec order: TaskTemplate.Networks, else the service's
     deprecated Spec.Networks. Duplicates are dropped."""

@@ -6,24 +6,35 @@ dropped, server defaults filled, network names resolved to IDs. An update replac
 spec, keeps the one it replaced as PreviousSpec, and clears UpdateStatus (the updater sets it
 when it starts rolling out); `rollback=previous` swaps Spec and PreviousSpec and marks the
 status rollback_started. The caller's `version` must equal the stored version or the write
-fails with "update out of sequence" (no retry: the client must re-read). Removing a service
+fails with "update out of sequence" (no retry: the client must re-read). Published ports are
+checked against every other service in the same transaction (Docker's texts, 400), so two
+writers cannot both take one port; the allocator assigns them (and the VIPs) afterwards and
+writes `Endpoint`, whose `Spec` the API keeps a copy of the spec's EndpointSpec. Removing a service
 deletes it and, in the same transaction, marks every task of it for removal; the worker stops
 them and the task reaper deletes them.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from aiohttp import web
 
 from engineapi.filters import request_filters
 from engineapi.http import ApiError, Routes, go_bool, json_response, read_json
+from manager.allocator.ports import port_conflict
 from manager.api.cluster import cluster_store, require_version
 from manager.api.objects_common import any_prefix, api_errors, labels_match, lookup, require_spec_object
 from manager.api.tasks import service_status
 from manager.orchestrator.jobs import JOB_MODES
-from manager.specs import SpecError, insert_service_defaults, normalize_service_spec, validate_service_spec
+from manager.specs import (
+    INVALID_ARGUMENT,
+    SpecError,
+    insert_service_defaults,
+    normalize_service_spec,
+    validate_service_spec,
+)
 from manager.store import ReadTx, StaleVersion, WriteTx
 from model import Network, Service, Task, TaskState, UpdateState, new_id
 
@@ -68,6 +79,18 @@ def stored_spec(tx: ReadTx, body: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+def check_ports(tx: ReadTx, spec: dict[str, Any], service_id: str = "") -> None:
+    """No other service may hold a port the spec publishes (swarmkit's checkPortConflicts)."""
+    reason = port_conflict(spec, tx.all("services"), service_id)
+    if reason is not None:
+        raise SpecError(INVALID_ARGUMENT + reason)
+
+
+def endpoint_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """`Endpoint.Spec`: a copy of the spec's EndpointSpec ({} when there is none)."""
+    return copy.deepcopy(spec.get("EndpointSpec") or {})
+
+
 def canonical_mode_keys(body: dict[str, Any]) -> None:
     """Spell the Mode keys as the Engine API does. dockerd decodes JSON keys case-insensitively
     and docker-py's ServiceMode sends `{"replicated": {"Replicas": 2}}`."""
@@ -95,7 +118,8 @@ async def create_service(request: web.Request) -> web.Response:
 
         def create(tx: WriteTx) -> str:
             spec = stored_spec(tx, body)
-            service = Service(id=new_id(), spec=spec, endpoint={"Spec": spec["EndpointSpec"]})
+            check_ports(tx, spec)
+            service = Service(id=new_id(), spec=spec, endpoint={"Spec": endpoint_spec(spec)})
             if service.mode in JOB_MODES:
                 service.job_status = _job_status(tx.now, 0)
             tx.create(service)
@@ -183,7 +207,8 @@ async def update_service(request: web.Request) -> web.Response:
                     raise SpecError("rpc error: code = InvalidArgument desc = service mode change is not allowed")
                 service.previous_spec, service.spec = current, new_spec
                 service.clear_update_status()
-            service.endpoint = {**service.endpoint, "Spec": service.spec.get("EndpointSpec") or {}}
+            check_ports(tx, service.spec, service.id)
+            service.endpoint = {**service.endpoint, "Spec": endpoint_spec(service.spec)}
             if service.mode in JOB_MODES:
                 last = ((service.job_status or {}).get("JobIteration") or {}).get("Index", 0)
                 service.job_status = _job_status(tx.now, int(last) + 1)

@@ -14,6 +14,7 @@ from manager.specs.others import (
 )
 from manager.specs.policies import RestartPolicy, UpdateConfig, placement_constraints, restart_policy, update_config
 from manager.specs.service import (
+    INVALID_ARGUMENT,
     insert_service_defaults,
     normalize_service_spec,
     validate_name,
@@ -21,7 +22,8 @@ from manager.specs.service import (
 )
 
 __all__ = [
-    "Constraint", "RestartPolicy", "SpecError", "UpdateConfig", "check_secret_update", "default_swarm_spec",
+    "INVALID_ARGUMENT", "Constraint", "RestartPolicy", "SpecError", "UpdateConfig", "check_secret_update",
+    "default_swarm_spec",
     "insert_service_defaults", "node_value", "normalize_service_spec", "normalize_swarm_spec",
     "parse_constraint", "parse_constraints", "placement_constraints", "restart_policy", "update_config",
     "validate_config_spec", "validate_name", "validate_network_create", "validate_node_spec",

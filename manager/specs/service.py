@@ -4,7 +4,9 @@
 - `validate_service_spec(spec)` raises SpecError or returns None; it never changes `spec`.
 - `normalize_service_spec(spec, resolve_network)` returns the spec as stored: nulls dropped,
   Labels {}, Mode Replicated{Replicas:1}, ForceUpdate 0, Runtime "container", Isolation
-  "default", EndpointSpec Mode "vip", port defaults, network names turned into IDs.
+  "default", network names turned into IDs; an EndpointSpec, when there is one, with its Mode
+  ("vip" by default) and each port's Protocol ("tcp") and PublishMode ("ingress") lower-case,
+  as dockerd shows them (the proto enums' zero values). No EndpointSpec stays none.
 - `insert_service_defaults(spec)` returns a copy with the defaults Docker shows on inspect.
 """
 
@@ -47,6 +49,7 @@ RESOURCE_KEYS = frozenset({"Limits", "Reservations"})
 ENDPOINT_KEYS = frozenset({"Mode", "Ports"})
 PORT_KEYS = frozenset({"Name", "Protocol", "TargetPort", "PublishedPort", "PublishMode"})
 HEALTH_DURATIONS = ("Interval", "Timeout", "StartPeriod", "StartInterval")
+INVALID_ARGUMENT = "rpc error: code = InvalidArgument desc = "  # how dockerd passes swarmkit's errors on
 NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[a-zA-Z0-9_.-]{0,61}[a-zA-Z0-9])?$")
 
 UPDATE_DEFAULTS = {"Parallelism": 1, "FailureAction": "pause", "Monitor": 5_000_000_000,
@@ -200,24 +203,38 @@ def _validate_update_config(value: Any, path: str, actions: tuple[str, ...]) -> 
         raise SpecError(f"invalid {path}.MaxFailureRatio: must be a number from 0 to 1 (got {ratio!r})")
 
 
+def _lower(value: Any) -> Any:
+    """dockerd reads the endpoint's enums whatever their case (and shows them lower-case)."""
+    return value.lower() if isinstance(value, str) else value
+
+
 def _validate_endpoint(value: Any) -> None:
+    """Field checks, then swarmkit's `validateEndpointSpec` with its texts: an ingress-mode port
+    (published or not) cannot go with dnsrr, and no two ports publish one (port, protocol)."""
     endpoint = field_map(value, "EndpointSpec", ENDPOINT_KEYS)
-    mode = endpoint.get("Mode") or "vip"
-    choice(mode, "EndpointSpec.Mode", ("vip", "dnsrr"))
-    seen: set[tuple[int, str]] = set()
+    mode = choice(_lower(endpoint.get("Mode") or "vip"), "EndpointSpec.Mode", ("vip", "dnsrr"))
+    ports = []
     for i, port in enumerate(object_list(endpoint.get("Ports"), "EndpointSpec.Ports")):
         path = f"EndpointSpec.Ports[{i}]"
         field_map(port, path, PORT_KEYS)
-        proto = choice(port.get("Protocol") or "tcp", f"{path}.Protocol", ("tcp", "udp", "sctp"))
-        publish_mode = choice(port.get("PublishMode") or "ingress", f"{path}.PublishMode", ("ingress", "host"))
+        if port.get("Name") is not None:
+            string(port["Name"], f"{path}.Name")
+        proto = choice(_lower(port.get("Protocol") or "tcp"), f"{path}.Protocol", ("tcp", "udp", "sctp"))
+        publish_mode = choice(_lower(port.get("PublishMode") or "ingress"), f"{path}.PublishMode",
+                              ("ingress", "host"))
         integer(port.get("TargetPort"), f"{path}.TargetPort", 1, 65535)
         published = integer(port.get("PublishedPort") or 0, f"{path}.PublishedPort", 0, 65535)
-        if publish_mode == "ingress" and mode == "dnsrr" and published:
-            raise SpecError(f"invalid {path}: port published with ingress mode can't be used with dnsrr mode")
-        if published and publish_mode == "ingress":
-            if (published, proto) in seen:
-                raise SpecError(f"invalid {path}: duplicate published port {published}/{proto}")
-            seen.add((published, proto))
+        ports.append((proto, publish_mode, published))
+    seen: set[tuple[int, str]] = set()
+    for proto, publish_mode, published in ports:
+        if mode == "dnsrr" and publish_mode == "ingress":
+            raise SpecError(f"{INVALID_ARGUMENT}EndpointSpec: port published with ingress mode can't be used "
+                            "with dnsrr mode")
+        if not published:
+            continue
+        if (published, proto) in seen:
+            raise SpecError(f"{INVALID_ARGUMENT}EndpointSpec: duplicate published ports provided")
+        seen.add((published, proto))
 
 
 def normalize_service_spec(spec: dict[str, Any],
@@ -239,11 +256,12 @@ def normalize_service_spec(spec: dict[str, Any],
     restart = tmpl.get("RestartPolicy")
     if restart is not None and restart.get("Condition") == "":
         restart["Condition"] = RESTART_DEFAULTS["Condition"]
-    endpoint = out.setdefault("EndpointSpec", {})
-    endpoint.setdefault("Mode", "vip")
-    for port in endpoint.get("Ports") or []:
-        port.setdefault("Protocol", "tcp")
-        port.setdefault("PublishMode", "ingress")
+    endpoint = out.get("EndpointSpec")
+    if endpoint is not None:
+        endpoint["Mode"] = _lower(endpoint.get("Mode") or "vip")
+        for port in endpoint.get("Ports") or []:
+            port["Protocol"] = _lower(port.get("Protocol") or "tcp")
+            port["PublishMode"] = _lower(port.get("PublishMode") or "ingress")
     if resolve_network is not None:
         for nets in (out.get("Networks"), tmpl.get("Networks")):
             for net in nets or []:

@@ -60,13 +60,22 @@ def network(name: str, **spec: Any) -> Network:
     return Network(id=new_id(), spec={"Name": name, "Driver": "overlay", "Scope": "swarm", "Labels": {}, **spec})
 
 
-def service(name: str, networks: list[str] = (), ports: list[dict] | None = None) -> Service:  # type: ignore[assignment]
+def service(name: str, networks: list[str] = (), ports: list[dict] | None = None,  # type: ignore[assignment]
+            mode: str = "vip") -> Service:
+    """A service on `networks`; dnsrr mode for tests about task addresses alone (no VIP)."""
     spec: dict[str, Any] = {"Name": name, "TaskTemplate": {"ContainerSpec": {"Image": "busybox"},
                                                            "Networks": [{"Target": n} for n in networks]},
                             "Mode": {"Replicated": {"Replicas": 1}}}
-    if ports is not None:
-        spec["EndpointSpec"] = {"Mode": "vip", "Ports": ports}
+    if ports is not None or mode != "vip":
+        spec["EndpointSpec"] = {"Mode": mode, "Ports": ports or []}
     return Service(id=new_id(), spec=spec)
+
+
+def vips(store: Store, svc: Service) -> list[tuple[str, str]]:
+    """(network name, VIP) of a service, in order."""
+    got = get(store, "services", svc.id)
+    names = {n.id: n.name for n in store.view(lambda tx: tx.all("networks"))}
+    return [(names[v["NetworkID"]], v["Addr"]) for v in got.endpoint.get("VirtualIPs") or []]
 
 
 _made = itertools.count(1)
@@ -162,7 +171,8 @@ async def test_pinned_subnet_range_gateway_and_vxlan_id() -> None:
     other = get(store, "networks", auto.id)
     assert other.ipam["Configs"][0]["Subnet"] == "10.0.1.0/24"  # the pinned subnet is taken
     assert other.driver_state["Options"] == {VXLAN: "4096"}  # pinned ids do not move the serial cursor
-    assert [addresses(get(store, "tasks", t.id)) for t in tasks] == [["10.0.0.128/24"], ["10.0.0.129/24"]]
+    assert vips(store, svc) == [("pinned", "10.0.0.128/24")]  # the service's VIP comes first
+    assert [addresses(get(store, "tasks", t.id)) for t in tasks] == [["10.0.0.129/24"], ["10.0.0.130/24"]]
 
 
 async def test_vxlan_and_subnet_conflicts_leave_the_network_unallocated_and_say_why() -> None:
@@ -210,8 +220,9 @@ async def test_task_gets_ingress_first_then_its_networks_and_moves_to_pending() 
     first = get(store, "tasks", tasks[0].id)
     assert first.status.state is TaskState.PENDING and first.status.message == "pending task scheduling"
     assert [att["Network"]["Spec"]["Name"] for att in first.networks_attachments] == ["ingress", "front", "back"]
-    assert addresses(first) == ["10.0.0.2/24", "10.0.2.2/24", "10.0.1.2/24"]
-    assert addresses(get(store, "tasks", tasks[1].id)) == ["10.0.0.3/24", "10.0.2.3/24", "10.0.1.3/24"]
+    assert vips(store, web) == [("ingress", "10.0.0.2/24"), ("front", "10.0.2.2/24"), ("back", "10.0.1.2/24")]
+    assert addresses(first) == ["10.0.0.3/24", "10.0.2.3/24", "10.0.1.3/24"]
+    assert addresses(get(store, "tasks", tasks[1].id)) == ["10.0.0.4/24", "10.0.2.4/24", "10.0.1.4/24"]
     view = first.networks_attachments[1]["Network"]
     assert view["ID"] == front.id and view["Spec"]["Scope"] == "swarm"
     assert view["DriverState"] == {"Name": "overlay", "Options": {VXLAN: "4098"}}
@@ -226,7 +237,7 @@ async def test_exhausted_network_names_itself_and_retries_when_an_address_is_fre
     store = new_store()
     tiny = network("tiny", IPAM={"Config": [{"Subnet": "10.9.0.0/29"}]})  # .2-.6: five addresses
     await put(store, tiny)
-    svc = service("web", [tiny.id])
+    svc = service("web", [tiny.id], mode="dnsrr")
     tasks = [task(svc, i) for i in range(1, 7)]
     await put(store, svc, *tasks)
     rig = Rig(store)
@@ -253,7 +264,7 @@ async def test_addresses_are_not_reused_at_once_and_deleted_tasks_free_theirs() 
     store = new_store()
     net = network("net")
     await put(store, net)
-    svc = service("web", [net.id])
+    svc = service("web", [net.id], mode="dnsrr")
     first = [task(svc, i) for i in (1, 2, 3)]
     await put(store, svc, *first)
     rig = Rig(store)
@@ -275,7 +286,7 @@ async def test_a_never_placed_task_that_is_shut_down_frees_its_address() -> None
     store = new_store()
     tiny = network("tiny", IPAM={"Config": [{"Subnet": "10.9.0.0/30"}]})  # one address: .2
     await put(store, tiny)
-    svc = service("web", [tiny.id])
+    svc = service("web", [tiny.id], mode="dnsrr")
     old, new = task(svc, 1), task(svc, 1)
     await put(store, svc, old)
     rig = Rig(store)
@@ -308,7 +319,7 @@ async def test_nodes_get_ingress_and_the_networks_of_their_live_tasks() -> None:
     await set_status(store, t.id, TaskState.ASSIGNED, node_id=n1.id)
     await rig.settle()
     assert [name for name, _ in attachments(n1)] == ["ingress", "net"]
-    assert attachments(n1)[1][1] == "10.0.1.3/24"  # the task has .2
+    assert attachments(n1)[1][1] == "10.0.1.4/24"  # the service's VIP has .2, the task .3
     assert [name for name, _ in attachments(n2)] == ["ingress"]
     await set_status(store, t.id, TaskState.RUNNING)
     await rig.settle()
@@ -316,7 +327,7 @@ async def test_nodes_get_ingress_and_the_networks_of_their_live_tasks() -> None:
     await set_status(store, t.id, TaskState.COMPLETE)
     await rig.settle()
     assert [name for name, _ in attachments(n1)] == ["ingress"]
-    assert rig.allocator.book.used_on(net.id) == {}
+    assert rig.allocator.book.used_on(net.id) == {int.from_bytes(bytes([10, 0, 1, 2])): 1}  # the VIP
     late = make_node("n3")
     await put(store, late)
     await rig.settle()
@@ -341,7 +352,8 @@ async def test_a_new_leader_rebuilds_from_the_store_and_hands_out_nothing_twice(
     live = [get(store, "tasks", t.id) for t in first[:3] + later]
     got = [a for t in live for a in addresses(t)]
     assert len(got) == len(set(got))
-    assert got == ["10.0.0.2/24", "10.0.0.3/24", "10.0.0.4/24", "10.0.0.6/24", "10.0.0.7/24", "10.0.0.8/24"]
+    assert vips(store, svc) == [("net", "10.0.0.2/24")]
+    assert got == ["10.0.0.3/24", "10.0.0.4/24", "10.0.0.5/24", "10.0.0.7/24", "10.0.0.8/24", "10.0.0.9/24"]
 
 
 async def test_an_allocator_behind_on_events_still_hands_out_nothing_twice() -> None:
@@ -355,15 +367,15 @@ async def test_an_allocator_behind_on_events_still_hands_out_nothing_twice() -> 
     await b.settle()
     t1 = task(svc, 1)
     await put(store, t1)
-    await a.round()  # a hands out .2; b has not seen that yet
+    await a.round()  # a hands out .3 (the VIP has .2); b has not seen that yet
     t2 = task(svc, 2)
     await put(store, t2)
     for event in b.sub.drain():
         if event.table == "tasks" and event.obj.id == t2.id:
             b.allocator.handle(event)
     await b.allocator.tick()  # its book lacks t1's address, but the cursor on the network moved
-    assert addresses(get(store, "tasks", t1.id)) == ["10.0.0.2/24"]
-    assert addresses(get(store, "tasks", t2.id)) == ["10.0.0.3/24"]
+    assert addresses(get(store, "tasks", t1.id)) == ["10.0.0.3/24"]
+    assert addresses(get(store, "tasks", t2.id)) == ["10.0.0.4/24"]
 
 
 async def test_harness_runs_tasks_with_addresses_through_the_real_allocator() -> None:
@@ -375,9 +387,9 @@ async def test_harness_runs_tasks_with_addresses_through_the_real_allocator() ->
     await harness.settle()
     tasks: list[Task] = harness.store.view(lambda tx: tx.find("tasks", service_id=svc.id))
     assert sorted(t.status.state for t in tasks) == [TaskState.RUNNING] * 3
-    assert sorted(a for t in tasks for a in addresses(t)) == ["10.0.0.2/24", "10.0.0.3/24", "10.0.0.4/24"]
+    assert sorted(a for t in tasks for a in addresses(t)) == ["10.0.0.3/24", "10.0.0.4/24", "10.0.0.5/24"]
     node = harness.store.view(lambda tx: tx.all("nodes"))[0]
-    assert [a["Addresses"] for a in node.attachments] == [["10.0.0.5/24"]]
+    assert [a["Addresses"] for a in node.attachments] == [["10.0.0.6/24"]]
 
 
 async def test_the_leader_loop_allocates_as_events_arrive() -> None:
@@ -394,7 +406,7 @@ async def test_the_leader_loop_allocates_as_events_arrive() -> None:
             while get(store, "tasks", t.id).status.state is TaskState.NEW:
                 await sub.wait()
                 sub.drain()
-        assert addresses(get(store, "tasks", t.id)) == ["10.0.0.2/24"]
+        assert addresses(get(store, "tasks", t.id)) == ["10.0.0.3/24"]  # after the service's VIP
     finally:
         sub.close()
         runner.cancel()

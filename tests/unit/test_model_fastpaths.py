@@ -179,7 +179,8 @@ def reference_to_record(task: Task) -> dict[str, Any]:
             "status": [int(status.state), status.timestamp, status.message, status.err,
                        status.container_status, status.port_status],
             "desired_state": int(task.desired_state), "networks_attachments": task.networks_attachments,
-            "job_iteration": task.job_iteration, "service_name": task.service_name}
+            "job_iteration": task.job_iteration, "service_name": task.service_name,
+            "endpoint": task.endpoint}
 
 
 def _full_task() -> Task:
@@ -188,7 +189,9 @@ def _full_task() -> Task:
                 status=TaskStatus(TaskState.RUNNING, "ts", "m", "e", {"PID": 1}, {"Ports": [{"P": 80}]}),
                 desired_state=TaskState.SHUTDOWN,
                 networks_attachments=[{"Network": {"ID": "x"}, "Addresses": ["10.0.0.2/24"]}],
-                job_iteration={"Index": 1}, service_name="web")
+                job_iteration={"Index": 1}, service_name="web",
+                endpoint={"Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080,
+                                     "PublishMode": "host"}]})
 
 
 def _tasks_in_every_making() -> list[Task]:

@@ -92,7 +92,8 @@ def test_insert_defaults() -> None:
     ("TaskTemplate.Frobnicate", 1, "unknown field TaskTemplate.Frobnicate"),
     ("TaskTemplate.ContainerSpec", {"Image": ""}, "ContainerSpec.Image"),
     ("TaskTemplate.ContainerSpec.StopGracePeriod", 1.5, "StopGracePeriod"),
-    ("EndpointSpec", {"Mode": "dnsrr", "Ports": [{"TargetPort": 80, "PublishedPort": 80}]}, "dnsrr"),
+    ("EndpointSpec", {"Mode": "round-robin"}, "EndpointSpec.Mode"),
+    ("EndpointSpec", {"Ports": [{"TargetPort": 80, "Protocol": "icmp"}]}, "Protocol"),
     ("EndpointSpec", {"Ports": [{"TargetPort": 70000}]}, "TargetPort: must be at most 65535"),
     ("Name", "bad name!", "DNS name"),
     ("TaskTemplate.Placement", {"Preferences": [{"Spread": {"SpreadDescriptor": "zone"}}]}, "SpreadDescriptor"),
@@ -102,6 +103,42 @@ def test_bad_specs_name_the_field(path: str, value, message: str) -> None:
         validate_service_spec(spec_with(path, value))
     assert message in err.value.message
     assert err.value.http_status == 400
+
+
+RPC = "rpc error: code = InvalidArgument desc = "
+
+
+@pytest.mark.parametrize(("endpoint", "message"), [
+    ({"Mode": "dnsrr", "Ports": [{"TargetPort": 80, "PublishedPort": 80}]},
+     "EndpointSpec: port published with ingress mode can't be used with dnsrr mode"),
+    ({"Mode": "DNSRR", "Ports": [{"TargetPort": 80}]},           # published or not, any case
+     "EndpointSpec: port published with ingress mode can't be used with dnsrr mode"),
+    ({"Ports": [{"TargetPort": 80, "PublishedPort": 8080}, {"TargetPort": 81, "PublishedPort": 8080}]},
+     "EndpointSpec: duplicate published ports provided"),
+    ({"Ports": [{"TargetPort": 80, "PublishedPort": 8080, "PublishMode": "host"},   # host mode too
+                {"TargetPort": 81, "PublishedPort": 8080, "PublishMode": "host", "Protocol": "TCP"}]},
+     "EndpointSpec: duplicate published ports provided"),
+])
+def test_endpoint_spec_errors_are_dockers(endpoint: dict, message: str) -> None:
+    with pytest.raises(SpecError) as err:
+        validate_service_spec(spec_with("EndpointSpec", endpoint))
+    assert err.value.message == RPC + message and err.value.http_status == 400
+
+
+def test_endpoint_specs_docker_accepts() -> None:
+    for endpoint in ({"Mode": "dnsrr", "Ports": [{"TargetPort": 80, "PublishedPort": 80, "PublishMode": "host"}]},
+                     {"Ports": [{"TargetPort": 80}, {"TargetPort": 81}]},            # two auto ports
+                     {"Ports": [{"TargetPort": 53, "PublishedPort": 53},
+                                {"TargetPort": 53, "PublishedPort": 53, "Protocol": "udp"}]}):
+        validate_service_spec(spec_with("EndpointSpec", endpoint))
+    stored = normalize_service_spec(spec_with("EndpointSpec", {"Mode": "VIP", "Ports": [
+        {"TargetPort": 80, "Protocol": "UDP", "PublishMode": "Host"}]}))
+    assert stored["EndpointSpec"] == {"Mode": "vip", "Ports": [{"TargetPort": 80, "Protocol": "udp",
+                                                                 "PublishMode": "host"}]}
+    without = copy.deepcopy(CLI_BODY)
+    del without["EndpointSpec"]
+    assert "EndpointSpec" not in normalize_service_spec(without)     # none stays none, as in dockerd
+    assert normalize_service_spec(spec_with("EndpointSpec", {}))["EndpointSpec"] == {"Mode": "vip"}
 
 
 def test_constraints_parse_and_match() -> None:
