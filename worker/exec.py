@@ -164,9 +164,9 @@ def _now() -> str:
 
 
 def _advance(status: TaskStatus, state: TaskState, message: str, err: str = "",
-             container_status: dict[str, Any] | None = None) -> Step:
+             container_status: dict[str, Any] | None = None, port_status: dict[str, Any] | None = None) -> Step:
     """The status moved to `state`; a backwards move raises (model.IllegalTransition)."""
-    status.advance(state, _now(), message, err, container_status)
+    status.advance(state, _now(), message, err, container_status, port_status)
     return Step(status, Outcome.ADVANCED)
 
 
@@ -193,6 +193,18 @@ def _container(task: Task, pid: int = 0, exit_code: int | None = None) -> dict[s
     if exit_code is not None:
         out["ExitCode"] = exit_code
     return out
+
+
+def port_status(task: Task) -> dict[str, Any] | None:
+    """Status.PortStatus of a task that publishes host-mode ports (its `endpoint`, as the scheduler
+    placed it), as dockerd reports it from the container's port bindings:
+    {"Ports": [{"Protocol", "TargetPort", "PublishedPort", "PublishMode": "host"}]}. None when it
+    publishes none (the status then keeps the empty PortStatus)."""
+    ports = [{"Protocol": str(p.get("Protocol") or "tcp").lower(), "TargetPort": int(p.get("TargetPort") or 0),
+              "PublishedPort": int(p.get("PublishedPort") or 0), "PublishMode": "host"}
+             for p in (task.endpoint or {}).get("Ports") or ()
+             if isinstance(p, dict) and str(p.get("PublishMode") or "").lower() == "host"]
+    return {"Ports": ports} if ports else None
 
 
 async def do(task: Task, ctlr: Controller) -> Step:
@@ -226,7 +238,8 @@ async def do(task: Task, ctlr: Controller) -> Step:
         if state == TaskState.STARTING:
             await ctlr.start()
             current = await ctlr.state()
-            return _advance(status, TaskState.RUNNING, "started", container_status=_container(task, current.pid))
+            return _advance(status, TaskState.RUNNING, "started", container_status=_container(task, current.pid),
+                            port_status=port_status(task))
         if state == TaskState.RUNNING:
             exit_status = await ctlr.wait()
             container = _container(task, exit_code=exit_status.exit_code)

@@ -8,7 +8,7 @@ placed; the others are decided once per group of identical tasks.
 
 from __future__ import annotations
 
-from manager.scheduler.nodeinfo import NodeInfo, reservations
+from manager.scheduler.nodeinfo import NodeInfo, reservations, task_host_ports
 from manager.specs import Constraint, SpecError, placement_constraints
 from model import Task
 
@@ -116,6 +116,24 @@ class MaxReplicasFilter(Filter):
         return f"{nodes(n)} at the max replicas per node limit"
 
 
+class HostPortFilter(Filter):
+    """Two tasks publishing one host-mode port (same protocol) never share a node. The ports are
+    the task's `endpoint` (the scheduler sets it from the service before placing it)."""
+
+    dynamic = True
+
+    def set_task(self, task: Task) -> bool:
+        self.ports = task_host_ports(task)
+        return bool(self.ports)
+
+    def check(self, info: NodeInfo) -> bool:
+        used = info.host_ports
+        return not used or not any(key in used for key in self.ports)
+
+    def explain(self, n: int) -> str:
+        return f"host-mode port already in use on {nodes(n)}"
+
+
 def _norm_arch(arch: str) -> str:
     arch = arch.lower()
     return _ARCH_ALIASES.get(arch, arch)
@@ -139,7 +157,7 @@ class PlatformFilter(Filter):
 
 def default_filters() -> list[Filter]:
     return [ReadyFilter(), AvailabilityFilter(), PlatformFilter(), ConstraintFilter(), CPUFilter(),
-            MemoryFilter(), MaxReplicasFilter()]
+            MemoryFilter(), MaxReplicasFilter(), HostPortFilter()]
 
 
 class Pipeline:

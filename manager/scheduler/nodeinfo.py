@@ -2,7 +2,8 @@
 
 Invariant: `tasks` holds exactly the tasks assigned to this node that have not finished
 (observed state <= running); their reservations are subtracted from the node's resources,
-and `service_counts` counts those of them still desired running, per service.
+`service_counts` counts those of them still desired running, per service, and `host_ports`
+counts the host-mode published ports they hold (Task.endpoint), per (protocol, port).
 """
 
 from __future__ import annotations
@@ -22,6 +23,16 @@ def reservations(task: Task) -> tuple[int, int]:
     return int(res.get("NanoCPUs") or 0), int(res.get("MemoryBytes") or 0)
 
 
+def task_host_ports(task: Task) -> tuple[tuple[str, int], ...]:
+    """(protocol, port) of each host-mode port the task publishes on its node (Task.endpoint)."""
+    endpoint = task.endpoint
+    if not endpoint:
+        return ()
+    return tuple((str(p.get("Protocol") or "tcp").lower(), int(p.get("PublishedPort") or 0))
+                 for p in endpoint.get("Ports") or ()
+                 if str(p.get("PublishMode") or "").lower() == "host" and p.get("PublishedPort"))
+
+
 def holds_resources(task: Task) -> bool:
     return bool(task.node_id) and _ASSIGNED <= task.status.state <= _RUNNING
 
@@ -34,6 +45,7 @@ class NodeInfo:
     active_count: int = 0
     reserved_cpu: int = 0
     reserved_memory: int = 0
+    host_ports: dict[tuple[str, int], int] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -68,6 +80,9 @@ class NodeInfo:
         cpu, memory = reserved if reserved is not None else reservations(task)
         self.reserved_cpu += cpu
         self.reserved_memory += memory
+        if task.endpoint:
+            for key in task_host_ports(task):
+                self.host_ports[key] = self.host_ports.get(key, 0) + 1
         if task.desired_state <= _COMPLETE:     # running, or a job's task running to completion
             self.service_counts[task.service_id] = self.service_counts.get(task.service_id, 0) + 1
             self.active_count += 1
@@ -80,6 +95,13 @@ class NodeInfo:
         cpu, memory = reservations(task)
         self.reserved_cpu -= cpu
         self.reserved_memory -= memory
+        if task.endpoint:
+            for key in task_host_ports(task):
+                left = self.host_ports.get(key, 0) - 1
+                if left > 0:
+                    self.host_ports[key] = left
+                else:
+                    self.host_ports.pop(key, None)
         if task.desired_state <= _COMPLETE:     # running, or a job's task running to completion
             left = self.service_counts[task.service_id] - 1
             if left:

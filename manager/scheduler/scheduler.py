@@ -6,6 +6,11 @@ unassigned task again, grouped by service and spec, so a task left pending (with
 in Status.Err) is placed as soon as any node, label or freed reservation lets it fit. Writes
 re-read the task and give way if it changed meanwhile; a failed write is simply retried on a
 later tick. A dropped watch rebuilds everything from a fresh snapshot.
+
+Host-mode published ports: it also keeps, per service that has some, the host-mode ports of its
+EndpointSpec. A task is placed with them (its `endpoint`, written with the assignment, so the
+node's count of used host ports and the worker's PortStatus both come from the task itself), and
+the write gives way if the service's host ports changed since.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from manager.allocator.ports import host_ports, spec_ports
 from manager.scheduler.filters import Pipeline
 from manager.scheduler.nodeinfo import NodeInfo, holds_resources
 from manager.scheduler.placement import place_group, place_on_node
 from manager.store import Event, ReadTx, Store, WatchDropped, WriteTx
-from model import Task, TaskState, format_time
+from model import Service, Task, TaskState, format_time
 
 # Task states bound once: reading a member off the Enum class costs ~70 ns, and these
 # comparisons run for every task of every write.
@@ -27,6 +33,14 @@ _ASSIGNED, _COMPLETE, _NEW, _PENDING, _RUNNING = (
 
 PENDING_MESSAGE = "pending task scheduling"
 ASSIGNED_MESSAGE = "scheduler assigned task to node"
+
+
+def host_endpoint(service: Service | None) -> dict | None:
+    """What a task of `service` is placed with: {"Ports": [its host-mode ports]}, or None."""
+    if service is None or not (service.spec.get("EndpointSpec") or {}).get("Ports"):
+        return None
+    ports = host_ports(spec_ports(service.spec))
+    return {"Ports": ports} if ports else None
 
 
 @dataclass
@@ -44,12 +58,16 @@ class Scheduler:
         self.accept_new = accept_new
         self.nodes: dict[str, NodeInfo] = {}
         self.unassigned: dict[str, Task] = {}
+        self.host_endpoints: dict[str, dict] = {}  # service ID -> its tasks' endpoint (host-mode ports)
         self.pipeline = Pipeline()
         self.ticks = 0
 
     # -- state from the store ------------------------------------------------------------
     def load(self, tx: ReadTx) -> None:
         self.nodes = {n.id: NodeInfo(n) for n in tx.all("nodes")}
+        self.host_endpoints = {}
+        for service in tx.all("services"):
+            self._service(service.id, service)
         self.unassigned = {}
         for task in tx.all("tasks"):
             self._track(task)
@@ -80,6 +98,15 @@ class Scheduler:
                 self.nodes[obj.id] = NodeInfo(obj)
         elif event.table == "tasks":
             self._task_event(event.op, obj, event.old)
+        elif event.table == "services":
+            self._service(obj.id, None if event.op == "delete" else obj)
+
+    def _service(self, service_id: str, service: Service | None) -> None:
+        endpoint = host_endpoint(service)
+        if endpoint is None:
+            self.host_endpoints.pop(service_id, None)
+        else:
+            self.host_endpoints[service_id] = endpoint
 
     def _task_event(self, op: str, task: Task, old: Task | None) -> None:
         state = task.status.state
@@ -121,6 +148,8 @@ class Scheduler:
     def decide(self) -> list[Decision]:
         """Place every unassigned task that fits (pure: updates only this object's view)."""
         decisions: list[Decision] = []
+        if self.host_endpoints:
+            self._give_host_ports()
         # Per service, its groups of tasks with equal specs (usually one, two during an update):
         # a spec is compared by identity first (tasks of one write share it), then by value.
         by_service: dict[str, list[tuple[dict, list[Task]]]] = {}
@@ -144,6 +173,15 @@ class Scheduler:
             decisions.extend(Decision(task, info.id) for task, info in placed)
             decisions.extend(Decision(task, "", err) for task in group[len(placed):])
         return decisions
+
+    def _give_host_ports(self) -> None:
+        """Unassigned tasks carry their service's host-mode ports (private copies, placed as such)."""
+        for task_id, task in list(self.unassigned.items()):
+            wanted = self.host_endpoints.get(task.service_id)
+            if task.endpoint != wanted:
+                twin = task.copy()
+                twin.endpoint = wanted
+                self.unassigned[task_id] = twin
 
     async def tick(self) -> int:
         """One scheduling round; returns how many tasks were assigned."""
@@ -175,6 +213,9 @@ class Scheduler:
             raise LookupError("task changed since it was scheduled")
         task = current.copy()
         if decision.node_id:
+            if host_endpoint(tx.get("services", current.service_id)) != decision.task.endpoint:
+                raise LookupError("the service's host-mode ports changed since the task was placed")
+            task.endpoint = decision.task.endpoint
             task.node_id = decision.node_id
             task.status.advance(_ASSIGNED, now, ASSIGNED_MESSAGE)
         else:
@@ -190,7 +231,7 @@ class Scheduler:
     async def run(self) -> None:
         """Leader-only loop; cancel it when leadership ends."""
         while True:
-            _, sub = self.store.view_and_watch(self.load, tables=("nodes", "tasks"))
+            _, sub = self.store.view_and_watch(self.load, tables=("nodes", "tasks", "services"))
             try:
                 await self.tick()
                 while True:

@@ -37,6 +37,21 @@ async def test_each_call_makes_one_transition_up_to_running_then_the_exit() -> N
     assert (await step(task, ctl)).outcome is Outcome.NOOP
 
 
+async def test_a_task_with_host_mode_ports_reports_them_once_running_and_keeps_them() -> None:
+    task, ctl = task_in(TaskState.STARTING), FakeController("c", status="created")
+    task.endpoint = {"Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080, "PublishMode": "host"}]}
+    result = await step(task, ctl)
+    ports = {"Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080, "PublishMode": "host"}]}
+    assert result.status.state == TaskState.RUNNING and result.status.port_status == ports
+    assert result.status.to_api()["PortStatus"] == ports
+    waiting = asyncio.create_task(step(task, ctl))
+    await ctl.waiting.wait()
+    ctl.finish(0)
+    assert (await waiting).status.port_status == ports
+    plain, ctl = task_in(TaskState.STARTING), FakeController("c", status="created")
+    assert (await step(plain, ctl)).status.to_api()["PortStatus"] == {}
+
+
 async def test_do_leaves_the_given_task_status_alone() -> None:
     task = task_in(TaskState.PREPARING)
     result = await do(task, FakeController("c"))
