@@ -13,8 +13,17 @@ what the changed object contributes, and records in `dirty` exactly what changed
 - a node contributes its data-path address (Status.Addr: the VTEP of all its peers) and its own
   endpoint on each network (Node.attachments), a peer for the other nodes;
 - a network contributes its metadata (VNI, subnet, gateway, MTU, flags) once allocated;
-- a service contributes its name, endpoint mode and network aliases; the cluster the data-path
-  port.
+- a service contributes its name, endpoint mode, network aliases, its virtual IP on each network
+  (`Endpoint.VirtualIPs`, vip mode) and its published ingress-mode ports (`Endpoint.Ports`, with
+  the port the allocator chose for one asked as 0); the cluster the data-path port.
+
+Each service entry of a view (network_push.py has the whole wire shape) is
+  {"name", "id", "mode": "vip" | "dnsrr", "vip": "10.0.1.2" (its VIP on this network; "" in dnsrr
+   mode or until allocated), "aliases": [...],
+   "ports": [{"protocol": "tcp", "published": 8080, "target": 80}, ...] (its ingress-mode published
+   ports, allocated; the same on every network it is on), "tasks": [...]};
+"vip" and "ports" are what the VIP load balancer and the routing mesh program; DNS answers the
+service name with "vip" in vip mode, with the tasks' addresses in dnsrr mode.
 
 A node needs the networks its live tasks use, plus ingress. Its view of a network
 (`view(network, node)`) is the metadata, its own address on it, the peers on every other node,
@@ -52,7 +61,10 @@ Json = dict[str, Any]
 DnsRecord = tuple[str, str, str, tuple[str, ...]]          # (task name, hostname, address, aliases)
 TaskItem = tuple[str, str, DnsRecord | None]               # (network ID, address, DNS record if in rotation)
 Contribution = tuple[str, str, str, tuple[TaskItem, ...]]  # (node ID, service ID, service name, items)
-ServiceInfo = tuple[str, str, tuple[tuple[str, tuple[str, ...]], ...]]  # (name, mode, ((target, aliases), ...))
+PublishedPort = tuple[str, int, int]                       # (protocol, published, target)
+# (name, mode, ((target, aliases), ...), ((network ID, VIP), ...), published ingress ports)
+ServiceInfo = tuple[str, str, tuple[tuple[str, tuple[str, ...]], ...], tuple[tuple[str, str], ...],
+                    tuple[PublishedPort, ...]]
 
 
 def concerns_networks(event: Event) -> bool:
@@ -149,7 +161,16 @@ def service_info(service: Service) -> ServiceInfo:
     refs = (spec.get("TaskTemplate") or {}).get("Networks") or spec.get("Networks") or []
     networks = tuple((str((ref or {}).get("Target") or ""), tuple(str(a) for a in (ref or {}).get("Aliases") or ()))
                      for ref in refs)
-    return service.name, mode, networks
+    endpoint = service.endpoint or {}
+    vips: tuple[tuple[str, str], ...] = ()
+    if mode == "vip":
+        vips = tuple((str(v.get("NetworkID") or ""), address) for v in endpoint.get("VirtualIPs") or ()
+                     if isinstance(v, dict) and (address := _ipv4(str(v.get("Addr") or ""))))
+    ports = tuple((str(p.get("Protocol") or "tcp").lower(), int(p.get("PublishedPort") or 0),
+                   int(p.get("TargetPort") or 0)) for p in endpoint.get("Ports") or ()
+                  if isinstance(p, dict) and str(p.get("PublishMode") or "ingress").lower() == "ingress"
+                  and p.get("PublishedPort"))
+    return service.name, mode, networks, vips, ports
 
 
 def node_endpoints(node: Node) -> dict[str, str]:
@@ -309,13 +330,18 @@ class NetworkIndex:
             info = self.services.get(service_id)
             service_name = info[0] if info is not None else next(iter(entries.values()))[0]
             aliases: tuple[str, ...] = ()
+            vip = ""
+            ports: list[Json] = []
             if info is not None:
                 aliases = _aliases_for([{"Target": t, "Aliases": a} for t, a in info[2]], network_id, name)
+                vip = next((address for target, address in info[3] if target == network_id), "")
+                ports = [{"protocol": proto, "published": published, "target": target}
+                         for proto, published, target in info[4]]
             records = sorted((dns, task_id) for task_id, (_, dns) in entries.items() if dns is not None)
             tasks: list[Json] = [{"name": dns[0], "id": task_id, "container_id": task_id, "hostname": dns[1],
                                   "address": dns[2], "aliases": list(dns[3])} for dns, task_id in records]
             out.append({"name": service_name, "id": service_id, "mode": info[1] if info is not None else "vip",
-                        "vip": "", "aliases": list(aliases), "tasks": tasks})
+                        "vip": vip, "aliases": list(aliases), "ports": ports, "tasks": tasks})
         out.sort(key=lambda service: (service["name"], service["id"]))
         net.dns_view = out
         return out

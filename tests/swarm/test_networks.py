@@ -37,12 +37,13 @@ def network(lab: Lab, name: str, **extra: Any) -> str:
 
 
 def service(lab: Lab, name: str, args: list[str], replicas: int, networks: list[str],
-            max_per_node: int = 0) -> str:
+            max_per_node: int = 0, endpoint_mode: str = "vip") -> str:
     spec: dict[str, Any] = {
         "Name": name,
         "TaskTemplate": {"ContainerSpec": {"Image": IMAGE, "Args": args, "StopGracePeriod": 2_000_000_000},
                          "Networks": [{"Target": n} for n in networks]},
         "Mode": {"Replicated": {"Replicas": replicas}},
+        "EndpointSpec": {"Mode": endpoint_mode},
     }
     if max_per_node:
         spec["TaskTemplate"]["Placement"] = {"MaxReplicas": max_per_node}
@@ -80,6 +81,12 @@ def in_task(lab: Lab, task: dict[str, Any], argv: list[str], timeout: float = 30
     return lab.exec(node.name, ["runc", "--root", str(runc_root), "exec", task["ID"], *argv], timeout=timeout)
 
 
+def vip(lab: Lab, name: str, network_id: str) -> str:
+    """The service's virtual IP on the network (the allocator writes it with the service)."""
+    endpoint = api(lab, MANAGER, "GET", f"/services/{name}")["Endpoint"]
+    return next(str(v["Addr"]).split("/")[0] for v in endpoint["VirtualIPs"] if v["NetworkID"] == network_id)
+
+
 def lookup(lab: Lab, task: dict[str, Any], name: str) -> set[str]:
     """The addresses `name` resolves to inside the task (busybox nslookup via 127.0.0.11)."""
     out = in_task(lab, task, ["nslookup", name]).stdout
@@ -91,13 +98,19 @@ def test_services_reach_each_other_by_name_across_hosts_and_scale_is_seen_at_onc
     app = network(lab, "app")
     service(lab, "web", WEB, 2, ["app"])
     service(lab, "client", SLEEPER, 1, ["app"])
+    service(lab, "rr", SLEEPER, 2, ["app"], endpoint_mode="dnsrr")
     webs = converged(lab, "web", 2)
     client = converged(lab, "client", 1)[0]
     assert api(lab, MANAGER, "GET", f"/services/{'web'}")["Spec"]["TaskTemplate"]["Networks"] == [{"Target": app}]
     web_ips = {address(t, app) for t in webs}
+    web_vip = vip(lab, "web", app)
+    assert web_vip not in web_ips
     assert lookup(lab, client, "tasks.web") == web_ips
-    assert lookup(lab, client, "web") == web_ips          # no VIPs yet: the service name gives its tasks
-    assert lookup(lab, client, "WEB.app") == web_ips      # case-insensitive, and name.<network>
+    assert lookup(lab, client, "web") == {web_vip}        # vip mode: the service name gives its VIP
+    assert lookup(lab, client, "WEB.app") == {web_vip}    # case-insensitive, and name.<network>
+    rr_ips = {address(t, app) for t in converged(lab, "rr", 2)}
+    assert lookup(lab, client, "rr") == rr_ips == lookup(lab, client, "tasks.rr")   # dnsrr: the tasks'
+    assert "VirtualIPs" not in api(lab, MANAGER, "GET", "/services/rr")["Endpoint"]
     # every task answers over the overlay, wherever it runs (at least one is on another host)
     assert {host_of(lab, t) for t in webs} != {host_of(lab, client)}
     names = {in_task(lab, client, ["wget", "-qO-", f"http://{ip}/"]).stdout.strip() for ip in web_ips}

@@ -134,7 +134,8 @@ async def test_a_view_has_the_network_its_own_address_the_peers_on_other_nodes_a
     assert sorted(view["peers"], key=lambda p: p["ip"]) == [
         {"ip": "10.0.1.3", "mac": "02:42:0a:00:01:03", "vtep": "198.18.0.2"},
         {"ip": "10.0.1.6", "mac": "02:42:0a:00:01:06", "vtep": "198.18.0.2"}]
-    assert view["services"] == [{"name": "web", "id": s.web.id, "mode": "vip", "vip": "", "aliases": ["www"], "tasks": [
+    assert view["services"] == [{"name": "web", "id": s.web.id, "mode": "vip", "vip": "", "aliases": ["www"],
+                                 "ports": [], "tasks": [
         {"name": f"web.1.{on_a.id}", "id": on_a.id, "container_id": on_a.id, "hostname": on_a.id[:12],
          "address": "10.0.1.5", "aliases": ["www"]},
         {"name": f"web.2.{on_b.id}", "id": on_b.id, "container_id": on_b.id, "hostname": "two",
@@ -164,6 +165,42 @@ async def test_dns_holds_only_tasks_in_rotation_and_peers_hold_every_task_not_pa
     assert [t["id"] for t in by_name["web"]["tasks"]] == [running.id]
     assert by_name["rr"]["mode"] == "dnsrr"
     assert [t["name"] for t in by_name["rr"]["tasks"]] == [f"rr.{s.b.id}.{global_task.id}"]  # global: node ID
+
+
+async def test_a_service_entry_has_its_vip_on_that_network_and_its_published_ingress_ports() -> None:
+    s = await Swarm().seed()
+    ports = [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 30000, "PublishMode": "ingress"},
+             {"Protocol": "udp", "TargetPort": 53, "PublishedPort": 5353, "PublishMode": "ingress"},
+             {"Protocol": "tcp", "TargetPort": 81, "PublishedPort": 8081, "PublishMode": "host"}]
+
+    def allocated(svc: Service) -> None:
+        svc.endpoint = {"Spec": svc.spec["EndpointSpec"], "Ports": ports, "VirtualIPs": [
+            {"NetworkID": s.ingress.id, "Addr": "10.0.0.9/24"}, {"NetworkID": s.net.id, "Addr": "10.0.1.4/24"}]}
+    await edit(s.store, "services", s.web.id, allocated)
+    rr = service("rr", s.net, mode="dnsrr")
+    await put(s.store, rr)
+    web = task_of(s.web, 1, s.a.id, (s.ingress, "10.0.0.10/24"), (s.net, "10.0.1.5/24"), state=TaskState.RUNNING)
+    other = task_of(rr, 1, s.a.id, (s.net, "10.0.1.6/24"), state=TaskState.RUNNING)
+    await put(s.store, web, other)
+    published = [{"protocol": "tcp", "published": 30000, "target": 80},
+                 {"protocol": "udp", "published": 5353, "target": 53}]
+    by_name = {svc["name"]: svc for svc in view_of(s.store, s.net, s.b)["services"]}
+    assert (by_name["web"]["mode"], by_name["web"]["vip"], by_name["web"]["ports"]) == ("vip", "10.0.1.4", published)
+    assert (by_name["rr"]["mode"], by_name["rr"]["vip"], by_name["rr"]["ports"]) == ("dnsrr", "", [])
+    on_ingress = view_of(s.store, s.ingress, s.b)["services"]
+    assert [(svc["name"], svc["vip"], svc["ports"], [t["address"] for t in svc["tasks"]]) for svc in on_ingress] == \
+        [("web", "10.0.0.9", published, ["10.0.0.10"])]
+
+    # the allocator's write reaches the nodes using the network
+    dispatcher = Dispatcher(s.store)
+    stream = dispatcher.session(s.a.id, params(s.a))
+    async with contextlib.aclosing(stream), pushing(dispatcher):  # type: ignore[type-var]
+        await opening(stream)
+        await edit(s.store, "services", s.web.id, lambda svc: svc.endpoint.update(VirtualIPs=[
+            {"NetworkID": s.ingress.id, "Addr": "10.0.0.9/24"}]))   # its VIP on net is gone
+        message = await next_message(stream)
+        entries = {(v["name"], svc["name"]): svc["vip"] for v in message["networks"] for svc in v["services"]}
+        assert entries[("net", "web")] == ""
 
 
 # ---- sessions ----------------------------------------------------------------------------------------
@@ -249,7 +286,7 @@ async def test_a_node_loses_a_network_when_its_last_task_there_stops() -> None:
         assert not session.pending()
         await desire(s.store, two.id, TaskState.SHUTDOWN)
         assert (await next_message(stream))["networks"][0]["services"] == [
-            {"name": "web", "id": s.web.id, "mode": "vip", "vip": "", "aliases": ["www"], "tasks": []}]
+            {"name": "web", "id": s.web.id, "mode": "vip", "vip": "", "aliases": ["www"], "ports": [], "tasks": []}]
         assert changes_of(await next_message(stream)) == [("update", two.id)]
         await advance(s.store, two.id, TaskState.SHUTDOWN)  # the last one: the network goes
         message = await next_message(stream)
@@ -416,6 +453,9 @@ async def test_with_the_real_control_loops_scaling_and_a_node_failure_reach_ever
         assert len(in_rotation()) == 3
         await until(lambda: all("ingress" in told[n.id] for n in nodes) and all(dns(n) == in_rotation() for n in users))
         assert {n.id for n in nodes if "app" in told[n.id]} == users
+        vip = store.view(lambda tx: tx.get("services", web.id)).endpoint["VirtualIPs"]   # the allocator's
+        assert [v["NetworkID"] for v in vip] == [net.id]
+        assert {told[n]["app"]["services"][0]["vip"] for n in users} == {vip[0]["Addr"].split("/")[0]}
 
         await edit(store, "services", web.id, lambda v: v.spec.update(Mode={"Replicated": {"Replicas": 6}}))
         await harness.settle()
