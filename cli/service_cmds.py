@@ -25,8 +25,9 @@ from cli.service_flags import (
     parse_file_ref,
     parse_key_values,
     parse_mount,
-    parse_port,
+    parse_ports,
     parse_preference,
+    update_ports,
 )
 from cli.service_logs import logs as service_logs
 from cli.service_progress import wait_for_convergence
@@ -44,6 +45,7 @@ def _options(*decorators: F) -> F:
 
 
 FAILURE_ACTIONS = click.Choice(["pause", "continue", "rollback"])
+ENDPOINT_MODES = click.Choice(["vip", "dnsrr"], case_sensitive=False)
 ORDERS = click.Choice(["stop-first", "start-first"])
 
 scalar_options = _options(
@@ -135,7 +137,11 @@ async def _wait(client: DaemonClient, service_id: str, opts: dict[str, Any]) -> 
 @click.option("--constraint", multiple=True, help="Placement constraint (node.role==manager).")
 @click.option("--placement-pref", multiple=True, help="Placement preference (spread=node.labels.zone).")
 @click.option("--mount", multiple=True, help="type=bind|volume|tmpfs,source=...,target=...[,readonly]")
-@click.option("--publish", "-p", multiple=True, help="Publish a port (8080:80[/udp]).")
+@click.option("--publish", "-p", multiple=True,
+              help="Publish a port as a node port: 8080:80[/udp], 80 (any free port), or "
+                   "published=8080,target=80,protocol=udp,mode=host.")
+@click.option("--endpoint-mode", type=ENDPOINT_MODES, default="vip", show_default=True,
+              help="Endpoint mode (vip or dnsrr).")
 @click.option("--network", multiple=True, help="Attach to a network.")
 @click.option("--secret", multiple=True, help="Give the service a secret.")
 @click.option("--config", multiple=True, help="Give the service a config.")
@@ -145,8 +151,8 @@ async def _wait(client: DaemonClient, service_id: str, opts: dict[str, Any]) -> 
 @click.pass_context
 def create(ctx: click.Context, name: str, mode: str, env: tuple[str, ...], label: tuple[str, ...],
            container_label: tuple[str, ...], constraint: tuple[str, ...], placement_pref: tuple[str, ...],
-           mount: tuple[str, ...], publish: tuple[str, ...], network: tuple[str, ...], secret: tuple[str, ...],
-           config: tuple[str, ...], image: str, args: tuple[str, ...], **opts: Any) -> None:
+           mount: tuple[str, ...], publish: tuple[str, ...], endpoint_mode: str, network: tuple[str, ...],
+           secret: tuple[str, ...], config: tuple[str, ...], image: str, args: tuple[str, ...], **opts: Any) -> None:
     """Create a new service: IMAGE [COMMAND [ARG...]]."""
     if mode == "global" and opts.get("replicas") is not None:
         fail("--replicas can only be used with replicated mode")
@@ -167,8 +173,9 @@ def create(ctx: click.Context, name: str, mode: str, env: tuple[str, ...], label
         if placement_pref:
             placement["Preferences"] = [parse_preference(p) for p in placement_pref]
         spec["TaskTemplate"]["Placement"] = placement
+        spec["EndpointSpec"]["Mode"] = endpoint_mode.lower()
         if publish:
-            spec["EndpointSpec"]["Ports"] = [parse_port(p) for p in publish]
+            spec["EndpointSpec"]["Ports"] = [port for text in publish for port in parse_ports(text)]
         if network:
             spec["TaskTemplate"]["Networks"] = [{"Target": n} for n in network]
         apply_scalar_flags(spec, opts)
@@ -368,8 +375,9 @@ def _edit_list(current: list[Any] | None, add: list[Any], remove: Callable[[Any]
 @click.option("--placement-pref-rm", multiple=True)
 @click.option("--mount-add", multiple=True)
 @click.option("--mount-rm", multiple=True, help="Remove a mount by its target path.")
-@click.option("--publish-add", multiple=True)
-@click.option("--publish-rm", multiple=True, help="Remove a published port by its target port.")
+@click.option("--publish-add", multiple=True, help="Add or update a published port (as --publish).")
+@click.option("--publish-rm", multiple=True, help="Remove a published port by its target port (80[/udp]).")
+@click.option("--endpoint-mode", type=ENDPOINT_MODES, default=None, help="Endpoint mode (vip or dnsrr).")
 @click.option("--network-add", multiple=True)
 @click.option("--network-rm", multiple=True)
 @click.option("--secret-add", multiple=True)
@@ -385,7 +393,8 @@ def update(ctx: click.Context, ref: str, image: str | None, args_: str | None, e
            env_rm: tuple[str, ...], label_add: tuple[str, ...], label_rm: tuple[str, ...],
            constraint_add: tuple[str, ...], constraint_rm: tuple[str, ...], placement_pref_add: tuple[str, ...],
            placement_pref_rm: tuple[str, ...], mount_add: tuple[str, ...], mount_rm: tuple[str, ...],
-           publish_add: tuple[str, ...], publish_rm: tuple[str, ...], network_add: tuple[str, ...],
+           publish_add: tuple[str, ...], publish_rm: tuple[str, ...], endpoint_mode: str | None,
+           network_add: tuple[str, ...],
            network_rm: tuple[str, ...], secret_add: tuple[str, ...], secret_rm: tuple[str, ...],
            config_add: tuple[str, ...], config_rm: tuple[str, ...], force: bool, rollback: bool,
            **opts: Any) -> None:
@@ -413,10 +422,14 @@ def update(ctx: click.Context, ref: str, image: str | None, args_: str | None, e
             lambda p: (p.get("Spread") or {}).get("SpreadDescriptor") in prefs_rm)
         container["Mounts"] = _edit_list(container.get("Mounts"), [parse_mount(m) for m in mount_add],
                                          lambda m: m.get("Target") in mount_rm)
-        endpoint = spec.setdefault("EndpointSpec", {})
-        ports_rm = {p.partition("/")[0].rpartition(":")[2] for p in publish_rm}
-        endpoint["Ports"] = _edit_list(endpoint.get("Ports"), [parse_port(p) for p in publish_add],
-                                       lambda p: str(p.get("TargetPort")) in ports_rm)
+        # the EndpointSpec is touched only by its own flags (a service without one keeps none)
+        endpoint = spec.setdefault("EndpointSpec", {}) if publish_add or publish_rm or endpoint_mode else {}
+        if publish_add or publish_rm:
+            endpoint["Ports"] = update_ports(
+                endpoint.get("Ports"), [port for text in publish_add for port in parse_ports(text, "--publish-add")],
+                [port for text in publish_rm for port in parse_ports(text, "--publish-rm")])
+        if endpoint_mode is not None:
+            endpoint["Mode"] = endpoint_mode.lower()
         tmpl["Networks"] = _edit_list(tmpl.get("Networks"), [{"Target": n} for n in network_add],
                                       lambda n: n.get("Target") in network_rm)
         for key, name_key, gone in (("Secrets", "SecretName", secret_rm), ("Configs", "ConfigName", config_rm)):

@@ -11,6 +11,8 @@ Units: durations as Go writes them (`500ms`, `10s`, `1m30s`, `1h`), sizes with b
 
 from __future__ import annotations
 
+import csv
+import ipaddress
 import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -120,27 +122,148 @@ def parse_mount(text: str) -> dict[str, Any]:
     return mount
 
 
-def parse_port(text: str) -> dict[str, Any]:
-    """`8080:80`, `8080:80/udp`, `80`, or `published=8080,target=80,protocol=udp,mode=host`."""
-    flag = "--publish"
-    if "=" in text:
-        fields = _csv_fields(text, flag)
-        spec = {"target": fields.get("target", ""), "published": fields.get("published", ""),
-                "protocol": fields.get("protocol", "tcp"), "mode": fields.get("mode", "ingress")}
-    else:
-        ports, _, proto = text.partition("/")
-        published, _, target = ports.rpartition(":")
-        spec = {"target": target, "published": published, "protocol": proto or "tcp", "mode": "ingress"}
-    try:
-        port: dict[str, Any] = {"Protocol": spec["protocol"], "TargetPort": int(spec["target"]),
-                                "PublishMode": spec["mode"]}
-        if spec["published"]:
-            port["PublishedPort"] = int(spec["published"])
-    except ValueError:
-        raise FlagError(f"invalid argument {text!r} for {flag}: expected [PUBLISHED:]TARGET[/PROTOCOL]") from None
-    if port["Protocol"] not in ("tcp", "udp", "sctp") or port["PublishMode"] not in ("ingress", "host"):
-        raise FlagError(f"invalid argument {text!r} for {flag}: protocol tcp|udp|sctp, mode ingress|host")
+_LONG_PORT = re.compile(r"\w+=\w+(,\w+=\w+)*")   # the docker CLI's test for the long syntax
+PUBLISH_FLAG = "-p, --publish"
+
+
+def _uint16(text: str) -> int:
+    """Go's strconv.ParseUint(text, 10, 16), with its error texts."""
+    if not text or not text.isascii() or not text.isdigit():
+        raise ValueError(f'strconv.ParseUint: parsing "{text}": invalid syntax')
+    value = int(text)
+    if value > 65535:
+        raise ValueError(f'strconv.ParseUint: parsing "{text}": value out of range')
+    return value
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    """`80` or `8000-8010` (docker's nat.ParsePortRange)."""
+    if "-" not in text:
+        value = _uint16(text)
+        return value, value
+    parts = text.split("-")
+    start, end = _uint16(parts[0]), _uint16(parts[1])
+    if end < start:
+        raise ValueError(f"invalid range specified for port: {text}")
+    return start, end
+
+
+def _port(protocol: str, target: int, published: int, mode: str) -> dict[str, Any]:
+    port: dict[str, Any] = {"Protocol": protocol, "TargetPort": target}
+    if published:
+        port["PublishedPort"] = published
+    port["PublishMode"] = mode
     return port
+
+
+def parse_ports(text: str, flag: str = PUBLISH_FLAG) -> list[dict[str, Any]]:
+    """One `--publish` value as the docker CLI reads it (opts/swarmopts PortOpt): the long syntax
+    `published=8080,target=80,protocol=udp,mode=host` (target mandatory), or the short one
+    `[PUBLISHED:]TARGET[/PROTOCOL]`, where either side may be a range (`8000-8001:80-81`, or a
+    range of published ports for one target). Mode ingress and protocol tcp by default; a host IP
+    is refused. Errors read as the docker CLI's: `invalid argument "X" for "-p, --publish" flag: ...`."""
+
+    def bad(reason: str) -> FlagError:
+        return FlagError(f'invalid argument "{text}" for "{flag}" flag: {reason}')
+
+    if _LONG_PORT.search(text):
+        try:
+            fields = next(csv.reader([text]))
+        except csv.Error as exc:
+            raise bad(str(exc)) from None
+        values: dict[str, Any] = {"Protocol": "tcp", "TargetPort": 0, "PublishedPort": 0, "PublishMode": "ingress"}
+        for field in fields:
+            key, eq, value = field.lower().partition("=")
+            if not eq or not key:
+                raise bad(f"invalid field {field}")
+            if key == "protocol":
+                if value not in ("tcp", "udp", "sctp"):
+                    raise bad(f"invalid protocol value {value}")
+                values["Protocol"] = value
+            elif key == "mode":
+                if value not in ("ingress", "host"):
+                    raise bad(f"invalid publish mode value {value}")
+                values["PublishMode"] = value
+            elif key in ("target", "published"):
+                try:
+                    values["TargetPort" if key == "target" else "PublishedPort"] = _uint16(value)
+                except ValueError as exc:
+                    raise bad(str(exc)) from None
+            else:
+                raise bad(f"invalid field key {key}")
+        if not values["TargetPort"]:
+            raise bad('missing mandatory field "target"')
+        return [_port(values["Protocol"], values["TargetPort"], values["PublishedPort"], values["PublishMode"])]
+
+    parts = text.split(":")
+    container = parts[-1]
+    ip, host = ("", "") if len(parts) == 1 else ("", parts[0]) if len(parts) == 2 else (":".join(parts[:-2]), parts[-2])
+    pieces = container.split("/")   # docker's nat.SplitProtoPort
+    if not container or not pieces[0]:
+        protocol, container = "", ""
+    elif len(pieces) == 1 or not pieces[1]:
+        protocol, container = "tcp", pieces[0]
+    else:
+        protocol, container = pieces[1], pieces[0]
+    if ip:
+        address = ip[1:-1] if ip.startswith("[") and ip.endswith("]") else ip
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise bad(f"invalid IP address: {ip}") from None
+    if not container:
+        raise bad(f"no port specified: {text}<empty>")
+    try:
+        start, end = _port_range(container)
+    except ValueError:
+        raise bad(f"invalid containerPort: {container}") from None
+    host_start = host_end = 0
+    if host:
+        try:
+            host_start, host_end = _port_range(host)
+        except ValueError:
+            raise bad(f"invalid hostPort: {host}") from None
+        if end - start != host_end - host_start and end != start:
+            raise bad(f"invalid ranges specified for container and host Ports: {container} and {host}")
+    if protocol.lower() not in ("tcp", "udp", "sctp"):
+        raise bad(f"invalid proto: {protocol}")
+    if ip:
+        raise bad("hostip is not supported")
+    out: list[dict[str, Any]] = []
+    for i in range(end - start + 1):
+        if not host:
+            published = [0]
+        elif start == end and host_start != host_end:
+            published = list(range(host_start, host_end + 1))   # one target, a range of published ports
+        else:
+            published = [host_start + i]
+        out.extend(_port(protocol.lower(), start + i, number, "ingress") for number in published)
+    return out
+
+
+def port_key(port: dict[str, Any]) -> str:
+    """The docker CLI's key of a port: `published:target/protocol/mode`."""
+    return (f"{port.get('PublishedPort') or 0}:{port.get('TargetPort') or 0}/{port.get('Protocol') or ''}"
+            f"/{port.get('PublishMode') or ''}")
+
+
+def update_ports(current: list[dict[str, Any]] | None, add: list[dict[str, Any]],
+                 remove: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`service update --publish-add/--publish-rm` as the docker CLI does them: the current ports
+    (one per key), less those whose protocol, target port and mode match one to remove (tcp and
+    ingress when not given), plus the added ones not there yet, sorted by key."""
+
+    def same(port: dict[str, Any], other: dict[str, Any]) -> bool:
+        return ((port.get("Protocol") or "tcp") == (other.get("Protocol") or "tcp")
+                and port.get("TargetPort") == other.get("TargetPort")
+                and (port.get("PublishMode") or "ingress") == (other.get("PublishMode") or "ingress"))
+
+    existing: dict[str, dict[str, Any]] = {}
+    for port in current or []:
+        existing.setdefault(port_key(port), port)
+    ports = [p for p in existing.values() if not any(same(p, r) for r in remove)]
+    ports += [p for p in add if port_key(p) not in existing]
+    return sorted(ports, key=port_key)
 
 
 def parse_file_ref(text: str, flag: str) -> dict[str, Any]:

@@ -67,6 +67,37 @@ def format_ports(ports: list[dict[str, Any]] | None) -> str:
     return ", ".join(out)
 
 
+def service_ports(ports: list[dict[str, Any]] | None) -> str:
+    """The PORTS column of `service ls`, as the docker CLI builds it (cli/command/service/
+    formatter.go): `Endpoint.Ports` in ingress mode, sorted by protocol then published port, with
+    runs of consecutive target ports joined (`*:8080-8081->80-81/tcp`)."""
+    ranges: list[str] = []
+    pr: dict[str, Any] = {"pStart": 0, "pEnd": 0, "tStart": 0, "tEnd": 0, "protocol": ""}
+
+    def text(r: dict[str, Any]) -> str:
+        pub = f"{r['pStart']}-{r['pEnd']}" if r["pEnd"] > r["pStart"] else str(r["pStart"])
+        tgt = f"{r['tStart']}-{r['tEnd']}" if r["tEnd"] > r["tStart"] else str(r["tStart"])
+        return f"*:{pub}->{tgt}/{r['protocol']}"
+
+    ordered = sorted(ports or [], key=lambda p: (str(p.get("Protocol") or ""), int(p.get("PublishedPort") or 0)))
+    for p in ordered:
+        if p.get("PublishMode") != "ingress":
+            continue
+        published, target, protocol = int(p.get("PublishedPort") or 0), int(p.get("TargetPort") or 0), \
+            str(p.get("Protocol") or "")
+        is_range = pr["tEnd"] != pr["tStart"]
+        overlaps = target <= pr["tEnd"]
+        if protocol != pr["protocol"] or (target - pr["tEnd"]) % (1 << 32) > 1 or (is_range and overlaps):
+            if pr["pStart"] > 0:
+                ranges.append(text(pr))
+            pr = {"pStart": published, "pEnd": published, "tStart": target, "tEnd": target, "protocol": protocol}
+            continue
+        pr["pEnd"], pr["tEnd"] = published, target
+    if pr["pStart"] > 0:
+        ranges.append(text(pr))
+    return ", ".join(ranges)
+
+
 def service_replicas(service: dict[str, Any]) -> str:
     status = service.get("ServiceStatus") or {}
     running, desired = status.get("RunningTasks", 0), status.get("DesiredTasks", 0)
@@ -90,11 +121,9 @@ def service_mode(service: dict[str, Any]) -> str:
 def service_rows(services: list[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for s in sorted(services, key=lambda s: s["Spec"].get("Name", "")):
-        ports = (s.get("Endpoint") or {}).get("Ports") or \
-            [p for p in (s["Spec"].get("EndpointSpec") or {}).get("Ports") or [] if p.get("PublishedPort")]
         image = s["Spec"]["TaskTemplate"].get("ContainerSpec", {}).get("Image", "")
         rows.append([s["ID"][:12], s["Spec"].get("Name", ""), service_mode(s), service_replicas(s),
-                     strip_digest(image), format_ports(ports)])
+                     strip_digest(image), service_ports((s.get("Endpoint") or {}).get("Ports"))])
     return rows
 
 

@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from engineapi.http import Routes, new_app
+from manager.allocator import Allocator
 from manager.api import nodes
 from manager.api.cluster import CLUSTER, ClusterAccess
 from manager.api.routes import add_cluster_routes
@@ -147,6 +148,34 @@ async def reconciling(store: Store) -> AsyncIterator[None]:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@contextlib.asynccontextmanager
+async def allocating(store: Store) -> AsyncIterator[None]:
+    """The real allocator's leader loop: networks, and services' Endpoint (ports, VIPs)."""
+    task = asyncio.create_task(Allocator(store).run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def until_service(store: Store, ref: str, check: Any, timeout: float = 10) -> Service:
+    """The service once `check(service)` holds (waits for store writes, with a deadline)."""
+    sub = store.watch(tables=("services",))
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                found = store.view(lambda tx: tx.find("services", name=ref)) or \
+                    [s for s in store.view(lambda tx: tx.all("services")) if s.id == ref]
+                if found and check(found[0]):
+                    return found[0]
+                await sub.wait()
+                sub.drain()
+    finally:
+        sub.close()
 
 
 async def call(client: TestClient, method: str, path: str, body: Any = None,

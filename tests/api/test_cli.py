@@ -11,9 +11,19 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from manager.store import Store
-from tests.api.support import StoreCluster, add_node, build_app, new_store, reconciling, serve_unix
+from tests.api.support import (
+    StoreCluster,
+    add_node,
+    allocating,
+    build_app,
+    new_store,
+    reconciling,
+    serve_unix,
+    until_service,
+)
 
 
 class Shoal:
@@ -36,7 +46,7 @@ async def test_service_lifecycle_through_the_cli(tmp_path: Path) -> None:
     store: Store = new_store()
     await add_node(store, hostname="node-a")
     async with serve_unix(build_app(StoreCluster(store), tmp_path), tmp_path / "api.sock") as host, \
-            reconciling(store):
+            reconciling(store), allocating(store):
         shoal = Shoal(host)
         _, out, _ = await shoal.run("service", "create", "--name", "web", "--replicas", "2", "--env", "A=1",
                                     "--limit-memory", "64M", "--limit-cpu", "0.5", "--restart-delay", "1m30s",
@@ -51,6 +61,7 @@ async def test_service_lifecycle_through_the_cli(tmp_path: Path) -> None:
         assert spec["TaskTemplate"]["ContainerSpec"]["Image"] == "busybox:latest"
         assert spec["UpdateConfig"]["Monitor"] == 500_000_000
 
+        await until_service(store, "web", lambda s: s.endpoint.get("Ports"))   # the allocator's write
         _, out, _ = await shoal.run("service", "ls")
         header, row = out.splitlines()
         assert header.split() == ["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "PORTS"]
@@ -123,3 +134,45 @@ async def test_secret_config_network_commands(tmp_path: Path) -> None:
         code, _, err = await shoal.run("network", "create", "n1", ok=False)
         assert code == 1 and "network with name n1 already exists" in err
         await shoal.run("network", "rm", "n1")
+
+
+async def test_publish_flags_endpoint_mode_and_the_ports_column(tmp_path: Path) -> None:
+    store = new_store()
+    async with serve_unix(build_app(StoreCluster(store), tmp_path), tmp_path / "api.sock") as host, \
+            allocating(store):
+        shoal = Shoal(host)
+
+        def ports(service: Any) -> list[int]:
+            return [p.get("PublishedPort", 0) for p in service.endpoint.get("Ports") or []]
+
+        async def spec() -> dict[str, Any]:
+            _, inspected, _ = await shoal.run("service", "inspect", "web")
+            return dict(json.loads(inspected)[0]["Spec"])
+
+        await shoal.run("service", "create", "--detach", "--name", "web", "-p", "8080:80", "-p", "443",
+                        "--publish", "published=5353,target=53,protocol=udp", "busybox")
+        await until_service(store, "web", lambda s: 30000 in ports(s))
+        _, out, _ = await shoal.run("service", "ls")
+        assert out.splitlines()[1].split(None, 5)[5] == "*:8080->80/tcp, *:30000->443/tcp, *:5353->53/udp"
+
+        await shoal.run("service", "update", "--detach", "--publish-rm", "80", "--publish-rm", "53/udp",
+                        "--publish-add", "mode=host,target=81,published=8081", "web")
+        assert (await spec())["EndpointSpec"] == {"Mode": "vip", "Ports": [
+            {"Protocol": "tcp", "TargetPort": 443, "PublishMode": "ingress"},
+            {"Protocol": "tcp", "TargetPort": 81, "PublishedPort": 8081, "PublishMode": "host"}]}
+        await until_service(store, "web", lambda s: ports(s) == [30000, 8081])   # sorted by key, the auto port kept
+        _, out, _ = await shoal.run("service", "ls")
+        assert out.splitlines()[1].split(None, 5)[5] == "*:30000->443/tcp"       # host mode is not shown
+
+        code, _, err = await shoal.run("service", "update", "--detach", "--endpoint-mode", "dnsrr", "web", ok=False)
+        assert code == 1 and "Traceback" not in err
+        assert err.strip() == ("Error response from daemon: rpc error: code = InvalidArgument desc = EndpointSpec: "
+                               "port published with ingress mode can't be used with dnsrr mode")
+        await shoal.run("service", "update", "--detach", "--publish-rm", "443", "--endpoint-mode", "DNSRR", "web")
+        assert (await spec())["EndpointSpec"]["Mode"] == "dnsrr"
+        code, _, err = await shoal.run("service", "update", "--publish-add", "80:http", "web", ok=False)
+        assert code == 1 and err.strip() == \
+            'invalid argument "80:http" for "--publish-add" flag: invalid containerPort: http'
+        code, _, err = await shoal.run("service", "create", "--name", "x", "-p", "8081:80", "busybox", ok=False)
+        assert code == 1 and "Traceback" not in err and \
+            "port '8081' is already in use by service 'web'" in err and "as a host-published port" in err

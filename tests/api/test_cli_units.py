@@ -15,11 +15,12 @@ from cli.service_flags import (
     parse_duration,
     parse_file_ref,
     parse_mount,
-    parse_port,
+    parse_ports,
     parse_size,
+    update_ports,
 )
 from cli.service_progress import evaluate
-from cli.task_format import columns, human_duration, task_rows
+from cli.task_format import columns, human_duration, service_ports, task_rows
 from model import parse_time
 
 
@@ -51,15 +52,92 @@ def test_mount_port_and_file_refs() -> None:
         {"Type": "bind", "Source": "/a", "Target": "/b", "ReadOnly": True}
     with pytest.raises(FlagError, match="target is required"):
         parse_mount("type=volume,source=v")
-    assert parse_port("8080:80") == {"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080,
-                                     "PublishMode": "ingress"}
-    assert parse_port("published=53,target=53,protocol=udp,mode=host")["PublishMode"] == "host"
-    with pytest.raises(FlagError, match="--publish"):
-        parse_port("http")
     assert parse_file_ref("source=pw,target=/run/pw,mode=0400", "--secret")["File"]["Mode"] == 0o400
     assert image_with_tag("busybox") == "busybox:latest"
     assert image_with_tag("localhost:5000/app") == "localhost:5000/app:latest"
     assert image_with_tag("app@sha256:abc") == "app@sha256:abc"
+
+
+def port(target: int, published: int = 0, protocol: str = "tcp", mode: str = "ingress") -> dict[str, Any]:
+    out: dict[str, Any] = {"Protocol": protocol, "TargetPort": target}
+    if published:
+        out["PublishedPort"] = published
+    out["PublishMode"] = mode
+    return out
+
+
+@pytest.mark.parametrize(("text", "ports"), [
+    ("8080:80", [port(80, 8080)]),
+    ("8080:80/udp", [port(80, 8080, "udp")]),
+    ("8080:80/UDP", [port(80, 8080, "udp")]),
+    ("80", [port(80)]),                                          # published: any free port
+    ("80/sctp", [port(80, protocol="sctp")]),
+    (":80", [port(80)]),
+    ("8000-8001:80-81", [port(80, 8000), port(81, 8001)]),
+    ("8000-8002:80", [port(80, 8000), port(80, 8001), port(80, 8002)]),
+    ("80-81", [port(80), port(81)]),
+    ("published=8080,target=80", [port(80, 8080)]),
+    ("target=53,published=53,protocol=udp,mode=host", [port(53, 53, "udp", "host")]),
+    ("Target=80,Mode=HOST", [port(80, mode="host")]),            # the docker CLI lower-cases fields
+    ("mode=host,target=80", [port(80, mode="host")]),
+])
+def test_publish_short_and_long_forms(text: str, ports: list[dict[str, Any]]) -> None:
+    assert parse_ports(text) == ports
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("http", "invalid containerPort: http"),
+    ("8080:", "no port specified: 8080:<empty>"),
+    ("x:80", "invalid hostPort: x"),
+    ("8080:80/icmp", "invalid proto: icmp"),
+    ("70000:80", "invalid hostPort: 70000"),
+    ("8000-8001:80-82", "invalid ranges specified for container and host Ports: 80-82 and 8000-8001"),
+    ("127.0.0.1:8080:80", "hostip is not supported"),
+    ("nonsense:8080:80", "invalid IP address: nonsense"),
+    ("published=8080", 'missing mandatory field "target"'),
+    ("target=80,protocol=icmp", "invalid protocol value icmp"),
+    ("target=80,mode=routed", "invalid publish mode value routed"),
+    ("target=80,hostip=1", "invalid field key hostip"),
+    ("target=80,published", "invalid field published"),
+    ("target=http1", 'strconv.ParseUint: parsing "http1": invalid syntax'),
+    ("target=70000", 'strconv.ParseUint: parsing "70000": value out of range'),
+])
+def test_bad_publish_values_read_as_the_docker_clis(text: str, reason: str) -> None:
+    with pytest.raises(FlagError) as err:
+        parse_ports(text)
+    assert str(err.value) == f'invalid argument "{text}" for "-p, --publish" flag: {reason}'
+    with pytest.raises(FlagError, match='for "--publish-add" flag'):
+        parse_ports(text, "--publish-add")
+
+
+def test_publish_add_and_rm_merge_as_the_docker_cli_does() -> None:
+    current = [port(80, 8080), port(53, 53, "udp"), port(443, 30000), port(9000, 9000, mode="host")]
+    # rm matches protocol, target and mode (tcp and ingress unless said), whatever the published port
+    assert update_ports(current, [], parse_ports("80")) == [port(443, 30000), port(53, 53, "udp"),
+                                                             port(9000, 9000, mode="host")]
+    assert update_ports(current, [], parse_ports("53")) == sorted(current, key=lambda p: (
+        f"{p.get('PublishedPort', 0)}:{p['TargetPort']}/{p['Protocol']}/{p['PublishMode']}"))  # tcp: no match
+    assert port(53, 53, "udp") not in update_ports(current, [], parse_ports("53/udp"))
+    assert port(9000, 9000, mode="host") not in update_ports(current, [], parse_ports("target=9000,mode=host"))
+    assert port(9000, 9000, mode="host") in update_ports(current, [], parse_ports("9000"))
+    # add: an entry already there (same key) is not doubled; the result is sorted by key, as text
+    added = update_ports(current, parse_ports("8080:80") + parse_ports("9090:90"), [])
+    assert added == [port(443, 30000), port(53, 53, "udp"), port(80, 8080), port(9000, 9000, mode="host"),
+                     port(90, 9090)]   # "9000:..." < "9090:..."
+    # replacing a port: rm the old target, add the new mapping
+    assert update_ports([port(80, 8080)], parse_ports("8081:80"), parse_ports("80")) == [port(80, 8081)]
+
+
+@pytest.mark.parametrize(("ports", "column"), [
+    ([], ""),
+    ([port(80, 8080)], "*:8080->80/tcp"),
+    ([port(80, 30000), port(53, 53, "udp"), port(9000, 9000, mode="host")], "*:30000->80/tcp, *:53->53/udp"),
+    ([port(81, 8081), port(80, 8080)], "*:8080-8081->80-81/tcp"),
+    ([port(80, 8080), port(90, 9090)], "*:8080->80/tcp, *:9090->90/tcp"),
+    ([port(80, 8080), port(80, 8081)], "*:8080-8081->80/tcp"),
+])
+def test_service_ls_ports_column_is_the_docker_clis(ports: list[dict[str, Any]], column: str) -> None:
+    assert service_ports(ports) == column
 
 
 def test_scalar_flags_fill_the_spec() -> None:
