@@ -131,7 +131,9 @@ def test_reslot_is_dense_keeps_who_stays_and_changes_in_proportion(a: list[int],
     deletes, adds = element_diff(old, new)
     moved_in = len(set(b) ^ set(a))
     drained = len(set(db) ^ set(da))
-    assert len(deletes) + len(adds) <= 2 * moved_in + 2 * drained
+    # a backend that leaves costs its slot's delete plus, to keep the map dense, moving the last
+    # backend into the hole (a delete and an add): 3 changes, as with a=[0, 2, 1] -> b=[0, 1]
+    assert len(deletes) + len(adds) <= 3 * moved_in + 2 * drained
     assert reslot(new, b, db) == new, "idempotent"
 
 
