@@ -186,19 +186,21 @@ class ApiServer:
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
 
     async def start(self) -> None:
+        """The TCP listener first, the unix socket last: a client that finds the socket (how
+        everyone tells the daemon is up) finds every listener up."""
         await self._runner.setup()
-        sock = self._config.socket
-        sock.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            sock.unlink()
-        await web.UnixSite(self._runner, str(sock)).start()
-        os.chmod(sock, 0o660)
         if self._config.tcp:
             host, _, port = self._config.tcp.rpartition(":")
             site = web.TCPSite(
                 self._runner, host or "127.0.0.1", int(port), ssl_context=_tls_context(self._config)
             )
             await site.start()
+        sock = self._config.socket
+        sock.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        await web.UnixSite(self._runner, str(sock)).start()
+        os.chmod(sock, 0o660)
 
     async def stop(self) -> None:
         await self._runner.cleanup()
