@@ -21,6 +21,7 @@ remembered from the tasks this node sandboxed (a worker has no store to read the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -49,6 +50,7 @@ from worker.networking import NetworkView, NetworkViews, TaskSandbox
 log = logging.getLogger("shoal.networking")
 
 STATE_FILE = "datapath.json"
+VIEW_WAIT = 5.0      # seconds a task's sandbox waits for the views of its networks to arrive
 
 
 def overlay_spec(view: NetworkView) -> OverlaySpec:
@@ -80,6 +82,7 @@ class NodeNetworking:
         self._dns: dict[str, DnsServer] = {}        # task id -> its DNS server
         self._limit = ForwardLimit()                # one bound on forwarded queries for the node
         self._lock = asyncio.Lock()
+        self._synced = asyncio.Event()              # replaced and set after every sync
         # for the node-local view (Engine API): remembered, never needed by the data path
         self._task_names: dict[str, str] = {}       # task id -> "web.1.<taskid>"
         self._cluster_networks: dict[str, dict[str, Any]] = {}   # network id -> swarm Network object
@@ -172,16 +175,29 @@ class NodeNetworking:
             self._records = dns_records(views.views.values())
             for server in self._dns.values():
                 server.update(self._records)
+            synced, self._synced = self._synced, asyncio.Event()
+            synced.set()
+
+    async def _task_networks(self, task: Task) -> tuple[NetworkViews, list[tuple[NetworkView, str]]]:
+        """The views and the task's attachments, waiting (bounded) for the sync that brings a
+        network the task needs: it is on its way with the task (the dispatcher sends a network
+        before the tasks that use it), so waiting beats a retry's backoff."""
+        try:
+            async with asyncio.timeout(VIEW_WAIT):
+                while True:
+                    synced = self._synced
+                    views = self._views
+                    if views is not None:
+                        with contextlib.suppress(KeyError):
+                            return views, views.task_networks(task)
+                    await synced.wait()
+        except TimeoutError:
+            what = "the node's networks are" if self._views is None else "a network of the task is"
+            raise TemporaryError(f"{what} not known on this node yet") from None
 
     async def sandbox(self, task: Task) -> TaskSandbox:
+        views, attached = await self._task_networks(task)
         async with self._lock:
-            views = self._views
-            if views is None:
-                raise TemporaryError("the node's networks are not known yet")
-            try:
-                attached = views.task_networks(task)
-            except KeyError as e:
-                raise TemporaryError(f"network {e.args[0]} is not known on this node yet") from None
             host = await self._host_for(views.data_path_port)
             for view, _ in attached:
                 await host.ensure_network(overlay_spec(view))
