@@ -22,19 +22,7 @@ CONF_CHANGE entries of `Ready.entries` with `raft.confchange.decode_conf_change`
 peer whose address is not known yet can simply be dropped (Raft retries). A brand-new cluster
 (`peers=` and empty storage) writes its founding membership as committed entries 1..n at term 1.
 
-Removed members (Raft dissertation §4.2.3): a node removed while it was cut off never hears of it
-from the leader, which stops replicating to it; it may even still lead a stale term. So a node
-answers a message from a peer that is in neither its committed nor its latest configuration with
-REMOVED, carrying its commit point (index, term), instead of acting on it — unless the message is one
-a member could need from a node it has not heard of yet: a leader's (or its transfer's) message of
-the current term or later, or a vote request it could grant. The peer checks the claim against its
-own log: if it lacks that committed entry, a committed configuration newer than its log excludes it,
-so it steps down and stops campaigning (it could not win with that entry missing anyway) until its
-log catches up; if it holds the entry, its own log already decides, and it just learns the commit.
-A leader also sends REMOVED to a follower whose removal it has just committed. `removed` (also in
-`SoftState` and `status()`) is true while a notice holds or after this node committed its own
-removal; it is volatile (a restarted removed node relearns it from its log or its first contact)
-and turns false again if the node is added back under the same id.
+Removed members (Raft dissertation §4.2.3): see raft/removal.py.
 
 Safety invariants (checked by tests/sim on every run): at most one leader per term; logs that
 agree on (index, term) agree on every earlier entry; a leader holds every committed entry; every
@@ -54,6 +42,7 @@ from raft.leader import TRANSFER_CONTEXT, LeaderSide
 from raft.log import RaftLog, entry_size
 from raft.progress import ProgressState
 from raft.quorum import VoteResult, vote_result
+from raft.removal import FROM_LEADER, VOTE_REQUESTS, RemovalSide
 from raft.types import (
     ConfChange,
     ConfChangeType,
@@ -75,11 +64,9 @@ from raft.types import (
 
 __all__ = ["Config", "RaftCore"]
 
-_VOTE_REQUESTS = (MessageType.PRE_VOTE, MessageType.VOTE)
-_FROM_LEADER = (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT)
 
 
-class RaftCore(LeaderSide):
+class RaftCore(RemovalSide, LeaderSide):
     def __init__(
         self,
         config: Config,
@@ -275,14 +262,14 @@ class RaftCore(LeaderSide):
             self._send_removed_notice(msg.frm)
             return
         if msg.term > self.term:
-            if msg.type in _VOTE_REQUESTS:
+            if msg.type in VOTE_REQUESTS:
                 in_lease = (self.cfg.check_quorum and self.leader != 0
                             and self.election_elapsed < self.cfg.election_tick)
                 if in_lease and msg.context != TRANSFER_CONTEXT:
                     return  # we heard from a live leader recently: do not let a rejoining node disrupt it
             if msg.type is MessageType.PRE_VOTE or (msg.type is MessageType.PRE_VOTE_RESP and not msg.reject):
                 pass  # pre-votes never change terms
-            elif msg.type in _FROM_LEADER:
+            elif msg.type in FROM_LEADER:
                 self._become_follower(msg.term, msg.frm)
             else:
                 self._become_follower(msg.term, 0)
@@ -297,7 +284,7 @@ class RaftCore(LeaderSide):
                 self._send(Message(MessageType.PRE_VOTE_RESP, msg.frm, self.id, self.term, reject=True))
             return
 
-        if msg.type in _VOTE_REQUESTS:
+        if msg.type in VOTE_REQUESTS:
             self._handle_vote_request(msg)
         elif self.role is Role.LEADER:
             self._step_leader(msg)
@@ -322,7 +309,7 @@ class RaftCore(LeaderSide):
             self._send(Message(resp, msg.frm, self.id, self.term, reject=True))
 
     def _step_candidate(self, msg: Message) -> None:
-        if msg.type in _FROM_LEADER:
+        if msg.type in FROM_LEADER:
             self._become_follower(msg.term, msg.frm)
             self._step_follower(msg)
             return
@@ -336,7 +323,7 @@ class RaftCore(LeaderSide):
 
     def _step_follower(self, msg: Message) -> None:
         t = msg.type
-        if t in _FROM_LEADER:
+        if t in FROM_LEADER:
             self.election_elapsed = 0
             self.leader = msg.frm
             if t is MessageType.APPEND:
@@ -415,64 +402,6 @@ class RaftCore(LeaderSide):
         self._retract_acks_from(meta.index + 1)
         if is_member(meta.conf, self.id):
             self._removed_by_log = False
-
-    # ------------------------------------------------------------------ removed members
-    @property
-    def removed(self) -> bool:
-        """This node knows that a committed configuration excludes it: a peer's REMOVED notice about a
-        commit beyond our log, or our own committed removal (and no re-add since, even uncommitted)."""
-        return self._notice_active() or (self._removed_by_log and not is_member(self.conf, self.id))
-
-    def _log_covers(self, index: int, term: int) -> bool:
-        return index <= self.log.snapshot_index or self.log.term(index) == term
-
-    def _notice_active(self) -> bool:
-        notice = self._removal_notice
-        return notice is not None and not self._log_covers(*notice)
-
-    def _note_committed(self, entries: Sequence[Entry]) -> None:
-        for e in entries:
-            if e.type is EntryType.CONF_CHANGE:
-                if is_member(self.conf_at(e.index), self.id):
-                    self._removed_by_log = False
-                elif is_member(self.conf_at(e.index - 1), self.id):
-                    self._removed_by_log = True
-
-    def _is_removed_peer(self, peer: int) -> bool:
-        """`peer` is in neither our latest nor our committed configuration (which has voters)."""
-        if is_member(self.conf, peer):
-            return False
-        committed = self.conf_at(max(self.log.committed, self.conf_history.base_index))
-        return bool(committed.voters) and not is_member(committed, peer)
-
-    def _heeds_removed_peer(self, msg: Message) -> bool:
-        """Messages from outside our configuration that we act on all the same: the peer may have been
-        added by entries we lack. A leader of a stale term, or a candidate whose log is behind ours, is
-        not such a peer (it would have our committed entries), so it is told it is out instead."""
-        if msg.type in _VOTE_REQUESTS:
-            return self.log.is_up_to_date(msg.index, msg.log_term)
-        return msg.term >= self.term and (
-            msg.type in _FROM_LEADER or msg.type in (MessageType.TIMEOUT_NOW, MessageType.READ_INDEX_RESP))
-
-    def _send_removed_notice(self, peer: int) -> None:
-        index = max(self.log.committed, self.log.snapshot_index)
-        term = self.log.term(index)
-        assert term is not None
-        self._send(Message(MessageType.REMOVED, peer, self.id, self.term, log_term=term, index=index))
-
-    def _handle_removed_notice(self, msg: Message) -> None:
-        if msg.term > self.term:
-            self._become_follower(msg.term, 0)
-        if self._log_covers(msg.index, msg.log_term):
-            # We hold that committed entry, so our own configuration already says whether we are in;
-            # the entry being committed is news we can use.
-            if self.role is Role.FOLLOWER and msg.index > self.log.committed:
-                self.log.commit_to(msg.index)
-            return
-        if self._removal_notice is None or msg.index > self._removal_notice[0]:
-            self._removal_notice = (msg.index, msg.log_term)
-        if self.role is not Role.FOLLOWER:
-            self._become_follower(self.term, 0)
 
     # ------------------------------------------------------------------ client API
     def propose(self, data: bytes) -> int:

@@ -15,7 +15,7 @@ from raft.types import ConfState, Entry, HardState, Message, MessageType, NotLea
 from tests.sim.memnet import MemNet
 
 RAFT_DIR = Path(__file__).resolve().parents[2] / "raft"
-CORE_MODULES = ["core", "leader", "log", "progress", "quorum", "readonly", "confchange", "config", "types"]
+CORE_MODULES = ["core", "leader", "removal", "log", "progress", "quorum", "readonly", "confchange", "config", "types"]
 FORBIDDEN = {"asyncio", "socket", "os", "time", "threading", "selectors", "io", "pathlib", "shutil",
              "subprocess", "multiprocessing", "ssl", "tempfile", "signal"}
 
