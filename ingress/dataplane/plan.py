@@ -21,7 +21,7 @@ elements plus the one rule of its service (its modulus); nothing else is touched
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Generic, TypeVar
@@ -122,6 +122,63 @@ def _fresh(t: str) -> list[str]:
     return [f"table {t} {{}}", f"delete table {t}"]
 
 
+B = TypeVar("B")
+
+
+@dataclass(frozen=True)
+class _Balancing(Generic[K, B]):
+    """How one kind of balanced key (a VIP, a published port) is spelled in its table: a verdict
+    map `vmap` from the key to its chain, whose one rule DNATs through a numgen map of backends."""
+
+    vmap: str
+    vmap_key: Callable[[K], str]
+    map_name: Callable[[K], str]
+    chain: Callable[[K], str]
+    map_type: Callable[[K], str]         # what the numgen map holds, after `typeof numgen inc mod 1 :`
+    rule_match: Callable[[K], str]       # before `dnat`, e.g. "meta l4proto tcp "
+    element: Callable[[B], str]
+    flush: Callable[[K, B], Flush]
+
+
+def _balance(s: _Script, kind: _Balancing[K, B], held: Mapping[K, Slots[B]], before: Mapping[K, Slots[B]],
+             wanted: Sequence[tuple[K, Sequence[B], Sequence[B]]], vmap: frozenset[K],
+             ) -> tuple[dict[K, Slots[B]], list[Flush]]:
+    """The lines taking every balanced key from `held` (what the table holds) to `wanted` (key,
+    backends, draining); `before` is what was balanced (its gone backends' flows are flushed).
+    Returns the new slots and the flushes."""
+    t = s.t
+    slots: dict[K, Slots[B]] = {}
+    flush: list[Flush] = []
+    for key, backends, draining in wanted:
+        old = held.get(key)
+        new = reslot(old, backends, draining)
+        if old is None:
+            s.add(f"add map {t} {kind.map_name(key)} {{ typeof numgen inc mod 1 : {kind.map_type(key)}; }}")
+            s.add(f"add chain {t} {kind.chain(key)}")
+        deletes, adds = element_diff(old, new)
+        s.map_elements(kind.map_name(key), [str(k) for k in deletes], [f"{k} : {kind.element(b)}" for k, b in adds])
+        if old is None or old.modulus != new.modulus:
+            if old is not None:
+                s.add(f"flush chain {t} {kind.chain(key)}")
+            if new.modulus:
+                s.add(f"add rule {t} {kind.chain(key)} {kind.rule_match(key)}"
+                      f"dnat ip to numgen inc mod {new.modulus} map @{kind.map_name(key)}")
+        slots[key] = new
+        was = before.get(key)
+        for gone in sorted((was.members if was else frozenset()) - new.members):  # type: ignore[type-var]
+            flush.append(kind.flush(key, gone))
+    keys = {key for key, _, _ in wanted}
+    s.map_elements(kind.vmap, [kind.vmap_key(k) for k in sorted(vmap - keys)],  # type: ignore[type-var]
+                   [f"{kind.vmap_key(k)} : goto {kind.chain(k)}" for k in sorted(keys - vmap)])  # type: ignore[type-var]
+    for key in sorted(set(held) - keys):  # type: ignore[type-var]
+        s.add(f"delete chain {t} {kind.chain(key)}")
+        s.add(f"delete map {t} {kind.map_name(key)}")
+    for key in sorted(set(before) - keys):  # type: ignore[type-var]
+        for gone in sorted(before[key].members):  # type: ignore[type-var]
+            flush.append(kind.flush(key, gone))
+    return slots, flush
+
+
 # ====================================================================== VIP load balancer
 
 
@@ -161,6 +218,11 @@ def lb_sysctls(device: str) -> tuple[tuple[str, str], ...]:
             (f"net/ipv4/conf/{device}/send_redirects", "0"))
 
 
+_VIPS: _Balancing[IPv4Address, IPv4Address] = _Balancing(
+    vmap="vips", vmap_key=str, map_name=vip_map, chain=vip_chain, map_type=lambda vip: "ip daddr",
+    rule_match=lambda vip: "", element=str, flush=lambda vip, gone: Flush(("-d", str(vip), "-r", str(gone))))
+
+
 def plan_lb(current: LbLayout | None, want: LbNetwork, prefix: str = DEFAULT_PREFIX, *,
             fresh: bool = False) -> Plan[LbLayout]:
     """Take the LB namespace from `current` (None: nothing known, as if empty) to `want`.
@@ -180,35 +242,9 @@ def plan_lb(current: LbLayout | None, want: LbNetwork, prefix: str = DEFAULT_PRE
             s.add(line)
         sysctls = lb_sysctls(want.device)
     wanted = want.by_vip()
-    services: dict[IPv4Address, Slots[IPv4Address]] = {}
-    flush: list[Flush] = []
-    for vip, svc in wanted.items():
-        old = held.get(vip)
-        new = reslot(old, svc.backends, svc.draining)
-        if old is None:
-            s.add(f"add map {t} {vip_map(vip)} {{ typeof numgen inc mod 1 : ip daddr; }}")
-            s.add(f"add chain {t} {vip_chain(vip)}")
-        deletes, adds = element_diff(old, new)
-        s.map_elements(vip_map(vip), [str(k) for k in deletes], [f"{k} : {b}" for k, b in adds])
-        if old is None or old.modulus != new.modulus:
-            if old is not None:
-                s.add(f"flush chain {t} {vip_chain(vip)}")
-            if new.modulus:
-                s.add(f"add rule {t} {vip_chain(vip)} dnat ip to numgen inc mod {new.modulus} map @{vip_map(vip)}")
-        services[vip] = new
-        before = (current.services.get(vip) if current else None)
-        for gone in sorted((before.members if before else frozenset()) - new.members):
-            flush.append(Flush(("-d", str(vip), "-r", str(gone))))
-    add_vmap = sorted(set(wanted) - vmap)
-    del_vmap = sorted(vmap - set(wanted))
-    s.map_elements("vips", [str(v) for v in del_vmap], [f"{v} : goto {vip_chain(v)}" for v in add_vmap])
-    for vip in sorted(set(held) - set(wanted)):
-        s.add(f"delete chain {t} {vip_chain(vip)}")
-        s.add(f"delete map {t} {vip_map(vip)}")
-    if current is not None:
-        for vip in sorted(set(current.services) - set(wanted)):
-            for gone in sorted(current.services[vip].members):
-                flush.append(Flush(("-d", str(vip), "-r", str(gone))))
+    before = current.services if current is not None else {}
+    services, flush = _balance(s, _VIPS, held, before,
+                               [(vip, svc.backends, svc.draining) for vip, svc in wanted.items()], vmap)
     aliases = frozenset(wanted)
     old_device = cur.base.device if cur.base is not None else want.device
     on_device = cur.aliases if old_device == want.device else frozenset()
@@ -269,6 +305,12 @@ def _port_flush(key: tuple[str, int], gone: IngressBackend) -> Flush:
                   "--reply-port-src", str(gone.port)))
 
 
+_PORTS: _Balancing[tuple[str, int], IngressBackend] = _Balancing(
+    vmap="ports", vmap_key=lambda key: f"{key[0]} . {key[1]}", map_name=port_map, chain=port_chain,
+    map_type=lambda key: f"ip daddr . {key[0]} dport", rule_match=lambda key: f"meta l4proto {key[0]} ",
+    element=lambda b: f"{b.address} . {b.port}", flush=_port_flush)
+
+
 def plan_mesh(current: MeshLayout | None, want: Mesh, prefix: str = DEFAULT_PREFIX, *,
               fresh: bool = False) -> Plan[MeshLayout]:
     """Take the ingress namespace from `current` to `want`."""
@@ -287,38 +329,9 @@ def plan_mesh(current: MeshLayout | None, want: Mesh, prefix: str = DEFAULT_PREF
             s.add(line)
         sysctls = MESH_SYSCTLS
     wanted = want.by_key()
-    ports: dict[tuple[str, int], Slots[IngressBackend]] = {}
-    flush: list[Flush] = []
-    for key, pp in sorted(wanted.items()):
-        old = held.get(key)
-        new = reslot(old, pp.backends, pp.draining)
-        if old is None:
-            s.add(f"add map {t} {port_map(key)} {{ typeof numgen inc mod 1 : ip daddr . {key[0]} dport; }}")
-            s.add(f"add chain {t} {port_chain(key)}")
-        deletes, adds = element_diff(old, new)
-        s.map_elements(port_map(key), [str(k) for k in deletes],
-                       [f"{k} : {b.address} . {b.port}" for k, b in adds])
-        if old is None or old.modulus != new.modulus:
-            if old is not None:
-                s.add(f"flush chain {t} {port_chain(key)}")
-            if new.modulus:
-                s.add(f"add rule {t} {port_chain(key)} meta l4proto {key[0]} "
-                      f"dnat ip to numgen inc mod {new.modulus} map @{port_map(key)}")
-        ports[key] = new
-        before = current.ports.get(key) if current else None
-        for gone in sorted((before.members if before else frozenset()) - new.members):
-            flush.append(_port_flush(key, gone))
-    add_vmap = sorted(set(wanted) - vmap)
-    del_vmap = sorted(vmap - set(wanted))
-    s.map_elements("ports", [f"{p} . {n}" for p, n in del_vmap],
-                   [f"{p} . {n} : goto {port_chain((p, n))}" for p, n in add_vmap])
-    for key in sorted(set(held) - set(wanted)):
-        s.add(f"delete chain {t} {port_chain(key)}")
-        s.add(f"delete map {t} {port_map(key)}")
-    if current is not None:
-        for key in sorted(set(current.ports) - set(wanted)):
-            for gone in sorted(current.ports[key].members):
-                flush.append(_port_flush(key, gone))
+    before = current.ports if current is not None else {}
+    ports, flush = _balance(s, _PORTS, held, before,
+                            [(key, pp.backends, pp.draining) for key, pp in sorted(wanted.items())], vmap)
     layout = MeshLayout(base, ports, frozenset(wanted), exists=True)
     return Plan(s.text(), layout, sysctls, (), (), tuple(flush))
 
