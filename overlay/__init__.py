@@ -5,9 +5,10 @@ already decided by the allocator); an OverlayHost, one per daemon, programs the 
 match and keeps it matching across daemon restarts. Layout and theory: datapath.py.
 """
 
+from model.endpoint import endpoint_mac as mac_from_ip
 from overlay.datapath import AdoptReport, OverlayError
 from overlay.host import OverlayHost
-from overlay.plan import DEFAULT_GATEWAY_SUBNET, mac_from_ip
+from overlay.plan import DEFAULT_GATEWAY_SUBNET
 from overlay.spec import DEFAULT_MTU, MTU_OPTION, Attachment, OverlaySpec, Peer, mtu_from_options
 from overlay.state import AttachmentRecord, SandboxRecord
 

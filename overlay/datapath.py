@@ -39,6 +39,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from model.endpoint import endpoint_mac
 from overlay import netns, plan
 from overlay.links import (
     OverlayError,
@@ -395,7 +396,7 @@ class DataPath:
         add_link(net.ipr, plan.overlay_veth_name(att.address.ip), kind="veth", mtu=spec.mtu,
                  master=net.bridge, state="up",
                  peer={"ifname": ifname, "net_ns_fd": sandbox_fd, "mtu": spec.mtu,
-                       "address": plan.mac_from_ip(att.address.ip), "group": plan.SANDBOX_LINK_GROUP})
+                       "address": endpoint_mac(att.address.ip), "group": plan.SANDBOX_LINK_GROUP})
         _configure_inner(sandbox, ifname, att.address)
 
     def _plug_gateway(self, address: IPv4Interface, ifname: str, sandbox_fd: int, sandbox: IPRoute) -> None:
@@ -404,7 +405,7 @@ class DataPath:
         outer = plan.gateway_veth_name(self.prefix, address.ip)
         add_link(home, outer, kind="veth", mtu=self.gateway_mtu, master=bridge, state="up",
                  peer={"ifname": ifname, "net_ns_fd": sandbox_fd, "mtu": self.gateway_mtu,
-                       "address": plan.mac_from_ip(address.ip), "group": plan.SANDBOX_LINK_GROUP})
+                       "address": endpoint_mac(address.ip), "group": plan.SANDBOX_LINK_GROUP})
         # Sandboxes must not reach each other over the gateway bridge (Docker's
         # enable_icc=false): an isolated port forwards only to non-isolated ones, the bridge.
         home.brport("set", index=link_index(home, outer), isolated=1)

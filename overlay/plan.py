@@ -59,9 +59,6 @@ def parse_netns_name(name: str) -> tuple[str, str] | None:
     return kind, name[2:]
 
 
-def mac_from_ip(ip: IPv4Address) -> str:
-    """Docker's endpoint MAC: 02:42 followed by the four bytes of the IPv4 address."""
-    return "02:42:" + ":".join(f"{b:02x}" for b in ip.packed)
 
 
 def container_ifname(index: int) -> str:

@@ -79,8 +79,8 @@ from ingress.dataplane.spec import (
     PublishedPort,
     TaskIngress,
     VipService,
-    mac_from_ip,
 )
+from model.endpoint import endpoint_mac as mac_from_ip
 
 __all__ = [
     "Applied",

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import TypeVar
 
+from model.endpoint import endpoint_mac
+
 PROTOCOLS = ("tcp", "udp", "sctp")
 IFNAMSIZ = 15
 _IFNAME = re.compile(r"^[A-Za-z0-9_.@:-]{1,15}$")
@@ -50,9 +52,6 @@ def check_protocol(protocol: str) -> str:
     return protocol
 
 
-def mac_from_ip(ip: IPv4Address) -> str:
-    """Docker's (and the overlay's) endpoint MAC: 02:42 followed by the four bytes of the address."""
-    return "02:42:" + ":".join(f"{b:02x}" for b in ip.packed)
 
 
 def _unique(what: str, items: Iterable[T]) -> tuple[T, ...]:
@@ -209,7 +208,7 @@ class IngressNode:
     mac: str = ""
 
     def __post_init__(self) -> None:
-        mac = (self.mac or mac_from_ip(self.address)).lower()
+        mac = (self.mac or endpoint_mac(self.address)).lower()
         if not _MAC.match(mac):
             raise ValueError(f"ingress node {self.address}: invalid MAC {self.mac!r}")
         object.__setattr__(self, "mac", mac)

@@ -35,6 +35,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from model.endpoint import endpoint_mac
+
 VXLAN_ID_LIST = "com.docker.network.driver.overlay.vxlanid_list"
 ZERO_TIME = "0001-01-01T00:00:00Z"      # Go's zero time.Time, what dockerd shows for an unknown time
 
@@ -105,9 +107,6 @@ async def local_networks_of(app: web.Application) -> list[LocalNetwork]:
     return await source.local_networks() if source is not None else []
 
 
-def mac_of(ip: str) -> str:
-    """Docker's MAC for an IPv4 address: 02:42 and the address's four bytes."""
-    return "02:42:" + ":".join(f"{int(part):02x}" for part in ip.split("."))
 
 
 def endpoint_id(network_id: str, key: str) -> str:
@@ -127,7 +126,7 @@ def lb_sandbox(net: LocalNetwork) -> tuple[str, str]:
 
 
 def _endpoint(endpoint: str, name: str, address: str) -> Json:
-    return {"Name": name, "EndpointID": endpoint, "MacAddress": mac_of(_ip(address)),
+    return {"Name": name, "EndpointID": endpoint, "MacAddress": endpoint_mac(_ip(address)),
             "IPv4Address": address, "IPv6Address": ""}
 
 

@@ -44,6 +44,7 @@ from typing import Any
 from manager.allocator import VXLAN_ID_LIST, find_ingress, is_ingress
 from manager.store import Event, ReadTx
 from model import Network, Node, Service, Task, TaskState
+from model.endpoint import endpoint_mac
 
 log = logging.getLogger("shoal.dispatcher")
 
@@ -75,9 +76,6 @@ def concerns_networks(event: Event) -> bool:
     return bool(event.obj.networks_attachments) or (event.old is not None and bool(event.old.networks_attachments))
 
 
-def mac_of(ip: str) -> str:
-    """Docker's MAC for an IPv4 address: 02:42 and the address's four bytes."""
-    return "02:42:" + ":".join(f"{int(part):02x}" for part in ip.split("."))
 
 
 def _ipv4(text: str) -> str:
@@ -310,7 +308,7 @@ class NetworkIndex:
                 built = net.peer_views.get(other)
                 if built is None:
                     vtep = self.node_addr.get(other, "")
-                    built = net.peer_views[other] = [{"ip": ip, "mac": mac_of(ip), "vtep": vtep}
+                    built = net.peer_views[other] = [{"ip": ip, "mac": endpoint_mac(ip), "vtep": vtep}
                                                      for ip in sorted(set(endpoints.values()))] if vtep else []
                 spans[other] = (len(all_peers), len(all_peers) + len(built))
                 all_peers.extend(built)

@@ -38,8 +38,8 @@ from ingress.dataplane.spec import (
     PublishedPort,
     TaskIngress,
     VipService,
-    mac_from_ip,
 )
+from model.endpoint import endpoint_mac as mac_from_ip
 
 LB = IPv4Address("10.0.0.2")
 

@@ -19,11 +19,12 @@ from typing import Any
 from bench.support.swarm_sim import Harness, make_node
 from manager.allocator import ingress_network
 from manager.dispatcher import Dispatcher
-from manager.dispatcher.network_index import NetworkIndex, mac_of
+from manager.dispatcher.network_index import NetworkIndex
 from manager.dispatcher.network_push import NetworkPush, NetworkSession
 from manager.specs import normalize_service_spec
 from manager.store import Store, WriteTx
 from model import Cluster, Network, Node, Service, Task, TaskState, new_id
+from model.endpoint import endpoint_mac as mac_of
 from tests.unit.test_dispatcher_fanout import PARAMS, changes_of, next_message
 
 VXLAN = "com.docker.network.driver.overlay.vxlanid_list"

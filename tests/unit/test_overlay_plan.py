@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from model.endpoint import endpoint_mac
 from overlay import plan
 from overlay.plan import GatewayPool, PeerEntries, VxlanParams, plan_peers, wanted_entries
 from overlay.spec import Attachment, OverlaySpec, Peer, mtu_from_options
@@ -22,7 +23,7 @@ VTEP_C = IPv4Address("198.18.0.3")
 
 def peer(last: int, vtep: IPv4Address = VTEP_B) -> Peer:
     ip = IPv4Address(f"10.0.1.{last}")
-    return Peer(ip, plan.mac_from_ip(ip), vtep)
+    return Peer(ip, endpoint_mac(ip), vtep)
 
 
 def net(network_id: str = "n1", **kw) -> OverlaySpec:
@@ -32,8 +33,8 @@ def net(network_id: str = "n1", **kw) -> OverlaySpec:
 # ---------------------------------------------------------------- names and MACs
 
 def test_mac_is_02_42_and_the_address_bytes() -> None:
-    assert plan.mac_from_ip(IPv4Address("10.0.1.5")) == "02:42:0a:00:01:05"
-    assert plan.mac_from_ip(IPv4Address("172.18.255.254")) == "02:42:ac:12:ff:fe"
+    assert endpoint_mac(IPv4Address("10.0.1.5")) == "02:42:0a:00:01:05"
+    assert endpoint_mac(IPv4Address("172.18.255.254")) == "02:42:ac:12:ff:fe"
 
 
 def test_device_names_fit_ifnamsiz_at_the_longest_prefix() -> None:
