@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from model import Task, TaskState, TaskStatus
-from tests.executor.conftest import make_config, needs_root_and_runc
+from tests.executor.conftest import make_config, needs_root_and_runc, wait_for_log
 from tests.support.exec_steps import step, task_in
 from worker.exec import Outcome, TemporaryError, do
 from worker.executor import ContainerController, Executor
@@ -50,12 +50,13 @@ async def test_a_fatal_prepare_error_rejects_the_task(executor: Executor, busybo
 
 async def test_a_stop_runc_could_not_make_is_retried(executor: Executor, busybox_layer: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    ctl = executor.controller(make_config(busybox_layer, ["sh", "-c", "trap 'exit 0' TERM; sleep 300 & wait"]))
+    ctl = executor.controller(make_config(busybox_layer, ["sh", "-c", "trap 'exit 0' TERM; echo ready; sleep 300 & wait"]))
     try:
         task = task_for(ctl, TaskState.PREPARING)
         assert (await step(task, ctl)).status.state == TaskState.READY
         task.status = TaskStatus(TaskState.STARTING)
         assert (await step(task, ctl)).status.state == TaskState.RUNNING
+        await wait_for_log(ctl.paths.log, "ready")   # a TERM before the trap is set is lost on PID 1
 
         async def kill_fails(*_args: object, **_kw: object) -> bool:
             raise RuntimeFailure(f"runc kill {ctl.id} 15: resource temporarily unavailable")

@@ -55,11 +55,11 @@ async def test_secret_and_config_files_are_readable_read_only_and_never_on_disk(
     ]
     config = make_config(busybox_layer, [
         "sh", "-c",
-        "cat /run/secrets/db-password /app.conf; "
+        "trap 'exit 0' TERM; cat /run/secrets/db-password /app.conf; "
         "stat -c 'meta %n %a %u %g' /run/secrets/db-password /app.conf /etc/app/entry.sh; "
         "/etc/app/entry.sh; "
         "if echo overwrite > /app.conf; then echo writable; else echo read-only; fi; "
-        "echo done; trap 'exit 0' TERM; sleep 100000 & wait"], files=files)
+        "echo done; sleep 100000 & wait"], files=files)
     ctl = executor.controller(config)
     try:
         await ctl.prepare()

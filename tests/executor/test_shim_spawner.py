@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.executor.conftest import make_config, needs_root_and_runc, read_if_exists
+from tests.executor.conftest import make_config, needs_root_and_runc, read_if_exists, wait_for_log
 from worker.executor import Executor, ExecutorError
 from worker.executor.layout import SHIM_CGROUP, Layout
 from worker.executor.rootfs import mounts_under
@@ -128,12 +128,13 @@ async def test_a_shim_that_cannot_start_gives_a_clear_error(data_dir: Path, busy
 async def test_runc_process_fallbacks_still_work(executor: Executor, busybox_layer: Path) -> None:
     """start, kill and delete through runc's own commands (the shortcuts turned off)."""
     executor.runc.shortcuts = False
-    ctl = executor.controller(make_config(busybox_layer, ["sh", "-c", "trap 'exit 3' TERM; sleep 300 & wait"]))
+    ctl = executor.controller(make_config(busybox_layer, ["sh", "-c", "trap 'exit 3' TERM; echo ready; sleep 300 & wait"]))
     try:
         await ctl.prepare()
         assert (await ctl.state()).status == "created"
         await ctl.start()
         assert (await ctl.state()).status == "running"
+        await wait_for_log(ctl.paths.log, "ready")   # a TERM before the trap is set is lost on PID 1
         await ctl.shutdown(grace=10)
         assert (await ctl.wait()).exit_code == 3
     finally:
