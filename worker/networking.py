@@ -28,6 +28,7 @@ class PeerView:
     ip: str
     mac: str
     vtep: str
+    node: bool = False      # that node's own endpoint (its LB / ingress namespace), not a task
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,15 @@ class TaskRecord:
 
 
 @dataclass(frozen=True)
+class PortView:
+    """An ingress-mode published port of a service."""
+
+    protocol: str
+    published: int
+    target: int
+
+
+@dataclass(frozen=True)
 class ServiceView:
     name: str
     id: str
@@ -50,6 +60,7 @@ class ServiceView:
     vip: str = ""
     aliases: tuple[str, ...] = ()
     tasks: tuple[TaskRecord, ...] = ()
+    ports: tuple[PortView, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,7 +87,7 @@ class NetworkView:
                 subnet=str(ipaddress.ip_network(str(doc["subnet"]))), gateway=str(ipaddress.ip_address(doc["gateway"])),
                 mtu=int(doc.get("mtu") or 1450), internal=bool(doc.get("internal")), ingress=bool(doc.get("ingress")),
                 attachable=bool(doc.get("attachable")), node_address=_text(doc, "node_address"),
-                peers=frozenset(PeerView(str(p["ip"]), str(p["mac"]).lower(), str(p["vtep"]))
+                peers=frozenset(PeerView(str(p["ip"]), str(p["mac"]).lower(), str(p["vtep"]), bool(p.get("node")))
                                 for p in doc.get("peers") or []),
                 services=tuple(_service(s) for s in doc.get("services") or []),
             )
@@ -109,7 +120,9 @@ def _service(doc: Mapping[str, Any]) -> ServiceView:
                   for t in doc.get("tasks") or ())
     return ServiceView(name=str(doc["name"]), id=str(doc.get("id") or ""), mode=str(doc.get("mode") or "vip"),
                        vip=_address(doc["vip"]) if doc.get("vip") else "",
-                       aliases=tuple(str(a) for a in doc.get("aliases") or ()), tasks=tasks)
+                       aliases=tuple(str(a) for a in doc.get("aliases") or ()), tasks=tasks,
+                       ports=tuple(PortView(str(p.get("protocol") or "tcp").lower(), int(p["published"]),
+                                            int(p["target"])) for p in doc.get("ports") or ()))
 
 
 class NetworkViews:

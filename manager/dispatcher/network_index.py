@@ -308,8 +308,10 @@ class NetworkIndex:
                 built = net.peer_views.get(other)
                 if built is None:
                     vtep = self.node_addr.get(other, "")
-                    built = net.peer_views[other] = [{"ip": ip, "mac": endpoint_mac(ip), "vtep": vtep}
-                                                     for ip in sorted(set(endpoints.values()))] if vtep else []
+                    own = endpoints.get(ENDPOINT)
+                    built = net.peer_views[other] = [
+                        {"ip": ip, "mac": endpoint_mac(ip), "vtep": vtep, **({"node": True} if ip == own else {})}
+                        for ip in sorted(set(endpoints.values()))] if vtep else []
                 spans[other] = (len(all_peers), len(all_peers) + len(built))
                 all_peers.extend(built)
             net.all_peers, net.peer_spans = all_peers, spans

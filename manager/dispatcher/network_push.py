@@ -9,8 +9,10 @@ Wire shape (one message kind on the session stream, beside "assignments"):
     NetworkView = {"id", "name", "vni": int, "subnet": "10.0.1.0/24", "gateway": "10.0.1.1",
                    "mtu": int, "internal": bool, "ingress": bool, "attachable": bool,
                    "node_address": "10.0.1.3/24" or "",
-                   "peers": [{"ip": "10.0.1.5", "mac": "02:42:0a:00:01:05", "vtep": "198.18.0.12"}],
+                   "peers": [{"ip": "10.0.1.5", "mac": "02:42:0a:00:01:05", "vtep": "198.18.0.12"},
+                             {"ip": "10.0.1.3", ..., "node": true}],   # "node": that node's own endpoint
                    "services": [{"name", "id", "mode": "vip" | "dnsrr", "vip": "", "aliases": [...],
+                                 "ports": [{"protocol": "tcp", "published": 8080, "target": 80}],
                                  "tasks": [{"name": "web.1.<taskid>", "id", "container_id", "hostname",
                                             "address": "10.0.1.5", "aliases": [...]}]}]}
 

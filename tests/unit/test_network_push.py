@@ -131,9 +131,9 @@ async def test_a_view_has_the_network_its_own_address_the_peers_on_other_nodes_a
     assert {k: v for k, v in view.items() if k not in ("peers", "services")} == {
         "id": s.net.id, "name": "net", "vni": 4097, "subnet": "10.0.1.0/24", "gateway": "10.0.1.1", "mtu": 1350,
         "internal": False, "ingress": False, "attachable": False, "node_address": "10.0.1.2/24"}
-    # B's task and B's own endpoint; nothing of A's own.
+    # B's task and B's own endpoint (marked as a node's); nothing of A's own.
     assert sorted(view["peers"], key=lambda p: p["ip"]) == [
-        {"ip": "10.0.1.3", "mac": "02:42:0a:00:01:03", "vtep": "198.18.0.2"},
+        {"ip": "10.0.1.3", "mac": "02:42:0a:00:01:03", "vtep": "198.18.0.2", "node": True},
         {"ip": "10.0.1.6", "mac": "02:42:0a:00:01:06", "vtep": "198.18.0.2"}]
     assert view["services"] == [{"name": "web", "id": s.web.id, "mode": "vip", "vip": "", "aliases": ["www"],
                                  "ports": [], "tasks": [
@@ -143,7 +143,7 @@ async def test_a_view_has_the_network_its_own_address_the_peers_on_other_nodes_a
          "address": "10.0.1.6", "aliases": ["www"]}]}]
     ingress = view_of(s.store, s.ingress, s.b)
     assert ingress["ingress"] is True and ingress["mtu"] == 1450 and ingress["node_address"] == "10.0.0.3/24"
-    assert ingress["peers"] == [{"ip": "10.0.0.2", "mac": "02:42:0a:00:00:02", "vtep": "198.18.0.1"}]
+    assert ingress["peers"] == [{"ip": "10.0.0.2", "mac": "02:42:0a:00:00:02", "vtep": "198.18.0.1", "node": True}]
     assert ingress["services"] == []
     assert mac_of("10.255.0.17") == "02:42:0a:ff:00:11"
 

@@ -63,3 +63,14 @@ def test_task_networks_follow_the_attachment_order_and_name_an_unknown_network()
     with pytest.raises(KeyError) as err:
         views.task_networks(task)
     assert err.value.args == ("c",)
+
+
+def test_node_endpoints_and_published_ports_are_kept() -> None:
+    v = NetworkView.from_wire(view("ing", ingress=True, peers=[
+        {"ip": "10.0.0.2", "mac": "02:42:0a:00:00:02", "vtep": "198.18.0.1", "node": True},
+        {"ip": "10.0.0.7", "mac": "02:42:0a:00:00:07", "vtep": "198.18.0.1"}],
+        services=[{"name": "web", "id": "s1", "vip": "10.0.0.5", "ports": [
+            {"protocol": "TCP", "published": 8080, "target": 80}, {"protocol": "udp", "published": 53, "target": 5353}],
+            "tasks": []}]))
+    assert {p.ip for p in v.peers if p.node} == {"10.0.0.2"}
+    assert [(p.protocol, p.published, p.target) for p in v.services[0].ports] == [("tcp", 8080, 80), ("udp", 53, 5353)]
