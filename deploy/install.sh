@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything shoal needs on a Debian 12 host, as root. Safe to run twice.
 #   - system packages: the OCI runtime and shim, nftables, iproute2, the test image's busybox,
-#     a real OCI registry for pull tests, and the docker CLI when none is on PATH;
+#     a real OCI registry for pull tests, headless chromium and its driver for the dashboard test,
+#     and the docker CLI when none is on PATH;
 #   - a virtualenv at <repo>/.venv with shoal (editable) and its dev tools;
 #   - /usr/local/bin/shoal pointing into that virtualenv.
 set -euo pipefail
@@ -9,7 +10,8 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 export DEBIAN_FRONTEND=noninteractive
 
 packages=(python3 python3-venv python3-dev gcc runc conmon nftables iproute2 busybox-static
-          docker-registry conntrack kmod procps psmisc util-linux ca-certificates)
+          docker-registry conntrack kmod procps psmisc util-linux ca-certificates
+          chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
