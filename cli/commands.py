@@ -85,9 +85,13 @@ def info(ctx: click.Context, fmt: str) -> None:
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 @click.option("--shutdown-timeout", default=10.0, show_default=True, type=float,
               help="Seconds the ordered shutdown may take.")
+@click.option("--metrics-addr", envvar="SHOAL_METRICS_ADDR", default="",
+              help="Serve Prometheus metrics on [HOST:]PORT at /metrics (a bare port binds 127.0.0.1).")
+@click.option("--dashboard-addr", envvar="SHOAL_DASHBOARD_ADDR", default="",
+              help="Serve the live read-only dashboard on [HOST:]PORT (a bare port binds 127.0.0.1).")
 def daemon(data_dir: str, socket_path: str, tcp: str, tls_cert: str, tls_key: str, tls_ca: str,
            listen_addr: str, advertise_addr: str, hostname: str, log_level: str,
-           shutdown_timeout: float) -> None:
+           shutdown_timeout: float, metrics_addr: str, dashboard_addr: str) -> None:
     """Run the shoal daemon for this host (as root)."""
     from cli import logs
     from node import daemon as daemon_mod
@@ -96,11 +100,20 @@ def daemon(data_dir: str, socket_path: str, tcp: str, tls_cert: str, tls_key: st
         fail(f"invalid --tcp {tcp!r}: expected HOST:PORT")
     if bool(tls_cert) != bool(tls_key):
         fail("--tls-cert and --tls-key go together")
+    from node.metrics import AddressError, side_address
+
+    try:
+        for flag, value in (("--metrics-addr", metrics_addr), ("--dashboard-addr", dashboard_addr)):
+            if value:
+                side_address(value, flag)
+    except AddressError as e:
+        fail(str(e))
     logs.setup(log_level)
     config = daemon_mod.DaemonConfig(
         data_dir=Path(data_dir).absolute(), socket=Path(socket_path).absolute(),
         listen_addr=listen_addr, advertise_addr=advertise_addr, tcp=tcp, tls_cert=tls_cert,
         tls_key=tls_key, tls_ca=tls_ca, shutdown_timeout=shutdown_timeout, hostname=hostname,
+        metrics_addr=metrics_addr, dashboard_addr=dashboard_addr,
     )
     try:
         daemon_mod.main(config)

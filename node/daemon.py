@@ -18,7 +18,8 @@ import os
 import signal
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +37,18 @@ from manager.swarm.leader_loops import Orchestration
 from node import swarm_api
 from node import system_api as system
 from node.addresses import split_host_port
+from node.metrics import DaemonMetrics, SideServer, side_servers
 from node.networking import LocalNetworkSource, NodeNetworking
 from node.supervisor import Supervisor
 from node.swarm_node import SwarmNode
 from worker.agent.dependencies import Dependencies
+from worker.exec import TaskExecutor
 from worker.executor import api as volumes_api
 from worker.executor.executor import Executor
 from worker.executor.task_executor import RuncTaskExecutor
 from worker.images import api as images_api
 from worker.images.store import ImageStore
+from worker.timed import TimedTaskExecutor
 
 log = logging.getLogger("shoal.daemon")
 
@@ -69,6 +73,8 @@ class DaemonConfig:
     tls_ca: str = ""                # when set, TCP clients must present a certificate from it
     shutdown_timeout: float = 10.0
     hostname: str = ""             # the name this node reports; default: the kernel hostname
+    metrics_addr: str = ""         # "[HOST:]PORT" of the Prometheus endpoint (loopback unless a host is named)
+    dashboard_addr: str = ""       # "[HOST:]PORT" of the live dashboard (loopback unless a host is named)
 
 
 class DataDirLock:
@@ -122,6 +128,7 @@ class Host:
     executor: Executor
     images: ImageStore
     networking: NodeNetworking
+    side_servers: list[SideServer] = field(default_factory=list)   # metrics, dashboard
 
 
 def node_description(hostname: str) -> dict[str, Any]:
@@ -149,11 +156,18 @@ def build_host(config: DaemonConfig) -> Host:
         return split_host_port(swarm.state.advertise_addr)[0] if swarm.state is not None else ""
 
     networking = NodeNetworking(config.data_dir / "network", data_path_address)
+    metrics = DaemonMetrics() if config.metrics_addr else None
+    task_executor: TaskExecutor = RuncTaskExecutor(executor, images, dependencies=dependencies, networking=networking)
+    if metrics is not None:
+        task_executor = TimedTaskExecutor(task_executor, metrics.container_started)
     swarm = SwarmNode(config.data_dir, listen_addr=config.listen_addr, advertise_addr=config.advertise_addr,
                       hostname=hostname,
-                      executor=RuncTaskExecutor(executor, images, dependencies=dependencies, networking=networking),
-                      description=lambda: node_description(hostname), leader_loops=[Orchestration],
-                      logs=executor, dependencies=dependencies, networking=networking)
+                      executor=task_executor,
+                      description=lambda: node_description(hostname),
+                      leader_loops=[partial(Orchestration, on_assigned=metrics.manager.task_assigned)
+                                    if metrics is not None else Orchestration],
+                      logs=executor, dependencies=dependencies, networking=networking,
+                      metrics=metrics.manager if metrics is not None else None)
     app = new_app(linearizable_reads)
     app[system.SWARM_INFO] = swarm
     app[CLUSTER] = swarm
@@ -171,7 +185,12 @@ def build_host(config: DaemonConfig) -> Host:
     add_cluster_routes(routes)
     images_api.add_routes(routes, images)
     volumes_api.add_routes(routes, executor.volumes)
-    return Host(app, swarm, executor, images, networking)
+    if metrics is not None:
+        metrics.watch_manager(lambda: swarm.runtime)
+        metrics.instrument_api(app)
+    return Host(app, swarm, executor, images, networking,
+                side_servers(metrics, config.metrics_addr, config.dashboard_addr, swarm.manager_store,
+                             swarm.leader_node_id))
 
 
 def build_app(config: DaemonConfig) -> web.Application:
@@ -214,6 +233,12 @@ async def serve(config: DaemonConfig, stop: asyncio.Event) -> None:
     api = ApiServer(config, host.app)
     await host.executor.start_up()
     await host.networking.start()       # adopt the task sandboxes a previous daemon left (live restore)
+    for server in host.side_servers:    # before the API: a client that finds the socket finds them up
+        try:
+            bound = await server.start()
+        except OSError as e:
+            raise DaemonError(f"the {server.name} cannot listen on {server.address}: {e.strerror or e}") from None
+        log.info("%s listening on http://%s:%d/", server.name, *bound)
     async with asyncio.TaskGroup() as group:
         supervisor = Supervisor(group)
         supervisor.start("swarm", host.swarm.run())
@@ -225,6 +250,8 @@ async def serve(config: DaemonConfig, stop: asyncio.Event) -> None:
         deadline = asyncio.get_running_loop().time() + config.shutdown_timeout   # one bound for everything
         try:
             async with asyncio.timeout_at(deadline):
+                for server in host.side_servers:
+                    await server.stop()
                 await api.stop()
         except TimeoutError:
             log.warning("API did not stop within the shutdown bound")

@@ -40,6 +40,7 @@ from typing import Any, TypeVar
 from aio import Backoff
 from ca.node_tls import NodeCredentials, peer_identity
 from engineapi.http import ApiError
+from manager.metrics import ManagerMetrics
 from manager.store import Store
 from manager.swarm.runtime import LeaderLoopFactory, ManagerRuntime
 from node import bootstrap, joining, roles
@@ -70,7 +71,8 @@ class SwarmNode:
     def __init__(self, data_dir: Path, *, listen_addr: str, advertise_addr: str, hostname: str,
                  executor: TaskExecutor, description: Callable[[], dict[str, Any]],
                  leader_loops: list[LeaderLoopFactory], logs: ContainerLogs | None = None,
-                 dependencies: Dependencies | None = None, networking: NodeNetworking | None = None) -> None:
+                 dependencies: Dependencies | None = None, networking: NodeNetworking | None = None,
+                 metrics: ManagerMetrics | None = None) -> None:
         self.data_dir = data_dir
         self.default_listen = listen_addr
         self.default_advertise = advertise_addr
@@ -81,6 +83,7 @@ class SwarmNode:
         self._logs = logs
         self._dependencies = dependencies   # secrets and configs, shared with the executor
         self._networking = networking       # the task sandboxes, shared with the executor
+        self._metrics = metrics             # the manager's metric hooks, when the daemon serves metrics
         self.state: LocalSwarmState | None = LocalSwarmState.load(data_dir)
         self.creds: NodeCredentials | None = None
         self.runtime: ManagerRuntime | None = None
@@ -212,7 +215,7 @@ class SwarmNode:
         self.runtime = runtime = ManagerRuntime(
             raft_id=state.raft_id, advertise_addr=state.advertise_addr,
             raft_dir=LocalSwarmState.raft_dir(self.data_dir), server=server, client_ssl=self.client_context,
-            members=members, bootstrap=bootstrap, leader_loops=self._leader_loops)
+            members=members, bootstrap=bootstrap, leader_loops=self._leader_loops, metrics=self._metrics)
         manager = self._spawn(runtime.run(), "manager")
         ready = asyncio.ensure_future(runtime.ready.wait())
         try:

@@ -116,6 +116,7 @@ class NodeOptions:
     client_ssl: ssl.SSLContext | None = None
     external_listener: bool = False     # the owner of the port hands over inbound connections
     dial_preamble: bytes = b""          # written first on each outgoing connection
+    on_leader_change: Callable[[int], None] | None = None   # told the leader (0: none) on each soft-state change
 
 
 def _wrap_snapshot(members: dict[int, Member], app: bytes) -> bytes:
@@ -369,6 +370,8 @@ class RaftNode:
         assert self.core is not None
         log.info("node %d: %s, term %d, leader %d", self.id, rd.soft_state.role.value, self.core.term,
                  rd.soft_state.leader)
+        if self.opts.on_leader_change is not None:
+            self.opts.on_leader_change(rd.soft_state.leader)
         if rd.soft_state.role is not Role.LEADER:
             # Reads routed through a leader we no longer follow will never be answered.
             for fut in self._reads.values():

@@ -75,8 +75,10 @@ class _Session:
 
 class Dispatcher:
     def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 on_heartbeat_miss: Callable[[], None] | None = None) -> None:
         self._store = store
+        self._on_heartbeat_miss = on_heartbeat_miss    # told each time a node is marked down for it
         self._clock = clock
         self._sessions: dict[str, _Session] = {}       # node_id -> current session
         self._sleep = sleep
@@ -105,7 +107,13 @@ class Dispatcher:
             await self._sleep(MONITOR_INTERVAL)
             for node_id in self._heartbeats.expired(self._clock()):
                 self._sessions.pop(node_id, None)
+                if self._on_heartbeat_miss is not None:
+                    self._on_heartbeat_miss()
                 await self._set_node_state(node_id, NodeState.DOWN, "heartbeat failure")
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
 
     # ---- RPC handlers -------------------------------------------------------------------------
     async def session(self, node_id: str, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:

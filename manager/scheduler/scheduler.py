@@ -51,9 +51,12 @@ class Decision:
 
 
 class Scheduler:
-    def __init__(self, store: Store, clock: Callable[[], float] = time.time, accept_new: bool = False) -> None:
-        """accept_new: also place NEW tasks (when no allocator moves them to PENDING)."""
+    def __init__(self, store: Store, clock: Callable[[], float] = time.time, accept_new: bool = False,
+                 on_assigned: Callable[[Task], None] | None = None) -> None:
+        """accept_new: also place NEW tasks (when no allocator moves them to PENDING).
+        on_assigned: told each task once its assignment is written (metrics)."""
         self.store = store
+        self.on_assigned = on_assigned
         self.clock = clock
         self.accept_new = accept_new
         self.nodes: dict[str, NodeInfo] = {}
@@ -205,6 +208,8 @@ class Scheduler:
             elif decision.node_id:
                 assigned += 1
                 self.unassigned.pop(decision.task.id, None)
+                if self.on_assigned is not None:
+                    self.on_assigned(decision.task)
         return assigned
 
     def _write(self, tx: WriteTx, decision: Decision, now: str) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from manager.allocator import Allocator
 from manager.orchestrator import (
@@ -17,13 +18,15 @@ from manager.orchestrator import (
 )
 from manager.scheduler import Scheduler
 from manager.store import Store
+from model import Task
 
 
 class Orchestration:
     """Owns one term's reconcilers; they share the restart and update supervisors."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, on_assigned: Callable[[Task], None] | None = None) -> None:
         self._store = store
+        self._on_assigned = on_assigned     # the scheduler's hook (metrics)
 
     async def run(self) -> None:
         clock = SystemClock()
@@ -34,4 +37,4 @@ class Orchestration:
             group.create_task(JobOrchestrator(self._store, clock).run(), name="jobs")
             group.create_task(TaskReaper(self._store, clock).run(), name="reaper")
             group.create_task(Allocator(self._store).run(), name="allocator")
-            group.create_task(Scheduler(self._store).run(), name="scheduler")
+            group.create_task(Scheduler(self._store, on_assigned=self._on_assigned).run(), name="scheduler")

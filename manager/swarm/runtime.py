@@ -25,6 +25,7 @@ from manager.dispatcher import Dispatcher
 from manager.dispatcher.rpc import register_dispatcher
 from manager.logbroker import LogBroker
 from manager.logbroker.rpc import register_logs
+from manager.metrics import ManagerMetrics, TimedProposer
 from manager.store import Store
 from manager.swarm.ca_service import CAService
 from manager.swarm.membership import (
@@ -81,11 +82,16 @@ class PeerClients:
 class ManagerRuntime:
     def __init__(self, *, raft_id: int, advertise_addr: str, raft_dir: Path, server: RpcServer,
                  client_ssl: Callable[[], ssl.SSLContext], members: dict[int, str], bootstrap: bool,
-                 leader_loops: list[LeaderLoopFactory], options: NodeOptions | None = None) -> None:
+                 leader_loops: list[LeaderLoopFactory], options: NodeOptions | None = None,
+                 metrics: ManagerMetrics | None = None) -> None:
         self.peers = PeerClients(client_ssl)
         self.proposer = RaftProposer(self._forward_proposal)
-        self.store = Store(proposer=self.proposer)
+        self.metrics = metrics
+        self.store = Store(proposer=self.proposer if metrics is None
+                           else TimedProposer(self.proposer, metrics.proposal_seconds))
         opts = options or NodeOptions()
+        if metrics is not None:
+            metrics.instrument_raft(opts)
         opts.client_ssl = client_ssl()
         opts.external_listener = True
         opts.dial_preamble = _preamble()
@@ -204,7 +210,7 @@ class ManagerRuntime:
     async def _term(self) -> None:
         await self.raft.read_index()
         log.info("leadership term starts", extra={"raft_id": self.raft.id})
-        dispatcher = Dispatcher(self.store)
+        dispatcher = Dispatcher(self.store, on_heartbeat_miss=self.metrics.heartbeat_missed if self.metrics else None)
         logbroker = LogBroker(self.store, dispatcher)
         try:
             async with asyncio.TaskGroup() as group:
