@@ -23,6 +23,15 @@ Membership: each member's address travels in `ConfChange.context` as msgpack
 `{"raft": "host:port", ...extra}`; founding members' addresses come from the constructor. The address
 book is carried inside every snapshot (the snapshot's data wraps the application's bytes), so a node
 restored from a snapshot can reach its peers.
+
+Removed members (raft/removal.py): a member's address is not forgotten when its removal applies; it
+moves to `retired`, also kept in snapshots. The core answers a removed node that still talks to us
+with REMOVED, and a leader sends REMOVED to a follower whose removal it commits; such a message
+opens (or keeps open) lanes to the retired address, which close again `RETIRED_GRACE_ELECTIONS`
+election timeouts after the last one sent. So a member removed while it was down or cut off hears
+that it is out as soon as it talks to the cluster again, and the cluster keeps no connections open
+to old members. `removed` says this node knows it was removed; it is logged once when it turns true
+(and again should it turn false: added back under the same id).
 """
 
 from __future__ import annotations
@@ -66,6 +75,8 @@ log = logging.getLogger("raft.node")
 
 # Leader messages that may leave before the Ready's own entries are durable (see _handle_ready).
 _OVERLAPPABLE = (MessageType.APPEND, MessageType.HEARTBEAT)
+# A removed member's lanes stay open this many election timeouts after the last REMOVED sent to it.
+RETIRED_GRACE_ELECTIONS = 4
 
 
 class StateMachine(Protocol):
@@ -119,13 +130,22 @@ class NodeOptions:
     on_leader_change: Callable[[int], None] | None = None   # told the leader (0: none) on each soft-state change
 
 
-def _wrap_snapshot(members: dict[int, Member], app: bytes) -> bytes:
-    return msgpack.packb({"members": {i: m.encode() for i, m in members.items()}, "app": app})
+def _wrap_snapshot(members: dict[int, Member], app: bytes, retired: dict[int, Member] | None = None) -> bytes:
+    return msgpack.packb({"members": {i: m.encode() for i, m in members.items()}, "app": app,
+                          "retired": {i: m.encode() for i, m in (retired or {}).items()}})
 
 
-def _unwrap_snapshot(data: bytes) -> tuple[dict[int, Member], bytes]:
+@dataclass
+class SnapshotData:
+    members: dict[int, Member]      # the address book of the members at the snapshot
+    app: bytes                      # the state machine's snapshot
+    retired: dict[int, Member]      # addresses of members removed before it (absent in old snapshots)
+
+
+def _unwrap_snapshot(data: bytes) -> SnapshotData:
     obj = msgpack.unpackb(data, strict_map_key=False)
-    return {int(i): Member.decode(c) for i, c in obj["members"].items()}, obj["app"]
+    return SnapshotData({int(i): Member.decode(c) for i, c in obj["members"].items()}, obj["app"],
+                        {int(i): Member.decode(c) for i, c in (obj.get("retired") or {}).items()})
 
 
 class RaftNode:
@@ -142,6 +162,9 @@ class RaftNode:
         self.sm = state_machine
         self.opts = options or NodeOptions()
         self.members: dict[int, Member] = dict(members)
+        self.retired: dict[int, Member] = {}    # removed members' addresses, so REMOVED reaches them
+        self._retiring: dict[int, int] = {}     # removed member with open lanes → tick they close at
+        self._reported_removed = False          # what was last logged about `removed`
         self._bootstrap = bootstrap
         self.storage = DiskStorage(data_dir, segment_size=self.opts.segment_size, fsync=self.opts.fsync,
                                    inline_sync_bytes=self.opts.inline_sync_bytes)
@@ -174,10 +197,14 @@ class RaftNode:
         loaded = await asyncio.to_thread(self.storage.load)
         applied = 0
         if loaded.snapshot is not None:
-            members, app = _unwrap_snapshot(loaded.snapshot.data)
-            for i, m in members.items():
+            wrapped = _unwrap_snapshot(loaded.snapshot.data)
+            for i, m in wrapped.members.items():
                 self.members.setdefault(i, m)
-            self.sm.restore(app)
+            for i, m in wrapped.retired.items():
+                if i not in wrapped.members and i != self.id:
+                    self.retired[i] = m
+                    self.members.pop(i, None)   # removed by then, whatever the caller's list says
+            self.sm.restore(wrapped.app)
             applied = loaded.snapshot.meta.index
             self._last_snapshot_index = applied
         hs = loaded.hard_state
@@ -278,6 +305,8 @@ class RaftNode:
             assert self.core is not None
             self.core.tick()
             self.ticks += 1
+            if self._retiring:
+                self._close_retired_lanes()
             self._wake.set()
 
     async def _ready_loop(self) -> None:
@@ -315,6 +344,9 @@ class RaftNode:
         for e in rd.entries:
             if e.type == EntryType.CONF_CHANGE:
                 self._learn_address(e)      # before sending: the leader may be adding that node
+        for m in rd.messages:
+            if m.type is MessageType.REMOVED:
+                self._reach_removed(m.to)
         send = self.transport.send
         messages = rd.messages
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
@@ -372,6 +404,13 @@ class RaftNode:
                  rd.soft_state.leader)
         if self.opts.on_leader_change is not None:
             self.opts.on_leader_change(rd.soft_state.leader)
+        if rd.soft_state.removed != self._reported_removed:
+            self._reported_removed = rd.soft_state.removed
+            if rd.soft_state.removed:
+                log.warning("node %d: this node was removed from the raft cluster (a committed configuration"
+                            " excludes it); it no longer campaigns", self.id)
+            else:
+                log.info("node %d: a member of the raft cluster again", self.id)
         if rd.soft_state.role is not Role.LEADER:
             # Reads routed through a leader we no longer follow will never be answered.
             for fut in self._reads.values():
@@ -407,12 +446,17 @@ class RaftNode:
                 fut.set_exception(ProposalDropped(f"entry {e.index} was replaced by a newer leader"))
 
     def _apply_snapshot(self, snap: Snapshot) -> None:
-        members, app = _unwrap_snapshot(snap.data)
-        for i, m in members.items():
+        wrapped = _unwrap_snapshot(snap.data)
+        for i, m in wrapped.members.items():
             if i != self.id:
                 self.members[i] = m
+                self.retired.pop(i, None)
+                self._retiring.pop(i, None)
                 self.transport.set_peer(i, m.raft)
-        self.sm.restore(app)
+        for i, m in wrapped.retired.items():
+            if i not in self.members:
+                self.retired[i] = m
+        self.sm.restore(wrapped.app)
         self._last_snapshot_index = snap.meta.index
         for index in [i for i in self._proposals if i <= snap.meta.index]:
             _, fut = self._proposals.pop(index)
@@ -424,19 +468,48 @@ class RaftNode:
         if cc.type != ConfChangeType.REMOVE_NODE and cc.context and cc.node_id != self.id:
             member = Member.decode(cc.context)
             self.members[cc.node_id] = member
+            self.retired.pop(cc.node_id, None)      # added back (under the same id)
+            self._retiring.pop(cc.node_id, None)
             if self.core is not None:
                 self.transport.set_peer(cc.node_id, member.raft)
 
     def _apply_conf_change(self, e: Entry) -> None:
         cc = decode_conf_change(e.data)
         if cc.type == ConfChangeType.REMOVE_NODE and cc.node_id != self.id:
-            self.members.pop(cc.node_id, None)
-            self.transport.remove_peer(cc.node_id)
+            member = self.members.pop(cc.node_id, None)
+            if member is not None:
+                self.retired[cc.node_id] = member
+            # Its lanes stay open a little while: a REMOVED sent with or after this entry reaches it.
+            self._retiring[cc.node_id] = self.ticks + self._retired_grace()
         else:
             self._learn_address(e)
 
+    # -- removed members -----------------------------------------------------------------------------
+
+    def _retired_grace(self) -> int:
+        return RETIRED_GRACE_ELECTIONS * self.opts.election_tick
+
+    def _reach_removed(self, peer: int) -> None:
+        """A REMOVED is about to be sent to `peer`: if it is a removed member, make sure lanes to its
+        retired address are open for a while."""
+        if peer in self.members or peer == self.id:
+            return
+        member = self.retired.get(peer)
+        if member is None:
+            return      # never knew its address (it is not told; Raft promises it nothing)
+        if peer not in self.transport.peers:
+            self.transport.set_peer(peer, member.raft)
+        self._retiring[peer] = self.ticks + self._retired_grace()
+
+    def _close_retired_lanes(self) -> None:
+        for peer, until in list(self._retiring.items()):
+            if self.ticks >= until:
+                del self._retiring[peer]
+                if peer not in self.members:
+                    self.transport.remove_peer(peer)
+
     async def _take_snapshot(self, core: RaftCore, index: int) -> None:
-        snap = Snapshot(core.snapshot_meta(index), _wrap_snapshot(self.members, self.sm.snapshot()))
+        snap = Snapshot(core.snapshot_meta(index), _wrap_snapshot(self.members, self.sm.snapshot(), self.retired))
         await self.storage.save_snapshot_async(snap)
         core.compact(snap)
         self._last_snapshot_index = index
@@ -571,6 +644,12 @@ class RaftNode:
     @property
     def is_leader(self) -> bool:
         return self.core is not None and self.core.role is Role.LEADER
+
+    @property
+    def removed(self) -> bool:
+        """This node knows that a committed configuration excludes it: a member told it so
+        (REMOVED), or it applied its own removal. It does not campaign while this holds."""
+        return self.core is not None and self.core.removed
 
     def hard_state(self) -> HardState:
         assert self.core is not None

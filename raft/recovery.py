@@ -25,8 +25,7 @@ def replay_log(data_dir: str, state_machine: StateMachine) -> int:
         storage.close()
     applied = 0
     if loaded.snapshot is not None:
-        _, app = _unwrap_snapshot(loaded.snapshot.data)
-        state_machine.restore(app)
+        state_machine.restore(_unwrap_snapshot(loaded.snapshot.data).app)
         applied = loaded.snapshot.meta.index
     for entry in loaded.entries:
         if entry.index <= applied:
