@@ -32,6 +32,7 @@ from typing import Any
 
 from aio import cancel_and_wait
 from ca.node_tls import write_atomic
+from ingress.dataplane import IngressDataPlane
 from ingress.dns import DnsServer, ForwardLimit, NetworkEntry, ServiceEntry, ServiceRecords, TaskEntry, resolv_conf
 from ingress.dns.records import parse_address
 from manager.api.local_networks import (
@@ -43,6 +44,7 @@ from manager.api.local_networks import (
     LocalServiceTask,
 )
 from model import Task, format_time
+from node.balancing import ServiceBalancing, is_balancer
 from overlay import Attachment, OverlayError, OverlayHost, OverlaySpec, Peer, SandboxRecord
 from worker.exec import TemporaryError
 from worker.networking import NetworkView, NetworkViews, TaskSandbox
@@ -77,6 +79,7 @@ class NodeNetworking:
         self._resolv_conf_path = resolv_conf_path
         self._name_prefix = name_prefix
         self._host: OverlayHost | None = None
+        self._balancing = ServiceBalancing(IngressDataPlane(prefix=name_prefix))
         self._views: NetworkViews | None = None
         self._records = ServiceRecords()
         self._dns: dict[str, DnsServer] = {}        # task id -> its DNS server
@@ -103,13 +106,14 @@ class NodeNetworking:
                                                      "dropped": len(report.dropped)})
             for key, record in (await host.sandboxes()).items():
                 networks = [a.network_id for a in record.attachments]
-                if networks:
+                if networks and not is_balancer(key):
                     await self._start_dns(key, host.sandbox_path(key), networks, external=record.gateway is not None)
 
     async def close(self) -> None:
         """Stop serving DNS; the data path stays up for the containers (live restore)."""
         async with self._lock:
             await self._close_dns(list(self._dns))
+            await self._balancing.close()
             if self._host is not None:
                 await self._host.close()
                 self._host = None
@@ -121,6 +125,7 @@ class NodeNetworking:
             if self._host is None and (self.run_dir / STATE_FILE).exists():
                 saved = json.loads((self.run_dir / STATE_FILE).read_text())
                 self._new_host(str(saved["vtep"]), int(saved["port"]))
+            await self._balancing.purge()
             if self._host is not None:
                 await self._host.purge()
                 await self._host.close()
@@ -177,6 +182,7 @@ class NodeNetworking:
                 server.update(self._records)
             synced, self._synced = self._synced, asyncio.Event()
             synced.set()
+            await self._balancing.sync(host, views, wanted)
 
     async def _task_networks(self, task: Task) -> tuple[NetworkViews, list[tuple[NetworkView, str]]]:
         """The views and the task's attachments, waiting (bounded) for the sync that brings a
@@ -207,6 +213,10 @@ class NodeNetworking:
             self._remember(task)
             if not attached:
                 return TaskSandbox(str(path), "")
+            ingress = next((view for view, _ in attached if view.ingress), None)
+            if ingress is not None:
+                record = (await host.sandboxes())[task.id]
+                await self._balancing.task_sandbox(host, task.id, task.service_id, ingress, record)
             # user networks resolve first, then ingress (Docker's order)
             order = [v.id for v, _ in attached if not v.ingress] + [v.id for v, _ in attached if v.ingress]
             external = not all(view.internal for view, _ in attached)
@@ -220,6 +230,7 @@ class NodeNetworking:
     async def release(self, task_id: str) -> None:
         async with self._lock:
             self._task_names.pop(task_id, None)
+            self._balancing.forget_task(task_id)
             await self._close_dns([task_id])
             if self._host is not None:
                 await self._host.delete_sandbox(task_id)
@@ -229,9 +240,10 @@ class NodeNetworking:
         async with self._lock:
             if self._host is None:
                 return
-            for key in set(await self._host.sandboxes()) - keep:
+            for key in {k for k in await self._host.sandboxes() if not is_balancer(k)} - keep:
                 log.info("removing the sandbox of a task this node no longer has", extra={"task": key})
                 self._task_names.pop(key, None)
+                self._balancing.forget_task(key)
                 await self._close_dns([key])
                 await self._host.delete_sandbox(key)
 
@@ -293,7 +305,8 @@ class NodeNetworking:
         for view in sorted(views.views.values(), key=lambda v: v.name):
             endpoints = tuple(
                 LocalEndpoint(key, self._task_names.get(key) or names.get(key) or key, str(att.address))
-                for key, record in sorted(records.items()) for att in record.attachments if att.network_id == view.id)
+                for key, record in sorted(records.items()) if not is_balancer(key)
+                for att in record.attachments if att.network_id == view.id)
             host_of = {p.ip: p.vtep for p in view.peers}
             host_of.update({ep.address.split("/")[0]: own_vtep for ep in endpoints})
             peers = {p.vtep: LocalPeer(p.vtep) for p in view.peers if p.vtep}

@@ -348,7 +348,7 @@ class DataPath:
         netns.remove(self.state.sandbox_netns(key))
         self._drop_sandbox(key)
 
-    def attach(self, key: str, attachments: list[Attachment]) -> None:
+    def attach(self, key: str, attachments: list[Attachment], way_out: bool | None = None) -> None:
         path = self.state.sandbox_netns(key)
         if not netns.is_bound(path):
             raise OverlayError(f"sandbox {key} does not exist")
@@ -361,6 +361,8 @@ class DataPath:
         # A way out unless every network is internal; a sandbox on no network at all gets one
         # too, as a Docker task without networks does (through the default bridge).
         need_gateway = not attachments or not all(att.spec.internal for att in attachments)
+        if way_out is not None:
+            need_gateway = way_out
         record = self._records().get(key) or SandboxRecord(key)
         with temporary_ipr(path) as sandbox:
             present = veths(sandbox)

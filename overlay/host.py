@@ -54,6 +54,11 @@ class OverlayHost:
         return self._datapath.port
 
     @property
+    def gateway_bridge(self) -> str:
+        """The bridge in the daemon's namespace that sandboxes' gateway interfaces hang off."""
+        return self._datapath.gateway_bridge
+
+    @property
     def run_dir(self) -> Path:
         return self._datapath.state.run_dir
 
@@ -129,10 +134,11 @@ class OverlayHost:
     async def delete_sandbox(self, key: str) -> None:
         await self._run(self._datapath.delete_sandbox, key)
 
-    async def attach(self, key: str, attachments: list[Attachment]) -> None:
+    async def attach(self, key: str, attachments: list[Attachment], gateway: bool | None = None) -> None:
         """Give the sandbox eth0, eth1, … (one per attachment, in order) and, unless every
-        attachment is internal, one more on the gateway bridge with the default route."""
-        await self._run(self._datapath.attach, key, list(attachments))
+        attachment is internal (or `gateway` says otherwise), one more on the gateway bridge
+        with the default route."""
+        await self._run(self._datapath.attach, key, list(attachments), gateway)
 
     async def detach(self, key: str) -> None:
         await self._run(self._datapath.detach, key)

@@ -1,0 +1,280 @@
+"""The node's service VIPs and routing mesh: the dispatcher's network views, programmed into the
+ingress data plane (ingress/dataplane) in namespaces the overlay host makes (overlay/).
+
+Theory of operation (called by NodeNetworking under its lock, after the overlay is in place):
+- **VIP load balancer**, per user network with a VIP service: a sandbox `lb-<network id>` whose
+  only interface is the node's own endpoint on the network (`node_address`, MAC 02:42 + it,
+  which every other node has as a peer); the VIPs become aliases there, so it answers ARP and
+  ping for them on the bridge, and spreads connections over the service's tasks in rotation on
+  every node (`set_lb`). Not on ingress: the mesh DNATs straight to tasks.
+- **Routing mesh**, on every node: a sandbox `ingress-sbox` with the node's ingress endpoint
+  and an interface on the gateway bridge; the daemon's namespace DNATs published ports to it,
+  and it DNATs on to a task's ingress address and target port (`set_mesh`).
+- **Each task on ingress** gets its side of the mesh (`set_task`): only its published target
+  ports arrive on its ingress address, and replies go back through the node they came in by,
+  so the task sees the client's own address. Programmed before the container starts (so
+  before the task can be in rotation), and again whenever the nodes or ports change.
+- **Drain**: a task that leaves rotation (its desired state passed RUNNING, or it stopped
+  running) but whose endpoint still exists somewhere (a peer, or a sandbox here) is kept as
+  *draining*: no new connection, open ones carry on. Once its endpoint is gone, it is dropped,
+  and the data plane flushes its conntrack entries (a reset, not a hang).
+
+Everything is level-triggered: each call says the whole wanted state of a namespace, computed
+from the views; what was programmed last is cached, and an unchanged namespace costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface
+from typing import TypeVar
+
+from ingress.dataplane import (
+    IngressBackend,
+    IngressDataPlane,
+    IngressNode,
+    LbNetwork,
+    Mesh,
+    PublishedPort,
+    TaskIngress,
+    VipService,
+)
+from overlay import Attachment, OverlayHost, OverlaySpec, SandboxRecord
+from worker.networking import NetworkView, NetworkViews
+
+log = logging.getLogger("shoal.networking")
+
+INGRESS_SANDBOX = "ingress-sbox"
+LB_PREFIX = "lb-"
+LB_DEVICE = "eth0"
+
+T = TypeVar("T")
+
+
+def lb_key(network_id: str) -> str:
+    return f"{LB_PREFIX}{network_id}"
+
+
+def is_balancer(key: str) -> bool:
+    """Is a sandbox key one of this module's namespaces (not a task's)?"""
+    return key == INGRESS_SANDBOX or key.startswith(LB_PREFIX)
+
+
+def _drain(current: Iterable[T], previous: Iterable[T], alive: set[IPv4Address],
+           address: Callable[[T], IPv4Address]) -> tuple[T, ...]:
+    """What left rotation since `previous` but still has an endpoint somewhere: draining."""
+    now = set(current)
+    return tuple(sorted({b for b in previous if b not in now and address(b) in alive}, key=str))
+
+
+def wanted_lb(view: NetworkView, previous: LbNetwork | None, alive: set[IPv4Address]) -> LbNetwork | None:
+    """The VIP load balancer of one network on this node; None when it needs none."""
+    if view.ingress or not view.node_address:
+        return None
+    own = IPv4Interface(view.node_address).ip
+    before = previous.by_vip() if previous is not None else {}
+    services = []
+    for service in view.services:
+        if service.mode != "vip" or not service.vip or IPv4Address(service.vip) == own:
+            continue
+        vip = IPv4Address(service.vip)
+        backends = tuple(dict.fromkeys(a for t in service.tasks if (a := IPv4Address(t.address)) != vip))
+        old = before.get(vip)
+        former = (*old.backends, *old.draining) if old is not None else ()
+        services.append(VipService(vip, backends, _drain(backends, former, alive, lambda a: a)))
+    if not services:
+        return None
+    return LbNetwork(own, LB_DEVICE, tuple(services))
+
+
+def wanted_mesh(view: NetworkView, sandbox_address: IPv4Address, host_device: str, previous: Mesh | None,
+                alive: set[IPv4Address]) -> Mesh | None:
+    """The routing mesh of this node, from the ingress network's view; None until the node has
+    its endpoint on ingress."""
+    if not view.node_address:
+        return None
+    before = previous.by_key() if previous is not None else {}
+    ports: dict[tuple[str, int], PublishedPort] = {}
+    for service in view.services:
+        for port in service.ports:
+            key = (port.protocol, port.published)
+            if key in ports:        # two services on one port: the allocator refuses it; keep the first
+                continue
+            backends = tuple(dict.fromkeys(IngressBackend(IPv4Address(t.address), port.target)
+                                           for t in service.tasks))
+            old = before.get(key)
+            former = (*old.backends, *old.draining) if old is not None else ()
+            ports[key] = PublishedPort(port.protocol, port.published, backends,
+                                       _drain(backends, former, alive, lambda b: b.address))
+    return Mesh(IPv4Interface(view.node_address).ip, sandbox_address, host_device, tuple(ports.values()))
+
+
+def ingress_nodes(view: NetworkView) -> tuple[IngressNode, ...]:
+    """Every node's ingress namespace (its endpoint on ingress), this node's included."""
+    nodes = {IPv4Address(p.ip) for p in view.peers if p.node}
+    if view.node_address:
+        nodes.add(IPv4Interface(view.node_address).ip)
+    return tuple(IngressNode(a) for a in sorted(nodes))
+
+
+def wanted_task(view: NetworkView, service_id: str, device: str, address: IPv4Address) -> TaskIngress:
+    """A task's side of the mesh: its service's published target ports, and every node."""
+    ports = {(p.protocol, p.target) for s in view.services if s.id == service_id for p in s.ports}
+    return TaskIngress(device, address, tuple(sorted(ports)), ingress_nodes(view))
+
+
+def alive_on(view: NetworkView, records: Iterable[SandboxRecord]) -> set[IPv4Address]:
+    """The endpoint addresses that exist on a network: peers elsewhere, sandboxes here."""
+    out = {IPv4Address(p.ip) for p in view.peers}
+    out.update(a.address.ip for r in records for a in r.attachments if a.network_id == view.id)
+    return out
+
+
+@dataclass(frozen=True)
+class _TaskPlace:
+    service_id: str
+    device: str
+    address: IPv4Address
+
+
+class ServiceBalancing:
+    """See the module comment. One per NodeNetworking; every method is called under its lock."""
+
+    def __init__(self, plane: IngressDataPlane) -> None:
+        self.plane = plane
+        self._lb: dict[str, LbNetwork] = {}          # network id -> what its LB holds
+        self._mesh: Mesh | None = None
+        self._tasks: dict[str, TaskIngress] = {}      # task id -> what its sandbox holds
+        self._places: dict[str, _TaskPlace] = {}      # task id -> where it sits on ingress
+
+    async def sync(self, host: OverlayHost, views: NetworkViews, specs: dict[str, OverlaySpec]) -> None:
+        """Make every namespace of this node match `views` (the overlay networks exist). A
+        namespace that fails does not stop the others; the error is raised at the end."""
+        records = await host.sandboxes()
+        problems: list[str] = []
+        balanced: set[str] = set()
+        for network_id, view in views.views.items():
+            if view.ingress:
+                continue
+            try:
+                if await self._sync_lb(host, view, specs[network_id], records):
+                    balanced.add(network_id)
+            except Exception as exc:
+                balanced.add(network_id)
+                problems.append(f"VIP load balancer of network {view.name}: {exc}")
+        for network_id in {k[len(LB_PREFIX):] for k in records if k.startswith(LB_PREFIX)} - balanced:
+            await self._drop_lb(host, network_id)
+        ingress = next((v for v in views.views.values() if v.ingress), None)
+        if ingress is not None:
+            try:
+                await self._sync_mesh(host, ingress, specs[ingress.id], records)
+                await self._sync_tasks(host, ingress, records)
+            except Exception as exc:
+                problems.append(f"routing mesh: {exc}")
+        if problems:
+            raise RuntimeError("; ".join(problems))
+
+    @staticmethod
+    async def _endpoint(host: OverlayHost, key: str, spec: OverlaySpec, address: str,
+                        records: dict[str, SandboxRecord], gateway: bool) -> None:
+        """The sandbox `key` with the node's endpoint on the network (and a way out or not)."""
+        record = records.get(key)
+        if (record is not None and (record.gateway is not None) == gateway
+                and [(a.network_id, str(a.address)) for a in record.attachments] == [(spec.network_id, address)]):
+            return
+        await host.create_sandbox(key)
+        await host.attach(key, [Attachment(spec, IPv4Interface(address))], gateway=gateway)
+        records.update(await host.sandboxes())
+
+    async def _sync_lb(self, host: OverlayHost, view: NetworkView, spec: OverlaySpec,
+                       records: dict[str, SandboxRecord]) -> bool:
+        """One network's LB; False when it needs none."""
+        previous = self._lb.get(view.id)
+        want = wanted_lb(view, previous, alive_on(view, records.values()))
+        if want is None:
+            return False
+        key = lb_key(view.id)
+        await self._endpoint(host, key, spec, view.node_address, records, gateway=False)
+        if previous != want:
+            self._lb.pop(view.id, None)              # unknown until the data plane took it
+            await self.plane.set_lb(view.id, host.sandbox_path(key), want)
+            self._lb[view.id] = want
+        return True
+
+    async def _drop_lb(self, host: OverlayHost, network_id: str) -> None:
+        self._lb.pop(network_id, None)
+        await self.plane.remove_lb(network_id, None)
+        await host.delete_sandbox(lb_key(network_id))
+
+    async def _sync_mesh(self, host: OverlayHost, view: NetworkView, spec: OverlaySpec,
+                         records: dict[str, SandboxRecord]) -> None:
+        if not view.node_address:
+            return
+        await self._endpoint(host, INGRESS_SANDBOX, spec, view.node_address, records, gateway=True)
+        record = records.get(INGRESS_SANDBOX)
+        if record is None or record.gateway is None:
+            raise RuntimeError("the ingress sandbox has no gateway interface")
+        want = wanted_mesh(view, record.gateway.ip, host.gateway_bridge, self._mesh, alive_on(view, records.values()))
+        if want is None or want == self._mesh:
+            return
+        self._mesh = None
+        applied = await self.plane.set_mesh(host.sandbox_path(INGRESS_SANDBOX), want)
+        self._mesh = want
+        if applied.unreserved:
+            log.warning("published ports in use on this node: %s", ", ".join(applied.unreserved))
+
+    async def _sync_tasks(self, host: OverlayHost, view: NetworkView, records: dict[str, SandboxRecord]) -> None:
+        by_id = {t.id: s.id for s in view.services for t in s.tasks}
+        for key, record in records.items():
+            if is_balancer(key):
+                continue
+            place = self._place(key, record, view, by_id.get(key, ""))
+            if place is not None:
+                await self._set_task(host, key, view, place)
+        for gone in set(self._tasks) - set(records):
+            self.forget_task(gone)
+
+    def _place(self, key: str, record: SandboxRecord, view: NetworkView, service_id: str) -> _TaskPlace | None:
+        known = self._places.get(key)
+        if known is not None:
+            return known
+        attachment = next((a for a in record.attachments if a.network_id == view.id), None)
+        if attachment is None or not service_id:
+            return None
+        place = self._places[key] = _TaskPlace(service_id, attachment.ifname, attachment.address.ip)
+        return place
+
+    async def _set_task(self, host: OverlayHost, key: str, view: NetworkView, place: _TaskPlace) -> None:
+        want = wanted_task(view, place.service_id, place.device, place.address)
+        if self._tasks.get(key) == want:
+            return
+        self._tasks.pop(key, None)
+        await self.plane.set_task(key, host.sandbox_path(key), want)
+        self._tasks[key] = want
+
+    async def task_sandbox(self, host: OverlayHost, task_id: str, service_id: str, view: NetworkView,
+                           record: SandboxRecord) -> None:
+        """A new task on ingress: its side of the mesh, before its container starts."""
+        self._places.pop(task_id, None)
+        place = self._place(task_id, record, view, service_id)
+        if place is not None:
+            await self._set_task(host, task_id, view, place)
+
+    def forget_task(self, task_id: str) -> None:
+        """The task's sandbox is gone (and its tables with it)."""
+        self._tasks.pop(task_id, None)
+        self._places.pop(task_id, None)
+
+    async def purge(self) -> None:
+        """The node left its swarm: the daemon's table and port reservations go (the sandboxes
+        go with the overlay host's purge)."""
+        self._lb.clear()
+        self._tasks.clear()
+        self._places.clear()
+        self._mesh = None
+        await self.plane.remove_mesh(None)
+
+    async def close(self) -> None:
+        await self.plane.close()
