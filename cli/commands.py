@@ -63,6 +63,8 @@ def info(ctx: click.Context, fmt: str) -> None:
         console.print(f" NodeID: {swarm['NodeID']}")
         console.print(f" Is Manager: {str(bool(swarm.get('ControlAvailable'))).lower()}")
         console.print(f" Node Address: {swarm.get('NodeAddr', '')}")
+    if swarm.get("Error"):
+        console.print(f" Error: {swarm['Error']}")
 
 
 @shoal.command()

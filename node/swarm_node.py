@@ -42,7 +42,7 @@ from ca.node_tls import NodeCredentials, peer_identity
 from engineapi.http import ApiError
 from manager.metrics import ManagerMetrics
 from manager.store import Store
-from manager.swarm.runtime import LeaderLoopFactory, ManagerRuntime
+from manager.swarm.runtime import REMOVED, LeaderLoopFactory, ManagerRuntime
 from node import bootstrap, joining, roles
 from node.addresses import split_host_port
 from node.networking import NodeNetworking
@@ -323,12 +323,13 @@ class SwarmNode:
 
     # ---- info for the API ---------------------------------------------------------------------
     def manager_store(self) -> Store | None:
-        if self.state is None or self.state.role != "manager" or self.runtime is None:
-            return None
+        if self.state is None or self.state.role != "manager" or self.runtime is None or self.runtime.removed:
+            return None     # (a manager removed from Raft serves no cluster state: it is out of date)
         return self.runtime.store
 
     def is_worker(self) -> bool:
-        return self.state is not None and self.state.role == "worker"
+        return self.state is not None and (self.state.role == "worker" or (
+            self.runtime is not None and self.runtime.removed))
 
     def leader_node_id(self) -> str:
         return self.runtime.leader_node_id() if self.runtime else ""
@@ -351,6 +352,11 @@ class SwarmNode:
             "LocalNodeState": "active", "ControlAvailable": self.state.role == "manager", "Error": self.error,
             "RemoteManagers": [{"NodeID": "", "Addr": a} for a in self.state.managers],
         }
+        if self.runtime is not None:
+            info["Raft"] = self.runtime.raft_info()     # shoal's own: this manager's Raft ID, term, leader
+            if self.runtime.removed:
+                info["ControlAvailable"] = False
+                info["Error"] = self.error or REMOVED
         store = self.manager_store()
         if store is not None:
             nodes = store.view(lambda tx: tx.all("nodes"))

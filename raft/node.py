@@ -602,7 +602,14 @@ class RaftNode:
         self._wake.set()
 
     def update_address(self, node_id: int, addr: Address) -> None:
-        """Point a member at a new raft address (e.g. it restarted elsewhere); not replicated."""
+        """Point a member at a new raft address (e.g. it restarted elsewhere); not replicated. For a
+        removed member, only the address its REMOVED notices go to changes."""
+        retired = self.retired.get(node_id)
+        if retired is not None and node_id not in self.members:
+            self.retired[node_id] = Member(addr, retired.extra)
+            if node_id in self.transport.peers:
+                self.transport.set_peer(node_id, addr)
+            return
         member = self.members.get(node_id)
         self.members[node_id] = Member(addr, member.extra if member else {})
         if self.core is not None and node_id != self.id:

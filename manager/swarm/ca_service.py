@@ -5,18 +5,22 @@ A join token decides the role (compared in constant time with the swarm's curren
 rotated token stops working at once); the CA, never the requester, decides the node ID and the
 role written into the certificate. `ca.renew` re-issues for the caller's own node ID, with the
 role the cluster state gives it.
+
+A manager removed from Raft serves none of them (Unavailable): its store stopped at its removal,
+so what it would say of roles and tokens may be out of date; the caller asks another manager.
 """
 
 from __future__ import annotations
 
 import datetime
 import hmac
+from collections.abc import Callable
 from typing import Any
 
 from ca.authority import CertificateError, NodeIdentity, RootCA
 from manager.store import ReadTx, Store, WriteTx
 from model import Cluster, Node, new_id
-from rpc.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from rpc.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
 from rpc.server import Access, Peer, RpcServer
 
 INVALID_TOKEN = "A valid join token is necessary to join this cluster"
@@ -50,8 +54,15 @@ def managers_of(tx: ReadTx) -> list[str]:
 
 
 class CAService:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, removed: Callable[[], str] = lambda: "") -> None:
+        """`removed()` is why this manager serves nothing ("" while it is a Raft member)."""
         self._store = store
+        self._removed = removed
+
+    def _check_serving(self) -> None:
+        why = self._removed()
+        if why:
+            raise Unavailable(why)
 
     def register(self, server: RpcServer) -> None:
         server.register("ca.root", self.root, Access.ANONYMOUS)
@@ -59,10 +70,12 @@ class CAService:
         server.register("ca.renew", self.renew, Access.NODE)
 
     async def root(self, peer: Peer, params: dict[str, Any]) -> Any:
+        self._check_serving()
         cluster = self._store.view(cluster_of)
         return {"cert": cluster.root_ca["Cert"]}
 
     async def join(self, peer: Peer, params: dict[str, Any]) -> Any:
+        self._check_serving()
         token = str(params.get("token", ""))
         csr = params.get("csr")
         if not isinstance(csr, bytes):
@@ -93,6 +106,7 @@ class CAService:
                 "cluster_id": cluster.id, "managers": self._store.view(managers_of)}
 
     async def renew(self, peer: Peer, params: dict[str, Any]) -> Any:
+        self._check_serving()
         csr = params.get("csr")
         if not isinstance(csr, bytes):
             raise InvalidArgument("renewal carries no certificate signing request")

@@ -8,6 +8,13 @@ owns the dispatcher, the log broker and every reconciler, and losing leadership 
 loops start, the new leader confirms its read index, so they begin from every committed write.
 Stopping (cancelling `run`) closes the peer connections, stops Raft (its log is closed there) and
 unregisters the services; that cleanup runs to its end even if the stop is repeated meanwhile.
+
+Removed from Raft (raft/removal.py: demoted, or left out of a forced new cluster, while this manager
+was down or cut off): `removed` is the reason, logged once as a warning. Raft keeps running, so the
+node can still hear that it was added back, but it never campaigns, so the managers see no election
+from it; the CA serves nothing from its stopped store, and the node reports the reason instead of
+cluster state (node/swarm_node.py). The swarm's usual path then makes it a worker: the dispatcher
+tells its agent that its role is worker and it is out of Raft, and node/roles.py demotes it.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ RAFT_CHANNEL_HELLO = {"channel": "raft"}
 READ_TIMEOUT = 4.0
 TERM_RESTART_FIRST = 0.1     # seconds before a crashed leadership term starts again, doubling
 TERM_RESTART_CEILING = 5.0
+REMOVED = ("this manager was removed from the raft cluster: it takes no part in elections and serves no"
+           " cluster state; it becomes a worker once the swarm tells it so (or leave the swarm and join again)")
 
 
 class LeaderLoop(Protocol):
@@ -105,7 +114,7 @@ class ManagerRuntime:
         self._leader_loops = leader_loops
         self._server = server
         self.ready = asyncio.Event()
-        CAService(self.store).register(server)
+        CAService(self.store, lambda: REMOVED if self.removed else "").register(server)
         MembershipService(self.store, lambda: self.raft, self.leader_addr).register(server)
         register_dispatcher(server, lambda: self.dispatcher, self.leader_addr)
         register_logs(server, lambda: self.logbroker, self.leader_addr)
@@ -113,6 +122,29 @@ class ManagerRuntime:
 
     async def _raft_channel(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Any) -> None:
         await self.raft.transport.serve_connection(reader, writer)
+
+    # ---- membership ----------------------------------------------------------------------------
+    @property
+    def removed(self) -> bool:
+        """Raft says a committed configuration excludes this manager (see the module's docstring)."""
+        return self.raft.removed
+
+    def raft_info(self) -> dict[str, Any]:
+        """This manager's Raft, for /info: its ID, term, the leader it knows, and whether it was removed."""
+        return {"RaftID": self.raft.id, "Term": self.raft.hard_state().term if self.raft.core else 0,
+                "Leader": self.raft.leader, "Removed": self.removed}
+
+    async def _watch_removal(self) -> None:
+        """Log when this manager learns it was removed from Raft (and should it be added back)."""
+        raft = self.raft
+        try:
+            while True:
+                await raft.wait_until(lambda: raft.removed)
+                log.warning(REMOVED, extra={"raft_id": raft.id})
+                await raft.wait_until(lambda: not raft.removed)
+                log.info("this manager is a member of the raft cluster again", extra={"raft_id": raft.id})
+        except NodeStopped:
+            return
 
     # ---- leadership -----------------------------------------------------------------------------
     def leader_addr(self) -> str:
@@ -150,6 +182,7 @@ class ManagerRuntime:
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self._sync_addresses(), name="raft-address-book")
+                group.create_task(self._watch_removal(), name="raft-removal")
                 group.create_task(self._leadership(), name="leadership")
         finally:
             self.dispatcher = None
