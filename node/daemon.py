@@ -45,6 +45,7 @@ from worker.agent.dependencies import Dependencies
 from worker.exec import TaskExecutor
 from worker.executor import api as volumes_api
 from worker.executor.executor import Executor
+from worker.executor.node_api import add_node_container_routes
 from worker.executor.task_executor import RuncTaskExecutor
 from worker.images import api as images_api
 from worker.images.store import ImageStore
@@ -185,12 +186,20 @@ def build_host(config: DaemonConfig) -> Host:
     add_cluster_routes(routes)
     images_api.add_routes(routes, images)
     volumes_api.add_routes(routes, executor.volumes)
+    add_node_container_routes(app, routes, executor, lambda ref: _image_id(images, ref))
     if metrics is not None:
         metrics.watch_manager(lambda: swarm.runtime)
         metrics.instrument_api(app)
     return Host(app, swarm, executor, images, networking,
                 side_servers(metrics, config.metrics_addr, config.dashboard_addr, swarm.manager_store,
                              swarm.leader_node_id))
+
+
+def _image_id(images: ImageStore, ref: str) -> str:
+    try:
+        return images.get(ref).id
+    except Exception:      # gone since the container was made: dockerd shows the ID it had
+        return ""
 
 
 def build_app(config: DaemonConfig) -> web.Application:

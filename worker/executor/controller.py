@@ -265,6 +265,10 @@ class ContainerController:
         raise ContainerUnhealthy(f"task: container {self.id} is unhealthy: "
                                  f"{self._last_probe_output()}")
 
+    async def wait_exit(self) -> ExitStatus:
+        """The exit status once the container exits (no health probes: for API waiters)."""
+        return await self._wait_exit()
+
     async def _running(self) -> bool:
         st = await self.runc_state()
         return st is not None and st.get("status") == "running" and not self.exited()

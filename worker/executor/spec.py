@@ -136,6 +136,7 @@ class ContainerConfig:
     dns_servers: list[str] = field(default_factory=list)  # empty: copy the host's resolv.conf
     resolv_conf: str = ""            # the whole /etc/resolv.conf from the task's sandbox (embedded DNS)
     files: list[InjectedFile] = field(default_factory=list)  # secrets and configs
+    image: str = ""                  # the image reference it was made from (shown by docker ps)
 
     def validate(self) -> None:
         if not _CID_RE.match(self.id) or self.id == "shims":

@@ -248,6 +248,7 @@ def config_from_task(container_id: str, name: str, task_spec: dict[str, Any],
         dns_servers=_str_list(dns, "DNSConfig.Nameservers"),
         resolv_conf=resolv_conf,
         files=list(files or []),
+        image=str(spec.get("Image") or ""),
     )
     config.validate()
     return config

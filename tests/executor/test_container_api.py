@@ -1,0 +1,184 @@
+"""The node-local container API over real runc containers, driven by the real docker CLI (28.2.2)
+and by raw HTTP: ps with the swarm labels, inspect, logs, top, stats, exec (piped, with stdin,
+and with a TTY through a pty), kill/stop/rm, and the 400/404/409 answers. The API is served in
+the test's own event loop, so the CLI runs as an asyncio subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from engineapi.http import Routes, new_app
+from engineapi.logframes import parse_frames
+from tests.api.support import serve_unix
+from tests.executor.conftest import make_config, needs_root_and_runc, wait_for_log
+from tests.support.pty_session import PtySession
+from worker.executor import ContainerController, Executor
+from worker.executor.node_api import add_node_container_routes
+
+pytestmark = needs_root_and_runc()
+
+DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
+TASK_LABELS = {"com.docker.swarm.service.id": "svc1", "com.docker.swarm.service.name": "web",
+               "com.docker.swarm.task.id": "", "com.docker.swarm.task.name": "",
+               "com.docker.swarm.node.id": "node1"}
+
+
+class Docker:
+    def __init__(self, host: str, home: Path) -> None:
+        self.env = {**os.environ, "DOCKER_HOST": host, "DOCKER_CONFIG": str(home)}
+
+    async def run(self, *args: str, ok: bool = True, stdin: bytes | None = None) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            DOCKER, *args, env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL)
+        async with asyncio.timeout(60):
+            out, err = await proc.communicate(stdin)
+        code = proc.returncode if proc.returncode is not None else -1
+        if ok:
+            assert code == 0, f"docker {' '.join(args)} failed ({code}): {err.decode()}"
+        return code, out.decode(), err.decode()
+
+
+@pytest.fixture
+async def task_container(executor: Executor, busybox_layer: Path) -> AsyncIterator[ContainerController]:
+    cid = f"tk{os.getpid()}{id(executor) % 10000}"
+    name = f"web.1.{cid}"
+    labels = {**TASK_LABELS, "com.docker.swarm.task.id": cid, "com.docker.swarm.task.name": name}
+    ctl = executor.controller(make_config(
+        busybox_layer, ["sh", "-c", "trap 'exit 0' TERM; echo started; echo oops >&2; sleep 1000 & wait"],
+        id=cid, name=name, labels=labels, image="busybox:latest", env=["GREETING=hello"]))
+    await ctl.prepare()
+    await ctl.start()
+    await wait_for_log(ctl.paths.log, "oops")
+    try:
+        yield ctl
+    finally:
+        await ctl.remove()
+
+
+@pytest.fixture
+async def api(executor: Executor, tmp_path: Path) -> AsyncIterator[str]:
+    app = new_app()
+    add_node_container_routes(app, Routes(app), executor, lambda ref: "sha256:" + "ab" * 32)
+    async with serve_unix(app, tmp_path / "api.sock") as host:
+        yield host
+
+
+async def test_docker_ps_inspect_logs_top_stats(api: str, task_container: ContainerController,
+                                                tmp_path: Path) -> None:
+    docker, cid = Docker(api, tmp_path / "cfg"), task_container.id
+    _, out, _ = await docker.run("ps", "--no-trunc", "--format", "{{.ID}} {{.Names}} {{.Image}} {{.Status}}")
+    assert out.split()[:3] == [cid, f"web.1.{cid}", "busybox:latest"] and " Up " in f" {out}"
+    _, out, _ = await docker.run("ps", "--format", "{{json .Labels}}", "--filter",
+                                 "label=com.docker.swarm.service.name=web")
+    for label in ("com.docker.swarm.service.id=svc1", "com.docker.swarm.task.id=" + cid,
+                  "com.docker.swarm.node.id=node1", "com.docker.swarm.task="):
+        assert label in out
+    _, out, _ = await docker.run("ps", "-q", "--filter", "label=com.docker.swarm.service.name=other")
+    assert out.strip() == ""
+
+    doc = json.loads((await docker.run("inspect", cid[:6]))[1])[0]
+    assert doc["Id"] == cid and doc["Name"] == f"/web.1.{cid}" and doc["State"]["Running"] is True
+    assert doc["State"]["Pid"] > 0 and doc["Config"]["Image"] == "busybox:latest"
+    assert "GREETING=hello" in doc["Config"]["Env"]
+
+    _, out, err = await docker.run("logs", f"web.1.{cid}")
+    assert out == "started\n" and err == "oops\n"
+    _, out, _ = await docker.run("logs", "--tail", "1", "--timestamps", cid)
+    assert out == "" or out.endswith(" started\n")
+
+    _, out, _ = await docker.run("top", cid)
+    assert out.splitlines()[0].split()[:2] == ["UID", "PID"] and "sleep 1000" in out
+
+    _, out, _ = await docker.run("stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}} {{.PIDs}}", cid)
+    name, *_, pids = out.split()
+    assert name == f"web.1.{cid}" and int(pids) >= 2 and "iB" in out
+
+
+async def test_docker_exec_piped_stdin_and_exit_code(api: str, task_container: ContainerController,
+                                                     tmp_path: Path) -> None:
+    docker, cid = Docker(api, tmp_path / "cfg"), task_container.id
+    _, out, _ = await docker.run("exec", cid, "echo", "hi there")
+    assert out == "hi there\n"
+    _, out, _ = await docker.run("exec", "-e", "EXTRA=1", "-w", "/tmp", cid, "sh", "-c", "echo $GREETING $EXTRA $PWD")
+    assert out == "hello 1 /tmp\n"
+    _, out, _ = await docker.run("exec", "-i", cid, "sh", "-c", "cat; echo done >&2", stdin=b"piped in\n")
+    assert out == "piped in\n"
+    code, _, err = await docker.run("exec", cid, "sh", "-c", "echo bad >&2; exit 7", ok=False)
+    assert (code, err) == (7, "bad\n")
+    _, out, _ = await docker.run("exec", "-u", "nobody", cid, "id", "-u")
+    assert out == "1000\n"
+
+
+async def test_docker_exec_it_sh_through_a_pty(api: str, task_container: ContainerController,
+                                               tmp_path: Path) -> None:
+    docker = Docker(api, tmp_path / "cfg")
+    async with PtySession([DOCKER, "exec", "-it", task_container.id, "sh"], env=docker.env) as session:
+        await session.send(b"echo tty-$((6*7)); tty\r")
+        screen = await session.expect(b"tty-42")
+        await session.expect(b"/dev/pts/")
+        await session.send(b"stty size\r")
+        await session.expect(b"24 80")
+        await session.send(b"exit 3\r")
+        code = await session.wait()
+    assert code == 3, screen
+
+
+async def test_kill_stop_rm_and_errors(api: str, executor: Executor, busybox_layer: Path,
+                                       task_container: ContainerController, tmp_path: Path) -> None:
+    docker, cid = Docker(api, tmp_path / "cfg"), task_container.id
+    code, _, err = await docker.run("inspect", "--type", "container", "nosuch", ok=False)
+    assert code == 1 and "No such container: nosuch" in err
+    code, _, err = await docker.run("rm", cid, ok=False)
+    assert code == 1 and "container is running: stop the container before removing or force remove" in err
+    code, _, err = await docker.run("kill", "-s", "NOPE", cid, ok=False)
+    assert code == 1 and "Invalid signal: NOPE" in err
+
+    sock, bogus = api.removeprefix("unix://"), "%7B%22bogus%22%3A%5B%22x%22%5D%7D"
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as http:
+        for method, path, status, text in (
+                ("GET", f"/v1.47/containers/json?filters={bogus}", 400, "invalid filter 'bogus'"),
+                ("POST", f"/v1.47/containers/{cid}/exec", 400, "No exec command specified"),
+                ("GET", "/v1.47/exec/deadbeef/json", 404, "No such exec instance: deadbeef"),
+                ("GET", f"/v1.47/containers/{cid}/logs", 400, "you must choose at least one stream"),
+                ("GET", "/v1.47/containers/nosuch/top", 404, "No such container: nosuch")):
+            async with http.request(method, "http://d" + path, json={} if method == "POST" else None) as resp:
+                assert resp.status == status and resp.content_type == "application/json", path
+                assert text in (await resp.json())["message"]
+        async with http.get(f"http://d/v1.47/containers/{cid}/stats?stream=true") as resp:
+            first = json.loads(await resp.content.readline())
+            second = json.loads(await resp.content.readline())
+        assert first["id"] == cid and second["precpu_stats"] == first["cpu_stats"]
+        async with http.get(f"http://d/v1.47/containers/{cid}/logs?stdout=1&stderr=1") as resp:
+            frames, rest = parse_frames(await resp.read())
+        assert frames == [(1, b"started\n"), (2, b"oops\n")] and rest == b""
+
+    await docker.run("stop", "-t", "5", cid)
+    _, out, _ = await docker.run("ps", "-a", "--format", "{{.Status}}", "--filter", f"id={cid}")
+    assert out.startswith("Exited (0)")
+    code, _, err = await docker.run("exec", cid, "true", ok=False)
+    assert code == 1 and "is not running" in err
+    _, out, _ = await docker.run("wait", cid)
+    assert out.strip() == "0"
+    await docker.run("rm", cid)
+    assert (await task_container.state()).status == "absent"
+    _, out, _ = await docker.run("ps", "-aq")
+    assert cid not in out
+
+    other = executor.controller(make_config(busybox_layer, ["sleep", "1000"], labels=TASK_LABELS))
+    await other.prepare()
+    await other.start()
+    try:
+        await docker.run("rm", "-f", other.id)
+        assert (await other.state()).status == "absent"
+    finally:
+        await other.remove()
+

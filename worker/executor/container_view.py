@@ -1,0 +1,258 @@
+"""How dockerd shows a container: the Engine API shapes of `GET /containers/json` and
+`GET /containers/{id}/json`, built from what the executor records. Pure functions (time is a
+parameter), so the shapes are tested without containers.
+
+Theory of operation: a `ContainerView` is one container as the executor knows it (its
+`ContainerConfig`, its `ContainerState`, when its record was made, the image ID); `summary` is
+its row of `docker ps`, `inspect` its `docker inspect` document. Task containers carry the
+labels dockerd sets on them (`com.docker.swarm.service.id/name`, `task.id/name`, `node.id`,
+and an empty `com.docker.swarm.task`), their name is dockerd's `<service>.<slot>.<task id>`.
+`find` resolves a reference as dockerd does: exact ID, exact name (with or without the leading
+"/"), then a unique ID prefix; `matches` applies the `filters` of `GET /containers/json`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engineapi.filters import Filters
+from engineapi.http import ApiError
+from model import format_time
+from worker.exec import ContainerState
+from worker.executor.spec import ContainerConfig
+
+LIST_FILTERS = ("id", "name", "label", "status", "exited", "is-task", "ancestor", "health",
+                "before", "since", "expose", "isolation", "network", "publish", "volume")
+STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
+ZERO_TIME = "0001-01-01T00:00:00Z"
+TASK_LABEL = "com.docker.swarm.task"
+
+
+class NoSuchContainer(ApiError):
+    def __init__(self, ref: str) -> None:
+        super().__init__(404, f"No such container: {ref}")
+
+
+@dataclass(frozen=True)
+class ContainerView:
+    config: ContainerConfig
+    state: ContainerState
+    created: float                 # Unix seconds
+    image_id: str = ""
+    log_path: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    @property
+    def name(self) -> str:
+        return self.config.name or self.config.id
+
+    @property
+    def status(self) -> str:
+        """dockerd's State.Status: created, running or exited."""
+        return {"running": "running", "created": "created"}.get(self.state.status, "exited")
+
+    @property
+    def exit_code(self) -> int:
+        return self.state.exit.exit_code if self.state.exit is not None else 0
+
+    @property
+    def labels(self) -> dict[str, str]:
+        labels = dict(self.config.labels)
+        if "com.docker.swarm.task.id" in labels:
+            labels.setdefault(TASK_LABEL, "")
+        return labels
+
+    @property
+    def finished_at(self) -> str:
+        return self.state.exit.finished_at if self.state.exit is not None else ""
+
+
+def find(views: list[ContainerView], ref: str) -> ContainerView:
+    """Exact ID, exact name, unique ID prefix; 404 `No such container: ref` otherwise."""
+    if not ref:
+        raise NoSuchContainer(ref)
+    name = ref.removeprefix("/")
+    for v in views:
+        if v.id == ref:
+            return v
+    for v in views:
+        if v.name == name:
+            return v
+    found = [v for v in views if v.id.startswith(ref)]
+    if len(found) > 1:
+        raise ApiError(400, f"Multiple IDs found with provided prefix: {ref}")
+    if not found:
+        raise NoSuchContainer(ref)
+    return found[0]
+
+
+def human_duration(seconds: float) -> str:
+    """Go's `units.HumanDuration`, which `docker ps` shows."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    minutes = int(seconds / 60)
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = int(seconds / 3600 + 0.5)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{int(seconds / 3600) // 24 // 365} years"
+
+
+def _seconds(rfc3339: str) -> float | None:
+    from worker.executor.logs import LogFormatError, timestamp_seconds
+    if not rfc3339:
+        return None
+    try:
+        return timestamp_seconds(rfc3339)
+    except LogFormatError:
+        return None
+
+
+def status_text(view: ContainerView, now: float) -> str:
+    """`docker ps`'s STATUS: "Up 3 minutes (healthy)", "Exited (137) 2 seconds ago", "Created"."""
+    if view.status == "running":
+        started = _seconds(view.state.started_at) or view.created
+        text = f"Up {human_duration(now - started)}"
+        health = (view.state.health or {}).get("Status")
+        if health in ("starting", "healthy", "unhealthy"):
+            text += f" (health: {health})" if health == "starting" else f" ({health})"
+        return text
+    if view.status == "created":
+        return "Created"
+    finished = _seconds(view.finished_at)
+    ago = f" {human_duration(now - finished)} ago" if finished is not None else ""
+    return f"Exited ({view.exit_code}){ago}"
+
+
+def _mounts(config: ContainerConfig) -> list[dict[str, Any]]:
+    out = []
+    for m in config.mounts:
+        entry: dict[str, Any] = {"Type": m.type, "Source": m.source, "Destination": m.target,
+                                 "Mode": "", "RW": not m.read_only, "Propagation": m.propagation
+                                 if m.type == "bind" else ""}
+        if m.type == "volume":
+            entry.update(Name=m.source, Driver="local")
+        out.append(entry)
+    return out
+
+
+def _network_settings(view: ContainerView) -> dict[str, Any]:
+    return {"Networks": {}} if view.config.netns_path else {"Networks": {"none": {}}}
+
+
+def summary(view: ContainerView) -> dict[str, Any]:
+    """One row of `GET /containers/json`; `status_text` is filled in by `summaries`."""
+    c = view.config
+    return {
+        "Id": c.id, "Names": ["/" + view.name], "Image": c.image or view.image_id,
+        "ImageID": view.image_id, "Command": " ".join(c.args), "Created": int(view.created),
+        "Ports": [], "Labels": view.labels, "State": view.status, "Status": "",
+        "HostConfig": {"NetworkMode": "default"}, "NetworkSettings": _network_settings(view),
+        "Mounts": _mounts(c),
+    }
+
+
+def summaries(views: list[ContainerView], now: float) -> list[dict[str, Any]]:
+    """Rows newest first, as dockerd lists them."""
+    out = []
+    for v in sorted(views, key=lambda v: v.created, reverse=True):
+        row = summary(v)
+        row["Status"] = status_text(v, now)
+        out.append(row)
+    return out
+
+
+def inspect(view: ContainerView) -> dict[str, Any]:
+    """`GET /containers/{id}/json`."""
+    c, st = view.config, view.state
+    health = st.health
+    state: dict[str, Any] = {
+        "Status": view.status, "Running": view.status == "running", "Paused": False,
+        "Restarting": False, "OOMKilled": bool(st.exit and st.exit.oom_killed), "Dead": False,
+        "Pid": st.pid if view.status == "running" else 0, "ExitCode": view.exit_code,
+        "Error": st.exit.error if st.exit is not None else "",
+        "StartedAt": st.started_at or ZERO_TIME, "FinishedAt": view.finished_at or ZERO_TIME,
+    }
+    if health is not None:
+        state["Health"] = health
+    memory = c.resources.memory_bytes
+    return {
+        "Id": c.id, "Created": format_time(view.created), "Path": c.args[0] if c.args else "",
+        "Args": c.args[1:], "State": state, "Image": view.image_id, "ResolvConfPath": "",
+        "HostnamePath": "", "HostsPath": "", "LogPath": view.log_path, "Name": "/" + view.name,
+        "RestartCount": 0, "Driver": "overlay", "Platform": "linux", "MountLabel": "",
+        "ProcessLabel": "", "AppArmorProfile": "", "ExecIDs": None,
+        "HostConfig": {
+            "NetworkMode": "default", "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0},
+            "AutoRemove": False, "ReadonlyRootfs": c.read_only, "Memory": memory,
+            "NanoCpus": c.resources.nano_cpus, "PidsLimit": c.resources.pids_limit or None,
+            "ExtraHosts": None, "LogConfig": {"Type": "json-file", "Config": {}},
+            "Isolation": "", "Init": None,
+        },
+        "GraphDriver": {"Name": "overlay", "Data": None},
+        "Mounts": _mounts(c),
+        "Config": {
+            "Hostname": c.hostname or c.id[:12], "Domainname": "", "User": c.user,
+            "AttachStdin": False, "AttachStdout": False, "AttachStderr": False, "Tty": False,
+            "OpenStdin": False, "StdinOnce": False, "Env": list(c.env), "Cmd": list(c.args),
+            "Image": c.image or view.image_id, "Volumes": None, "WorkingDir": c.cwd,
+            "Entrypoint": None, "OnBuild": None, "Labels": view.labels,
+            "StopSignal": c.stop_signal, "StopTimeout": int(c.stop_grace),
+        },
+        "NetworkSettings": {"Bridge": "", "SandboxID": "", "SandboxKey": c.netns_path,
+                            "Ports": {}, **_network_settings(view)},
+    }
+
+
+def matches(view: ContainerView, filters: Filters) -> bool:
+    """The `filters` of `GET /containers/json` (id and name are prefix and substring matches,
+    label `k` or `k=v`, status, exited, is-task, ancestor, health)."""
+    if (ids := filters.get("id")) and not any(view.id.startswith(i) for i in ids):
+        return False
+    if (names := filters.get("name")) and not any(n.removeprefix("/") in view.name for n in names):
+        return False
+    labels = view.labels
+    for want in filters.get("label", []):
+        key, eq, value = want.partition("=")
+        if key not in labels or (eq and labels[key] != value):
+            return False
+    if (statuses := filters.get("status")):
+        for s in statuses:
+            if s not in STATUSES:
+                raise ApiError(400, f"invalid filter 'status={s}'")
+        if view.status not in statuses:
+            return False
+    if (codes := filters.get("exited")):
+        if view.status != "exited" or str(view.exit_code) not in codes:
+            return False
+    if "is-task" in filters and filters.bool_value("is-task", False) != ("com.docker.swarm.task.id" in labels):
+        return False
+    if (ancestors := filters.get("ancestor")) and not any(
+            a in (view.config.image, view.image_id) or view.config.image.split(":")[0] == a
+            for a in ancestors):
+        return False
+    if (health := filters.get("health")):
+        current = (view.state.health or {}).get("Status", "none")
+        if current not in health:
+            return False
+    return True

@@ -1,0 +1,377 @@
+"""`docker exec` processes: one `runc exec` each, attached to a hijacked connection or detached.
+
+Theory of operation: an `ExecInstance` is what `POST /containers/{id}/exec` creates (dockerd's
+exec config); `start` runs it once. The process is `runc exec` in the container, a child of the
+daemon in its own session, so runc forwards signals to it and exits with its exit code (128+N
+when a signal N ended it), which is recorded before the connection closes: the docker CLI
+asks `GET /exec/{id}/json` for the code as soon as its stream ends.
+  - Without a TTY, stdin/stdout/stderr are pipes; output goes out in the multiplexed frames of
+    engineapi.logframes; the client's half-close closes the process's stdin.
+  - With a TTY, runc needs a terminal of its own to relay (it refuses to make the container's
+    pty otherwise): the daemon opens a pty pair, hands the slave (raw) to runc as its stdio,
+    and relays the master to and from the connection unframed. A resize sets the master's
+    window size and sends SIGWINCH to runc, which copies the size into the container's pty.
+    The client's half-close sends an end-of-file (^D).
+`ExecRegistry` holds the instances (the finished ones until they are pruned, oldest first past
+`KEEP_FINISHED`) and owns the tasks of detached ones; `close()` cancels them (the processes get
+SIGKILL). An attached instance is run by its request handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+import signal
+import struct
+import termios
+import tty
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engineapi.logframes import STDERR, STDOUT, frame
+from worker.executor.controller import ContainerController
+from worker.executor.spec import ConfigError, resolve_user
+
+KEEP_FINISHED = 256
+READ_CHUNK = 32 * 1024
+EOT = b"\x04"
+
+Write = Callable[[bytes], Awaitable[None]]
+Read = Callable[[], Awaitable[bytes]]
+
+
+class ExecError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class ExecConfig:
+    cmd: list[str]
+    env: list[str] = field(default_factory=list)
+    user: str = ""
+    workdir: str = ""
+    tty: bool = False
+    attach_stdin: bool = False
+    attach_stdout: bool = True
+    attach_stderr: bool = True
+    privileged: bool = False
+    detach_keys: str = ""
+    console_size: tuple[int, int] | None = None
+
+    @classmethod
+    def from_api(cls, body: Any) -> ExecConfig:
+        """The body of `POST /containers/{id}/exec`; ExecError 400 for what dockerd refuses."""
+        if not isinstance(body, dict):
+            raise ExecError(400, "exec config must be a JSON object")
+        cmd = body.get("Cmd")
+        if isinstance(cmd, str):
+            cmd = [cmd]
+        if not cmd or not isinstance(cmd, list) or not all(isinstance(a, str) for a in cmd):
+            raise ExecError(400, "No exec command specified")
+        env = body.get("Env") or []
+        if not isinstance(env, list) or not all(isinstance(e, str) for e in env):
+            raise ExecError(400, "Env must be a list of strings")
+        for entry in env:
+            if "=" not in entry or entry.startswith("="):
+                raise ExecError(400, f"invalid environment variable: {entry}")
+        workdir = body.get("WorkingDir") or ""
+        if not isinstance(workdir, str) or (workdir and not workdir.startswith("/")):
+            raise ExecError(400, f"the working directory '{workdir}' is invalid, it needs to be an absolute path")
+        size = body.get("ConsoleSize")
+        console = None
+        if size is not None:
+            if (not isinstance(size, list) or len(size) != 2
+                    or not all(isinstance(n, int) and n >= 0 for n in size)):
+                raise ExecError(400, "ConsoleSize must be [height, width]")
+            console = (size[0], size[1]) if size[0] and size[1] else None
+        return cls(cmd=list(cmd), env=list(env), user=str(body.get("User") or ""), workdir=workdir,
+                   tty=bool(body.get("Tty")), attach_stdin=bool(body.get("AttachStdin")),
+                   attach_stdout=bool(body.get("AttachStdout")),
+                   attach_stderr=bool(body.get("AttachStderr")),
+                   privileged=bool(body.get("Privileged")),
+                   detach_keys=str(body.get("DetachKeys") or ""), console_size=console)
+
+
+def set_window(fd: int, height: int, width: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+
+
+class ExecInstance:
+    def __init__(self, ctl: ContainerController, config: ExecConfig) -> None:
+        self.id = secrets.token_hex(32)
+        self.ctl = ctl
+        self.container_id = ctl.id
+        self.config = config
+        self.started = False
+        self.running = False
+        self.exit_code: int | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._master = -1
+        self.pid_file = ctl.paths.state / f"exec-{self.id[:16]}.pid"
+        self.finished = asyncio.Event()
+
+    # ---- what the API shows ----------------------------------------------------------------
+    @property
+    def pid(self) -> int:
+        if not self.running:
+            return 0
+        try:
+            return int(self.pid_file.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def to_api(self) -> dict[str, Any]:
+        c = self.config
+        return {"ID": self.id, "ContainerID": self.container_id, "Running": self.running,
+                "ExitCode": self.exit_code, "Pid": self.pid, "CanRemove": False,
+                "DetachKeys": c.detach_keys, "OpenStdin": c.attach_stdin,
+                "OpenStdout": c.attach_stdout, "OpenStderr": c.attach_stderr,
+                "ProcessConfig": {"entrypoint": c.cmd[0], "arguments": c.cmd[1:], "tty": c.tty,
+                                  "privileged": c.privileged, "user": c.user}}
+
+    # ---- running ---------------------------------------------------------------------------
+    def _argv(self) -> list[str]:
+        c = self.config
+        args = ["exec", "--pid-file", str(self.pid_file)]
+        if c.tty:
+            args.append("--tty")
+        if c.workdir:
+            args += ["--cwd", c.workdir]
+        for entry in c.env:
+            args += ["--env", entry]
+        if c.user:
+            rootfs = self.ctl.paths.rootfs
+            try:
+                user = resolve_user(c.user, _read(rootfs / "etc/passwd"), _read(rootfs / "etc/group"))
+            except ConfigError as e:
+                raise ExecError(500, str(e)) from e
+            args += ["--user", f"{user.uid}:{user.gid}"]
+            for gid in user.additional_gids:
+                args += ["--additional-gids", str(gid)]
+        if c.privileged:
+            args += [a for cap in _ALL_CAPS for a in ("--cap", cap)]
+        runc = self.ctl.runc
+        return [runc.binary, "--root", str(runc.root), *args, self.container_id, *c.cmd]
+
+    def claim(self) -> None:
+        """Mark the instance started (once); ExecError 409 if it was."""
+        if self.running:
+            raise ExecError(409, f"Error: Exec command {self.id} is already running")
+        if self.started:
+            raise ExecError(409, f"Error: Exec command {self.id} has already run")
+        self.started = True
+
+    async def run(self, write: Write | None, read: Read | None) -> int:
+        """Run the process to its end; `write` gets its output (framed unless TTY), `read` gives
+        the client's input (b"" at its end). Returns and records the exit code."""
+        c = self.config
+        self.running = True
+        code = 137               # recorded if the run is cancelled (the process is killed)
+        try:
+            if c.tty:
+                code = await self._run_tty(write, read if c.attach_stdin else None)
+            else:
+                code = await self._run_pipes(write, read if c.attach_stdin else None)
+            return code
+        except ExecError:
+            code = 126
+            raise
+        except OSError as e:
+            code = 126
+            raise ExecError(500, f"exec failed: {e}") from e
+        finally:
+            self.running = False
+            self.exit_code = code
+            self.pid_file.unlink(missing_ok=True)
+            self.finished.set()
+
+    async def _run_pipes(self, write: Write | None, read: Read | None) -> int:
+        c = self.config
+        pipe, devnull = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
+        proc = await asyncio.create_subprocess_exec(
+            *self._argv(), stdin=pipe if read else devnull,
+            stdout=pipe if write and c.attach_stdout else devnull,
+            stderr=pipe if write and c.attach_stderr else devnull, start_new_session=True)
+        self._proc = proc
+
+        async def copy_out(reader: asyncio.StreamReader | None, stream_id: int) -> None:
+            if reader is None or write is None:
+                return
+            while chunk := await reader.read(READ_CHUNK):
+                await write(frame(stream_id, chunk))
+
+        async def copy_in() -> None:
+            assert proc.stdin is not None and read is not None
+            with contextlib.suppress(ConnectionError):
+                while data := await read():
+                    proc.stdin.write(data)
+                    await proc.stdin.drain()
+            proc.stdin.close()
+
+        feeding = asyncio.ensure_future(copy_in()) if read else None
+        try:
+            await asyncio.gather(copy_out(proc.stdout, STDOUT), copy_out(proc.stderr, STDERR))
+            return await proc.wait()
+        finally:
+            await self._end(proc, feeding)
+
+    async def _run_tty(self, write: Write | None, read: Read | None) -> int:
+        master, slave = os.openpty()
+        try:
+            tty.setraw(slave)
+            if self.config.console_size:
+                set_window(master, *self.config.console_size)
+            proc = await asyncio.create_subprocess_exec(
+                *self._argv(), stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+        except BaseException:
+            os.close(master)
+            raise
+        finally:
+            os.close(slave)
+        self._proc, self._master = proc, master
+        os.set_blocking(master, False)
+
+        async def copy_in() -> None:
+            assert read is not None
+            with contextlib.suppress(ConnectionError):
+                while data := await read():
+                    await _write_fd(master, data)
+                await _write_fd(master, EOT)
+
+        feeding = asyncio.ensure_future(copy_in()) if read else None
+        try:
+            while chunk := await _read_fd(master):
+                if write is not None:
+                    await write(chunk)
+            return await proc.wait()
+        finally:
+            self._master = -1
+            await self._end(proc, feeding)
+            os.close(master)
+
+    async def _end(self, proc: asyncio.subprocess.Process, feeding: asyncio.Future[None] | None) -> None:
+        """Stop feeding input; if the process is still there (cancelled), kill it and runc."""
+        if feeding is not None:
+            feeding.cancel()
+            await asyncio.gather(feeding, return_exceptions=True)
+        if proc.returncode is None:
+            pid = self.pid
+            if pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await asyncio.shield(proc.wait())
+
+    def resize(self, height: int, width: int) -> None:
+        if not self.running or self._proc is None:
+            raise ExecError(409, f"Exec {self.id} is not running")
+        if self._master < 0:
+            return                 # no TTY: nothing to resize, as dockerd
+        set_window(self._master, height, width)
+        with contextlib.suppress(ProcessLookupError):
+            self._proc.send_signal(signal.SIGWINCH)
+
+
+class ExecRegistry:
+    def __init__(self) -> None:
+        self._instances: dict[str, ExecInstance] = {}
+        self._detached: set[asyncio.Task[int]] = set()
+
+    def add(self, instance: ExecInstance) -> None:
+        self._instances[instance.id] = instance
+        finished = [i for i in self._instances.values() if i.finished.is_set()]
+        for old in finished[:max(0, len(finished) - KEEP_FINISHED)]:
+            self._instances.pop(old.id, None)
+
+    def get(self, exec_id: str) -> ExecInstance:
+        found = self._instances.get(exec_id)
+        if found is None:
+            raise ExecError(404, f"No such exec instance: {exec_id}")
+        return found
+
+    def of_container(self, cid: str) -> list[str]:
+        return [i.id for i in self._instances.values() if i.container_id == cid]
+
+    def start_detached(self, instance: ExecInstance) -> None:
+        task = asyncio.get_running_loop().create_task(instance.run(None, None), name=f"exec {instance.id[:12]}")
+        self._detached.add(task)
+        task.add_done_callback(self._detached_done)
+
+    def _detached_done(self, task: asyncio.Task[int]) -> None:
+        self._detached.discard(task)
+        if not task.cancelled():
+            task.exception()          # retrieved: a failed detached exec only records its code
+
+    async def close(self) -> None:
+        tasks = list(self._detached)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+async def _read_fd(fd: int) -> bytes:
+    """The next bytes from a non-blocking fd (a pty master); b"" at its end (EIO: no slave)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            return os.read(fd, READ_CHUNK)
+        except BlockingIOError:
+            pass
+        except OSError as e:
+            if e.errno == errno.EIO:
+                return b""
+            raise
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, _set, ready)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(fd)
+
+
+async def _write_fd(fd: int, data: bytes) -> None:
+    loop = asyncio.get_running_loop()
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+            continue
+        except BlockingIOError:
+            pass
+        ready: asyncio.Future[None] = loop.create_future()
+        loop.add_writer(fd, _set, ready)
+        try:
+            await ready
+        finally:
+            loop.remove_writer(fd)
+
+
+def _set(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+_ALL_CAPS = [f"CAP_{name}" for name in (
+    "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
+    "SETPCAP", "LINUX_IMMUTABLE", "NET_BIND_SERVICE", "NET_BROADCAST", "NET_ADMIN", "NET_RAW",
+    "IPC_LOCK", "IPC_OWNER", "SYS_MODULE", "SYS_RAWIO", "SYS_CHROOT", "SYS_PTRACE", "SYS_PACCT",
+    "SYS_ADMIN", "SYS_BOOT", "SYS_NICE", "SYS_RESOURCE", "SYS_TIME", "SYS_TTY_CONFIG", "MKNOD",
+    "LEASE", "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "MAC_OVERRIDE", "MAC_ADMIN", "SYSLOG",
+    "WAKE_ALARM", "BLOCK_SUSPEND", "AUDIT_READ")]
