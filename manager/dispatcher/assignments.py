@@ -17,6 +17,11 @@ peers and DNS: a complete set right after the hello, then changes, each taken wi
 after the snapshot or the drain of task events it precedes, so an agent always knows a task's
 networks before the task.
 
+Drain: the change that tells the node to stop a task in rotation (its desired state past RUNNING)
+waits, in this stream only, until the nodes using the task's networks have applied its leaving
+the rotation (drain.py); the stream's other changes flow on, and the task is then sent as the
+store has it.
+
 Secrets and configs: a message that carries tasks also carries the data of exactly the secrets
 and configs those tasks refer to (`"secrets"`/`"configs"`: ID → base64 data, only when
 non-empty), and only for tasks that may still be prepared (desired state up to RUNNING, or
@@ -33,6 +38,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+from manager.dispatcher.drain import HeldTasks
 from manager.dispatcher.network_push import NetworkSession
 from manager.dispatcher.outbox import Outbox
 from manager.store import BROADCAST, Event, Fanout, ReadTx, Store, WatchDropped
@@ -133,76 +139,98 @@ async def assignment_stream(store: Store, node_id: str, session_message: Callabl
     before the tasks that use their networks (it shares the outbox's wakeup when both are given)."""
     feed = fanout if fanout is not None else assignment_fanout(store)
     wakeup = outbox.wakeup if outbox is not None else networks.wakeup if networks is not None else None
-    first = True
-    while True:
-        def snapshot(tx: ReadTx) -> tuple[dict[str, Any], list[Task], list[dict[str, str]], Node | None]:
-            return session_message(tx), _node_tasks(tx, node_id), managers_of(tx), tx.get("nodes", node_id)
+    held = HeldTasks(node_id, networks)
+    try:
+        first = True
+        while True:
+            def snapshot(tx: ReadTx) -> tuple[dict[str, Any], list[Task], list[dict[str, str]], Node | None]:
+                return session_message(tx), _node_tasks(tx, node_id), managers_of(tx), tx.get("nodes", node_id)
 
-        hello, tasks, managers, own = store.view(snapshot)
-        sub = feed.subscribe(node_id, wakeup=wakeup)  # no await since the snapshot: nothing missed or repeated
-        try:
-            # The networks as of this snapshot (or later): the complete set first, then any change.
-            network_message = networks.take() if networks is not None else None
-            if first:
-                yield hello
-                first = False
-            if network_message is not None:
-                yield network_message
-            for start in range(0, max(len(tasks), 1), CHUNK):
-                chunk = tasks[start:start + CHUNK]
-                yield _with_dependencies(
-                    store, {"kind": "assignments", "type": "complete", "tasks": [task_wire(t) for t in chunk],
-                            "more": start + CHUNK < len(tasks)},
-                    [t for t in chunk if needs_dependencies(t)])
-            yield {"kind": "managers", "managers": managers}
-            if own is not None:
-                yield node_message(own)
-            while True:
-                if wakeup is None:
-                    await sub.wait()
-                else:
-                    while not sub.pending() and not sub.closed and not (outbox is not None and outbox.pending()) \
-                            and not (networks is not None and networks.pending()):
-                        wakeup.clear()
-                        await wakeup.wait()
-                    if outbox is not None and outbox.pending():
-                        for message in outbox.take():
-                            yield message
-                events = sub.drain()
-                if networks is not None:
-                    # Taken with no await since the drain: it covers the networks of these tasks.
-                    network_message = networks.take()
-                    if network_message is not None:
-                        yield network_message
-                updates: dict[str, Task] = {}
-                removes: set[str] = set()
-                managers_changed = False
-                own_update: Node | None = None
-                for event in events:
-                    if event.table == "nodes":
-                        managers_changed = managers_changed or _manager_change(event)
-                        if event.obj.id == node_id and event.op != "delete":
-                            own_update = event.obj
-                        continue
-                    task = event.obj
-                    if event.op == "delete" or task.node_id != node_id:
-                        removes.add(task.id)
-                        updates.pop(task.id, None)
+            hello, tasks, managers, own = store.view(snapshot)
+            tasks = held.complete(tasks)
+            sub = feed.subscribe(node_id, wakeup=wakeup)  # no await since the snapshot: nothing missed or repeated
+            try:
+                # The networks as of this snapshot (or later): the complete set first, then any change.
+                network_message = networks.take() if networks is not None else None
+                if first:
+                    yield hello
+                    first = False
+                if network_message is not None:
+                    yield network_message
+                for start in range(0, max(len(tasks), 1), CHUNK):
+                    chunk = tasks[start:start + CHUNK]
+                    yield _with_dependencies(
+                        store, {"kind": "assignments", "type": "complete", "tasks": [task_wire(t) for t in chunk],
+                                "more": start + CHUNK < len(tasks)},
+                        [t for t in chunk if needs_dependencies(t)])
+                yield {"kind": "managers", "managers": managers}
+                if own is not None:
+                    yield node_message(own)
+                while True:
+                    if wakeup is None:
+                        await sub.wait()
                     else:
-                        updates[task.id] = task
-                        removes.discard(task.id)
-                if updates or removes:
-                    changed: list[Task | str] = [*updates.values(), *sorted(removes)]
-                    for start in range(0, len(changed), CHUNK):
-                        yield _incremental(store, changed[start:start + CHUNK])
-                if managers_changed:
-                    yield {"kind": "managers", "managers": store.view(managers_of)}
-                if own_update is not None:
-                    yield node_message(own_update)
-        except WatchDropped:
-            continue  # lagged: resend the complete set from a fresh snapshot
-        finally:
-            sub.close()
+                        while not sub.pending() and not sub.closed and not (outbox is not None and outbox.pending()) \
+                                and not (networks is not None and networks.pending()) and not held.ready():
+                            wakeup.clear()
+                            await wakeup.wait()
+                        if outbox is not None and outbox.pending():
+                            for message in outbox.take():
+                                yield message
+                    events = sub.drain()
+                    if networks is not None:
+                        # Taken with no await since the drain: it covers the networks of these tasks.
+                        network_message = networks.take()
+                        if network_message is not None:
+                            yield network_message
+                    updates: dict[str, Task] = {}
+                    removes: set[str] = set()
+                    managers_changed = False
+                    own_update: Node | None = None
+                    for event in events:
+                        if event.table == "nodes":
+                            managers_changed = managers_changed or _manager_change(event)
+                            if event.obj.id == node_id and event.op != "delete":
+                                own_update = event.obj
+                            continue
+                        task = event.obj
+                        if held.absorb(event):
+                            continue   # sent as the store has it once its hold ends
+                        if event.op == "delete" or task.node_id != node_id:
+                            removes.add(task.id)
+                            updates.pop(task.id, None)
+                        else:
+                            updates[task.id] = task
+                            removes.discard(task.id)
+                    _read_released(store, node_id, held.take_released(), updates, removes)
+                    if updates or removes:
+                        changed: list[Task | str] = [*updates.values(), *sorted(removes)]
+                        for start in range(0, len(changed), CHUNK):
+                            yield _incremental(store, changed[start:start + CHUNK])
+                    if managers_changed:
+                        yield {"kind": "managers", "managers": store.view(managers_of)}
+                    if own_update is not None:
+                        yield node_message(own_update)
+            except WatchDropped:
+                continue  # lagged: resend the complete set from a fresh snapshot
+            finally:
+                sub.close()
+    finally:
+        held.close()
+
+
+def _read_released(store: Store, node_id: str, released: list[str], updates: dict[str, Task],
+                   removes: set[str]) -> None:
+    """Held tasks whose hold ended, as the store has them now: an update, or a remove when the
+    task is gone or no longer on the node."""
+    if not released:
+        return
+    current = store.view(lambda tx: {task_id: tx.get("tasks", task_id) for task_id in released})
+    for task_id, task in current.items():
+        if task is None or task.node_id != node_id:
+            removes.add(task_id)
+        else:
+            updates[task_id] = task
 
 
 def _incremental(store: Store, changed: list[Task | str]) -> dict[str, Any]:

@@ -17,7 +17,11 @@ Theory of operation: the dispatcher lives only on the leader, owned by the leade
 - Status updates only move a task's state forward, and only for tasks assigned to the
   reporting node. Reports of all nodes are written together (status.py: group commit).
 - Each session also carries the networks its node needs (network_push.py): a complete set
-  first, then only changes, routed from one shared index to the nodes they concern.
+  first, then only changes, routed from one shared index to the nodes they concern. The agent
+  acknowledges the networks messages its data path has applied (`networks_applied`); a task in
+  rotation is told to stop only once the nodes using its networks have applied its leaving it,
+  or DRAIN_ACK_TIMEOUT has passed (drain.py). The monitor ends the holds that are overdue, and a
+  session superseded or ended by the monitor is waited for no more.
 - Other leader components reach an agent through its session: `send_to_node` queues a message
   into the node's outbox (outbox.py), which the session stream interleaves with assignments;
   `on_session_closed` tells them when a node's session ends.
@@ -34,13 +38,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from manager.dispatcher.assignments import assignment_fanout, assignment_stream
+from manager.dispatcher.drain import DRAIN_ACK_TIMEOUT
 from manager.dispatcher.heartbeats import HeartbeatDeadlines
 from manager.dispatcher.network_push import NetworkPush, NetworkSession
 from manager.dispatcher.outbox import NodeOutboxes
 from manager.dispatcher.status import StatusBatcher
 from manager.store import ReadTx, Store, WriteTx, retry_on_conflict
 from model import IllegalTransition, Node, NodeState, TaskState, new_id
-from rpc.errors import FailedPrecondition, NotFound, PermissionDenied
+from rpc.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 # Task states bound once: reading a member off the Enum class costs ~70 ns, and these
 # comparisons run for every task of every write.
@@ -71,11 +76,13 @@ def heartbeat_period_of(tx: ReadTx) -> float:
 class _Session:
     session_id: str
     node_id: str
+    networks: NetworkSession | None = None   # its side of the network push, once open
 
 
 class Dispatcher:
     def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 drain_timeout: float = DRAIN_ACK_TIMEOUT,
                  on_heartbeat_miss: Callable[[], None] | None = None) -> None:
         self._store = store
         self._on_heartbeat_miss = on_heartbeat_miss    # told each time a node is marked down for it
@@ -87,7 +94,7 @@ class Dispatcher:
         self._outboxes = NodeOutboxes()
         self._assignments = assignment_fanout(store)   # one store watcher for every session
         self._status = StatusBatcher(store, _apply_status)  # all nodes' reports, written together
-        self._networks = NetworkPush(store)            # networks, peers and DNS of each node's tasks
+        self._networks = NetworkPush(store, clock, drain_timeout)  # networks, peers and DNS of each node's tasks
 
     # ---- leader-term loop ---------------------------------------------------------------------
     async def run(self) -> None:
@@ -105,8 +112,9 @@ class Dispatcher:
         self._heartbeats.start(start)
         while True:
             await self._sleep(MONITOR_INTERVAL)
+            self._networks.drain.expire()
             for node_id in self._heartbeats.expired(self._clock()):
-                self._sessions.pop(node_id, None)
+                self._end_session(self._sessions.pop(node_id, None))
                 if self._on_heartbeat_miss is not None:
                     self._on_heartbeat_miss()
                 await self._set_node_state(node_id, NodeState.DOWN, "heartbeat failure")
@@ -115,6 +123,11 @@ class Dispatcher:
     def session_count(self) -> int:
         return len(self._sessions)
 
+    def _end_session(self, session: _Session | None) -> None:
+        """`session` can no longer answer (superseded, or its node declared down)."""
+        if session is not None and session.networks is not None:
+            self._networks.retire(session.networks)
+
     # ---- RPC handlers -------------------------------------------------------------------------
     async def session(self, node_id: str, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         node = self._store.view(lambda tx: tx.get("nodes", node_id))
@@ -122,7 +135,9 @@ class Dispatcher:
             raise PermissionDenied(f"node {node_id} is not a member of this swarm (removed?)")
         session_id = new_id()
         period = self._store.view(heartbeat_period_of)
-        self._sessions[node_id] = _Session(session_id, node_id)
+        mine = _Session(session_id, node_id)
+        self._end_session(self._sessions.get(node_id))
+        self._sessions[node_id] = mine
         self._deadlines[node_id] = self._clock() + period * GRACE_MULTIPLIER
         description = params.get("description") or {}
         addr = str(params.get("addr") or "")
@@ -136,7 +151,7 @@ class Dispatcher:
         outbox = self._outboxes.open(node_id, session_id)
         networks: NetworkSession | None = None
         try:
-            networks = self._networks.open(node_id, outbox.wakeup)
+            networks = mine.networks = self._networks.open(node_id, outbox.wakeup)
             stream = assignment_stream(self._store, node_id, hello, self._assignments, outbox, networks)
             async with contextlib.aclosing(stream) as messages:
                 async for message in messages:
@@ -184,6 +199,16 @@ class Dispatcher:
         period = self._store.view(heartbeat_period_of)
         self._deadlines[node_id] = self._clock() + period * GRACE_MULTIPLIER
         return {"period": period}
+
+    async def networks_applied(self, node_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        """The agent's data path has applied the networks messages of its session up to `seq`."""
+        current = self._check_session(node_id, str(params.get("session_id", "")))
+        seq = params.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            raise InvalidArgument(f"seq must be a non-negative integer, not {seq!r}")
+        if current.networks is not None:
+            self._networks.acked(current.networks, seq)
+        return {}
 
     async def update_status(self, node_id: str, params: dict[str, Any]) -> dict[str, Any]:
         self._check_session(node_id, str(params.get("session_id", "")))

@@ -2,7 +2,7 @@
 
 Wire shape (one message kind on the session stream, beside "assignments"):
 
-    {"kind": "networks", "type": "complete" | "incremental", "data_path_port": 4789,
+    {"kind": "networks", "type": "complete" | "incremental", "seq": 1, "data_path_port": 4789,
      "networks": [NetworkView, ...],   # complete: every network the node needs now;
                                        # incremental: the added or changed views only
      "removed": ["<network id>", ...]} # incremental: networks the node no longer needs ([] in a complete set)
@@ -16,6 +16,9 @@ Wire shape (one message kind on the session stream, beside "assignments"):
                                  "tasks": [{"name": "web.1.<taskid>", "id", "container_id", "hostname",
                                             "address": "10.0.1.5", "aliases": [...]}]}]}
 
+"seq" numbers a session's networks messages 1, 2, ...; the agent acknowledges the newest one its data
+path has applied with the RPC `dispatcher.networks_applied` {"session_id", "seq"} (drain.py: a task
+in rotation is stopped only once every node using its networks has applied its leaving).
 The rules behind each field are in network_index.py. A node needs the networks of its tasks that
 are not observed past RUNNING, plus ingress; a network is sent once allocated. A peer whose node
 has no data-path address (Status.Addr) yet is left out until it has one.
@@ -36,6 +39,9 @@ Theory of operation (leader only; one `NetworkPush` per dispatcher, shared by ev
   without timers. A session stream also flushes, synchronously, right after it takes its
   assignment snapshot or drains its assignment events, and sends its networks message before
   those tasks: a task's network is known to the agent before the task is.
+- Each message a session sends takes the next `seq`; the agent's acknowledgements raise `acked`.
+  The drain gate (drain.py) holds a task's stop until the sessions that were sent its leaving the
+  rotation acknowledged it; `drain_waits` says which sessions, and which seq each.
 - A session's first message after the hello is a complete set. A dropped subscription (the
   index lagged behind the store, or the store was restored) rebuilds the index from a fresh
   snapshot and sends every session a complete set again.
@@ -45,10 +51,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
+from manager.dispatcher.drain import DRAIN_ACK_TIMEOUT, Acker, DrainGate, Hold
 from manager.dispatcher.network_index import NETWORK_TABLES, Dirty, NetworkIndex, concerns_networks
 from manager.store import Store, Subscription, WatchDropped
+from model import Task
 
 log = logging.getLogger("shoal.dispatcher")
 
@@ -63,6 +73,9 @@ class NetworkSession:
         self.check = False              # the node's set of networks may have changed
         self.dirty: set[str] = set()    # networks whose view changed for this node
         self.sent: set[str] = set()     # networks the agent holds, as last told
+        self.seq = 0                    # of the last message sent
+        self.acked = 0                  # the newest seq the agent applied
+        self.live = True                # its agent can still acknowledge (not superseded nor down)
         self._push = push
 
     def pending(self) -> bool:
@@ -73,13 +86,23 @@ class NetworkSession:
         covers every write committed so far."""
         return self._push.message_for(self)
 
+    def hold(self, before: Task, network_ids: tuple[str, ...]) -> Hold | None:
+        """Hold back the stop of `before`'s task, which just left the rotation of `network_ids`,
+        in this session's stream (None: no node has to acknowledge anything)."""
+        return self._push.drain.hold(before, self._push.drain_waits(network_ids), self.wakeup)
+
+    def release(self, hold: Hold) -> None:
+        self._push.drain.release(hold)
+
     def close(self) -> None:
         self._push.close(self)
 
 
 class NetworkPush:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic,
+                 drain_timeout: float = DRAIN_ACK_TIMEOUT) -> None:
         self._store = store
+        self.drain = DrainGate(clock, drain_timeout)
         self.index = NetworkIndex()
         self._sub: Subscription | None = None
         self._attached = asyncio.Event()
@@ -99,6 +122,7 @@ class NetworkPush:
         return session
 
     def close(self, session: NetworkSession) -> None:
+        self.retire(session)
         sessions = self._sessions.get(session.node_id)
         if sessions is None or session not in sessions:
             return
@@ -110,6 +134,33 @@ class NetworkPush:
             self._sub = None
             self.index = NetworkIndex()
             self._attached.clear()
+
+    def retire(self, session: NetworkSession) -> None:
+        """`session`'s agent can no longer acknowledge (superseded, its node down, or closed):
+        no hold waits for it."""
+        session.live = False
+        self.drain.gone(session)
+
+    def acked(self, session: NetworkSession, seq: int) -> None:
+        """The session's agent applied the views of message `seq` (and so of every earlier one)."""
+        seq = min(seq, session.seq)
+        if seq > session.acked:
+            session.acked = seq
+            self.drain.acked(session)
+
+    def drain_waits(self, network_ids: tuple[str, ...]) -> dict[Acker, int]:
+        """For a task that has just left the rotation of `network_ids`: each live session whose
+        node uses one of them (every session, for ingress), with the seq of the message that
+        carries (or carried) the change, its next one while it is marked."""
+        self.flush()
+        waits: dict[Acker, int] = {}
+        for network_id in network_ids:
+            for node_id in self._users(network_id):
+                for session in self._sessions.get(node_id, ()):
+                    if session.live:
+                        seq = session.seq + 1 if session.pending() else session.seq
+                        waits[session] = max(waits.get(session, 0), seq)
+        return waits
 
     def sessions(self) -> int:
         return sum(len(sessions) for sessions in self._sessions.values())
@@ -219,7 +270,9 @@ class NetworkPush:
         session.dirty = set()
         session.sent = needed
         if not complete and not changed and not removed:
+            self.drain.settled(session)
             return None
-        return {"kind": "networks", "type": "complete" if complete else "incremental",
+        session.seq += 1
+        return {"kind": "networks", "type": "complete" if complete else "incremental", "seq": session.seq,
                 "data_path_port": index.data_path_port,
                 "networks": [index.view(network_id, node_id) for network_id in changed], "removed": removed}

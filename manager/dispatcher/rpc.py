@@ -33,6 +33,9 @@ def register_dispatcher(server: RpcServer, current: Callable[[], Dispatcher | No
     async def update_status(peer: Peer, params: dict[str, Any]) -> Any:
         return await dispatcher().update_status(peer.node_id, params)
 
+    async def networks_applied(peer: Peer, params: dict[str, Any]) -> Any:
+        return await dispatcher().networks_applied(peer.node_id, params)
+
     def unreachable(node_id: str) -> None:
         found = current()
         if found is not None:
@@ -42,3 +45,4 @@ def register_dispatcher(server: RpcServer, current: Callable[[], Dispatcher | No
     server.register_stream("dispatcher.session", session, Access.NODE)
     server.register("dispatcher.heartbeat", heartbeat, Access.NODE)
     server.register("dispatcher.update_status", update_status, Access.NODE)
+    server.register("dispatcher.networks_applied", networks_applied, Access.NODE)

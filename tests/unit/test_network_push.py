@@ -220,6 +220,11 @@ def params(node: Node) -> dict[str, Any]:
     return {**PARAMS, "addr": node.status["Addr"]}
 
 
+async def applied(dispatcher: Dispatcher, node_id: str, hello: dict[str, Any], message: dict[str, Any]) -> None:
+    """The node's agent acknowledges a networks message, as after applying its views."""
+    await dispatcher.networks_applied(node_id, {"session_id": hello["session_id"], "seq": message["seq"]})
+
+
 def session_of(dispatcher: Dispatcher, node_id: str) -> NetworkSession:
     return dispatcher._networks._sessions[node_id][0]
 
@@ -275,19 +280,22 @@ async def test_a_node_loses_a_network_when_its_last_task_there_stops() -> None:
     dispatcher = Dispatcher(s.store)
     stream = dispatcher.session(s.a.id, params(s.a))
     async with contextlib.aclosing(stream), pushing(dispatcher) as push:  # type: ignore[type-var]
-        await opening(stream)
+        hello = (await opening(stream))[0]
         session = session_of(dispatcher, s.a.id)
         await desire(s.store, one.id, TaskState.SHUTDOWN)   # out of DNS (its own node's DNS too), then the task
         message = await next_message(stream)
         assert message["kind"] == "networks" and names(message) == ["net"]
         assert [t["id"] for t in message["networks"][0]["services"][0]["tasks"]] == [two.id]
+        await applied(dispatcher, s.a.id, hello, message)  # (the stop waits for it: test_dispatcher_drain.py)
         assert changes_of(await next_message(stream)) == [("update", one.id)]
         await advance(s.store, one.id, TaskState.SHUTDOWN)  # stopped: A still uses net, and its own peers
         push.flush()                                         # are not in its view: nothing to send
         assert not session.pending()
         await desire(s.store, two.id, TaskState.SHUTDOWN)
-        assert (await next_message(stream))["networks"][0]["services"] == [
+        message = await next_message(stream)
+        assert message["networks"][0]["services"] == [
             {"name": "web", "id": s.web.id, "mode": "vip", "vip": "", "aliases": ["www"], "ports": [], "tasks": []}]
+        await applied(dispatcher, s.a.id, hello, message)
         assert changes_of(await next_message(stream)) == [("update", two.id)]
         await advance(s.store, two.id, TaskState.SHUTDOWN)  # the last one: the network goes
         message = await next_message(stream)

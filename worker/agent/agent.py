@@ -19,7 +19,11 @@ Theory of operation:
 - `networks` messages update the node's `NetworkViews` (worker/networking.py); one loop makes the
   data path match the latest views (coalesced: it applies the newest state, never a backlog;
   a failure is retried after a growing pause), and after each complete assignment set drops the
-  sandboxes of tasks the node no longer has.
+  sandboxes of tasks the node no longer has. Once `sync` has returned for views that include
+  networks message `seq` of the session, the agent acknowledges it (`dispatcher.networks_applied`):
+  the manager holds a task's stop until the nodes using its networks have applied its leaving
+  the rotation (manager/dispatcher/drain.py). One acknowledgement in flight, the newest seq wins;
+  without a data path to program (no `networking`) a message is applied when it arrives.
 - Stopping: the agent is cancelled. Nothing below it bounds an await with `asyncio.wait_for`,
   which in Python 3.11 drops a cancel that races with the awaited operation finishing (that is
   how a leave once waited forever for an agent whose connect had just completed); bounds are
@@ -55,6 +59,7 @@ REPORT_INTERVAL = 0.05
 MAX_BACKOFF = 2.0
 REMOVE_RETRY = 0.2      # seconds between attempts to remove a container after a temporary error
 REMOVE_ATTEMPTS = 4     # attempts to remove a container whose removal fails for another reason
+ACK_TIMEOUT = 5.0       # seconds an acknowledgement of applied networks may take
 
 
 class Agent:
@@ -89,12 +94,16 @@ class Agent:
         self.network_views = NetworkViews()
         self._network_work = asyncio.Event()      # views changed, or a complete set arrived
         self._retain_due = False
+        self._network_received: tuple[str, int] = ("", 0)   # (session, seq) of the newest networks message
+        self._network_applied: tuple[str, int] = ("", 0)    # ... of the newest the data path has applied
+        self._ack_due = asyncio.Event()
 
     # ---- lifetime -----------------------------------------------------------------------------
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
             self._group = group
             group.create_task(self._report_loop(), name="agent-reporter")
+            group.create_task(self._ack_loop(), name="agent-network-acks")
             if self.networking is not None:
                 group.create_task(self._network_loop(self.networking), name="agent-networks")
             await self._session_loop()
@@ -174,6 +183,11 @@ class Agent:
         elif kind == "networks":
             for problem in self.network_views.apply(message):
                 log.warning("network view dropped: %s", problem)
+            seq = message.get("seq")
+            if isinstance(seq, int):
+                self._network_received = (self._session_id, seq)
+                if self.networking is None:
+                    self._networks_applied(self._network_received)
             self._network_work.set()
         elif kind == "assignments":
             complete = message.get("type") == "complete"
@@ -244,11 +258,13 @@ class Agent:
         while True:
             await self._network_work.wait()
             self._network_work.clear()
+            received = self._network_received   # what these views include (no await since)
+            version = self.network_views.version
             try:
-                if self.network_views.version != applied:
-                    version = self.network_views.version
+                if version != applied:
                     await networking.sync(self.network_views)
                     applied = version
+                self._networks_applied(received)
                 if self._retain_due:
                     self._retain_due = False
                     await networking.retain(list(self._runners))
@@ -257,13 +273,36 @@ class Agent:
                 log.exception("programming the node's networks failed; will retry")
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(backoff.next_delay()):
-                        await self._network_views_changed(applied)
+                        await self._network_views_changed(version)
                 self._network_work.set()   # try again: after the pause, or at once for newer views
 
-    async def _network_views_changed(self, applied: int) -> None:
-        while self.network_views.version == applied:
+    async def _network_views_changed(self, version: int) -> None:
+        while self.network_views.version == version:
             self._network_work.clear()
             await self._network_work.wait()
+
+    def _networks_applied(self, received: tuple[str, int]) -> None:
+        if received[0] and received != self._network_applied:
+            self._network_applied = received
+            self._ack_due.set()
+
+    async def _ack_loop(self) -> None:
+        """Acknowledge the newest networks message the data path has applied to the session that
+        sent it: one call at a time, and only the newest seq (a failed one is not retried; the
+        next message is acknowledged, and the manager waits a bounded time anyway)."""
+        sent: tuple[str, int] = ("", 0)
+        while True:
+            await self._ack_due.wait()
+            self._ack_due.clear()
+            applied, client = self._network_applied, self._client
+            if client is None or applied == sent or applied[0] != self._session_id:
+                continue   # acknowledged already, or of a session that ended
+            try:
+                await client.call("dispatcher.networks_applied", {"session_id": applied[0], "seq": applied[1]},
+                                  timeout=ACK_TIMEOUT)
+                sent = applied
+            except RpcError as e:
+                log.info("acknowledging applied networks failed", extra={"error": str(e), "seq": applied[1]})
 
     # ---- status reporting ---------------------------------------------------------------------
     def _queue_status(self, task_id: str, status: TaskStatus) -> None:
