@@ -50,8 +50,14 @@ def up(name: str, managers: int, workers: int, no_swarm: bool, demo: bool) -> No
     console.print(f"lab {name!r} is up with {len(nodes)} hosts:")
     _print_nodes(the_lab)
     if the_lab.demo_running:
-        console.print(f"\nservice `demo` runs {the_lab.demo_running} replicas of busybox httpd (port 8080); see: "
+        console.print(f"\nservice `demo` runs {the_lab.demo_running} replicas of busybox httpd, published on "
+                      f"port 8080 of every host (routing mesh); see: "
                       f"shoal lab exec {nodes[0].name} -- shoal service ps demo")
+        answer = the_lab.demo_answer
+        if answer is not None:
+            where = f"{answer.via}, which runs none of its tasks" if answer.idle else answer.via
+            console.print(f"{answer.client} -> http://{answer.address}:8080/ ({where}) answered: {answer.body}",
+                          markup=False)
     console.print(f"\nRun commands on a host with: shoal lab exec {nodes[0].name} -- shoal node ls")
 
 

@@ -2,13 +2,17 @@
 
 The image is built in-process from the host's busybox-static (nothing is downloaded), saved as
 a docker-save archive and loaded into each daemon through the Engine API (`POST /images/load`).
-The service runs busybox's httpd on port 8080 in every replica.
+The service runs busybox's httpd in every replica, published on port 8080 of every host through
+the routing mesh; `mesh_answer` shows it answering through a host that runs none of its tasks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,3 +61,43 @@ async def deploy_demo(manager_host: str, replicas: int, timeout: float = 60.0) -
                 break
             await asyncio.sleep(0.2)
         return running
+
+
+@dataclass(frozen=True)
+class MeshAnswer:
+    via: str        # the host the request went to (one running none of the demo's tasks, if any)
+    address: str
+    client: str     # the host the request came from
+    body: str
+    idle: bool      # `via` runs none of the demo's tasks
+
+
+FETCH = ("import sys, urllib.request\n"
+         "try:\n"
+         "    print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode().strip())\n"
+         "except OSError as e:\n"
+         "    print(f'error: {e}', file=sys.stderr); sys.exit(1)\n")
+
+
+async def mesh_answer(lab: Any, timeout: float = 30.0) -> MeshAnswer:
+    """GET the demo's published port on a host that runs none of its tasks, from another host
+    (retried until the mesh on that host has the tasks, within `timeout`)."""
+    manager = lab.node("manager-1")
+    async with DaemonClient(manager.host) as c:
+        nodes = {n["ID"]: n["Description"]["Hostname"] for n in await c.get("/nodes")}
+        tasks = await c.get("/tasks", filters={"service": [DEMO_SERVICE], "desired-state": ["running"]})
+    busy = {nodes.get(t.get("NodeID", ""), "") for t in tasks}
+    names = list(lab.nodes)
+    via = next((n for n in names if n not in busy), names[-1])
+    client = next((n for n in names if n != via), via)
+    url = f"http://{lab.node(via).address}:{DEMO_PORT}/"
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = await asyncio.to_thread(subprocess.run, lab.exec_argv(client, [sys.executable, "-c", FETCH, url]),
+                                       capture_output=True, text=True, timeout=30)
+        if proc.returncode == 0 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{url} did not answer from {client}: {proc.stderr.strip()}")
+    return MeshAnswer(via, lab.node(via).address, client, proc.stdout.strip(), via not in busy)

@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from cli.lab import net
 from cli.lab.procs import cmdline, pid_alive, ping, terminate, wait_gone
@@ -65,6 +66,7 @@ class Lab:
         self.hub_ns = f"{name}-hub"
         self.nodes: dict[str, LabNode] = {}
         self.demo_running = 0
+        self.demo_answer: Any = None      # demo.MeshAnswer once the demo answered through the mesh
         self._load()
 
     # ---- state ------------------------------------------------------------------------------
@@ -135,7 +137,9 @@ class Lab:
 
         archive = demo.build_demo_archive(self.run_dir).read_bytes()
         await asyncio.gather(*(demo.load_image(n.host, archive) for n in self.nodes.values()))
-        return await demo.deploy_demo(self.node("manager-1").host, replicas=max(2, len(self.nodes) - 1))
+        running = await demo.deploy_demo(self.node("manager-1").host, replicas=max(2, len(self.nodes) - 1))
+        self.demo_answer = await demo.mesh_answer(self)
+        return running
 
     async def _form_swarm(self) -> None:
         """manager-1 runs init; the other managers join with the manager token, workers with the

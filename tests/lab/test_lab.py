@@ -132,8 +132,10 @@ def test_lab_cli_up_ls_exec_down(tmp_path: Path) -> None:
         return subprocess.run([*shoal, *args], capture_output=True, text=True, timeout=120)
 
     try:
-        up = run("up", "--name", name, "--managers", "1", "--workers", "1")
+        up = run("up", "--name", name, "--managers", "2", "--workers", "1")
         assert up.returncode == 0, up.stderr
+        # The demo (2 replicas on 3 hosts) answered through the routing mesh of the host without a task.
+        assert "which runs none of its tasks) answered: hello from " in up.stdout, up.stdout
         ls = run("ls", "--name", name)
         assert "manager-1" in ls.stdout and "worker-1" in ls.stdout and "running" in ls.stdout
         ex = run("exec", "--name", name, "worker-1", "--", sys.executable, "-m", "cli.main", "info")
@@ -141,7 +143,7 @@ def test_lab_cli_up_ls_exec_down(tmp_path: Path) -> None:
         # `lab up` formed the swarm by itself and runs the demo service.
         nodes = run("exec", "--name", name, "manager-1", "--", sys.executable, "-m", "cli.main", "node", "ls")
         assert nodes.returncode == 0, nodes.stderr
-        assert "Leader" in nodes.stdout and "worker-1" in nodes.stdout and nodes.stdout.count("Ready") == 2
+        assert "Leader" in nodes.stdout and "worker-1" in nodes.stdout and nodes.stdout.count("Ready") == 3
         ps = run("exec", "--name", name, "manager-1", "--", sys.executable, "-m", "cli.main", "service", "ls")
         assert "demo" in ps.stdout and "2/2" in ps.stdout, ps.stdout
         bad = run("exec", "--name", name, "nope", "--", "true")

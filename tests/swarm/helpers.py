@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -113,3 +114,19 @@ def swarm_lab(prefix: str, image_dir: Path, *, managers: int = 1, workers: int =
         yield lab
     finally:
         lab.down()
+
+
+def host_of(lab: Lab, task: dict[str, Any], via: str = "manager-1") -> str:
+    """The hostname of the node a task is on."""
+    nodes = {n["ID"]: n["Description"]["Hostname"] for n in api(lab, via, "GET", "/nodes")}
+    return str(nodes[task["NodeID"]])
+
+
+def in_task(lab: Lab, task: dict[str, Any], argv: list[str], timeout: float = 30,
+            via: str = "manager-1") -> subprocess.CompletedProcess[str]:
+    """Run `argv` inside the task's container (runc exec: its namespaces, its /etc/resolv.conf).
+    Bound waits with busybox's `timeout`: busybox-static 1.35's `wget -T` crashes (SIGSEGV), which
+    would pass a "cannot reach" check for the wrong reason."""
+    node = lab.node(host_of(lab, task, via))
+    runc_root = Path(node.data_dir) / "run" / "runc"
+    return lab.exec(node.name, ["runc", "--root", str(runc_root), "exec", task["ID"], *argv], timeout=timeout)

@@ -7,14 +7,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cli.lab import Lab
 from cli.lab import net as lab_net
-from tests.swarm.helpers import api, api_error, eventually, set_heartbeat, swarm_lab
+from tests.swarm.helpers import api, api_error, eventually, host_of, in_task, set_heartbeat, swarm_lab
 
 IMAGE = "busybox:latest"
 MANAGER = "manager-1"
@@ -60,25 +59,11 @@ def converged(lab: Lab, name: str, count: int) -> list[dict[str, Any]]:
                       what=f"{count} running tasks of {name}")
 
 
-def host_of(lab: Lab, task: dict[str, Any]) -> str:
-    nodes = {n["ID"]: n["Description"]["Hostname"] for n in api(lab, MANAGER, "GET", "/nodes")}
-    return nodes[task["NodeID"]]
-
-
 def address(task: dict[str, Any], network_id: str) -> str:
     for attachment in task["NetworksAttachments"]:
         if attachment["Network"]["ID"] == network_id:
             return str(attachment["Addresses"][0]).split("/")[0]
     raise AssertionError(f"task {task['ID']} has no address on {network_id}")
-
-
-def in_task(lab: Lab, task: dict[str, Any], argv: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """Run `argv` inside the task's container (runc exec: its namespaces, its /etc/resolv.conf).
-    Bound waits with busybox's `timeout`: busybox-static 1.35's `wget -T` crashes (SIGSEGV), which
-    would pass a "cannot reach" check for the wrong reason."""
-    node = lab.node(host_of(lab, task))
-    runc_root = Path(node.data_dir) / "run" / "runc"
-    return lab.exec(node.name, ["runc", "--root", str(runc_root), "exec", task["ID"], *argv], timeout=timeout)
 
 
 def vip(lab: Lab, name: str, network_id: str) -> str:

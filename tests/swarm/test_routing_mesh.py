@@ -16,16 +16,19 @@ from typing import Any
 import pytest
 
 from cli.lab import Lab
-from tests.swarm.helpers import api, api_error, eventually, node_update, set_heartbeat, swarm_lab
+from tests.swarm.helpers import api, api_error, eventually, in_task, node_update, set_heartbeat, swarm_lab
 
 IMAGE = "busybox:latest"
 MANAGER = "manager-1"
 HOSTS = ("manager-1", "manager-2", "manager-3", "worker-1", "worker-2")
-# Answers "<hostname> <client address>" (a CGI script of busybox httpd) on its port.
-def web(port: int = 80) -> list[str]:
+
+
+def web(*ports: int) -> list[str]:
+    """Answers "<hostname> <client address>" (a CGI script of busybox httpd) on each port (80)."""
+    servers = " ".join(f"httpd -f -p {port} -h /www &" for port in ports or (80,))
     return ["sh", "-c", "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\n"
                         "echo $(hostname) $REMOTE_ADDR\\n' > /www/cgi-bin/who && chmod +x /www/cgi-bin/who "
-                        f"&& trap 'exit 0' TERM; httpd -f -p {port} -h /www & wait"]
+                        f"&& trap 'exit 0' TERM; {servers} wait"]
 
 
 SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"]
@@ -198,3 +201,71 @@ def test_updates_scaling_and_drain_lose_no_request(lab: Lab, tmp_path: Path) -> 
         assert drained not in hosts_of(lab, running(lab, "zd"))
     finally:
         node_update(lab, MANAGER, drained, lambda spec: spec.update(Availability="active"))
+
+
+def test_a_vip_balances_every_port_answers_ping_and_dnsrr_gives_the_tasks(lab: Lab) -> None:
+    net = str(api(lab, MANAGER, "POST", "/networks/create", {"Name": "vipnet", "Driver": "overlay"})["Id"])
+    create(lab, "vweb", web(80, 8081), 2, networks=["vipnet"], max_per_node=1)
+    create(lab, "vcl", SLEEPER, 1, networks=["vipnet"])
+    create(lab, "vrr", SLEEPER, 2, networks=["vipnet"], EndpointSpec={"Mode": "dnsrr"})
+    webs = converged(lab, "vweb", 2)
+    client = converged(lab, "vcl", 1)[0]
+    endpoint = api(lab, MANAGER, "GET", "/services/vweb")["Endpoint"]
+    vip = next(str(v["Addr"]).split("/")[0] for v in endpoint["VirtualIPs"] if v["NetworkID"] == net)
+    names = {t["ID"][:12] for t in webs}
+
+    def ask(url: str) -> str:
+        return in_task(lab, client, ["timeout", "3", "wget", "-qO-", url]).stdout.split(" ")[0]
+
+    for port in (80, 8081):
+        seen = {eventually(lambda p=port: ask(f"http://vweb:{p}/cgi-bin/who"), timeout=20, what=f"vweb:{port}")}
+        seen |= {ask(f"http://{vip}:{port}/cgi-bin/who") for _ in range(5)}
+        assert seen == names, f"port {port} through the VIP reached {seen}, not both tasks {names}"
+    assert in_task(lab, client, ["busybox", "ping", "-c", "1", "-W", "2", vip]).returncode == 0, "ping to the VIP"
+    rr = {str(a["Addresses"][0]).split("/")[0] for t in converged(lab, "vrr", 2) for a in t["NetworksAttachments"]
+          if a["Network"]["ID"] == net}
+    out = in_task(lab, client, ["nslookup", "vrr"]).stdout.split("Name:", 1)[-1]
+    assert {line.split()[-1] for line in out.splitlines() if line.strip().startswith("Address")} == rr
+
+
+def test_a_host_mode_port_is_on_its_node_only(lab: Lab) -> None:
+    create(lab, "hm", web(), 1, [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8282, "PublishMode": "host"}])
+    task = converged(lab, "hm", 1)[0]
+    (home,) = hosts_of(lab, [task])
+    other = next(h for h in HOSTS if h != home)
+    name, _ = eventually(lambda: fetch(lab, other, lab.node(home).address, 8282), timeout=20, what="the host port")
+    assert name == task["ID"][:12]
+    assert fetch(lab, home, lab.node(other).address, 8282)[0] == "", "not published on the other nodes"
+    status = eventually(lambda: running(lab, "hm")[0]["Status"].get("PortStatus"), timeout=10, what="PortStatus")
+    assert status["Ports"][0]["PublishedPort"] == 8282
+
+
+def test_a_dead_worker_costs_requests_only_until_it_is_detected(lab: Lab, tmp_path: Path) -> None:
+    """worker-2 drops off the network, then its daemon is killed: connections the mesh sends
+    to its task fail until the node is declared down (keepalive, ~3 s), then none do."""
+    create(lab, "kw", web(), 2, [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8383}], max_per_node=1,
+           TaskTemplate={"ContainerSpec": {"Image": IMAGE, "Args": web(), "StopGracePeriod": 3_000_000_000},
+                         "Placement": {"Constraints": ["node.role==worker"], "MaxReplicas": 1}})
+    settled(lab, "kw", 2)
+    assert hosts_of(lab, running(lab, "kw")) == {"worker-1", "worker-2"}
+    url = f"http://{lab.node('manager-3').address}:8383/cgi-bin/who"
+    victim = "worker-2"
+    try:
+        during: dict[str, Any] = {}
+        with load(lab, "manager-2", url, tmp_path, during):
+            for other in HOSTS:
+                if other != victim:
+                    lab.partition(victim, other)
+            lab.kill(victim)
+            eventually(lambda: victim not in hosts_of(lab, running(lab, "kw")), timeout=30,
+                       what="the dead worker's task to leave the running set")
+        after: dict[str, Any] = {}
+        with load(lab, "manager-2", url, tmp_path, after):
+            settled(lab, "kw", 1)
+            assert {fetch(lab, "manager-1", lab.node("manager-3").address, 8383)[0] for _ in range(6)} != {""}
+        print(f"worker-2 dead: {during['requests']} requests, {during['failures']} failed until it was detected; "
+              f"then {after['requests']} requests, {after['failures']} failed")
+        assert after["failures"] == 0, after
+    finally:
+        lab.heal()
+        lab.start(victim)
