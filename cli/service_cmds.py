@@ -32,6 +32,7 @@ from cli.service_flags import (
 from cli.service_logs import logs as service_logs
 from cli.service_progress import wait_for_convergence
 from cli.task_format import SERVICE_HEADERS, TASK_HEADERS, columns, service_rows, task_rows
+from manager.orchestrator.rebalance import REQUEST_LABEL
 
 F = Callable[..., Any]
 
@@ -386,6 +387,8 @@ def _edit_list(current: list[Any] | None, add: list[Any], remove: Callable[[Any]
 @click.option("--config-rm", multiple=True, help="Remove a config by name.")
 @click.option("--force", is_flag=True, help="Redeploy even if nothing changed.")
 @click.option("--rollback", is_flag=True, help="Roll back to the previous specification.")
+@click.option("--rebalance", is_flag=True,
+              help="Even out the spread of the tasks over the nodes, one start-first move at a time.")
 @scalar_options
 @click.argument("ref")
 @click.pass_context
@@ -397,7 +400,7 @@ def update(ctx: click.Context, ref: str, image: str | None, args_: str | None, e
            network_add: tuple[str, ...],
            network_rm: tuple[str, ...], secret_add: tuple[str, ...], secret_rm: tuple[str, ...],
            config_add: tuple[str, ...], config_rm: tuple[str, ...], force: bool, rollback: bool,
-           **opts: Any) -> None:
+           rebalance: bool, **opts: Any) -> None:
     """Update a service."""
 
     def edit(spec: dict[str, Any]) -> None:
@@ -442,6 +445,8 @@ def update(ctx: click.Context, ref: str, image: str | None, args_: str | None, e
         apply_scalar_flags(spec, opts)
         if force:
             tmpl["ForceUpdate"] = int(tmpl.get("ForceUpdate") or 0) + 1
+        if rebalance:   # a new request: the leader's rebalancer acts on it once (manager/orchestrator/rebalance.py)
+            labels[REQUEST_LABEL] = str(time.time_ns())
 
     async def go(client: DaemonClient) -> None:
         svc = await client.get(f"/services/{ref}", insertDefaults="false")

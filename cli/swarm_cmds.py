@@ -44,15 +44,19 @@ async def _join_command(c: DaemonClient, role: str, quiet: bool) -> str:
 @click.option("--availability", type=click.Choice(["active", "pause", "drain"]), default="active")
 @click.option("--dispatcher-heartbeat", default="", help="Heartbeat period (e.g. 5s).")
 @click.option("--task-history-limit", type=int, default=None, help="Task history retention limit.")
+@click.option("--rebalance", is_flag=True,
+              help="Move tasks to even out their spread when a node joins or becomes active.")
 @click.pass_context
 def init(ctx: click.Context, advertise_addr: str, listen_addr: str, force_new_cluster: bool, availability: str,
-         dispatcher_heartbeat: str, task_history_limit: int | None) -> None:
+         dispatcher_heartbeat: str, task_history_limit: int | None, rebalance: bool) -> None:
     """Make this node the first manager of a new swarm."""
     spec: dict[str, Any] = {}
     if dispatcher_heartbeat:
         spec["Dispatcher"] = {"HeartbeatPeriod": parse_duration_ns(dispatcher_heartbeat, "--dispatcher-heartbeat")}
     if task_history_limit is not None:
         spec["Orchestration"] = {"TaskHistoryRetentionLimit": task_history_limit}
+    if rebalance:
+        spec.setdefault("Orchestration", {})["Rebalance"] = True
     body = {"AdvertiseAddr": advertise_addr, "ListenAddr": listen_addr, "ForceNewCluster": force_new_cluster,
             "Availability": availability, "Spec": spec}
 
@@ -138,11 +142,14 @@ def inspect(ctx: click.Context) -> None:
 @click.option("--dispatcher-heartbeat", default="", help="Heartbeat period (e.g. 5s).")
 @click.option("--task-history-limit", type=int, default=None)
 @click.option("--cert-expiry", default="", help="Validity of node certificates (e.g. 2160h).")
+@click.option("--rebalance/--no-rebalance", default=None,
+              help="Move tasks to even out their spread when a node joins or becomes active (or stop doing so).")
 @click.pass_context
-def update(ctx: click.Context, dispatcher_heartbeat: str, task_history_limit: int | None, cert_expiry: str) -> None:
+def update(ctx: click.Context, dispatcher_heartbeat: str, task_history_limit: int | None, cert_expiry: str,
+           rebalance: bool | None) -> None:
     """Update the swarm's configuration."""
-    if not (dispatcher_heartbeat or task_history_limit is not None or cert_expiry):
-        fail("nothing to update: give --dispatcher-heartbeat, --task-history-limit or --cert-expiry")
+    if not (dispatcher_heartbeat or task_history_limit is not None or cert_expiry or rebalance is not None):
+        fail("nothing to update: give --dispatcher-heartbeat, --task-history-limit, --cert-expiry or --rebalance")
 
     async def go(c: DaemonClient) -> None:
         cluster = await c.get("/swarm")
@@ -154,6 +161,8 @@ def update(ctx: click.Context, dispatcher_heartbeat: str, task_history_limit: in
             spec.setdefault("Orchestration", {})["TaskHistoryRetentionLimit"] = task_history_limit
         if cert_expiry:
             spec.setdefault("CAConfig", {})["NodeCertExpiry"] = parse_duration_ns(cert_expiry, "--cert-expiry")
+        if rebalance is not None:
+            spec.setdefault("Orchestration", {})["Rebalance"] = rebalance
         await c.post("/swarm/update", spec, version=cluster["Version"]["Index"], rotateWorkerToken="false",
                      rotateManagerToken="false", rotateManagerUnlockKey="false")
 

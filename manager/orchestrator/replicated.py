@@ -5,7 +5,8 @@ elsewhere (no restart delay, no attempt counted); finished tasks go to the resta
 supervisor (which holds back one that ended within its own restart delay until the delay is
 over); missing slots get new tasks (lowest free numbers first); extra slots are removed from
 the highest number down (desired REMOVE; the reaper deletes them once stopped); the updater
-moves any rolling update on; READY replacements are started when due.
+moves any rolling update on; the rebalancer (rebalance.py) evens out the spread when asked;
+READY replacements are started when due.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from manager.orchestrator.clock import Clock
 from manager.orchestrator.common import earliest, group_by_slot, new_task, node_is_down, ready_slots, runnable
 from manager.orchestrator.loop import ReconcileLoop
+from manager.orchestrator.rebalance import RebalanceSupervisor
 from manager.orchestrator.restart import RestartSupervisor
 from manager.orchestrator.updater import UpdateSupervisor
 from manager.store import Store, WriteTx
@@ -27,16 +29,20 @@ MAX_NEW_TASKS_PER_ROUND = 2000  # bounds one proposal; the rest follow in the ne
 
 
 class ReplicatedOrchestrator(ReconcileLoop):
+    tables = ("services", "tasks", "nodes", "clusters")     # clusters: the swarm's Rebalance switch
+
     def __init__(self, store: Store, clock: Clock | None = None, restarts: RestartSupervisor | None = None,
                  updates: UpdateSupervisor | None = None) -> None:
         super().__init__(store, clock)
         self.restarts = restarts or RestartSupervisor()
         self.updates = updates or UpdateSupervisor()
+        self.rebalances = RebalanceSupervisor()
 
     def reconcile_service(self, tx: WriteTx, service_id: str, now: float) -> float | None:
         service = tx.get("services", service_id)
         if service is None:
             self.updates.forget(service_id)
+            self.rebalances.forget(service_id)
             return None
         if service.mode != "replicated":
             return None
@@ -82,6 +88,7 @@ class ReplicatedOrchestrator(ReconcileLoop):
                 created += 1
 
         wake = earliest(wake, self.updates.step(tx, service, now))
+        wake = earliest(wake, self.rebalances.step(tx, service, now))
         for slot_tasks in ready_slots(tx.find("tasks", service_id=service_id)):
             wake = earliest(wake, self.restarts.promote_ready(tx, slot_tasks, now))
         return wake

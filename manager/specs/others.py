@@ -46,9 +46,12 @@ SWARM_KEYS = frozenset({"Name", "Labels", "Orchestration", "Raft", "Dispatcher",
 def validate_swarm_spec(spec: Any) -> None:
     spec = field_map(spec, "Spec", SWARM_KEYS)
     string_map(spec.get("Labels"), "Spec.Labels")
-    orch = field_map(spec.get("Orchestration"), "Spec.Orchestration", frozenset({"TaskHistoryRetentionLimit"}))
+    orch = field_map(spec.get("Orchestration"), "Spec.Orchestration",
+                     frozenset({"TaskHistoryRetentionLimit", "Rebalance"}))   # Rebalance: shoal's own
     if orch.get("TaskHistoryRetentionLimit") is not None:
         integer(orch["TaskHistoryRetentionLimit"], "Spec.Orchestration.TaskHistoryRetentionLimit", minimum=None)
+    if orch.get("Rebalance") is not None and not isinstance(orch["Rebalance"], bool):
+        raise SpecError(f"Spec.Orchestration.Rebalance must be a boolean, not {orch['Rebalance']!r}")
     raft = field_map(spec.get("Raft"), "Spec.Raft", frozenset({"SnapshotInterval", "KeepOldSnapshots",
                                                                "LogEntriesForSlowFollowers", "ElectionTick",
                                                                "HeartbeatTick"}))
@@ -73,7 +76,7 @@ def normalize_swarm_spec(spec: dict[str, Any] | None, base: dict[str, Any] | Non
             continue
         if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "Labels":
             for sub, subval in value.items():
-                if subval not in (None, 0, "") or sub not in out[key]:
+                if isinstance(subval, bool) or subval not in (None, 0, "") or sub not in out[key]:  # False is a value
                     out[key][sub] = subval
         else:
             out[key] = value
