@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engineapi.events import EventBus
 from engineapi.http import SERVER_VERSION, Routes, new_app
 from manager.api import logs as logs_api
 from manager.api import nodes as nodes_api
@@ -34,7 +35,7 @@ from manager.api.local_networks import LOCAL_NETWORKS
 from manager.api.routes import add_cluster_routes
 from manager.logbroker.access import ClusterLogs
 from manager.swarm.leader_loops import Orchestration
-from node import swarm_api
+from node import events_api, swarm_api
 from node import system_api as system
 from node.addresses import split_host_port
 from node.metrics import DaemonMetrics, SideServer, side_servers
@@ -44,8 +45,9 @@ from node.swarm_node import SwarmNode
 from worker.agent.dependencies import Dependencies
 from worker.exec import TaskExecutor
 from worker.executor import api as volumes_api
+from worker.executor.container_events import EventfulTaskExecutor
 from worker.executor.executor import Executor
-from worker.executor.node_api import add_node_container_routes
+from worker.executor.node_api import add_node_container_routes, container_publisher
 from worker.executor.task_executor import RuncTaskExecutor
 from worker.images import api as images_api
 from worker.images.store import ImageStore
@@ -159,6 +161,8 @@ def build_host(config: DaemonConfig) -> Host:
     networking = NodeNetworking(config.data_dir / "network", data_path_address)
     metrics = DaemonMetrics() if config.metrics_addr else None
     task_executor: TaskExecutor = RuncTaskExecutor(executor, images, dependencies=dependencies, networking=networking)
+    events = EventBus()             # the node's container events, for GET /events
+    task_executor = EventfulTaskExecutor(task_executor, executor, container_publisher(events))
     if metrics is not None:
         task_executor = TimedTaskExecutor(task_executor, metrics.container_started)
     swarm = SwarmNode(config.data_dir, listen_addr=config.listen_addr, advertise_addr=config.advertise_addr,
@@ -186,7 +190,8 @@ def build_host(config: DaemonConfig) -> Host:
     add_cluster_routes(routes)
     images_api.add_routes(routes, images)
     volumes_api.add_routes(routes, executor.volumes)
-    add_node_container_routes(app, routes, executor, lambda ref: _image_id(images, ref))
+    add_node_container_routes(app, routes, executor, lambda ref: _image_id(images, ref), events)
+    events_api.add_routes(routes, events, swarm.manager_store)
     if metrics is not None:
         metrics.watch_manager(lambda: swarm.runtime)
         metrics.instrument_api(app)

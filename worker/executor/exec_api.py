@@ -16,6 +16,7 @@ from aiohttp import web
 from engineapi.hijack import hijack
 from engineapi.http import ApiError, Routes, json_response, read_json
 from engineapi.logframes import STDERR, frame
+from worker.executor.container_view import ContainerView
 from worker.executor.containers_api import RAW_STREAM, stream_content_type
 from worker.executor.exec_sessions import ExecConfig, ExecError, ExecInstance, ExecRegistry
 from worker.executor.local_containers import LocalContainers
@@ -37,6 +38,10 @@ def _dimension(request: web.Request, name: str) -> int:
 
 
 def add_routes(routes: Routes, containers: LocalContainers, registry: ExecRegistry) -> None:
+    def emit(action: str, view: ContainerView, instance: ExecInstance, **extra: str) -> None:
+        if containers.on_event is not None:
+            containers.on_event(action, view, {"execID": instance.id, **extra})
+
     def lookup(request: web.Request) -> ExecInstance:
         try:
             return registry.get(request.match_info["id"])
@@ -55,8 +60,7 @@ def add_routes(routes: Routes, containers: LocalContainers, registry: ExecRegist
             raise ApiError(409, f"Container {view.id} is not running")
         instance = ExecInstance(ctl, config)
         registry.add(instance)
-        if containers.on_event is not None:
-            containers.on_event(f"exec_create: {' '.join(config.cmd)}", view, {"execID": instance.id})
+        emit(f"exec_create: {' '.join(config.cmd)}", view, instance)
         return json_response({"Id": instance.id}, status=201)
 
     async def start(request: web.Request) -> web.StreamResponse:
@@ -74,8 +78,11 @@ def add_routes(routes: Routes, containers: LocalContainers, registry: ExecRegist
             instance.claim()
         except ExecError as e:
             raise _api(e) from e
+        view, _ = await containers.get(instance.container_id)
+        command = " ".join(instance.config.cmd)
+        emit(f"exec_start: {command}", view, instance)
         if body.get("Detach"):
-            registry.start_detached(instance)
+            registry.start_detached(instance, lambda code: emit("exec_die", view, instance, exitCode=str(code)))
             return web.Response(status=200)
         content_type = RAW_STREAM if instance.config.tty else stream_content_type(request)
         resp, stream = await hijack(request, content_type)
@@ -88,6 +95,7 @@ def add_routes(routes: Routes, containers: LocalContainers, registry: ExecRegist
         finally:
             if stream is not None:
                 stream.close()
+            emit("exec_die", view, instance, exitCode=str(instance.exit_code))
         return resp
 
     async def resize(request: web.Request) -> web.Response:

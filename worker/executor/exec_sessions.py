@@ -302,15 +302,18 @@ class ExecRegistry:
     def of_container(self, cid: str) -> list[str]:
         return [i.id for i in self._instances.values() if i.container_id == cid]
 
-    def start_detached(self, instance: ExecInstance) -> None:
+    def start_detached(self, instance: ExecInstance, on_exit: Callable[[int], None]) -> None:
+        """Run `instance` without a client; `on_exit` hears its exit code."""
         task = asyncio.get_running_loop().create_task(instance.run(None, None), name=f"exec {instance.id[:12]}")
         self._detached.add(task)
-        task.add_done_callback(self._detached_done)
 
-    def _detached_done(self, task: asyncio.Task[int]) -> None:
-        self._detached.discard(task)
-        if not task.cancelled():
-            task.exception()          # retrieved: a failed detached exec only records its code
+        def done(task: asyncio.Task[int]) -> None:
+            self._detached.discard(task)
+            if not task.cancelled():
+                task.exception()      # retrieved: a failed detached exec only records its code
+                on_exit(instance.exit_code if instance.exit_code is not None else -1)
+
+        task.add_done_callback(done)
 
     async def close(self) -> None:
         tasks = list(self._detached)

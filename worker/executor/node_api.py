@@ -1,7 +1,9 @@
 """The node-local container API in one call: `/containers/...` and `/exec/...` on a node's app.
 
 `add_node_container_routes` builds the `LocalContainers` view of the executor and the exec
-registry, registers both route sets, and has the app's cleanup cancel the detached execs.
+registry, registers both route sets, has the app's cleanup cancel the detached execs, and
+publishes what the API does to containers (kill, stop, destroy, exec_*) on the node's event bus;
+`container_publisher` is what the task executor's events wrapper publishes with.
 """
 
 from __future__ import annotations
@@ -10,16 +12,30 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from engineapi.events import EventBus, message
 from engineapi.http import Routes
 from worker.executor import containers_api, exec_api
+from worker.executor.container_events import Publish
+from worker.executor.container_view import ContainerView
 from worker.executor.exec_sessions import ExecRegistry
 from worker.executor.executor import Executor
-from worker.executor.local_containers import EventSink, LocalContainers
+from worker.executor.local_containers import LocalContainers
+
+
+def container_publisher(bus: EventBus) -> Publish:
+    def publish(action: str, cid: str, attributes: dict[str, str]) -> None:
+        bus.publish(message("container", action, cid, attributes))
+    return publish
 
 
 def add_node_container_routes(app: web.Application, routes: Routes, executor: Executor,
                               image_id: Callable[[str], str] = lambda ref: "",
-                              on_event: EventSink | None = None) -> LocalContainers:
+                              bus: EventBus | None = None) -> LocalContainers:
+    def on_event(action: str, view: ContainerView, extra: dict[str, str]) -> None:
+        if bus is not None:
+            attributes = {**view.labels, "image": view.config.image, "name": view.name, **extra}
+            bus.publish(message("container", action, view.id, attributes))
+
     containers = LocalContainers(executor, image_id, on_event)
     registry = ExecRegistry()
     containers_api.add_routes(routes, containers)
