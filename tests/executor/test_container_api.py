@@ -182,3 +182,43 @@ async def test_kill_stop_rm_and_errors(api: str, executor: Executor, busybox_lay
     finally:
         await other.remove()
 
+
+
+async def test_docker_py_containers_and_exec(api: str, task_container: ContainerController) -> None:
+    import docker
+
+    cid = task_container.id
+
+    def drive() -> None:
+        client = docker.DockerClient(base_url=api, version="1.47")
+        try:
+            listed = client.containers.list(filters={"label": "com.docker.swarm.service.name=web"})
+            assert [c.id for c in listed] == [cid]
+            container = client.containers.get(f"web.1.{cid}")
+            assert container.name == f"web.1.{cid}" and container.status == "running"
+            assert container.labels["com.docker.swarm.task.id"] == cid
+            result = container.exec_run(["sh", "-c", "echo out; echo err >&2; exit 4"], demux=True)
+            assert result.exit_code == 4 and result.output == (b"out\n", b"err\n")
+            result = container.exec_run("tty", tty=True)
+            assert result.exit_code == 0 and result.output.startswith(b"/dev/pts/")
+            exec_id = client.api.exec_create(cid, "sleep 30")["Id"]
+            client.api.exec_start(exec_id, detach=True)
+            running = client.api.exec_inspect(exec_id)
+            assert running["Running"] is True and running["ProcessConfig"]["entrypoint"] == "sleep"
+            client.api.exec_resize(exec_id, height=10, width=20)      # no TTY: accepted, nothing to do
+            assert container.logs(stdout=True, stderr=False) == b"started\n"
+            assert container.logs(tail=1) == b"oops\n"
+            assert any("sleep 1000" in p[-1] for p in container.top()["Processes"])
+            stats = container.stats(stream=False)
+            assert stats["memory_stats"]["usage"] > 0 and stats["precpu_stats"]["cpu_usage"]["total_usage"] > 0
+            with pytest.raises(docker.errors.NotFound, match="No such container: nosuch"):
+                client.containers.get("nosuch")
+            with pytest.raises(docker.errors.NotFound, match="No such exec instance"):
+                client.api.exec_inspect("nosuch")
+            container.kill(signal="SIGTERM")
+            assert container.wait(timeout=20)["StatusCode"] == 0
+            assert client.api.exec_inspect(exec_id)["Running"] is False
+        finally:
+            client.close()
+
+    await asyncio.to_thread(drive)
