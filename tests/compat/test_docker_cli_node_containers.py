@@ -69,6 +69,8 @@ def test_docker_ps_exec_logs_top_stats_inspect_and_rm_on_every_node(docker_lab: 
     assert top.splitlines()[0].split()[:2] == ["UID", "PID"] and "sleep 100000" in top
     stats = docker(lab, "worker-1", "stats", "--no-stream", "--format", "{{.Name}} {{.PIDs}}", name)
     assert stats.split()[0] == name and int(stats.split()[1]) >= 2
+    every = docker(lab, "worker-1", "stats", "--no-stream", "--format", "{{.Name}} {{.MemUsage}}")
+    assert sorted(line.split()[0] for line in every.splitlines()) == sorted(r["Names"] for r in rows)
     inspected = json.loads(docker(lab, "worker-1", "inspect", name))[0]
     assert inspected["State"]["Running"] and inspected["Name"] == "/" + name
     assert inspected["Config"]["Labels"]["com.docker.swarm.task.id"] == rows[0]["ID"]
