@@ -157,6 +157,16 @@ async def test_kill_stop_rm_and_errors(api: str, executor: Executor, busybox_lay
             first = json.loads(await resp.content.readline())
             second = json.loads(await resp.content.readline())
         assert first["id"] == cid and second["precpu_stats"] == first["cpu_stats"]
+        async with http.post(f"http://d/v1.47/containers/{cid}/exec",
+                             json={"Cmd": ["sh", "-c", "echo a; echo b >&2"], "AttachStdout": True,
+                                   "AttachStderr": True}) as resp:
+            exec_id = (await resp.json())["Id"]
+        async with http.post(f"http://d/v1.47/exec/{exec_id}/start", json={}) as resp:   # no upgrade asked
+            assert (resp.status, resp.content_type) == (200, "application/vnd.docker.multiplexed-stream")
+            frames, _ = parse_frames(await resp.read())
+        assert sorted(frames) == [(1, b"a\n"), (2, b"b\n")]
+        async with http.post(f"http://d/v1.47/exec/{exec_id}/start", json={}) as resp:
+            assert resp.status == 409 and "has already run" in (await resp.json())["message"]
         async with http.get(f"http://d/v1.47/containers/{cid}/logs?stdout=1&stderr=1") as resp:
             frames, rest = parse_frames(await resp.read())
         assert frames == [(1, b"started\n"), (2, b"oops\n")] and rest == b""

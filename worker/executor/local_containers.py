@@ -85,9 +85,17 @@ class LocalContainers:
                              str(ctl.paths.log))
 
     async def views(self) -> list[ContainerView]:
+        """Every container with a config record; one that vanishes or cannot be read while
+        being listed (removed meanwhile) is left out."""
         controllers = await asyncio.to_thread(
             lambda: [c for c in (self.controller(cid) for cid in self._ids()) if c is not None])
-        return [await self.view_of(c) for c in controllers]
+        out = []
+        for ctl in controllers:
+            try:
+                out.append(await self.view_of(ctl))
+            except (RuntimeFailure, OSError, ValueError):
+                continue
+        return out
 
     async def get(self, ref: str) -> tuple[ContainerView, ContainerController]:
         """The container `ref` names (ID, name, unique ID prefix); 404 otherwise."""
