@@ -221,3 +221,33 @@ async def test_api_latency_is_labelled_by_route_without_the_version_prefix() -> 
     assert value(metrics, "shoal_api_request_seconds_count", method="GET", route="/services/{id}", code="200") == 2
     assert value(metrics, "shoal_api_request_seconds_count", method="GET", route="/gone", code="404") == 1
     assert value(metrics, "shoal_api_request_seconds_count", method="GET", route="unmatched", code="404") == 1
+
+
+async def test_a_side_server_reports_its_bound_address_and_a_taken_port_is_an_error() -> None:
+    from node.metrics import SideServer
+
+    metrics = DaemonMetrics()
+    first = SideServer("metrics", metrics.exposition_app(), ("127.0.0.1", 0))
+    host, port = await first.start()
+    try:
+        assert host == "127.0.0.1" and port > 0
+        async with TestClient(TestServer(web.Application())) as client:
+            resp = await client.session.get(f"http://127.0.0.1:{port}/metrics")
+            assert resp.status == 200 and "shoal_raft_leader_changes_total" in await resp.text()
+        second = SideServer("metrics", metrics.exposition_app(), ("127.0.0.1", port))
+        with pytest.raises(OSError):
+            await second.start()
+        await second.stop()
+    finally:
+        await first.stop()
+        await first.stop()      # idempotent
+
+
+def test_the_daemon_refuses_a_bad_address_before_starting() -> None:
+    from click.testing import CliRunner
+
+    from cli.commands import shoal
+
+    result = CliRunner().invoke(shoal, ["daemon", "--data-dir", "/nonexistent/shoal", "--metrics-addr", "nine"])
+    assert result.exit_code == 1
+    assert "invalid --metrics-addr 'nine': expected PORT or HOST:PORT" in result.output
