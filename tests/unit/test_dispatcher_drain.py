@@ -2,7 +2,8 @@
 change that tells a node to stop a task in rotation reaches it only once every node using the
 task's networks acknowledged the networks message that took the task out of their rotation.
 
-Nodes without a session, or whose session closes or is superseded, are not waited for; without
+Nodes without a session, or whose session closes, is superseded or whose node is declared down
+(heartbeats, on a manual clock), are not waited for; without
 acknowledgements the stop goes after the bound (a manual clock), with a WARNING naming the nodes;
 the stream's other changes are not delayed; tasks without networks are not held; a held task that
 is removed meanwhile ends removed, and a resync meanwhile keeps the agent running it. "Not
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 
 from manager.dispatcher import Dispatcher
+from manager.dispatcher.dispatcher import MONITOR_INTERVAL
 from manager.orchestrator.clock import ManualClock
 from manager.store import Store
 from model import Node, Task, TaskState, new_id
@@ -234,6 +236,34 @@ async def test_without_acknowledgements_the_stop_goes_after_the_bound_with_a_war
         warnings = [r for r in caplog.records if r.levelno == logging.WARNING and on_a.id in r.getMessage()]
         assert len(warnings) == 1 and s.b.id in warnings[0].getMessage() and s.a.id not in warnings[0].getMessage()
         assert not runner.done()
+
+
+async def test_a_node_declared_down_is_waited_for_no_more() -> None:
+    s, _ = await three_nodes()
+    clock = ManualClock(start=1000.0)
+    on_a = task_of(s.web, 1, s.a.id, (s.net, "10.0.1.5/24"), state=TaskState.RUNNING)
+    on_b = task_of(s.web, 2, s.b.id, (s.net, "10.0.1.6/24"), state=TaskState.RUNNING)
+    await put(s.store, on_a, on_b)
+    dispatcher = Dispatcher(s.store, clock=clock.now, sleep=clock.sleep, drain_timeout=600.0)
+    push = dispatcher._networks
+    async with contextlib.AsyncExitStack() as stack:
+        a, b = await stack.enter_async_context(sessions(dispatcher, s.a, s.b))
+        await stack.enter_async_context(_running(dispatcher))
+        await desire(s.store, on_a.id, TaskState.SHUTDOWN)
+        await a.networks()
+        await b.networks()
+        await a.ack()                            # B's agent is silent: no ack, no heartbeats
+        stop = await stack.enter_async_context(_reading(a))
+        await async_wait_until(_holding(push), what="the hold of A's task")
+        for _ in range(300):                     # a minute at most, in monitor steps; the grace is 15 s
+            if stop.done():
+                break
+            await dispatcher.heartbeat(s.a.id, {"session_id": a.hello["session_id"]})
+            await clock.advance(MONITOR_INTERVAL)
+        async with asyncio.timeout(5):
+            assert changes_of(await stop) == [("update", on_a.id)]
+        assert s.store.view(lambda tx: tx.get("nodes", s.b.id)).state == "down"
+        assert push.drain.expired == 0 and clock.now() < 1000.0 + 60   # not by the bound
 
 
 @contextlib.asynccontextmanager
