@@ -89,4 +89,6 @@ def test_docker_ps_exec_logs_top_stats_inspect_and_rm_on_every_node(docker_lab: 
         return listed["Status"]["State"] == "failed" and len(running) == 2
 
     eventually(replaced, timeout=60, what="the removed task failed and replaced")
+    failed = json.loads(docker(lab, "manager-1", "inspect", "--type", "task", rows[0]["ID"]))[0]["Status"]
+    assert failed["Err"] == "task: non-zero exit (137)", failed      # killed, as dockerd reports it
     docker(lab, "manager-1", "service", "rm", "web")
