@@ -2,12 +2,12 @@
 change that tells a node to stop a task in rotation reaches it only once every node using the
 task's networks acknowledged the networks message that took the task out of their rotation.
 
-Nodes without a session, or whose session closes, is superseded or whose node is declared down
-(heartbeats, on a manual clock), are not waited for; without
-acknowledgements the stop goes after the bound (a manual clock), with a WARNING naming the nodes;
-the stream's other changes are not delayed; tasks without networks are not held; a held task that
-is removed meanwhile ends removed, and a resync meanwhile keeps the agent running it. "Not
-delivered yet" is shown by the stream's next message being another one, never by a sleep."""
+Nodes without a session, or whose session closes or is superseded, or that are declared down
+(heartbeats, on a manual clock) are not waited for; without acknowledgements the stop goes after
+the bound (a manual clock), with a WARNING naming the nodes; the stream's other changes are not
+delayed; tasks without networks are not held; a held task that is removed meanwhile ends removed,
+and a resync meanwhile keeps the agent running it. "Not delivered yet" is shown by the stream's
+next message being another one, never by a sleep."""
 
 from __future__ import annotations
 
