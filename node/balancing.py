@@ -14,6 +14,9 @@ Theory of operation (called by NodeNetworking under its lock, after the overlay 
   ports arrive on its ingress address, and replies go back through the node they came in by,
   so the task sees the client's own address. Programmed before the container starts (so
   before the task can be in rotation), and again whenever the nodes or ports change.
+- **Host-mode ports** of this node's tasks (`--publish mode=host`): DNAT in the daemon's
+  namespace to the task's address on the gateway bridge, set before its container starts and
+  kept in `<run_dir>/hostports.json` so a restarted daemon rewrites the table with them.
 - **Drain**: a task that leaves rotation (its desired state passed RUNNING, or it stopped
   running) but whose endpoint still exists somewhere (a peer, or a sandbox here) is kept as
   *draining*: no new connection, open ones carry on. Once its endpoint is gone, it is dropped,
@@ -25,13 +28,17 @@ from the views; what was programmed last is cached, and an unchanged namespace c
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
+from pathlib import Path
 from typing import TypeVar
 
+from ca.node_tls import write_atomic
 from ingress.dataplane import (
+    HostPort,
     IngressBackend,
     IngressDataPlane,
     IngressNode,
@@ -41,11 +48,13 @@ from ingress.dataplane import (
     TaskIngress,
     VipService,
 )
+from model import Task
 from overlay import Attachment, OverlayHost, OverlaySpec, SandboxRecord
 from worker.networking import NetworkView, NetworkViews
 
 log = logging.getLogger("shoal.networking")
 
+HOST_PORTS_FILE = "hostports.json"
 INGRESS_SANDBOX = "ingress-sbox"
 LB_PREFIX = "lb-"
 LB_DEVICE = "eth0"
@@ -125,6 +134,17 @@ def wanted_task(view: NetworkView, service_id: str, device: str, address: IPv4Ad
     return TaskIngress(device, address, tuple(sorted(ports)), ingress_nodes(view))
 
 
+def task_host_ports(task: Task, address: IPv4Address) -> tuple[HostPort, ...]:
+    """The host-mode ports a task publishes (its endpoint, as the scheduler placed it); one
+    asked as 0 (a random port, in Docker) is not supported and left out."""
+    out = []
+    for p in (task.endpoint or {}).get("Ports") or ():
+        if isinstance(p, dict) and str(p.get("PublishMode") or "").lower() == "host" and p.get("PublishedPort"):
+            out.append(HostPort(str(p.get("Protocol") or "tcp").lower(), int(p["PublishedPort"]), address,
+                                int(p.get("TargetPort") or 0)))
+    return tuple(out)
+
+
 def alive_on(view: NetworkView, records: Iterable[SandboxRecord]) -> set[IPv4Address]:
     """The endpoint addresses that exist on a network: peers elsewhere, sandboxes here."""
     out = {IPv4Address(p.ip) for p in view.peers}
@@ -142,8 +162,10 @@ class _TaskPlace:
 class ServiceBalancing:
     """See the module comment. One per NodeNetworking; every method is called under its lock."""
 
-    def __init__(self, plane: IngressDataPlane) -> None:
+    def __init__(self, plane: IngressDataPlane, run_dir: Path) -> None:
         self.plane = plane
+        self._host_ports_file = run_dir / HOST_PORTS_FILE
+        self._host_ports: dict[str, tuple[HostPort, ...]] = self._load_host_ports()
         self._lb: dict[str, LbNetwork] = {}          # network id -> what its LB holds
         self._mesh: Mesh | None = None
         self._tasks: dict[str, TaskIngress] = {}      # task id -> what its sandbox holds
@@ -234,7 +256,8 @@ class ServiceBalancing:
             if place is not None:
                 await self._set_task(host, key, view, place)
         for gone in set(self._tasks) - set(records):
-            self.forget_task(gone)
+            self._tasks.pop(gone, None)
+            self._places.pop(gone, None)
 
     def _place(self, key: str, record: SandboxRecord, view: NetworkView, service_id: str) -> _TaskPlace | None:
         known = self._places.get(key)
@@ -262,10 +285,46 @@ class ServiceBalancing:
         if place is not None:
             await self._set_task(host, task_id, view, place)
 
-    def forget_task(self, task_id: str) -> None:
-        """The task's sandbox is gone (and its tables with it)."""
+    async def forget_task(self, task_id: str, host: OverlayHost | None) -> None:
+        """The task's sandbox is gone (and its tables with it); so are its host ports."""
         self._tasks.pop(task_id, None)
         self._places.pop(task_id, None)
+        if task_id in self._host_ports and host is not None:
+            await self._write_host_ports(host, {k: v for k, v in self._host_ports.items() if k != task_id})
+
+    # ---- host-mode ports ----------------------------------------------------------------------
+    async def task_host_ports(self, host: OverlayHost, task: Task, record: SandboxRecord) -> None:
+        """Before the task's container starts: its host-mode ports lead to its gateway address."""
+        ports = task_host_ports(task, record.gateway.ip) if record.gateway is not None else ()
+        if self._host_ports.get(task.id, ()) != ports:
+            wanted = {k: v for k, v in self._host_ports.items() if k != task.id}
+            if ports:
+                wanted[task.id] = ports
+            await self._write_host_ports(host, wanted)
+
+    async def _write_host_ports(self, host: OverlayHost, wanted: dict[str, tuple[HostPort, ...]]) -> None:
+        applied = await self.plane.set_host_ports([p for ports in wanted.values() for p in ports],
+                                                  host.gateway_bridge)
+        self._host_ports = wanted
+        write_atomic(self._host_ports_file, json.dumps(
+            {k: [[p.protocol, p.port, str(p.address), p.target] for p in v] for k, v in wanted.items()}).encode())
+        if applied.unreserved:
+            log.warning("host-mode ports in use on this node: %s", ", ".join(applied.unreserved))
+
+    def _load_host_ports(self) -> dict[str, tuple[HostPort, ...]]:
+        try:
+            saved = json.loads(self._host_ports_file.read_text())
+            return {str(k): tuple(HostPort(str(p), int(n), IPv4Address(a), int(t)) for p, n, a, t in v)
+                    for k, v in saved.items()}
+        except FileNotFoundError:
+            return {}
+        except (ValueError, TypeError) as exc:
+            log.warning("ignoring %s: %s", self._host_ports_file, exc)
+            return {}
+
+    async def retain_host_ports(self, host: OverlayHost, task_ids: set[str]) -> None:
+        """After a restart: keep the host ports of the tasks this node still has, and reserve them."""
+        await self._write_host_ports(host, {k: v for k, v in self._host_ports.items() if k in task_ids})
 
     async def purge(self) -> None:
         """The node left its swarm: the daemon's table and port reservations go (the sandboxes
@@ -275,6 +334,10 @@ class ServiceBalancing:
         self._places.clear()
         self._mesh = None
         await self.plane.remove_mesh(None)
+        if self._host_ports or self._host_ports_file.exists():
+            await self.plane.set_host_ports((), "lo")
+            self._host_ports = {}
+            self._host_ports_file.unlink(missing_ok=True)
 
     async def close(self) -> None:
         await self.plane.close()

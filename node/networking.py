@@ -79,7 +79,7 @@ class NodeNetworking:
         self._resolv_conf_path = resolv_conf_path
         self._name_prefix = name_prefix
         self._host: OverlayHost | None = None
-        self._balancing = ServiceBalancing(IngressDataPlane(prefix=name_prefix))
+        self._balancing = ServiceBalancing(IngressDataPlane(prefix=name_prefix), run_dir)
         self._views: NetworkViews | None = None
         self._records = ServiceRecords()
         self._dns: dict[str, DnsServer] = {}        # task id -> its DNS server
@@ -211,11 +211,12 @@ class NodeNetworking:
             await host.attach(task.id, [Attachment(overlay_spec(view), IPv4Interface(address))
                                         for view, address in attached])
             self._remember(task)
+            record = (await host.sandboxes())[task.id]
+            await self._balancing.task_host_ports(host, task, record)
             if not attached:
                 return TaskSandbox(str(path), "")
             ingress = next((view for view, _ in attached if view.ingress), None)
             if ingress is not None:
-                record = (await host.sandboxes())[task.id]
                 await self._balancing.task_sandbox(host, task.id, task.service_id, ingress, record)
             # user networks resolve first, then ingress (Docker's order)
             order = [v.id for v, _ in attached if not v.ingress] + [v.id for v, _ in attached if v.ingress]
@@ -230,7 +231,7 @@ class NodeNetworking:
     async def release(self, task_id: str) -> None:
         async with self._lock:
             self._task_names.pop(task_id, None)
-            self._balancing.forget_task(task_id)
+            await self._balancing.forget_task(task_id, self._host)
             await self._close_dns([task_id])
             if self._host is not None:
                 await self._host.delete_sandbox(task_id)
@@ -243,9 +244,10 @@ class NodeNetworking:
             for key in {k for k in await self._host.sandboxes() if not is_balancer(k)} - keep:
                 log.info("removing the sandbox of a task this node no longer has", extra={"task": key})
                 self._task_names.pop(key, None)
-                self._balancing.forget_task(key)
+                await self._balancing.forget_task(key, self._host)
                 await self._close_dns([key])
                 await self._host.delete_sandbox(key)
+            await self._balancing.retain_host_ports(self._host, keep)
 
     # ---- DNS ----------------------------------------------------------------------------------
     async def _start_dns(self, key: str, path: Path, networks: list[str], external: bool) -> None:

@@ -5,6 +5,7 @@
   plan.py       pure: (layout held, wanted) → one nft transaction + the iproute2/conntrack steps
   readback.py   pure: `nft -j` / `ip -j` text → layouts (adoption after a daemon restart)
   kernel.py     nft, ip, conntrack inside a namespace (nsenter on a held fd), sysctls
+  hostports.py  pure: host-mode published ports (one small table in the daemon's namespace)
   dataplane.py  IngressDataPlane: the asyncio face, one per daemon
 
 Where the rules live (networking.md §4 lists Docker's choices):
@@ -69,6 +70,7 @@ afresh and meets a reset, not a hang. The draining backends are recorded in the 
 """
 
 from ingress.dataplane.dataplane import Applied, IngressDataPlane, Netns
+from ingress.dataplane.hostports import HostPort
 from ingress.dataplane.kernel import DataPlaneError
 from ingress.dataplane.spec import (
     ClientAddress,
@@ -86,6 +88,7 @@ __all__ = [
     "Applied",
     "ClientAddress",
     "DataPlaneError",
+    "HostPort",
     "IngressBackend",
     "IngressDataPlane",
     "IngressNode",

@@ -27,12 +27,13 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 from typing import Generic, TypeVar
 
 from ingress.dataplane import kernel, readback
+from ingress.dataplane.hostports import HostPort, host_ports_script
 from ingress.dataplane.kernel import DataPlaneError
 from ingress.dataplane.plan import (
     DEFAULT_PREFIX,
@@ -48,6 +49,7 @@ from ingress.dataplane.plan import (
     plan_publish,
     plan_task,
     publish_removal,
+    publish_sysctls,
     table_names,
     task_removal,
 )
@@ -121,6 +123,9 @@ class IngressDataPlane:
         self._mesh: _Held[MeshLayout] = _Held()
         self._publish: _Held[PublishLayout] = _Held()
         self._reserved: dict[tuple[str, int], socket.socket] = {}
+        self._mesh_ports: frozenset[tuple[str, int]] = frozenset()
+        self._host_ports: frozenset[tuple[str, int]] = frozenset()
+        self._host_lock = asyncio.Lock()
 
     # ------------------------------------------------------------ the generic step
 
@@ -205,7 +210,8 @@ class IngressDataPlane:
                                  lambda cur, fresh: plan_mesh(cur, want, self.prefix, fresh=fresh))
         outer = await self._step(self._publish, self._host_netns, read_publish,
                                  lambda cur, fresh: plan_publish(cur, want, self.prefix, fresh=fresh))
-        unreserved = await self._reserve(set(want.by_key()))
+        self._mesh_ports = frozenset(want.by_key())
+        unreserved = await self._reserve()
         return Applied(inner.commands + outer.commands, inner.flushed, unreserved, inner.script + outer.script)
 
     async def remove_mesh(self, netns: Netns | None) -> Applied:
@@ -216,7 +222,8 @@ class IngressDataPlane:
                 plan = publish_removal(self.prefix)
                 await _execute(fd, plan)
                 self._publish.layout = None
-        await self._reserve(set())
+        self._mesh_ports = frozenset()
+        await self._reserve()
         flushed = 0
         async with self._mesh.lock:
             if netns is not None:
@@ -229,8 +236,23 @@ class IngressDataPlane:
             self._mesh.layout = None
         return Applied(0, flushed)
 
-    async def _reserve(self, wanted: set[tuple[str, int]]) -> tuple[str, ...]:
+    async def set_host_ports(self, ports: Iterable[HostPort], device: str) -> Applied:
+        """Host-mode published ports of this node's tasks (hostports.py), in the daemon's
+        namespace, reached through `device` (the gateway bridge); reserved like the mesh's."""
+        wanted = tuple(ports)
+        async with self._host_lock:
+            with _opened(self._host_netns) as fd:
+                script = host_ports_script(wanted, device, self.prefix)
+                if wanted:
+                    await kernel.write_sysctls(fd, publish_sysctls(device))
+                await kernel.nft_apply(fd, script)
+            self._host_ports = frozenset(p.key for p in wanted)
+            unreserved = await self._reserve()
+        return Applied(script.count("\n"), unreserved=unreserved, script=script)
+
+    async def _reserve(self) -> tuple[str, ...]:
         """Hold a bound socket on every published port (nothing else on the node gets it)."""
+        wanted = set(self._mesh_ports | self._host_ports)
         for key in sorted(set(self._reserved) - wanted):
             self._reserved.pop(key).close()
         errors: list[str] = []
