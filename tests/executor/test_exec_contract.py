@@ -50,7 +50,8 @@ async def test_a_fatal_prepare_error_rejects_the_task(executor: Executor, busybo
 
 async def test_a_stop_runc_could_not_make_is_retried(executor: Executor, busybox_layer: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    ctl = executor.controller(make_config(busybox_layer, ["sh", "-c", "trap 'exit 0' TERM; echo ready; sleep 300 & wait"]))
+    trapped = ["sh", "-c", "trap 'exit 0' TERM; echo ready; sleep 300 & wait"]
+    ctl = executor.controller(make_config(busybox_layer, trapped))
     try:
         task = task_for(ctl, TaskState.PREPARING)
         assert (await step(task, ctl)).status.state == TaskState.READY

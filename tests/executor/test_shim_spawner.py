@@ -128,7 +128,8 @@ async def test_a_shim_that_cannot_start_gives_a_clear_error(data_dir: Path, busy
 async def test_runc_process_fallbacks_still_work(executor: Executor, busybox_layer: Path) -> None:
     """start, kill and delete through runc's own commands (the shortcuts turned off)."""
     executor.runc.shortcuts = False
-    ctl = executor.controller(make_config(busybox_layer, ["sh", "-c", "trap 'exit 3' TERM; echo ready; sleep 300 & wait"]))
+    trapped = ["sh", "-c", "trap 'exit 3' TERM; echo ready; sleep 300 & wait"]
+    ctl = executor.controller(make_config(busybox_layer, trapped))
     try:
         await ctl.prepare()
         assert (await ctl.state()).status == "created"
