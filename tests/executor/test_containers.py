@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.executor.conftest import make_config, needs_root_and_runc, wait_for_log
-from worker.executor import ContainerConfig, ContainerUnhealthy, Executor, Healthcheck, Resources
+from worker.executor import ContainerConfig, ContainerUnhealthy, Executor, ExecutorError, Healthcheck, Resources
 from worker.executor.rootfs import mounts_under
 
 pytestmark = needs_root_and_runc()
@@ -186,7 +186,12 @@ async def test_failing_probe_during_start_period_does_not_count(executor: Execut
     ctl = executor.controller(config)
     try:
         await ctl.prepare()
-        await ctl.start()
+        async with asyncio.timeout(15):
+            await ctl.start()
+        # start() returns once the container is healthy: the task stays STARTING (out of every
+        # load balancer's rotation) until it can serve.
+        assert ctl.health is not None and ctl.health.status == "healthy"
+        assert (await executor.runc.exec(ctl.id, ["test", "-f", "/tmp/up"], timeout=10))[0] == 0
         async with asyncio.timeout(15):
             waiting = asyncio.create_task(ctl.wait())     # wait() runs the health checks
             try:
@@ -198,6 +203,21 @@ async def test_failing_probe_during_start_period_does_not_count(executor: Execut
             finally:
                 waiting.cancel()
         assert status.exit_code == 0
+    finally:
+        await ctl.remove()
+
+
+async def test_a_container_that_stops_before_it_is_healthy_fails_to_start(executor: Executor,
+                                                                           busybox_layer: Path) -> None:
+    config = make_config(busybox_layer, ["sh", "-c", "sleep 0.3; exit 4"],
+                         healthcheck=Healthcheck(test=["test", "-f", "/tmp/never"], interval=0.2, timeout=2.0,
+                                                 retries=100))
+    ctl = executor.controller(config)
+    try:
+        await ctl.prepare()
+        with pytest.raises(ExecutorError, match="stopped before it was healthy"):
+            async with asyncio.timeout(15):
+                await ctl.start()
     finally:
         await ctl.remove()
 

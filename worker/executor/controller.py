@@ -41,7 +41,7 @@ from typing import Any
 
 from worker.exec import ContainerState, ExecutorError, ExitStatus, TemporaryError
 from worker.executor import bundle, rootfs
-from worker.executor.health import HealthMonitor
+from worker.executor.health import HEALTHY, UNHEALTHY, HealthMonitor
 from worker.executor.layout import Layout
 from worker.executor.runtime import Conmon, Runc, RuntimeFailure, ShimPaths, pid_alive
 from worker.executor.spec import (
@@ -236,13 +236,24 @@ class ContainerController:
         st = await self.runc_state()
         if st is None:
             raise ExecutorError(f"container {self.id} is not prepared")
-        if st.get("status") != "created":
+        if st.get("status") == "created":
+            try:
+                await self.runc.start(self.id)
+            except RuntimeFailure as e:
+                raise ExecutorError(str(e)) from e
+            _write_atomic(self.paths.started_record, _now())
+        await self._until_healthy()
+
+    async def _until_healthy(self) -> None:
+        """With a health check, return only once the container is healthy (as swarmkit's
+        controller does): the task stays STARTING, out of every load balancer's rotation, until
+        it can serve. Unhealthy, or stopped first: an error that fails the task."""
+        if self.health is None or self.health.status == HEALTHY:
             return
-        try:
-            await self.runc.start(self.id)
-        except RuntimeFailure as e:
-            raise ExecutorError(str(e)) from e
-        _write_atomic(self.paths.started_record, _now())
+        if await self.health.run_until(self._running, {HEALTHY, UNHEALTHY}) is None:
+            raise ExecutorError(f"task: container {self.id} stopped before it was healthy")
+        if self.health.status == UNHEALTHY:
+            raise ContainerUnhealthy(f"task: container {self.id} is unhealthy: {self._last_probe_output()}")
 
     async def wait(self) -> ExitStatus:
         """The exit status once the container exits; raises ContainerUnhealthy first if its

@@ -96,6 +96,12 @@ class HealthMonitor:
             self, still_running: Callable[[], Awaitable[bool]]) -> HealthTracker | None:
         """Probe every interval; the tracker once the status is unhealthy, or None when a probe
         failed because the container itself stopped (its exit, not its health, then counts)."""
+        return await self.run_until(still_running, {UNHEALTHY})
+
+    async def run_until(self, still_running: Callable[[], Awaitable[bool]],
+                        statuses: set[str]) -> HealthTracker | None:
+        """Probe every interval until the status is one of `statuses` (the tracker), or a probe
+        failed because the container itself stopped (None)."""
         check = self.tracker.check
         started = time.monotonic()
         while True:
@@ -103,5 +109,5 @@ class HealthMonitor:
             result = await self.probe_once()
             if result.exit_code != 0 and not await still_running():
                 return None
-            if self.tracker.record(result, time.monotonic() - started) == UNHEALTHY:
+            if self.tracker.record(result, time.monotonic() - started) in statuses:
                 return self.tracker
