@@ -25,6 +25,7 @@ from manager.allocator import NetworkSettings, ingress_network, init_network_set
 from manager.specs import SpecError, default_swarm_spec, normalize_swarm_spec
 from manager.store import Store, WriteTx
 from manager.swarm.ca_service import cert_expiry
+from manager.swarm.membership import refuse_old_managers
 from manager.swarm.raft_glue import StoreStateMachine
 from model import Cluster, Node, Reachability, new_id
 from node.addresses import AddressError, choose_advertise, split_host_port
@@ -121,6 +122,8 @@ async def force_new_cluster(node: SwarmNode) -> str:
         snapshot = recovered.snapshot()
         aside = raft_dir.with_name(f"raft.before-force-new-cluster.{int(time.time())}")
         raft_dir.rename(aside)
+        refused = await asyncio.to_thread(refuse_old_managers, raft_dir, recovered, state.node_id)
+        log.info("the new cluster refuses the other managers of the old one", extra={"raft_ids": sorted(refused)})
         state.managers = [state.advertise_addr]
         state.save(node.data_dir)
         node.set_credentials(NodeCredentials.load(node.certs_dir))

@@ -5,7 +5,11 @@ The agent's session reports this node's wanted role; the role loop is level-trig
   server and a Raft node with no state, and ask the leader to add it (`raft.join`);
 - demoted (spec says worker and the leader has taken it out of Raft): stop the manager parts,
   drop the Raft state and renew the certificate as a worker;
-- a manager whose Raft join did not complete is joined again.
+- a manager whose Raft join did not complete is joined again;
+- a manager that Raft says was removed (demoted or left out of a forced new cluster while it was
+  down or cut off; see manager/swarm/runtime.py) but that the cluster wants as a manager again
+  joins as a new member, as a promotion does (new Raft ID, no Raft state): its old ID may be refused.
+  One that the cluster wants as a worker is demoted as above.
 A failed attempt is retried, after a growing delay, until it succeeds or the wish changes. Each
 attempt is a `SwarmNode.background` transition: it runs under the node's lock, a leave cancels
 it, and it either happens or leaves the node as it was (a promotion whose manager cannot start
@@ -39,8 +43,8 @@ ROLE_RETRY_CEILING = 30.0
 
 
 def change_needed(node: SwarmNode) -> str | None:
-    """"manager", "worker" or "raft" (join Raft again) when this node is not what the cluster
-    wants; None when it is."""
+    """"manager", "worker", "raft" (join Raft again) or "rejoin" (join Raft as a new member) when
+    this node is not what the cluster wants; None when it is."""
     if node.state is None or node.wanted_role is None:
         return None
     role, member = node.wanted_role
@@ -49,7 +53,7 @@ def change_needed(node: SwarmNode) -> str | None:
     if role == "worker" and node.state.role == "manager" and not member:
         return "worker"  # only once the leader has taken this node out of Raft
     if role == "manager" and node.state.role == "manager" and not member and node.runtime is not None:
-        return "raft"
+        return "rejoin" if node.runtime.removed else "raft"
     return None
 
 
@@ -75,6 +79,8 @@ async def _attempt(node: SwarmNode, target: str) -> bool:
         return True      # the wish changed, or another transition did it meanwhile
     if target == "raft":
         return await _retry_raft_join(node)
+    if target == "rejoin":
+        return await _change_role(node, "manager", fresh=True)
     return await _change_role(node, target)
 
 
@@ -89,13 +95,13 @@ async def _retry_raft_join(node: SwarmNode) -> bool:
         return False
 
 
-async def _change_role(node: SwarmNode, role: str) -> bool:
-    """Become `role`; True when done (or nothing is left to do), False to try again later, with
-    the node as it was."""
+async def _change_role(node: SwarmNode, role: str, fresh: bool = False) -> bool:
+    """Become `role` (with `fresh`: a manager that becomes a new Raft member); True when done (or
+    nothing is left to do), False to try again later, with the node as it was."""
     state = node.state
-    if state is None or state.role == role:
+    if state is None or (state.role == role and not fresh):
         return True
-    log.info("role change", extra={"from": state.role, "to": role})
+    log.info("role change", extra={"from": state.role, "to": role, **({"new_raft_member": True} if fresh else {})})
     try:
         await renew(node)
     except (RpcError, ApiError, OSError) as e:

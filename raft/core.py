@@ -125,6 +125,7 @@ class RaftCore(RemovalSide, LeaderSide):
         self._ready_outstanding = False
         self._removal_notice: tuple[int, int] | None = None  # (index, term) of a peer's REMOVED
         self._removed_by_log = False        # the last committed change about this node removed it
+        self._refused = False               # refused outright by a peer (raft/removal.py)
         self._init_leader_state()
 
     def _bootstrap(self, peers: ConfState) -> None:
@@ -165,7 +166,7 @@ class RaftCore(RemovalSide, LeaderSide):
         return SnapshotMeta(index, term, self.conf_history.at(index))
 
     def _promotable(self) -> bool:
-        return self.id in self.conf.voters and not self._notice_active()
+        return self.id in self.conf.voters and not self._barred()
 
     def status(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -258,6 +259,8 @@ class RaftCore(RemovalSide, LeaderSide):
         if msg.type is MessageType.REMOVED:
             self._handle_removed_notice(msg)
             return
+        if self._refused and msg.type in VOTE_REQUESTS:
+            return      # our configuration is dead: no quorum may be made with us
         if self._is_removed_peer(msg.frm) and not self._heeds_removed_peer(msg):
             self._send_removed_notice(msg.frm)
             return

@@ -32,6 +32,13 @@ election timeouts after the last one sent. So a member removed while it was down
 that it is out as soon as it talks to the cluster again, and the cluster keeps no connections open
 to old members. `removed` says this node knows it was removed; it is logged once when it turns true
 (and again should it turn false: added back under the same id).
+
+Refused members: a cluster forced anew from one member's state (`write_refused_members` before its
+first start, kept in `<data_dir>/refused-members`) names the members of the cluster it left behind.
+Their messages never reach the core: each is answered with REMOVED marked `reject`, which tells the
+old member it is out whatever its log says (raft/removal.py, "Refused members"). Without it, old
+members coming back together could elect a leader of their old configuration whose term the new
+cluster would follow, and whose log would overwrite the new one.
 """
 
 from __future__ import annotations
@@ -77,6 +84,7 @@ log = logging.getLogger("raft.node")
 _OVERLAPPABLE = (MessageType.APPEND, MessageType.HEARTBEAT)
 # A removed member's lanes stay open this many election timeouts after the last REMOVED sent to it.
 RETIRED_GRACE_ELECTIONS = 4
+REFUSED_FILE = "refused-members"
 
 
 class StateMachine(Protocol):
@@ -148,6 +156,33 @@ def _unwrap_snapshot(data: bytes) -> SnapshotData:
                         {int(i): Member.decode(c) for i, c in (obj.get("retired") or {}).items()})
 
 
+def write_refused_members(data_dir: str, members: dict[int, Member]) -> None:
+    """Before a node's first start on `data_dir`: refuse these members of an old cluster (see the
+    module's docstring). Written atomically and synced."""
+    os.makedirs(data_dir, exist_ok=True)
+    path = os.path.join(data_dir, REFUSED_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(msgpack.packb({i: m.encode() for i, m in members.items()}))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(data_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_refused_members(data_dir: str) -> dict[int, Member]:
+    try:
+        with open(os.path.join(data_dir, REFUSED_FILE), "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return {}
+    return {int(i): Member.decode(c) for i, c in msgpack.unpackb(data, strict_map_key=False).items()}
+
+
 class RaftNode:
     def __init__(self, node_id: int, data_dir: str, state_machine: StateMachine, *,
                  members: dict[int, Member], bootstrap: bool = True,
@@ -165,6 +200,7 @@ class RaftNode:
         self.retired: dict[int, Member] = {}    # removed members' addresses, so REMOVED reaches them
         self._retiring: dict[int, int] = {}     # removed member with open lanes → tick they close at
         self._reported_removed = False          # what was last logged about `removed`
+        self.refused: set[int] = set()          # members of a cluster left behind (REFUSED_FILE)
         self._bootstrap = bootstrap
         self.storage = DiskStorage(data_dir, segment_size=self.opts.segment_size, fsync=self.opts.fsync,
                                    inline_sync_bytes=self.opts.inline_sync_bytes)
@@ -195,6 +231,11 @@ class RaftNode:
     async def start(self) -> Address:
         """Load state, listen, and start the loops; returns the bound raft address."""
         loaded = await asyncio.to_thread(self.storage.load)
+        refused = await asyncio.to_thread(read_refused_members, self.data_dir)
+        self.refused = set(refused) - {self.id}
+        for i in self.refused:
+            self.members.pop(i, None)
+            self.retired[i] = refused[i]
         applied = 0
         if loaded.snapshot is not None:
             wrapped = _unwrap_snapshot(loaded.snapshot.data)
@@ -281,6 +322,9 @@ class RaftNode:
     # -- transport callbacks ---------------------------------------------------------------------------
 
     def _deliver(self, msg: Message) -> None:
+        if msg.frm in self.refused:
+            self._refuse(msg)
+            return
         self.last_heard[msg.frm] = asyncio.get_running_loop().time()
         if self.core is not None and not self._stopping:
             self.core.step(msg)
@@ -500,6 +544,14 @@ class RaftNode:
         if peer not in self.transport.peers:
             self.transport.set_peer(peer, member.raft)
         self._retiring[peer] = self.ticks + self._retired_grace()
+
+    def _refuse(self, msg: Message) -> None:
+        """Answer a refused member, whatever it sent, with REMOVED marked `reject`."""
+        core = self.core
+        if core is None or self._stopping or msg.type is MessageType.REMOVED:
+            return
+        self._reach_removed(msg.frm)
+        self.transport.send(Message(MessageType.REMOVED, msg.frm, self.id, max(core.term, 1), reject=True))
 
     def _close_retired_lanes(self) -> None:
         for peer, until in list(self._retiring.items()):

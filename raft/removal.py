@@ -13,6 +13,13 @@ A leader also sends REMOVED to a follower whose removal it has just committed. `
 `SoftState` and `status()`) is true while a notice holds or after this node committed its own
 removal; it is volatile (a restarted removed node relearns it from its log or its first contact)
 and turns false again if the node is added back under the same id.
+
+Refused members: the logs of two clusters cannot be compared (a cluster forced anew from one member's
+state starts a new log, whose (index, term) pairs may well occur in an old member's log), so a driver
+that knows a peer belongs to a cluster it left behind refuses it outright: it answers with REMOVED
+with `reject` set, and never steps its messages into the core. A node told so is refused until it
+restarts, whatever its log says: it steps down, never campaigns, and grants no vote or pre-vote, so
+the other members of its old configuration cannot make a quorum with it either.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ class RemovalSide:
     role: Role
     _removal_notice: tuple[int, int] | None    # (index, term) of a peer's REMOVED
     _removed_by_log: bool                      # the last committed change about this node removed it
+    _refused: bool                             # a REMOVED with reject: refused whatever our log says
 
     if TYPE_CHECKING:   # provided by RaftCore and LeaderSide; no runtime stubs to shadow them
         @property
@@ -53,7 +61,12 @@ class RemovalSide:
     def removed(self) -> bool:
         """This node knows that a committed configuration excludes it: a peer's REMOVED notice about a
         commit beyond our log, or our own committed removal (and no re-add since, even uncommitted)."""
-        return self._notice_active() or (self._removed_by_log and not is_member(self.conf, self.id))
+        return self._barred() or (self._removed_by_log and not is_member(self.conf, self.id))
+
+    def _barred(self) -> bool:
+        """We must not campaign: a notice says a committed configuration beyond our log excludes us,
+        or we were refused outright."""
+        return self._refused or self._notice_active()
 
     def _log_covers(self, index: int, term: int) -> bool:
         return index <= self.log.snapshot_index or self.log.term(index) == term
@@ -93,6 +106,12 @@ class RemovalSide:
         self._send(Message(MessageType.REMOVED, peer, self.id, self.term, log_term=term, index=index))
 
     def _handle_removed_notice(self, msg: Message) -> None:
+        if msg.reject:
+            # Refused outright (see "Refused members"); its term belongs to another log: not ours.
+            self._refused = True
+            if self.role is not Role.FOLLOWER:
+                self._become_follower(self.term, 0)
+            return
         if msg.term > self.term:
             self._become_follower(msg.term, 0)
         if self._log_covers(msg.index, msg.log_term):

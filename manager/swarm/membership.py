@@ -11,6 +11,10 @@ Leader loops (one leadership term each):
 - the role reconciler carries out demotions: a manager whose spec says worker is removed from
   Raft (leadership is handed over first if it is the leader itself), then loses its manager
   status. Promotions are driven by the promoted node, which calls `raft.join`.
+
+A cluster forced anew from one manager's state (`swarm init --force-new-cluster`) refuses the other
+managers of the old one (`refuse_old_managers`, see raft/node.py "Refused members"): back with
+their old logs, they would otherwise make a quorum of the old configuration and take it over.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from manager.store import ReadTx, Store, WriteTx, retry_on_conflict
 from model import Node, Reachability
-from raft.node import Member, RaftNode
+from raft.node import Member, RaftNode, write_refused_members
 from raft.transport import parse_address
 from raft.types import NotLeader
 from rpc.errors import FailedPrecondition, InvalidArgument, NotLeaderError, Unavailable
@@ -46,6 +51,19 @@ def node_of_raft_id(tx: ReadTx, raft_id: int) -> Node | None:
         if int((node.manager_status or {}).get("RaftID", 0)) == raft_id:
             return node
     return None
+
+
+def refuse_old_managers(raft_dir: Path, old: Store, keep_node: str) -> dict[int, Member]:
+    """Before a forced new cluster's first start in `raft_dir`: refuse the Raft members recorded in the
+    old cluster's store `old`, all but node `keep_node`. Returns them. Blocking file I/O."""
+    refused: dict[int, Member] = {}
+    for node in old.view(manager_nodes):
+        status = node.manager_status or {}
+        raft_id, addr = int(status.get("RaftID", 0)), str(status.get("Addr", ""))
+        if node.id != keep_node and raft_id and addr:
+            refused[raft_id] = Member(parse_address(addr), {"node_id": node.id})
+    write_refused_members(str(raft_dir), refused)
+    return refused
 
 
 class MembershipService:
@@ -71,6 +89,9 @@ class MembershipService:
         raft_id, addr = int(params.get("raft_id", 0)), str(params.get("addr", ""))
         if raft_id <= 0:
             raise InvalidArgument("raft.join needs a positive raft_id")
+        if raft_id in raft.refused:
+            raise FailedPrecondition(f"raft id {raft_id} belongs to the cluster this one was forced from; "
+                                     "join as a new member")
         try:
             parse_address(addr)
         except ValueError as e:

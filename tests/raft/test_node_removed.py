@@ -9,12 +9,21 @@ though the member's removal took it out of the address book. The removed node th
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
 import pytest
 
-from raft.node import Member, NodeOptions, RaftNode, _unwrap_snapshot, _wrap_snapshot
+from raft.node import (
+    Member,
+    NodeOptions,
+    RaftNode,
+    _unwrap_snapshot,
+    _wrap_snapshot,
+    read_refused_members,
+    write_refused_members,
+)
 from raft.types import Entry, Role
 
 ELECTION_TICK = 10
@@ -96,6 +105,10 @@ async def nodes(tmp_path: Path):
     yield make
     for n in made:
         await n.close()
+
+
+def removed_flag(node: RaftNode) -> Callable[[], bool]:
+    return lambda: node.removed
 
 
 async def elections_later(node: RaftNode, count: int) -> None:
@@ -182,3 +195,38 @@ def test_snapshot_wrapper_keeps_retired_addresses_and_reads_old_snapshots() -> N
     assert (wrapped.members, wrapped.app, wrapped.retired) == (members, b"app", retired)
     old = msgpack.packb({"members": {1: members[1].encode()}, "app": b"app"})   # before retired existed
     assert _unwrap_snapshot(old).retired == {}
+
+
+async def test_members_of_a_cluster_left_behind_are_refused_and_cannot_take_over_the_new_one(tmp_path: Path) -> None:
+    """Node 1 forces a new one-member cluster from its state while 2 and 3 are down; they come back
+    together with their old logs, a majority of the old configuration (and, both clusters being
+    young, of the same term). The new cluster refuses them: they learn they are out, and its leader
+    keeps its term and its log."""
+    old = Nodes(tmp_path / "old")
+    await old.start_all()
+    leader = await old.leader((1, 2, 3))
+    await leader.propose(b"old")
+    addrs = dict(old.addrs)
+    await old.close()
+
+    new_dir = str(tmp_path / "forced")
+    write_refused_members(new_dir, {2: Member(addrs[2]), 3: Member(addrs[3])})
+    assert read_refused_members(new_dir) == {2: Member(addrs[2]), 3: Member(addrs[3])}
+    forced = RaftNode(1, new_dir, Register(), members={1: Member(addrs[1])},
+                      options=NodeOptions(tick_interval=0.01, election_tick=ELECTION_TICK))
+    await forced.start()
+    try:
+        await forced.wait_until(lambda: forced.is_leader, timeout=TIMEOUT)
+        await forced.propose(b"new")
+        term, commit = forced.hard_state().term, forced.commit_index
+        back = [await old.start(2), await old.start(3)]
+        for node in back:
+            await node.wait_until(removed_flag(node), timeout=TIMEOUT)
+        await elections_later(forced, 3)
+        assert forced.is_leader and forced.hard_state().term == term, "the new cluster was disturbed"
+        assert forced.commit_index == commit and forced.sm.value == b"new"    # type: ignore[attr-defined]
+        assert not any(node.is_leader for node in back)
+        assert all(node.removed and node.status()["removed"] for node in back)
+    finally:
+        await forced.stop()
+        await old.close()

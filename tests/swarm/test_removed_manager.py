@@ -122,3 +122,43 @@ def test_manager_demoted_while_down_or_partitioned_says_it_is_out_and_never_camp
     lab.heal()
     becomes_a_worker(lab, leader, victim)
     assert terms(lab, remaining) == remaining_before, "no election while it became a worker"
+
+
+def ghost_leader(lab: Lab, hosts: tuple[str, ...]) -> str:
+    """The host among `hosts` that leads (their old configuration), or ""."""
+    for host in hosts:
+        info = raft_info(lab, host)
+        if info["Leader"] == info["RaftID"]:
+            return host
+    return ""
+
+
+def test_managers_left_out_of_a_forced_new_cluster_come_back_and_never_take_it_over(make_lab) -> None:
+    """Two managers are lost and the third forces a new cluster. The two come back together, cut off
+    from it: with their old logs they are a majority of the old configuration and elect a leader of
+    it, and their agents stay with that leader's dispatcher. When the partition heals, that leader's
+    heartbeats reach the new cluster, whose log cannot be compared with theirs (it starts anew, at
+    the same small terms): the new cluster must refuse them rather than follow, and they learn that
+    they are out (raft/node.py, "Refused members"). Then they become workers."""
+    lab: Lab = make_lab(managers=3, workers=0, swarm=True)
+    eventually(lambda: all(n["Status"]["State"] == "ready" for n in nodes_by_host(lab, "manager-1").values()),
+               timeout=30, what="all managers ready")
+    survivor, lost = "manager-1", ("manager-2", "manager-3")
+    for host in lost:
+        lab.kill(host)
+    api(lab, survivor, "POST", "/swarm/init", {"ForceNewCluster": True})
+    node_update(lab, survivor, survivor, lambda spec: spec["Labels"].__setitem__("forced", "yes"))
+    before = terms(lab, (survivor,))
+    for host in lost:
+        lab.partition(host, survivor)
+        lab.start(host)
+    ghost = eventually(lambda: ghost_leader(lab, lost), timeout=30, what="the old managers to elect a leader")
+    assert terms(lab, (survivor,)) == before
+    lab.heal()
+    eventually(lambda: removed_lines(lab, ghost) >= 1, timeout=30, what=f"{ghost}'s log to say it was removed")
+    for host in lost:
+        becomes_a_worker(lab, survivor, host)
+        assert terms(lab, (survivor,)) == before, f"{host} disturbed the new cluster"
+    holds_for(lambda: terms(lab, (survivor,)) == before, QUIET_SECONDS, "the new cluster's term and leader")
+    assert nodes_by_host(lab, survivor)[survivor]["Spec"]["Labels"]["forced"] == "yes"
+    assert in_raft(lab, survivor) == {survivor}
