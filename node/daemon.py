@@ -51,6 +51,8 @@ from worker.executor.node_api import add_node_container_routes, container_publis
 from worker.executor.task_executor import RuncTaskExecutor
 from worker.images import api as images_api
 from worker.images.store import ImageStore
+from worker.standalone import api as standalone_api
+from worker.standalone.containers import StandaloneContainers
 from worker.timed import TimedTaskExecutor
 
 log = logging.getLogger("shoal.daemon")
@@ -190,7 +192,8 @@ def build_host(config: DaemonConfig) -> Host:
     add_cluster_routes(routes)
     images_api.add_routes(routes, images)
     volumes_api.add_routes(routes, executor.volumes)
-    add_node_container_routes(app, routes, executor, lambda ref: _image_id(images, ref), events)
+    containers = add_node_container_routes(app, routes, executor, lambda ref: _image_id(images, ref), events)
+    standalone_api.add_routes(app, routes, StandaloneContainers(containers, images))   # docker run
     events_api.add_routes(routes, events, swarm.manager_store)
     if metrics is not None:
         metrics.watch_manager(lambda: swarm.runtime)

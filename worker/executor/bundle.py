@@ -166,7 +166,7 @@ def build_spec(config: ContainerConfig, user: ResolvedUser, host: HostPaths) -> 
     return {
         "ociVersion": OCI_VERSION,
         "process": {
-            "terminal": False,
+            "terminal": config.tty,
             "user": {"uid": user.uid, "gid": user.gid,
                      **({"additionalGids": user.additional_gids} if user.additional_gids else {})},
             "args": list(config.args),

@@ -41,6 +41,11 @@ class ContainerView:
     created: float                 # Unix seconds
     image_id: str = ""
     log_path: str = ""
+    standalone: dict[str, Any] | None = None   # the create record of a standalone container
+
+    @property
+    def auto_remove(self) -> bool:
+        return bool(((self.standalone or {}).get("HostConfig") or {}).get("AutoRemove"))
 
     @property
     def id(self) -> str:
@@ -160,6 +165,10 @@ def _network_settings(view: ContainerView) -> dict[str, Any]:
     return {"Networks": {}} if view.config.netns_path else {"Networks": {"none": {}}}
 
 
+def _network_mode(view: ContainerView) -> str:
+    return str(((view.standalone or {}).get("HostConfig") or {}).get("NetworkMode") or "default")
+
+
 def summary(view: ContainerView) -> dict[str, Any]:
     """One row of `GET /containers/json`; `status_text` is filled in by `summaries`."""
     c = view.config
@@ -167,7 +176,7 @@ def summary(view: ContainerView) -> dict[str, Any]:
         "Id": c.id, "Names": ["/" + view.name], "Image": c.image or view.image_id,
         "ImageID": view.image_id, "Command": " ".join(c.args), "Created": int(view.created),
         "Ports": [], "Labels": view.labels, "State": view.status, "Status": "",
-        "HostConfig": {"NetworkMode": "default"}, "NetworkSettings": _network_settings(view),
+        "HostConfig": {"NetworkMode": _network_mode(view)}, "NetworkSettings": _network_settings(view),
         "Mounts": _mounts(c),
     }
 
@@ -196,7 +205,7 @@ def inspect(view: ContainerView) -> dict[str, Any]:
     if health is not None:
         state["Health"] = health
     memory = c.resources.memory_bytes
-    return {
+    doc: dict[str, Any] = {
         "Id": c.id, "Created": format_time(view.created), "Path": c.args[0] if c.args else "",
         "Args": c.args[1:], "State": state, "Image": view.image_id, "ResolvConfPath": "",
         "HostnamePath": "", "HostsPath": "", "LogPath": view.log_path, "Name": "/" + view.name,
@@ -222,6 +231,10 @@ def inspect(view: ContainerView) -> dict[str, Any]:
         "NetworkSettings": {"Bridge": "", "SandboxID": "", "SandboxKey": c.netns_path,
                             "Ports": {}, **_network_settings(view)},
     }
+    if view.standalone is not None:      # what docker create asked for, as dockerd echoes it
+        doc["Config"].update(view.standalone.get("Config") or {})
+        doc["HostConfig"].update(view.standalone.get("HostConfig") or {})
+    return doc
 
 
 def matches(view: ContainerView, filters: Filters) -> bool:

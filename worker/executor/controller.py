@@ -175,7 +175,8 @@ class ContainerController:
                 await self.conmon.create(self.id, self.config.name, ShimPaths(
                     bundle=p.bundle, log=p.log, container_pidfile=p.container_pidfile,
                     conmon_pidfile=p.conmon_pidfile, exit_dir=self.layout.exit_dir,
-                    socket_dir=self.layout.socket_dir, shim_output=p.shim_output))
+                    socket_dir=self.layout.socket_dir, shim_output=p.shim_output),
+                    terminal=self.config.tty, stdin=self.config.stdin)
         except (OSError, ConfigError, RuntimeFailure, ValueError) as e:
             if await self.runc_state() is None:     # nothing was created: undo the host side
                 await asyncio.to_thread(self._remove_files)
@@ -345,6 +346,33 @@ class ContainerController:
             except TimeoutError:
                 os.kill(pid, signal.SIGKILL)
         await asyncio.to_thread(self._remove_files)
+
+    async def reset(self) -> None:
+        """Forget the runtime side of a container that has exited (runc's state, the shim's
+        files, the exit records, the rootfs mount), keeping its config record, writable layer,
+        log and volumes, so that `prepare` makes it anew: `docker start` of an exited container."""
+        st = await self.runc_state()
+        if st is not None and st.get("status") in ("running", "created", "paused") and not self.exited():
+            raise ExecutorError(f"container {self.id} has not exited")
+        if st is not None:
+            try:
+                await self.runc.delete(self.id, force=True)
+            except RuntimeFailure as e:
+                raise TemporaryError(f"resetting container {self.id}: {e}") from e
+        pid = self._conmon_pid()
+        if pid:
+            try:
+                async with asyncio.timeout(SHIM_EXIT_TIMEOUT):
+                    await _wait_pid_exit(pid)
+            except TimeoutError:
+                os.kill(pid, signal.SIGKILL)
+        await asyncio.to_thread(self._reset_files)
+
+    def _reset_files(self) -> None:
+        rootfs.unmount(self.paths.rootfs)
+        for path in (self.layout.exit_file(self.id), self.paths.exit_record, self.paths.started_record,
+                     self.layout.socket_dir / self.id):
+            path.unlink(missing_ok=True)
 
     def _remove_files(self) -> None:
         rootfs.unmount(self.paths.rootfs)

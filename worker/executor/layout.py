@@ -54,6 +54,12 @@ class ContainerPaths:
         return self.state / "shoal.json"
 
     @property
+    def standalone_record(self) -> Path:
+        """What `docker create` asked for, beside the config (worker.standalone); only there
+        for a standalone container: a task's container has none."""
+        return self.state / "standalone.json"
+
+    @property
     def bundle(self) -> Path:
         return self.state / "bundle"
 

@@ -15,10 +15,12 @@ exit code before any await here gives the removal a chance to delete it.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal as signals
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from engineapi.http import ApiError
@@ -30,6 +32,15 @@ from worker.executor.executor import Executor
 from worker.executor.runtime import RuntimeFailure
 
 PS_TIMEOUT = 10.0
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A standalone container's create record (None for a task's container, or if unreadable)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 EventSink = Callable[[str, ContainerView, dict[str, str]], None]
 
 
@@ -56,8 +67,9 @@ class LocalContainers:
         self.executor = executor
         self._image_id = image_id
         self.on_event = on_event
+        self._removed: dict[str, asyncio.Event] = {}     # set when the container is removed here
 
-    def _emit(self, action: str, view: ContainerView, **attributes: str) -> None:
+    def emit(self, action: str, view: ContainerView, **attributes: str) -> None:
         if self.on_event is not None:
             self.on_event(action, view, attributes)
 
@@ -76,13 +88,14 @@ class LocalContainers:
 
     async def view_of(self, ctl: ContainerController) -> ContainerView:
         state = await ctl.state()
+        standalone = read_record(ctl.paths.standalone_record)
         try:
-            created = ctl.paths.config.stat().st_mtime
-        except OSError:
+            created = float(standalone["Created"]) if standalone else ctl.paths.config.stat().st_mtime
+        except (OSError, KeyError, TypeError, ValueError):
             created = time.time()
         image = ctl.config.image
         return ContainerView(ctl.config, state, created, self._image_id(image) if image else "",
-                             str(ctl.paths.log))
+                             str(ctl.paths.log), standalone)
 
     async def views(self) -> list[ContainerView]:
         """Every container with a config record; one that vanishes or cannot be read while
@@ -116,7 +129,7 @@ class LocalContainers:
             await ctl.runc.kill(view.id, sig)
         except RuntimeFailure as e:
             raise ApiError(500, f"Cannot kill container: {ref}: {e}") from e
-        self._emit("kill", view, signal=str(sig))
+        self.emit("kill", view, signal=str(sig))
 
     async def stop(self, ref: str, timeout: float | None, sig: int | None) -> bool:
         """Stop signal, the grace period, SIGKILL; False if it was not running (dockerd's 304)."""
@@ -136,7 +149,7 @@ class LocalContainers:
                 await ctl.shutdown(grace)
         except (ExecutorError, RuntimeFailure) as e:
             raise ApiError(500, f"cannot stop container: {ref}: {e}") from e
-        self._emit("stop", view)
+        self.emit("stop", view)
         return True
 
     async def remove(self, ref: str, *, force: bool) -> None:
@@ -147,11 +160,13 @@ class LocalContainers:
         try:
             if view.status == "running":
                 await ctl.terminate()
-                self._emit("kill", view, signal=str(int(signals.SIGKILL)))
+                self.emit("kill", view, signal=str(int(signals.SIGKILL)))
             await ctl.remove()
         except ExecutorError as e:
             raise ApiError(500, f"Could not remove container {ref}: {e}") from e
-        self._emit("destroy", view)
+        if (removed := self._removed.pop(view.id, None)) is not None:
+            removed.set()
+        self.emit("destroy", view)
 
     async def wait(self, ref: str, condition: str) -> tuple[int, str]:
         """(exit code, error) once the container is not running / exits next / is removed."""
@@ -161,6 +176,10 @@ class LocalContainers:
         if condition in ("", "not-running") and view.status != "running":
             return view.exit_code, ""
         status = await ctl.wait_exit()    # "removed" too: a task container is removed by its task
+        if condition == "removed" and view.standalone is not None:
+            removed = self._removed.setdefault(view.id, asyncio.Event())
+            if ctl.paths.config.exists():     # no await since the event was made: no removal missed
+                await removed.wait()
         return status.exit_code, status.error
 
     async def top(self, ref: str, ps_args: str) -> dict[str, Any]:

@@ -260,10 +260,13 @@ class Conmon:
         if self.spawner is not None:
             self.spawner.close()
 
-    async def create(self, cid: str, name: str, paths: ShimPaths) -> int:
+    async def create(self, cid: str, name: str, paths: ShimPaths, *, terminal: bool = False,
+                     stdin: bool = False) -> int:
         """Launch conmon, which runs `runc create`; the container pid once created. conmon
         runs in the bundle's parent dir (the container's own dir: it drops an `oom` file in its
-        working dir). The conmon pid file exists when this returns."""
+        working dir). The conmon pid file exists when this returns. With `terminal`, conmon
+        holds the master of the container's pty; with `stdin`, a pipe to its stdin fed from
+        the attach socket (`<socket-dir>/<cid>/attach`), closed when an attached client closes."""
         for d in (paths.exit_dir, paths.socket_dir):
             d.mkdir(parents=True, exist_ok=True)
         argv = [
@@ -274,6 +277,7 @@ class Conmon:
             "--socket-dir-path", str(paths.socket_dir),
             "--runtime-arg", "--root", "--runtime-arg", str(self.runc.root),
             "--log-level", "info",
+            *(["--terminal"] if terminal else []), *(["--stdin"] if stdin else []),
         ]
         read_fd, write_fd = os.pipe()
         try:

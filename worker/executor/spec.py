@@ -137,6 +137,8 @@ class ContainerConfig:
     resolv_conf: str = ""            # the whole /etc/resolv.conf from the task's sandbox (embedded DNS)
     files: list[InjectedFile] = field(default_factory=list)  # secrets and configs
     image: str = ""                  # the image reference it was made from (shown by docker ps)
+    tty: bool = False                # a pseudo-terminal as stdio (the shim holds its master)
+    stdin: bool = False              # stdin open: what attach clients send reaches the process
 
     def validate(self) -> None:
         if not _CID_RE.match(self.id) or self.id == "shims":

@@ -1,0 +1,174 @@
+"""`docker run` of standalone containers on a node, with the real docker CLI (28.2.2) against the
+node-local API served in the test's own event loop over real runc containers: --rm with the
+output and the exit code, -d and --name, -e/-w/-u/-v, piped stdin with -i, -it through a pty,
+start/stop/restart/rename/prune/attach, and the 400/404/409 answers. The image is a fake image
+source over the busybox layer the executor tests build (no image store, nothing downloaded)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engineapi.events import EventBus
+from engineapi.http import Routes, new_app
+from tests.api.support import serve_unix
+from tests.executor.conftest import needs_root_and_runc
+from tests.executor.test_container_api import DOCKER, Docker
+from tests.support.pty_session import PtySession
+from worker.executor import Executor
+from worker.executor.node_api import add_node_container_routes
+from worker.images.errors import ImageNotFound
+from worker.standalone import api as standalone_api
+from worker.standalone.containers import StandaloneContainers
+
+pytestmark = needs_root_and_runc()
+
+
+class BusyboxImages:
+    """An image source with one image, busybox:latest, over the test layer."""
+
+    def __init__(self, layer: Path) -> None:
+        self.layer = layer
+
+    def get(self, name: str) -> str:
+        if name not in ("busybox", "busybox:latest"):
+            raise ImageNotFound(name if ":" in name else name + ":latest")
+        return "busybox:latest"
+
+    def rootfs_layers(self, image: Any) -> list[Path]:
+        return [self.layer]
+
+    def image_config(self, image: Any) -> dict[str, Any]:
+        return {"Cmd": ["sh"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                "Labels": {"org.test.image": "busybox"}}
+
+
+@pytest.fixture
+async def docker(executor: Executor, busybox_layer: Path, tmp_path: Path) -> AsyncIterator[Docker]:
+    app = new_app()
+    routes = Routes(app)
+    containers = add_node_container_routes(app, routes, executor, lambda ref: "sha256:" + "cd" * 32, EventBus())
+    standalone_api.add_routes(app, routes, StandaloneContainers(containers, BusyboxImages(busybox_layer)))
+    async with serve_unix(app, tmp_path / "api.sock") as host:
+        yield Docker(host, tmp_path / "cfg")
+
+
+async def ids(docker: Docker, *args: str) -> list[str]:
+    return (await docker.run("ps", "-aq", "--no-trunc", *args))[1].split()
+
+
+async def test_run_rm_prints_the_output_and_leaves_nothing(docker: Docker) -> None:
+    _, out, err = await docker.run("run", "--rm", "busybox", "echo", "hi")
+    assert (out, err) == ("hi\n", "")
+    code, out, err = await docker.run("run", "--rm", "busybox", "sh", "-c", "echo to-out; echo to-err >&2; exit 3",
+                                      ok=False)
+    assert (code, out, err) == (3, "to-out\n", "to-err\n")
+    assert await ids(docker) == []
+
+
+async def test_run_options_env_workdir_user_volume(docker: Docker, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "from-host").write_text("host says hi\n")
+    _, out, _ = await docker.run("run", "--rm", "-e", "GREETING=hello", "-w", "/tmp", "-u", "nobody",
+                                 "-v", f"{shared}:/mnt", "busybox", "sh", "-c",
+                                 "echo $GREETING $PWD $(id -u); cat /mnt/from-host")
+    assert out == "hello /tmp 1000\nhost says hi\n"
+    _, out, _ = await docker.run("run", "--rm", "-v", f"{shared}:/mnt:ro", "busybox", "sh", "-c",
+                                 "touch /mnt/x 2>/dev/null && echo writable || echo read-only")
+    assert out == "read-only\n"
+    made = tmp_path / "made-by-run"
+    await docker.run("run", "--rm", "-v", f"{made}:/out", "busybox", "sh", "-c", "echo written > /out/f")
+    assert (made / "f").read_text() == "written\n"          # a missing -v directory is made, as dockerd does
+    _, out, _ = await docker.run("run", "--rm", "-i", "busybox", "sh", "-c", "tr a-z A-Z", stdin=b"piped in\n")
+    assert out == "PIPED IN\n"
+
+
+async def test_run_detached_with_a_name_then_stop_start_restart_rename_rm(docker: Docker) -> None:
+    _, out, _ = await docker.run("run", "-d", "--name", "sleeper", "busybox", "sh", "-c",
+                                 "trap 'exit 0' TERM; echo up; sleep 100 & wait")
+    cid = out.strip()
+    assert len(cid) == 64
+    _, out, _ = await docker.run("ps", "--no-trunc", "--format", "{{.ID}} {{.Names}} {{.Image}} {{.Command}}")
+    assert out.split()[:3] == [cid, "sleeper", "busybox"]
+    doc = json.loads((await docker.run("inspect", "sleeper"))[1])[0]
+    assert doc["Name"] == "/sleeper" and doc["State"]["Running"] and doc["Config"]["Image"] == "busybox"
+    assert doc["HostConfig"]["AutoRemove"] is False and doc["Config"]["Labels"] == {"org.test.image": "busybox"}
+    assert doc["Config"]["Cmd"] == ["sh", "-c", "trap 'exit 0' TERM; echo up; sleep 100 & wait"]
+    code, _, err = await docker.run("run", "-d", "--name", "sleeper", "busybox", "true", ok=False)
+    assert code == 125 and 'The container name "/sleeper" is already in use by container' in err
+
+    await docker.run("stop", "-t", "5", "sleeper")
+    _, out, _ = await docker.run("ps", "-a", "--format", "{{.Names}} {{.Status}}")
+    assert out.startswith("sleeper Exited (0)")
+    await docker.run("start", "sleeper")
+    _, out, _ = await docker.run("logs", "sleeper")
+    assert out == "up\nup\n"                                 # the same container ran twice: one log
+    await docker.run("restart", "-t", "5", "sleeper")
+    _, out, _ = await docker.run("inspect", "-f", "{{.State.Running}}", "sleeper")
+    assert out.strip() == "true"
+    await docker.run("rename", "sleeper", "dozer")
+    _, out, _ = await docker.run("ps", "--format", "{{.ID}} {{.Names}}", "--no-trunc")
+    assert out.split() == [cid, "dozer"]
+    code, _, err = await docker.run("rm", "dozer", ok=False)
+    assert code == 1 and "container is running" in err
+    await docker.run("rm", "-f", "dozer")
+    assert await ids(docker) == []
+
+
+async def test_run_it_sh_through_a_pty(docker: Docker) -> None:
+    async with PtySession([DOCKER, "run", "--rm", "-it", "busybox", "sh"], env=docker.env, timeout=30) as sh:
+        await sh.send(b"echo tty-$((6*7)); tty\r")
+        screen = await sh.expect(b"tty-42")
+        await sh.expect(b"/dev/pts/")
+        await sh.send(b"stty size\r")
+        await sh.expect(b"24 80")
+        await sh.send(b"exit 4\r")
+        code = await sh.wait()
+    assert code == 4, screen
+    assert await ids(docker) == []
+
+
+async def test_attach_to_a_running_container_and_prune(docker: Docker) -> None:
+    _, out, _ = await docker.run("run", "-d", "-i", "--name", "echoer", "busybox", "sh", "-c",
+                                 "while read line; do echo got-$line; done; echo bye")
+    proc = await asyncio.create_subprocess_exec(
+        DOCKER, "attach", "echoer", env=docker.env, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    async with asyncio.timeout(30):
+        proc.stdin.write(b"one\n")
+        assert await proc.stdout.readline() == b"got-one\n"
+        proc.stdin.close()                                  # stdin ends: the loop ends
+        rest, _ = await proc.communicate()
+    assert rest == b"bye\n" and proc.returncode == 0
+    await docker.run("run", "--name", "done", "busybox", "true")
+    _, out, _ = await docker.run("ps", "-a", "--format", "{{.Names}}")
+    assert sorted(out.split()) == ["done", "echoer"]
+    _, out, _ = await docker.run("container", "prune", "-f")
+    assert out.count("\n") >= 3 and await ids(docker) == []
+
+
+async def test_bad_input(docker: Docker) -> None:
+    code, _, err = await docker.run("run", "--pull", "never", "nosuch", ok=False)
+    assert code == 125 and "No such image: nosuch:latest" in err
+    code, _, err = await docker.run("run", "--name", "bad name", "busybox", "true", ok=False)
+    assert code == 125 and "Invalid container name (bad name)" in err
+    code, _, err = await docker.run("run", "--restart", "always", "busybox", "true", ok=False)
+    assert code == 125 and "restart policy 'always' is not supported" in err
+    code, _, err = await docker.run("run", "-v", "relative/dir:/mnt", "busybox", "true", ok=False)
+    assert code == 125 and "includes invalid characters for a local volume name" in err
+    code, _, err = await docker.run("run", "--network", "nosuchnet", "busybox", "true", ok=False)
+    assert code == 125 and "network nosuchnet not found" in err
+    code, _, err = await docker.run("run", "--rm", "-u", "nosuchuser", "busybox", "true", ok=False)
+    assert code == 125 and "unable to find user nosuchuser" in err
+    code, _, err = await docker.run("start", "nosuch", ok=False)
+    assert code == 1 and "No such container: nosuch" in err
+    code, _, err = await docker.run("rename", "nosuch", "other", ok=False)
+    assert code == 1 and "No such container: nosuch" in err
+    assert await ids(docker) == []

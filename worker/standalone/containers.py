@@ -1,0 +1,290 @@
+"""Standalone containers: what `docker run` makes on a node, containers without a task.
+
+Theory of operation: a standalone container is an executor container (worker.executor) whose
+state dir also holds a create record (`standalone.json`, see worker.standalone.create); its ID
+is 64 hex digits, so it never collides with a task ID and no task runner ever adopts it. All
+state is in the executor's records, so a restarted daemon sees these containers as it left
+them (they run on under their shims; an exited one stays listed until removed).
+  - create: resolve the image, check the name is free (names are reserved while a create is
+    under way), write the record, then `prepare` (conmon runs `runc create`), so the container
+    is "created" with its shim already holding its stdio: an attach before the start misses
+    nothing.
+  - start: a created container is started; an exited one is reset (worker.executor.controller
+    `reset`: runtime state dropped, writable layer and log kept) and made anew, as dockerd
+    restarts a container from its config.
+  - every started container gets a watcher (owned here; `close` cancels them) that emits `die`
+    when it exits and removes it if it was created with AutoRemove; `restore`, at daemon
+    start, watches the running ones again and removes the AutoRemove ones that exited while
+    the daemon was down.
+Removal goes through `LocalContainers.remove`, which wakes `wait?condition=removed` waiters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from engineapi.http import ApiError
+from worker.exec import ExecutorError
+from worker.executor.container_view import ContainerView
+from worker.executor.controller import ContainerController
+from worker.executor.local_containers import LocalContainers
+from worker.standalone import names
+from worker.standalone.attach import AttachError, resize
+from worker.standalone.create import ISOLATED_MODES, CreateError, container_name, from_body
+
+log = logging.getLogger("shoal.standalone")
+
+
+class ImageSource(Protocol):
+    """What this module needs of `worker.images.store.ImageStore`."""
+
+    def get(self, name: str) -> Any: ...
+    def rootfs_layers(self, image: Any) -> Any: ...
+    def image_config(self, image: Any) -> dict[str, Any]: ...
+
+
+# NetworkMode → the namespace to join ("" for one of its own); raise ApiError for an unknown one.
+NetworkResolver = Callable[[str], str]
+
+
+def default_networks(mode: str) -> str:
+    if mode in ISOLATED_MODES:
+        return ""
+    if mode == "host":
+        return f"/proc/{os.getpid()}/ns/net"
+    raise ApiError(404, f"network {mode} not found")
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+class StandaloneContainers:
+    def __init__(self, containers: LocalContainers, images: ImageSource,
+                 networks: NetworkResolver = default_networks) -> None:
+        self.containers = containers
+        self.executor = containers.executor
+        self.images = images
+        self.networks = networks
+        self._reserved: set[str] = set()          # names of containers being created
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._closed = False
+
+    # ---- create ----------------------------------------------------------------------------
+    def _image(self, ref: str) -> tuple[dict[str, Any], list[Path]]:
+        try:
+            record = self.images.get(ref)
+            return self.images.image_config(record), list(self.images.rootfs_layers(record))
+        except Exception as e:      # ImageNotFound and friends
+            status = getattr(e, "status", 404)
+            raise ApiError(status if isinstance(status, int) else 404,
+                           str(getattr(e, "message", "")) or f"No such image: {ref}") from None
+
+    async def _taken(self, name: str) -> ContainerView | None:
+        return next((v for v in await self.containers.views() if v.name == name), None)
+
+    async def _free_name(self, wanted: str) -> str:
+        if wanted:
+            name = container_name(wanted)
+            holder = await self._taken(name)
+            if holder is not None or name in self._reserved:
+                owner = holder.id if holder is not None else "(being created)"
+                raise ApiError(409, f'Conflict. The container name "/{name}" is already in use by container '
+                                    f'"{owner}". You have to remove (or rename) that container to be able to '
+                                    "reuse that name.")
+            return name
+        taken = {v.name for v in await self.containers.views()} | self._reserved
+        return names.generate(taken)
+
+    async def create(self, body: Any, wanted_name: str) -> str:
+        """The ID of the new container (created, not started)."""
+        if not isinstance(body, dict):
+            raise ApiError(400, "container config must be a JSON object")
+        ref = body.get("Image")
+        if not ref or not isinstance(ref, str):
+            raise ApiError(400, "no image specified: Config.Image is required")
+        try:
+            name = await self._free_name(wanted_name)
+        except CreateError as e:
+            raise ApiError(e.status, e.message) from None
+        self._reserved.add(name)
+        try:
+            image_config, layers = self._image(ref)
+            cid = secrets.token_hex(32)
+            mode = str((body.get("HostConfig") or {}).get("NetworkMode") or "")
+            try:
+                netns_path = self.networks(mode)
+            except ApiError as e:     # not a 404: the CLI takes a 404 from create for a missing image
+                raise ApiError(400 if e.status == 404 else e.status, e.message) from None
+            try:
+                made = from_body(cid, name, body, ref, image_config, layers, now=time.time(), netns_path=netns_path)
+            except CreateError as e:
+                raise ApiError(e.status, e.message) from None
+            ctl = self.executor.controller(made.config)
+            await asyncio.to_thread(self._write_record, ctl, made.record, made.bind_sources)
+            try:
+                await ctl.prepare()
+            except ExecutorError as e:
+                await asyncio.to_thread(ctl.paths.standalone_record.unlink, True)
+                raise ApiError(500, str(e)) from None
+            if made.config.tty and made.console_size is not None:
+                self._resize(ctl, *made.console_size)
+        finally:
+            self._reserved.discard(name)
+        view = await self.containers.view_of(ctl)
+        self.containers.emit("create", view)
+        return cid
+
+    @staticmethod
+    def _write_record(ctl: ContainerController, record: dict[str, Any], bind_sources: list[str]) -> None:
+        for source in bind_sources:       # dockerd makes a missing -v host directory
+            Path(source).mkdir(parents=True, exist_ok=True)
+        ctl.paths.state.mkdir(parents=True, exist_ok=True)
+        _write_json(ctl.paths.standalone_record, record)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    async def _standalone(self, ref: str) -> tuple[ContainerView, ContainerController]:
+        view, ctl = await self.containers.get(ref)
+        if view.standalone is None:
+            raise ApiError(409, f"container {view.name} is a swarm task's container: its task "
+                                "decides when it runs (use docker service commands)")
+        return view, ctl
+
+    async def start(self, ref: str) -> bool:
+        """Start (or start again) a standalone container; False if it was running already."""
+        view, ctl = await self._standalone(ref)
+        if view.status == "running":
+            return False
+        try:
+            if view.state.status in ("stopped", "absent"):
+                await ctl.reset()
+                await ctl.prepare()
+            await ctl.start()
+        except ExecutorError as e:
+            raise ApiError(500, f"failed to start container {view.id}: {e}") from None
+        self.containers.emit("start", await self.containers.view_of(ctl))
+        self.watch(ctl)
+        return True
+
+    async def restart(self, ref: str, timeout: float | None) -> None:
+        view, _ = await self._standalone(ref)
+        await self.containers.stop(view.id, timeout, None)
+        await self.start(view.id)
+        self.containers.emit("restart", view)
+
+    async def rename(self, ref: str, new: str) -> None:
+        if not new:
+            raise ApiError(400, "Neither old nor new names may be empty")
+        try:
+            name = container_name(new)
+        except CreateError as e:
+            raise ApiError(e.status, e.message) from None
+        view, ctl = await self.containers.get(ref)
+        if name == view.name:
+            raise ApiError(409, "Renaming a container with the same name as its current name")
+        await self._free_name(name)
+        renamed = replace(ctl.config, name=name)
+        await asyncio.to_thread(_write_json, ctl.paths.config, renamed.to_json())
+        self.containers.emit("rename", await self.containers.view_of(self.containers.controller(view.id) or ctl),
+                             oldName="/" + view.name)
+
+    def resize_tty(self, ctl: ContainerController, view: ContainerView, height: int, width: int) -> None:
+        if view.status not in ("running", "created"):
+            raise ApiError(409, f"Container {view.id} is not running")
+        if not view.config.tty:
+            return                 # nothing to resize: dockerd ignores it too
+        self._resize(ctl, height, width)
+
+    @staticmethod
+    def _resize(ctl: ContainerController, height: int, width: int) -> None:
+        try:
+            resize(ctl.paths.bundle, height, width)
+        except AttachError as e:
+            raise ApiError(409, str(e)) from None
+
+    async def prune(self, until: float | None, labels: list[str]) -> dict[str, Any]:
+        """Remove the standalone containers that are not running (dockerd's `container prune`)."""
+        deleted = []
+        for view in await self.containers.views():
+            if view.standalone is None or view.status == "running":
+                continue
+            if until is not None and view.created >= until:
+                continue
+            if not _labels_match(view.labels, labels):
+                continue
+            try:
+                await self.containers.remove(view.id, force=True)
+            except ApiError as e:
+                if e.status != 404:
+                    raise
+                continue
+            deleted.append(view.id)
+        return {"ContainersDeleted": deleted or None, "SpaceReclaimed": 0}
+
+    # ---- watchers --------------------------------------------------------------------------
+    def watch(self, ctl: ContainerController) -> None:
+        """Follow a started container until it exits (idempotent)."""
+        if self._closed or ctl.id in self._watchers:
+            return
+        task = asyncio.ensure_future(self._follow(ctl))
+        self._watchers[ctl.id] = task
+        task.add_done_callback(lambda _: self._watchers.pop(ctl.id, None))
+
+    async def _follow(self, ctl: ContainerController) -> None:
+        try:
+            status = await ctl.wait_exit()
+        except ExecutorError as e:
+            log.warning("container %s: %s", ctl.id, e)
+            return
+        view = await self.containers.view_of(ctl)
+        self.containers.emit("die", view, exitCode=str(status.exit_code))
+        if view.auto_remove:
+            await self._auto_remove(view.id)
+
+    async def _auto_remove(self, cid: str) -> None:
+        try:
+            await self.containers.remove(cid, force=True)
+        except ApiError as e:
+            if e.status != 404:
+                log.warning("container %s: auto-remove: %s", cid, e.message)
+
+    async def restore(self) -> None:
+        """At daemon start: watch the running standalone containers again, and remove those
+        with AutoRemove that exited while no daemon watched them."""
+        for view in await self.containers.views():
+            if view.standalone is None:
+                continue
+            if view.status == "running":
+                ctl = self.containers.controller(view.id)
+                if ctl is not None:
+                    self.watch(ctl)
+            elif view.status == "exited" and view.auto_remove:
+                await self._auto_remove(view.id)
+
+    async def close(self) -> None:
+        self._closed = True
+        watchers = list(self._watchers.values())
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+
+
+def _labels_match(labels: dict[str, str], wanted: list[str]) -> bool:
+    for want in wanted:
+        negate = "!=" in want
+        key, _, value = want.partition("!=" if negate else "=")
+        present = key in labels and (not value or labels[key] == value)
+        if present == negate:
+            return False
+    return True

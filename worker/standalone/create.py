@@ -1,0 +1,221 @@
+"""`POST /containers/create` as data: the request body plus the image's config → the container's
+`ContainerConfig` and its create record (pure: no I/O, time is a parameter).
+
+Theory of operation: the body's fields win over the image's, as dockerd merges them:
+  - argv: `Entrypoint` replaces the image's (and then the image's Cmd is dropped unless `Cmd` is
+    given); `Cmd` replaces the image's Cmd;
+  - Env: the image's, then the body's (a repeated key takes the body's value); a TTY adds
+    `TERM=xterm` unless set;
+  - WorkingDir, User, StopSignal: the body's if set, else the image's, else the default;
+  - `HostConfig.Binds` ("src:dst[:opts]": an absolute src is a bind mount, anything else a named
+    volume), `HostConfig.Mounts` (the swarm Mount shape), `HostConfig.Tmpfs` and
+    `Config.Volumes` (anonymous volumes) become mounts;
+  - `HostConfig.NetworkMode`: "", default, bridge and none give the container a namespace of its
+    own (a resolver callback can join it to a network's sandbox instead); host joins the
+    daemon's namespace; any other name is a network the resolver must know (404 otherwise);
+  - `HostConfig.RestartPolicy` "no" (or none) only: other policies are refused with a 400;
+  - `AutoRemove`: the container is removed once it exits (worker.standalone.containers).
+The record keeps what dockerd echoes in `docker inspect` (Config, HostConfig) and the creation
+time, so a restarted daemon knows the container is standalone and what it was asked for.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worker.executor.spec import ConfigError, ContainerConfig, MountSpec, Resources, merge_env
+from worker.executor.taskspec import resolve_argv, resolve_mount
+
+NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+VOLUME_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+BIND_PROPAGATIONS = ("rprivate", "private", "rshared", "shared", "rslave", "slave")
+ISOLATED_MODES = ("", "default", "bridge", "none")
+RESTART_POLICIES = ("", "no")
+
+
+class CreateError(Exception):
+    """A create request dockerd would refuse: the HTTP status and its message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Created:
+    config: ContainerConfig
+    record: dict[str, Any]            # Created, Config, HostConfig (see the module doc)
+    bind_sources: list[str]           # host directories -v names: dockerd makes missing ones
+    console_size: tuple[int, int] | None
+
+
+def container_name(raw: str) -> str:
+    """The name without its leading "/"; a 400 for what dockerd refuses."""
+    if not NAME_RE.match(raw):
+        raise CreateError(400, f"Invalid container name ({raw}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+    return raw.removeprefix("/")
+
+
+def _strings(value: Any, what: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise CreateError(400, f"{what} must be a list of strings")
+    return list(value)
+
+
+def parse_bind(spec: str) -> MountSpec:
+    """One `-v` entry: `src:dst[:opts]`, opts a comma list of ro/rw, a propagation, z/Z, nocopy."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise CreateError(400, f"invalid volume specification: '{spec}'")
+    source, target = parts[0], parts[1]
+    if not target.startswith("/"):
+        raise CreateError(400, f"invalid volume specification: '{spec}': invalid mount config: "
+                               "mount path must be absolute")
+    read_only, propagation = False, "rprivate"
+    for opt in (parts[2].split(",") if len(parts) == 3 and parts[2] else []):
+        if opt in ("ro", "rw"):
+            read_only = opt == "ro"
+        elif opt in BIND_PROPAGATIONS:
+            propagation = opt
+        elif opt not in ("z", "Z", "nocopy"):
+            raise CreateError(400, f"invalid volume specification: '{spec}': invalid mode: {opt}")
+    if source.startswith("/"):
+        return MountSpec(type="bind", source=source, target=target, read_only=read_only, propagation=propagation)
+    if not VOLUME_NAME_RE.match(source):
+        raise CreateError(400, f'create {source}: "{source}" includes invalid characters for a local volume '
+                               "name, only \"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed. If you intended to pass "
+                               "a host directory, use absolute path")
+    return MountSpec(type="volume", source=source, target=target, read_only=read_only)
+
+
+def _mounts(config: dict[str, Any], host: dict[str, Any]) -> list[MountSpec]:
+    mounts = [parse_bind(b) for b in _strings(host.get("Binds"), "HostConfig.Binds") or []]
+    try:
+        mounts += [resolve_mount(m) for m in host.get("Mounts") or []]
+    except ConfigError as e:
+        raise CreateError(400, f"invalid mount config: {e}") from None
+    tmpfs = host.get("Tmpfs") or {}
+    if not isinstance(tmpfs, dict):
+        raise CreateError(400, "HostConfig.Tmpfs must be an object")
+    mounts += [MountSpec(type="tmpfs", target=str(t)) for t in tmpfs]
+    taken = {m.target for m in mounts}
+    volumes = config.get("Volumes") or {}
+    if not isinstance(volumes, dict):
+        raise CreateError(400, "Config.Volumes must be an object")
+    mounts += [MountSpec(type="volume", target=str(t)) for t in volumes if t not in taken]
+    seen: set[str] = set()
+    for m in mounts:
+        if m.target in seen:
+            raise CreateError(400, f"Duplicate mount point: {m.target}")
+        seen.add(m.target)
+        try:
+            m.validate()
+        except ConfigError as e:
+            raise CreateError(400, f"invalid mount config: {e}") from None
+    return mounts
+
+
+def _extra_hosts(host: dict[str, Any]) -> list[str]:
+    out = []
+    for entry in _strings(host.get("ExtraHosts"), "HostConfig.ExtraHosts") or []:
+        name, sep, address = entry.partition(":")
+        if not sep or not name or not address:
+            raise CreateError(400, f"invalid extra host: {entry}: must be host:ip")
+        out.append(f"{address} {name}")
+    return out
+
+
+def _console_size(host: dict[str, Any]) -> tuple[int, int] | None:
+    size = host.get("ConsoleSize")
+    if isinstance(size, list) and len(size) == 2 and all(isinstance(n, int) and n > 0 for n in size):
+        return size[0], size[1]
+    return None
+
+
+def from_body(cid: str, name: str, body: Any, image_ref: str, image_config: dict[str, Any],
+              lower_dirs: list[Path], *, now: float, netns_path: str) -> Created:
+    """The container `body` (a create request) describes. `netns_path` is the namespace decided
+    for its NetworkMode ("" = one of its own)."""
+    if not isinstance(body, dict):
+        raise CreateError(400, "container config must be a JSON object")
+    host = body.get("HostConfig") or {}
+    if not isinstance(host, dict):
+        raise CreateError(400, "HostConfig must be a JSON object")
+    policy = (host.get("RestartPolicy") or {}).get("Name") or ""
+    if policy not in RESTART_POLICIES:
+        raise CreateError(400, f"restart policy {policy!r} is not supported by shoal's standalone "
+                               "containers (only \"no\"); run it as a swarm service to have it restarted")
+    auto_remove = bool(host.get("AutoRemove"))
+    entrypoint = _strings(body.get("Entrypoint"), "Entrypoint")
+    cmd = _strings(body.get("Cmd"), "Cmd")
+    image = image_config or {}
+    try:
+        args = resolve_argv({"Command": entrypoint, "Args": cmd}, image)
+    except ConfigError as e:
+        raise CreateError(400, str(e)) from None
+    if not args:
+        raise CreateError(400, "No command specified")
+    tty, open_stdin = bool(body.get("Tty")), bool(body.get("OpenStdin"))
+    env_given = _strings(body.get("Env"), "Env") or []
+    for entry in env_given:
+        if "=" not in entry or entry.startswith("="):
+            raise CreateError(400, f"invalid environment variable: {entry}")
+    env = merge_env(image.get("Env") or [], env_given)
+    if tty and not any(e.startswith("TERM=") for e in env):
+        env.append("TERM=xterm")
+    cwd = body.get("WorkingDir") or image.get("WorkingDir") or "/"
+    if not isinstance(cwd, str) or not cwd.startswith("/"):
+        raise CreateError(400, f"the working directory '{cwd}' is invalid, it needs to be an absolute path")
+    stop_timeout = body.get("StopTimeout")
+    if stop_timeout is not None and (not isinstance(stop_timeout, int) or stop_timeout < -1):
+        raise CreateError(400, "StopTimeout must be a number of seconds")
+    labels = body.get("Labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise CreateError(400, "Labels must map names to strings")
+    mounts = _mounts(body, host)
+    resources = Resources(memory_bytes=int(host.get("Memory") or 0), nano_cpus=int(host.get("NanoCpus") or 0),
+                          pids_limit=max(0, int(host.get("PidsLimit") or 0)))
+    if resources.memory_bytes and resources.memory_bytes < 6 * 1024 * 1024:
+        raise CreateError(400, "Minimum memory limit allowed is 6MB")
+    config = ContainerConfig(
+        id=cid, name=name, lower_dirs=list(lower_dirs), args=args, env=env, cwd=cwd,
+        user=str(body.get("User") or image.get("User") or ""), hostname=str(body.get("Hostname") or ""),
+        mounts=mounts, resources=resources,
+        stop_signal=str(body.get("StopSignal") or image.get("StopSignal") or "SIGTERM"),
+        stop_grace=float(stop_timeout) if stop_timeout is not None and stop_timeout >= 0 else 10.0,
+        labels={**(image.get("Labels") or {}), **labels}, netns_path=netns_path,
+        read_only=bool(host.get("ReadonlyRootfs")), extra_hosts=_extra_hosts(host),
+        dns_servers=_strings(host.get("Dns"), "HostConfig.Dns") or [], image=image_ref,
+        tty=tty, stdin=open_stdin)
+    try:
+        config.validate()
+    except ConfigError as e:
+        raise CreateError(400, str(e)) from None
+    echoed_config = {
+        "Hostname": config.hostname or cid[:12], "Domainname": str(body.get("Domainname") or ""),
+        "User": config.user, "AttachStdin": bool(body.get("AttachStdin")),
+        "AttachStdout": bool(body.get("AttachStdout")), "AttachStderr": bool(body.get("AttachStderr")),
+        "Tty": tty, "OpenStdin": open_stdin, "StdinOnce": bool(body.get("StdinOnce")), "Env": env,
+        "Cmd": cmd if cmd is not None else (None if entrypoint else image.get("Cmd")),
+        "Entrypoint": entrypoint if entrypoint is not None else image.get("Entrypoint"),
+        "Image": image_ref, "WorkingDir": cwd, "Labels": config.labels,
+        "Volumes": body.get("Volumes") or None,
+    }
+    binds = _strings(host.get("Binds"), "HostConfig.Binds")
+    echoed_host: dict[str, Any] = {
+        "Binds": binds,
+        "NetworkMode": str(host.get("NetworkMode") or "default"), "AutoRemove": auto_remove,
+        "RestartPolicy": {"Name": policy or "no", "MaximumRetryCount": 0},
+        "ExtraHosts": _strings(host.get("ExtraHosts"), "HostConfig.ExtraHosts"),
+    }
+    record = {"Created": now, "Config": echoed_config, "HostConfig": echoed_host}
+    sources = [m.source for m in mounts if m.type == "bind" and any(b.split(":")[0] == m.source for b in binds or [])]
+    return Created(config, record, sources, _console_size(host))
