@@ -98,9 +98,12 @@ def parse_bind(spec: str) -> MountSpec:
 
 def _mounts(config: dict[str, Any], host: dict[str, Any]) -> list[MountSpec]:
     mounts = [parse_bind(b) for b in _strings(host.get("Binds"), "HostConfig.Binds") or []]
+    specs = host.get("Mounts") or []
+    if not isinstance(specs, list) or not all(isinstance(m, dict) for m in specs):
+        raise CreateError(400, "HostConfig.Mounts must be a list of objects")
     try:
-        mounts += [resolve_mount(m) for m in host.get("Mounts") or []]
-    except ConfigError as e:
+        mounts += [resolve_mount(m) for m in specs]
+    except (ConfigError, ValueError, TypeError, AttributeError) as e:
         raise CreateError(400, f"invalid mount config: {e}") from None
     tmpfs = host.get("Tmpfs") or {}
     if not isinstance(tmpfs, dict):
@@ -133,6 +136,13 @@ def _extra_hosts(host: dict[str, Any]) -> list[str]:
     return out
 
 
+def _count(host: dict[str, Any], key: str, *, allow_negative: bool = False) -> int:
+    value = host.get(key) or 0
+    if not isinstance(value, int) or isinstance(value, bool) or (value < 0 and not allow_negative):
+        raise CreateError(400, f"HostConfig.{key} must be a non-negative integer")
+    return value
+
+
 def _console_size(host: dict[str, Any]) -> tuple[int, int] | None:
     size = host.get("ConsoleSize")
     if isinstance(size, list) and len(size) == 2 and all(isinstance(n, int) and n > 0 for n in size):
@@ -149,7 +159,10 @@ def from_body(cid: str, name: str, body: Any, image_ref: str, image_config: dict
     host = body.get("HostConfig") or {}
     if not isinstance(host, dict):
         raise CreateError(400, "HostConfig must be a JSON object")
-    policy = (host.get("RestartPolicy") or {}).get("Name") or ""
+    restart = host.get("RestartPolicy") or {}
+    policy = restart.get("Name") or "" if isinstance(restart, dict) else None
+    if not isinstance(policy, str):
+        raise CreateError(400, "HostConfig.RestartPolicy must be an object with a Name")
     if policy not in RESTART_POLICIES:
         raise CreateError(400, f"restart policy {policy!r} is not supported by shoal's standalone "
                                "containers (only \"no\"); run it as a swarm service to have it restarted")
@@ -171,6 +184,9 @@ def from_body(cid: str, name: str, body: Any, image_ref: str, image_config: dict
     env = merge_env(image.get("Env") or [], env_given)
     if tty and not any(e.startswith("TERM=") for e in env):
         env.append("TERM=xterm")
+    for key in ("User", "Hostname", "Domainname", "StopSignal", "WorkingDir"):
+        if not isinstance(body.get(key) or "", str):
+            raise CreateError(400, f"{key} must be a string")
     cwd = body.get("WorkingDir") or image.get("WorkingDir") or "/"
     if not isinstance(cwd, str) or not cwd.startswith("/"):
         raise CreateError(400, f"the working directory '{cwd}' is invalid, it needs to be an absolute path")
@@ -181,8 +197,8 @@ def from_body(cid: str, name: str, body: Any, image_ref: str, image_config: dict
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
         raise CreateError(400, "Labels must map names to strings")
     mounts = _mounts(body, host)
-    resources = Resources(memory_bytes=int(host.get("Memory") or 0), nano_cpus=int(host.get("NanoCpus") or 0),
-                          pids_limit=max(0, int(host.get("PidsLimit") or 0)))
+    resources = Resources(memory_bytes=_count(host, "Memory"), nano_cpus=_count(host, "NanoCpus"),
+                          pids_limit=max(0, _count(host, "PidsLimit", allow_negative=True)))
     if resources.memory_bytes and resources.memory_bytes < 6 * 1024 * 1024:
         raise CreateError(400, "Minimum memory limit allowed is 6MB")
     config = ContainerConfig(
