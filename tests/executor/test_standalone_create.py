@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from worker.standalone.create import CreateError, Created, container_name, from_body, parse_bind
+from worker.standalone.create import Created, CreateError, container_name, from_body, parse_bind
 
 IMAGE = {"Entrypoint": None, "Cmd": ["sh"], "Env": ["PATH=/bin", "A=image"], "WorkingDir": "/srv",
          "User": "nobody", "Labels": {"from": "image"}}
