@@ -61,6 +61,12 @@ def add_routes(routes: Routes, volumes: VolumeStore) -> None:
         name = body.get("Name") or ""
         if not isinstance(name, str):
             raise ApiError(400, "Name must be a string")
+        if not isinstance(body.get("Driver") or "", str):
+            raise ApiError(400, "Driver must be a string")
+        for key in ("Labels", "DriverOpts"):
+            value = body.get(key) or {}
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                raise ApiError(400, f"{key} must be a map of strings")
         try:
             vol = await asyncio.to_thread(
                 volumes.create, name, driver=body.get("Driver") or "local",
