@@ -18,6 +18,8 @@ from typing import Any
 
 from aiohttp import web
 
+from engineapi.bodykeys import Shape, canonical_keys
+
 API_VERSION = "1.47"
 MIN_API_VERSION = "1.24"
 SERVER_VERSION = "0.1.0"
@@ -122,8 +124,9 @@ def new_app(*extra_middlewares: Any) -> web.Application:
     return app
 
 
-async def read_json(request: web.Request) -> Any:
-    """The request body as JSON; an empty body is an empty object. Bad JSON is a 400."""
+async def read_json(request: web.Request, shape: Shape = None) -> Any:
+    """The request body as JSON; an empty body is an empty object. Bad JSON is a 400. With a
+    `shape` (engineapi.bodykeys), known keys are matched whatever their case, as dockerd does."""
     raw = await request.read()
     if not raw.strip():
         return {}
@@ -135,7 +138,7 @@ async def read_json(request: web.Request) -> Any:
         raise ApiError(400, f"invalid JSON body: nested deeper than {MAX_JSON_DEPTH} levels") from None
     if json_depth(body) > MAX_JSON_DEPTH:
         raise ApiError(400, f"invalid JSON body: nested deeper than {MAX_JSON_DEPTH} levels")
-    return body
+    return canonical_keys(body, shape) if shape is not None else body
 
 
 def json_depth(value: Any) -> int:

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from engineapi.bodykeys import SWARM_INIT, SWARM_JOIN
 from engineapi.http import ApiError, Routes, json_response, query_bool, read_json
 from manager.specs import SpecError, validate_swarm_spec
 
@@ -43,7 +44,7 @@ def _object(body: Any, what: str) -> dict[str, Any]:
 
 
 async def init(request: web.Request) -> web.Response:
-    body = _object(await read_json(request), "swarm init")
+    body = _object(await read_json(request, SWARM_INIT), "swarm init")
     if body.get("Spec") is not None:
         try:
             validate_swarm_spec(body["Spec"])
@@ -54,7 +55,7 @@ async def init(request: web.Request) -> web.Response:
 
 
 async def join(request: web.Request) -> web.Response:
-    body = _object(await read_json(request), "swarm join")
+    body = _object(await read_json(request, SWARM_JOIN), "swarm join")
     if not body.get("JoinToken"):
         raise ApiError(400, "invalid join request: JoinToken is required")
     addrs = body.get("RemoteAddrs")

@@ -36,6 +36,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engineapi.bodykeys import NETWORK_CREATE
 from engineapi.filters import request_filters
 from engineapi.http import ApiError, Routes, go_bool, json_response, read_json
 from manager.allocator import PREDEFINED_LABEL, IpamError, find_ingress, is_ingress, needs_ingress, plan_network
@@ -90,7 +91,7 @@ def _stored_spec(body: dict[str, Any]) -> dict[str, Any]:
 
 
 async def create_network(request: web.Request) -> web.Response:
-    body = require_spec_object(await read_json(request), "NetworkCreate")
+    body = require_spec_object(await read_json(request, NETWORK_CREATE), "NetworkCreate")
     if body.get("Name") in PREDEFINED_NAMES:
         raise ApiError(403, f"{body['Name']} is a pre-defined network and cannot be created")
     access = request.app[CLUSTER]

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engineapi.bodykeys import NODE_SPEC
 from engineapi.filters import Filters, request_filters
 from engineapi.http import ApiError, Routes, json_response, query_bool, read_json
 from manager.api.cluster import CLUSTER, cluster_store, require_version
@@ -82,7 +83,7 @@ def _reachable_managers(tx: ReadTx, leader_id: str) -> list[Node]:
 async def update(request: web.Request) -> web.Response:
     store = cluster_store(request)
     version = require_version(request)
-    spec = await read_json(request)
+    spec = await read_json(request, NODE_SPEC)
     try:
         validate_node_spec(spec)
     except SpecError as e:

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engineapi.bodykeys import CONFIG_SPEC, SECRET_SPEC, Shape
 from engineapi.filters import request_filters
 from engineapi.http import Routes, json_response, read_json
 from manager.api.cluster import cluster_store, require_version
@@ -42,6 +43,7 @@ class BlobKind:
     validate: Callable[[Any], None]
     ref_key: str  # the ContainerSpec list that refers to it: "Secrets" | "Configs"
     id_key: str  # "SecretID" | "ConfigID"
+    keys: Shape  # the spec's keys, as Docker spells them
 
     def users(self, tx: ReadTx, obj_id: str) -> list[str]:
         """Names of the services that refer to the object."""
@@ -51,8 +53,8 @@ class BlobKind:
                              (s.spec["TaskTemplate"].get("ContainerSpec") or {}).get(self.ref_key) or []))
 
 
-SECRETS = BlobKind("secrets", "secret", Secret, validate_secret_spec, "Secrets", "SecretID")
-CONFIGS = BlobKind("configs", "config", Config, validate_config_spec, "Configs", "ConfigID")
+SECRETS = BlobKind("secrets", "secret", Secret, validate_secret_spec, "Secrets", "SecretID", SECRET_SPEC)
+CONFIGS = BlobKind("configs", "config", Config, validate_config_spec, "Configs", "ConfigID", CONFIG_SPEC)
 FILTERS = {"id", "name", "names", "label"}
 
 
@@ -65,7 +67,7 @@ def _stored(spec: dict[str, Any]) -> dict[str, Any]:
 def handlers(kind: BlobKind) -> dict[str, Callable[[web.Request], Any]]:
     async def create(request: web.Request) -> web.Response:
         store = cluster_store(request)
-        body = require_spec_object(await read_json(request), f"{kind.word.capitalize()}Spec")
+        body = require_spec_object(await read_json(request, kind.keys), f"{kind.word.capitalize()}Spec")
         with api_errors():
             kind.validate(body)
             spec = _stored(body)
@@ -100,7 +102,7 @@ def handlers(kind: BlobKind) -> dict[str, Callable[[web.Request], Any]]:
     async def update(request: web.Request) -> web.Response:
         store = cluster_store(request)
         version = require_version(request)
-        body = require_spec_object(await read_json(request), f"{kind.word.capitalize()}Spec")
+        body = require_spec_object(await read_json(request, kind.keys), f"{kind.word.capitalize()}Spec")
         with api_errors():
 
             def write(tx: WriteTx) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engineapi.bodykeys import SERVICE_SPEC
 from engineapi.filters import request_filters
 from engineapi.http import ApiError, Routes, go_bool, json_response, read_json
 from manager.allocator.ports import port_conflict
@@ -38,7 +39,6 @@ from manager.specs import (
 from manager.store import ReadTx, StaleVersion, WriteTx
 from model import Network, Service, Task, TaskState, UpdateState, new_id
 
-MODE_KEYS = ("Replicated", "Global", "ReplicatedJob", "GlobalJob")
 SERVICE_FILTERS = {"id", "name", "label", "mode", "runtime"}
 
 
@@ -91,15 +91,6 @@ def endpoint_spec(spec: dict[str, Any]) -> dict[str, Any]:
     return copy.deepcopy(spec.get("EndpointSpec") or {})
 
 
-def canonical_mode_keys(body: dict[str, Any]) -> None:
-    """Spell the Mode keys as the Engine API does. dockerd decodes JSON keys case-insensitively
-    and docker-py's ServiceMode sends `{"replicated": {"Replicas": 2}}`."""
-    mode = body.get("Mode")
-    if isinstance(mode, dict):
-        canonical = {k.lower(): k for k in MODE_KEYS}
-        body["Mode"] = {canonical.get(k.lower(), k): v for k, v in mode.items()}
-
-
 def _mode_kind(spec: dict[str, Any]) -> str:
     return Service(id="", spec=spec).mode
 
@@ -111,8 +102,7 @@ def _job_status(now: str, index: int) -> dict[str, Any]:
 # -- handlers -------------------------------------------------------------------------------------
 async def create_service(request: web.Request) -> web.Response:
     store = cluster_store(request)
-    body = require_spec_object(await read_json(request), "ServiceSpec")
-    canonical_mode_keys(body)
+    body = require_spec_object(await read_json(request, SERVICE_SPEC), "ServiceSpec")
     with api_errors():
         validate_service_spec(body)
 
@@ -179,9 +169,8 @@ async def update_service(request: web.Request) -> web.Response:
     rollback = request.query.get("rollback", "")
     if rollback not in ("", "none", "previous"):
         raise ApiError(400, f"invalid rollback value {rollback!r}: expected \"previous\" or \"none\"")
-    body = require_spec_object(await read_json(request), "ServiceSpec")
+    body = require_spec_object(await read_json(request, SERVICE_SPEC), "ServiceSpec")
     ref = request.match_info["ref"]
-    canonical_mode_keys(body)
     with api_errors():
         if rollback != "previous":
             validate_service_spec(body)

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from ca import tokens
+from engineapi.bodykeys import SWARM_SPEC
 from engineapi.http import ApiError, Routes, go_bool, json_response, read_json
 from manager.api.cluster import cluster_store, require_version
 from manager.specs import SpecError, normalize_swarm_spec, validate_swarm_spec
@@ -31,7 +32,7 @@ async def inspect(request: web.Request) -> web.Response:
 async def update(request: web.Request) -> web.Response:
     store = cluster_store(request)
     version = require_version(request)
-    spec = await read_json(request)
+    spec = await read_json(request, SWARM_SPEC)
     try:
         validate_swarm_spec(spec)
     except SpecError as e:
