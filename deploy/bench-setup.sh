@@ -5,6 +5,10 @@
 #   - iperf3 (Debian) for bench/overlay_bench.py: the benchmark runs its own iperf3 servers and
 #     clients inside the lab's network namespaces and stops them by PID, so the packaged iperf3
 #     service must never run either.
+#   - wrk and nginx-light (Debian) for bench/mesh_bench.py: the benchmark runs the host's nginx
+#     inside the lab tasks' network namespaces, each with its own config, pid and log files under a
+#     temporary directory, and stops it by PID; wrk is its load generator. The packaged nginx
+#     service must never run (and its default site is never used).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
@@ -20,6 +24,16 @@ if command -v iperf3 >/dev/null 2>&1 && installed iperf3; then
     echo "bench-setup: iperf3 already installed: $(iperf3 --version | head -1)" >&2
 else
     wanted+=(iperf3)
+fi
+if command -v wrk >/dev/null 2>&1 && installed wrk; then
+    echo "bench-setup: wrk already installed" >&2
+else
+    wanted+=(wrk)
+fi
+if command -v nginx >/dev/null 2>&1 && installed nginx-light; then
+    echo "bench-setup: nginx already installed: $(nginx -v 2>&1)" >&2
+else
+    wanted+=(nginx-light)
 fi
 
 if [ "${#wanted[@]}" -gt 0 ]; then
@@ -38,9 +52,9 @@ if [ "${#wanted[@]}" -gt 0 ]; then
     apt-get install -y -q --no-install-recommends "${wanted[@]}"
 fi
 
-# Whatever the init system did, leave no packaged etcd or iperf3 running or enabled (by service
-# name only).
-for service in etcd iperf3; do
+# Whatever the init system did, leave no packaged etcd, iperf3 or nginx running or enabled (by
+# service name only).
+for service in etcd iperf3 nginx; do
     if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
         systemctl disable --now "$service.service" >/dev/null 2>&1 || true
     elif command -v service >/dev/null 2>&1; then
@@ -52,3 +66,5 @@ for service in etcd iperf3; do
 done
 etcd --version | head -1
 iperf3 --version | head -1
+wrk -v 2>&1 | head -1 || true
+nginx -v 2>&1

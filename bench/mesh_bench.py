@@ -1,0 +1,423 @@
+"""Benchmark: the routing mesh and the VIP load balancers against going straight to a task, how
+soon a new task is in every node's rotation, and what 1,000 services cost a VIP's first packet
+(issue 12).
+
+Prints one JSON document. Three parts:
+
+  - requests/s (wrk, Debian's, against the host's nginx; both installed by deploy/bench-setup.sh):
+    a lab (cli.lab.Lab, named `mb<pid>`) of manager-1, worker-1 and worker-2; an overlay network,
+    a service `mbweb` of 2 sleeping busybox tasks pinned to worker-1, on that network and
+    publishing tcp 8080 -> 80 through the routing mesh, and a one-task client service `mbcli` on
+    the network, pinned to worker-2. In each mbweb task's network namespace (`nsenter
+    --net=<data dir>/network/netns/s-<task id>`, the namespace its container runs in) the host's
+    nginx answers on port 80 (its own config, pid and log files under a temp dir; stopped by
+    PID). Paths, each measured by wrk from the namespace named:
+      (a) `mesh`: from worker-1's host namespace to manager-1's address, port 8080 (manager-1 runs
+          none of the tasks: its daemon namespace DNATs to its ingress namespace, which DNATs
+          over the ingress overlay to a task on worker-1; replies come back the same way);
+      (c) `straight_from_host`: from worker-1's host namespace straight to a task's address on
+          worker-1's gateway bridge (the reference for (a); the two tasks alternate per rep);
+      (b) `vip`: from the mbcli task's namespace to mbweb's VIP on the overlay (worker-2's LB
+          namespace DNATs to a task on worker-1);
+      (c) `straight_from_task`: from the mbcli task's namespace to a task's overlay address.
+    Keep-alive and a new connection per request (`-H 'Connection: close'`), `--seconds` per run,
+    `--reps` runs per path and mode, paths alternated (order reversed every rep); the median of
+    each path counts. Goals: (a) and (b) >= 0.9x their reference with keep-alive, >= 0.8x with a
+    new connection per request. Reported, never asserted.
+  - task RUNNING -> in rotation on every node: a one-task service `mbrot` publishing tcp 8090
+    (no placement constraint), scaled up by one `--tasks` times, each step waiting for the last.
+    In each host's ingress namespace (`s-ingress-sbox`) `nft monitor` runs; at each new ruleset
+    generation there the map of port 8090's backends (`pb-tcp-8090` in table `shoal-mesh`) is
+    listed, and a task address first seen in rotation (slot key < 2^31) is stamped with that
+    generation's arrival time. The latency of a task is from its RUNNING timestamp (the worker's
+    report, as the store holds it: `GET /tasks`, read after the step, so the bench does not
+    poll the manager meanwhile) to the last host's stamp; all hosts share this machine's clock.
+    p50/p99/max; goal p99 <= 200 ms.
+  - first packet to a VIP with `--services` services defined vs 1 (bench/support/vipconnect.py:
+    namespaces of its own, programmed by IngressDataPlane.set_lb, connect() times interleaved);
+    goal: median and p99 within 10%.
+
+Only addresses of the lab's own namespaces (and of the bench's own namespaces) are targeted.
+Every process the bench starts is stopped by PID, its namespaces are deleted and the lab torn
+down at the end, on failure, Ctrl-C and SIGTERM too.
+Usage: python bench/mesh_bench.py [--reps 3] [--seconds 5] [--tasks 20] [--services 1000]
+                                  [--connects 2000] [--connections 32] [--timeout 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.overlay_bench import call, interruptible, overlay_address, sandbox_path, uninterrupted
+from bench.support import vipconnect, wrk
+from bench.support.netperf import BenchError, in_ns, quantile
+from cli.lab import Lab, demo
+from ingress.dataplane.plan import port_map, table_names
+from model import parse_time
+from worker.images.busybox_image import build_busybox_image, write_docker_save
+
+IMAGE = "shoal-bench/busybox:latest"
+SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"]
+MANAGER, SERVERS, CLIENT = "manager-1", "worker-1", "worker-2"
+WEB_PORT, TARGET_PORT, ROT_PORT = 8080, 80, 8090
+GOALS = {"keepalive": 0.9, "new_connection": 0.8}       # path / straight, at least
+ROTATION_GOAL_MS = 200.0                                 # p99, at most
+FIRST_PACKET_GOAL = 1.1                                  # many / one, at most
+POLL_S = 0.05
+IN_ROTATION_MAX = 2**31                                  # slot keys from here are draining backends
+
+
+# -- the lab ---------------------------------------------------------------------------------------
+
+def service_spec(name: str, replicas: int, *, host: str = "", networks: tuple[str, ...] = (),
+                 ports: tuple[tuple[int, int], ...] = ()) -> dict[str, Any]:
+    template: dict[str, Any] = {"ContainerSpec": {"Image": IMAGE, "Args": SLEEPER, "StopGracePeriod": 2_000_000_000}}
+    if host:
+        template["Placement"] = {"Constraints": [f"node.hostname=={host}"]}
+    if networks:
+        template["Networks"] = [{"Target": n} for n in networks]
+    return {"Name": name, "Labels": {"org.shoal.bench": "mesh"}, "TaskTemplate": template,
+            "Mode": {"Replicated": {"Replicas": replicas}},
+            "EndpointSpec": {"Ports": [{"Protocol": "tcp", "TargetPort": t, "PublishedPort": p} for p, t in ports]}}
+
+
+async def running_tasks(manager: str, service: str, count: int, timeout: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        tasks = await call(manager, "GET", "/tasks", filters={"service": [service], "desired-state": ["running"]})
+        up = [t for t in tasks if t["Status"]["State"] == "running"]
+        if len(up) >= count:
+            return sorted(up, key=lambda t: t["Slot"])
+        seen = ", ".join(f"{t['Status']['State']} {t['Status'].get('Err', '')}".strip() for t in tasks)
+        await asyncio.sleep(POLL_S)
+    raise BenchError(f"service {service}: not {count} running tasks after {timeout:.0f}s ({seen or 'no task'})")
+
+
+def ingress_address(task: dict[str, Any]) -> str:
+    for attachment in task.get("NetworksAttachments") or []:
+        if attachment["Network"].get("Spec", {}).get("Ingress"):
+            return str(attachment["Addresses"][0]).split("/")[0]
+    raise BenchError(f"task {task['ID']} has no address on the ingress network")
+
+
+def gateway_address(lab: Lab, host: str, task: dict[str, Any]) -> str:
+    record = Path(lab.node(host).data_dir) / "network" / "sandboxes" / f"{task['ID']}.json"
+    try:
+        return str(json.loads(record.read_text())["gateway"]).split("/")[0]
+    except (OSError, ValueError, KeyError, AttributeError) as e:
+        raise BenchError(f"task {task['ID']}: no gateway address in {record}: {e}") from None
+
+
+def ingress_sandbox(lab: Lab, host: str) -> str:
+    return str(Path(lab.node(host).data_dir) / "network" / "netns" / "s-ingress-sbox")
+
+
+# -- requests/s ------------------------------------------------------------------------------------
+
+def requests_per_s(lab: Lab, web: list[dict[str, Any]], client: dict[str, Any], net: str, vip: str,
+                   args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    servers = []
+    try:
+        for task in web:
+            servers.append(wrk.start_nginx(sandbox_path(lab, SERVERS, task), workdir / task["ID"], TARGET_PORT,
+                                           os.cpu_count() or 1))
+        host_ns = f"/run/netns/{lab.node(SERVERS).ns}"
+        client_ns = sandbox_path(lab, CLIENT, client)
+        web_url = [f"http://{gateway_address(lab, SERVERS, t)}:{TARGET_PORT}/" for t in web]
+        overlay_url = [f"http://{overlay_address(t, net)}:{TARGET_PORT}/" for t in web]
+        # name -> (client namespace, URL per rep parity: the straight paths alternate the two tasks)
+        paths: dict[str, tuple[str, list[str]]] = {
+            "mesh": (host_ns, [f"http://{lab.node(MANAGER).address}:{WEB_PORT}/"]),
+            "straight_from_host": (host_ns, web_url),
+            "vip": (client_ns, [f"http://{vip}:{TARGET_PORT}/"]),
+            "straight_from_task": (client_ns, overlay_url),
+        }
+        for ns, urls in paths.values():
+            for url in urls:
+                wrk.wait_answers(ns, url, args.timeout)
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {m: {p: [] for p in paths} for m in GOALS}
+        order = list(paths)
+        for rep in range(args.reps):
+            for mode in GOALS:
+                for name in (order if rep % 2 == 0 else order[::-1]):
+                    ns, urls = paths[name]
+                    url = urls[rep % len(urls)]
+                    r = wrk.run_wrk(ns, url, args.seconds, threads=args.threads, connections=args.connections,
+                                    close=mode == "new_connection", timeout=args.timeout)
+                    runs[mode][name].append({"requests_s": r["requests_s"], "failed_fraction": r["failed_fraction"],
+                                             "latency_ms": r["latency"], "url": url})
+    finally:
+        for server in servers:
+            wrk.stop(server)
+    out: dict[str, Any] = {
+        "method": f"wrk -t{args.threads} -c{args.connections}, {args.seconds} s per run, {args.reps} runs per path "
+                  "and mode, paths alternated (order reversed every rep); median requests/s. nginx "
+                  f"({os.cpu_count()} worker processes) in each of 2 tasks on {SERVERS}",
+        "paths": {
+            "mesh": f"{SERVERS} host namespace -> {MANAGER} (runs no task) {lab.node(MANAGER).address}:{WEB_PORT}",
+            "straight_from_host": f"{SERVERS} host namespace -> a task's gateway-bridge address, port {TARGET_PORT}",
+            "vip": f"task of mbcli on {CLIENT} -> VIP {vip}:{TARGET_PORT} on the overlay",
+            "straight_from_task": f"task of mbcli on {CLIENT} -> a task's overlay address, port {TARGET_PORT}",
+        },
+    }
+    met = True
+    for mode, goal in GOALS.items():
+        part: dict[str, Any] = {}
+        for name, rs in runs[mode].items():
+            part[name] = {"median_requests_s": round(statistics.median(r["requests_s"] for r in rs), 1),
+                          "max_failed_fraction": max(r["failed_fraction"] for r in rs), "runs": rs}
+        rate = {name: p["median_requests_s"] for name, p in part.items()}
+        ratios = {"mesh_over_straight": rate["mesh"] / rate["straight_from_host"],
+                  "vip_over_straight": rate["vip"] / rate["straight_from_task"]}
+        part["ratio"] = {k: round(v, 3) for k, v in ratios.items()}
+        part["goal"] = f">= {goal}x straight"
+        part["meets_goal"] = all(v >= goal for v in ratios.values())
+        met = met and part["meets_goal"]
+        out[mode] = part
+    out["meets_goal"] = met
+    return out
+
+
+# -- task RUNNING -> in rotation on every node -----------------------------------------------------
+
+class MeshWatch:
+    """`nft monitor` in one host's ingress namespace; at each new generation, the backends in
+    rotation of one published port are listed, and each address first seen is stamped with the
+    generation's arrival time (time.time(): the clock of the tasks' timestamps)."""
+
+    def __init__(self, host: str, netns: str, port: int) -> None:
+        self.host, self.netns = host, netns
+        self.table, self.map = table_names()["mesh"], port_map(("tcp", port))
+        self.first_seen: dict[str, float] = {}
+        self.generations = 0
+        self.changed = threading.Condition()
+        self.proc = wrk.spawn([*in_ns(netns), "nft", "monitor"], stderr=subprocess.DEVNULL)
+        self.thread = threading.Thread(target=self._follow, name=f"watch-{host}", daemon=True)
+        self.thread.start()
+
+    def listing(self) -> set[str]:
+        proc = subprocess.run([*in_ns(self.netns), "nft", "-j", "list", "map", "ip", self.table, self.map],
+                              capture_output=True, text=True, timeout=30, check=False)
+        if proc.returncode != 0:
+            return set()            # not there yet
+        out: set[str] = set()
+        for item in json.loads(proc.stdout)["nftables"]:
+            for key, value in (item.get("map") or {}).get("elem") or []:
+                if int(key) < IN_ROTATION_MAX:
+                    out.add(str(value["concat"][0]))
+        return out
+
+    def record(self, stamp: float) -> None:
+        seen = self.listing()
+        with self.changed:
+            for address in seen - set(self.first_seen):
+                self.first_seen[address] = stamp
+            self.changed.notify_all()
+
+    def _follow(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("# new generation"):
+                stamp = time.time()
+                self.generations += 1
+                self.record(stamp)
+
+    def wait_for(self, known: set[str], deadline: float) -> str | None:
+        """An address in rotation here that is not in `known`, once there is one."""
+        with self.changed:
+            while True:
+                new = set(self.first_seen) - known
+                if new:
+                    return min(new, key=lambda a: self.first_seen[a])
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.changed.wait(left)
+
+
+def rotation_latency(lab: Lab, count: int, timeout: float) -> dict[str, Any]:
+    manager = lab.node(MANAGER).host
+    asyncio.run(call(manager, "POST", "/services/create", service_spec("mbrot", 1, ports=((ROT_PORT, TARGET_PORT),))))
+    first = asyncio.run(running_tasks(manager, "mbrot", 1, timeout))[0]
+    watches = [MeshWatch(h, ingress_sandbox(lab, h), ROT_PORT) for h in lab.nodes]
+    time.sleep(0.3)                 # the monitors subscribe
+    deadline = time.monotonic() + timeout
+    while not all(ingress_address(first) in w.listing() for w in watches):
+        if time.monotonic() > deadline:
+            raise BenchError(f"the first mbrot task never entered rotation on every host in {timeout:.0f}s")
+        time.sleep(POLL_S)
+    for w in watches:
+        w.record(time.time())       # the baseline: what is in rotation before the first step
+    samples: list[dict[str, Any]] = []
+    nodes = {n["ID"]: n["Description"]["Hostname"] for n in asyncio.run(call(manager, "GET", "/nodes"))}
+    for step in range(count):
+        known = set().union(*(w.first_seen for w in watches))
+        service = asyncio.run(call(manager, "GET", "/services/mbrot"))
+        spec = service["Spec"]
+        spec["Mode"]["Replicated"]["Replicas"] = step + 2
+        asyncio.run(call(manager, "POST", f"/services/{service['ID']}/update", spec,
+                         version=service["Version"]["Index"]))
+        deadline = time.monotonic() + timeout
+        found = [w.wait_for(known, deadline) for w in watches]
+        if None in found or len(set(found)) != 1:
+            raise BenchError(f"step {step + 1}: new task in rotation per host: "
+                             f"{dict(zip(lab.nodes, found, strict=True))} after {timeout:.0f}s")
+        address = str(found[0])
+        task = next((t for t in asyncio.run(running_tasks(manager, "mbrot", step + 2, timeout))
+                     if ingress_address(t) == address), None)
+        if task is None:
+            raise BenchError(f"step {step + 1}: no running task has the address {address} now in rotation")
+        running = parse_time(task["Status"]["Timestamp"])
+        per_host = {w.host: round((w.first_seen[address] - running) * 1000, 1) for w in watches}
+        samples.append({"task": task["ID"][:12], "node": nodes.get(task["NodeID"], "?"),
+                        "every_node_ms": max(per_host.values()), "per_host_ms": per_host})
+    for w in watches:
+        wrk.stop(w.proc)
+    values = [s["every_node_ms"] for s in samples]
+    return {
+        "method": f"service mbrot (published tcp {ROT_PORT}) scaled up by one {count} times; per new task: its "
+                  "RUNNING timestamp (GET /tasks) to the arrival of the `nft monitor` generation after which "
+                  f"the last host's ingress namespace had its address in map {table_names()['mesh']} "
+                  f"{port_map(('tcp', ROT_PORT))}; with few tasks, p99 is about the max",
+        "n": len(values),
+        "p50_ms": round(quantile(values, 0.5), 1), "p99_ms": round(quantile(values, 0.99), 1),
+        "max_ms": round(max(values), 1), "min_ms": round(min(values), 1),
+        "per_host_median_ms": {h: round(statistics.median(s["per_host_ms"][h] for s in samples), 1)
+                               for h in lab.nodes},
+        "samples": samples,
+        "goal": f"p99 <= {ROTATION_GOAL_MS:.0f} ms",
+        "meets_goal": quantile(values, 0.99) <= ROTATION_GOAL_MS,
+    }
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+def lab_part(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    lab = Lab(f"mb{os.getpid() % 100000:05d}")
+    try:
+        with uninterrupted():
+            lab.down()
+        t0 = time.monotonic()
+        lab.up(managers=1, workers=2, swarm=True)
+        result["lab"] = {"name": lab.name, "hosts": list(lab.nodes), "up_s": round(time.monotonic() - t0, 3)}
+        with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
+            archive = write_docker_save(build_busybox_image(healthcheck={}), Path(tmp) / "bb.tar", [IMAGE]).read_bytes()
+        manager = lab.node(MANAGER).host
+
+        async def setup() -> tuple[str, list[dict[str, Any]], dict[str, Any], str]:
+            await asyncio.gather(*(demo.load_image(n.host, archive) for n in lab.nodes.values()))
+            net = (await call(manager, "POST", "/networks/create", {"Name": "mbnet", "Driver": "overlay"}))["Id"]
+            await call(manager, "POST", "/services/create",
+                       service_spec("mbweb", 2, host=SERVERS, networks=(net,), ports=((WEB_PORT, TARGET_PORT),)))
+            await call(manager, "POST", "/services/create", service_spec("mbcli", 1, host=CLIENT, networks=(net,)))
+            web, client = await asyncio.gather(running_tasks(manager, "mbweb", 2, args.timeout),
+                                               running_tasks(manager, "mbcli", 1, args.timeout))
+            endpoint = (await call(manager, "GET", "/services/mbweb"))["Endpoint"]
+            vip = next(str(v["Addr"]).split("/")[0] for v in endpoint["VirtualIPs"] if v["NetworkID"] == net)
+            return net, web, client[0], vip
+
+        net, web, client, vip = asyncio.run(setup())
+        if not (shutil.which("wrk") and shutil.which("nginx")):
+            result["requests_per_s"] = {"error": "wrk and nginx are not installed (run deploy/bench-setup.sh)"}
+        else:
+            try:
+                with tempfile.TemporaryDirectory(prefix="mesh-bench-nginx-") as workdir:
+                    result["requests_per_s"] = requests_per_s(lab, web, client, net, vip, args, Path(workdir))
+            except BenchError as e:
+                result["requests_per_s"] = {"error": str(e)}
+        try:
+            result["running_to_rotation"] = rotation_latency(lab, args.tasks, args.timeout)
+        except BenchError as e:
+            result["running_to_rotation"] = {"error": str(e)}
+    finally:
+        with uninterrupted():
+            wrk.stop_all()
+            lab.down()
+
+
+def bench(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    try:
+        result["first_packet"] = asyncio.run(vipconnect.first_packet(args.services, args.connects, FIRST_PACKET_GOAL,
+                                                                      args.timeout))
+    except BenchError as e:
+        result["first_packet"] = {"error": str(e)}
+    finally:
+        with uninterrupted():
+            wrk.stop_all()
+            vipconnect.cleanup_leftovers()
+    lab_part(args, result)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    ap.add_argument("--reps", type=int, default=3, help="wrk runs per path and mode")
+    ap.add_argument("--seconds", type=int, default=5, help="seconds per wrk run")
+    ap.add_argument("--connections", type=int, default=32, help="wrk's open connections")
+    ap.add_argument("--threads", type=int, default=2, help="wrk's threads")
+    ap.add_argument("--tasks", type=int, default=20, help="scale-up steps timed into rotation")
+    ap.add_argument("--services", type=int, default=1000, help="VIPs defined in the 'many' LB namespace")
+    ap.add_argument("--connects", type=int, default=2000, help="measured connections per first-packet target")
+    ap.add_argument("--timeout", type=float, default=60.0, help="bound on each wait, in seconds")
+    args = ap.parse_args(argv)
+    for name, low, high in (("reps", 1, 20), ("seconds", 1, 60), ("connections", 1, 1000), ("threads", 1, 16),
+                            ("tasks", 1, 100), ("services", 1, vipconnect.MAX_SERVICES),
+                            ("connects", 10, 100_000)):
+        if not low <= getattr(args, name) <= high:
+            ap.error(f"--{name} must be in {low}..{high}")
+    if args.connections < args.threads:
+        ap.error("--connections must be at least --threads")
+    if not 5 <= args.timeout <= 600:
+        ap.error("--timeout must be in 5..600")
+    return args
+
+
+def main(argv: list[str] | None = None) -> tuple[dict[str, Any], int]:
+    args = parse_args(argv)
+    result: dict[str, Any] = {
+        "bench": "mesh",
+        "settings": {k: getattr(args, k) for k in ("reps", "seconds", "connections", "threads", "tasks", "services",
+                                                   "connects")},
+        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "loadavg_start": list(os.getloadavg())},
+    }
+    if os.geteuid() != 0 or not shutil.which("runc") or not shutil.which("nft"):
+        result["error"] = "needs root, runc and nft"
+        return result, 0
+    if shutil.which("wrk"):
+        result["wrk"] = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0].strip()
+    if shutil.which("nginx"):
+        result["nginx"] = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    status = 0
+    try:
+        with interruptible():
+            bench(args, result)
+    except KeyboardInterrupt as e:
+        result["error"] = f"interrupted ({e.args[0] if e.args else 'SIGINT'}); everything was cleaned up"
+        status = 130
+    except Exception as e:  # a failed run is a result; everything is cleaned up already
+        result["error"] = f"{type(e).__name__}: {e}"
+    result["machine"]["loadavg_end"] = list(os.getloadavg())
+    parts = [result.get(k) or {} for k in ("requests_per_s", "running_to_rotation", "first_packet")]
+    if all("meets_goal" in p for p in parts):
+        result["meets_goals"] = all(p["meets_goal"] for p in parts)
+    return result, status
+
+
+if __name__ == "__main__":
+    doc, code = main()
+    print(json.dumps(doc, indent=2))
+    sys.exit(code)
