@@ -13,12 +13,14 @@ and an empty `com.docker.swarm.task`), their name is dockerd's `<service>.<slot>
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 from engineapi.filters import Filters
 from engineapi.http import ApiError
 from model import format_time
+from model.endpoint import endpoint_mac
 from worker.exec import ContainerState
 from worker.executor.spec import ContainerConfig
 
@@ -161,7 +163,30 @@ def _mounts(config: ContainerConfig) -> list[dict[str, Any]]:
     return out
 
 
+def endpoint_id(network_id: str, container_id: str) -> str:
+    """The endpoint's 64-hex ID, by the rule the API's network views use
+    (manager/api/local_networks.py `endpoint_id`), so inspect and network inspect agree."""
+    return hashlib.sha256(f"{network_id}/{container_id}".encode()).hexdigest()
+
+
+def _endpoint(view: ContainerView, net: dict[str, Any]) -> dict[str, Any]:
+    address = str(net.get("address") or "")
+    ip, _, prefix = address.partition("/")
+    return {
+        "IPAMConfig": None, "Links": None, "Aliases": list(net.get("aliases") or []) or None,
+        "MacAddress": endpoint_mac(ip) if ip else "", "DriverOpts": None,
+        "NetworkID": str(net.get("id") or ""), "EndpointID": endpoint_id(str(net.get("id") or ""), view.id),
+        "Gateway": str(net.get("gateway") or ""), "IPAddress": ip, "IPPrefixLen": int(prefix or 0),
+        "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DNSNames": None,
+    }
+
+
 def _network_settings(view: ContainerView) -> dict[str, Any]:
+    """`Networks`: one entry per attached network, by name (a task's attachments, a standalone
+    container's networks); a container with a namespace of its own and nothing attached is on
+    dockerd's `none`."""
+    if view.config.networks:
+        return {"Networks": {str(n.get("name") or n.get("id")): _endpoint(view, n) for n in view.config.networks}}
     return {"Networks": {}} if view.config.netns_path else {"Networks": {"none": {}}}
 
 

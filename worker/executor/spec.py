@@ -139,6 +139,9 @@ class ContainerConfig:
     image: str = ""                  # the image reference it was made from (shown by docker ps)
     tty: bool = False                # a pseudo-terminal as stdio (the shim holds its master)
     stdin: bool = False              # stdin open: what attach clients send reaches the process
+    # the networks it is attached to, for docker inspect: {"id", "name", "address": "10.0.1.5/24",
+    # "aliases": [...]}, in order (the sandbox made the interfaces; this only describes them)
+    networks: list[dict[str, Any]] = field(default_factory=list)
 
     def validate(self) -> None:
         if not _CID_RE.match(self.id) or self.id == "shims":

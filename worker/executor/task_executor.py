@@ -17,6 +17,7 @@ embedded DNS: worker.networking), made before the container is and removed after
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from worker.exec import ContainerState, Controller, ExecutorError, ExitStatus
@@ -94,6 +95,24 @@ class SandboxedController:
         return await self.inner.state()
 
 
+def attached_networks(task: Any) -> list[dict[str, Any]]:
+    """What docker inspect shows of the task's networks: from its attachments (the allocator's
+    addresses) and the aliases its spec asks for on each."""
+    aliases = {str(n.get("Target") or ""): list(n.get("Aliases") or [])
+               for n in (task.spec.get("Networks") or []) if isinstance(n, dict)}
+    out = []
+    for attachment in getattr(task, "networks_attachments", None) or []:
+        network = attachment.get("Network") or {}
+        network_id = str(network.get("ID") or "")
+        addresses = attachment.get("Addresses") or []
+        if not network_id or not addresses:
+            continue
+        name = str((network.get("Spec") or {}).get("Name") or network_id)
+        out.append({"id": network_id, "name": name, "address": str(addresses[0]),
+                    "aliases": aliases.get(network_id) or aliases.get(name) or []})
+    return out
+
+
 def swarm_labels(task: TaskLike) -> dict[str, str]:
     return {
         "com.docker.swarm.service.id": task.service_id,
@@ -144,6 +163,8 @@ class RuncTaskExecutor:
                 sandbox_hosts=list(sandbox.hosts) if sandbox else None)
         except ConfigError as e:
             raise ExecutorError(f"invalid task spec: {e}") from e
+        if sandbox is not None:
+            config = replace(config, networks=attached_networks(task))
         return self._sandboxed(self.executor.controller(config), task.id)
 
     def _sandboxed(self, ctlr: ContainerController, task_id: str) -> Controller:
