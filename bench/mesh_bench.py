@@ -15,6 +15,8 @@ Prints one JSON document. Three parts:
       (a) `mesh`: from worker-1's host namespace to manager-1's address, port 8080 (manager-1 runs
           none of the tasks: its daemon namespace DNATs to its ingress namespace, which DNATs
           over the ingress overlay to a task on worker-1; replies come back the same way);
+      `mesh_via_task_host` (no goal): the same through worker-1's own published port: the mesh's
+          NAT without the trips over the lab's wire;
       (c) `straight_from_host`: from worker-1's host namespace straight to a task's address on
           worker-1's gateway bridge (the reference for (a); the two tasks alternate per rep);
       (b) `vip`: from the mbcli task's namespace to mbweb's VIP on the overlay (worker-2's LB
@@ -143,6 +145,7 @@ def requests_per_s(lab: Lab, web: list[dict[str, Any]], client: dict[str, Any], 
         # name -> (client namespace, URL per rep parity: the straight paths alternate the two tasks)
         paths: dict[str, tuple[str, list[str]]] = {
             "mesh": (host_ns, [f"http://{lab.node(MANAGER).address}:{WEB_PORT}/"]),
+            "mesh_via_task_host": (host_ns, [f"http://{lab.node(SERVERS).address}:{WEB_PORT}/"]),
             "straight_from_host": (host_ns, web_url),
             "vip": (client_ns, [f"http://{vip}:{TARGET_PORT}/"]),
             "straight_from_task": (client_ns, overlay_url),
@@ -170,6 +173,8 @@ def requests_per_s(lab: Lab, web: list[dict[str, Any]], client: dict[str, Any], 
                   f"({os.cpu_count()} worker processes) in each of 2 tasks on {SERVERS}",
         "paths": {
             "mesh": f"{SERVERS} host namespace -> {MANAGER} (runs no task) {lab.node(MANAGER).address}:{WEB_PORT}",
+            "mesh_via_task_host": f"{SERVERS} host namespace -> its own address, port {WEB_PORT} (no goal: the "
+                                  "mesh's NAT without the trips over the lab's wire)",
             "straight_from_host": f"{SERVERS} host namespace -> a task's gateway-bridge address, port {TARGET_PORT}",
             "vip": f"task of mbcli on {CLIENT} -> VIP {vip}:{TARGET_PORT} on the overlay",
             "straight_from_task": f"task of mbcli on {CLIENT} -> a task's overlay address, port {TARGET_PORT}",
@@ -185,6 +190,8 @@ def requests_per_s(lab: Lab, web: list[dict[str, Any]], client: dict[str, Any], 
         ratios = {"mesh_over_straight": rate["mesh"] / rate["straight_from_host"],
                   "vip_over_straight": rate["vip"] / rate["straight_from_task"]}
         part["ratio"] = {k: round(v, 3) for k, v in ratios.items()}
+        part["ratio"]["mesh_via_task_host_over_straight"] = round(rate["mesh_via_task_host"] /
+                                                                  rate["straight_from_host"], 3)
         part["goal"] = f">= {goal}x straight"
         part["meets_goal"] = all(v >= goal for v in ratios.values())
         met = met and part["meets_goal"]

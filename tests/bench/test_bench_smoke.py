@@ -136,3 +136,35 @@ def test_overlay_bench_json() -> None:
     assert set(start["first_task_ms"]) == {"without_network", "with_network_first_on_node"}
     assert start["log_running_timestamps_equal_api"] is True
     assert isinstance(doc["meets_goals"], bool)
+
+
+def test_mesh_bench_json() -> None:
+    """Every part at its smallest (requests/s only where deploy/bench-setup.sh installed wrk and nginx);
+    about 30 s."""
+    needs_root_runc()
+    doc = run_bench("mesh_bench.py", "--reps", "1", "--seconds", "1", "--tasks", "2", "--services", "10",
+                    "--connects", "50", timeout=240)
+    assert doc["bench"] == "mesh" and "error" not in doc, doc.get("error")
+    first = doc["first_packet"]
+    assert "error" not in first, first["error"]
+    for target in ("one_vip", "many_vips", "straight_to_backend"):
+        assert first[target]["n"] == 50 and first[target]["p99_us"] >= first[target]["median_us"] > 0, target
+    assert first["services"] == 10 and set(first["ratio_many_over_one"]) == {"median", "p99"}
+    assert "namespaces_left_behind" not in first
+    rotation = doc["running_to_rotation"]
+    assert "error" not in rotation, rotation["error"]
+    assert rotation["n"] == 2 and rotation["max_ms"] >= rotation["p99_ms"] >= rotation["p50_ms"]
+    assert len(doc["lab"]["hosts"]) == 3 and set(rotation["per_host_median_ms"]) == set(doc["lab"]["hosts"])
+    rps = doc["requests_per_s"]
+    if not (shutil.which("wrk") and shutil.which("nginx")):
+        assert "deploy/bench-setup.sh" in rps["error"]
+        return
+    assert "error" not in rps, rps["error"]
+    for mode in ("keepalive", "new_connection"):
+        for path in ("mesh", "mesh_via_task_host", "straight_from_host", "vip", "straight_from_task"):
+            part = rps[mode][path]
+            assert part["median_requests_s"] > 0 and len(part["runs"]) == 1, (mode, path)
+            assert part["max_failed_fraction"] == 0, (mode, path, part["runs"])
+        assert set(rps[mode]["ratio"]) == {"mesh_over_straight", "vip_over_straight",
+                                           "mesh_via_task_host_over_straight"}
+    assert isinstance(doc["meets_goals"], bool)
