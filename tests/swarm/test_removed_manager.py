@@ -123,6 +123,30 @@ def test_manager_demoted_while_down_or_partitioned_says_it_is_out_and_never_camp
     becomes_a_worker(lab, leader, victim)
     assert terms(lab, remaining) == remaining_before, "no election while it became a worker"
 
+    # 3. Promoted, then demoted and promoted again while down: it comes back out of Raft (it learns so
+    # from the third manager, cut off from the leader), and once it hears that the swarm wants it as a
+    # manager it joins as a new Raft member, as a promotion does.
+    node_update(lab, leader, victim, lambda spec: spec.__setitem__("Role", "manager"))
+    eventually(lambda: victim in in_raft(lab, leader), timeout=60, what=f"{victim} in raft again")
+    eventually(lambda: api(lab, victim, "GET", "/info")["Swarm"]["ControlAvailable"], timeout=30,
+               what=f"{victim} serving as a manager again")
+    old_id = raft_info(lab, victim)["RaftID"]
+    lab.stop(victim)
+    demote(lab, leader, victim)
+    node_update(lab, leader, victim, lambda spec: spec.__setitem__("Role", "manager"))
+    lab.partition(victim, leader)
+    lab.start(victim)
+    says_it_is_out(lab, victim, before=2)     # (its log file goes on across restarts)
+    lab.heal()
+
+    def back_in_raft() -> bool:
+        info = api(lab, victim, "GET", "/info")["Swarm"]
+        return bool(info["ControlAvailable"] and not info["Raft"]["Removed"] and info["Raft"]["RaftID"] != old_id
+                    and victim in in_raft(lab, leader))
+
+    eventually(back_in_raft, timeout=60, what=f"{victim} in raft as a new member")
+    assert terms(lab, remaining) == remaining_before, "no election while it came back"
+
 
 def ghost_leader(lab: Lab, hosts: tuple[str, ...]) -> str:
     """The host among `hosts` that leads (their old configuration), or ""."""
