@@ -6,7 +6,12 @@ leader but can reach the third manager, so its agent cannot reach the dispatcher
 it to the unreachable leader) and only Raft can tell it: the third manager answers its pre-votes
 with REMOVED. It must then say it is out (/info's Error and Swarm.Raft, its log, the worker text for
 cluster calls) and the other two must see no election from it: their term and leader stay put.
-Once the partition heals, the dispatcher tells it that it is a worker, and it becomes one.
+Once the partition heals, the dispatcher tells it that it is a worker, and it becomes one; or, if
+the swarm wants it as a manager again, it joins Raft as a new member. A manager demoted while down
+and then deleted (`node rm --force`) hears from no dispatcher: it says it is out, for good.
+
+The second test: managers left out of a cluster forced anew (`swarm init --force-new-cluster`)
+come back together and must not take it over (raft/node.py, "Refused members").
 """
 
 from __future__ import annotations
@@ -147,6 +152,17 @@ def test_manager_demoted_while_down_or_partitioned_says_it_is_out_and_never_camp
     eventually(back_in_raft, timeout=60, what=f"{victim} in raft as a new member")
     assert terms(lab, remaining) == remaining_before, "no election while it came back"
 
+    # 4. Demoted while down and then removed from the swarm (`node rm --force`): no dispatcher will
+    # ever tell it anything, so what it knows comes from Raft alone. It says it is out, for good.
+    lab.stop(victim)
+    demote(lab, leader, victim)
+    api(lab, leader, "DELETE", f"/nodes/{victim}", force="true")
+    eventually(lambda: victim not in nodes_by_host(lab, leader), what=f"{victim} removed from the swarm")
+    lab.start(victim)
+    says_it_is_out(lab, victim, before=3)
+    holds_for(lambda: terms(lab, remaining) == remaining_before, QUIET_SECONDS, "the managers' term and leader")
+    assert raft_info(lab, victim)["Removed"] is True
+
 
 def ghost_leader(lab: Lab, hosts: tuple[str, ...]) -> str:
     """The host among `hosts` that leads (their old configuration), or ""."""
@@ -186,3 +202,4 @@ def test_managers_left_out_of_a_forced_new_cluster_come_back_and_never_take_it_o
     holds_for(lambda: terms(lab, (survivor,)) == before, QUIET_SECONDS, "the new cluster's term and leader")
     assert nodes_by_host(lab, survivor)[survivor]["Spec"]["Labels"]["forced"] == "yes"
     assert in_raft(lab, survivor) == {survivor}
+
