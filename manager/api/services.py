@@ -24,6 +24,7 @@ from aiohttp import web
 from engineapi.bodykeys import SERVICE_SPEC
 from engineapi.filters import request_filters
 from engineapi.http import ApiError, Routes, go_bool, json_response, read_json
+from manager.allocator import find_ingress, needs_ingress
 from manager.allocator.ports import port_conflict
 from manager.api.cluster import cluster_store, require_version
 from manager.api.objects_common import any_prefix, api_errors, labels_match, lookup, require_spec_object
@@ -80,10 +81,15 @@ def stored_spec(tx: ReadTx, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_ports(tx: ReadTx, spec: dict[str, Any], service_id: str = "") -> None:
-    """No other service may hold a port the spec publishes (swarmkit's checkPortConflicts)."""
+    """No other service may hold a port the spec publishes (swarmkit's checkPortConflicts), and
+    an ingress-mode port needs the ingress network (or the service's tasks could never be
+    reached through the routing mesh)."""
     reason = port_conflict(spec, tx.all("services"), service_id)
     if reason is not None:
         raise SpecError(INVALID_ARGUMENT + reason)
+    if needs_ingress(Service(id="", spec=spec)) and find_ingress(tx.all("networks")) is None:
+        raise SpecError("rpc error: code = FailedPrecondition desc = service needs ingress network, "
+                        "but no ingress network is present")
 
 
 def endpoint_spec(spec: dict[str, Any]) -> dict[str, Any]:

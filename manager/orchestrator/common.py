@@ -12,7 +12,8 @@ import copy
 from collections.abc import Iterable
 from typing import Any
 
-from manager.allocator import PENDING_MESSAGE, needs_addresses
+from manager.allocator import PENDING_MESSAGE, needs_addresses, needs_ingress
+from manager.scheduler.nodeinfo import task_host_ports
 from manager.specs import SpecError
 from manager.store import ReadTx
 from model import Node, NodeState, Service, Task, TaskState, TaskStatus, UpdateState, format_time, new_id
@@ -42,10 +43,38 @@ def new_task(service: Service, now: float, slot: int = 0, node_id: str = "",
                 labels=dict(service.spec.get("Labels") or {}))
 
 
+EndpointNeeds = tuple[bool, frozenset[tuple[str, int]]]
+
+
+def endpoint_needs(service: Service) -> EndpointNeeds:
+    """What the service's EndpointSpec asks of each task itself: an address on ingress (an
+    ingress-mode published port) and its host-mode ports (protocol, published port)."""
+    ports = [p for p in (service.spec.get("EndpointSpec") or {}).get("Ports") or () if isinstance(p, dict)]
+    host = frozenset((str(p.get("Protocol") or "tcp").lower(), int(p.get("PublishedPort") or 0)) for p in ports
+                     if str(p.get("PublishMode") or "").lower() == "host" and p.get("PublishedPort"))
+    return needs_ingress(service), host
+
+
+def endpoint_dirty(needs: EndpointNeeds, task: Task) -> bool:
+    """A task that no longer matches its service's endpoint (swarmkit compares Endpoint.Spec):
+    published ports added to a service that had none need tasks on ingress, and host-mode ports
+    are bound where the task was placed. Only judged once the allocator (ingress) or the
+    scheduler (host ports) has had its say on the task; what they have not done yet they do
+    with the current spec."""
+    if task.status.state < _PENDING:
+        return False
+    on_ingress = any(isinstance(a, dict) and bool(((a.get("Network") or {}).get("Spec") or {}).get("Ingress"))
+                     for a in task.networks_attachments)
+    if on_ingress != needs[0]:
+        return True
+    return bool(task.node_id) and frozenset(task_host_ports(task)) != needs[1]
+
+
 def is_task_dirty(service: Service, task: Task) -> bool:
     """True when the task was made from another spec than the service's current TaskTemplate
-    (which includes ForceUpdate). The API's `_up-to-date` filter is `not is_task_dirty`."""
-    return task.spec != (service.spec.get("TaskTemplate") or {})
+    (which includes ForceUpdate), or no longer matches its endpoint (`endpoint_dirty`). The
+    API's `_up-to-date` filter is `not is_task_dirty`."""
+    return task.spec != (service.spec.get("TaskTemplate") or {}) or endpoint_dirty(endpoint_needs(service), task)
 
 
 def earliest(a: float | None, b: float | None) -> float | None:

@@ -30,7 +30,16 @@ from dataclasses import dataclass, field
 
 import msgpack
 
-from manager.orchestrator.common import SlotKey, earliest, group_by_slot, new_task, runnable, slot_key
+from manager.orchestrator.common import (
+    SlotKey,
+    earliest,
+    endpoint_dirty,
+    endpoint_needs,
+    group_by_slot,
+    new_task,
+    runnable,
+    slot_key,
+)
 from manager.specs import UpdateConfig, update_config
 from manager.store import WriteTx
 from model import Service, Task, TaskState, UpdateState, format_time
@@ -184,7 +193,9 @@ class UpdateSupervisor:
         template = service.spec.get("TaskTemplate") or {}
         running = TaskState.RUNNING  # bound once: an Enum member lookup per task is not free
         live = [t for t in tx.find("tasks", service_id=service.id) if t.desired_state <= running]
-        dirty_keys = {slot_key(t) for t in live if t.spec is not template and t.spec != template}  # is_task_dirty
+        needs = endpoint_needs(service)
+        dirty_keys = {slot_key(t) for t in live                                                 # is_task_dirty
+                      if (t.spec is not template and t.spec != template) or endpoint_dirty(needs, t)}
         if not dirty_keys:
             return {}
         return group_by_slot(t for t in live if slot_key(t) in dirty_keys)

@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from engineapi.http import Routes, new_app
-from manager.allocator import Allocator
+from manager.allocator import Allocator, needs_ingress
 from manager.api import nodes
 from manager.api.cluster import CLUSTER, ClusterAccess
 from manager.api.routes import add_cluster_routes
@@ -117,9 +117,12 @@ class FakeReconciler:
             for slot in range(1, service.replicas + 1):
                 if slot not in by_slot or is_task_dirty(service, by_slot[slot]):
                     status = TaskStatus(TaskState.RUNNING, tx.now, "started")
+                    # on ingress when it publishes a port, as the allocator would have put it
+                    ingress = [{"Network": {"ID": "ingress", "Spec": {"Name": "ingress", "Ingress": True}},
+                                "Addresses": []}] if needs_ingress(service) else []
                     tx.create(Task(id=new_id(), service_id=service.id, slot=slot, node_id=self.node_id,
                                    spec=service.spec["TaskTemplate"], status=status,
-                                   service_name=service.name))
+                                   service_name=service.name, networks_attachments=ingress))
 
     def _stop(self, tx: WriteTx, task: Task, desired: TaskState) -> None:
         stopped = task.copy()

@@ -89,7 +89,11 @@ async def test_endpoint_spec_errors_are_dockers(client: TestClient) -> None:
     assert err["message"] == RPC + "EndpointSpec: duplicate published ports provided"
 
 
-async def test_published_port_conflicts_name_the_service_that_holds_the_port(client: TestClient) -> None:
+async def test_published_port_conflicts_name_the_service_that_holds_the_port(client: TestClient, store: Store) -> None:
+    assert await refused(client, "/services/create", body(Name="early", EndpointSpec=ports((80, 8080)))) == \
+        (400, "rpc error: code = FailedPrecondition desc = service needs ingress network, "
+              "but no ingress network is present")
+    await store.update(lambda tx: tx.create(ingress_network()))
     web = await service(client, "web", ports((80, 8080)))
     host = await service(client, "host", ports((80, 9090, "tcp", "host")))
     for name, endpoint, number, holder, sid, mode in (

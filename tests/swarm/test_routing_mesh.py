@@ -269,3 +269,19 @@ def test_a_dead_worker_costs_requests_only_until_it_is_detected(lab: Lab, tmp_pa
     finally:
         lab.heal()
         lab.start(victim)
+
+
+def test_publishing_a_port_later_moves_the_tasks_onto_ingress(lab: Lab) -> None:
+    """`service update --publish-add` on a service that published nothing: its tasks have no
+    address on ingress, so they are replaced (rolling, as Docker does) and the port answers."""
+    create(lab, "late", web(), 2, max_per_node=1)
+    before = {t["ID"] for t in converged(lab, "late", 2)}
+    update(lab, "late", lambda spec: spec.__setitem__(
+        "EndpointSpec", {"Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8484}]}))
+    settled(lab, "late", 2)
+    after = running(lab, "late")
+    assert not before & {t["ID"] for t in after}, "every task was replaced"
+    idle = idle_host(lab, "late")
+    name, _ = eventually(lambda: fetch(lab, "manager-1" if idle != "manager-1" else "manager-2",
+                                       lab.node(idle).address, 8484), timeout=20, what="the port added later")
+    assert name in {t["ID"][:12] for t in after}

@@ -375,3 +375,30 @@ async def test_a_failing_service_does_not_stop_the_loop(caplog) -> None:
     await h.replicated.reconcile()
     assert len(tasks_of(h, good)) == 1 and bad.id in h.replicated.wakes
     assert "reconciling service" in caplog.text
+
+
+def test_a_task_that_no_longer_matches_its_services_endpoint_is_dirty() -> None:
+    template = {"ContainerSpec": {"Image": "busybox:latest"}}
+    ingress = {"Network": {"ID": "ing", "Spec": {"Name": "ingress", "Ingress": True}}, "Addresses": ["10.0.0.5/24"]}
+
+    def service(*ports: dict) -> Service:
+        return Service(id="s", spec={"Name": "web", "TaskTemplate": template, "EndpointSpec": {"Ports": list(ports)}})
+
+    def task(state: TaskState, attachments: list | None = None, endpoint: dict | None = None, node: str = "") -> Task:
+        t = Task(id=new_id(), spec=template, service_id="s", node_id=node, desired_state=TaskState.RUNNING)
+        t.status.state = state
+        t.networks_attachments = attachments or []
+        t.endpoint = endpoint or {}
+        return t
+
+    published = service({"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080})
+    assert not is_task_dirty(service(), task(TaskState.RUNNING, node="n1"))
+    assert is_task_dirty(published, task(TaskState.RUNNING, node="n1")), "published later: it needs ingress"
+    assert not is_task_dirty(published, task(TaskState.NEW)), "the allocator has not had its say yet"
+    assert not is_task_dirty(published, task(TaskState.RUNNING, [ingress], node="n1"))
+    assert is_task_dirty(service(), task(TaskState.RUNNING, [ingress], node="n1")), "no longer published"
+    host = {"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 9090, "PublishMode": "host"}
+    placed = task(TaskState.RUNNING, endpoint={"Ports": [host]}, node="n1")
+    assert not is_task_dirty(service(host), placed)
+    assert is_task_dirty(service({**host, "PublishedPort": 9191}), placed), "another host port"
+    assert not is_task_dirty(service(host), task(TaskState.PENDING)), "the scheduler gives it its ports"
