@@ -5,9 +5,15 @@ the routing mesh and the VIPs with them).
 Each nginx runs from the host's binary inside one namespace (`nsenter --net=<path>`, so in the
 namespace a task's container runs in), in the foreground (`daemon off`), with its own config,
 pid, error log and temp files in a directory of its own: nothing of the packaged nginx (its
-config, its service, /var/log/nginx) is used. Every process started here is tracked and stopped
-by its PID (`stop_all`); nginx's master is asked first (SIGTERM, it stops its workers), and
-the workers it had are killed by PID only if it did not.
+config, its service, /var/log/nginx) is used. nginx listens with `reuseport` (a socket per
+worker, connections spread by the kernel's hash), so no worker takes most of wrk's keep-alive
+connections. Every process started here is tracked and stopped by its PID (`stop_all`); nginx's
+master is asked first (SIGTERM, it stops its workers), and the workers it had are killed by PID
+only if it did not.
+
+On a machine shared with other work, requests/s follow the CPU share the processes get, and the
+scheduler shares the CPUs per thread: a comparison is fair only with as many server workers and
+client threads on each side (bench/mesh_bench.py runs one wrk per backend task on every path).
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ http {{
     keepalive_requests 10000000;
     keepalive_timeout 120s;
     server {{
-        listen {port} default_server backlog=4096;
+        listen {port} default_server reuseport backlog=4096;
         default_type text/plain;
         location / {{ return 200 "{body}"; }}
     }}
@@ -151,21 +157,40 @@ def parse_wrk(out: str) -> dict[str, Any]:
 def run_wrk(netns: str, url: str, seconds: int, *, threads: int, connections: int, close: bool,
             timeout: float) -> dict[str, Any]:
     """One wrk run from namespace `netns` (keep-alive, or a new connection per request)."""
-    argv = [*in_ns(netns), WRK, "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency",
-            "--timeout", "5s", *(["-H", "Connection: close"] if close else []), url]
-    proc = spawn(argv)
+    return run_wrks(netns, [url], seconds, threads=threads, connections=connections, close=close,
+                    timeout=timeout)
+
+
+def run_wrks(netns: str, urls: list[str], seconds: int, *, threads: int, connections: int, close: bool,
+             timeout: float) -> dict[str, Any]:
+    """One wrk process per URL, all at once, from namespace `netns`, each with `threads` threads
+    and `connections` connections (keep-alive, or a new connection per request): requests/s and
+    counts summed, latency percentiles per process."""
+    argv = [WRK, "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency", "--timeout", "5s",
+            *(["-H", "Connection: close"] if close else [])]
+    procs = [spawn([*in_ns(netns), *argv, url]) for url in urls]
+    deadline = time.monotonic() + seconds + timeout
+    outs: list[str] = []
     try:
-        out, err = proc.communicate(timeout=seconds + timeout)
-    except subprocess.TimeoutExpired:
-        raise BenchError(f"wrk {url}: no result after {seconds + timeout:.0f}s") from None
+        for url, proc in zip(urls, procs, strict=True):
+            try:
+                out, err = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise BenchError(f"wrk {url}: no result after {seconds + timeout:.0f}s") from None
+            if proc.returncode != 0:
+                raise BenchError(f"wrk {url} exited {proc.returncode}: {(err or out).strip()[-300:]}")
+            outs.append(out)
     finally:
-        stop(proc)
-    if proc.returncode != 0:
-        raise BenchError(f"wrk {url} exited {proc.returncode}: {(err or out).strip()[-300:]}")
-    result = parse_wrk(out)
-    failed = sum(result["socket_errors"].values()) + result["non_2xx"]
-    result["failed_fraction"] = round(failed / max(1, result["requests"]), 5)
-    return result
+        for proc in procs:
+            stop(proc)
+    parts = [parse_wrk(out) for out in outs]
+    errors = {k: sum(p["socket_errors"][k] for p in parts) for k in parts[0]["socket_errors"]}
+    requests = sum(p["requests"] for p in parts)
+    failed = sum(errors.values()) + sum(p["non_2xx"] for p in parts)
+    return {"requests_s": round(sum(p["requests_s"] for p in parts), 1), "requests": requests,
+            "socket_errors": errors, "non_2xx": sum(p["non_2xx"] for p in parts),
+            "failed_fraction": round(failed / max(1, requests), 5),
+            "latency": parts[0]["latency"] if len(parts) == 1 else [p["latency"] for p in parts]}
 
 
 def wait_answers(netns: str, url: str, timeout: float) -> None:
