@@ -285,3 +285,22 @@ def test_publishing_a_port_later_moves_the_tasks_onto_ingress(lab: Lab) -> None:
     name, _ = eventually(lambda: fetch(lab, "manager-1" if idle != "manager-1" else "manager-2",
                                        lab.node(idle).address, 8484), timeout=20, what="the port added later")
     assert name in {t["ID"][:12] for t in after}
+
+
+def test_the_mesh_keeps_serving_while_a_hosts_daemon_is_killed_and_restarted(lab: Lab, tmp_path: Path) -> None:
+    """The data path is the kernel's: kill -9 of the daemon of the host the requests go through,
+    and its restart (which adopts the tables and reserves the port again), lose no request."""
+    create(lab, "kept", web(), 2, [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8585}], max_per_node=1)
+    settled(lab, "kept", 2)
+    busy = hosts_of(lab, running(lab, "kept"))
+    via = next(h for h in ("manager-2", "manager-3", "worker-1", "worker-2") if h not in busy)
+    client = "manager-1"
+    report: dict[str, Any] = {}
+    with load(lab, client, f"http://{lab.node(via).address}:8585/cgi-bin/who", tmp_path, report):
+        lab.kill(via)
+        lab.start(via)
+        eventually(lambda: "Address already in use" in lab.exec(via, [sys.executable, "-c",
+                   "import socket; socket.socket().bind(('0.0.0.0', 8585))"]).stderr,
+                   timeout=20, what="the restarted daemon to reserve the port again")
+    print(f"kill -9 and restart of {via}'s daemon: {report['requests']} requests, {report['failures']} failed")
+    assert report["failures"] == 0, report
