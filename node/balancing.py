@@ -86,9 +86,8 @@ def wanted_lb(view: NetworkView, previous: LbNetwork | None, alive: set[IPv4Addr
     before = previous.by_vip() if previous is not None else {}
     services = []
     for service in view.services:
-        if service.mode != "vip" or not service.vip or IPv4Address(service.vip) == own:
+        if service.mode != "vip" or not service.vip or (vip := IPv4Address(service.vip)) == own:
             continue
-        vip = IPv4Address(service.vip)
         backends = tuple(dict.fromkeys(a for t in service.tasks if (a := IPv4Address(t.address)) != vip))
         old = before.get(vip)
         former = (*old.backends, *old.draining) if old is not None else ()
