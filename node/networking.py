@@ -80,6 +80,9 @@ class NodeNetworking:
         self._name_prefix = name_prefix
         self._host: OverlayHost | None = None
         self._balancing = ServiceBalancing(IngressDataPlane(prefix=name_prefix), run_dir)
+        # what the last sync programmed on the current host: a message that changes neither the
+        # set of networks nor a network's peers costs no netlink call
+        self._programmed: tuple[OverlayHost, dict[str, OverlaySpec], dict[str, frozenset[Any]]] | None = None
         self._views: NetworkViews | None = None
         self._records = ServiceRecords()
         self._dns: dict[str, DnsServer] = {}        # task id -> its DNS server
@@ -169,14 +172,23 @@ class NodeNetworking:
             now = format_time(time.time())
             self._first_seen = {k: self._first_seen.get(k) or now for k in wanted}
             self._cluster_networks = {k: v for k, v in self._cluster_networks.items() if k in wanted}
-            if views.known:
-                await host.reconcile(wanted.values())
-            else:
-                for spec in wanted.values():
-                    await host.ensure_network(spec)
+            programmed, self._programmed = self._programmed, None     # unknown until this sync is done
+            done_specs: dict[str, OverlaySpec] = {}
+            done_peers: dict[str, frozenset[Any]] = {}
+            if programmed is not None and programmed[0] is host:
+                _, done_specs, done_peers = programmed
+            if wanted != done_specs:
+                if views.known:
+                    await host.reconcile(wanted.values())
+                else:
+                    for spec in wanted.values():
+                        await host.ensure_network(spec)
+                done_peers = {}
             for view in views.views.values():
-                await host.set_peers(view.id, [Peer(IPv4Address(p.ip), p.mac, IPv4Address(p.vtep))
-                                               for p in view.peers])
+                if done_peers.get(view.id) != view.peers:
+                    await host.set_peers(view.id, [Peer(IPv4Address(p.ip), p.mac, IPv4Address(p.vtep))
+                                                   for p in view.peers])
+            self._programmed = (host, wanted if views.known else {}, {v.id: v.peers for v in views.views.values()})
             self._records = dns_records(views.views.values())
             for server in self._dns.values():
                 server.update(self._records)
