@@ -46,7 +46,7 @@ Prints one JSON document. Three parts:
 Only addresses of the lab's own namespaces (and of the bench's own namespaces) are targeted.
 Every process the bench starts is stopped by PID, its namespaces are deleted and the lab torn
 down at the end, on failure, Ctrl-C and SIGTERM too.
-Usage: python bench/mesh_bench.py [--reps 3] [--seconds 5] [--tasks 20] [--services 1000]
+Usage: python bench/mesh_bench.py [--reps 5] [--seconds 3] [--tasks 20] [--services 1000]
                                   [--connects 2000] [--connections 32] [--threads 1] [--timeout 60]
 """
 
@@ -203,6 +203,14 @@ def requests_per_s(lab: Lab, web: list[dict[str, Any]], client: dict[str, Any], 
         part["ratio"] = {k: round(v, 3) for k, v in ratios.items()}
         part["ratio"]["mesh_via_task_host_over_straight"] = round(rate["mesh_via_task_host"] /
                                                                   rate["straight_from_host"], 3)
+        # the same, rep by rep (a path and its reference ran a few seconds apart): less swayed by
+        # load that came and went between reps
+        per_rep = {key: [round(a["requests_s"] / b["requests_s"], 3)
+                         for a, b in zip(runs[mode][path], runs[mode][ref], strict=True)]
+                   for key, path, ref in (("mesh_over_straight", "mesh", "straight_from_host"),
+                                          ("vip_over_straight", "vip", "straight_from_task"))}
+        part["ratio_per_rep"] = per_rep
+        part["ratio_median_of_reps"] = {k: round(statistics.median(v), 3) for k, v in per_rep.items()}
         part["goal"] = f">= {goal}x straight"
         part["meets_goal"] = all(v >= goal for v in ratios.values())
         met = met and part["meets_goal"]
@@ -402,8 +410,8 @@ def bench(args: argparse.Namespace, result: dict[str, Any]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
-    ap.add_argument("--reps", type=int, default=3, help="wrk runs per path and mode")
-    ap.add_argument("--seconds", type=int, default=5, help="seconds per wrk run")
+    ap.add_argument("--reps", type=int, default=5, help="wrk runs per path and mode")
+    ap.add_argument("--seconds", type=int, default=3, help="seconds per wrk run")
     ap.add_argument("--connections", type=int, default=32, help="open connections of a run (over its wrk processes)")
     ap.add_argument("--threads", type=int, default=1, help="threads of each wrk process (one per task)")
     ap.add_argument("--tasks", type=int, default=20, help="scale-up steps timed into rotation")

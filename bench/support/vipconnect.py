@@ -126,7 +126,8 @@ def many_vips(services: int) -> list[IPv4Address]:
 
 def _summary(ns: list[int]) -> dict[str, Any]:
     us = [n / 1000 for n in ns]
-    return {"n": len(us), "median_us": round(statistics.median(us), 1), "p99_us": round(quantile(us, 0.99), 1),
+    return {"n": len(us), "median_us": round(statistics.median(us), 1), "p90_us": round(quantile(us, 0.9), 1),
+            "p99_us": round(quantile(us, 0.99), 1),
             "min_us": round(min(us), 1), "max_us": round(max(us), 1)}
 
 
@@ -164,6 +165,7 @@ async def first_packet(services: int, connects: int, goal: float, timeout: float
             raise BenchError(f"the connect loop exited {client.returncode}: {err.strip()[-300:]}")
         one, many, direct = (_summary(s) for s in json.loads(out))
         ratio_median = many["median_us"] / one["median_us"]
+        ratio_p90 = many["p90_us"] / one["p90_us"]
         ratio_p99 = many["p99_us"] / one["p99_us"]
         result = {
             "method": f"TCP connect() time (SYN to SYN-ACK) from a client namespace, {connects} connections per "
@@ -171,7 +173,9 @@ async def first_packet(services: int, connects: int, goal: float, timeout: float
                       "LB namespaces programmed by IngressDataPlane.set_lb, every VIP with one backend",
             "services": services,
             "one_vip": one, "many_vips": many, "straight_to_backend": direct,
-            "ratio_many_over_one": {"median": round(ratio_median, 3), "p99": round(ratio_p99, 3)},
+            # p99 is where other load on the machine shows (a preempted client or softirq)
+            "ratio_many_over_one": {"median": round(ratio_median, 3), "p90": round(ratio_p90, 3),
+                                    "p99": round(ratio_p99, 3)},
             "lb_added_median_us": {"one": round(one["median_us"] - direct["median_us"], 1),
                                    "many": round(many["median_us"] - direct["median_us"], 1)},
             "program_s": {"one": round(one_s, 3), "many": round(many_s, 3)},
