@@ -88,6 +88,9 @@ class NodeNetworking:
         self._dns: dict[str, DnsServer] = {}        # task id -> its DNS server
         self._limit = ForwardLimit()                # one bound on forwarded queries for the node
         self._lock = asyncio.Lock()
+        # VIPs and the mesh are programmed after the overlay and DNS, under a lock of their own:
+        # a task's sandbox waits for the overlay it needs, not for the load balancers' nft runs
+        self._balance_lock = asyncio.Lock()
         self._synced = asyncio.Event()              # replaced and set after every sync
         # for the node-local view (Engine API): remembered, never needed by the data path
         self._task_names: dict[str, str] = {}       # task id -> "web.1.<taskid>"
@@ -114,7 +117,7 @@ class NodeNetworking:
 
     async def close(self) -> None:
         """Stop serving DNS; the data path stays up for the containers (live restore)."""
-        async with self._lock:
+        async with self._balance_lock, self._lock:
             await self._close_dns(list(self._dns))
             await self._balancing.close()
             if self._host is not None:
@@ -123,7 +126,7 @@ class NodeNetworking:
 
     async def purge(self) -> None:
         """Remove every network, sandbox and rule this node made (the node left its swarm)."""
-        async with self._lock:
+        async with self._balance_lock, self._lock:
             await self._close_dns(list(self._dns))
             if self._host is None and (self.run_dir / STATE_FILE).exists():
                 saved = json.loads((self.run_dir / STATE_FILE).read_text())
@@ -194,7 +197,9 @@ class NodeNetworking:
                 server.update(self._records)
             synced, self._synced = self._synced, asyncio.Event()
             synced.set()
-            await self._balancing.sync(host, views, wanted)
+        async with self._balance_lock:
+            if self._host is host:           # not closed or purged meanwhile
+                await self._balancing.sync(host, views, wanted)
 
     async def _task_networks(self, task: Task) -> tuple[NetworkViews, list[tuple[NetworkView, str]]]:
         """The views and the task's attachments, waiting (bounded) for the sync that brings a
@@ -217,11 +222,22 @@ class NodeNetworking:
         views, attached = await self._task_networks(task)
         async with self._lock:
             host = await self._host_for(views.data_path_port)
-            for view, _ in attached:
-                await host.ensure_network(overlay_spec(view))
-            path = await host.create_sandbox(task.id)
-            await host.attach(task.id, [Attachment(overlay_spec(view), IPv4Interface(address))
-                                        for view, address in attached])
+            path = await host.create_sandbox(task.id)      # (attach makes a network that is missing)
+            # The DNS server needs only the namespace: it starts while the interfaces are made.
+            # User networks resolve first, then ingress (Docker's order).
+            order = [v.id for v, _ in attached if not v.ingress] + [v.id for v, _ in attached if v.ingress]
+            external = not all(view.internal for view, _ in attached)
+            dns = asyncio.ensure_future(self._start_dns(task.id, path, order, external)) \
+                if attached and task.id not in self._dns else None
+            try:
+                await host.attach(task.id, [Attachment(overlay_spec(view), IPv4Interface(address))
+                                            for view, address in attached])
+            except BaseException:
+                if dns is not None:
+                    await asyncio.gather(dns, return_exceptions=True)   # registered: release closes it
+                raise
+            if dns is not None:
+                await dns
             self._remember(task)
             record = (await host.sandboxes())[task.id]
             await self._balancing.task_host_ports(host, task, record)
@@ -230,11 +246,6 @@ class NodeNetworking:
             ingress = next((view for view, _ in attached if view.ingress), None)
             if ingress is not None:
                 await self._balancing.task_sandbox(host, task.id, task.service_id, ingress, record)
-            # user networks resolve first, then ingress (Docker's order)
-            order = [v.id for v, _ in attached if not v.ingress] + [v.id for v, _ in attached if v.ingress]
-            external = not all(view.internal for view, _ in attached)
-            if task.id not in self._dns:
-                await self._start_dns(task.id, path, order, external)
             spec = task.spec.get("ContainerSpec") or {}
             hostname = str(spec.get("Hostname") or task.id[:12])
             first = IPv4Interface(attached[0][1]).ip
