@@ -93,8 +93,13 @@ def update(lab: Lab, name: str, change: Any) -> None:
     api(lab, MANAGER, "POST", f"/services/{current['ID']}/update", spec, version=current["Version"]["Index"])
 
 
-def test_a_published_port_answers_on_every_host_with_the_clients_address(lab: Lab) -> None:
-    create(lab, "pub", web(), 2, [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8080}], max_per_node=1)
+def test_a_published_port_answers_on_every_host_with_the_clients_address(lab: Lab, tmp_path: Path) -> None:
+    created = lab.exec(MANAGER, ["env", f"DOCKER_CONFIG={tmp_path}", "docker", "service", "create", "--detach",
+                                 "--name", "pub", "-p", "8080:80", "--replicas", "2", "--replicas-max-per-node", "1",
+                                 IMAGE, *web()])
+    assert created.returncode == 0, created.stderr
+    ls = lab.exec(MANAGER, ["env", f"DOCKER_CONFIG={tmp_path}", "docker", "service", "ls"]).stdout
+    assert "*:8080->80/tcp" in ls, ls
     tasks = converged(lab, "pub", 2)
     names = {t["ID"][:12] for t in tasks}
     idle = [h for h in HOSTS if h not in hosts_of(lab, tasks)]
