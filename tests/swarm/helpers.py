@@ -130,3 +130,16 @@ def in_task(lab: Lab, task: dict[str, Any], argv: list[str], timeout: float = 30
     node = lab.node(host_of(lab, task, via))
     runc_root = Path(node.data_dir) / "run" / "runc"
     return lab.exec(node.name, ["runc", "--root", str(runc_root), "exec", task["ID"], *argv], timeout=timeout)
+
+
+def running(lab: Lab, service: str, via: str = "manager-1") -> list[dict[str, Any]]:
+    """The service's tasks observed running and desired running."""
+    tasks = api(lab, via, "GET", "/tasks", filters={"service": [service], "desired-state": ["running"]})
+    return [t for t in tasks if t["Status"]["State"] == "running"]
+
+
+def converged(lab: Lab, service: str, count: int, timeout: float = 60.0,
+              via: str = "manager-1") -> list[dict[str, Any]]:
+    """The service's running tasks once there are exactly `count` of them."""
+    return eventually(lambda: (lambda r: r if len(r) == count else [])(running(lab, service, via)), timeout=timeout,
+                      what=f"{count} running tasks of {service}")

@@ -13,7 +13,17 @@ import pytest
 
 from cli.lab import Lab
 from cli.lab import net as lab_net
-from tests.swarm.helpers import api, api_error, eventually, host_of, in_task, set_heartbeat, swarm_lab
+from tests.swarm.helpers import (
+    api,
+    api_error,
+    converged,
+    eventually,
+    host_of,
+    in_task,
+    running,
+    set_heartbeat,
+    swarm_lab,
+)
 
 IMAGE = "busybox:latest"
 MANAGER = "manager-1"
@@ -49,14 +59,8 @@ def service(lab: Lab, name: str, args: list[str], replicas: int, networks: list[
     return str(api(lab, MANAGER, "POST", "/services/create", spec)["ID"])
 
 
-def running(lab: Lab, name: str) -> list[dict[str, Any]]:
-    tasks = api(lab, MANAGER, "GET", "/tasks", filters={"service": [name], "desired-state": ["running"]})
-    return [t for t in tasks if t["Status"]["State"] == "running"]
 
 
-def converged(lab: Lab, name: str, count: int) -> list[dict[str, Any]]:
-    return eventually(lambda: (lambda r: r if len(r) == count else [])(running(lab, name)), timeout=60,
-                      what=f"{count} running tasks of {name}")
 
 
 def address(task: dict[str, Any], network_id: str) -> str:

@@ -16,7 +16,17 @@ from typing import Any
 import pytest
 
 from cli.lab import Lab
-from tests.swarm.helpers import api, api_error, eventually, in_task, node_update, set_heartbeat, swarm_lab
+from tests.swarm.helpers import (
+    api,
+    api_error,
+    converged,
+    eventually,
+    in_task,
+    node_update,
+    running,
+    set_heartbeat,
+    swarm_lab,
+)
 
 IMAGE = "busybox:latest"
 MANAGER = "manager-1"
@@ -56,14 +66,8 @@ def create(lab: Lab, name: str, args: list[str], replicas: int, ports: list[dict
     return str(api(lab, MANAGER, "POST", "/services/create", spec)["ID"])
 
 
-def running(lab: Lab, name: str) -> list[dict[str, Any]]:
-    tasks = api(lab, MANAGER, "GET", "/tasks", filters={"service": [name], "desired-state": ["running"]})
-    return [t for t in tasks if t["Status"]["State"] == "running"]
 
 
-def converged(lab: Lab, name: str, count: int) -> list[dict[str, Any]]:
-    return eventually(lambda: (lambda r: r if len(r) == count else [])(running(lab, name)), timeout=60,
-                      what=f"{count} running tasks of {name}")
 
 
 def hosts_of(lab: Lab, tasks: list[dict[str, Any]]) -> set[str]:

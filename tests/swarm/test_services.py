@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from cli.lab import Lab
-from tests.swarm.helpers import api, eventually, node_update, set_heartbeat, swarm_lab
+from tests.swarm.helpers import api, converged, eventually, node_update, running, set_heartbeat, swarm_lab
 
 IMAGE = "busybox:latest"
 # Stops at once on SIGTERM: `wait` is interrupted by the trap.
@@ -43,9 +43,6 @@ def create(lab: Lab, name: str, replicas: int | None = None, **extra: Any) -> st
     return str(api(lab, MANAGER, "POST", "/services/create", spec)["ID"])
 
 
-def running(lab: Lab, service: str) -> list[dict[str, Any]]:
-    tasks = api(lab, MANAGER, "GET", "/tasks", filters={"service": [service], "desired-state": ["running"]})
-    return [t for t in tasks if t["Status"]["State"] == "running"]
 
 
 def hosts_of(lab: Lab, tasks: list[dict[str, Any]]) -> list[str]:
@@ -53,9 +50,6 @@ def hosts_of(lab: Lab, tasks: list[dict[str, Any]]) -> list[str]:
     return sorted(names.get(t["NodeID"], "?") for t in tasks)
 
 
-def converged(lab: Lab, service: str, count: int, timeout: float = 40.0) -> list[dict[str, Any]]:
-    return eventually(lambda: (lambda r: r if len(r) == count else [])(running(lab, service)), timeout=timeout,
-                      what=f"{count} running tasks of {service}")
 
 
 def update_service(lab: Lab, service: str, change: Any, **params: Any) -> None:
