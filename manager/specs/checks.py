@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from manager.specs.errors import SpecError
@@ -19,7 +20,8 @@ def field_map(value: Any, path: str, known: frozenset[str] | None = None) -> dic
     if known is not None:
         unknown = sorted(k for k in value if k not in known)
         if unknown:
-            raise SpecError(f"invalid {path}: unknown field {path}.{unknown[0]}")
+            shown = unknown[0] if unknown[0].isidentifier() else json.dumps(unknown[0])
+            raise SpecError(f"invalid {path}: unknown field {path}.{shown}")
     return value
 
 
@@ -52,6 +54,12 @@ def string(value: Any, path: str) -> str:
     return value
 
 
+def boolean(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(f"invalid {path}: expected a boolean, got {value!r}")
+    return value
+
+
 def choice(value: Any, path: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise SpecError(f"invalid {path}: {value!r} is not one of {', '.join(allowed)}")
@@ -72,6 +80,29 @@ def string_map(value: Any, path: str) -> dict[str, str]:
         if not isinstance(val, str):
             raise SpecError(f"invalid {path}: value of {key!r} must be a string")
     return labels
+
+
+def driver(value: Any, path: str) -> dict[str, Any]:
+    """A `{Name, Options}` object (a log driver, a secret driver, templating, a volume driver)."""
+    obj = field_map(value, path, frozenset({"Name", "Options"}))
+    if obj.get("Name") is not None:
+        string(obj["Name"], f"{path}.Name")
+    string_map(obj.get("Options"), f"{path}.Options")
+    return obj
+
+
+def typed_fields(obj: dict[str, Any], path: str, types: dict[str, type]) -> None:
+    """The fields of `obj` named in `types` are null or of that type (int: a whole number)."""
+    for key, kind in types.items():
+        value = obj.get(key)
+        if value is None:
+            continue
+        if kind is bool:
+            boolean(value, f"{path}.{key}")
+        elif kind is int:
+            integer(value, f"{path}.{key}", minimum=None)
+        elif kind is str:
+            string(value, f"{path}.{key}")
 
 
 def object_list(value: Any, path: str) -> list[dict[str, Any]]:

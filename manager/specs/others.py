@@ -7,7 +7,17 @@ import binascii
 import copy
 from typing import Any
 
-from manager.specs.checks import choice, duration, field_map, integer, string, string_map
+from manager.specs.checks import (
+    choice,
+    driver,
+    duration,
+    field_map,
+    integer,
+    object_list,
+    string,
+    string_map,
+    typed_fields,
+)
 from manager.specs.errors import SpecError
 from manager.specs.service import validate_name
 
@@ -45,6 +55,8 @@ SWARM_KEYS = frozenset({"Name", "Labels", "Orchestration", "Raft", "Dispatcher",
 
 def validate_swarm_spec(spec: Any) -> None:
     spec = field_map(spec, "Spec", SWARM_KEYS)
+    if spec.get("Name") is not None:
+        string(spec["Name"], "Spec.Name")
     string_map(spec.get("Labels"), "Spec.Labels")
     orch = field_map(spec.get("Orchestration"), "Spec.Orchestration",
                      frozenset({"TaskHistoryRetentionLimit", "Rebalance"}))   # Rebalance: shoal's own
@@ -64,8 +76,14 @@ def validate_swarm_spec(spec: Any) -> None:
     ca = field_map(spec.get("CAConfig"), "Spec.CAConfig")
     if ca.get("NodeCertExpiry") is not None:
         duration(ca["NodeCertExpiry"], "Spec.CAConfig.NodeCertExpiry")
-    field_map(spec.get("TaskDefaults"), "Spec.TaskDefaults", frozenset({"LogDriver"}))
-    field_map(spec.get("EncryptionConfig"), "Spec.EncryptionConfig", frozenset({"AutoLockManagers"}))
+    typed_fields(ca, "Spec.CAConfig", {"ForceRotate": int, "SigningCACert": str, "SigningCAKey": str})
+    for i, external in enumerate(object_list(ca.get("ExternalCAs"), "Spec.CAConfig.ExternalCAs")):
+        typed_fields(external, f"Spec.CAConfig.ExternalCAs[{i}]", {"Protocol": str, "URL": str, "CACert": str})
+        string_map(external.get("Options"), f"Spec.CAConfig.ExternalCAs[{i}].Options")
+    driver(field_map(spec.get("TaskDefaults"), "Spec.TaskDefaults", frozenset({"LogDriver"})).get("LogDriver"),
+           "Spec.TaskDefaults.LogDriver")
+    encryption = field_map(spec.get("EncryptionConfig"), "Spec.EncryptionConfig", frozenset({"AutoLockManagers"}))
+    typed_fields(encryption, "Spec.EncryptionConfig", {"AutoLockManagers": bool})
 
 
 def normalize_swarm_spec(spec: dict[str, Any] | None, base: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -110,11 +128,14 @@ def _validate_named_spec(spec: Any, what: str, known: frozenset[str]) -> dict[st
 
 def validate_secret_spec(spec: Any) -> None:
     spec = _validate_named_spec(spec, "SecretSpec", frozenset({"Name", "Labels", "Data", "Driver", "Templating"}))
+    driver(spec.get("Driver"), "SecretSpec.Driver")
+    driver(spec.get("Templating"), "SecretSpec.Templating")
     _validate_data(spec.get("Data"), "SecretSpec.Data", required=not spec.get("Driver"))
 
 
 def validate_config_spec(spec: Any) -> None:
     spec = _validate_named_spec(spec, "ConfigSpec", frozenset({"Name", "Labels", "Data", "Templating"}))
+    driver(spec.get("Templating"), "ConfigSpec.Templating")
     _validate_data(spec.get("Data"), "ConfigSpec.Data", required=True)
 
 
@@ -142,3 +163,6 @@ def validate_network_create(spec: Any) -> None:
         field_map(cfg, f"NetworkCreate.IPAM.Config[{i}]",
                   frozenset({"Subnet", "IPRange", "Gateway", "AuxiliaryAddresses"}))
     string_map(spec.get("Options"), "NetworkCreate.Options")
+    typed_fields(spec, "NetworkCreate", {"Scope": str, "Internal": bool, "Attachable": bool, "Ingress": bool,
+                                         "ConfigOnly": bool, "EnableIPv4": bool, "EnableIPv6": bool,
+                                         "CheckDuplicate": bool})

@@ -18,7 +18,9 @@ from collections.abc import Callable
 from typing import Any
 
 from manager.specs.checks import (
+    boolean,
     choice,
+    driver,
     drop_nulls,
     duration,
     field_map,
@@ -27,6 +29,7 @@ from manager.specs.checks import (
     string,
     string_list,
     string_map,
+    typed_fields,
 )
 from manager.specs.constraints import parse_constraint
 from manager.specs.errors import SpecError
@@ -84,15 +87,45 @@ def _validate_task_template(value: Any, path: str) -> None:
     container = field_map(tmpl.get("ContainerSpec"), f"{path}.ContainerSpec", CONTAINER_KEYS)
     if tmpl.get("ContainerSpec") is None or not container.get("Image"):
         raise SpecError(f"invalid {path}.ContainerSpec.Image: an image reference must be provided")
-    cpath = f"{path}.ContainerSpec"
+    _validate_container(container, f"{path}.ContainerSpec")
+    if tmpl.get("ForceUpdate") is not None:
+        integer(tmpl["ForceUpdate"], f"{path}.ForceUpdate")
+    if tmpl.get("Runtime") is not None:
+        string(tmpl["Runtime"], f"{path}.Runtime")
+    plugin = field_map(tmpl.get("PluginSpec"), f"{path}.PluginSpec")
+    typed_fields(plugin, f"{path}.PluginSpec", {"Name": str, "Remote": str, "Disabled": bool})
+    string_list(plugin.get("Env"), f"{path}.PluginSpec.Env")
+    driver(tmpl.get("LogDriver"), f"{path}.LogDriver")
+    _validate_resources(tmpl.get("Resources"), f"{path}.Resources")
+    _validate_restart(tmpl.get("RestartPolicy"), f"{path}.RestartPolicy")
+    _validate_placement(tmpl.get("Placement"), f"{path}.Placement")
+    _validate_networks(tmpl.get("Networks"), f"{path}.Networks")
+
+
+def _validate_container(container: dict[str, Any], cpath: str) -> None:
+    """Every field the executor reads has the JSON type Docker gives it (null is "not set")."""
     string(container["Image"], f"{cpath}.Image")
     for key in ("Command", "Args", "Env", "Groups", "Hosts", "CapabilityAdd", "CapabilityDrop"):
         string_list(container.get(key), f"{cpath}.{key}")
+    for key in ("Hostname", "Dir", "User", "StopSignal", "Isolation"):
+        if container.get(key) is not None:
+            string(container[key], f"{cpath}.{key}")
+    for key in ("TTY", "OpenStdin", "ReadOnly", "Init"):
+        if container.get(key) is not None:
+            boolean(container[key], f"{cpath}.{key}")
+    if container.get("OomScoreAdj") is not None:
+        integer(container["OomScoreAdj"], f"{cpath}.OomScoreAdj", minimum=-1000, maximum=1000)
     string_map(container.get("Labels"), f"{cpath}.Labels")
+    string_map(container.get("Sysctls"), f"{cpath}.Sysctls")
+    _validate_privileges(container.get("Privileges"), f"{cpath}.Privileges")
+    dns = field_map(container.get("DNSConfig"), f"{cpath}.DNSConfig", frozenset({"Nameservers", "Search", "Options"}))
+    for key in ("Nameservers", "Search", "Options"):
+        string_list(dns.get(key), f"{cpath}.DNSConfig.{key}")
     if container.get("StopGracePeriod") is not None:
         duration(container["StopGracePeriod"], f"{cpath}.StopGracePeriod")
     health = container.get("Healthcheck", container.get("HealthCheck"))
     health = field_map(health, f"{cpath}.Healthcheck")
+    string_list(health.get("Test"), f"{cpath}.Healthcheck.Test")
     for key in HEALTH_DURATIONS:
         if health.get(key) is not None:
             duration(health[key], f"{cpath}.Healthcheck.{key}")
@@ -101,14 +134,52 @@ def _validate_task_template(value: Any, path: str) -> None:
     for i, mount in enumerate(object_list(container.get("Mounts"), f"{cpath}.Mounts")):
         choice(mount.get("Type", "volume"), f"{cpath}.Mounts[{i}].Type",
                ("bind", "volume", "tmpfs", "npipe", "cluster", "image"))
-        if not mount.get("Target"):
+        if not mount.get("Target") or not isinstance(mount["Target"], str):
             raise SpecError(f"invalid {cpath}.Mounts[{i}].Target: a target path is required")
-    if tmpl.get("ForceUpdate") is not None:
-        integer(tmpl["ForceUpdate"], f"{path}.ForceUpdate")
-    _validate_resources(tmpl.get("Resources"), f"{path}.Resources")
-    _validate_restart(tmpl.get("RestartPolicy"), f"{path}.RestartPolicy")
-    _validate_placement(tmpl.get("Placement"), f"{path}.Placement")
-    _validate_networks(tmpl.get("Networks"), f"{path}.Networks")
+        if mount.get("Source") is not None:
+            string(mount["Source"], f"{cpath}.Mounts[{i}].Source")
+        _validate_mount_options(mount, f"{cpath}.Mounts[{i}]")
+    for key, id_key, name_key in (("Secrets", "SecretID", "SecretName"), ("Configs", "ConfigID", "ConfigName")):
+        for i, ref in enumerate(object_list(container.get(key), f"{cpath}.{key}")):
+            for name in (id_key, name_key):
+                if ref.get(name) is not None:
+                    string(ref[name], f"{cpath}.{key}[{i}].{name}")
+            target = field_map(ref.get("File"), f"{cpath}.{key}[{i}].File")
+            for name in ("Name", "UID", "GID"):
+                if target.get(name) is not None:
+                    string(target[name], f"{cpath}.{key}[{i}].File.{name}")
+            if target.get("Mode") is not None:
+                integer(target["Mode"], f"{cpath}.{key}[{i}].File.Mode", maximum=0o7777)
+    for i, ulimit in enumerate(object_list(container.get("Ulimits"), f"{cpath}.Ulimits")):
+        string(ulimit.get("Name"), f"{cpath}.Ulimits[{i}].Name")
+        for key in ("Soft", "Hard"):
+            integer(ulimit.get(key) or 0, f"{cpath}.Ulimits[{i}].{key}", minimum=None)
+
+
+def _validate_privileges(value: Any, path: str) -> None:
+    privileges = field_map(value, path)
+    typed_fields(privileges, path, {"NoNewPrivileges": bool})
+    for key, types in (("CredentialSpec", {"Config": str, "File": str, "Registry": str}),
+                       ("SELinuxContext", {"Disable": bool, "User": str, "Role": str, "Type": str, "Level": str}),
+                       ("Seccomp", {"Mode": str, "Profile": str}),
+                       ("AppArmor", {"Mode": str})):
+        typed_fields(field_map(privileges.get(key), f"{path}.{key}"), f"{path}.{key}", types)
+
+
+def _validate_mount_options(mount: dict[str, Any], path: str) -> None:
+    typed_fields(mount, path, {"Source": str, "ReadOnly": bool, "Consistency": str})
+    typed_fields(field_map(mount.get("BindOptions"), f"{path}.BindOptions"), f"{path}.BindOptions",
+                 {"Propagation": str, "NonRecursive": bool, "CreateMountpoint": bool, "ReadOnlyNonRecursive": bool,
+                  "ReadOnlyForceRecursive": bool})
+    volume = field_map(mount.get("VolumeOptions"), f"{path}.VolumeOptions")
+    typed_fields(volume, f"{path}.VolumeOptions", {"NoCopy": bool, "Subpath": str})
+    string_map(volume.get("Labels"), f"{path}.VolumeOptions.Labels")
+    driver(volume.get("DriverConfig"), f"{path}.VolumeOptions.DriverConfig")
+    typed_fields(field_map(mount.get("TmpfsOptions"), f"{path}.TmpfsOptions"), f"{path}.TmpfsOptions",
+                 {"SizeBytes": int, "Mode": int})
+    typed_fields(field_map(mount.get("ImageOptions"), f"{path}.ImageOptions"), f"{path}.ImageOptions",
+                 {"Subpath": str})
+    field_map(mount.get("ClusterOptions"), f"{path}.ClusterOptions")
 
 
 def _validate_resources(value: Any, path: str) -> None:
@@ -150,7 +221,9 @@ def _validate_placement(value: Any, path: str) -> None:
     if placement.get("MaxReplicas") is not None:
         integer(placement["MaxReplicas"], f"{path}.MaxReplicas")
     for i, plat in enumerate(object_list(placement.get("Platforms"), f"{path}.Platforms")):
-        field_map(plat, f"{path}.Platforms[{i}]", frozenset({"Architecture", "OS"}))
+        for key, value in field_map(plat, f"{path}.Platforms[{i}]", frozenset({"Architecture", "OS"})).items():
+            if value is not None:
+                string(value, f"{path}.Platforms[{i}].{key}")
 
 
 def _validate_networks(value: Any, path: str) -> None:
@@ -159,6 +232,7 @@ def _validate_networks(value: Any, path: str) -> None:
         if not isinstance(net.get("Target"), str) or not net["Target"]:
             raise SpecError(f"invalid {path}[{i}].Target: a network name or ID is required")
         string_list(net.get("Aliases"), f"{path}[{i}].Aliases")
+        string_map(net.get("DriverOpts"), f"{path}[{i}].DriverOpts")
 
 
 def _validate_mode(value: Any) -> None:
