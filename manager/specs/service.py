@@ -159,10 +159,12 @@ def _validate_container(container: dict[str, Any], cpath: str) -> None:
 def _validate_privileges(value: Any, path: str) -> None:
     privileges = field_map(value, path)
     typed_fields(privileges, path, {"NoNewPrivileges": bool})
-    for key, types in (("CredentialSpec", {"Config": str, "File": str, "Registry": str}),
-                       ("SELinuxContext", {"Disable": bool, "User": str, "Role": str, "Type": str, "Level": str}),
-                       ("Seccomp", {"Mode": str, "Profile": str}),
-                       ("AppArmor", {"Mode": str})):
+    parts: list[tuple[str, dict[str, type]]] = [
+        ("CredentialSpec", {"Config": str, "File": str, "Registry": str}),
+        ("SELinuxContext", {"Disable": bool, "User": str, "Role": str, "Type": str, "Level": str}),
+        ("Seccomp", {"Mode": str, "Profile": str}),
+        ("AppArmor", {"Mode": str})]
+    for key, types in parts:
         typed_fields(field_map(privileges.get(key), f"{path}.{key}"), f"{path}.{key}", types)
 
 
