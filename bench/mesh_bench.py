@@ -70,7 +70,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.overlay_bench import call, interruptible, overlay_address, sandbox_path, uninterrupted
 from bench.support import vipconnect, wrk
-from bench.support.netperf import BenchError, in_ns, quantile
+from bench.support.netperf import REALTIME_PRIORITY, BenchError, in_ns, quantile
 from cli.lab import Lab, demo
 from ingress.dataplane.plan import port_map, table_names
 from model import parse_time
@@ -141,7 +141,7 @@ def requests_per_s(lab: Lab, web: list[dict[str, Any]], client: dict[str, Any], 
     try:
         for task in web:
             servers.append(wrk.start_nginx(sandbox_path(lab, SERVERS, task), workdir / task["ID"], TARGET_PORT,
-                                           os.cpu_count() or 1))
+                                           os.cpu_count() or 1, realtime=args.realtime))
         host_ns = f"/run/netns/{lab.node(SERVERS).ns}"
         client_ns = sandbox_path(lab, CLIENT, client)
         web_url = [f"http://{gateway_address(lab, SERVERS, t)}:{TARGET_PORT}/" for t in web]
@@ -168,7 +168,7 @@ def requests_per_s(lab: Lab, web: list[dict[str, Any]], client: dict[str, Any], 
                     ns, urls = paths[name]
                     r = wrk.run_wrks(ns, urls, args.seconds, threads=args.threads,
                                      connections=max(args.threads, args.connections // n),
-                                     close=mode == "new_connection", timeout=args.timeout)
+                                     close=mode == "new_connection", timeout=args.timeout, realtime=args.realtime)
                     runs[mode][name].append({"requests_s": r["requests_s"], "failed_fraction": r["failed_fraction"],
                                              "latency_ms": r["latency"]})
     finally:
@@ -418,6 +418,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--services", type=int, default=1000, help="VIPs defined in the 'many' LB namespace")
     ap.add_argument("--connects", type=int, default=2000, help="measured connections per first-packet target")
     ap.add_argument("--timeout", type=float, default=60.0, help="bound on each wait, in seconds")
+    ap.add_argument("--realtime", action="store_true",
+                    help=f"run nginx and wrk at SCHED_FIFO {REALTIME_PRIORITY}, so that other load on the machine does "
+                         "not decide the requests/s (they then take the CPUs for each run)")
     args = ap.parse_args(argv)
     for name, low, high in (("reps", 1, 20), ("seconds", 1, 60), ("connections", 1, 1000), ("threads", 1, 16),
                             ("tasks", 1, 100), ("services", 1, vipconnect.MAX_SERVICES),
@@ -436,7 +439,7 @@ def main(argv: list[str] | None = None) -> tuple[dict[str, Any], int]:
     result: dict[str, Any] = {
         "bench": "mesh",
         "settings": {k: getattr(args, k) for k in ("reps", "seconds", "connections", "threads", "tasks", "services",
-                                                   "connects")},
+                                                   "connects", "realtime")},
         "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "loadavg_start": list(os.getloadavg())},
     }
     if os.geteuid() != 0 or not shutil.which("runc") or not shutil.which("nft"):

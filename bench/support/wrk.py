@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.support.netperf import BenchError, in_ns, wait_listening
+from bench.support.netperf import REALTIME_PRIORITY, BenchError, in_ns, wait_listening
 
 WRK = shutil.which("wrk") or "/usr/bin/wrk"
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -114,14 +114,21 @@ def stop_all() -> None:
             stop(proc)
 
 
-def start_nginx(netns: str, directory: Path, port: int, workers: int, timeout: float = 10.0) -> subprocess.Popen[str]:
+def realtime_prefix(realtime: bool) -> list[str]:
+    """The argv prefix running a command at SCHED_FIFO (inherited by its children), or nothing."""
+    return ["chrt", "-f", str(REALTIME_PRIORITY)] if realtime else []
+
+
+def start_nginx(netns: str, directory: Path, port: int, workers: int, timeout: float = 10.0,
+                realtime: bool = False) -> subprocess.Popen[str]:
     """nginx answering `BODY` on every path, on 0.0.0.0:`port` of namespace `netns`; returns once
     it listens."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "tmp").mkdir(exist_ok=True)
     conf = directory / "nginx.conf"
     conf.write_text(NGINX_CONF.format(workers=workers, dir=directory, port=port, body=BODY.replace("\n", "\\n")))
-    proc = spawn([*in_ns(netns), NGINX, "-p", str(directory), "-c", str(conf), "-e", str(directory / "error.log")])
+    proc = spawn([*realtime_prefix(realtime), *in_ns(netns), NGINX, "-p", str(directory), "-c", str(conf),
+                  "-e", str(directory / "error.log")])
     try:
         wait_listening(netns, port, proc, timeout)
     except BenchError as e:
@@ -162,13 +169,13 @@ def run_wrk(netns: str, url: str, seconds: int, *, threads: int, connections: in
 
 
 def run_wrks(netns: str, urls: list[str], seconds: int, *, threads: int, connections: int, close: bool,
-             timeout: float) -> dict[str, Any]:
+             timeout: float, realtime: bool = False) -> dict[str, Any]:
     """One wrk process per URL, all at once, from namespace `netns`, each with `threads` threads
     and `connections` connections (keep-alive, or a new connection per request): requests/s and
     counts summed, latency percentiles per process."""
     argv = [WRK, "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency", "--timeout", "5s",
             *(["-H", "Connection: close"] if close else [])]
-    procs = [spawn([*in_ns(netns), *argv, url]) for url in urls]
+    procs = [spawn([*realtime_prefix(realtime), *in_ns(netns), *argv, url]) for url in urls]
     deadline = time.monotonic() + seconds + timeout
     outs: list[str] = []
     try:
