@@ -1,8 +1,10 @@
 """schemathesis against a live daemon (issue 15): every operation of engineapi/openapi.yaml gets a
 bounded number of generated requests, valid and invalid, on a swarm of one in a network namespace
 with only loopback (tests/fuzz/daemon_netns.py). No answer may be a server error, and answers
-must match the description (status, content type, body schema). Afterwards the daemon still
-pings and creates a service.
+must match the description (status, content type, body schema). Half the requests that name an
+object name a seed object (one service, secret, config, network, and the node) with its current
+version, so that updates are applied, not only looked up. Afterwards the daemon still pings and
+creates a service.
 
 Left out: `POST /swarm/leave` (it would end the swarm the rest runs in). Streams that never end
 by themselves are bounded instead: `/events` gets `until`, logs lose `follow`, stats `stream`.
@@ -78,6 +80,43 @@ def session(daemon: DaemonProcess) -> Iterator[requests.Session]:
         yield s
 
 
+NO_IMAGE = "127.0.0.1:1/none:1"     # a registry on loopback where nothing listens
+SEED_BODIES = {
+    "secrets": {"Name": "seed-secret", "Data": "c2VjcmV0"},
+    "configs": {"Name": "seed-config", "Data": "Y29uZmln"},
+    "networks": {"Name": "seed-net", "Driver": "overlay", "Attachable": True},
+    "services": {"Name": "seed-svc", "TaskTemplate": {"ContainerSpec": {"Image": NO_IMAGE}},
+                 "EndpointSpec": {"Ports": [{"TargetPort": 80, "PublishedPort": 30080}]}},
+}
+
+
+@pytest.fixture(scope="module")
+def seeds(session: requests.Session) -> dict[str, str]:
+    """One object of each kind, for the requests that name an existing one (see `aim_at_seeds`)."""
+    ids = {}
+    for kind, body in SEED_BODIES.items():
+        r = session.post(f"{BASE_URL}/{kind}/create", json=body, timeout=30)
+        assert r.status_code == 201, r.text
+        ids[kind] = r.json().get("ID") or r.json()["Id"]
+    ids["nodes"] = session.get(f"{BASE_URL}/info", timeout=10).json()["Swarm"]["NodeID"]
+    return ids
+
+
+def aim_at_seeds(case: schemathesis.Case, session: requests.Session, seeds: dict[str, str]) -> None:
+    """Half the requests that name an object (those whose generated `ref` has an even length)
+    name a seed object instead, with its current `version`: so updates get past the lookup and
+    the version check, to the code that applies them. Deletes keep their random names."""
+    kind = case.operation.path.split("/")[1]
+    ref = (case.path_parameters or {}).get("ref")
+    if not isinstance(ref, str) or kind not in seeds or case.method.upper() == "DELETE" or len(ref) % 2:
+        return
+    case.path_parameters = {**(case.path_parameters or {}), "ref": seeds[kind]}
+    if isinstance(case.query, dict) and "version" in case.query:
+        shown = session.get(f"{BASE_URL}/{kind}/{seeds[kind]}", timeout=10)
+        if shown.status_code == 200:
+            case.query["version"] = str(shown.json()["Version"]["Index"])
+
+
 def bound_streams(case: schemathesis.Case) -> None:
     """Requests that would stream until the client hangs up are made to end."""
     path = case.operation.path
@@ -114,8 +153,9 @@ NDJSON = {"/events", "/images/create", "/images/load"}
 @schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
           suppress_health_check=list(HealthCheck))
-def test_api(case: schemathesis.Case, session: requests.Session) -> None:
+def test_api(case: schemathesis.Case, session: requests.Session, seeds: dict[str, str]) -> None:
     bound_streams(case)
+    aim_at_seeds(case, session, seeds)
     checks = CHECKS[:-1] if case.operation.path in NDJSON else CHECKS
     case.call_and_validate(base_url=BASE_URL, session=session, checks=checks, timeout=REQUEST_TIMEOUT)
 
@@ -124,7 +164,7 @@ def test_daemon_is_healthy_afterwards(session: requests.Session) -> None:
     """Runs after test_api (file order): the daemon pings, and a service can still be created."""
     assert session.get(f"{BASE_URL}/_ping", timeout=10).text == "OK"
     r = session.post(f"{BASE_URL}/services/create", timeout=30, json={
-        "Name": "after-the-fuzz", "TaskTemplate": {"ContainerSpec": {"Image": "127.0.0.1:1/none:1"}}})
+        "Name": "after-the-fuzz", "TaskTemplate": {"ContainerSpec": {"Image": NO_IMAGE}}})
     assert r.status_code == 201, r.text
     r = session.get(f"{BASE_URL}/services/after-the-fuzz", timeout=10)
     assert r.status_code == 200 and r.json()["Spec"]["Name"] == "after-the-fuzz"
