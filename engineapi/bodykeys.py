@@ -154,3 +154,9 @@ NETWORK_CREATE = obj(
     Internal=None, Attachable=None, Ingress=None, ConfigOnly=None, ConfigFrom=obj(Network=None),
     Options=TEXT_MAP, Labels=TEXT_MAP,
 )
+
+# -- a node's own objects: volumes and exec (moby api/types: volume, container/exec.go) ----------
+VOLUME_CREATE = obj(Name=None, Driver=None, DriverOpts=TEXT_MAP, Labels=TEXT_MAP, ClusterVolumeSpec=None)
+EXEC_CONFIG = obj(User=None, Privileged=None, Tty=None, ConsoleSize=None, AttachStdin=None, AttachStderr=None,
+                  AttachStdout=None, Detach=None, DetachKeys=None, Env=None, WorkingDir=None, Cmd=None)
+EXEC_START = obj(Detach=None, Tty=None, ConsoleSize=None)

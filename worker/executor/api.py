@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from engineapi.bodykeys import VOLUME_CREATE
 from engineapi.filters import Filters, request_filters
 from engineapi.http import ApiError, Routes, json_response, query_bool, read_json
 from worker.executor.volumes import VolumeError, VolumeStore
@@ -55,7 +56,7 @@ def add_routes(routes: Routes, volumes: VolumeStore) -> None:
         return json_response({"Volumes": await asyncio.to_thread(go), "Warnings": []})
 
     async def create_volume(request: web.Request) -> web.Response:
-        body = await read_json(request)
+        body = await read_json(request, VOLUME_CREATE)
         if not isinstance(body, dict):
             raise ApiError(400, "volume create body must be a JSON object")
         name = body.get("Name") or ""

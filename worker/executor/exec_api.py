@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from engineapi.bodykeys import EXEC_CONFIG, EXEC_START
 from engineapi.hijack import hijack
 from engineapi.http import ApiError, Routes, json_response, read_json
 from engineapi.logframes import STDERR, frame
@@ -50,7 +51,7 @@ def add_routes(routes: Routes, containers: LocalContainers, registry: ExecRegist
 
     async def create(request: web.Request) -> web.Response:
         ref = request.match_info["id"]
-        body = await read_json(request)
+        body = await read_json(request, EXEC_CONFIG)
         view, ctl = await containers.get(ref)
         try:
             config = ExecConfig.from_api(body)
@@ -65,7 +66,7 @@ def add_routes(routes: Routes, containers: LocalContainers, registry: ExecRegist
 
     async def start(request: web.Request) -> web.StreamResponse:
         instance = lookup(request)
-        body = await read_json(request)
+        body = await read_json(request, EXEC_START)
         if not isinstance(body, dict):
             raise ApiError(400, "exec start body must be a JSON object")
         size = body.get("ConsoleSize")
