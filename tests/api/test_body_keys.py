@@ -5,14 +5,18 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from engineapi.bodykeys import SERVICE_SPEC, SWARM_INIT, MapOf, Obj, canonical_keys, obj
+from engineapi.http import Routes, new_app
 from manager.store import Store
 from tests.api.support import NODE_ID, add_node, call
+from worker.executor.api import add_routes as add_volume_routes
+from worker.executor.volumes import VolumeStore
 
 DOCKER_PY_CREATE: dict[str, Any] = {   # what docker-py's client.services.create(...) of test_create sends
     "Name": "dpy-create", "Labels": {"foo": "bar"},
@@ -114,3 +118,14 @@ async def test_a_node_update_in_lower_case(client: TestClient, store: Store) -> 
                expect=200, version=str(node["Version"]["Index"]))
     _, node = await call(client, "GET", f"/nodes/{NODE_ID}", expect=200)
     assert node["Spec"] == {"Labels": {"Zone": "a"}, "Role": "manager", "Availability": "drain"}
+
+
+async def test_a_volume_create_in_lower_case(tmp_path: Path) -> None:
+    app = new_app()
+    add_volume_routes(Routes(app), VolumeStore(tmp_path / "volumes"))
+    async with TestClient(TestServer(app)) as volumes:
+        _, made = await call(volumes, "POST", "/volumes/create",
+                             {"name": "lower-vol", "labels": {"Keep": "Case"}, "driveropts": {}}, expect=201)
+        assert made["Name"] == "lower-vol" and made["Labels"] == {"Keep": "Case"}
+        status, err = await call(volumes, "POST", "/volumes/create", {"name": "v2", "labels": {"a": {}}})
+        assert status == 400 and "Labels" in err["message"]
