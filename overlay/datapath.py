@@ -40,7 +40,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from model.endpoint import endpoint_mac
-from overlay import netns, plan
+from overlay import firewall, netns, plan
 from overlay.links import (
     OverlayError,
     add_link,
@@ -466,12 +466,14 @@ class DataPath:
         if self._gateway_index is None:
             netns.write_sysctl("ipv4/ip_forward", "1")
             self._nft(plan.masquerade_ruleset(self.nft_table, self.pool.subnet, self.gateway_bridge))
+            firewall.let_through(self.gateway_bridge, self.nft_table, self.prefix)
         self._gateway_index = index
         return index
 
     def remove_gateway_bridge(self) -> None:
         delete_link(self.home_ipr, self.gateway_bridge)
         self._nft(plan.delete_table_ruleset(self.nft_table))
+        firewall.stop_letting_through(self.gateway_bridge, self.nft_table, self.prefix)
         self._gateway_index = None
 
     def _nft(self, script: str) -> None:

@@ -313,3 +313,27 @@ def test_the_mesh_keeps_serving_while_a_hosts_daemon_is_killed_and_restarted(lab
                    timeout=20, what="the restarted daemon to reserve the port again")
     print(f"kill -9 and restart of {via}'s daemon: {report['requests']} requests, {report['failures']} failed")
     assert report["failures"] == 0, report
+
+
+def test_a_host_firewall_that_drops_forwarded_traffic_does_not_stop_the_mesh(lab: Lab) -> None:
+    """ufw, or Docker's iptables rules, leave the forward chain's policy at drop: the daemon lets
+    its gateway bridge through (as Docker does for its bridges), so the mesh and the tasks' way
+    out still work on that host."""
+    create(lab, "fw", web(), 1, [{"Protocol": "tcp", "TargetPort": 80, "PublishedPort": 8686}],
+           TaskTemplate={"ContainerSpec": {"Image": IMAGE, "Args": web()},
+                         "Placement": {"Constraints": ["node.role==manager"]}})
+    settled(lab, "fw", 1)
+    host = "worker-1"       # a worker: its restart leaves Raft alone
+    firewall = "table ip filter { chain FORWARD { type filter hook forward priority 0; policy drop; }; }"
+    assert lab.exec(host, ["sh", "-c", f"echo '{firewall}' | nft -f -"]).returncode == 0
+    try:
+        lab.kill(host)
+        lab.start(host)      # the firewall was there first: the daemon opens its way at start
+        client = next(h for h in HOSTS if h != host)
+        name, _ = eventually(lambda: fetch(lab, client, lab.node(host).address, 8686), timeout=20,
+                             what="the published port through a host whose forward policy drops")
+        assert name == running(lab, "fw")[0]["ID"][:12]
+        rules = lab.exec(host, ["nft", "list", "chain", "ip", "filter", "FORWARD"]).stdout
+        assert rules.count('comment "shoal-gw:shoal_gwbridge"') == 3, rules
+    finally:
+        lab.exec(host, ["nft", "delete", "table", "ip", "filter"])
