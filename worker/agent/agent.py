@@ -324,7 +324,13 @@ class Agent:
                 log.info("status report failed; will resend", extra={"error": str(e)})
                 for tid, st in batch.items():
                     self._pending_status.setdefault(tid, st)
-            await asyncio.sleep(REPORT_INTERVAL)
+                await asyncio.sleep(REPORT_INTERVAL)
+            else:
+                # A lone report goes at once (a task's RUNNING must not wait behind its
+                # STARTING: it is when the task enters every load balancer); under a burst,
+                # reports are gathered for REPORT_INTERVAL into one store write.
+                if len(batch) > 1:
+                    await asyncio.sleep(REPORT_INTERVAL)
             if self._pending_status:
                 self._status_ready.set()
 
