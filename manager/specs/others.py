@@ -159,9 +159,15 @@ def validate_network_create(spec: Any) -> None:
         raise SpecError(f"invalid NetworkCreate.Driver: {driver!r} is not supported for swarm networks "
                         "(use overlay)")
     ipam = field_map(spec.get("IPAM"), "NetworkCreate.IPAM", frozenset({"Driver", "Options", "Config"}))
-    for i, cfg in enumerate(ipam.get("Config") or []):
-        field_map(cfg, f"NetworkCreate.IPAM.Config[{i}]",
-                  frozenset({"Subnet", "IPRange", "Gateway", "AuxiliaryAddresses"}))
+    typed_fields(ipam, "NetworkCreate.IPAM", {"Driver": str})
+    string_map(ipam.get("Options"), "NetworkCreate.IPAM.Options")
+    for i, cfg in enumerate(object_list(ipam.get("Config"), "NetworkCreate.IPAM.Config")):
+        where = f"NetworkCreate.IPAM.Config[{i}]"
+        field_map(cfg, where, frozenset({"Subnet", "IPRange", "Gateway", "AuxiliaryAddresses"}))
+        typed_fields(cfg, where, {"Subnet": str, "IPRange": str, "Gateway": str})
+        string_map(cfg.get("AuxiliaryAddresses"), f"{where}.AuxiliaryAddresses")
+    typed_fields(field_map(spec.get("ConfigFrom"), "NetworkCreate.ConfigFrom", frozenset({"Network"})),
+                 "NetworkCreate.ConfigFrom", {"Network": str})
     string_map(spec.get("Options"), "NetworkCreate.Options")
     typed_fields(spec, "NetworkCreate", {"Scope": str, "Internal": bool, "Attachable": bool, "Ingress": bool,
                                          "ConfigOnly": bool, "EnableIPv4": bool, "EnableIPv6": bool,

@@ -95,6 +95,11 @@ def _validate_task_template(value: Any, path: str) -> None:
     plugin = field_map(tmpl.get("PluginSpec"), f"{path}.PluginSpec")
     typed_fields(plugin, f"{path}.PluginSpec", {"Name": str, "Remote": str, "Disabled": bool})
     string_list(plugin.get("Env"), f"{path}.PluginSpec.Env")
+    for i, privilege in enumerate(object_list(plugin.get("Privileges"), f"{path}.PluginSpec.Privileges")):
+        typed_fields(privilege, f"{path}.PluginSpec.Privileges[{i}]", {"Name": str, "Description": str})
+        string_list(privilege.get("Value"), f"{path}.PluginSpec.Privileges[{i}].Value")
+    typed_fields(field_map(tmpl.get("NetworkAttachmentSpec"), f"{path}.NetworkAttachmentSpec"),
+                 f"{path}.NetworkAttachmentSpec", {"ContainerID": str})
     driver(tmpl.get("LogDriver"), f"{path}.LogDriver")
     _validate_resources(tmpl.get("Resources"), f"{path}.Resources")
     _validate_restart(tmpl.get("RestartPolicy"), f"{path}.RestartPolicy")
@@ -152,8 +157,7 @@ def _validate_container(container: dict[str, Any], cpath: str) -> None:
                 integer(target["Mode"], f"{cpath}.{key}[{i}].File.Mode", maximum=0o7777)
     for i, ulimit in enumerate(object_list(container.get("Ulimits"), f"{cpath}.Ulimits")):
         string(ulimit.get("Name"), f"{cpath}.Ulimits[{i}].Name")
-        for key in ("Soft", "Hard"):
-            integer(ulimit.get(key) or 0, f"{cpath}.Ulimits[{i}].{key}", minimum=None)
+        typed_fields(ulimit, f"{cpath}.Ulimits[{i}]", {"Soft": int, "Hard": int})
 
 
 def _validate_privileges(value: Any, path: str) -> None:
@@ -193,11 +197,17 @@ def _validate_resources(value: Any, path: str) -> None:
         for key in ("NanoCPUs", "MemoryBytes", "Pids"):
             if part.get(key) is not None:
                 integer(part[key], f"{path}.{where}.{key}")
+    generic = object_list(reserve.get("GenericResources"), f"{path}.Reservations.GenericResources")
+    for i, resource in enumerate(generic):
+        where = f"{path}.Reservations.GenericResources[{i}]"
+        for key, value_type in (("NamedResourceSpec", str), ("DiscreteResourceSpec", int)):
+            typed_fields(field_map(resource.get(key), f"{where}.{key}"), f"{where}.{key}",
+                         {"Kind": str, "Value": value_type})
 
 
 def _validate_restart(value: Any, path: str) -> None:
     policy = field_map(value, path, RESTART_KEYS)
-    if policy.get("Condition"):                 # "" means the default, as Docker reads it
+    if policy.get("Condition") not in (None, ""):     # "" means the default, as Docker reads it
         choice(policy["Condition"], f"{path}.Condition", ("none", "on-failure", "any"))
     for key in ("Delay", "Window"):
         if policy.get(key) is not None:
@@ -270,9 +280,9 @@ def _validate_update_config(value: Any, path: str, actions: tuple[str, ...]) -> 
     for key in ("Delay", "Monitor"):
         if cfg.get(key) is not None:
             duration(cfg[key], f"{path}.{key}")
-    if cfg.get("FailureAction"):                # "" means the default (docker stack deploy sends it)
+    if cfg.get("FailureAction") not in (None, ""):    # "" means the default (docker stack deploy sends it)
         choice(cfg["FailureAction"], f"{path}.FailureAction", actions)
-    if cfg.get("Order"):
+    if cfg.get("Order") not in (None, ""):
         choice(cfg["Order"], f"{path}.Order", ("stop-first", "start-first"))
     ratio = cfg.get("MaxFailureRatio")
     if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1):
