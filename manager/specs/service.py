@@ -154,7 +154,7 @@ def _validate_container(container: dict[str, Any], cpath: str) -> None:
                 if target.get(name) is not None:
                     string(target[name], f"{cpath}.{key}[{i}].File.{name}")
             if target.get("Mode") is not None:
-                integer(target["Mode"], f"{cpath}.{key}[{i}].File.Mode", maximum=0o7777)
+                integer(target["Mode"], f"{cpath}.{key}[{i}].File.Mode", maximum=2**32 - 1)   # an os.FileMode (uint32)
     for i, ulimit in enumerate(object_list(container.get("Ulimits"), f"{cpath}.Ulimits")):
         string(ulimit.get("Name"), f"{cpath}.Ulimits[{i}].Name")
         typed_fields(ulimit, f"{cpath}.Ulimits[{i}]", {"Soft": int, "Hard": int})
