@@ -29,14 +29,12 @@ with open(sys.argv[1], "rb") as f:
     print("\n".join(tomllib.load(f)["project"]["dependencies"]))
 PY
 }
-# setuptools/wheel: provisioning builds shoal inside the VM, offline (pyproject needs setuptools>=68).
-build_tools=("setuptools==80.9.0" "wheel==0.45.1")
 packages=(linux-image-cloud-amd64 systemd systemd-sysv udev dbus openssh-server sudo rsync
           ca-certificates python3 python3-venv runc conmon nftables iproute2 busybox-static kmod
           procps psmisc curl netcat-openbsd less)
 
 box_hash() {
-    { cat "$here/build-box.sh"; deps; printf '%s\n' "${build_tools[@]}" "${packages[@]}" "$mirror"; } \
+    { cat "$here/build-box.sh"; deps; printf '%s\n' "${packages[@]}" "$mirror"; } \
         | sha256sum | cut -c1-16
 }
 hash=$(box_hash)
@@ -64,7 +62,7 @@ t0=$(date +%s)
 # 1. The wheelhouse, on the host (same Debian, same Python: the wheels fit the guest).
 log "wheelhouse"
 python3 -m venv "$work/hostvenv"
-"$work/hostvenv/bin/pip" -q wheel --wheel-dir "$work/wheels" $(deps) "${build_tools[@]}" > "$work/pip.log" 2>&1 \
+"$work/hostvenv/bin/pip" -q wheel --wheel-dir "$work/wheels" $(deps) > "$work/pip.log" 2>&1 \
     || { tail -20 "$work/pip.log" >&2; exit 1; }
 
 # 2. The disk: one MBR partition from 1 MiB, made on the image file (no loop partitions here).
