@@ -42,6 +42,7 @@ from node.metrics import DaemonMetrics, SideServer, side_servers
 from node.networking import LocalNetworkSource, NodeNetworking
 from node.supervisor import Supervisor
 from node.swarm_node import SwarmNode
+from overlay import local_bridge
 from worker.agent.dependencies import Dependencies
 from worker.exec import TaskExecutor
 from worker.executor import api as volumes_api
@@ -51,6 +52,8 @@ from worker.executor.node_api import add_node_container_routes, container_publis
 from worker.executor.task_executor import RuncTaskExecutor
 from worker.images import api as images_api
 from worker.images.store import ImageStore
+from worker.localnet import api as localnet_api
+from worker.localnet.networks import LocalNetworks
 from worker.standalone import api as standalone_api
 from worker.standalone.containers import StandaloneContainers
 from worker.timed import TimedTaskExecutor
@@ -193,7 +196,11 @@ def build_host(config: DaemonConfig) -> Host:
     images_api.add_routes(routes, images)
     volumes_api.add_routes(routes, executor.volumes)
     containers = add_node_container_routes(app, routes, executor, lambda ref: _image_id(images, ref), events)
-    standalone_api.add_routes(app, routes, StandaloneContainers(containers, images))   # docker run
+    local_networks = LocalNetworks(config.data_dir / "localnets", executor.layout.run_dir / "standalone-netns",
+                                   local_bridge)
+    standalone = StandaloneContainers(containers, images, local_networks)
+    standalone_api.add_routes(app, routes, standalone)              # docker run
+    localnet_api.add_routes(app, routes, local_networks, standalone)  # bridge networks, connect/disconnect
     events_api.add_routes(routes, events, swarm.manager_store)
     if metrics is not None:
         metrics.watch_manager(lambda: swarm.runtime)

@@ -47,7 +47,7 @@ def inspect(lab: Lab, node: str, *args: str) -> dict[str, Any]:
 
 def test_network_ls_and_inspect_on_a_manager_and_a_worker(lab: Lab) -> None:
     def ingress_listed(node: str) -> list[list[str]] | None:
-        listed = rows(docker(lab, node, "network", "ls"))
+        listed = [r for r in rows(docker(lab, node, "network", "ls")) if r[3] == "swarm"]   # host, none: local
         return listed if [r[1:] for r in listed] == [["ingress", "overlay", "swarm"]] else None
 
     for node in (MANAGER, WORKER):       # every node instantiates the routing mesh

@@ -173,7 +173,7 @@ def _endpoint(view: ContainerView, net: dict[str, Any]) -> dict[str, Any]:
     address = str(net.get("address") or "")
     ip, _, prefix = address.partition("/")
     return {
-        "IPAMConfig": None, "Links": None, "Aliases": list(net.get("aliases") or []) or None,
+        "IPAMConfig": net.get("ipam_config"), "Links": None, "Aliases": list(net.get("aliases") or []) or None,
         "MacAddress": endpoint_mac(ip) if ip else "", "DriverOpts": None,
         "NetworkID": str(net.get("id") or ""), "EndpointID": endpoint_id(str(net.get("id") or ""), view.id),
         "Gateway": str(net.get("gateway") or ""), "IPAddress": ip, "IPPrefixLen": int(prefix or 0),

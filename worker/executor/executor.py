@@ -90,10 +90,16 @@ class Executor:
 
     async def logs(self, cid: str, *, tail: int | None = None, follow: bool = False,
                    since: float | None = None) -> AsyncIterator[LogEntry]:
-        """The container's log entries; with `follow`, until it exits and the log is drained."""
+        """The container's log entries; with `follow`, until it exits (or is removed meanwhile:
+        its exit record goes with it) and the log is drained."""
         ctl = self.get(cid)
         if ctl is None:
             raise ExecutorError(f"no such container: {cid}")
+        state_dir = ctl.paths.state
+
+        def finished() -> bool:
+            return ctl.exited() or not state_dir.exists()
+
         async for entry in read_log(ctl.paths.log, tail=tail, follow=follow,
-                                    finished=ctl.exited, since=since):
+                                    finished=finished, since=since):
             yield entry

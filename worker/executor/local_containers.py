@@ -19,7 +19,7 @@ import json
 import os
 import signal as signals
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,8 @@ class LocalContainers:
         self._image_id = image_id
         self.on_event = on_event
         self._removed: dict[str, asyncio.Event] = {}     # set when the container is removed here
+        # called with the ID of each container removed here (its network namespace goes)
+        self.removal_hooks: list[Callable[[str], Awaitable[None]]] = []
 
     def emit(self, action: str, view: ContainerView, **attributes: str) -> None:
         if self.on_event is not None:
@@ -162,6 +164,8 @@ class LocalContainers:
                 await ctl.terminate()
                 self.emit("kill", view, signal=str(int(signals.SIGKILL)))
             await ctl.remove()
+            for hook in self.removal_hooks:
+                await hook(view.id)
         except ExecutorError as e:
             raise ApiError(500, f"Could not remove container {ref}: {e}") from e
         if (removed := self._removed.pop(view.id, None)) is not None:

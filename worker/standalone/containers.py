@@ -27,7 +27,6 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,7 +38,7 @@ from worker.executor.controller import ContainerController
 from worker.executor.local_containers import LocalContainers
 from worker.standalone import names
 from worker.standalone.attach import AttachError, resize
-from worker.standalone.create import ISOLATED_MODES, CreateError, container_name, from_body
+from worker.standalone.create import ISOLATED_MODES, CreateError, container_name, from_body, labels_match
 
 log = logging.getLogger("shoal.standalone")
 
@@ -52,16 +51,31 @@ class ImageSource(Protocol):
     def image_config(self, image: Any) -> dict[str, Any]: ...
 
 
-# NetworkMode → the namespace to join ("" for one of its own); raise ApiError for an unknown one.
-NetworkResolver = Callable[[str], str]
+class ContainerNetworks(Protocol):
+    """Where a standalone container's network namespace comes from (worker.localnet)."""
+
+    async def join(self, cid: str, name: str, mode: str, endpoints: Any) -> tuple[str, list[dict[str, Any]]]:
+        """The namespace for a new container in NetworkMode `mode` ("" = one runc makes) and the
+        networks it is attached to; ApiError 404 for an unknown network."""
+        ...
+
+    async def release(self, cid: str) -> None:
+        """The container is removed: whatever `join` and later connections made for it goes."""
+        ...
 
 
-def default_networks(mode: str) -> str:
-    if mode in ISOLATED_MODES:
-        return ""
-    if mode == "host":
-        return f"/proc/{os.getpid()}/ns/net"
-    raise ApiError(404, f"network {mode} not found")
+class IsolatedNetworks:
+    """No local networks: a namespace of its own with only `lo`, or the daemon's (host)."""
+
+    async def join(self, cid: str, name: str, mode: str, endpoints: Any) -> tuple[str, list[dict[str, Any]]]:
+        if mode in ISOLATED_MODES:
+            return "", []
+        if mode == "host":
+            return f"/proc/{os.getpid()}/ns/net", []
+        raise ApiError(404, f"network {mode} not found")
+
+    async def release(self, cid: str) -> None:
+        return None
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -72,11 +86,12 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 class StandaloneContainers:
     def __init__(self, containers: LocalContainers, images: ImageSource,
-                 networks: NetworkResolver = default_networks) -> None:
+                 networks: ContainerNetworks | None = None) -> None:
         self.containers = containers
         self.executor = containers.executor
         self.images = images
-        self.networks = networks
+        self.networks: ContainerNetworks = networks or IsolatedNetworks()
+        containers.removal_hooks.append(self.networks.release)
         self._reserved: set[str] = set()          # names of containers being created
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._closed = False
@@ -122,21 +137,25 @@ class StandaloneContainers:
         try:
             image_config, layers = self._image(ref)
             cid = secrets.token_hex(32)
-            mode = str((body.get("HostConfig") or {}).get("NetworkMode") or "")
+            host = body.get("HostConfig") or {}
+            mode = str(host.get("NetworkMode") or "") if isinstance(host, dict) else ""
+            endpoints = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") \
+                if isinstance(body.get("NetworkingConfig"), dict) else None
             try:
-                netns_path = self.networks(mode)
-            except ApiError as e:     # not a 404: the CLI takes a 404 from create for a missing image
-                raise ApiError(400 if e.status == 404 else e.status, e.message) from None
-            try:
-                made = from_body(cid, name, body, ref, image_config, layers, now=time.time(), netns_path=netns_path)
+                made = from_body(cid, name, body, ref, image_config, layers, now=time.time(), netns_path="")
             except CreateError as e:
                 raise ApiError(e.status, e.message) from None
-            ctl = self.executor.controller(made.config)
-            await asyncio.to_thread(self._write_record, ctl, made.record, made.bind_sources)
             try:
+                netns_path, attached = await self.networks.join(cid, name, mode, endpoints)
+            except ApiError as e:     # not a 404: the CLI takes a 404 from create for a missing image
+                raise ApiError(400 if e.status == 404 else e.status, e.message) from None
+            ctl = self.executor.controller(replace(made.config, netns_path=netns_path, networks=attached))
+            try:
+                await asyncio.to_thread(self._write_record, ctl, made.record, made.bind_sources)
                 await ctl.prepare()
-            except ExecutorError as e:
+            except (ExecutorError, OSError) as e:
                 await asyncio.to_thread(ctl.paths.standalone_record.unlink, True)
+                await self.networks.release(cid)
                 raise ApiError(500, str(e)) from None
             if made.config.tty and made.console_size is not None:
                 self._resize(ctl, *made.console_size)
@@ -194,10 +213,17 @@ class StandaloneContainers:
         if name == view.name:
             raise ApiError(409, "Renaming a container with the same name as its current name")
         await self._free_name(name)
-        renamed = replace(ctl.config, name=name)
-        await asyncio.to_thread(_write_json, ctl.paths.config, renamed.to_json())
+        await self.rewrite_config(ctl, name=name)
         self.containers.emit("rename", await self.containers.view_of(self.containers.controller(view.id) or ctl),
                              oldName="/" + view.name)
+
+    async def rewrite_config(self, ctl: ContainerController, **changes: Any) -> None:
+        """Change fields of a container's config record (its name, its networks): what the API
+        shows of it; the running container is not touched."""
+        current = self.executor.get(ctl.id)
+        if current is None:
+            raise ApiError(404, f"No such container: {ctl.id}")
+        await asyncio.to_thread(_write_json, ctl.paths.config, replace(current.config, **changes).to_json())
 
     def resize_tty(self, ctl: ContainerController, view: ContainerView, height: int, width: int) -> None:
         if view.status not in ("running", "created"):
@@ -221,7 +247,7 @@ class StandaloneContainers:
                 continue
             if until is not None and view.created >= until:
                 continue
-            if not _labels_match(view.labels, labels):
+            if not labels_match(view.labels, labels):
                 continue
             try:
                 await self.containers.remove(view.id, force=True)
@@ -279,12 +305,3 @@ class StandaloneContainers:
             task.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
 
-
-def _labels_match(labels: dict[str, str], wanted: list[str]) -> bool:
-    for want in wanted:
-        negate = "!=" in want
-        key, _, value = want.partition("!=" if negate else "=")
-        present = key in labels and (not value or labels[key] == value)
-        if present == negate:
-            return False
-    return True

@@ -235,3 +235,14 @@ def from_body(cid: str, name: str, body: Any, image_ref: str, image_config: dict
     record = {"Created": now, "Config": echoed_config, "HostConfig": echoed_host}
     sources = [m.source for m in mounts if m.type == "bind" and any(b.split(":")[0] == m.source for b in binds or [])]
     return Created(config, record, sources, _console_size(host))
+
+
+def labels_match(labels: dict[str, str], wanted: list[str]) -> bool:
+    """The `label` filters of prune: `k`, `k=v`, and their negations `k!=`, `k!=v`."""
+    for want in wanted:
+        negate = "!=" in want
+        key, _, value = want.partition("!=" if negate else "=")
+        present = key in labels and (not value or labels[key] == value)
+        if present == negate:
+            return False
+    return True

@@ -1,0 +1,147 @@
+"""Local (bridge) networks with the real docker CLI against the node-local API served in the
+test's loop: create with IPAM config, labels and internal; ls and inspect as dockerd shows them;
+`docker run --network` with aliases and a fixed address, containers reaching each other over the
+bridge; connect and disconnect of a running container; rm refused while endpoints remain; prune.
+The bridges and veths are made in a namespace the test creates (every data-path call enters it),
+so nothing touches the host's own network."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engineapi.events import EventBus
+from engineapi.http import ApiError, Routes, json_response, new_app
+from overlay import local_bridge, netns
+from tests.api.support import serve_unix
+from tests.executor.conftest import needs_root_and_runc
+from tests.executor.test_container_api import Docker
+from tests.executor.test_docker_run import BusyboxImages
+from worker.executor import Executor, rootfs
+from worker.executor.node_api import add_node_container_routes
+from worker.localnet import api as localnet_api
+from worker.localnet.networks import LocalNetworks
+from worker.standalone import api as standalone_api
+from worker.standalone.containers import StandaloneContainers
+
+pytestmark = needs_root_and_runc()
+
+
+class InNamespace:
+    """overlay.local_bridge with every call made inside the namespace at `path`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __getattr__(self, name: str) -> Any:
+        function = getattr(local_bridge, name)
+        if name in ("bridge_name", "host_veth_name"):
+            return function
+
+        def call(*args: Any) -> Any:
+            with netns.entered(self.path):
+                return function(*args)
+        return call
+
+
+@pytest.fixture
+def host_ns(tmp_path: Path) -> Iterator[Path]:
+    directory = tmp_path / "ns"
+    netns.prepare_dir(directory)
+    path = directory / "host"
+    netns.create(path)
+    try:
+        yield path
+    finally:
+        netns.remove(path)
+        rootfs.unmount(directory)
+
+
+@pytest.fixture
+async def docker(executor: Executor, busybox_layer: Path, tmp_path: Path, host_ns: Path) -> AsyncIterator[Docker]:
+    app = new_app()
+    routes = Routes(app)
+    containers = add_node_container_routes(app, routes, executor, lambda ref: "sha256:" + "cd" * 32, EventBus())
+    networks = LocalNetworks(tmp_path / "localnets", executor.layout.run_dir / "standalone-netns",
+                             InNamespace(host_ns))
+    standalone = StandaloneContainers(containers, BusyboxImages(busybox_layer), networks)
+    standalone_api.add_routes(app, routes, standalone)
+    localnet_api.add_routes(app, routes, networks, standalone)
+
+    async def no_swarm(request: Any) -> Any:       # the swarm's routes on a node outside a swarm
+        if request.method == "GET" and request.path.endswith("/networks"):
+            raise ApiError(503, "This node is not a swarm manager.")
+        raise ApiError(404, f"network {request.match_info.get('ref', '')} not found")
+
+    for method, path in (("GET", "/networks"), ("GET", "/networks/{ref}"), ("DELETE", "/networks/{ref}"),
+                         ("POST", "/networks/create")):
+        routes.add(method, path, no_swarm)
+
+    async def empty_prune(request: Any) -> Any:
+        return json_response({"NetworksDeleted": None})
+
+    routes.add("POST", "/networks/prune", empty_prune)
+    async with serve_unix(app, tmp_path / "api.sock") as host:
+        yield Docker(host, tmp_path / "cfg")
+
+
+async def test_bridge_networks_with_the_docker_cli(docker: Docker) -> None:
+    _, out, _ = await docker.run("network", "create", "--subnet", "172.28.0.0/16", "--ip-range", "172.28.5.0/24",
+                                 "--gateway", "172.28.5.254", "--label", "tier=back", "back")
+    back_id = out.strip()
+    await docker.run("network", "create", "--internal", "quiet")
+    _, out, _ = await docker.run("network", "ls", "--format", "{{.Name}} {{.Driver}} {{.Scope}}")
+    assert sorted(out.splitlines()) == ["back bridge local", "host host local", "none null local",
+                                        "quiet bridge local"]
+    net = json.loads((await docker.run("network", "inspect", "back"))[1])[0]
+    assert net["Id"] == back_id and net["Labels"] == {"tier": "back"} and net["Internal"] is False
+    assert net["IPAM"] == {"Driver": "default", "Options": None, "Config": [
+        {"Subnet": "172.28.0.0/16", "IPRange": "172.28.5.0/24", "Gateway": "172.28.5.254"}]}
+    quiet = json.loads((await docker.run("network", "inspect", "quiet"))[1])[0]
+    assert quiet["Internal"] is True and quiet["IPAM"]["Config"][0]["Subnet"] == "172.18.0.0/16"
+    code, _, err = await docker.run("network", "create", "back", ok=False)
+    assert code == 1 and "network with name back already exists" in err
+    code, _, err = await docker.run("network", "create", "--subnet", "172.28.1.0/24", "clash", ok=False)
+    assert code == 1 and "Pool overlaps with other one on this address space" in err
+
+    await docker.run("run", "-d", "--name", "server", "--network", "back", "--network-alias", "db",
+                     "--ip", "172.28.5.24", "busybox", "sleep", "1000")
+    doc = json.loads((await docker.run("inspect", "server"))[1])[0]
+    endpoint = doc["NetworkSettings"]["Networks"]["back"]
+    assert (endpoint["IPAddress"], endpoint["Gateway"], endpoint["MacAddress"]) == (
+        "172.28.5.24", "172.28.5.254", "02:42:ac:1c:05:18")
+    assert endpoint["Aliases"] == ["db"] and endpoint["IPAMConfig"] == {"IPv4Address": "172.28.5.24"}
+    _, out, _ = await docker.run("run", "--rm", "--network", "back", "busybox", "sh", "-c",
+                                 "ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; ip route | grep default; "
+                                 "ping -c 1 -W 5 172.28.5.24 >/dev/null && echo reached")
+    assert out.splitlines() == ["inet 172.28.5.1/16", "default via 172.28.5.254 dev eth0 ", "reached"]
+
+    await docker.run("run", "-d", "--name", "loner", "busybox", "sleep", "1000")
+    await docker.run("network", "connect", "--alias", "solo", "back", "loner")
+    net = json.loads((await docker.run("network", "inspect", "back"))[1])[0]
+    assert sorted(c["Name"] for c in net["Containers"].values()) == ["loner", "server"]
+    _, out, _ = await docker.run("exec", "loner", "sh", "-c", "ping -c 1 -W 5 172.28.5.24 >/dev/null && echo ok")
+    assert out == "ok\n"
+    code, _, err = await docker.run("network", "connect", "back", "loner", ok=False)
+    assert code == 1 and "already exists in network back" in err
+    code, _, err = await docker.run("network", "rm", "back", ok=False)
+    assert code == 1 and "has active endpoints" in err
+    await docker.run("network", "disconnect", "back", "loner")
+    doc = json.loads((await docker.run("inspect", "loner"))[1])[0]
+    assert "back" not in doc["NetworkSettings"]["Networks"]
+    _, out, _ = await docker.run("exec", "loner", "sh", "-c", "ip -4 addr show eth0 2>&1 | grep -c inet || true")
+    assert out.strip() == "0"
+
+    await docker.run("rm", "-f", "server", "loner")
+    _, out, _ = await docker.run("network", "prune", "-f")
+    assert sorted(out.split()[-2:]) == ["back", "quiet"]
+    _, out, _ = await docker.run("network", "ls", "--format", "{{.Name}}")
+    assert sorted(out.split()) == ["host", "none"]
+    code, _, err = await docker.run("network", "rm", "none", ok=False)
+    assert code == 1 and "pre-defined network" in err
+    code, _, err = await docker.run("network", "create", "-d", "host", "another", ok=False)
+    assert code == 1 and 'only one instance of "host" network is allowed' in err

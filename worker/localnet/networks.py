@@ -1,0 +1,274 @@
+"""Local networks (bridge driver, scope local) of one node, and the namespaces of its standalone
+containers.
+
+Theory of operation: each network is one JSON record under `<data-dir>/localnets/`, the Engine
+API object itself (Id, Name, Driver "bridge", Scope "local", IPAM, Internal, Labels, Options…)
+with its endpoints under `Containers` (dockerd's shape) and, privately, each endpoint's aliases
+and fixed address. The records are the truth; the data path (a `BridgeDataPath`, overlay's
+local_bridge in the daemon) is made to match them: a bridge per network, a veth per endpoint.
+Addresses are decided here (worker.localnet.ipam). Every standalone container gets a namespace
+of its own (`join`, at create) whatever its network mode (host excepted), so that it can be
+connected to networks later, running or not; `release` (when it is removed) unplugs it and
+removes the namespace. Mutations are serialised by one lock. `host` and `none` are the
+predefined networks, as dockerd lists them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import time
+from ipaddress import IPv4Address
+from pathlib import Path
+from typing import Any, Protocol
+
+from engineapi.http import ApiError
+from model import format_time
+from model.endpoint import endpoint_mac
+from worker.executor.container_view import endpoint_id
+from worker.localnet.ipam import IpamError, Pool, allocate, pool_from_config
+from worker.standalone.create import labels_match
+
+PREDEFINED = {"host": "host", "none": "null"}     # name → driver
+ISOLATED = ("", "default", "bridge", "none")
+
+
+class BridgeDataPath(Protocol):
+    """What this module needs of overlay.local_bridge (all blocking)."""
+
+    def bridge_name(self, network_id: str) -> str: ...
+    def host_veth_name(self, network_id: str, container_id: str) -> str: ...
+    def ensure_bridge(self, name: str, gateway: str) -> None: ...
+    def remove_bridge(self, name: str) -> None: ...
+    def create_namespace(self, path: Path) -> None: ...
+    def remove_namespace(self, path: Path) -> None: ...
+    def plug(self, bridge: str, host_end: str, namespace: Path, ifname: str, address: str, mac: str,
+             gateway: str | None) -> None: ...
+    def unplug(self, host_end: str) -> None: ...
+    def next_ifname(self, namespace: Path) -> str: ...
+
+
+def _predefined_id(name: str) -> str:
+    import hashlib
+    return hashlib.sha256(f"shoal-predefined/{name}".encode()).hexdigest()
+
+
+def predefined_api(name: str) -> dict[str, Any]:
+    return {"Name": name, "Id": _predefined_id(name), "Created": "0001-01-01T00:00:00Z", "Scope": "local",
+            "Driver": PREDEFINED[name], "EnableIPv6": False, "IPAM": {"Driver": "default", "Options": None,
+                                                                     "Config": []},
+            "Internal": False, "Attachable": False, "Ingress": False, "ConfigFrom": {"Network": ""},
+            "ConfigOnly": False, "Containers": {}, "Options": {}, "Labels": {}}
+
+
+def public(record: dict[str, Any], detailed: bool) -> dict[str, Any]:
+    out = {k: v for k, v in record.items() if not k.startswith("_")}
+    if not detailed:
+        out["Containers"] = {}
+    return out
+
+
+class LocalNetworks:
+    def __init__(self, root: Path, netns_dir: Path, datapath: BridgeDataPath) -> None:
+        self.root = root
+        self.netns_dir = netns_dir
+        self.datapath = datapath
+        self.lock = asyncio.Lock()
+
+    # ---- records ---------------------------------------------------------------------------
+    def records(self) -> list[dict[str, Any]]:
+        out = []
+        try:
+            entries = sorted(self.root.glob("*.json"))
+        except OSError:
+            return []
+        for path in entries:
+            try:
+                out.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+        return out
+
+    def _save(self, record: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / f"{record['Id']}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)
+
+    def find(self, ref: str) -> dict[str, Any] | None:
+        """A network by exact ID, exact name, or unique ID prefix (predefined ones included)."""
+        every = [*self.records(), *(predefined_api(n) for n in PREDEFINED)]
+        for key in ("Id", "Name"):
+            for record in every:
+                if record[key] == ref:
+                    return record
+        found = [r for r in every if ref and r["Id"].startswith(ref)]
+        return found[0] if len(found) == 1 else None
+
+    def namespace(self, cid: str) -> Path:
+        return self.netns_dir / cid
+
+    # ---- networks --------------------------------------------------------------------------
+    async def create(self, body: dict[str, Any]) -> str:
+        name = body.get("Name")
+        if not isinstance(name, str) or not name:
+            raise ApiError(400, "network name is required")
+        if body.get("EnableIPv6"):
+            raise ApiError(400, "IPv6 is not supported by shoal's local networks")
+        ipam = body.get("IPAM") or {}
+        if not isinstance(ipam, dict) or (ipam.get("Driver") or "default") != "default":
+            raise ApiError(400, "only the default IPAM driver is supported")
+        labels, options = body.get("Labels") or {}, body.get("Options") or {}
+        for what, mapping in (("Labels", labels), ("Options", options)):
+            if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+                raise ApiError(400, f"{what} must map names to strings")
+        async with self.lock:
+            records = self.records()
+            if name in PREDEFINED or any(r["Name"] == name for r in records):
+                raise ApiError(409, f"network with name {name} already exists")
+            taken = [Pool.from_api(r["IPAM"]["Config"][0]).subnet for r in records]
+            try:
+                pool = pool_from_config(ipam.get("Config"), taken)
+            except IpamError as e:
+                raise ApiError(e.status, e.message) from None
+            network_id = secrets.token_hex(32)
+            configs = ipam.get("Config") or []
+            record = {
+                "Name": name, "Id": network_id, "Created": format_time(time.time()), "Scope": "local",
+                "Driver": "bridge", "EnableIPv6": False,
+                "IPAM": {"Driver": "default", "Options": ipam.get("Options") or None,
+                         "Config": [pool.to_api(with_range=bool(configs and configs[0].get("IPRange")))]},
+                "Internal": bool(body.get("Internal")), "Attachable": bool(body.get("Attachable")),
+                "Ingress": False, "ConfigFrom": {"Network": ""}, "ConfigOnly": False, "Containers": {},
+                "Options": options, "Labels": labels, "_aliases": {}, "_fixed": {},
+            }
+            gateway = f"{pool.gateway}/{pool.subnet.prefixlen}"
+            await asyncio.to_thread(self.datapath.ensure_bridge, self.datapath.bridge_name(network_id), gateway)
+            self._save(record)
+        return network_id
+
+    async def remove(self, ref: str) -> None:
+        async with self.lock:
+            record = self.find(ref)
+            if record is None:
+                raise ApiError(404, f"network {ref} not found")
+            if record["Name"] in PREDEFINED:
+                raise ApiError(403, f"{record['Name']} is a pre-defined network and cannot be removed")
+            if record["Containers"]:
+                raise ApiError(403, f"error while removing network: network {record['Name']} id {record['Id']} "
+                                    "has active endpoints")
+            await asyncio.to_thread(self.datapath.remove_bridge, self.datapath.bridge_name(record["Id"]))
+            (self.root / f"{record['Id']}.json").unlink(missing_ok=True)
+
+    async def prune(self, until: float | None, labels: list[str]) -> list[str]:
+        deleted = []
+        for record in self.records():
+            if record["Containers"] or not labels_match(record.get("Labels") or {}, labels):
+                continue
+            if until is not None and _created(record) >= until:
+                continue
+            try:
+                await self.remove(record["Id"])
+            except ApiError:
+                continue
+            deleted.append(record["Name"])
+        return deleted
+
+    # ---- containers ------------------------------------------------------------------------
+    async def join(self, cid: str, name: str, mode: str, endpoints: Any) -> tuple[str, list[dict[str, Any]]]:
+        """A new standalone container's namespace and the endpoints of its NetworkMode network."""
+        if mode == "host":
+            return f"/proc/{os.getpid()}/ns/net", []
+        network = None
+        if mode not in ISOLATED:
+            network = self.find(mode)
+            if network is None or network["Name"] in PREDEFINED:
+                raise ApiError(404, f"network {mode} not found")
+        path = self.namespace(cid)
+        await asyncio.to_thread(self.datapath.create_namespace, path)
+        if network is None:
+            return str(path), []
+        config = (endpoints or {}).get(mode) or (endpoints or {}).get(network["Name"]) or {}
+        try:
+            entry = await self.connect(network["Id"], cid, name, config)
+        except BaseException:
+            await self.release(cid)
+            raise
+        return str(path), [entry]
+
+    async def connect(self, ref: str, cid: str, name: str, config: Any) -> dict[str, Any]:
+        """Plug container `cid` into network `ref`; the entry its config records for inspect."""
+        if not isinstance(config, dict):
+            raise ApiError(400, "EndpointConfig must be an object")
+        aliases = config.get("Aliases") or []
+        fixed = str(((config.get("IPAMConfig") or {}).get("IPv4Address")) or "")
+        async with self.lock:
+            record = self.find(ref)
+            if record is None:
+                raise ApiError(404, f"network {ref} not found")
+            if record["Name"] in PREDEFINED:
+                raise ApiError(400, f"container cannot be disconnected from host network or connected to "
+                                    f"{record['Name']} network")
+            if cid in record["Containers"]:
+                raise ApiError(403, f"endpoint with name {name} already exists in network {record['Name']}")
+            pool = Pool.from_api(record["IPAM"]["Config"][0])
+            used = {IPv4Address(e["IPv4Address"].split("/")[0]) for e in record["Containers"].values()}
+            try:
+                address = allocate(pool, used, fixed)
+            except IpamError as e:
+                raise ApiError(e.status, e.message) from None
+            cidr = f"{address}/{pool.subnet.prefixlen}"
+            path = self.namespace(cid)
+            gateway = None if record["Internal"] else str(pool.gateway)
+
+            def plug() -> None:
+                ifname = self.datapath.next_ifname(path)
+                self.datapath.plug(self.datapath.bridge_name(record["Id"]),
+                                   self.datapath.host_veth_name(record["Id"], cid), path, ifname, cidr,
+                                   endpoint_mac(address), gateway)
+
+            await asyncio.to_thread(plug)
+            record["Containers"][cid] = {"Name": name, "EndpointID": endpoint_id(record["Id"], cid),
+                                         "MacAddress": endpoint_mac(address), "IPv4Address": cidr, "IPv6Address": ""}
+            record["_aliases"][cid] = list(aliases)
+            if fixed:
+                record["_fixed"][cid] = fixed
+            self._save(record)
+        return {"id": record["Id"], "name": record["Name"], "address": cidr, "aliases": list(aliases),
+                "gateway": "" if record["Internal"] else str(pool.gateway),
+                "ipam_config": {"IPv4Address": fixed} if fixed else None}
+
+    async def disconnect(self, ref: str, cid: str) -> dict[str, Any]:
+        async with self.lock:
+            record = self.find(ref)
+            if record is None:
+                raise ApiError(404, f"network {ref} not found")
+            if cid not in record.get("Containers", {}):
+                raise ApiError(403, f"container {cid} is not connected to network {record['Name']}")
+            await asyncio.to_thread(self.datapath.unplug, self.datapath.host_veth_name(record["Id"], cid))
+            del record["Containers"][cid]
+            record["_aliases"].pop(cid, None)
+            record["_fixed"].pop(cid, None)
+            self._save(record)
+        return record
+
+    async def release(self, cid: str) -> None:
+        """The container is gone: its endpoints and namespace go too (idempotent)."""
+        for record in self.records():
+            if cid in record["Containers"]:
+                await self.disconnect(record["Id"], cid)
+        path = self.namespace(cid)
+        if path.exists():
+            await asyncio.to_thread(self.datapath.remove_namespace, path)
+
+
+def _created(record: dict[str, Any]) -> float:
+    from worker.executor.logs import LogFormatError, timestamp_seconds
+    try:
+        return timestamp_seconds(record["Created"])
+    except (LogFormatError, KeyError):
+        return 0.0
+
