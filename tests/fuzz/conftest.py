@@ -14,4 +14,5 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         return
     terminalreporter.write_line(
         f"schemathesis: {tally.requests} requests, {tally.server_errors} answers >= 500 "
-        f"({tally.dockerd_answers} of them answers dockerd gives too: stale version, already in a swarm)")
+        f"(dockerd's own: {tally.stale_version} 500 'update out of sequence', "
+        f"{tally.already_in_swarm} 503 'already part of a swarm')")
