@@ -172,3 +172,17 @@ async def test_bad_input(docker: Docker) -> None:
     code, _, err = await docker.run("rename", "nosuch", "other", ok=False)
     assert code == 1 and "No such container: nosuch" in err
     assert await ids(docker) == []
+
+
+async def test_create_then_start_attached_and_again(docker: Docker) -> None:
+    await docker.run("run", "--name", "once", "busybox", "sh", "-c", "echo ran")
+    _, out, _ = await docker.run("start", "-a", "once")          # an exited container, attached again
+    assert out == "ran\n"
+    _, out, _ = await docker.run("logs", "once")
+    assert out == "ran\nran\n"
+    _, out, _ = await docker.run("create", "-i", "--name", "catter", "busybox", "cat")
+    _, out, _ = await docker.run("start", "-ai", "catter", stdin=b"through stdin\n")
+    assert out == "through stdin\n"
+    _, out, _ = await docker.run("ps", "-a", "--format", "{{.Names}} {{.Status}}")
+    assert sorted(line.split(" (")[0] for line in out.splitlines()) == ["catter Exited", "once Exited"]
+    await docker.run("rm", "once", "catter")

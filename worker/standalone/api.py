@@ -96,6 +96,8 @@ def add_routes(app: web.Application, routes: Routes, standalone: StandaloneConta
         view, _ = await containers.get(request.match_info["id"])
         if not query_bool(request, "stream") and not query_bool(request, "logs"):
             raise ApiError(400, "Bad parameters: you must choose at least one stream")
+        if view.status not in ("running", "created") and view.standalone is not None:
+            view = await standalone.recreate(view.id)     # `docker start -a`: attach, then start
         if view.status not in ("running", "created"):
             raise ApiError(409, "You cannot attach to a stopped container, start it first")
         want_in = query_bool(request, "stdin") and view.config.stdin

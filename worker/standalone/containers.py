@@ -180,6 +180,18 @@ class StandaloneContainers:
                                 "decides when it runs (use docker service commands)")
         return view, ctl
 
+    async def recreate(self, ref: str) -> ContainerView:
+        """Make an exited standalone container "created" again: its shim anew, holding its
+        stdio, so a client can attach before it starts (`docker start -a`)."""
+        view, ctl = await self._standalone(ref)
+        if view.state.status in ("stopped", "absent"):
+            try:
+                await ctl.reset()
+                await ctl.prepare()
+            except ExecutorError as e:
+                raise ApiError(500, f"failed to start container {view.id}: {e}") from None
+        return await self.containers.view_of(ctl)
+
     async def start(self, ref: str) -> bool:
         """Start (or start again) a standalone container; False if it was running already."""
         view, ctl = await self._standalone(ref)
