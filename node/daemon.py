@@ -25,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from engineapi.events import EventBus
+from engineapi.events import EventBus, message
 from engineapi.http import SERVER_VERSION, Routes, new_app
 from manager.api import logs as logs_api
 from manager.api import nodes as nodes_api
@@ -197,7 +197,7 @@ def build_host(config: DaemonConfig) -> Host:
     volumes_api.add_routes(routes, executor.volumes)
     containers = add_node_container_routes(app, routes, executor, lambda ref: _image_id(images, ref), events)
     local_networks = LocalNetworks(config.data_dir / "localnets", executor.layout.run_dir / "standalone-netns",
-                                   local_bridge)
+                                   local_bridge, lambda *event: events.publish(message("network", *event)))
     standalone = StandaloneContainers(containers, images, local_networks)
     standalone_api.add_routes(app, routes, standalone)              # docker run
     localnet_api.add_routes(app, routes, local_networks, standalone)  # bridge networks, connect/disconnect

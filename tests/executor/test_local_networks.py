@@ -61,13 +61,18 @@ def host_ns(tmp_path: Path) -> Iterator[Path]:
         rootfs.unmount(directory)
 
 
+NETWORK_EVENTS: list[tuple[str, str, str]] = []     # (action, network name, container)
+
+
 @pytest.fixture
 async def docker(executor: Executor, busybox_layer: Path, tmp_path: Path, host_ns: Path) -> AsyncIterator[Docker]:
     app = new_app()
     routes = Routes(app)
     containers = add_node_container_routes(app, routes, executor, lambda ref: "sha256:" + "cd" * 32, EventBus())
     networks = LocalNetworks(tmp_path / "localnets", executor.layout.run_dir / "standalone-netns",
-                             InNamespace(host_ns))
+                             InNamespace(host_ns),
+                             lambda action, _, attrs: NETWORK_EVENTS.append(
+                                 (action, attrs["name"], attrs.get("container", ""))))
     standalone = StandaloneContainers(containers, BusyboxImages(busybox_layer), networks)
     standalone_api.add_routes(app, routes, standalone)
     localnet_api.add_routes(app, routes, networks, standalone)
@@ -145,3 +150,7 @@ async def test_bridge_networks_with_the_docker_cli(docker: Docker) -> None:
     assert code == 1 and "pre-defined network" in err
     code, _, err = await docker.run("network", "create", "-d", "host", "another", ok=False)
     assert code == 1 and 'only one instance of "host" network is allowed' in err
+    seen = [(action, name) for action, name, _ in NETWORK_EVENTS]
+    assert seen[:2] == [("create", "back"), ("create", "quiet")] and ("connect", "back") in seen
+    assert seen.count(("disconnect", "back")) == 3 and seen[-2:] in ([("destroy", "back"), ("destroy", "quiet")],
+                                                                     [("destroy", "quiet"), ("destroy", "back")])

@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Protocol
@@ -71,11 +72,17 @@ def public(record: dict[str, Any], detailed: bool) -> dict[str, Any]:
 
 
 class LocalNetworks:
-    def __init__(self, root: Path, netns_dir: Path, datapath: BridgeDataPath) -> None:
+    def __init__(self, root: Path, netns_dir: Path, datapath: BridgeDataPath,
+                 on_event: Callable[[str, str, dict[str, str]], None] | None = None) -> None:
         self.root = root
         self.netns_dir = netns_dir
         self.datapath = datapath
         self.lock = asyncio.Lock()
+        self.on_event = on_event      # (action, network ID, attributes): dockerd's network events
+
+    def _emit(self, action: str, record: dict[str, Any], **extra: str) -> None:
+        if self.on_event is not None:
+            self.on_event(action, record["Id"], {"name": record["Name"], "type": record["Driver"], **extra})
 
     # ---- records ---------------------------------------------------------------------------
     def records(self) -> list[dict[str, Any]]:
@@ -148,6 +155,7 @@ class LocalNetworks:
             gateway = f"{pool.gateway}/{pool.subnet.prefixlen}"
             await asyncio.to_thread(self.datapath.ensure_bridge, self.datapath.bridge_name(network_id), gateway)
             self._save(record)
+        self._emit("create", record)
         return network_id
 
     async def remove(self, ref: str) -> None:
@@ -162,6 +170,7 @@ class LocalNetworks:
                                     "has active endpoints")
             await asyncio.to_thread(self.datapath.remove_bridge, self.datapath.bridge_name(record["Id"]))
             (self.root / f"{record['Id']}.json").unlink(missing_ok=True)
+        self._emit("destroy", record)
 
     async def prune(self, until: float | None, labels: list[str]) -> list[str]:
         deleted = []
@@ -237,6 +246,7 @@ class LocalNetworks:
             if fixed:
                 record["_fixed"][cid] = fixed
             self._save(record)
+        self._emit("connect", record, container=cid)
         return {"id": record["Id"], "name": record["Name"], "address": cidr, "aliases": list(aliases),
                 "gateway": "" if record["Internal"] else str(pool.gateway),
                 "ipam_config": {"IPv4Address": fixed} if fixed else None}
@@ -253,6 +263,7 @@ class LocalNetworks:
             record["_aliases"].pop(cid, None)
             record["_fixed"].pop(cid, None)
             self._save(record)
+        self._emit("disconnect", record, container=cid)
         return record
 
     async def release(self, cid: str) -> None:
