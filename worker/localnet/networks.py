@@ -200,7 +200,8 @@ class LocalNetworks:
         await asyncio.to_thread(self.datapath.create_namespace, path)
         if network is None:
             return str(path), []
-        config = (endpoints or {}).get(mode) or (endpoints or {}).get(network["Name"]) or {}
+        endpoints = endpoints if isinstance(endpoints, dict) else {}
+        config = endpoints.get(mode) or endpoints.get(network["Name"]) or {}
         try:
             entry = await self.connect(network["Id"], cid, name, config)
         except BaseException:
@@ -213,7 +214,12 @@ class LocalNetworks:
         if not isinstance(config, dict):
             raise ApiError(400, "EndpointConfig must be an object")
         aliases = config.get("Aliases") or []
-        fixed = str(((config.get("IPAMConfig") or {}).get("IPv4Address")) or "")
+        ipam = config.get("IPAMConfig") or {}
+        if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+            raise ApiError(400, "EndpointConfig.Aliases must be a list of strings")
+        if not isinstance(ipam, dict):
+            raise ApiError(400, "EndpointConfig.IPAMConfig must be an object")
+        fixed = str(ipam.get("IPv4Address") or "")
         async with self.lock:
             record = self.find(ref)
             if record is None:
