@@ -113,8 +113,8 @@ async def test_bridge_networks_with_the_docker_cli(docker: Docker) -> None:
     code, _, err = await docker.run("network", "create", "--subnet", "172.28.1.0/24", "clash", ok=False)
     assert code == 1 and "Pool overlaps with other one on this address space" in err
 
-    await docker.run("run", "-d", "--name", "server", "--network", "back", "--network-alias", "db",
-                     "--ip", "172.28.5.24", "busybox", "sleep", "1000")
+    server_id = (await docker.run("run", "-d", "--name", "server", "--network", "back", "--network-alias", "db",
+                                  "--ip", "172.28.5.24", "busybox", "sleep", "1000"))[1].strip()
     doc = json.loads((await docker.run("inspect", "server"))[1])[0]
     endpoint = doc["NetworkSettings"]["Networks"]["back"]
     assert (endpoint["IPAddress"], endpoint["Gateway"], endpoint["MacAddress"]) == (
@@ -124,6 +124,9 @@ async def test_bridge_networks_with_the_docker_cli(docker: Docker) -> None:
                                  "ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; ip route | grep default; "
                                  "ping -c 1 -W 5 172.28.5.24 >/dev/null && echo reached")
     assert out.splitlines() == ["inet 172.28.5.1/16", "default via 172.28.5.254 dev eth0 ", "reached"]
+    _, out, _ = await docker.run("run", "--rm", "--network", "back", "--name", "asker", "busybox", "sh", "-c",
+                                 "grep -w db /etc/hosts; ping -c 1 -W 5 server >/dev/null && echo by-name")
+    assert out.split("\n")[0].split()[::2] == ["172.28.5.24", f"{server_id[:12]}"] and "by-name" in out
 
     await docker.run("run", "-d", "--name", "loner", "busybox", "sleep", "1000")
     await docker.run("network", "connect", "--alias", "solo", "back", "loner")
@@ -152,5 +155,5 @@ async def test_bridge_networks_with_the_docker_cli(docker: Docker) -> None:
     assert code == 1 and 'only one instance of "host" network is allowed' in err
     seen = [(action, name) for action, name, _ in NETWORK_EVENTS]
     assert seen[:2] == [("create", "back"), ("create", "quiet")] and ("connect", "back") in seen
-    assert seen.count(("disconnect", "back")) == 3 and seen[-2:] in ([("destroy", "back"), ("destroy", "quiet")],
+    assert seen.count(("disconnect", "back")) == 4 and seen[-2:] in ([("destroy", "back"), ("destroy", "quiet")],
                                                                      [("destroy", "quiet"), ("destroy", "back")])

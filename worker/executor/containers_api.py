@@ -160,7 +160,10 @@ def add_routes(routes: Routes, containers: LocalContainers) -> None:
             body: dict[str, Any] = {"StatusCode": code, "Error": {"Message": error} if error else None}
         except ApiError as e:
             body = {"StatusCode": -1, "Error": {"Message": e.message}}
-        await resp.write(json.dumps(body).encode() + b"\n")
+        try:
+            await resp.write(json.dumps(body).encode() + b"\n")
+        except ConnectionError:       # the client stopped waiting
+            pass
         return resp
 
     async def kill(request: web.Request) -> web.Response:

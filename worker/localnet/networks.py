@@ -20,7 +20,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any, Protocol
@@ -79,6 +79,24 @@ class LocalNetworks:
         self.datapath = datapath
         self.lock = asyncio.Lock()
         self.on_event = on_event      # (action, network ID, attributes): dockerd's network events
+        # told which containers' peers changed (their /etc/hosts lists them: worker.standalone)
+        self.on_change: Callable[[set[str]], Awaitable[None]] | None = None
+
+    def host_lines(self, cid: str) -> list[str]:
+        """/etc/hosts lines naming every endpoint (itself included) of the networks `cid` is on:
+        its address, then its name, short ID and aliases, as names resolve on dockerd's networks."""
+        out = []
+        for record in self.records():
+            if cid not in record["Containers"]:
+                continue
+            for other, endpoint in sorted(record["Containers"].items()):
+                names = [endpoint["Name"], other[:12], *record.get("_aliases", {}).get(other, [])]
+                out.append(f"{endpoint['IPv4Address'].split('/')[0]}\t{' '.join(dict.fromkeys(names))}")
+        return out
+
+    async def _changed(self, record: dict[str, Any], cid: str) -> None:
+        if self.on_change is not None:
+            await self.on_change({*record["Containers"], cid})
 
     def _emit(self, action: str, record: dict[str, Any], **extra: str) -> None:
         if self.on_event is not None:
@@ -253,6 +271,7 @@ class LocalNetworks:
                 record["_fixed"][cid] = fixed
             self._save(record)
         self._emit("connect", record, container=cid)
+        await self._changed(record, cid)
         return {"id": record["Id"], "name": record["Name"], "address": cidr, "aliases": list(aliases),
                 "gateway": "" if record["Internal"] else str(pool.gateway),
                 "ipam_config": {"IPv4Address": fixed} if fixed else None}
@@ -270,6 +289,7 @@ class LocalNetworks:
             record["_fixed"].pop(cid, None)
             self._save(record)
         self._emit("disconnect", record, container=cid)
+        await self._changed(record, cid)
         return record
 
     async def release(self, cid: str) -> None:

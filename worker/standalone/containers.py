@@ -27,12 +27,14 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from engineapi.http import ApiError
 from worker.exec import ExecutorError
+from worker.executor import bundle
 from worker.executor.container_view import ContainerView
 from worker.executor.controller import ContainerController
 from worker.executor.local_containers import LocalContainers
@@ -63,6 +65,12 @@ class ContainerNetworks(Protocol):
         """The container is removed: whatever `join` and later connections made for it goes."""
         ...
 
+    def host_lines(self, cid: str) -> list[str]:
+        """/etc/hosts lines for the container's peers on its networks."""
+        ...
+
+    on_change: Callable[[set[str]], Awaitable[None]] | None   # set by StandaloneContainers
+
 
 class IsolatedNetworks:
     """No local networks: a namespace of its own with only `lo`, or the daemon's (host)."""
@@ -76,6 +84,11 @@ class IsolatedNetworks:
 
     async def release(self, cid: str) -> None:
         return None
+
+    def host_lines(self, cid: str) -> list[str]:
+        return []
+
+    on_change: Callable[[set[str]], Awaitable[None]] | None = None
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -92,6 +105,7 @@ class StandaloneContainers:
         self.images = images
         self.networks: ContainerNetworks = networks or IsolatedNetworks()
         containers.removal_hooks.append(self.networks.release)
+        self.networks.on_change = self.refresh_hosts
         self._reserved: set[str] = set()          # names of containers being created
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._closed = False
@@ -159,6 +173,8 @@ class StandaloneContainers:
                 raise ApiError(500, str(e)) from None
             if made.config.tty and made.console_size is not None:
                 self._resize(ctl, *made.console_size)
+            if attached:
+                await self.refresh_hosts({cid})
         finally:
             self._reserved.discard(name)
         view = await self.containers.view_of(ctl)
@@ -180,6 +196,20 @@ class StandaloneContainers:
                                 "decides when it runs (use docker service commands)")
         return view, ctl
 
+    async def refresh_hosts(self, cids: set[str]) -> None:
+        """Rewrite the /etc/hosts of these standalone containers (in place: the container sees
+        it) with their network peers, after the container's own lines."""
+        def write(ctl: ContainerController, lines: list[str]) -> None:
+            hosts = ctl.paths.etc / "hosts"
+            if hosts.exists():
+                config = ctl.config
+                hosts.write_text(bundle.hosts_file(config.hostname or config.id[:12], [*config.extra_hosts, *lines]))
+
+        for cid in sorted(cids):
+            ctl = self.containers.controller(cid)
+            if ctl is not None and ctl.paths.standalone_record.exists():
+                await asyncio.to_thread(write, ctl, self.networks.host_lines(cid))
+
     async def recreate(self, ref: str) -> ContainerView:
         """Make an exited standalone container "created" again: its shim anew, holding its
         stdio, so a client can attach before it starts (`docker start -a`)."""
@@ -190,6 +220,7 @@ class StandaloneContainers:
                 await ctl.prepare()
             except ExecutorError as e:
                 raise ApiError(500, f"failed to start container {view.id}: {e}") from None
+            await self.refresh_hosts({view.id})
         return await self.containers.view_of(ctl)
 
     async def start(self, ref: str) -> bool:
@@ -201,6 +232,7 @@ class StandaloneContainers:
             if view.state.status in ("stopped", "absent"):
                 await ctl.reset()
                 await ctl.prepare()
+                await self.refresh_hosts({view.id})
             await ctl.start()
         except ExecutorError as e:
             raise ApiError(500, f"failed to start container {view.id}: {e}") from None
