@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from ipaddress import IPv4Interface
 from pathlib import Path
 
 from pyroute2 import IPRoute
 
 from overlay import netns
-from overlay.links import add_link, delete_link, get_link, link_index, set_address, temporary_ipr
+from overlay.links import OverlayError, add_link, delete_link, get_link, link_index, set_address, temporary_ipr
+from overlay.plan import delete_table_ruleset, masquerade_ruleset
 
 
 def bridge_name(network_id: str) -> str:
@@ -35,19 +37,38 @@ def host_veth_name(network_id: str, container_id: str) -> str:
     return "vl" + hashlib.sha256(f"{network_id}/{container_id}".encode()).hexdigest()[:11]
 
 
-def ensure_bridge(name: str, gateway: str) -> None:
-    """The bridge `name` with `gateway` ("172.18.0.1/16") as its address, up."""
+def nat_table(bridge: str) -> str:
+    return f"shoal-{bridge}"
+
+
+def _nft(script: str) -> None:
+    """One atomic nftables transaction, in the calling thread's namespace (nft forks from it)."""
+    proc = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise OverlayError(f"nft: {proc.stderr.strip() or proc.stdout.strip()}")
+
+
+def ensure_bridge(name: str, gateway: str, masquerade: bool) -> None:
+    """The bridge `name` with `gateway` ("172.18.0.1/16") as its address, up; with `masquerade`
+    (a network that is not internal), traffic from its subnet leaving through another interface
+    is masqueraded and the namespace forwards, as dockerd's bridge driver does."""
     with IPRoute() as ipr:
         if get_link(ipr, name) is None:
             add_link(ipr, name, kind="bridge")
         index = link_index(ipr, name)
         set_address(ipr, index, IPv4Interface(gateway))
         ipr.link("set", index=index, state="up")
+    if masquerade:
+        netns.write_sysctl("ipv4/ip_forward", "1")
+        _nft(masquerade_ruleset(nat_table(name), IPv4Interface(gateway).network, name))
+    else:
+        _nft(delete_table_ruleset(nat_table(name)))
 
 
 def remove_bridge(name: str) -> None:
     with IPRoute() as ipr:
         delete_link(ipr, name)
+    _nft(delete_table_ruleset(nat_table(name)))
 
 
 def create_namespace(path: Path) -> None:

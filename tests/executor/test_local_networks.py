@@ -7,6 +7,7 @@ so nothing touches the host's own network."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -94,7 +95,7 @@ async def docker(executor: Executor, busybox_layer: Path, tmp_path: Path, host_n
         yield Docker(host, tmp_path / "cfg")
 
 
-async def test_bridge_networks_with_the_docker_cli(docker: Docker) -> None:
+async def test_bridge_networks_with_the_docker_cli(docker: Docker, host_ns: Path) -> None:
     _, out, _ = await docker.run("network", "create", "--subnet", "172.28.0.0/16", "--ip-range", "172.28.5.0/24",
                                  "--gateway", "172.28.5.254", "--label", "tier=back", "back")
     back_id = out.strip()
@@ -108,6 +109,11 @@ async def test_bridge_networks_with_the_docker_cli(docker: Docker) -> None:
         {"Subnet": "172.28.0.0/16", "IPRange": "172.28.5.0/24", "Gateway": "172.28.5.254"}]}
     quiet = json.loads((await docker.run("network", "inspect", "quiet"))[1])[0]
     assert quiet["Internal"] is True and quiet["IPAM"]["Config"][0]["Subnet"] == "172.18.0.0/16"
+    nft = await asyncio.create_subprocess_exec("nsenter", f"--net={host_ns}", "nft", "list", "tables",
+                                               stdout=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(30):
+        tables = (await nft.communicate())[0].decode().split()
+    assert f"shoal-br-{back_id[:12]}" in tables and f"shoal-br-{quiet['Id'][:12]}" not in tables   # internal: no NAT
     code, _, err = await docker.run("network", "create", "back", ok=False)
     assert code == 1 and "network with name back already exists" in err
     code, _, err = await docker.run("network", "create", "--subnet", "172.28.1.0/24", "clash", ok=False)
