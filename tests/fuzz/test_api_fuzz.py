@@ -6,8 +6,9 @@ object name a seed object (one service, secret, config, network, and the node) w
 version, so that updates are applied, not only looked up. Afterwards the daemon still pings and
 creates a service.
 
-Left out: `POST /swarm/leave` (it would end the swarm the rest runs in). Streams that never end
-by themselves are bounded instead: `/events` gets `until`, logs lose `follow`, stats `stream`.
+Left out: `POST /swarm/leave`, which would end the swarm the rest runs in (the last test leaves,
+and makes a new swarm). Streams that never end by themselves are bounded instead: `/events` gets
+`until`, logs lose `follow`, stats `stream`.
 
 Two 5xx answers are dockerd's own, and allowed: 500 "update out of sequence" to an update based
 on a stale `version` (a gRPC Unknown in swarmkit), and 503 "This node is already part of a
@@ -173,3 +174,14 @@ def test_daemon_is_healthy_afterwards(session: requests.Session) -> None:
     assert r.status_code == 201, r.text
     r = session.get(f"{BASE_URL}/services/after-the-fuzz", timeout=10)
     assert r.status_code == 200 and r.json()["Spec"]["Name"] == "after-the-fuzz"
+
+
+def test_the_swarm_it_fuzzed_can_be_left_and_made_again(session: requests.Session) -> None:
+    """Last (file order): the route left out of the fuzzing, on the swarm the fuzzing changed."""
+    r = session.post(f"{BASE_URL}/swarm/leave", params={"force": "true"}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert session.get(f"{BASE_URL}/info", timeout=10).json()["Swarm"]["LocalNodeState"] == "inactive"
+    r = session.post(f"{BASE_URL}/swarm/init", json={"ListenAddr": f"127.0.0.1:{SWARM_PORT}",
+                                                     "AdvertiseAddr": f"127.0.0.1:{SWARM_PORT}"}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert session.get(f"{BASE_URL}/services", timeout=10).json() == []
