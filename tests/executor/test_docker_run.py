@@ -186,3 +186,19 @@ async def test_create_then_start_attached_and_again(docker: Docker) -> None:
     _, out, _ = await docker.run("ps", "-a", "--format", "{{.Names}} {{.Status}}")
     assert sorted(line.split(" (")[0] for line in out.splitlines()) == ["catter Exited", "once Exited"]
     await docker.run("rm", "once", "catter")
+
+
+async def test_run_it_detach_with_ctrl_p_ctrl_q_and_attach_again(docker: Docker) -> None:
+    async with PtySession([DOCKER, "run", "-it", "--name", "shell", "busybox", "sh"], env=docker.env, timeout=30) as sh:
+        await sh.send(b"echo first-$((1+1))\r")
+        await sh.expect(b"first-2")
+        await sh.send(b"\x10\x11")                     # ctrl-p ctrl-q: the CLI detaches, the shell runs on
+        assert await sh.wait() == 0
+    _, out, _ = await docker.run("ps", "--format", "{{.Names}} {{.State}}")
+    assert out == "shell running\n"
+    async with PtySession([DOCKER, "attach", "shell"], env=docker.env, timeout=30) as sh:
+        await sh.send(b"echo again-$((2+1))\r")
+        await sh.expect(b"again-3")
+        await sh.send(b"exit 6\r")
+        assert await sh.wait() == 6
+    await docker.run("rm", "shell")

@@ -176,7 +176,7 @@ class ContainerController:
                     bundle=p.bundle, log=p.log, container_pidfile=p.container_pidfile,
                     conmon_pidfile=p.conmon_pidfile, exit_dir=self.layout.exit_dir,
                     socket_dir=self.layout.socket_dir, shim_output=p.shim_output),
-                    terminal=self.config.tty, stdin=self.config.stdin)
+                    terminal=self.config.tty, stdin=self.config.stdin, leave_stdin_open=self.config.tty)
         except (OSError, ConfigError, RuntimeFailure, ValueError) as e:
             if await self.runc_state() is None:     # nothing was created: undo the host side
                 await asyncio.to_thread(self._remove_files)

@@ -261,12 +261,13 @@ class Conmon:
             self.spawner.close()
 
     async def create(self, cid: str, name: str, paths: ShimPaths, *, terminal: bool = False,
-                     stdin: bool = False) -> int:
+                     stdin: bool = False, leave_stdin_open: bool = False) -> int:
         """Launch conmon, which runs `runc create`; the container pid once created. conmon
         runs in the bundle's parent dir (the container's own dir: it drops an `oom` file in its
         working dir). The conmon pid file exists when this returns. With `terminal`, conmon
         holds the master of the container's pty; with `stdin`, a pipe to its stdin fed from
-        the attach socket (`<socket-dir>/<cid>/attach`), closed when an attached client closes."""
+        the attach socket (`<socket-dir>/<cid>/attach`), closed when an attached client closes
+        (unless `leave_stdin_open`: a terminal outlives a detached client, as with dockerd)."""
         for d in (paths.exit_dir, paths.socket_dir):
             d.mkdir(parents=True, exist_ok=True)
         argv = [
@@ -278,6 +279,7 @@ class Conmon:
             "--runtime-arg", "--root", "--runtime-arg", str(self.runc.root),
             "--log-level", "info",
             *(["--terminal"] if terminal else []), *(["--stdin"] if stdin else []),
+            *(["--leave-stdin-open"] if stdin and leave_stdin_open else []),
         ]
         read_fd, write_fd = os.pipe()
         try:
