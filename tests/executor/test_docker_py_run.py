@@ -50,6 +50,7 @@ async def test_docker_py_runs_standalone_containers(docker_cli: Docker, tmp_path
             c.stop(timeout=5)
             assert c.wait()["StatusCode"] == 0
             assert c.logs() == b"ready\nready\n"
+            assert c.attach(stdout=True, stderr=True, logs=True) == b"ready\nready\n"   # logs=1, stream=0
             report = client.containers.prune()
             assert report["ContainersDeleted"] == [c.id]
             with pytest.raises(NotFound):

@@ -16,10 +16,12 @@ import time
 
 from aiohttp import web
 
+from engineapi.bodykeys import CONTAINER_CREATE
 from engineapi.filters import request_filters
 from engineapi.hijack import hijack
 from engineapi.http import ApiError, Routes, json_response, query_bool, read_json
 from worker.executor.containers_api import RAW_STREAM, stream_content_type
+from worker.executor.logs import format_entry
 from worker.standalone.attach import AttachError, connect, relay
 from worker.standalone.containers import StandaloneContainers
 
@@ -65,7 +67,7 @@ def add_routes(app: web.Application, routes: Routes, standalone: StandaloneConta
     containers = standalone.containers
 
     async def create(request: web.Request) -> web.Response:
-        body = await read_json(request)
+        body = await read_json(request, CONTAINER_CREATE)
         cid = await standalone.create(body, request.query.get("name", ""))
         return json_response({"Id": cid, "Warnings": []}, status=201)
 
@@ -94,30 +96,44 @@ def add_routes(app: web.Application, routes: Routes, standalone: StandaloneConta
 
     async def attach(request: web.Request) -> web.StreamResponse:
         view, _ = await containers.get(request.match_info["id"])
-        if not query_bool(request, "stream") and not query_bool(request, "logs"):
+        live, logs = query_bool(request, "stream"), query_bool(request, "logs")
+        if not live and not logs:
             raise ApiError(400, "Bad parameters: you must choose at least one stream")
-        if view.status not in ("running", "created") and view.standalone is not None:
+        if live and view.status not in ("running", "created") and view.standalone is not None:
             view = await standalone.recreate(view.id)     # `docker start -a`: attach, then start
-        if view.status not in ("running", "created"):
+        if live and view.status not in ("running", "created"):
             raise ApiError(409, "You cannot attach to a stopped container, start it first")
         want_in = query_bool(request, "stdin") and view.config.stdin
-        try:
-            sock = await connect(containers.executor.layout.socket_dir, view.id)
-        except AttachError as e:
-            raise ApiError(409, str(e)) from None
+        want_out, want_err = query_bool(request, "stdout"), query_bool(request, "stderr")
+        sock = None
+        if live:
+            try:
+                sock = await connect(containers.executor.layout.socket_dir, view.id)
+            except AttachError as e:
+                raise ApiError(409, str(e)) from None
         tty = view.config.tty
         try:
             resp, stream = await hijack(request, RAW_STREAM if tty else stream_content_type(request))
         except BaseException:
-            sock.close()
+            if sock is not None:
+                sock.close()
             raise
         containers.emit("attach", view)
+        write = stream.write if stream is not None else resp.write
         try:
-            await relay(sock, stream.write if stream is not None else resp.write,
-                        stream.read if stream is not None and want_in else None, tty=tty,
-                        stdout=query_bool(request, "stdout"), stderr=query_bool(request, "stderr"),
-                        client_gone=stream.closed if stream is not None else None)
+            if logs:        # what it wrote so far, from its log, before what it writes next
+                async for entry in containers.executor.logs(view.id):
+                    if (entry.stream == "stderr" and want_err) or (entry.stream == "stdout" and want_out):
+                        await write(entry.message + b"\n" if tty else format_entry(entry))
+            if sock is not None:
+                await relay(sock, write, stream.read if stream is not None and want_in else None, tty=tty,
+                            stdout=want_out, stderr=want_err,
+                            client_gone=stream.closed if stream is not None else None)
+        except ConnectionError:
+            pass
         finally:
+            if sock is not None:
+                sock.close()
             if stream is not None:
                 stream.close()
         return resp
