@@ -160,3 +160,36 @@ VOLUME_CREATE = obj(Name=None, Driver=None, DriverOpts=TEXT_MAP, Labels=TEXT_MAP
 EXEC_CONFIG = obj(User=None, Privileged=None, Tty=None, ConsoleSize=None, AttachStdin=None, AttachStderr=None,
                   AttachStdout=None, Detach=None, DetachKeys=None, Env=None, WorkingDir=None, Cmd=None)
 EXEC_START = obj(Detach=None, Tty=None, ConsoleSize=None)
+
+# -- standalone containers and local networks (moby api/types/container: config.go, hostconfig.go;
+# api/types/network: endpoint.go; the connect/disconnect bodies) -----------------------------------
+ENDPOINT_SETTINGS = obj(
+    IPAMConfig=obj(IPv4Address=None, IPv6Address=None, LinkLocalIPs=None), Links=None, Aliases=None, MacAddress=None,
+    DriverOpts=TEXT_MAP, GwPriority=None, NetworkID=None, EndpointID=None, Gateway=None, IPAddress=None,
+    IPPrefixLen=None, IPv6Gateway=None, GlobalIPv6Address=None, GlobalIPv6PrefixLen=None, DNSNames=None,
+)
+HOST_CONFIG = obj(
+    Binds=None, ContainerIDFile=None, LogConfig=obj(Type=None, Config=TEXT_MAP), NetworkMode=None,
+    PortBindings=MapOf(ListOf(obj(HostIp=None, HostPort=None))), RestartPolicy=obj(Name=None, MaximumRetryCount=None),
+    AutoRemove=None, VolumeDriver=None, VolumesFrom=None, ConsoleSize=None, Annotations=TEXT_MAP, CapAdd=None,
+    CapDrop=None, CgroupnsMode=None, Dns=None, DnsOptions=None, DnsSearch=None, ExtraHosts=None, GroupAdd=None,
+    IpcMode=None, Cgroup=None, Links=None, OomScoreAdj=None, PidMode=None, Privileged=None, PublishAllPorts=None,
+    ReadonlyRootfs=None, SecurityOpt=None, StorageOpt=TEXT_MAP, Tmpfs=TEXT_MAP, UTSMode=None, UsernsMode=None,
+    ShmSize=None, Sysctls=TEXT_MAP, Runtime=None, Isolation=None, CpuShares=None, Memory=None, NanoCpus=None,
+    CgroupParent=None, BlkioWeight=None, CpuPeriod=None, CpuQuota=None, CpuRealtimePeriod=None, CpuRealtimeRuntime=None,
+    CpusetCpus=None, CpusetMems=None,
+    Devices=ListOf(obj(PathOnHost=None, PathInContainer=None, CgroupPermissions=None)),
+    DeviceCgroupRules=None, MemoryReservation=None, MemorySwap=None, MemorySwappiness=None, OomKillDisable=None,
+    PidsLimit=None, Ulimits=ListOf(obj(Name=None, Soft=None, Hard=None)), CpuCount=None, CpuPercent=None,
+    Mounts=ListOf(MOUNT), MaskedPaths=None, ReadonlyPaths=None, Init=None,
+)
+CONTAINER_CREATE = obj(
+    Hostname=None, Domainname=None, User=None, AttachStdin=None, AttachStdout=None, AttachStderr=None,
+    ExposedPorts=MapOf(obj()), Tty=None, OpenStdin=None, StdinOnce=None, Env=None, Cmd=None,
+    Healthcheck=obj(Test=None, Interval=None, Timeout=None, Retries=None, StartPeriod=None, StartInterval=None),
+    ArgsEscaped=None, Image=None, Volumes=MapOf(obj()), WorkingDir=None, Entrypoint=None, NetworkDisabled=None,
+    MacAddress=None, OnBuild=None, Labels=TEXT_MAP, StopSignal=None, StopTimeout=None, Shell=None,
+    HostConfig=HOST_CONFIG, NetworkingConfig=obj(EndpointsConfig=MapOf(ENDPOINT_SETTINGS)),
+)
+NETWORK_CONNECT = obj(Container=None, EndpointConfig=ENDPOINT_SETTINGS)
+NETWORK_DISCONNECT = obj(Container=None, Force=None)

@@ -11,7 +11,16 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from engineapi.bodykeys import SERVICE_SPEC, SWARM_INIT, MapOf, Obj, canonical_keys, obj
+from engineapi.bodykeys import (
+    CONTAINER_CREATE,
+    NETWORK_CONNECT,
+    SERVICE_SPEC,
+    SWARM_INIT,
+    MapOf,
+    Obj,
+    canonical_keys,
+    obj,
+)
 from engineapi.http import Routes, new_app
 from manager.store import Store
 from tests.api.support import NODE_ID, add_node, call
@@ -129,3 +138,15 @@ async def test_a_volume_create_in_lower_case(tmp_path: Path) -> None:
         assert made["Name"] == "lower-vol" and made["Labels"] == {"Keep": "Case"}
         status, err = await call(volumes, "POST", "/volumes/create", {"name": "v2", "labels": {"a": {}}})
         assert status == 400 and "Labels" in err["message"]
+
+
+def test_a_container_create_and_a_network_connect_in_any_case() -> None:
+    body = {"image": "busybox", "TTY": True, "cmd": ["sh"], "labels": {"Keep": "Case"},
+            "hostconfig": {"portbindings": {"80/tcp": [{"hostport": "8080"}]}, "restartpolicy": {"name": "always"}},
+            "networkingconfig": {"endpointsconfig": {"MyNet": {"aliases": ["a"], "ipamconfig": {"ipv4address": "x"}}}}}
+    assert canonical_keys(body, CONTAINER_CREATE) == {
+        "Image": "busybox", "Tty": True, "Cmd": ["sh"], "Labels": {"Keep": "Case"},
+        "HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": "8080"}]}, "RestartPolicy": {"Name": "always"}},
+        "NetworkingConfig": {"EndpointsConfig": {"MyNet": {"Aliases": ["a"], "IPAMConfig": {"IPv4Address": "x"}}}}}
+    assert canonical_keys({"container": "c", "endpointconfig": {"aliases": ["x"]}}, NETWORK_CONNECT) == {
+        "Container": "c", "EndpointConfig": {"Aliases": ["x"]}}

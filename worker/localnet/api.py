@@ -22,6 +22,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from engineapi.bodykeys import NETWORK_CONNECT, NETWORK_CREATE, NETWORK_DISCONNECT
 from engineapi.filters import parse_filters
 from engineapi.http import ApiError, Handler, Routes, json_response, read_json
 from worker.localnet.networks import PREDEFINED, LocalNetworks, predefined_api, public
@@ -99,7 +100,7 @@ def middleware(networks: LocalNetworks) -> Any:
         return await handler(request)
 
     async def create(request: web.Request, handler: Handler) -> web.StreamResponse:
-        body = await read_json(request)
+        body = await read_json(request, NETWORK_CREATE)
         if not isinstance(body, dict):
             return await handler(request)
         driver = body.get("Driver") or "bridge"
@@ -140,7 +141,7 @@ def add_routes(app: web.Application, routes: Routes, networks: LocalNetworks,
     app.middlewares.append(middleware(networks))
 
     async def connect(request: web.Request) -> web.Response:
-        body = await read_json(request)
+        body = await read_json(request, NETWORK_CONNECT)
         if not isinstance(body, dict) or not isinstance(body.get("Container"), str):
             raise ApiError(400, "Container is required")
         view, ctl = await containers.get(body["Container"])
@@ -152,7 +153,7 @@ def add_routes(app: web.Application, routes: Routes, networks: LocalNetworks,
         return web.Response(status=200)
 
     async def disconnect(request: web.Request) -> web.Response:
-        body = await read_json(request)
+        body = await read_json(request, NETWORK_DISCONNECT)
         if not isinstance(body, dict) or not isinstance(body.get("Container"), str):
             raise ApiError(400, "Container is required")
         view, ctl = await containers.get(body["Container"])
