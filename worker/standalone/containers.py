@@ -107,7 +107,8 @@ class StandaloneContainers:
         containers.removal_hooks.append(self.networks.release)
         self.networks.on_change = self.refresh_hosts
         self._reserved: set[str] = set()          # names of containers being created
-        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._watchers: set[asyncio.Task[None]] = set()      # one per run of a started container
+        self._restarting: set[str] = set()                   # their exit is no end: no auto-remove
         self._closed = False
 
     # ---- create ----------------------------------------------------------------------------
@@ -242,8 +243,12 @@ class StandaloneContainers:
 
     async def restart(self, ref: str, timeout: float | None) -> None:
         view, _ = await self._standalone(ref)
-        await self.containers.stop(view.id, timeout, None)
-        await self.start(view.id)
+        self._restarting.add(view.id)
+        try:
+            await self.containers.stop(view.id, timeout, None)
+            await self.start(view.id)
+        finally:
+            self._restarting.discard(view.id)
         self.containers.emit("restart", view)
 
     async def rename(self, ref: str, new: str) -> None:
@@ -304,12 +309,12 @@ class StandaloneContainers:
 
     # ---- watchers --------------------------------------------------------------------------
     def watch(self, ctl: ContainerController) -> None:
-        """Follow a started container until it exits (idempotent)."""
-        if self._closed or ctl.id in self._watchers:
+        """Follow a started container until this run of it exits."""
+        if self._closed:
             return
         task = asyncio.ensure_future(self._follow(ctl))
-        self._watchers[ctl.id] = task
-        task.add_done_callback(lambda _: self._watchers.pop(ctl.id, None))
+        self._watchers.add(task)
+        task.add_done_callback(self._watchers.discard)
 
     async def _follow(self, ctl: ContainerController) -> None:
         try:
@@ -319,7 +324,7 @@ class StandaloneContainers:
             return
         view = await self.containers.view_of(ctl)
         self.containers.emit("die", view, exitCode=str(status.exit_code))
-        if view.auto_remove:
+        if view.auto_remove and view.id not in self._restarting and view.status != "running":
             await self._auto_remove(view.id)
 
     async def _auto_remove(self, cid: str) -> None:
@@ -344,7 +349,7 @@ class StandaloneContainers:
 
     async def close(self) -> None:
         self._closed = True
-        watchers = list(self._watchers.values())
+        watchers = list(self._watchers)
         for task in watchers:
             task.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
