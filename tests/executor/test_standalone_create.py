@@ -69,6 +69,7 @@ def test_binds_volumes_and_tmpfs() -> None:
     ({"HostConfig": {"Mounts": ["x"]}}, "HostConfig.Mounts must be a list of objects"),
     ({"HostConfig": {"ExtraHosts": ["nohost"]}}, "invalid extra host: nohost"),
     ({"Env": ["=x"]}, "invalid environment variable: =x"),
+    ({"Env": [""]}, "invalid environment variable: "),
     ({"WorkingDir": "relative"}, "the working directory 'relative' is invalid"),
     ({"User": 5}, "User must be a string"),
     ({"Cmd": [1]}, "Cmd must be a list of strings"),
@@ -87,3 +88,21 @@ def test_no_command_and_names() -> None:
     for bad in ("", "a", "-x", "bad name", "x/y"):
         with pytest.raises(CreateError, match="Invalid container name"):
             container_name(bad)
+
+
+def test_what_dockerd_echoes_env_without_value_tmpfs_log_config() -> None:
+    made = make({"Env": ["Foo", "Other=one", "Blank="], "HostConfig": {
+        "Tmpfs": {"/tmp1": "size=3M"}, "LogConfig": {"Type": "json-file", "Config": {"max-file": "100"}},
+        "Isolation": "default", "MemorySwap": -1}})
+    assert sorted(made.record["Config"]["Env"]) == sorted(["PATH=/bin", "A=image", "Foo", "Other=one", "Blank="])
+    assert "Foo" not in made.config.env and "Blank=" in made.config.env
+    assert made.record["HostConfig"]["Tmpfs"] == {"/tmp1": "size=3M"}
+    assert [m.tmpfs_size for m in made.config.mounts] == [3 * 1024 * 1024]
+    assert made.record["HostConfig"]["LogConfig"] == {"Type": "json-file", "Config": {"max-file": "100"}}
+    assert made.record["HostConfig"]["Isolation"] == "default" and made.record["HostConfig"]["MemorySwap"] == -1
+    assert make({"HostConfig": {"LogConfig": {"Type": ""}}}).record["HostConfig"]["LogConfig"] == {
+        "Type": "json-file", "Config": {}}
+    with pytest.raises(CreateError, match="logger: no log driver named 'asdf-nope' is registered"):
+        make({"HostConfig": {"LogConfig": {"Type": "asdf-nope"}}})
+    with pytest.raises(CreateError, match="invalid tmpfs size"):
+        make({"HostConfig": {"Tmpfs": {"/t": "size=lots"}}})

@@ -108,7 +108,8 @@ def _mounts(config: dict[str, Any], host: dict[str, Any]) -> list[MountSpec]:
     tmpfs = host.get("Tmpfs") or {}
     if not isinstance(tmpfs, dict):
         raise CreateError(400, "HostConfig.Tmpfs must be an object")
-    mounts += [MountSpec(type="tmpfs", target=str(t)) for t in tmpfs]
+    mounts += [MountSpec(type="tmpfs", target=str(t), tmpfs_size=_tmpfs_size(str(t), o))
+               for t, o in tmpfs.items()]
     taken = {m.target for m in mounts}
     volumes = config.get("Volumes") or {}
     if not isinstance(volumes, dict):
@@ -134,6 +135,36 @@ def _extra_hosts(host: dict[str, Any]) -> list[str]:
             raise CreateError(400, f"invalid extra host: {entry}: must be host:ip")
         out.append(f"{address} {name}")
     return out
+
+
+SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
+LOG_DRIVERS = ("", "json-file", "k8s-file")
+
+
+def _tmpfs_size(target: str, options: Any) -> int:
+    """The `size=` of a `--tmpfs /path:size=3M,...` option string (0: the kernel's default)."""
+    for option in str(options or "").split(","):
+        key, _, value = option.partition("=")
+        if key == "size":
+            number, unit = value.rstrip("bkmgBKMG"), value[len(value.rstrip("bkmgBKMG")):].lower().rstrip("b")
+            if not number.isdigit() or unit not in SIZE_UNITS:
+                raise CreateError(400, f"invalid tmpfs size for {target}: {value!r}")
+            return int(number) * SIZE_UNITS[unit]
+    return 0
+
+
+def _log_config(host: dict[str, Any]) -> dict[str, Any]:
+    """dockerd's echo of HostConfig.LogConfig; the log is always the shim's file (`docker logs`)."""
+    config = host.get("LogConfig") or {}
+    if not isinstance(config, dict):
+        raise CreateError(400, "HostConfig.LogConfig must be an object")
+    driver = config.get("Type") or ""
+    if driver not in LOG_DRIVERS:
+        raise CreateError(400, f"logger: no log driver named '{driver}' is registered")
+    options = config.get("Config") or {}
+    if not isinstance(options, dict):
+        raise CreateError(400, "HostConfig.LogConfig.Config must be an object")
+    return {"Type": "json-file", "Config": options}
 
 
 def _count(host: dict[str, Any], key: str, *, allow_negative: bool = False) -> int:
@@ -179,11 +210,15 @@ def from_body(cid: str, name: str, body: Any, image_ref: str, image_config: dict
     tty, open_stdin = bool(body.get("Tty")), bool(body.get("OpenStdin"))
     env_given = _strings(body.get("Env"), "Env") or []
     for entry in env_given:
-        if "=" not in entry or entry.startswith("="):
+        if entry.startswith("=") or not entry:
             raise CreateError(400, f"invalid environment variable: {entry}")
-    env = merge_env(image.get("Env") or [], env_given)
+    # "KEY" without a value is kept as given (inspect shows it) but sets nothing, as with dockerd
+    echoed_env = merge_env(image.get("Env") or [], [e for e in env_given if "=" in e]) \
+        + [e for e in env_given if "=" not in e]
+    env = [e for e in echoed_env if "=" in e]
     if tty and not any(e.startswith("TERM=") for e in env):
         env.append("TERM=xterm")
+        echoed_env.append("TERM=xterm")
     for key in ("User", "Hostname", "Domainname", "StopSignal", "WorkingDir"):
         if not isinstance(body.get(key) or "", str):
             raise CreateError(400, f"{key} must be a string")
@@ -219,7 +254,7 @@ def from_body(cid: str, name: str, body: Any, image_ref: str, image_config: dict
         "Hostname": config.hostname or cid[:12], "Domainname": str(body.get("Domainname") or ""),
         "User": config.user, "AttachStdin": bool(body.get("AttachStdin")),
         "AttachStdout": bool(body.get("AttachStdout")), "AttachStderr": bool(body.get("AttachStderr")),
-        "Tty": tty, "OpenStdin": open_stdin, "StdinOnce": bool(body.get("StdinOnce")), "Env": env,
+        "Tty": tty, "OpenStdin": open_stdin, "StdinOnce": bool(body.get("StdinOnce")), "Env": echoed_env,
         "Cmd": cmd if cmd is not None else (None if entrypoint else image.get("Cmd")),
         "Entrypoint": entrypoint if entrypoint is not None else image.get("Entrypoint"),
         "Image": image_ref, "WorkingDir": cwd, "Labels": config.labels,
@@ -231,6 +266,10 @@ def from_body(cid: str, name: str, body: Any, image_ref: str, image_config: dict
         "NetworkMode": str(host.get("NetworkMode") or "default"), "AutoRemove": auto_remove,
         "RestartPolicy": {"Name": policy or "no", "MaximumRetryCount": 0},
         "ExtraHosts": _strings(host.get("ExtraHosts"), "HostConfig.ExtraHosts"),
+        "LogConfig": _log_config(host), "Tmpfs": host.get("Tmpfs") or None,
+        "Isolation": str(host.get("Isolation") or ""),
+        "MemorySwap": _count(host, "MemorySwap", allow_negative=True),
+        "MemorySwappiness": host.get("MemorySwappiness") if isinstance(host.get("MemorySwappiness"), int) else None,
     }
     record = {"Created": now, "Config": echoed_config, "HostConfig": echoed_host}
     sources = [m.source for m in mounts if m.type == "bind" and any(b.split(":")[0] == m.source for b in binds or [])]
