@@ -168,6 +168,8 @@ async def test_bad_input(docker: Docker) -> None:
     assert code == 125 and "network nosuchnet not found" in err
     code, _, err = await docker.run("run", "--rm", "-u", "nosuchuser", "busybox", "true", ok=False)
     assert code == 125 and "unable to find user nosuchuser" in err
+    code, _, err = await docker.run("run", "-p", "8080:80", "busybox", "true", ok=False)
+    assert code == 125 and "publishing ports (-p) (HostConfig.PortBindings) is not supported" in err
     code, _, err = await docker.run("start", "nosuch", ok=False)
     assert code == 1 and "No such container: nosuch" in err
     code, _, err = await docker.run("rename", "nosuch", "other", ok=False)

@@ -70,6 +70,9 @@ def test_binds_volumes_and_tmpfs() -> None:
     ({"HostConfig": {"ExtraHosts": ["nohost"]}}, "invalid extra host: nohost"),
     ({"Env": ["=x"]}, "invalid environment variable: =x"),
     ({"Env": [""]}, "invalid environment variable: "),
+    ({"HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": "8080"}]}}}, "publishing ports (-p)"),
+    ({"HostConfig": {"Privileged": True}}, "--privileged (HostConfig.Privileged) is not supported"),
+    ({"HostConfig": {"PidMode": "host"}}, "--pid"),
     ({"WorkingDir": "relative"}, "the working directory 'relative' is invalid"),
     ({"User": 5}, "User must be a string"),
     ({"Cmd": [1]}, "Cmd must be a list of strings"),
@@ -106,3 +109,9 @@ def test_what_dockerd_echoes_env_without_value_tmpfs_log_config() -> None:
         make({"HostConfig": {"LogConfig": {"Type": "asdf-nope"}}})
     with pytest.raises(CreateError, match="invalid tmpfs size"):
         make({"HostConfig": {"Tmpfs": {"/t": "size=lots"}}})
+
+
+def test_unset_options_sent_by_clients_are_accepted() -> None:
+    made = make({"HostConfig": {"PortBindings": {}, "Privileged": False, "CapAdd": None, "PidMode": "",
+                                "IpcMode": "private", "Links": None, "Devices": []}})
+    assert made.config.args == ["sh"]

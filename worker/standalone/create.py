@@ -137,6 +137,11 @@ def _extra_hosts(host: dict[str, Any]) -> list[str]:
     return out
 
 
+# What a standalone container cannot have yet: refused when asked for, never silently dropped.
+UNSUPPORTED = (("PortBindings", "publishing ports (-p)"), ("PublishAllPorts", "publishing ports (-P)"),
+               ("Privileged", "--privileged"), ("CapAdd", "--cap-add"), ("PidMode", "--pid"),
+               ("VolumesFrom", "--volumes-from"), ("Links", "--link"), ("Devices", "--device"),
+               ("IpcMode", "--ipc"), ("UTSMode", "--uts"), ("GroupAdd", "--group-add"))
 SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
 LOG_DRIVERS = ("", "json-file", "k8s-file")
 
@@ -197,6 +202,9 @@ def from_body(cid: str, name: str, body: Any, image_ref: str, image_config: dict
     if policy not in RESTART_POLICIES:
         raise CreateError(400, f"restart policy {policy!r} is not supported by shoal's standalone "
                                "containers (only \"no\"); run it as a swarm service to have it restarted")
+    for key, flag in UNSUPPORTED:
+        if host.get(key) and host.get(key) not in ("", "default", "private", "shareable"):
+            raise CreateError(400, f"{flag} (HostConfig.{key}) is not supported by shoal's standalone containers")
     auto_remove = bool(host.get("AutoRemove"))
     entrypoint = _strings(body.get("Entrypoint"), "Entrypoint")
     cmd = _strings(body.get("Cmd"), "Cmd")
