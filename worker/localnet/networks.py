@@ -214,7 +214,8 @@ class LocalNetworks:
         if mode not in ISOLATED:
             network = self.find(mode)
             if network is None or network["Name"] in PREDEFINED:
-                raise ApiError(404, f"network {mode} not found")
+                raise ApiError(404, f"network {mode} not found (docker run takes local bridge networks; "
+                                    "swarm overlay networks cannot be given to it yet)")
         path = self.namespace(cid)
         await asyncio.to_thread(self.datapath.create_namespace, path)
         if network is None:
