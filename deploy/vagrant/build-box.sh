@@ -13,8 +13,15 @@
 # loop0p1, no grub-install onto a loop disk), so the root file system is made through an offset
 # loop device and grub's boot images are written by hand; both machine-id files are emptied as
 # the very last step, or every VM would share one machine-id, hence one set of interface MACs,
-# and VXLAN between them fails.
+# and VXLAN between them fails. Another trap: a mount made in the host's mount namespace is copied
+# into every namespace created meanwhile (`ip netns exec`, labs, tests), and there outlives our
+# umount, so the file system is never flushed (`needs_recovery`: the guests then find it damaged
+# and remount / read-only). The build runs in a private mount namespace of its own, and checks the
+# file system is clean before packing it.
 set -euo pipefail
+if [ -z "${SHOAL_BOX_PRIVATE_MOUNTS:-}" ]; then
+    SHOAL_BOX_PRIVATE_MOUNTS=1 exec unshare --mount --propagation private "$0" "$@"
+fi
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache=${SHOAL_BOX_CACHE:-/var/cache/shoal-vagrant}
@@ -167,9 +174,17 @@ dd if="$work/core.img" of="$img" bs=512 seek=1 conv=notrunc status=none
 : > "$root/etc/machine-id"
 rm -f "$root/var/lib/dbus/machine-id"
 ln -s /etc/machine-id "$root/var/lib/dbus/machine-id"
-for m in dev/pts dev proc sys; do umount -l "$root/$m"; done
+for pid in /proc/[0-9]*; do  # anything a package script left running inside the chroot
+    if [ "$(readlink "$pid/root" 2>/dev/null)" = "$root" ]; then kill -9 "${pid#/proc/}" 2>/dev/null || true; fi
+done
+for m in dev/pts dev proc sys; do umount "$root/$m"; done
 fstrim "$root" 2>/dev/null || true
 umount "$root"
+sync
+if dumpe2fs -h "$loop" 2>/dev/null | grep -q needs_recovery || ! e2fsck -fn "$loop" >/dev/null 2>&1; then
+    log "the root file system is not clean after umount"
+    exit 1
+fi
 losetup -d "$loop"
 loop=
 log "qcow2"

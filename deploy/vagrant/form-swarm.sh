@@ -78,7 +78,7 @@ provisioned_address() {  # what provision.sh wrote into the node's /etc/default/
 if [ -n "$install" ]; then
     for host in "${managers[@]}" "${workers[@]}"; do
         log "$host: rsync checkout, provision"
-        on "$host" sudo mkdir -p /opt/shoal/src
+        on "$host" 'sudo mkdir -p /opt/shoal/src && { command -v rsync >/dev/null || sudo apt-get install -y -q rsync; }'
         rsync -a --delete --rsync-path="sudo rsync" -e "ssh ${ssh_opts[*]}" \
             --exclude .git/ --exclude .venv/ --exclude .vagrant/ --exclude __pycache__/ --exclude '*.egg-info/' \
             --exclude .mypy_cache/ --exclude .ruff_cache/ --exclude .pytest_cache/ --exclude .hypothesis/ \
