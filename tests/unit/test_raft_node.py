@@ -52,7 +52,7 @@ async def until(pred: Callable[[], bool], timeout: float = 10.0) -> None:
 class Cluster:
     def __init__(self, root: Path, n: int, **opts) -> None:
         self.root = root
-        self.opts = dict(tick_interval=0.01, election_tick=10, **opts)
+        self.opts = {"tick_interval": 0.01, "election_tick": 10, **opts}
         self.ids = list(range(1, n + 1))
         self.nodes: dict[int, RaftNode] = {}
         self.sms: dict[int, Counter] = {}
@@ -204,11 +204,14 @@ async def test_leader_replicates_during_its_own_fsync_but_acks_only_after_it(tmp
 
     for g in gates.values():
         g.set()
-    c = Cluster(tmp_path, 3)
+    # Elections 0.5-1 s apart: on a loaded machine a 100 ms one can elect a follower meanwhile,
+    # which would then commit and apply the entry by itself (not what this test is about).
+    c = Cluster(tmp_path, 3, election_tick=50)
     try:
         for i in c.ids:
             await c.start(i, fsync=gated_fsync(i))
         leader = await c.leader()
+        term = leader.status()["term"]
         await leader.propose(put("warm", "up"))
         gates[leader.id].clear()                    # the leader's disk now hangs
         target = leader.status()["last_index"] + 1
@@ -222,6 +225,7 @@ async def test_leader_replicates_during_its_own_fsync_but_acks_only_after_it(tmp
         ticks = {f.id: f.ticks for f in followers}
         await until(lambda: all(f.ticks >= ticks[f.id] + 5 for f in followers))
         assert not pending.done()
+        assert all(f.status()["term"] == term for f in followers), "an election happened meanwhile"
         assert all(c.sms[f.id].data.get("k") is None for f in followers)    # ...but nobody applies it
         gates[leader.id].set()
         assert await pending == 2
