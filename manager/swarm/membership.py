@@ -29,7 +29,8 @@ from typing import Any
 
 from manager.store import ReadTx, Store, WriteTx, retry_on_conflict
 from model import Node, Reachability
-from raft.node import Member, RaftNode, write_refused_members
+from raft.members import Member, write_refused_members
+from raft.node import RaftNode
 from raft.transport import parse_address
 from raft.types import NotLeader
 from rpc.errors import FailedPrecondition, InvalidArgument, NotLeaderError, Unavailable

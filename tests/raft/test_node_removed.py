@@ -15,15 +15,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from raft.node import (
-    Member,
-    NodeOptions,
-    RaftNode,
-    _unwrap_snapshot,
-    _wrap_snapshot,
-    read_refused_members,
-    write_refused_members,
-)
+from raft.members import Member, _unwrap_snapshot, _wrap_snapshot, read_refused_members, write_refused_members
+from raft.node import NodeOptions, RaftNode
 from raft.types import Entry, Role
 
 ELECTION_TICK = 10
