@@ -29,8 +29,8 @@ LOG_DIR = Path(os.environ.get("SHOAL_VM_TEST_LOGS", "/tmp/shoal-vm-test"))
 # The page names the task's addresses, so an answer says which task (hence which VM) gave it.
 WEB_ARGS = ["sh", "-c", "{ echo \"hello from $(hostname)\"; ip -4 -o addr; } > /tmp/index.html; "
                         "exec httpd -f -p 80 -h /tmp"]
-PROBE_ARGS = ["sh", "-c", "while true; do echo \"probe: $(wget -qO- -T 3 http://web/ | tr '\\n' ' ')\"; "
-                          "sleep 1; done"]
+# Bounded by busybox's `timeout`: busybox-static's `wget -T` crashes (SIGSEGV; see tests/swarm/helpers.py).
+PROBE_ARGS = ["sh", "-c", "while true; do echo \"probe: $(timeout 3 wget -qO- http://web/)\"; sleep 1; done"]
 
 
 def service_spec(name: str, args: list[str], replicas: int, **extra: Any) -> dict[str, Any]:
