@@ -1,0 +1,88 @@
+"""Chaos at the swarm level (issue 15, item 3): on 3 managers + 3 workers a seeded nemesis kills
+the leader and workers, cuts nodes off and restarts daemons while a driver changes services through
+any manager; after every undo and at the end the invariants of tests/swarm/chaos.py must hold.
+
+The seed is printed first and named in every failure; SHOAL_CHAOS_SEED=N replays it."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from cli.lab import Lab
+from tests.swarm import chaos
+from tests.swarm.helpers import load_busybox_everywhere, set_heartbeat
+
+# After an undo (heal, restart), the seconds within which the swarm must have converged.
+CONVERGE_BOUND = float(os.environ.get("SHOAL_CHAOS_CONVERGE_BOUND", "15"))
+GIVE_UP = 90.0  # how long a failing convergence is watched, to report what stayed wrong
+
+
+def seeds(count: int) -> list[int]:
+    fixed = os.environ.get("SHOAL_CHAOS_SEED")
+    if fixed:
+        return [int(fixed)]
+    return [random.randrange(1, 1_000_000) for _ in range(count)]
+
+
+def chaos_lab(make_lab: Callable[..., Lab], tmp_path: Path) -> Lab:
+    lab = make_lab(managers=3, workers=3, swarm=True)
+    load_busybox_everywhere(lab, tmp_path, chaos.IMAGE)
+    set_heartbeat(lab, "manager-1", 1)  # failures detected within ~3 s
+    return lab
+
+
+def converge(lab: Lab, seed: int, since: float, after: str) -> float:
+    took, left = chaos.wait_converged(lab, since, GIVE_UP)
+    print(f"seed {seed}: converged {took:.1f}s after {after}" if not left else
+          f"seed {seed}: NOT converged {took:.1f}s after {after}: {left}", flush=True)
+    assert not left, f"seed {seed}: not converged {took:.0f}s after {after}: {left}"
+    return took
+
+
+def run_chaos(lab: Lab, seed: int, seconds: float) -> list[float]:
+    """Episodes for `seconds`, then the final checks; returns the convergence times."""
+    print(f"\nchaos seed {seed} (replay: SHOAL_CHAOS_SEED={seed})", flush=True)
+    nemesis, driver = chaos.Nemesis(lab, seed), chaos.Driver(lab, seed)
+    times: list[float] = []
+    end = time.monotonic() + seconds
+    driver.start()
+    try:
+        for _ in range(200):
+            if time.monotonic() > end:
+                break
+            what = nemesis.episode()
+            undone = time.monotonic()
+            driver.pause()
+            assert driver.error is None, f"seed {seed}: the driver failed: {driver.error!r}"
+            times.append(converge(lab, seed, undone, what))
+            chaos.check_acknowledged(lab, driver.ledger, seed)
+            driver.resume()
+    finally:
+        driver.stop()
+    assert driver.error is None, f"seed {seed}: the driver failed: {driver.error!r}"
+    times.append(converge(lab, seed, time.monotonic(), "the end"))
+    chaos.check_acknowledged(lab, driver.ledger, seed)
+    print(f"seed {seed}: {len(nemesis.history)} faults, {driver.ledger.acks} acknowledged changes, "
+          f"{driver.ledger.unknown} attempts of unknown outcome; convergence after each undo: "
+          f"{', '.join(f'{t:.1f}' for t in times)} s (max {max(times):.1f} s)", flush=True)
+    slow = [(what, t) for what, t in zip(nemesis.history, times, strict=False) if t > CONVERGE_BOUND]
+    assert not slow, f"seed {seed}: converged later than {CONVERGE_BOUND:.0f}s after: {slow}"
+    return times
+
+
+def test_chaos_two_minutes(make_lab: Callable[..., Lab], tmp_path: Path) -> None:
+    lab = chaos_lab(make_lab, tmp_path)
+    run_chaos(lab, seeds(1)[0], seconds=75)
+
+
+@pytest.mark.slow
+def test_chaos_three_seeds(make_lab: Callable[..., Lab], tmp_path: Path) -> None:
+    lab = chaos_lab(make_lab, tmp_path)
+    for seed in seeds(3):
+        run_chaos(lab, seed, seconds=240)
