@@ -170,6 +170,11 @@ def build_host(config: DaemonConfig) -> Host:
     task_executor = EventfulTaskExecutor(task_executor, executor, container_publisher(events))
     if metrics is not None:
         task_executor = TimedTaskExecutor(task_executor, metrics.container_started)
+
+    async def task_containers() -> list[str]:
+        """The task IDs of the swarm task containers on this host (a task container's ID is its task's)."""
+        return [c.id for c in await executor.list_existing() if "com.docker.swarm.task.id" in c.config.labels]
+
     swarm = SwarmNode(config.data_dir, listen_addr=config.listen_addr, advertise_addr=config.advertise_addr,
                       hostname=hostname,
                       executor=task_executor,
@@ -177,7 +182,7 @@ def build_host(config: DaemonConfig) -> Host:
                       leader_loops=[partial(Orchestration, on_assigned=metrics.manager.task_assigned)
                                     if metrics is not None else Orchestration],
                       logs=executor, dependencies=dependencies, networking=networking,
-                      metrics=metrics.manager if metrics is not None else None)
+                      metrics=metrics.manager if metrics is not None else None, task_containers=task_containers)
     app = new_app(linearizable_reads)
     app[system.SWARM_INFO] = swarm
     app[CLUSTER] = swarm

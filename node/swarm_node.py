@@ -72,7 +72,8 @@ class SwarmNode:
                  executor: TaskExecutor, description: Callable[[], dict[str, Any]],
                  leader_loops: list[LeaderLoopFactory], logs: ContainerLogs | None = None,
                  dependencies: Dependencies | None = None, networking: NodeNetworking | None = None,
-                 metrics: ManagerMetrics | None = None) -> None:
+                 metrics: ManagerMetrics | None = None,
+                 task_containers: Callable[[], Awaitable[list[str]]] | None = None) -> None:
         self.data_dir = data_dir
         self.default_listen = listen_addr
         self.default_advertise = advertise_addr
@@ -84,6 +85,7 @@ class SwarmNode:
         self._dependencies = dependencies   # secrets and configs, shared with the executor
         self._networking = networking       # the task sandboxes, shared with the executor
         self._metrics = metrics             # the manager's metric hooks, when the daemon serves metrics
+        self._task_containers = task_containers   # task IDs of the task containers on this host
         self.state: LocalSwarmState | None = LocalSwarmState.load(data_dir)
         self.creds: NodeCredentials | None = None
         self.runtime: ManagerRuntime | None = None
@@ -197,7 +199,8 @@ class SwarmNode:
         self.agent = Agent(state.node_id, state.managers or [state.advertise_addr], self.client_context,
                            self._executor, self.description, split_host_port(state.advertise_addr)[0],
                            on_managers=self._on_managers, on_node=self._on_node, logs=self._logs,
-                           dependencies=self._dependencies, networking=self._networking)
+                           dependencies=self._dependencies, networking=self._networking,
+                           leftover_containers=self._task_containers)
         self._spawn(self.agent.run(), "agent")
 
     async def start_manager(self, bootstrap: bool, members: dict[int, str]) -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from cli.lab import Lab
 from tests.swarm import chaos
-from tests.swarm.helpers import load_busybox_everywhere, set_heartbeat
+from tests.swarm.helpers import eventually, load_busybox_everywhere, set_heartbeat
 
 # After an undo (heal, restart), the seconds within which the swarm must have converged.
 CONVERGE_BOUND = float(os.environ.get("SHOAL_CHAOS_CONVERGE_BOUND", "15"))
@@ -86,3 +86,24 @@ def test_chaos_three_seeds(make_lab: Callable[..., Lab], tmp_path: Path) -> None
     lab = chaos_lab(make_lab, tmp_path)
     for seed in seeds(3):
         run_chaos(lab, seed, seconds=240)
+
+
+def test_a_restarted_worker_removes_the_containers_of_tasks_gone_meanwhile(make_lab: Callable[..., Lab],
+                                                                             tmp_path: Path) -> None:
+    """Found by the chaos test (seed 221901): a worker's daemon stops (its containers live on), it is
+    marked down and the service is removed meanwhile, the daemon starts again; the complete assignment set lacks
+    the task, and its container used to run on with no task."""
+    lab = make_lab(managers=1, workers=1, swarm=True)
+    load_busybox_everywhere(lab, tmp_path, chaos.IMAGE)
+    set_heartbeat(lab, "manager-1", 1)
+    spec = chaos.spec_for("leftover", 1, ("GEN=0",))
+    spec["TaskTemplate"]["Placement"] = {"Constraints": ["node.hostname==worker-1"]}
+    chaos.call(lab, "manager-1", "POST", "/services/create", spec)
+    eventually(lambda: chaos.runc_running(lab, "worker-1"), what="the task's container on worker-1")
+    lab.stop("worker-1")
+    eventually(lambda: chaos.call(lab, "manager-1", "GET", "/nodes/worker-1")["Status"]["State"] == "down",
+               what="worker-1 to be marked down")
+    chaos.call(lab, "manager-1", "DELETE", "/services/leftover")
+    lab.start("worker-1")
+    eventually(lambda: not chaos.runc_running(lab, "worker-1"), timeout=15,
+               what="worker-1 to remove the container of the removed service's task")

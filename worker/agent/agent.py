@@ -8,7 +8,10 @@ Theory of operation:
 - Heartbeats go every `period`; a heartbeat that fails ends the session and starts the search.
 - Assignments: a complete set (in chunks) replaces what the agent runs; increments follow.
   Each task has a runner, owned by the agent's TaskGroup; a task that leaves the set is
-  stopped and its container removed.
+  stopped and its container removed. A task container the agent has no runner for (one left
+  running across a daemon restart whose task the cluster meanwhile replaced or removed) is
+  killed and removed after each complete set that lacks its task (`leftover_containers` lists
+  them), as swarmkit's worker does with the tasks of its local store.
 - Status updates are queued per task (only the newest counts) and sent in batches over the
   current session; what could not be sent stays queued for the next session.
 - Secrets and configs ride on the assignment messages of the tasks that use them; they are kept
@@ -40,7 +43,7 @@ import contextlib
 import logging
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aio import Backoff
@@ -60,6 +63,7 @@ MAX_BACKOFF = 2.0
 REMOVE_RETRY = 0.2      # seconds between attempts to remove a container after a temporary error
 REMOVE_ATTEMPTS = 4     # attempts to remove a container whose removal fails for another reason
 ACK_TIMEOUT = 5.0       # seconds an acknowledgement of applied networks may take
+LEFTOVER_TIMEOUT = 20.0 # seconds to kill and remove the containers of tasks a complete set lacks
 
 
 class Agent:
@@ -68,8 +72,10 @@ class Agent:
                  on_managers: Callable[[list[str]], None] | None = None,
                  on_node: Callable[[dict[str, Any]], None] | None = None,
                  logs: ContainerLogs | None = None, dependencies: Dependencies | None = None,
-                 networking: TaskNetworking | None = None) -> None:
+                 networking: TaskNetworking | None = None,
+                 leftover_containers: Callable[[], Awaitable[list[str]]] | None = None) -> None:
         self.node_id = node_id
+        self._leftover_containers = leftover_containers   # task IDs of the node's task containers
         self.managers = list(managers)
         self._ssl_context = ssl_context
         self._executor = executor
@@ -217,9 +223,25 @@ class Agent:
         if not message.get("more"):
             for task_id in set(self._runners) - self._complete_seen:
                 self._unassign(task_id)
+            if self._leftover_containers is not None and self._group is not None:
+                self._group.create_task(self._remove_leftovers(self._complete_seen), name="agent-leftovers")
             self._complete_seen = None
             self._retain_due = True
             self._network_work.set()
+
+    async def _remove_leftovers(self, assigned: set[str]) -> None:
+        """Kill and remove the task containers of tasks neither in the complete set `assigned`
+        nor run by a runner (bounded; a failure is logged and the next complete set tries again)."""
+        assert self._leftover_containers is not None
+        try:
+            found = await self._leftover_containers()
+        except Exception as e:
+            log.warning("listing the node's task containers: %s", e)
+            return
+        stale = sorted(t for t in found if t not in assigned and t not in self._runners)
+        if stale:
+            log.info("removing the containers of tasks this node no longer has", extra={"tasks": stale})
+            await remove_task_containers(self._executor, stale, LEFTOVER_TIMEOUT)
 
     def _assign(self, task: Task) -> None:
         self.dependencies.bind(task)
