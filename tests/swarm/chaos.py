@@ -39,7 +39,8 @@ OP_BUDGET = 20.0            # one driver operation, retries included
 NO_SERVICE = None           # the state of a name whose service does not exist
 
 # A service's state as the driver sees it: (replicas, env) or NO_SERVICE.
-State = tuple[int, tuple[str, ...]] | None
+Shape = tuple[int, tuple[str, ...]]
+State = Shape | None
 
 
 def call(lab: Lab, node: str, method: str, path: str, body: Any = None, **params: Any) -> Any:
@@ -83,7 +84,7 @@ def spec_for(name: str, replicas: int, env: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
-def state_of(spec: dict[str, Any]) -> State:
+def state_of(spec: dict[str, Any]) -> Shape:
     return (int(spec["Mode"]["Replicated"]["Replicas"]),
             tuple(spec["TaskTemplate"]["ContainerSpec"].get("Env") or ()))
 
@@ -165,9 +166,9 @@ class Driver(threading.Thread):
         self.generation += 1
         env = (f"GEN={self.generation}",)
         if known is NO_SERVICE and not self.ledger.maybe[name]:
-            self.create(name, via, self.rng.randint(1, 3), env)
+            self.create(name, self.rng.randint(1, 3), env)
         elif roll < 0.15:
-            self.remove(name, via)
+            self.remove(name)
         elif roll < 0.55:
             self.update(name, via, scale=self.rng.randint(1, 3))
         else:
@@ -198,13 +199,13 @@ class Driver(threading.Thread):
                 self.stopping.wait(0.2)  # pacing between a careful client's retries
         return "gave up"
 
-    def create(self, name: str, via: str, replicas: int, env: tuple[str, ...]) -> None:
+    def create(self, name: str, replicas: int, env: tuple[str, ...]) -> None:
         outcome = self.attempt("create", name, (replicas, env),
                                lambda v: call(self.lab, v, "POST", "/services/create", spec_for(name, replicas, env)))
         if outcome not in ("acked", "gave up") and "already exists" not in outcome and "conflict" not in outcome:
             self.log.append(f"create {name}: refused: {outcome}")
 
-    def remove(self, name: str, via: str) -> None:
+    def remove(self, name: str) -> None:
         outcome = self.attempt("remove", name, NO_SERVICE, lambda v: call(self.lab, v, "DELETE", f"/services/{name}"))
         if outcome not in ("acked", "gave up") and ("not found" in outcome or "no such" in outcome.lower()):
             # Gone already: an earlier unresolved remove (or create never applied). The cluster
@@ -351,7 +352,7 @@ class Nemesis:
         else:
             victim = rng.choice(sorted(lab.nodes))
             lab.restart(victim)
-            time.sleep(hold / 2)
-        what = f"{kind} {victim} for {hold:.1f}s"
+            time.sleep(hold / 2)  # the driver goes on before the checks pause it
+        what = f"restart {victim}" if kind == "restart" else f"{kind} {victim} for {hold:.1f}s"
         self.history.append(what)
         return what

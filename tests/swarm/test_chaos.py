@@ -78,7 +78,7 @@ def run_chaos(lab: Lab, seed: int, seconds: float) -> list[float]:
 
 def test_chaos_two_minutes(make_lab: Callable[..., Lab], tmp_path: Path) -> None:
     lab = chaos_lab(make_lab, tmp_path)
-    run_chaos(lab, seeds(1)[0], seconds=75)
+    run_chaos(lab, seeds(1)[0], seconds=90)
 
 
 @pytest.mark.slow
