@@ -277,6 +277,15 @@ def problems(lab: Lab) -> list[str]:
     return found
 
 
+def clear(lab: Lab, seed: int) -> None:
+    """Remove the services of an earlier run, so that a seed starts from an empty swarm."""
+    for s in read(lab, "/services"):
+        if s["Spec"]["Name"].startswith(PREFIX):
+            call(lab, "manager-1", "DELETE", f"/services/{s['ID']}")
+    took, left = wait_converged(lab, time.monotonic(), 60)
+    assert not left, f"seed {seed}: the services of an earlier run did not go: {left}"
+
+
 def check_acknowledged(lab: Lab, ledger: Ledger, seed: int) -> None:
     """Every acknowledged change is present: each name's service is in an allowed state."""
     services = {s["Spec"]["Name"]: s for s in read(lab, "/services")}

@@ -48,6 +48,7 @@ def converge(lab: Lab, seed: int, since: float, after: str) -> float:
 def run_chaos(lab: Lab, seed: int, seconds: float) -> list[float]:
     """Episodes for `seconds`, then the final checks; returns the convergence times."""
     print(f"\nchaos seed {seed} (replay: SHOAL_CHAOS_SEED={seed})", flush=True)
+    chaos.clear(lab, seed)
     nemesis, driver = chaos.Nemesis(lab, seed), chaos.Driver(lab, seed)
     times: list[float] = []
     end = time.monotonic() + seconds
