@@ -282,7 +282,7 @@ def clear(lab: Lab, seed: int) -> None:
     for s in read(lab, "/services"):
         if s["Spec"]["Name"].startswith(PREFIX):
             call(lab, "manager-1", "DELETE", f"/services/{s['ID']}")
-    took, left = wait_converged(lab, time.monotonic(), 60)
+    _, left = wait_converged(lab, time.monotonic(), 60)
     assert not left, f"seed {seed}: the services of an earlier run did not go: {left}"
 
 
