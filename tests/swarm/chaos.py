@@ -282,7 +282,7 @@ def clear(lab: Lab, seed: int) -> None:
     for s in read(lab, "/services"):
         if s["Spec"]["Name"].startswith(PREFIX):
             call(lab, "manager-1", "DELETE", f"/services/{s['ID']}")
-    _, left = wait_converged(lab, time.monotonic(), 60)
+    _, left, _ = wait_converged(lab, time.monotonic(), 60)
     assert not left, f"seed {seed}: the services of an earlier run did not go: {left}"
 
 
@@ -296,21 +296,27 @@ def check_acknowledged(lab: Lab, ledger: Ledger, seed: int) -> None:
                                    f"{ledger.acked[name]} (unresolved attempts since: {ledger.maybe[name]})")
 
 
-def wait_converged(lab: Lab, start: float, give_up: float) -> tuple[float, list[str]]:
-    """Seconds from `start` (a time.monotonic()) until converged, or until `give_up` seconds with
-    what was still wrong."""
+def wait_converged(lab: Lab, start: float, give_up: float) -> tuple[float, list[str], list[str]]:
+    """Seconds from `start` (a time.monotonic()) until converged, or until `give_up` seconds, with
+    what was still wrong then, and a trail of what was wrong along the way ("at 1.2s: ...", at
+    each change, first problem only)."""
     last: list[str] = ["never read"]
+    trail: list[str] = []
     for _ in range(10_000):
         if time.monotonic() - start > give_up:
             break
         try:
-            last = problems(lab)
+            now = problems(lab)
         except Exception as e:  # a manager between states
-            last = [f"read failed: {e!r}"]
+            now = [f"read failed: {e!r}"]
+        if now and now != last:
+            more = f" (+{len(now) - 1} more)" if len(now) > 1 else ""
+            trail.append(f"at {time.monotonic() - start:.1f}s: {now[0]}{more}")
+        last = now
         if not last:
-            return time.monotonic() - start, []
+            return time.monotonic() - start, [], trail
         time.sleep(0.25)  # polling interval of this wait
-    return time.monotonic() - start, last
+    return time.monotonic() - start, last, trail
 
 
 # -- the nemesis --------------------------------------------------------------------------------------

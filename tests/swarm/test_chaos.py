@@ -38,10 +38,12 @@ def chaos_lab(make_lab: Callable[..., Lab], tmp_path: Path) -> Lab:
 
 
 def converge(lab: Lab, seed: int, since: float, after: str) -> float:
-    took, left = chaos.wait_converged(lab, since, GIVE_UP)
+    took, left, trail = chaos.wait_converged(lab, since, GIVE_UP)
     print(f"seed {seed}: converged {took:.1f}s after {after}" if not left else
           f"seed {seed}: NOT converged {took:.1f}s after {after}: {left}", flush=True)
-    assert not left, f"seed {seed}: not converged {took:.0f}s after {after}: {left}"
+    if took > 5 or left:  # what took the time
+        print("    " + "\n    ".join(trail[-8:]), flush=True)
+    assert not left, f"seed {seed}: not converged {took:.0f}s after {after}: {left}; along the way: {trail[-8:]}"
     return took
 
 
