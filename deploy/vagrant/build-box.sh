@@ -158,7 +158,7 @@ cat > "$root/boot/grub/grub.cfg" <<EOF
 set timeout=0
 set default=0
 menuentry "Debian 12 (shoal lab)" {
-    linux /boot/$kernel root=LABEL=shoalroot ro console=tty0 console=ttyS0,115200 net.ifnames=0 quiet
+    linux /boot/$kernel root=LABEL=shoalroot ro console=tty0 console=ttyS0,115200 net.ifnames=0 quiet mitigations=off
     initrd /boot/$initrd
 }
 EOF
