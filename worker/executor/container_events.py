@@ -35,6 +35,10 @@ def describe(executor: Executor, cid: str) -> dict[str, str]:
 class EventfulController:
     def __init__(self, inner: Controller, cid: str, executor: Executor, publish: Publish) -> None:
         self._inner, self._cid, self._executor, self._publish = inner, cid, executor, publish
+        # A shutdown that found the container up owes its die and stop events, even if it is
+        # cancelled once the signal went (the task changed again): the next shutdown, which then
+        # finds the container stopped, pays them.
+        self._owed_stop = False
 
     def _emit(self, action: str, attributes: dict[str, str] | None = None, **extra: str) -> None:
         self._publish(action, self._cid, {**(attributes or describe(self._executor, self._cid)), **extra})
@@ -57,9 +61,11 @@ class EventfulController:
         return status
 
     async def shutdown(self, grace: float | None = None) -> None:
-        before = (await self._inner.state()).status
+        if (await self._inner.state()).status in ("running", "created"):
+            self._owed_stop = True
         await self._inner.shutdown(grace)
-        if before in ("running", "created"):
+        if self._owed_stop:
+            self._owed_stop = False
             after = await self._inner.state()
             code = after.exit.exit_code if after.exit is not None else 0
             self._emit("die", exitCode=str(code))
