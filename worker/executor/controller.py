@@ -334,17 +334,8 @@ class ContainerController:
             await self.terminate()
             if not self.exited():
                 self._record_exit("removed before it exited")
-            try:
-                await self.runc.delete(self.id, force=True)
-            except RuntimeFailure as e:
-                raise TemporaryError(f"removing container {self.id}: {e}") from e
-        pid = self._conmon_pid()
-        if pid:
-            try:
-                async with asyncio.timeout(SHIM_EXIT_TIMEOUT):
-                    await _wait_pid_exit(pid)
-            except TimeoutError:
-                os.kill(pid, signal.SIGKILL)
+            await self._delete_runtime_state("removing")
+        await self._reap_shim()
         await asyncio.to_thread(self._remove_files)
 
     async def reset(self) -> None:
@@ -355,10 +346,18 @@ class ContainerController:
         if st is not None and st.get("status") in ("running", "created", "paused") and not self.exited():
             raise ExecutorError(f"container {self.id} has not exited")
         if st is not None:
-            try:
-                await self.runc.delete(self.id, force=True)
-            except RuntimeFailure as e:
-                raise TemporaryError(f"resetting container {self.id}: {e}") from e
+            await self._delete_runtime_state("resetting")
+        await self._reap_shim()
+        await asyncio.to_thread(self._reset_files)
+
+    async def _delete_runtime_state(self, doing: str) -> None:
+        try:
+            await self.runc.delete(self.id, force=True)
+        except RuntimeFailure as e:
+            raise TemporaryError(f"{doing} container {self.id}: {e}") from e
+
+    async def _reap_shim(self) -> None:
+        """Wait (bounded) for the container's shim to exit; kill it if it has not."""
         pid = self._conmon_pid()
         if pid:
             try:
@@ -366,7 +365,6 @@ class ContainerController:
                     await _wait_pid_exit(pid)
             except TimeoutError:
                 os.kill(pid, signal.SIGKILL)
-        await asyncio.to_thread(self._reset_files)
 
     def _reset_files(self) -> None:
         rootfs.unmount(self.paths.rootfs)
