@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from aio import cancel_and_wait
 from engineapi.http import Routes, new_app
 from manager.allocator import Allocator, needs_ingress
 from manager.api import nodes
@@ -143,26 +144,22 @@ class FakeReconciler:
 
 
 @contextlib.asynccontextmanager
-async def reconciling(store: Store) -> AsyncIterator[None]:
-    task = asyncio.create_task(FakeReconciler(store).run())
+async def _running(loop: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """`loop` runs in a task for the block, cancelled (and awaited) after it."""
+    task = asyncio.create_task(loop)
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait([task])
 
 
-@contextlib.asynccontextmanager
-async def allocating(store: Store) -> AsyncIterator[None]:
+def reconciling(store: Store) -> contextlib.AbstractAsyncContextManager[None]:
+    return _running(FakeReconciler(store).run())
+
+
+def allocating(store: Store) -> contextlib.AbstractAsyncContextManager[None]:
     """The real allocator's leader loop: networks, and services' Endpoint (ports, VIPs)."""
-    task = asyncio.create_task(Allocator(store).run())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    return _running(Allocator(store).run())
 
 
 async def until_service(store: Store, ref: str, check: Any, timeout: float = 10) -> Service:
