@@ -7,8 +7,12 @@ with anything the container binds. In the container's namespace, table `ip shoal
   - chain dns-snat (hook postrouting, priority srcnat): anything leaving the random ports gets
     source port 53 back (conntrack already undoes the DNAT on replies; this covers the rest,
     as Docker does).
-The table is replaced in one nft transaction (add, delete, define), so a restarted daemon with
-new ports never leaves a half-old rule set. The script runs through libnftables in a thread that
+A new namespace gets the table with `create` (fails if it exists, as in a namespace whose rules an
+earlier daemon made); otherwise the table is replaced in one nft transaction (add, delete,
+define), so a restarted daemon with new ports never leaves a half-old rule set. Deleting a table
+(or flushing one) makes the transaction wait for the kernel's grace period: 8-15 ms on this kind
+of machine against under a millisecond for a creation, so a sandbox's start never deletes, and a
+sandbox whose namespace is about to go never removes its rules. The script runs through libnftables in a thread that
 joins the namespace on an fd the daemon holds, so the rules land in the namespace the sockets
 were made in even if its path has been reused since.
 """
@@ -23,10 +27,12 @@ from ingress.nftables import NftError, run_script
 TABLE = "shoal-dns"
 
 
-def nat_script(address: str, udp_port: int, tcp_port: int) -> str:
+def nat_script(address: str, udp_port: int, tcp_port: int, *, replace: bool = True) -> str:
+    """The table's script: it replaces any table of that name, or (`replace=False`) creates it
+    and fails if one exists."""
+    head = f"table ip {TABLE} {{}}\ndelete table ip {TABLE}\n" if replace else f"create table ip {TABLE}\n"
     return (
-        f"table ip {TABLE} {{}}\n"
-        f"delete table ip {TABLE}\n"
+        head +
         f"table ip {TABLE} {{\n"
         "  chain dns-dnat {\n"
         "    type nat hook output priority -100; policy accept;\n"

@@ -165,7 +165,10 @@ class DnsServer:
                                           discard=_close_all)
             try:
                 self.udp_port, self.tcp_port = udp.getsockname()[1], tcp.getsockname()[1]
-                await run_nft(fd, nat_script(EMBEDDED_ADDRESS, self.udp_port, self.tcp_port))
+                try:      # a namespace without the table (a new sandbox): no delete, no grace period
+                    await run_nft(fd, nat_script(EMBEDDED_ADDRESS, self.udp_port, self.tcp_port, replace=False))
+                except NatError:
+                    await run_nft(fd, nat_script(EMBEDDED_ADDRESS, self.udp_port, self.tcp_port))
                 ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
                 self._runner = asyncio.create_task(self._serve(udp, tcp, ready),
                                                    name=f"dns-server {self.netns_path}")
@@ -177,7 +180,9 @@ class DnsServer:
             await self.close()
             raise
 
-    async def close(self) -> None:
+    async def close(self, *, remove_rules: bool = True) -> None:
+        """Stop serving; `remove_rules=False` leaves the NAT rules to a namespace that is about to
+        be deleted (removing them costs a kernel grace period)."""
         runner, self._runner = self._runner, None
         fd, self._netns_fd = self._netns_fd, None
         try:
@@ -186,7 +191,7 @@ class DnsServer:
         finally:
             if fd is not None:
                 try:
-                    if self.udp_port:
+                    if self.udp_port and remove_rules:
                         await run_nft(fd, removal_script())
                 except (NatError, OSError) as exc:
                     log.debug("dns: removing the nat rules of %s: %s", self.netns_path, exc)

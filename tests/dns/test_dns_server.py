@@ -251,3 +251,31 @@ def test_start_on_something_that_is_no_namespace_fails_and_leaves_nothing(tmp_pa
         await server.close()
 
     asyncio.run(scenario())
+
+
+def test_a_server_over_rules_left_by_an_earlier_one_replaces_them(netns, tmp_path: Path) -> None:
+    """A new sandbox's table is created without a delete (a delete waits for a grace period); a
+    namespace that still holds an earlier server's table (a daemon restarted over running
+    containers, or a close that left them to a namespace about to go) gets it replaced whole."""
+    daemon_ns, ctr_ns = netns("d"), netns("c")
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\n")
+    ctr_path = f"/run/netns/{ctr_ns}"
+
+    async def scenario() -> None:
+        async with ctr_netns(ctr_path) as ctr_fd:
+            first = DnsServer(ctr_path, records("10.0.1.5"), [NET], resolv_conf_path=str(resolv))
+            await first.start()
+            await first.close(remove_rules=False)
+            rules = await run("nsenter", f"--net={ctr_path}", "nft", "list", "table", "ip", TABLE)
+            assert f"dnat to 127.0.0.11:{first.udp_port}" in rules, "the rules were left"
+            async with DnsServer(ctr_path, records("10.0.1.6"), [NET], resolv_conf_path=str(resolv)) as second:
+                rules = await run("nsenter", f"--net={ctr_path}", "nft", "list", "table", "ip", TABLE)
+                assert rules.count("dnat to") == 2, rules
+                assert f"dnat to 127.0.0.11:{second.udp_port}" in rules
+                assert a_records(await ask(ctr_fd, "web")) == {"10.0.1.6"}
+                assert a_records(await ask(ctr_fd, "web", tcp=True)) == {"10.0.1.6"}
+            rules = await run("nsenter", f"--net={ctr_path}", "nft", "list", "tables")
+            assert TABLE not in rules, rules
+
+    in_namespace(daemon_ns, scenario)
