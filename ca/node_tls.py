@@ -5,6 +5,12 @@ Files under `<data-dir>/swarm/certificates/`: `swarm-root-ca.crt`, `swarm-node.c
 file that is fsynced and renamed, so a crash never leaves half a certificate. Contexts verify
 peers against the swarm's root only; identity (node ID, role) comes from the certificate
 subject, never from host names, so `check_hostname` is off.
+
+Encryption at rest (ca/encryption.py): credentials that carry `key_password` (derived from the
+node's data key) write both private keys as encrypted PKCS#8 and hand the password to OpenSSL when
+a context loads them; in memory `key_pem` and `root_key_pem` are always plain. Plain key files
+written before encryption are still read, and `seal_on_disk` rewrites them encrypted.
+`swarm-dek.json` (the data key, in the clear or wrapped) lives in the same directory.
 """
 
 from __future__ import annotations
@@ -12,12 +18,13 @@ from __future__ import annotations
 import datetime
 import os
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
 
 from ca.authority import BACKDATE, NodeIdentity, RootCA, identity_of
+from ca.encryption import KeyFile, is_encrypted_pem, open_private_key, seal_private_key
 
 ROOT_CERT = "swarm-root-ca.crt"
 ROOT_KEY = "swarm-root-ca.key"
@@ -48,6 +55,7 @@ class NodeCredentials:
     cert_pem: bytes
     key_pem: bytes
     root_key_pem: bytes | None = None
+    key_password: bytes | None = field(default=None, repr=False, compare=False)   # encrypts the keys on disk
 
     @property
     def cert(self) -> x509.Certificate:
@@ -73,27 +81,45 @@ class NodeCredentials:
         return now >= self.cert.not_valid_after_utc - self.lifetime / 2
 
     # ---- disk ---------------------------------------------------------------------------------
+    def _on_disk(self, pem: bytes) -> bytes:
+        return pem if self.key_password is None else seal_private_key(pem, self.key_password)
+
     def save(self, directory: Path) -> None:
         write_atomic(directory / ROOT_CERT, self.root_pem)
-        write_atomic(directory / NODE_KEY, self.key_pem, 0o600)
+        write_atomic(directory / NODE_KEY, self._on_disk(self.key_pem), 0o600)
         write_atomic(directory / NODE_CERT, self.cert_pem)
         if self.root_key_pem is not None:
-            write_atomic(directory / ROOT_KEY, self.root_key_pem, 0o600)
+            write_atomic(directory / ROOT_KEY, self._on_disk(self.root_key_pem), 0o600)
         else:
             (directory / ROOT_KEY).unlink(missing_ok=True)
 
     @classmethod
-    def load(cls, directory: Path) -> NodeCredentials | None:
+    def load(cls, directory: Path, key_password: bytes | None = None) -> NodeCredentials | None:
+        """The credentials in `directory` (None if there are none); encrypted keys need the
+        password (ca.encryption.KeyFileError without it)."""
         try:
             root_key = (directory / ROOT_KEY).read_bytes() if (directory / ROOT_KEY).exists() else None
             return cls((directory / ROOT_CERT).read_bytes(), (directory / NODE_CERT).read_bytes(),
-                       (directory / NODE_KEY).read_bytes(), root_key)
+                       open_private_key((directory / NODE_KEY).read_bytes(), key_password),
+                       open_private_key(root_key, key_password) if root_key is not None else None,
+                       key_password=key_password)
         except FileNotFoundError:
             return None
 
+    def seal_on_disk(self, directory: Path) -> bool:
+        """Rewrite plain key files encrypted (a data dir from before encryption at rest, or keys
+        saved by a path that had no password); True if something was rewritten."""
+        if self.key_password is None:
+            return False
+        names = [NODE_KEY] + ([ROOT_KEY] if self.root_key_pem is not None else [])
+        if all(is_encrypted_pem((directory / name).read_bytes()) for name in names):
+            return False
+        self.save(directory)
+        return True
+
     # ---- contexts -----------------------------------------------------------------------------
     def _load_chain(self, ctx: ssl.SSLContext, directory: Path) -> None:
-        ctx.load_cert_chain(str(directory / NODE_CERT), str(directory / NODE_KEY))
+        ctx.load_cert_chain(str(directory / NODE_CERT), str(directory / NODE_KEY), password=self.key_password)
 
     def server_context(self, directory: Path) -> ssl.SSLContext:
         """Peers may come without a certificate (joiners); one that shows a certificate must
@@ -113,6 +139,11 @@ class NodeCredentials:
         ctx.load_verify_locations(cadata=self.root_pem.decode())
         self._load_chain(ctx, directory)
         return ctx
+
+
+def save_key_file(directory: Path, key_file: KeyFile) -> None:
+    """Write the node's data key file (in the clear or wrapped) atomically, mode 0600."""
+    write_atomic(KeyFile.path(directory), key_file.encode(), 0o600)
 
 
 def bootstrap_client_context() -> ssl.SSLContext:

@@ -64,7 +64,7 @@ from raft.members import (
     _wrap_snapshot,
     read_refused_members,
 )
-from raft.storage import DiskStorage
+from raft.storage import DiskStorage, RecordCipher
 from raft.transport import Address, Transport
 from raft.types import (
     ConfChange,
@@ -121,6 +121,7 @@ class NodeOptions:
     external_listener: bool = False     # the owner of the port hands over inbound connections
     dial_preamble: bytes = b""          # written first on each outgoing connection
     on_leader_change: Callable[[int], None] | None = None   # told the leader (0: none) on each soft-state change
+    cipher: RecordCipher | None = None  # encryption at rest of the log and snapshots (raft/wal.py)
 
 
 class RaftNode:
@@ -143,7 +144,7 @@ class RaftNode:
         self.refused: set[int] = set()          # members of a cluster left behind (REFUSED_FILE)
         self._bootstrap = bootstrap
         self.storage = DiskStorage(data_dir, segment_size=self.opts.segment_size, fsync=self.opts.fsync,
-                                   inline_sync_bytes=self.opts.inline_sync_bytes)
+                                   inline_sync_bytes=self.opts.inline_sync_bytes, cipher=self.opts.cipher)
         self.core: RaftCore | None = None
         self.transport = Transport(node_id, members[node_id].raft, self._deliver,
                                    on_unreachable=self._unreachable, server_ssl=self.opts.server_ssl,

@@ -12,13 +12,14 @@ then starts a fresh cluster seeded with that state, keeping the old data dir asi
 from __future__ import annotations
 
 from raft.node import StateMachine, _unwrap_snapshot
-from raft.storage import DiskStorage
+from raft.storage import DiskStorage, RecordCipher
 from raft.types import EntryType
 
 
-def replay_log(data_dir: str, state_machine: StateMachine) -> int:
-    """Restore `state_machine` from `data_dir`; returns the index of the last entry applied."""
-    storage = DiskStorage(data_dir)
+def replay_log(data_dir: str, state_machine: StateMachine, cipher: RecordCipher | None = None) -> int:
+    """Restore `state_machine` from `data_dir` (encrypted with `cipher`, if given); returns the index
+    of the last entry applied."""
+    storage = DiskStorage(data_dir, cipher=cipher)
     try:
         loaded = storage.load()
     finally:

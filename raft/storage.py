@@ -10,6 +10,10 @@ old or the new file, never a mix.
 fsync is running are gathered into the next one, so N concurrent callers cost far fewer than N fsyncs.
 Nothing returns before its bytes are synced. A snapshot installed from the leader is written before
 the WAL marker that resets the log to it.
+
+With a `cipher` (encryption at rest, see raft/wal.py's `RecordCipher`), the WAL's records and both
+files are written sealed; the files then start with `SEALED_FILE_MAGIC`. Plain files and records are
+still read, so a data dir written without a cipher opens with one.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from typing import TypeVar
 
 from raft.codec import CodecError, decode_hard_state, decode_snapshot, encode_hard_state, encode_snapshot
 from raft.types import Entry, HardState, Snapshot
-from raft.wal import DEFAULT_SEGMENT_SIZE, WAL, FsyncHook, WALCorruptError, hard_state_key
+from raft.wal import DEFAULT_SEGMENT_SIZE, WAL, FsyncHook, RecordCipher, WALCorruptError, hard_state_key
 
 _T = TypeVar("_T")
 
 SNAPSHOT_FILE = "snapshot"
 HARD_STATE_FILE = "hardstate"
+SEALED_FILE_MAGIC = b"shoal-sealed-1\n"
 
 
 class StorageCorruptError(Exception):
@@ -64,13 +69,16 @@ def atomic_write(path: str, data: bytes, fsync: FsyncHook = os.fsync) -> None:
 
 class DiskStorage:
     def __init__(self, data_dir: str, *, segment_size: int = DEFAULT_SEGMENT_SIZE,
-                 fsync: FsyncHook | None = None, inline_sync_bytes: int = 0) -> None:
+                 fsync: FsyncHook | None = None, inline_sync_bytes: int = 0,
+                 cipher: RecordCipher | None = None) -> None:
         """`inline_sync_bytes`: batches below this many entry bytes are written and fsynced on the
-        calling thread (blocking the event loop for one fsync) instead of on a worker thread."""
+        calling thread (blocking the event loop for one fsync) instead of on a worker thread.
+        `cipher`: encrypt the log, the snapshot and the checkpoint at rest."""
         self.data_dir = data_dir
         self.inline_sync_bytes = inline_sync_bytes
         self._fsync: FsyncHook = fsync or os.fsync
-        self.wal = WAL(os.path.join(data_dir, "wal"), segment_size=segment_size, fsync=fsync)
+        self._cipher = cipher
+        self.wal = WAL(os.path.join(data_dir, "wal"), segment_size=segment_size, fsync=fsync, cipher=cipher)
         self._pending: list[tuple[HardState | None, Sequence[Entry], Snapshot | None]] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._flushing = False
@@ -109,10 +117,20 @@ class DiskStorage:
                 data = f.read()
         except FileNotFoundError:
             return None
+        if data.startswith(SEALED_FILE_MAGIC):
+            if self._cipher is None:
+                raise StorageCorruptError(f"{path}: the file is encrypted and the storage has no key")
+            try:
+                data = self._cipher.open(data[len(SEALED_FILE_MAGIC):])
+            except ValueError as exc:
+                raise StorageCorruptError(f"{path}: cannot decrypt: {exc}") from exc
         try:
             return decode(data)
         except CodecError as exc:
             raise StorageCorruptError(f"{path}: {exc}") from exc
+
+    def _sealed(self, data: bytes) -> bytes:
+        return data if self._cipher is None else SEALED_FILE_MAGIC + self._cipher.seal(data)
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -184,11 +202,13 @@ class DiskStorage:
     def _write_snapshot_file(self, snapshot: Snapshot) -> None:
         if self.snapshot is not None and snapshot.meta.index <= self.snapshot.meta.index:
             return
-        atomic_write(os.path.join(self.data_dir, SNAPSHOT_FILE), encode_snapshot(snapshot), self._fsync)
+        atomic_write(os.path.join(self.data_dir, SNAPSHOT_FILE), self._sealed(encode_snapshot(snapshot)),
+                     self._fsync)
         self.snapshot = snapshot
 
     def write_hard_state_checkpoint(self, hs: HardState) -> None:
-        atomic_write(os.path.join(self.data_dir, HARD_STATE_FILE), encode_hard_state(hs), self._fsync)
+        atomic_write(os.path.join(self.data_dir, HARD_STATE_FILE), self._sealed(encode_hard_state(hs)),
+                     self._fsync)
 
     def save_snapshot(self, snapshot: Snapshot) -> list[str]:
         """Store a locally taken snapshot atomically, then drop the WAL segments it covers."""
@@ -204,4 +224,4 @@ class DiskStorage:
         self.wal.close()
 
 
-__all__ = ["DiskStorage", "LoadedState", "StorageCorruptError", "WALCorruptError", "atomic_write"]
+__all__ = ["DiskStorage", "LoadedState", "RecordCipher", "StorageCorruptError", "WALCorruptError", "atomic_write"]

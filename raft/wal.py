@@ -10,6 +10,10 @@ Each record is `u32 body_len | u32 crc32(body) | body`, where `body = kind (1 by
 - SNAPSHOT: an encoded (index, term) marker written when a snapshot is installed: replay keeps the
   entries after it only if the log holds (index, term), otherwise the log restarts at the snapshot.
 
+Encryption at rest is injected: given a `RecordCipher`, every payload is written sealed and its kind
+carries the SEALED bit; replay opens sealed payloads with the cipher and reads plain ones as they are,
+so a log written before encryption was turned on still opens. The CRC covers the sealed bytes.
+
 Invariants: nothing is acknowledged before `sync()` returned (fdatasync through an injectable hook);
 a segment only becomes non-active after it was synced, so only the active (last) segment can have a
 torn tail. Opening the log truncates a torn tail (a short or bad record after which no valid record
@@ -26,6 +30,7 @@ import threading
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import msgpack
 
@@ -39,10 +44,22 @@ KIND_ENTRY = 1
 KIND_HARD_STATE = 2
 KIND_SNAPSHOT = 3
 _KINDS = (KIND_ENTRY, KIND_HARD_STATE, KIND_SNAPSHOT)
+SEALED = 0x80                   # kind bit: the payload is encrypted with the injected cipher
 
 _HEADER = struct.Struct(">II")
 
 FsyncHook = Callable[[int], None]
+
+
+class RecordCipher(Protocol):
+    """Encryption at rest, injected by the owner of the log (raft itself knows no keys)."""
+
+    def seal(self, plaintext: bytes) -> bytes:
+        ...
+
+    def open(self, sealed: bytes) -> bytes:
+        """The plaintext; raises ValueError if `sealed` was not sealed with this cipher's key."""
+        ...
 
 
 class WALCorruptError(Exception):
@@ -94,7 +111,7 @@ def _parse_record_at(buf: bytes, off: int) -> tuple[int, bytes] | None:
     if length < 1 or length > MAX_RECORD_SIZE or start + length > len(buf):
         return None
     body = buf[start:start + length]
-    if zlib.crc32(body) != crc or body[0] not in _KINDS:
+    if zlib.crc32(body) != crc or body[0] & ~SEALED not in _KINDS:
         return None
     return body[0], body[1:]
 
@@ -112,12 +129,13 @@ class WAL:
     at a time or from a worker thread (the driver uses `asyncio.to_thread`)."""
 
     def __init__(self, directory: str, *, segment_size: int = DEFAULT_SEGMENT_SIZE,
-                 fsync: FsyncHook | None = None) -> None:
+                 fsync: FsyncHook | None = None, cipher: RecordCipher | None = None) -> None:
         if segment_size < 4096:
             raise ValueError(f"segment_size must be >= 4096 bytes, got {segment_size}")
         self.directory = directory
         self.segment_size = segment_size
         self._fsync: FsyncHook = fsync or os.fdatasync
+        self._cipher = cipher
         self._lock = threading.Lock()
         self._segments: list[_Segment] = []
         self._fd: int | None = None
@@ -167,11 +185,26 @@ class WAL:
                 break
             kind, payload = rec
             try:
-                self._apply_record(kind, payload, seg, result)
+                self._apply_record(kind & ~SEALED, self._open_payload(kind, payload), seg, result)
             except CodecError as exc:
                 raise WALCorruptError(seg.path, off, f"undecodable record: {exc}") from exc
             off += _HEADER.size + 1 + len(payload)
         seg.size = off
+
+    def _open_payload(self, kind: int, payload: bytes) -> bytes:
+        if not kind & SEALED:
+            return payload
+        if self._cipher is None:
+            raise CodecError("the record is encrypted and the log was opened without a key")
+        try:
+            return self._cipher.open(payload)
+        except ValueError as exc:
+            raise CodecError(f"cannot decrypt the record: {exc}") from exc
+
+    def _record(self, kind: int, payload: bytes) -> bytes:
+        if self._cipher is None:
+            return encode_record(kind, payload)
+        return encode_record(kind | SEALED, self._cipher.seal(payload))
 
     @staticmethod
     def _apply_record(kind: int, payload: bytes, seg: _Segment, result: ReplayedLog) -> None:
@@ -214,13 +247,13 @@ class WAL:
         """Buffer records; nothing reaches the disk until `sync()`."""
         with self._lock:
             if snapshot_marker is not None:
-                self._buffer.append(encode_record(KIND_SNAPSHOT, msgpack.packb(list(snapshot_marker))))
+                self._buffer.append(self._record(KIND_SNAPSHOT, msgpack.packb(list(snapshot_marker))))
             for e in entries:
-                self._buffer.append(encode_record(KIND_ENTRY, encode_entry(e)))
+                self._buffer.append(self._record(KIND_ENTRY, encode_entry(e)))
                 seg = self._segments[-1]
                 seg.max_index = max(seg.max_index, e.index)
             if hard_state is not None:
-                self._buffer.append(encode_record(KIND_HARD_STATE, encode_hard_state(hard_state)))
+                self._buffer.append(self._record(KIND_HARD_STATE, encode_hard_state(hard_state)))
 
     def sync(self) -> None:
         """Write the buffered records and fdatasync them; roll to a new segment when full."""

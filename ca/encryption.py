@@ -1,0 +1,201 @@
+"""Encryption at rest of a node's swarm data: the data key (DEK), the unlock key, and their file.
+
+Theory of operation. Each node has one random 256-bit data key. It encrypts the Raft log and
+snapshots (as a `DataKey`, the record cipher raft/ takes: AES-256-GCM, a fresh 96-bit nonce per
+record) and, through a password derived from it, the node's TLS private key and, on a manager,
+the root CA key (PKCS#8 encrypted PEM, which OpenSSL loads with that password).
+
+The data key lives in `<data-dir>/swarm/certificates/swarm-dek.json`:
+- without autolock it is stored there in the clear, beside the data it protects (Docker's
+  "encryption at rest" without a user key: it protects copies of the log, not the disk);
+- with autolock it is stored only wrapped (AES-256-GCM) by a key-encryption key derived from the
+  unlock key the user holds (`SWMKEY-1-<base64 of 32 random bytes>`, Docker's format). A
+  restarted node then cannot read its data until it is given the unlock key: it is locked.
+
+Invariants: with autolock the data key is never written in the clear; the key file is replaced
+atomically, so a crash leaves the old wrapping or the new one, either of which opens the node
+with the key it was written for; a wrong unlock key is told apart from a damaged file by the
+AEAD tag, and both are refused without touching anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+UNLOCK_KEY_PREFIX = "SWMKEY-1-"
+DEK_FILE = "swarm-dek.json"
+_VERSION = 1
+_NONCE = 12
+_RECORD_VERSION = b"\x01"
+
+
+class InvalidUnlockKey(Exception):
+    """The text is not an unlock key (Docker: "invalid key string")."""
+
+
+class WrongUnlockKey(Exception):
+    """A well-formed unlock key that does not open this node's data key."""
+
+
+class KeyFileError(Exception):
+    """The data key file is missing fields or damaged."""
+
+
+def _derive(secret: bytes, purpose: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"shoal " + purpose).derive(secret)
+
+
+class DataKey:
+    """A node's data key: the record cipher of its Raft storage, and the password of its keys."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise ValueError("a data key is 32 bytes")
+        self.key = key
+        self._aead = AESGCM(_derive(key, b"raft records"))
+
+    @classmethod
+    def generate(cls) -> DataKey:
+        return cls(os.urandom(32))
+
+    def seal(self, plaintext: bytes) -> bytes:
+        nonce = os.urandom(_NONCE)
+        return _RECORD_VERSION + nonce + self._aead.encrypt(nonce, plaintext, _RECORD_VERSION)
+
+    def open(self, sealed: bytes) -> bytes:
+        if len(sealed) < 1 + _NONCE + 16 or sealed[:1] != _RECORD_VERSION:
+            raise ValueError("not a sealed record of a known version")
+        try:
+            return self._aead.decrypt(sealed[1:1 + _NONCE], sealed[1 + _NONCE:], _RECORD_VERSION)
+        except InvalidTag:
+            raise ValueError("authentication failed (another data key, or damaged)") from None
+
+    @property
+    def key_password(self) -> bytes:
+        """The password of the node's PEM private keys on disk."""
+        return base64.b64encode(_derive(self.key, b"node keys"))
+
+
+# ---- unlock keys ----------------------------------------------------------------------------------
+
+def new_unlock_key() -> str:
+    return UNLOCK_KEY_PREFIX + base64.b64encode(os.urandom(32)).decode().rstrip("=")
+
+
+def parse_unlock_key(text: str) -> bytes:
+    """The 32 key bytes of `SWMKEY-1-...`; InvalidUnlockKey for anything else."""
+    text = text.strip()
+    if not text.startswith(UNLOCK_KEY_PREFIX):
+        raise InvalidUnlockKey("invalid key string")
+    body = text[len(UNLOCK_KEY_PREFIX):]
+    try:
+        raw = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidUnlockKey("invalid key string") from None
+    if len(raw) != 32:
+        raise InvalidUnlockKey("invalid key string")
+    return raw
+
+
+def _kek(unlock_key: str) -> AESGCM:
+    return AESGCM(_derive(parse_unlock_key(unlock_key), b"data key wrapping"))
+
+
+# ---- the key file -----------------------------------------------------------------------------------
+
+@dataclass
+class KeyFile:
+    """What `swarm-dek.json` holds: the data key in the clear, or wrapped by an unlock key."""
+
+    dek: bytes | None = None         # in the clear (no autolock)
+    wrapped: bytes | None = None     # nonce | AES-GCM(KEK, dek) (autolock)
+
+    @property
+    def locked(self) -> bool:
+        return self.wrapped is not None
+
+    @staticmethod
+    def path(certs_dir: Path) -> Path:
+        return certs_dir / DEK_FILE
+
+    @classmethod
+    def load(cls, certs_dir: Path) -> KeyFile | None:
+        try:
+            doc = json.loads(cls.path(certs_dir).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise KeyFileError(f"{cls.path(certs_dir)}: {e}") from None
+        try:
+            if doc.get("Version") != _VERSION:
+                raise KeyFileError(f"{cls.path(certs_dir)}: unknown version {doc.get('Version')!r}")
+            if doc.get("WrappedDEK"):
+                return cls(wrapped=base64.b64decode(doc["WrappedDEK"]))
+            return cls(dek=base64.b64decode(doc["DEK"]))
+        except (KeyError, TypeError, binascii.Error, AttributeError) as e:
+            raise KeyFileError(f"{cls.path(certs_dir)}: {e!r}") from None
+
+    def open(self, unlock_key: str | None = None) -> DataKey:
+        """The data key; for a locked file, `unlock_key` must be the key it was wrapped with."""
+        if self.wrapped is None:
+            assert self.dek is not None
+            return DataKey(self.dek)
+        if not unlock_key:
+            raise WrongUnlockKey("the data key is locked and no unlock key was given")
+        nonce, body = self.wrapped[:_NONCE], self.wrapped[_NONCE:]
+        try:
+            return DataKey(_kek(unlock_key).decrypt(nonce, body, DEK_FILE.encode()))
+        except InvalidTag:
+            raise WrongUnlockKey("swarm could not be unlocked: invalid key provided") from None
+
+    @classmethod
+    def for_key(cls, dek: DataKey, unlock_key: str = "") -> KeyFile:
+        """The file for `dek`: in the clear without an unlock key, else wrapped by it."""
+        if not unlock_key:
+            return cls(dek=dek.key)
+        nonce = os.urandom(_NONCE)
+        return cls(wrapped=nonce + _kek(unlock_key).encrypt(nonce, dek.key, DEK_FILE.encode()))
+
+    def encode(self) -> bytes:
+        """The file's content (written atomically, mode 0600, by ca/node_tls.save_key_file)."""
+        doc: dict[str, object] = {"Version": _VERSION}
+        if self.wrapped is not None:
+            doc["WrappedDEK"] = base64.b64encode(self.wrapped).decode()
+        else:
+            assert self.dek is not None
+            doc["DEK"] = base64.b64encode(self.dek).decode()
+        return json.dumps(doc).encode()
+
+
+# ---- PEM private keys under the data key's password ------------------------------------------------
+
+def is_encrypted_pem(pem: bytes) -> bool:
+    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in pem
+
+
+def seal_private_key(pem: bytes, password: bytes) -> bytes:
+    """A PEM private key re-encoded as encrypted PKCS#8 under `password`."""
+    key = serialization.load_pem_private_key(pem, None)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.BestAvailableEncryption(password))
+
+
+def open_private_key(pem: bytes, password: bytes | None) -> bytes:
+    """The plain PEM (traditional format kept as it was) of a key that may be encrypted."""
+    if not is_encrypted_pem(pem):
+        return pem
+    if password is None:
+        raise KeyFileError("the private key is encrypted and the node's data key is not loaded (locked?)")
+    key = serialization.load_pem_private_key(pem, password)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
