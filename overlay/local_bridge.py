@@ -110,6 +110,19 @@ def unplug(host_end: str) -> None:
         delete_link(home, host_end)
 
 
+def routed_subnets() -> list[str]:
+    """The IPv4 destinations ("10.1.0.0/24") the calling thread's namespace routes now, the
+    default route left out: what a new network's subnet must not overlap."""
+    out = []
+    with IPRoute() as ipr:
+        for route in ipr.get_routes(family=2):
+            length = route["dst_len"]
+            dst = route.get_attr("RTA_DST")
+            if dst and length:
+                out.append(f"{dst}/{length}")
+    return out
+
+
 def next_ifname(namespace: Path) -> str:
     """The first `eth<N>` not present in `namespace`."""
     with temporary_ipr(namespace) as inner:

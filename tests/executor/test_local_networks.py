@@ -101,8 +101,8 @@ async def test_bridge_networks_with_the_docker_cli(docker: Docker, host_ns: Path
     back_id = out.strip()
     await docker.run("network", "create", "--internal", "quiet")
     _, out, _ = await docker.run("network", "ls", "--format", "{{.Name}} {{.Driver}} {{.Scope}}")
-    assert sorted(out.splitlines()) == ["back bridge local", "host host local", "none null local",
-                                        "quiet bridge local"]
+    assert sorted(out.splitlines()) == ["back bridge local", "bridge bridge local", "host host local",
+                                        "none null local", "quiet bridge local"]
     net = json.loads((await docker.run("network", "inspect", "back"))[1])[0]
     assert net["Id"] == back_id and net["Labels"] == {"tier": "back"} and net["Internal"] is False
     assert net["IPAM"] == {"Driver": "default", "Options": None, "Config": [
@@ -135,6 +135,14 @@ async def test_bridge_networks_with_the_docker_cli(docker: Docker, host_ns: Path
     assert out.split("\n")[0].split()[::2] == ["172.28.5.24", f"{server_id[:12]}"] and "by-name" in out
 
     await docker.run("run", "-d", "--name", "loner", "busybox", "sleep", "1000")
+    default = json.loads((await docker.run("network", "inspect", "bridge"))[1])[0]     # dockerd's default bridge
+    assert default["IPAM"]["Config"] == [{"Subnet": "172.31.0.0/16", "Gateway": "172.31.0.1"}]   # no route here
+    assert default["Options"]["com.docker.network.bridge.default_bridge"] == "true"
+    assert default["Options"]["com.docker.network.bridge.name"] == "shoal0"
+    assert [c["Name"] for c in default["Containers"].values()] == ["loner"]
+    _, out, _ = await docker.run("exec", "loner", "sh", "-c", "ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; "
+                                 "ip route | grep default; grep -c 127.0.0.11 /etc/resolv.conf || true")
+    assert out.splitlines() == ["inet 172.31.0.2/16", "default via 172.31.0.1 dev eth0 ", "0"]
     await docker.run("network", "connect", "--alias", "solo", "back", "loner")
     net = json.loads((await docker.run("network", "inspect", "back"))[1])[0]
     assert sorted(c["Name"] for c in net["Containers"].values()) == ["loner", "server"]
@@ -147,14 +155,16 @@ async def test_bridge_networks_with_the_docker_cli(docker: Docker, host_ns: Path
     await docker.run("network", "disconnect", "back", "loner")
     doc = json.loads((await docker.run("inspect", "loner"))[1])[0]
     assert "back" not in doc["NetworkSettings"]["Networks"]
-    _, out, _ = await docker.run("exec", "loner", "sh", "-c", "ip -4 addr show eth0 2>&1 | grep -c inet || true")
+    _, out, _ = await docker.run("exec", "loner", "sh", "-c", "ip -4 addr | grep -c 'inet 172.28' || true")
     assert out.strip() == "0"
 
     await docker.run("rm", "-f", "server", "loner")
     _, out, _ = await docker.run("network", "prune", "-f")
     assert sorted(out.split()[-2:]) == ["back", "quiet"]
     _, out, _ = await docker.run("network", "ls", "--format", "{{.Name}}")
-    assert sorted(out.split()) == ["host", "none"]
+    assert sorted(out.split()) == ["bridge", "host", "none"]
+    code, _, err = await docker.run("network", "rm", "bridge", ok=False)
+    assert code == 1 and "bridge is a pre-defined network and cannot be removed" in err
     code, _, err = await docker.run("network", "rm", "none", ok=False)
     assert code == 1 and "pre-defined network" in err
     code, _, err = await docker.run("network", "create", "-d", "host", "another", ok=False)

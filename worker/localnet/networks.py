@@ -11,17 +11,35 @@ of its own (`join`, at create) whatever its network mode (host excepted), so tha
 connected to networks later, running or not; `release` (when it is removed) unplugs it and
 removes the namespace. Mutations are serialised by one lock. `host` and `none` are the
 predefined networks, as dockerd lists them.
+
+The predefined `bridge` network (dockerd's default bridge) is a record like the others, marked
+`_default`, made the first time this object is built on a data dir: its Linux bridge is
+`shoal0` (never `docker0`, so a real dockerd on the same machine keeps its own), its subnet the
+first of the local pools, taken from the top (172.31.0.0/16 down, then 192.168.N.0/20; never
+dockerd's 172.17.0.0/16), that overlaps no route of the daemon's namespace then and no other
+local network. Kept across restarts (containers live on it). The bridge itself is made when the
+first container joins. A container without a network (NetworkMode "", "default" or "bridge")
+joins it: an address from its subnet, the default route through its gateway, outbound NAT. As
+on dockerd's default bridge, containers on it are not named to each other (no /etc/hosts peers,
+no embedded DNS: their resolv.conf is the host's), take no aliases nor fixed addresses, and it
+cannot be created, removed or pruned.
+
+Swarm overlays created `--attachable` are delegated to an `OverlayAttacher` (the node's, see
+node/attachments.py): `join` or `connect` with a name this node has no local network for asks
+it; `disconnect` and `release` tell it. Without one such names are unknown (404).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
+import logging
 import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network, ip_network
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,11 +47,48 @@ from engineapi.http import ApiError
 from model import format_time
 from model.endpoint import endpoint_mac
 from worker.executor.container_view import endpoint_id
-from worker.localnet.ipam import IpamError, Pool, allocate, pool_from_config
+from worker.localnet.ipam import DEFAULT_POOLS, IpamError, Pool, allocate, pool_from_config
 from worker.standalone.create import labels_match
 
+log = logging.getLogger("shoal.localnet")
+
 PREDEFINED = {"host": "host", "none": "null"}     # name → driver
-ISOLATED = ("", "default", "bridge", "none")
+DEFAULT_BRIDGE = "bridge"                         # dockerd's default bridge network
+DEFAULT_MODES = ("", "default", DEFAULT_BRIDGE)   # NetworkMode values that join it
+DEFAULT_BRIDGE_DEVICE = "shoal0"
+BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
+DOCKER0_SUBNET = IPv4Network("172.17.0.0/16")
+DEFAULT_BRIDGE_POOLS = [p for p in DEFAULT_POOLS if p.prefixlen == 16][::-1] + \
+    [p for p in DEFAULT_POOLS if p.prefixlen != 16]
+
+
+def default_bridge_options(device: str) -> dict[str, str]:
+    """dockerd's Options of its default bridge network (`docker network inspect bridge`)."""
+    return {"com.docker.network.bridge.default_bridge": "true",
+            "com.docker.network.bridge.enable_icc": "true",
+            "com.docker.network.bridge.enable_ip_masquerade": "true",
+            "com.docker.network.bridge.host_binding_ipv4": "0.0.0.0",
+            BRIDGE_NAME_OPTION: device,
+            "com.docker.network.driver.mtu": "1500"}
+
+
+class OverlayAttacher(Protocol):
+    """Attachable swarm overlays for standalone containers (node/attachments.py)."""
+
+    async def attach(self, ref: str, cid: str, name: str, namespace: Path, config: dict[str, Any],
+                     way_out: bool) -> dict[str, Any] | None:
+        """Attach container `cid` (its namespace at `namespace`) to the swarm network `ref`; the
+        entry for its config record, or None when `ref` names no swarm network (ApiError for a
+        network it cannot join). `way_out`: give it the gateway bridge and default route."""
+        ...
+
+    async def detach(self, ref: str, cid: str) -> dict[str, Any] | None:
+        """Detach it from `ref`; the network's {"Id", "Name"}, None if not attached there."""
+        ...
+
+    def attached(self, cid: str) -> list[dict[str, Any]]:
+        """The overlays `cid` is attached to: [{"Id", "Name"}]."""
+        ...
 
 
 class BridgeDataPath(Protocol):
@@ -49,6 +104,7 @@ class BridgeDataPath(Protocol):
              gateway: str | None) -> None: ...
     def unplug(self, host_end: str) -> None: ...
     def next_ifname(self, namespace: Path) -> str: ...
+    def routed_subnets(self) -> list[str]: ...
 
 
 def _predefined_id(name: str) -> str:
@@ -81,13 +137,56 @@ class LocalNetworks:
         self.on_event = on_event      # (action, network ID, attributes): dockerd's network events
         # told which containers' peers changed (their /etc/hosts lists them: worker.standalone)
         self.on_change: Callable[[set[str]], Awaitable[None]] | None = None
+        self.overlays: OverlayAttacher | None = None       # set by the daemon (swarm overlays)
+        self._made: set[str] = set()                       # bridges made (or checked) in this life
+        self._ensure_default_bridge()
+
+    def _ensure_default_bridge(self) -> None:
+        """The predefined `bridge` network's record, made once per data dir (see above)."""
+        records = self.records()
+        if any(r.get("_default") for r in records):
+            return
+        taken = [Pool.from_api(r["IPAM"]["Config"][0]).subnet for r in records]
+        # netlink from a thread of its own: pyroute2's sync socket cannot run in the event loop's
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="localnet-routes") as pool:
+            routes = pool.submit(self.datapath.routed_subnets).result()
+        for text in routes:
+            try:
+                route = ip_network(text, strict=False)
+            except ValueError:
+                continue
+            if isinstance(route, IPv4Network):
+                taken.append(route)
+        pool = next((p for p in DEFAULT_BRIDGE_POOLS
+                     if p != DOCKER0_SUBNET and not any(p.overlaps(t) for t in taken)), None)
+        if pool is None:
+            log.warning("no local pool is free for the default bridge network; it is not made")
+            return
+        import hashlib
+        network_id = hashlib.sha256(f"shoal-default-bridge/{self.root}/{time.time()}".encode()).hexdigest()
+        self._save({
+            "Name": DEFAULT_BRIDGE, "Id": network_id, "Created": format_time(time.time()), "Scope": "local",
+            "Driver": "bridge", "EnableIPv6": False,
+            "IPAM": {"Driver": "default", "Options": None,
+                     "Config": [{"Subnet": str(pool), "Gateway": str(next(pool.hosts()))}]},
+            "Internal": False, "Attachable": False, "Ingress": False, "ConfigFrom": {"Network": ""},
+            "ConfigOnly": False, "Containers": {}, "Options": default_bridge_options(DEFAULT_BRIDGE_DEVICE),
+            "Labels": {}, "_aliases": {}, "_fixed": {}, "_default": True,
+        })
+
+    def bridge_of(self, record: dict[str, Any]) -> str:
+        """The Linux bridge of a network: its `com.docker.network.bridge.name` option, else br-<id>."""
+        return str((record.get("Options") or {}).get(BRIDGE_NAME_OPTION) or self.datapath.bridge_name(record["Id"]))
+
+    def default_bridge(self) -> dict[str, Any] | None:
+        return next((r for r in self.records() if r.get("_default")), None)
 
     def host_lines(self, cid: str) -> list[str]:
         """/etc/hosts lines naming every endpoint (itself included) of the networks `cid` is on:
         its address, then its name, short ID and aliases, as names resolve on dockerd's networks."""
         out = []
         for record in self.records():
-            if cid not in record["Containers"]:
+            if cid not in record["Containers"] or record.get("_default"):
                 continue
             for other, endpoint in sorted(record["Containers"].items()):
                 names = [endpoint["Name"], other[:12], *record.get("_aliases", {}).get(other, [])]
@@ -171,8 +270,9 @@ class LocalNetworks:
                 "Options": options, "Labels": labels, "_aliases": {}, "_fixed": {},
             }
             gateway = f"{pool.gateway}/{pool.subnet.prefixlen}"
-            await asyncio.to_thread(self.datapath.ensure_bridge, self.datapath.bridge_name(network_id), gateway,
+            await asyncio.to_thread(self.datapath.ensure_bridge, self.bridge_of(record), gateway,
                                     not record["Internal"])
+            self._made.add(network_id)
             self._save(record)
         self._emit("create", record)
         return network_id
@@ -182,19 +282,20 @@ class LocalNetworks:
             record = self.find(ref)
             if record is None:
                 raise ApiError(404, f"network {ref} not found")
-            if record["Name"] in PREDEFINED:
+            if record["Name"] in PREDEFINED or record.get("_default"):
                 raise ApiError(403, f"{record['Name']} is a pre-defined network and cannot be removed")
             if record["Containers"]:
                 raise ApiError(403, f"error while removing network: network {record['Name']} id {record['Id']} "
                                     "has active endpoints")
-            await asyncio.to_thread(self.datapath.remove_bridge, self.datapath.bridge_name(record["Id"]))
+            await asyncio.to_thread(self.datapath.remove_bridge, self.bridge_of(record))
+            self._made.discard(record["Id"])
             (self.root / f"{record['Id']}.json").unlink(missing_ok=True)
         self._emit("destroy", record)
 
     async def prune(self, until: float | None, labels: list[str]) -> list[str]:
         deleted = []
         for record in self.records():
-            if record["Containers"] or not labels_match(record.get("Labels") or {}, labels):
+            if record["Containers"] or record.get("_default") or not labels_match(record.get("Labels") or {}, labels):
                 continue
             if until is not None and _created(record) >= until:
                 continue
@@ -207,23 +308,27 @@ class LocalNetworks:
 
     # ---- containers ------------------------------------------------------------------------
     async def join(self, cid: str, name: str, mode: str, endpoints: Any) -> tuple[str, list[dict[str, Any]]]:
-        """A new standalone container's namespace and the endpoints of its NetworkMode network."""
+        """A new standalone container's namespace and the endpoints of its NetworkMode network:
+        the default bridge without one, a local network, or an attachable swarm overlay."""
         if mode == "host":
             return f"/proc/{os.getpid()}/ns/net", []
+        endpoints = endpoints if isinstance(endpoints, dict) else {}
         network = None
-        if mode not in ISOLATED:
+        if mode in DEFAULT_MODES:
+            network = self.default_bridge()
+        elif mode != "none":
             network = self.find(mode)
-            if network is None or network["Name"] in PREDEFINED:
-                raise ApiError(404, f"network {mode} not found (docker run takes local bridge networks; "
-                                    "swarm overlay networks cannot be given to it yet)")
+            if network is not None and network["Name"] in PREDEFINED:
+                network = None
+            if network is None and self.overlays is None:
+                raise ApiError(404, f"network {mode} not found")
         path = self.namespace(cid)
         await asyncio.to_thread(self.datapath.create_namespace, path)
-        if network is None:
+        if mode == "none" or (network is None and mode in DEFAULT_MODES):
             return str(path), []
-        endpoints = endpoints if isinstance(endpoints, dict) else {}
-        config = endpoints.get(mode) or endpoints.get(network["Name"]) or {}
+        config = endpoints.get(mode) or (endpoints.get(network["Name"]) if network is not None else None) or {}
         try:
-            entry = await self.connect(network["Id"], cid, name, config)
+            entry = await self.connect(network["Id"] if network is not None else mode, cid, name, config)
         except BaseException:
             await self.release(cid)
             raise
@@ -240,6 +345,11 @@ class LocalNetworks:
         if not isinstance(ipam, dict):
             raise ApiError(400, "EndpointConfig.IPAMConfig must be an object")
         fixed = str(ipam.get("IPv4Address") or "")
+        if self.find(ref) is None and self.overlays is not None:
+            entry = await self.overlays.attach(ref, cid, name, self.namespace(cid), config,
+                                               way_out=not self._has_way_out(cid))
+            if entry is not None:
+                return entry
         async with self.lock:
             record = self.find(ref)
             if record is None:
@@ -249,6 +359,10 @@ class LocalNetworks:
                                     f"{record['Name']} network")
             if cid in record["Containers"]:
                 raise ApiError(403, f"endpoint with name {name} already exists in network {record['Name']}")
+            if record.get("_default") and aliases:
+                raise ApiError(400, "network-scoped alias is supported only for containers in user defined networks")
+            if record.get("_default") and fixed:
+                raise ApiError(400, "user specified IP address is supported on user defined networks only")
             pool = Pool.from_api(record["IPAM"]["Config"][0])
             used = {IPv4Address(e["IPv4Address"].split("/")[0]) for e in record["Containers"].values()}
             try:
@@ -259,13 +373,21 @@ class LocalNetworks:
             path = self.namespace(cid)
             gateway = None if record["Internal"] else str(pool.gateway)
 
+            bridge = self.bridge_of(record)
+            gateway_cidr = f"{pool.gateway}/{pool.subnet.prefixlen}"
+            if gateway is not None and self._has_way_out(cid):
+                gateway = None          # its default route is another network's already
+
             def plug() -> None:
+                if record["Id"] not in self._made:      # made lazily (the default bridge), checked once
+                    self.datapath.ensure_bridge(bridge, gateway_cidr, not record["Internal"])
                 ifname = self.datapath.next_ifname(path)
-                self.datapath.plug(self.datapath.bridge_name(record["Id"]),
+                self.datapath.plug(bridge,
                                    self.datapath.host_veth_name(record["Id"], cid), path, ifname, cidr,
                                    endpoint_mac(address), gateway)
 
             await asyncio.to_thread(plug)
+            self._made.add(record["Id"])
             record["Containers"][cid] = {"Name": name, "EndpointID": endpoint_id(record["Id"], cid),
                                          "MacAddress": endpoint_mac(address), "IPv4Address": cidr, "IPv6Address": ""}
             record["_aliases"][cid] = list(aliases)
@@ -278,7 +400,15 @@ class LocalNetworks:
                 "gateway": "" if record["Internal"] else str(pool.gateway),
                 "ipam_config": {"IPv4Address": fixed} if fixed else None}
 
+    def _has_way_out(self, cid: str) -> bool:
+        """Has the container a default route already (a non-internal local network)?"""
+        return any(cid in r["Containers"] and not r["Internal"] for r in self.records())
+
     async def disconnect(self, ref: str, cid: str) -> dict[str, Any]:
+        if self.find(ref) is None and self.overlays is not None:
+            detached = await self.overlays.detach(ref, cid)
+            if detached is not None:
+                return detached
         async with self.lock:
             record = self.find(ref)
             if record is None:
@@ -299,6 +429,9 @@ class LocalNetworks:
         for record in self.records():
             if cid in record["Containers"]:
                 await self.disconnect(record["Id"], cid)
+        if self.overlays is not None:
+            for network in self.overlays.attached(cid):
+                await self.overlays.detach(network["Id"], cid)
         path = self.namespace(cid)
         if path.exists():
             await asyncio.to_thread(self.datapath.remove_namespace, path)
