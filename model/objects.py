@@ -102,6 +102,9 @@ class Node(StoreObject):
     # live tasks use), written by the allocator in swarmkit's NetworkAttachment shape:
     # [{"Network": <Network.to_swarm_api()>, "Addresses": ["10.0.0.2/24"]}]. Not in the Engine API.
     attachments: list[JSON] = field(default_factory=list)
+    # swarmkit's Node.Certificate status: {"State": "issued" | "rotate"}; "rotate" asks the node
+    # to renew (root CA rotation, manager/swarm/ca_rotation.py). Not in the Engine API.
+    certificate: JSON = field(default_factory=dict)
 
     @property
     def name(self) -> str:
