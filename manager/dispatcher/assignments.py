@@ -248,8 +248,10 @@ def _incremental(store: Store, changed: list[Task | str]) -> dict[str, Any]:
 
 
 def node_message(node: Node) -> dict[str, Any]:
-    """What a node needs to know of itself: the role it should have and whether it is in Raft."""
-    return {"kind": "node", "role": node.role, "raft_member": node.manager_status is not None}
+    """What a node needs to know of itself: the role it should have, whether it is in Raft, and
+    whether it should renew its certificate ("rotate": root CA rotation)."""
+    return {"kind": "node", "role": node.role, "raft_member": node.manager_status is not None,
+            "certificate": str(node.certificate.get("State") or "")}
 
 
 def _manager_change(event: Event) -> bool:

@@ -1,6 +1,10 @@
 """Certificate issuing on the cluster port: `ca.root`, `ca.join`, `ca.renew`.
 
 `ca.root` and `ca.join` are open to peers without a certificate; everything else needs one.
+During a root CA rotation (ca_rotation.py) certificates come from the new root with the
+cross-signed intermediate after them, and the trust bundle handed out holds both roots; the
+CA records on the node the TLSInfo of what it issued (`Description.TLSInfo`), which is how
+the rotation sees a node move.
 A join token decides the role (compared in constant time with the swarm's current tokens, so a
 rotated token stops working at once); the CA, never the requester, decides the node ID and the
 role written into the certificate. `ca.renew` re-issues for the caller's own node ID, with the
@@ -17,8 +21,9 @@ import hmac
 from collections.abc import Callable
 from typing import Any
 
-from ca.authority import CertificateError, NodeIdentity, RootCA
+from ca.authority import CertificateError, NodeIdentity, RootCA, node_tls_info
 from manager.store import ReadTx, Store, WriteTx
+from manager.swarm.ca_rotation import intermediates, record_issued, signing_ca, trust_bundle
 from model import Cluster, Node, new_id
 from rpc.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
 from rpc.server import Access, Peer, RpcServer
@@ -34,8 +39,8 @@ def cluster_of(tx: ReadTx) -> Cluster:
 
 
 def root_ca_of(cluster: Cluster) -> RootCA:
-    material = cluster.root_ca
-    return RootCA.from_pem(material["Cert"].encode(), material["Key"].encode())
+    """The CA that issues certificates now (the new root during a rotation)."""
+    return signing_ca(cluster)
 
 
 def cert_expiry(cluster: Cluster) -> datetime.timedelta:
@@ -72,7 +77,9 @@ class CAService:
     async def root(self, peer: Peer, params: dict[str, Any]) -> Any:
         self._check_serving()
         cluster = self._store.view(cluster_of)
-        return {"cert": cluster.root_ca["Cert"]}
+        # The root the join tokens pin, and the cross-signed root a manager's certificate may
+        # chain through during a rotation.
+        return {"cert": cluster.root_ca["Cert"], "intermediates": intermediates(cluster)}
 
     async def join(self, peer: Peer, params: dict[str, Any]) -> Any:
         self._check_serving()
@@ -91,18 +98,21 @@ class CAService:
         if availability not in ("active", "pause", "drain"):
             raise InvalidArgument(f"invalid availability {availability!r}")
 
-        def create(tx: WriteTx) -> None:
-            tx.create(Node(id=node_id, spec={"Labels": {}, "Role": role, "Availability": availability},
-                           description=description or {},
-                           status={"State": "unknown", "Message": "", "Addr": host}))
-
         try:
             cert = root_ca_of(cluster).issue(csr, NodeIdentity(node_id, role, cluster.id),
                                              expiry=cert_expiry(cluster))
         except CertificateError as e:
             raise InvalidArgument(str(e)) from None
+        root = trust_bundle(cluster)
+
+        def create(tx: WriteTx) -> None:
+            node = Node(id=node_id, spec={"Labels": {}, "Role": role, "Availability": availability},
+                        description=description or {}, status={"State": "unknown", "Message": "", "Addr": host})
+            record_issued(node, node_tls_info(cert, root.encode()))
+            tx.create(node)
+
         await self._store.update(create)
-        return {"node_id": node_id, "cert": cert, "root": cluster.root_ca["Cert"], "role": role,
+        return {"node_id": node_id, "cert": cert, "root": root, "role": role,
                 "cluster_id": cluster.id, "managers": self._store.view(managers_of)}
 
     async def renew(self, peer: Peer, params: dict[str, Any]) -> Any:
@@ -120,7 +130,18 @@ class CAService:
                                              expiry=cert_expiry(cluster))
         except CertificateError as e:
             raise InvalidArgument(str(e)) from None
-        return {"cert": cert, "role": role, "root": cluster.root_ca["Cert"]}
+        root = trust_bundle(cluster)
+        info = node_tls_info(cert, root.encode())
+
+        def record(tx: WriteTx) -> None:
+            current = tx.get("nodes", node.id)
+            if current is not None:
+                current = current.copy()
+                record_issued(current, info)
+                tx.update(current)
+
+        await self._store.update(record)
+        return {"cert": cert, "role": role, "root": root}
 
 
 def _role_of_token(cluster: Cluster, token: str) -> str | None:

@@ -1,5 +1,5 @@
 """The reconcilers a leader runs for one term: orchestrators, the task reaper, the network allocator
-(NEW -> PENDING, with addresses) and the scheduler (PENDING -> ASSIGNED)."""
+(NEW -> PENDING, with addresses), the scheduler (PENDING -> ASSIGNED) and the root CA rotation."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from manager.orchestrator import (
 )
 from manager.scheduler import Scheduler
 from manager.store import Store
+from manager.swarm.ca_rotation import RootRotation
 from model import Task
 
 
@@ -38,3 +39,4 @@ class Orchestration:
             group.create_task(TaskReaper(self._store, clock).run(), name="reaper")
             group.create_task(Allocator(self._store).run(), name="allocator")
             group.create_task(Scheduler(self._store, on_assigned=self._on_assigned).run(), name="scheduler")
+            group.create_task(RootRotation(self._store).run(), name="root-rotation")
