@@ -3,6 +3,10 @@
 Both run under the node's lock. Init either completes (the node leads a one-manager swarm whose
 cluster object and node object are committed) or leaves no trace: any failure forgets the
 half-made state and is answered as an error.
+
+Init creates the node's data key (node/autolock.py) before anything is written: the Raft log and
+the private keys are encrypted from the first byte; with autolock the cluster gets its unlock key
+and the data key is only ever stored wrapped by it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ca import tokens
 from ca.authority import NodeIdentity, RootCA, key_pem, make_csr, new_key
+from ca.encryption import new_unlock_key
 from ca.node_tls import NodeCredentials
 from engineapi.http import ApiError
 from manager.allocator import NetworkSettings, ingress_network, init_network_settings
@@ -61,10 +66,15 @@ async def init(node: SwarmNode, request: dict[str, Any]) -> str:
     node_id, cluster_id = new_id(), new_id()
     ca = RootCA.create(cluster_id)
     spec = normalize_swarm_spec(request.get("Spec"), base=default_swarm_spec())
+    # dockerd takes the request's AutoLockManagers; docker-py sets it in the spec only.
+    autolock = request.get("AutoLockManagers") is True or bool(spec["EncryptionConfig"].get("AutoLockManagers"))
+    spec["EncryptionConfig"] = {**spec["EncryptionConfig"], "AutoLockManagers": autolock}
     key = new_key()
-    cluster = Cluster(id=cluster_id, spec=spec)
+    cluster = Cluster(id=cluster_id, spec=spec, unlock_key=new_unlock_key() if autolock else "")
     cert = ca.issue(make_csr(key), NodeIdentity(node_id, "manager", cluster_id), expiry=cert_expiry(cluster))
-    NodeCredentials(ca.cert_pem, cert, key_pem(key), key_pem(ca.key) if ca.key else None).save(node.certs_dir)
+    dek = node.keys.create(cluster.unlock_key)
+    NodeCredentials(ca.cert_pem, cert, key_pem(key), key_pem(ca.key) if ca.key else None,
+                    key_password=dek.key_password).save(node.certs_dir)
     node.state = LocalSwarmState(node_id=node_id, cluster_id=cluster_id, role="manager", advertise_addr=advertise,
                                  listen_addr=listen, managers=[advertise], raft_id=new_raft_id())
     try:
@@ -81,7 +91,7 @@ async def _first_manager(node: SwarmNode, ca: RootCA, cluster: Cluster, network_
     state = node.state
     assert state is not None
     state.save(node.data_dir)
-    node.set_credentials(NodeCredentials.load(node.certs_dir))
+    node.set_credentials(node.load_credentials())
     await node.start_manager(bootstrap=True, members={})
     runtime = await node.until_leader("the first manager to become leader")
     ca_der = ca.cert.public_bytes(serialization.Encoding.DER)
@@ -118,7 +128,7 @@ async def force_new_cluster(node: SwarmNode) -> str:
     await node.stop_components()
     try:
         recovered = Store()
-        await asyncio.to_thread(replay_log, str(raft_dir), StoreStateMachine(recovered))
+        await asyncio.to_thread(replay_log, str(raft_dir), StoreStateMachine(recovered), node.keys.dek)
         snapshot = recovered.snapshot()
         aside = raft_dir.with_name(f"raft.before-force-new-cluster.{int(time.time())}")
         raft_dir.rename(aside)
@@ -126,7 +136,7 @@ async def force_new_cluster(node: SwarmNode) -> str:
         log.info("the new cluster refuses the other managers of the old one", extra={"raft_ids": sorted(refused)})
         state.managers = [state.advertise_addr]
         state.save(node.data_dir)
-        node.set_credentials(NodeCredentials.load(node.certs_dir))
+        node.set_credentials(node.load_credentials())
         await node.start_manager(bootstrap=True, members={})
         runtime = await node.until_leader("the recovered manager to become leader")
         await runtime.store.reset(snapshot)

@@ -38,6 +38,7 @@ from manager.swarm.leader_loops import Orchestration
 from node import events_api, swarm_api
 from node import system_api as system
 from node.addresses import split_host_port
+from node.autolock import locked_gate
 from node.metrics import DaemonMetrics, SideServer, side_servers
 from node.networking import LocalNetworkSource, NodeNetworking
 from node.supervisor import Supervisor
@@ -183,13 +184,14 @@ def build_host(config: DaemonConfig) -> Host:
                                     if metrics is not None else Orchestration],
                       logs=executor, dependencies=dependencies, networking=networking,
                       metrics=metrics.manager if metrics is not None else None, task_containers=task_containers)
-    app = new_app(linearizable_reads)
+    app = new_app(locked_gate(lambda: swarm.locked), linearizable_reads)
     app[system.SWARM_INFO] = swarm
     app[CLUSTER] = swarm
     app[LOCAL_NETWORKS] = LocalNetworkSource(networking, hostname,
                                              lambda: swarm.state.node_id if swarm.state is not None else "")
     app[logs_api.LOG_SOURCE] = ClusterLogs(lambda: swarm.runtime)
     app[swarm_api.SWARM_CONTROL] = swarm
+    app[cluster_swarm_api.SWARM_UNLOCK_CONTROL] = swarm
     app[system.DATA_DIR] = str(config.data_dir)
     app[system.HOSTNAME] = hostname
     routes = Routes(app)

@@ -25,6 +25,8 @@ Invariants:
   renewal): those run as `background` attempts, which a leave cancels before it takes the lock.
 - Forgetting the swarm kills and removes the containers of every task the agent ran, as
   Docker does when a node leaves.
+- A node whose data key is wrapped by an unlock key (autolock, node/autolock.py) starts locked:
+  no component runs until `unlock` is given the key, or the node leaves with --force.
 """
 
 from __future__ import annotations
@@ -38,16 +40,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aio import Backoff
+from ca.encryption import InvalidUnlockKey, KeyFileError, WrongUnlockKey, parse_unlock_key
 from ca.node_tls import NodeCredentials, peer_identity
 from engineapi.http import ApiError
+from manager.api.cluster import NOT_IN_SWARM, WORKER_NODE
 from manager.metrics import ManagerMetrics
 from manager.store import Store
 from manager.swarm.runtime import REMOVED, LeaderLoopFactory, ManagerRuntime
 from node import bootstrap, joining, roles
 from node.addresses import split_host_port
+from node.autolock import LOCKED, LOCKED_LEAVE, NodeKeys, follow_unlock_key
 from node.networking import NodeNetworking
 from node.state import LocalSwarmState
-from raft.node import RaftNode
+from raft.node import NodeOptions, RaftNode
 from rpc.server import RpcServer
 from worker.agent.agent import Agent, remove_task_containers
 from worker.agent.dependencies import Dependencies
@@ -88,6 +93,8 @@ class SwarmNode:
         self._task_containers = task_containers   # task IDs of the task containers on this host
         self.state: LocalSwarmState | None = LocalSwarmState.load(data_dir)
         self.creds: NodeCredentials | None = None
+        self.keys = NodeKeys(self.certs_dir)   # the data key that encrypts the swarm data at rest
+        self.locked = False                     # autolock: the data key waits for the unlock key
         self.runtime: ManagerRuntime | None = None
         self.agent: Agent | None = None
         self._components: list[asyncio.Task[Any]] = []
@@ -110,7 +117,11 @@ class SwarmNode:
             if self.state is not None:
                 async with self.lock:
                     try:
-                        await self.start_components(bootstrap=False)
+                        self.locked = not self.keys.load()
+                        if self.locked:
+                            log.warning("the swarm is locked: its data key waits for `swarm unlock`")
+                        else:
+                            await self.start_components(bootstrap=False)
                     except Exception as e:   # e.g. its cluster port is taken: the node reports it, may leave
                         self.record_failure("starting the swarm components", e)
                         await self.stop_components()
@@ -178,6 +189,10 @@ class SwarmNode:
             self._client_ctx = self.creds.client_context(self.certs_dir)
         return self._client_ctx
 
+    def load_credentials(self) -> NodeCredentials | None:
+        """The node's TLS credentials from disk, their keys opened with the data key."""
+        return NodeCredentials.load(self.certs_dir, self.keys.key_password)
+
     def set_credentials(self, creds: NodeCredentials | None) -> None:
         self.creds = creds
         self._client_ctx = None
@@ -186,9 +201,15 @@ class SwarmNode:
         state = self.state
         assert state is not None
         self.error = ""
-        self.set_credentials(NodeCredentials.load(self.certs_dir))
+        if self.keys.dek is None and not self.keys.load():
+            raise ApiError(503, LOCKED)
+        if state.role == "worker":
+            self.keys.wrap("")      # workers are never locked
+        self.set_credentials(self.load_credentials())
         if self.creds is None:
             raise ApiError(500, f"swarm state without certificates in {self.certs_dir}")
+        if self.creds.seal_on_disk(self.certs_dir):
+            log.info("the node's private keys are now encrypted at rest")
         if state.role == "manager":
             await self.start_manager(bootstrap, members or {})
         self.start_agent()
@@ -207,7 +228,7 @@ class SwarmNode:
         """Bind the cluster port (a bind error is the caller's ApiError, and nothing is left
         running), then start the server and the manager runtime and wait until Raft runs."""
         state, creds = self.state, self.creds
-        assert state is not None and creds is not None
+        assert state is not None and creds is not None and self.keys.dek is not None
         server = RpcServer(creds.server_context(self.certs_dir), identify=peer_identity)
         host, port = split_host_port(state.listen_addr)
         try:
@@ -218,8 +239,10 @@ class SwarmNode:
         self.runtime = runtime = ManagerRuntime(
             raft_id=state.raft_id, advertise_addr=state.advertise_addr,
             raft_dir=LocalSwarmState.raft_dir(self.data_dir), server=server, client_ssl=self.client_context,
-            members=members, bootstrap=bootstrap, leader_loops=self._leader_loops, metrics=self._metrics)
+            members=members, bootstrap=bootstrap, leader_loops=self._leader_loops, metrics=self._metrics,
+            options=NodeOptions(cipher=self.keys.dek))
         manager = self._spawn(runtime.run(), "manager")
+        self._spawn(follow_unlock_key(runtime.store, self.keys, runtime.ready.wait), "unlock-key")
         ready = asyncio.ensure_future(runtime.ready.wait())
         try:
             await asyncio.wait({ready, manager}, timeout=STARTUP_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
@@ -263,6 +286,8 @@ class SwarmNode:
             except Exception as e:
                 self.record_failure("removing the old swarm's networks", e)
         self.state = None
+        self.locked = False
+        self.keys.forget()
         self.set_credentials(None)
         self.wanted_role = None     # what the old swarm wanted of this node means nothing to a new one
         self.role_wakeup.clear()
@@ -318,11 +343,42 @@ class SwarmNode:
             await joining.join(self, request)
 
     async def leave(self, force: bool) -> None:
+        if self.locked and not force:
+            raise ApiError(503, LOCKED_LEAVE)
         await self._lock_for_leave()
         try:
             await joining.leave(self, force)
         finally:
             self.lock.release()
+
+    async def unlock(self, unlock_key: str) -> None:
+        """Open a locked node's data key with the unlock key and start its swarm components
+        (Docker's answers: 503 outside a swarm or on a worker, 409 when not locked, 400 for a
+        malformed key, 401 for a key that does not open this node's data key)."""
+        async with self.lock:
+            if not self.locked:
+                if self.state is None:
+                    raise ApiError(503, NOT_IN_SWARM)
+                if self.is_worker():
+                    raise ApiError(503, WORKER_NODE)
+                raise ApiError(409, "swarm is not locked")
+            try:
+                parse_unlock_key(unlock_key)
+                self.keys.unlock(unlock_key)
+            except InvalidUnlockKey as e:
+                raise ApiError(400, str(e)) from None
+            except WrongUnlockKey as e:
+                raise ApiError(401, str(e)) from None
+            except KeyFileError as e:
+                raise ApiError(500, str(e)) from None
+            self.locked = False
+            log.info("swarm unlocked")
+            try:
+                await self.start_components(bootstrap=False)
+            except Exception as e:
+                self.record_failure("starting the swarm components after unlock", e)
+                await self.stop_components()
+                raise ApiError(500, f"swarm component could not be started: {e}") from None
 
     # ---- info for the API ---------------------------------------------------------------------
     def manager_store(self) -> Store | None:
@@ -344,12 +400,17 @@ class SwarmNode:
     def swarm_state(self) -> str:
         if self.state is None:
             return "inactive"
+        if self.locked:
+            return "locked"
         return f"active/{self.state.role}"
 
     def swarm_info(self) -> dict[str, Any]:
         if self.state is None:
             return {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": False,
                     "Error": self.error, "RemoteManagers": None}
+        if self.locked:
+            return {"NodeID": "", "NodeAddr": "", "LocalNodeState": "locked", "ControlAvailable": False,
+                    "Error": "", "RemoteManagers": None}
         info: dict[str, Any] = {
             "NodeID": self.state.node_id, "NodeAddr": split_host_port(self.state.advertise_addr)[0],
             "LocalNodeState": "active", "ControlAvailable": self.state.role == "manager", "Error": self.error,
