@@ -1,8 +1,9 @@
-"""`shoal swarm init|join|join-token|leave|inspect|update|unlock-key`."""
+"""`shoal swarm init|join|join-token|leave|inspect|update|unlock|unlock-key`."""
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
@@ -37,6 +38,18 @@ async def _join_command(c: DaemonClient, role: str, quiet: bool) -> str:
             f"    shoal swarm join --token {token} {addr}\n")
 
 
+def unlock_text(key: str) -> str:
+    """What docker prints with a new or rotated unlock key."""
+    return ("To unlock a swarm manager after it restarts, run the `shoal swarm unlock`\n"
+            f"command and provide the following key:\n\n    {key}\n\n"
+            "Remember to store this key in a password manager, since without it you\n"
+            "will not be able to restart the manager.\n")
+
+
+def _autolock(cluster: dict[str, Any]) -> bool:
+    return bool((cluster.get("Spec", {}).get("EncryptionConfig") or {}).get("AutoLockManagers"))
+
+
 @swarm.command()
 @click.option("--advertise-addr", default="", help="Address other nodes use to reach this one (IP[:PORT]).")
 @click.option("--listen-addr", default="0.0.0.0:2377", show_default=True, help="Cluster listen address.")
@@ -46,9 +59,11 @@ async def _join_command(c: DaemonClient, role: str, quiet: bool) -> str:
 @click.option("--task-history-limit", type=int, default=None, help="Task history retention limit.")
 @click.option("--rebalance", is_flag=True,
               help="Move tasks to even out their spread when a node joins or becomes active.")
+@click.option("--autolock", is_flag=True,
+              help="Lock the managers' data at rest with a key you hold: a restarted manager needs `swarm unlock`.")
 @click.pass_context
 def init(ctx: click.Context, advertise_addr: str, listen_addr: str, force_new_cluster: bool, availability: str,
-         dispatcher_heartbeat: str, task_history_limit: int | None, rebalance: bool) -> None:
+         dispatcher_heartbeat: str, task_history_limit: int | None, rebalance: bool, autolock: bool) -> None:
     """Make this node the first manager of a new swarm."""
     spec: dict[str, Any] = {}
     if dispatcher_heartbeat:
@@ -57,14 +72,19 @@ def init(ctx: click.Context, advertise_addr: str, listen_addr: str, force_new_cl
         spec["Orchestration"] = {"TaskHistoryRetentionLimit": task_history_limit}
     if rebalance:
         spec.setdefault("Orchestration", {})["Rebalance"] = True
+    if autolock:
+        spec["EncryptionConfig"] = {"AutoLockManagers": True}
     body = {"AdvertiseAddr": advertise_addr, "ListenAddr": listen_addr, "ForceNewCluster": force_new_cluster,
-            "Availability": availability, "Spec": spec}
+            "Availability": availability, "Spec": spec, "AutoLockManagers": autolock}
 
     async def go(c: DaemonClient) -> str:
         node_id = await c.post("/swarm/init", body)
-        return f"Swarm initialized: current node ({node_id}) is now a manager.\n\n" + \
+        text = f"Swarm initialized: current node ({node_id}) is now a manager.\n\n" + \
             await _join_command(c, "worker", False) + \
             "\nTo add a manager to this swarm, run 'shoal swarm join-token manager' and follow the instructions.\n"
+        if autolock:
+            text += "\n" + unlock_text(str((await c.get("/swarm/unlockkey"))["UnlockKey"]))
+        return text
 
     console.print(with_client(ctx, go), markup=False)
 
@@ -144,16 +164,23 @@ def inspect(ctx: click.Context) -> None:
 @click.option("--cert-expiry", default="", help="Validity of node certificates (e.g. 2160h).")
 @click.option("--rebalance/--no-rebalance", default=None,
               help="Move tasks to even out their spread when a node joins or becomes active (or stop doing so).")
+@click.option("--autolock", type=click.BOOL, default=None, is_flag=False, flag_value=True,
+              help="Turn autolock on (--autolock, --autolock=true) or off (--autolock=false).")
 @click.pass_context
 def update(ctx: click.Context, dispatcher_heartbeat: str, task_history_limit: int | None, cert_expiry: str,
-           rebalance: bool | None) -> None:
+           rebalance: bool | None, autolock: bool | None) -> None:
     """Update the swarm's configuration."""
-    if not (dispatcher_heartbeat or task_history_limit is not None or cert_expiry or rebalance is not None):
-        fail("nothing to update: give --dispatcher-heartbeat, --task-history-limit, --cert-expiry or --rebalance")
+    if not (dispatcher_heartbeat or task_history_limit is not None or cert_expiry or rebalance is not None
+            or autolock is not None):
+        fail("nothing to update: give --dispatcher-heartbeat, --task-history-limit, --cert-expiry, --rebalance "
+             "or --autolock")
 
-    async def go(c: DaemonClient) -> None:
+    async def go(c: DaemonClient) -> str:
         cluster = await c.get("/swarm")
         spec = cluster["Spec"]
+        was_locked = _autolock(cluster)
+        if autolock is not None:
+            spec["EncryptionConfig"] = {**(spec.get("EncryptionConfig") or {}), "AutoLockManagers": autolock}
         if dispatcher_heartbeat:
             spec.setdefault("Dispatcher", {})["HeartbeatPeriod"] = parse_duration_ns(
                 dispatcher_heartbeat, "--dispatcher-heartbeat")
@@ -165,6 +192,60 @@ def update(ctx: click.Context, dispatcher_heartbeat: str, task_history_limit: in
             spec.setdefault("Orchestration", {})["Rebalance"] = rebalance
         await c.post("/swarm/update", spec, version=cluster["Version"]["Index"], rotateWorkerToken="false",
                      rotateManagerToken="false", rotateManagerUnlockKey="false")
+        if autolock and not was_locked:     # as docker: the new key is shown once, when autolock turns on
+            return "Swarm updated.\n" + unlock_text(str((await c.get("/swarm/unlockkey"))["UnlockKey"]))
+        return "Swarm updated.\n"
+
+    console.print(with_client(ctx, go), markup=False, end="")
+
+
+def _read_unlock_key() -> str:
+    """From the terminal without echo (as `docker swarm unlock`), else the first line of stdin."""
+    if sys.stdin.isatty():
+        return str(click.prompt("Enter unlock key", hide_input=True, prompt_suffix=": "))
+    return sys.stdin.readline().strip()
+
+
+@swarm.command()
+@click.pass_context
+def unlock(ctx: click.Context) -> None:
+    """Unlock a locked manager: give the unlock key (prompted for, or read from stdin)."""
+
+    async def state(c: DaemonClient) -> str:
+        return str(((await c.get("/info")).get("Swarm") or {}).get("LocalNodeState", "inactive"))
+
+    current = with_client(ctx, state)
+    if current == "inactive":
+        fail("Error: This node is not part of a swarm")
+    if current != "locked":
+        fail("Error: swarm is not locked")
+    key = _read_unlock_key()
+
+    async def go(c: DaemonClient) -> None:
+        await c.post("/swarm/unlock", {"UnlockKey": key})
 
     with_client(ctx, go)
-    console.print("Swarm updated.")
+
+
+@swarm.command("unlock-key")
+@click.option("-q", "--quiet", is_flag=True, help="Only print the unlock key.")
+@click.option("--rotate", is_flag=True, help="Rotate the unlock key.")
+@click.pass_context
+def unlock_key(ctx: click.Context, quiet: bool, rotate: bool) -> None:
+    """Show (or rotate) the key that unlocks a restarted manager."""
+
+    async def go(c: DaemonClient) -> str:
+        text = ""
+        if rotate:
+            cluster = await c.get("/swarm")
+            if not _autolock(cluster):
+                fail("cannot rotate because autolock is not turned on")
+            await c.post("/swarm/update", cluster["Spec"], version=cluster["Version"]["Index"],
+                         rotateWorkerToken="false", rotateManagerToken="false", rotateManagerUnlockKey="true")
+            text = "" if quiet else "Successfully rotated manager unlock key.\n\n"
+        key = str((await c.get("/swarm/unlockkey")).get("UnlockKey") or "")
+        if not key:
+            fail("no unlock key is set")
+        return key + "\n" if quiet else text + unlock_text(key)
+
+    console.print(with_client(ctx, go), markup=False, end="")
