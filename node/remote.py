@@ -15,7 +15,7 @@ from typing import Any
 from cryptography import x509
 
 from ca import tokens
-from ca.authority import RootCA, load_key, make_csr, new_key
+from ca.authority import RootCA, load_certs, load_key, make_csr, new_key
 from ca.node_tls import NodeCredentials, bootstrap_client_context
 from engineapi.http import ApiError
 from rpc.client import RpcClient
@@ -33,15 +33,18 @@ async def request_membership(remote: str, token: tokens.JoinToken, description: 
     """Join through the manager at `remote`: returns its reply (node ID, certificate, role, ...)
     and the private key the certificate is for."""
     async with RpcClient(remote, bootstrap_client_context(), connect_timeout=5) as client:
-        root_pem = (await client.call("ca.root", timeout=10))["cert"]
-        root = RootCA.from_pem(root_pem.encode())
+        answer = await client.call("ca.root", timeout=10)
+        root = RootCA.from_pem(answer["cert"].encode())
+        # During a root CA rotation the manager's certificate comes from the new root, which the
+        # root the token pins has cross-signed.
+        cross = [c for pem in answer.get("intermediates") or [] for c in load_certs(pem_bytes(pem))]
         if not token.matches_ca(root.der):
             raise ApiError(400, f"remote CA at {remote} does not match the fingerprint in the join token; "
                                 "refusing to trust it")
         if client.peer_cert_der is None:
             raise ApiError(400, f"manager at {remote} presented no certificate")
         try:
-            root.verify(x509.load_der_x509_certificate(client.peer_cert_der))
+            root.verify(x509.load_der_x509_certificate(client.peer_cert_der), cross)
         except Exception as e:
             raise ApiError(400, f"manager at {remote} presented a certificate its CA did not issue: {e}") from None
         key = new_key()
@@ -67,5 +70,6 @@ async def renew_certificate(managers: list[str], ssl_context: ssl.SSLContext,
         except RpcError as e:
             log.info("renewal via %s failed: %s", addr, e)
             continue
-        return NodeCredentials(pem_bytes(reply["root"]), pem_bytes(reply["cert"]), creds.key_pem, creds.root_key_pem)
+        return NodeCredentials(pem_bytes(reply["root"]), pem_bytes(reply["cert"]), creds.key_pem, creds.root_key_pem,
+                               key_password=creds.key_password)
     return None

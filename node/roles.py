@@ -10,6 +10,10 @@ The agent's session reports this node's wanted role; the role loop is level-trig
   down or cut off; see manager/swarm/runtime.py) but that the cluster wants as a manager again
   joins as a new member, as a promotion does (new Raft ID, no Raft state): its old ID may be refused.
   One that the cluster wants as a worker is demoted as above.
+- asked to renew its certificate (the node message's `certificate` is "rotate": a root CA
+  rotation, manager/swarm/ca_rotation.py): renew; the new certificate and trust bundle take
+  effect at once for new connections (the cluster port's listener, the Raft dialer and every
+  client context), with no restart and no window in which RPCs fail.
 A failed attempt is retried, after a growing delay, until it succeeds or the wish changes. Each
 attempt is a `SwarmNode.background` transition: it runs under the node's lock, a leave cancels
 it, and it either happens or leaves the node as it was (a promotion whose manager cannot start
@@ -23,9 +27,10 @@ import functools
 import logging
 import shutil
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aio import Backoff
+from ca.authority import CertificateError, node_tls_info
 from engineapi.http import ApiError
 from node.joining import join_raft
 from node.remote import renew_certificate
@@ -57,15 +62,26 @@ def change_needed(node: SwarmNode) -> str | None:
     return None
 
 
+def certificate_needed(node: SwarmNode) -> str | None:
+    """"certificate" when the cluster asks this node to renew its certificate."""
+    if node.state is None or node.creds is None or node.wanted_certificate != "rotate":
+        return None
+    return "certificate"
+
+
 async def role_loop(node: SwarmNode) -> None:
     backoff = Backoff(ROLE_RETRY_FIRST, ROLE_RETRY_CEILING)
     while True:
         await node.role_wakeup.wait()
         node.role_wakeup.clear()
-        while (target := change_needed(node)) is not None:
+        while (target := change_needed(node) or certificate_needed(node)) is not None:
             done = await node.background(functools.partial(_attempt, node, target))
             if done is None:
                 break        # a leave cut it short: whatever the node is next reports afresh
+            if done and target == "certificate":
+                node.wanted_certificate = ""   # the CA marked the node issued; a new wish comes as a message
+                backoff.reset()
+                continue
             if done:
                 node.wanted_role = None  # the new session will report afresh
                 backoff.reset()
@@ -75,8 +91,14 @@ async def role_loop(node: SwarmNode) -> None:
 
 async def _attempt(node: SwarmNode, target: str) -> bool:
     """One try at `target`, under the lock; True when done (or no longer wanted)."""
-    if change_needed(node) != target:
+    if (change_needed(node) or certificate_needed(node)) != target:
         return True      # the wish changed, or another transition did it meanwhile
+    if target == "certificate":
+        try:
+            return await renew(node)
+        except (RpcError, OSError, CertificateError) as e:
+            log.warning("certificate renewal for the root CA rotation failed for now: %s", e)
+            return False
     if target == "raft":
         return await _retry_raft_join(node)
     if target == "rejoin":
@@ -148,16 +170,44 @@ async def _restore(node: SwarmNode, before: LocalSwarmState) -> None:
         await node.stop_components()
 
 
-async def renew(node: SwarmNode) -> None:
+async def renew(node: SwarmNode) -> bool:
+    """Ask a manager for a new certificate (and the trust bundle); True once it is in use."""
     state, creds = node.state, node.creds
     if state is None or creds is None:
-        return
+        return False
     renewed = await renew_certificate(state.managers or [state.advertise_addr], node.client_context(), creds)
     if renewed is None:
-        return
+        return False
     renewed.save(node.certs_dir)
     node.set_credentials(renewed)
+    use_new_credentials(node)
     log.info("certificate renewed", extra={"role": renewed.identity.role})
+    return True
+
+
+def use_new_credentials(node: SwarmNode) -> None:
+    """New connections use the node's current certificate and trust bundle: the cluster port's
+    listener (ca/live_tls.py) and the Raft dialer; the agent and the manager's peer clients ask
+    `node.client_context()` for each connection already."""
+    creds = node.creds
+    if creds is None:
+        return
+    if node.server_tls is not None:
+        node.server_tls.update(creds.server_context(node.certs_dir))
+    if node.runtime is not None:
+        node.runtime.raft.transport.client_ssl = node.client_context()
+
+
+def describe(node: SwarmNode) -> dict[str, Any]:
+    """The node's description for its session: what the daemon reports, and the TLSInfo of its
+    certificate and trust bundle (what a root CA rotation watches)."""
+    description = dict(node.description())
+    if node.creds is not None:
+        try:
+            description["TLSInfo"] = node_tls_info(node.creds.cert_pem, node.creds.root_pem)
+        except CertificateError as e:
+            log.warning("cannot describe this node's certificate: %s", e)
+    return description
 
 
 async def renewal_loop(node: SwarmNode) -> None:

@@ -32,6 +32,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import shutil
 import ssl
@@ -41,6 +42,7 @@ from typing import Any, TypeVar
 
 from aio import Backoff
 from ca.encryption import InvalidUnlockKey, KeyFileError, WrongUnlockKey, parse_unlock_key
+from ca.live_tls import LiveServerContext
 from ca.node_tls import NodeCredentials, peer_identity
 from engineapi.http import ApiError
 from manager.api.cluster import NOT_IN_SWARM, WORKER_NODE
@@ -102,6 +104,8 @@ class SwarmNode:
         self._group: asyncio.TaskGroup | None = None
         self.lock = asyncio.Lock()          # one transition at a time
         self.wanted_role: tuple[str, bool] | None = None   # (role, in Raft) as the cluster reports it
+        self.wanted_certificate = ""        # "rotate": the cluster asks for a renewal (root CA rotation)
+        self.server_tls: LiveServerContext | None = None   # the cluster port's TLS, renewed in place
         self.role_wakeup = asyncio.Event()
         self._client_ctx: ssl.SSLContext | None = None
         self.error = ""
@@ -218,7 +222,8 @@ class SwarmNode:
         state = self.state
         assert state is not None
         self.agent = Agent(state.node_id, state.managers or [state.advertise_addr], self.client_context,
-                           self._executor, self.description, split_host_port(state.advertise_addr)[0],
+                           self._executor, functools.partial(roles.describe, self),
+                           split_host_port(state.advertise_addr)[0],
                            on_managers=self._on_managers, on_node=self._on_node, logs=self._logs,
                            dependencies=self._dependencies, networking=self._networking,
                            leftover_containers=self._task_containers)
@@ -229,7 +234,8 @@ class SwarmNode:
         running), then start the server and the manager runtime and wait until Raft runs."""
         state, creds = self.state, self.creds
         assert state is not None and creds is not None and self.keys.dek is not None
-        server = RpcServer(creds.server_context(self.certs_dir), identify=peer_identity)
+        self.server_tls = LiveServerContext(creds.server_context(self.certs_dir))
+        server = RpcServer(self.server_tls.listener, identify=peer_identity)
         host, port = split_host_port(state.listen_addr)
         try:
             await server.listen(host, port)
@@ -272,6 +278,7 @@ class SwarmNode:
     def _on_node(self, message: dict[str, Any]) -> None:
         """What the cluster says this node should be; the role loop acts on it."""
         self.wanted_role = (str(message.get("role")), bool(message.get("raft_member")))
+        self.wanted_certificate = str(message.get("certificate") or "")
         self.role_wakeup.set()
 
     async def forget(self) -> None:
