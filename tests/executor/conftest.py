@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.executor import ContainerConfig, Executor
+from worker.executor import ContainerConfig, Executor, rootfs
 from worker.executor.teardown import destroy_executor
 
 BUSYBOX = shutil.which("busybox") or "/usr/bin/busybox"
@@ -51,12 +51,19 @@ def busybox_layer(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Iterator[Path]:
+    """The executor's data dir; after the test, `destroy_executor` must leave no mount below
+    the test's tmp dir (the run tmpfs, overlay rootfs mounts): a test whose run leaves one fails
+    (and the mount is taken down by its path, so one failure does not pile up)."""
     d = tmp_path / "data"
     d.mkdir()
     try:
         yield d
     finally:
         destroy_executor(d)
+        left = rootfs.mounts_under(tmp_path)
+        if left:
+            rootfs.unmount_below(tmp_path)
+            pytest.fail(f"mounts left behind after destroy_executor: {left}")
 
 
 @pytest.fixture
