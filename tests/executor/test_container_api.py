@@ -132,6 +132,78 @@ async def test_docker_exec_it_sh_through_a_pty(api: str, task_container: Contain
     assert code == 3, screen
 
 
+async def test_docker_exec_start_failures_exit_126_as_dockerd(api: str, task_container: ContainerController,
+                                                               tmp_path: Path) -> None:
+    """dockerd records ExitCode 126 for an exec it could not start, a missing command included
+    (its start-error path overrides the 127 it gives `docker run`); runc's message reaches the
+    client."""
+    docker, cid = Docker(api, tmp_path / "cfg"), task_container.id
+    code, _, err = await docker.run("exec", cid, "nosuch", ok=False)
+    assert code == 126 and 'exec: "nosuch": executable file not found in $PATH' in err
+    code, _, err = await docker.run("exec", cid, "/etc/passwd", ok=False)
+    assert code == 126 and "permission denied" in err
+    code, _, _ = await docker.run("exec", cid, "sh", "-c", "exit 255", ok=False)
+    assert code == 255                                    # the process's own 255 stays 255
+    sock = api.removeprefix("unix://")
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as http:
+        async with http.post(f"http://d/v1.47/containers/{cid}/exec",
+                             json={"Cmd": ["true"], "Tty": True, "DetachKeys": "ctrl-pq"}) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["message"] == "Invalid escape keys (ctrl-pq) provided"
+        async with http.post(f"http://d/v1.47/containers/{cid}/exec",
+                             json={"Cmd": ["nosuch"], "AttachStderr": True}) as resp:
+            exec_id = (await resp.json())["Id"]
+        async with http.post(f"http://d/v1.47/exec/{exec_id}/start", json={}) as resp:
+            frames, _ = parse_frames(await resp.read())
+        assert any(b"executable file not found" in data for _, data in frames)
+        async with http.get(f"http://d/v1.47/exec/{exec_id}/json") as resp:
+            doc = await resp.json()
+        assert (doc["ExitCode"], doc["Running"]) == (126, False)
+
+
+async def test_exec_detach_keys_leave_the_process_running(api: str, task_container: ContainerController,
+                                                         tmp_path: Path) -> None:
+    """A TTY client that sends the detach keys (ctrl-p,ctrl-q unless the exec names others) is let
+    go, and the process runs on (`Running` in /exec/{id}/json), as with dockerd. The docker CLI
+    spots the keys itself ("read escape sequence") and drops the connection; docker-py's raw
+    socket sends them to the daemon."""
+    import docker as docker_py
+
+    cli, cid = Docker(api, tmp_path / "cfg"), task_container.id
+    async with PtySession([DOCKER, "exec", "-it", "--detach-keys", "ctrl-a,d", cid, "sh"], env=cli.env) as session:
+        await session.send(b"echo \x10x-$((6*7))\r")
+        await session.expect(b"x-42")                    # ctrl-p alone is no longer special
+        await session.send(b"\x01d")
+        await session.expect(b"read escape sequence")
+        await session.wait()
+
+    def drive(keys: str | None, sequence: bytes, pidfile: str) -> None:
+        client = docker_py.APIClient(base_url=api, version="1.47")
+        try:
+            extra = {"detach_keys": keys} if keys else {}
+            exec_id = client.exec_create(cid, "sh", stdin=True, tty=True, **extra)["Id"]
+            sock = client.exec_start(exec_id, tty=True, socket=True)._sock
+            sock.settimeout(20)
+            sock.sendall(f"echo $$ > {pidfile}; echo \x10x-$((6*7))\n".encode())
+            seen = b""
+            while b"x-42" not in seen:
+                seen += sock.recv(4096)
+            sock.sendall(sequence + b"echo never\n")
+            while chunk := sock.recv(4096):               # the daemon ends the connection
+                seen += chunk
+            sock.close()
+            assert b"never" not in seen
+            state = client.exec_inspect(exec_id)
+            assert (state["Running"], state["ExitCode"]) == (True, None), state
+            out = client.exec_start(client.exec_create(cid, ["sh", "-c", f"kill -9 $(cat {pidfile})"])["Id"])
+            assert out == b""
+        finally:
+            client.close()
+
+    await asyncio.to_thread(drive, None, b"\x10\x11", "/tmp/d1")
+    await asyncio.to_thread(drive, "ctrl-a,d", b"\x01d", "/tmp/d2")
+
+
 async def test_kill_stop_rm_and_errors(api: str, executor: Executor, busybox_layer: Path,
                                        task_container: ContainerController, tmp_path: Path) -> None:
     docker, cid = Docker(api, tmp_path / "cfg"), task_container.id

@@ -6,13 +6,18 @@ Theory of operation: create checks the body and that the container runs, and reg
 it) or attached, on the connection `engineapi.hijack` takes over (`101 UPGRADED`, raw for a
 TTY, multiplexed frames otherwise), which closes once the process has ended and its exit code
 is recorded for `GET /exec/{id}/json`. A failure to start the process is written into the stream
-(as dockerd writes runc's error) and recorded as exit code 126.
+(as dockerd writes runc's error) and recorded as exit code 126. The process runs in a task the
+registry owns: a TTY client that types the detach keys is let go (`exec_detach`), the process
+runs on, and `GET /exec/{id}/json` shows it running.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
+from aio import cancel_and_wait
 from engineapi.bodykeys import EXEC_CONFIG, EXEC_START
 from engineapi.hijack import hijack
 from engineapi.http import ApiError, Routes, json_response, read_json
@@ -82,21 +87,34 @@ def add_routes(routes: Routes, containers: LocalContainers, registry: ExecRegist
         view, _ = await containers.get(instance.container_id)
         command = " ".join(instance.config.cmd)
         emit(f"exec_start: {command}", view, instance)
+        def died(code: int) -> None:
+            emit("exec_die", view, instance, exitCode=str(code))
+
         if body.get("Detach"):
-            registry.start_detached(instance, lambda code: emit("exec_die", view, instance, exitCode=str(code)))
+            registry.start_detached(instance, died)
             return web.Response(status=200)
         content_type = RAW_STREAM if instance.config.tty else stream_content_type(request)
         resp, stream = await hijack(request, content_type)
         write = stream.write if stream is not None else resp.write
+        task = registry.spawn(instance, died, write, stream.read if stream is not None else None)
+        detached = asyncio.ensure_future(instance.detached.wait())
         try:
-            await instance.run(write, stream.read if stream is not None else None)
+            await asyncio.wait([task, detached], return_when=asyncio.FIRST_COMPLETED)
+            if instance.detached.is_set():
+                emit("exec_detach", view, instance)       # the process runs on, the registry owns it
+            else:
+                await task
         except ExecError as e:
             text = (e.message + "\r\n").encode()
             await write(text if instance.config.tty else frame(STDERR, text))
+        except asyncio.CancelledError:
+            if not instance.detached.is_set():
+                await cancel_and_wait([task])             # the client went away: the process goes too
+            raise
         finally:
+            await cancel_and_wait([detached])
             if stream is not None:
                 stream.close()
-            emit("exec_die", view, instance, exitCode=str(instance.exit_code))
         return resp
 
     async def resize(request: web.Request) -> web.Response:

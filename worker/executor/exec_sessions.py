@@ -11,7 +11,12 @@ asks `GET /exec/{id}/json` for the code as soon as its stream ends.
     pty otherwise): the daemon opens a pty pair, hands the slave (raw) to runc as its stdio,
     and relays the master to and from the connection unframed. A resize sets the master's
     window size and sends SIGWINCH to runc, which copies the size into the container's pty.
-    The client's half-close sends an end-of-file (^D).
+    The client's half-close sends an end-of-file (^D). The input is scanned for the detach keys
+    (`detach_keys`, ctrl-p,ctrl-q by default, as dockerd, TTY only): on them the client is let go
+    (`detached` is set, output goes nowhere from then on) and the process runs on, unattended.
+  - A process runc could not start (missing command, not executable) ends runc with 255 before
+    runc wrote the pid file; that is recorded as 126, as dockerd records any exec start failure,
+    and runc's message (its log goes to a file, so stderr gets the plain text) reaches the client.
 `ExecRegistry` holds the instances (the finished ones until they are pruned, oldest first past
 `KEEP_FINISHED`) and owns the tasks of detached ones; `close()` cancels them (the processes get
 SIGKILL). An attached instance is run by its request handler.
@@ -34,11 +39,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aio import cancel_and_wait
 from engineapi.logframes import STDERR, STDOUT, frame
+from worker.executor import detach_keys
 from worker.executor.controller import ContainerController
 from worker.executor.spec import ConfigError, resolve_user
 
 KEEP_FINISHED = 256
+RUNC_FAILED = 255        # runc's own exit code when it fails (here: to start the process)
+CANNOT_START = 126       # dockerd's ExitCode for an exec that could not start
 READ_CHUNK = 32 * 1024
 EOT = b"\x04"
 
@@ -83,6 +92,14 @@ class ExecConfig:
         for entry in env:
             if "=" not in entry or entry.startswith("="):
                 raise ExecError(400, f"invalid environment variable: {entry}")
+        keys = body.get("DetachKeys") or ""
+        if not isinstance(keys, str):
+            raise ExecError(400, "DetachKeys must be a string")
+        if keys:
+            try:
+                detach_keys.parse(keys)
+            except ValueError:
+                raise ExecError(400, f"Invalid escape keys ({keys}) provided") from None
         workdir = body.get("WorkingDir") or ""
         if not isinstance(workdir, str) or (workdir and not workdir.startswith("/")):
             raise ExecError(400, f"the working directory '{workdir}' is invalid, it needs to be an absolute path")
@@ -98,7 +115,7 @@ class ExecConfig:
                    attach_stdout=bool(body.get("AttachStdout")),
                    attach_stderr=bool(body.get("AttachStderr")),
                    privileged=bool(body.get("Privileged")),
-                   detach_keys=str(body.get("DetachKeys") or ""), console_size=console)
+                   detach_keys=keys, console_size=console)
 
 
 def set_window(fd: int, height: int, width: int) -> None:
@@ -117,7 +134,10 @@ class ExecInstance:
         self._proc: asyncio.subprocess.Process | None = None
         self._master = -1
         self.pid_file = ctl.paths.state / f"exec-{self.id[:16]}.pid"
+        self.runc_log = ctl.paths.state / f"exec-{self.id[:16]}.log"
         self.finished = asyncio.Event()
+        self.detached = asyncio.Event()       # the client detached with the detach keys
+        self._out: Write | None = None
 
     # ---- what the API shows ----------------------------------------------------------------
     @property
@@ -160,7 +180,8 @@ class ExecInstance:
         if c.privileged:
             args += [a for cap in _ALL_CAPS for a in ("--cap", cap)]
         runc = self.ctl.runc
-        return [runc.binary, "--root", str(runc.root), *args, self.container_id, *c.cmd]
+        return [runc.binary, "--root", str(runc.root), "--log", str(self.runc_log), "--log-format", "json",
+                *args, self.container_id, *c.cmd]
 
     def claim(self) -> None:
         """Mark the instance started (once); ExecError 409 if it was."""
@@ -175,27 +196,45 @@ class ExecInstance:
         the client's input (b"" at its end). Returns and records the exit code."""
         c = self.config
         self.running = True
+        self._out = write
         code = 137               # recorded if the run is cancelled (the process is killed)
         try:
             if c.tty:
-                code = await self._run_tty(write, read if c.attach_stdin else None)
+                code = await self._run_tty(read if c.attach_stdin else None)
             else:
-                code = await self._run_pipes(write, read if c.attach_stdin else None)
+                code = await self._run_pipes(read if c.attach_stdin else None)
+            if code == RUNC_FAILED and not self.pid_file.exists():
+                code = CANNOT_START
             return code
         except ExecError:
-            code = 126
+            code = CANNOT_START
             raise
         except OSError as e:
-            code = 126
+            code = CANNOT_START
             raise ExecError(500, f"exec failed: {e}") from e
         finally:
             self.running = False
             self.exit_code = code
             self.pid_file.unlink(missing_ok=True)
+            self.runc_log.unlink(missing_ok=True)
             self.finished.set()
 
-    async def _run_pipes(self, write: Write | None, read: Read | None) -> int:
-        c = self.config
+    async def _emit(self, data: bytes) -> None:
+        out = self._out
+        if out is None:
+            return
+        try:
+            await out(data)
+        except ConnectionError:
+            if not self.detached.is_set():      # a detached client's connection is closed: fine
+                raise
+
+    def _detach(self) -> None:
+        self._out = None
+        self.detached.set()
+
+    async def _run_pipes(self, read: Read | None) -> int:
+        c, write = self.config, self._out
         pipe, devnull = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
         proc = await asyncio.create_subprocess_exec(
             *self._argv(), stdin=pipe if read else devnull,
@@ -204,10 +243,10 @@ class ExecInstance:
         self._proc = proc
 
         async def copy_out(reader: asyncio.StreamReader | None, stream_id: int) -> None:
-            if reader is None or write is None:
+            if reader is None:
                 return
             while chunk := await reader.read(READ_CHUNK):
-                await write(frame(stream_id, chunk))
+                await self._emit(frame(stream_id, chunk))
 
         async def copy_in() -> None:
             assert proc.stdin is not None and read is not None
@@ -224,7 +263,7 @@ class ExecInstance:
         finally:
             await self._end(proc, feeding)
 
-    async def _run_tty(self, write: Write | None, read: Read | None) -> int:
+    async def _run_tty(self, read: Read | None) -> int:
         master, slave = os.openpty()
         try:
             tty.setraw(slave)
@@ -240,18 +279,24 @@ class ExecInstance:
         self._proc, self._master = proc, master
         os.set_blocking(master, False)
 
+        scanner = detach_keys.EscapeScanner(detach_keys.parse(self.config.detach_keys or detach_keys.DEFAULT))
+
         async def copy_in() -> None:
             assert read is not None
             with contextlib.suppress(ConnectionError):
                 while data := await read():
-                    await _write_fd(master, data)
+                    data, detach = scanner.feed(data)
+                    if data:
+                        await _write_fd(master, data)
+                    if detach:
+                        self._detach()
+                        return
                 await _write_fd(master, EOT)
 
         feeding = asyncio.ensure_future(copy_in()) if read else None
         try:
             while chunk := await _read_fd(master):
-                if write is not None:
-                    await write(chunk)
+                await self._emit(chunk)
             return await proc.wait()
         finally:
             self._master = -1
@@ -302,24 +347,29 @@ class ExecRegistry:
     def of_container(self, cid: str) -> list[str]:
         return [i.id for i in self._instances.values() if i.container_id == cid]
 
-    def start_detached(self, instance: ExecInstance, on_exit: Callable[[int], None]) -> None:
-        """Run `instance` without a client; `on_exit` hears its exit code."""
-        task = asyncio.get_running_loop().create_task(instance.run(None, None), name=f"exec {instance.id[:12]}")
+    def spawn(self, instance: ExecInstance, on_exit: Callable[[int], None], write: Write | None = None,
+              read: Read | None = None) -> asyncio.Task[int]:
+        """Run `instance` in a task the registry owns (so a client that detaches, or never
+        attached, leaves it running until `close`); `on_exit` hears its exit code. A client
+        that stays attached awaits the task."""
+        task = asyncio.get_running_loop().create_task(instance.run(write, read), name=f"exec {instance.id[:12]}")
         self._detached.add(task)
 
         def done(task: asyncio.Task[int]) -> None:
             self._detached.discard(task)
             if not task.cancelled():
-                task.exception()      # retrieved: a failed detached exec only records its code
-                on_exit(instance.exit_code if instance.exit_code is not None else -1)
+                task.exception()      # retrieved here; an attached client reads it from the task
+            on_exit(instance.exit_code if instance.exit_code is not None else -1)
 
         task.add_done_callback(done)
+        return task
+
+    def start_detached(self, instance: ExecInstance, on_exit: Callable[[int], None]) -> None:
+        """Run `instance` without a client; `on_exit` hears its exit code."""
+        self.spawn(instance, on_exit)
 
     async def close(self) -> None:
-        tasks = list(self._detached)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._detached))
 
 
 def _read(path: Path) -> str:
