@@ -24,21 +24,10 @@ Membership: each member's address travels in `ConfChange.context` as msgpack
 book is carried inside every snapshot (the snapshot's data wraps the application's bytes), so a node
 restored from a snapshot can reach its peers.
 
-Removed members (raft/removal.py): a member's address is not forgotten when its removal applies; it
-moves to `retired`, also kept in snapshots. The core answers a removed node that still talks to us
-with REMOVED, and a leader sends REMOVED to a follower whose removal it commits; such a message
-opens (or keeps open) lanes to the retired address, which close again `RETIRED_GRACE_ELECTIONS`
-election timeouts after the last one sent. So a member removed while it was down or cut off hears
-that it is out as soon as it talks to the cluster again, and the cluster keeps no connections open
-to old members. `removed` says this node knows it was removed; it is logged once when it turns true
-(and again should it turn false: added back under the same id).
-
-Refused members: a cluster forced anew from one member's state (`write_refused_members` before its
-first start, kept in `<data_dir>/refused-members`) names the members of the cluster it left behind.
-Their messages never reach the core: each is answered with REMOVED marked `reject`, which tells the
-old member it is out whatever its log says (raft/removal.py, "Refused members"). Without it, old
-members coming back together could elect a leader of their old configuration whose term the new
-cluster would follow, and whose log would overwrite the new one.
+Removed and refused members (raft/retired.py): their addresses are kept apart from `members`, and
+lanes to them are opened only while a REMOVED is on its way. `removed` says this node knows it was
+removed; it is logged once when it turns true (and again should it turn false: added back under
+the same id). The read-only accessors (role, leader, indexes, status) are in raft/node_view.py.
 """
 
 from __future__ import annotations
@@ -64,6 +53,8 @@ from raft.members import (
     _wrap_snapshot,
     read_refused_members,
 )
+from raft.node_view import NodeView
+from raft.retired import RetiredLanes
 from raft.storage import DiskStorage, RecordCipher
 from raft.transport import Address, Transport
 from raft.types import (
@@ -72,7 +63,6 @@ from raft.types import (
     ConfState,
     Entry,
     EntryType,
-    HardState,
     Message,
     MessageType,
     NotLeader,
@@ -86,8 +76,6 @@ log = logging.getLogger("raft.node")
 
 # Leader messages that may leave before the Ready's own entries are durable (see _handle_ready).
 _OVERLAPPABLE = (MessageType.APPEND, MessageType.HEARTBEAT)
-# A removed member's lanes stay open this many election timeouts after the last REMOVED sent to it.
-RETIRED_GRACE_ELECTIONS = 4
 
 
 class StateMachine(Protocol):
@@ -124,7 +112,7 @@ class NodeOptions:
     cipher: RecordCipher | None = None  # encryption at rest of the log and snapshots (raft/wal.py)
 
 
-class RaftNode:
+class RaftNode(NodeView):
     def __init__(self, node_id: int, data_dir: str, state_machine: StateMachine, *,
                  members: dict[int, Member], bootstrap: bool = True,
                  options: NodeOptions | None = None) -> None:
@@ -138,10 +126,7 @@ class RaftNode:
         self.sm = state_machine
         self.opts = options or NodeOptions()
         self.members: dict[int, Member] = dict(members)
-        self.retired: dict[int, Member] = {}    # removed members' addresses, so REMOVED reaches them
-        self._retiring: dict[int, int] = {}     # removed member with open lanes → tick they close at
         self._reported_removed = False          # what was last logged about `removed`
-        self.refused: set[int] = set()          # members of a cluster left behind (REFUSED_FILE)
         self._bootstrap = bootstrap
         self.storage = DiskStorage(data_dir, segment_size=self.opts.segment_size, fsync=self.opts.fsync,
                                    inline_sync_bytes=self.opts.inline_sync_bytes, cipher=self.opts.cipher)
@@ -151,6 +136,9 @@ class RaftNode:
                                    client_ssl=self.opts.client_ssl,
                                    external_listener=self.opts.external_listener,
                                    dial_preamble=self.opts.dial_preamble)
+        self.lanes = RetiredLanes(node_id, self.transport, self.members, self.opts.election_tick)
+        self.retired = self.lanes.retired       # removed members' addresses, so REMOVED reaches them
+        self.refused = self.lanes.refused       # members of a cluster left behind (REFUSED_FILE)
         self._wake = asyncio.Event()
         self._proposals: dict[int, tuple[int, asyncio.Future[Any]]] = {}
         self._reads: dict[bytes, asyncio.Future[int]] = {}
@@ -173,7 +161,8 @@ class RaftNode:
         """Load state, listen, and start the loops; returns the bound raft address."""
         loaded = await asyncio.to_thread(self.storage.load)
         refused = await asyncio.to_thread(read_refused_members, self.data_dir)
-        self.refused = set(refused) - {self.id}
+        self.refused.clear()
+        self.refused.update(set(refused) - {self.id})
         for i in self.refused:
             self.members.pop(i, None)
             self.retired[i] = refused[i]
@@ -264,7 +253,9 @@ class RaftNode:
 
     def _deliver(self, msg: Message) -> None:
         if msg.frm in self.refused:
-            self._refuse(msg)
+            core = self.core
+            if core is not None and not self._stopping:
+                self.lanes.refuse(msg, core.term, self.ticks)
             return
         self.last_heard[msg.frm] = asyncio.get_running_loop().time()
         if self.core is not None and not self._stopping:
@@ -290,8 +281,8 @@ class RaftNode:
             assert self.core is not None
             self.core.tick()
             self.ticks += 1
-            if self._retiring:
-                self._close_retired_lanes()
+            if self.lanes.closing:
+                self.lanes.close_due(self.ticks)
             self._wake.set()
 
     async def _ready_loop(self) -> None:
@@ -331,7 +322,7 @@ class RaftNode:
                 self._learn_address(e)      # before sending: the leader may be adding that node
         for m in rd.messages:
             if m.type is MessageType.REMOVED:
-                self._reach_removed(m.to)
+                self.lanes.reach(m.to, self.ticks)
         send = self.transport.send
         messages = rd.messages
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
@@ -435,8 +426,7 @@ class RaftNode:
         for i, m in wrapped.members.items():
             if i != self.id:
                 self.members[i] = m
-                self.retired.pop(i, None)
-                self._retiring.pop(i, None)
+                self.lanes.readmit(i)
                 self.transport.set_peer(i, m.raft)
         for i, m in wrapped.retired.items():
             if i not in self.members:
@@ -453,53 +443,16 @@ class RaftNode:
         if cc.type != ConfChangeType.REMOVE_NODE and cc.context and cc.node_id != self.id:
             member = Member.decode(cc.context)
             self.members[cc.node_id] = member
-            self.retired.pop(cc.node_id, None)      # added back (under the same id)
-            self._retiring.pop(cc.node_id, None)
+            self.lanes.readmit(cc.node_id)          # added back (under the same id)
             if self.core is not None:
                 self.transport.set_peer(cc.node_id, member.raft)
 
     def _apply_conf_change(self, e: Entry) -> None:
         cc = decode_conf_change(e.data)
         if cc.type == ConfChangeType.REMOVE_NODE and cc.node_id != self.id:
-            member = self.members.pop(cc.node_id, None)
-            if member is not None:
-                self.retired[cc.node_id] = member
-            # Its lanes stay open a little while: a REMOVED sent with or after this entry reaches it.
-            self._retiring[cc.node_id] = self.ticks + self._retired_grace()
+            self.lanes.retire(cc.node_id, self.members.pop(cc.node_id, None), self.ticks)
         else:
             self._learn_address(e)
-
-    # -- removed members -----------------------------------------------------------------------------
-
-    def _retired_grace(self) -> int:
-        return RETIRED_GRACE_ELECTIONS * self.opts.election_tick
-
-    def _reach_removed(self, peer: int) -> None:
-        """A REMOVED is about to be sent to `peer`: if it is a removed member, make sure lanes to its
-        retired address are open for a while."""
-        if peer in self.members or peer == self.id:
-            return
-        member = self.retired.get(peer)
-        if member is None:
-            return      # never knew its address (it is not told; Raft promises it nothing)
-        if peer not in self.transport.peers:
-            self.transport.set_peer(peer, member.raft)
-        self._retiring[peer] = self.ticks + self._retired_grace()
-
-    def _refuse(self, msg: Message) -> None:
-        """Answer a refused member, whatever it sent, with REMOVED marked `reject`."""
-        core = self.core
-        if core is None or self._stopping or msg.type is MessageType.REMOVED:
-            return
-        self._reach_removed(msg.frm)
-        self.transport.send(Message(MessageType.REMOVED, msg.frm, self.id, max(core.term, 1), reject=True))
-
-    def _close_retired_lanes(self) -> None:
-        for peer, until in list(self._retiring.items()):
-            if self.ticks >= until:
-                del self._retiring[peer]
-                if peer not in self.members:
-                    self.transport.remove_peer(peer)
 
     async def _take_snapshot(self, core: RaftCore, index: int) -> None:
         snap = Snapshot(core.snapshot_meta(index), _wrap_snapshot(self.members, self.sm.snapshot(), self.retired))
@@ -597,68 +550,9 @@ class RaftNode:
     def update_address(self, node_id: int, addr: Address) -> None:
         """Point a member at a new raft address (e.g. it restarted elsewhere); not replicated. For a
         removed member, only the address its REMOVED notices go to changes."""
-        retired = self.retired.get(node_id)
-        if retired is not None and node_id not in self.members:
-            self.retired[node_id] = Member(addr, retired.extra)
-            if node_id in self.transport.peers:
-                self.transport.set_peer(node_id, addr)
+        if self.lanes.update_address(node_id, addr):
             return
         member = self.members.get(node_id)
         self.members[node_id] = Member(addr, member.extra if member else {})
         if self.core is not None and node_id != self.id:
             self.transport.set_peer(node_id, addr)
-
-    # -- introspection -------------------------------------------------------------------------------
-
-    @property
-    def role(self) -> Role:
-        return self.core.role if self.core is not None else Role.FOLLOWER
-
-    @property
-    def leader(self) -> int:
-        return self.core.leader if self.core is not None else 0
-
-    @property
-    def voters(self) -> tuple[int, ...]:
-        return self.core.conf.voters if self.core is not None else ()
-
-    @property
-    def learners(self) -> tuple[int, ...]:
-        return self.core.conf.learners if self.core is not None else ()
-
-    def match_index(self, peer: int) -> int:
-        """On the leader: the highest log index known to be replicated on `peer` (0 if unknown)."""
-        if self.core is None or not self.is_leader:
-            return 0
-        progress = self.core.prs.get(peer)
-        return progress.match if progress is not None else 0
-
-    @property
-    def commit_index(self) -> int:
-        return self.core.commit_index if self.core is not None else 0
-
-    @property
-    def applied_index(self) -> int:
-        return self.core.applied if self.core is not None else 0
-
-    @property
-    def is_leader(self) -> bool:
-        return self.core is not None and self.core.role is Role.LEADER
-
-    @property
-    def removed(self) -> bool:
-        """This node knows that a committed configuration excludes it: a member told it so
-        (REMOVED), or it applied its own removal. It does not campaign while this holds."""
-        return self.core is not None and self.core.removed
-
-    def hard_state(self) -> HardState:
-        assert self.core is not None
-        return HardState(self.core.term, self.core.vote, self.core.commit_index)
-
-    def status(self) -> dict[str, Any]:
-        if self.core is None:
-            return {"id": self.id, "role": "stopped"}
-        st = self.core.status()
-        st["ticks"] = self.ticks
-        st["members"] = {i: {"raft": f"{m.raft[0]}:{m.raft[1]}", **m.extra} for i, m in self.members.items()}
-        return st
