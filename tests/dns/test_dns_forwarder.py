@@ -16,6 +16,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from aio import cancel_and_wait
 from ingress.dns import Forward, Forwarder, ForwardLimit, ServiceRecords, Upstream, answer
 from ingress.dns.forwarder import dial_here, question_end, reply_matches
 from ingress.dns.server import HostResolvers
@@ -147,9 +148,7 @@ async def test_beyond_the_limit_in_flight_is_refused_at_once() -> None:
         r = dns.message.from_wire(await fwd.forward(second))
         assert r.rcode() == dns.rcode.REFUSED and r.id == second.id
         assert len(silent.seen) == 1, "the refused query never left"
-        pending.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pending
+        assert await cancel_and_wait([pending]) == []
     assert limit.in_flight == 0
 
 

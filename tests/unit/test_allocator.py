@@ -4,7 +4,6 @@ release rules and a leader change. Rounds are driven by hand (events, then one t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from typing import Any
 
@@ -409,9 +408,7 @@ async def test_the_leader_loop_allocates_as_events_arrive() -> None:
         assert addresses(get(store, "tasks", t.id)) == ["10.0.0.3/24"]  # after the service's VIP
     finally:
         sub.close()
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
+        assert await cancel_and_wait([runner]) == []
 
 
 async def test_a_task_created_while_a_round_runs_is_allocated_without_another_event() -> None:

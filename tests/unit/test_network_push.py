@@ -16,6 +16,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from aio import cancel_and_wait
 from bench.support.swarm_sim import Harness, make_node
 from manager.allocator import ingress_network
 from manager.dispatcher import Dispatcher
@@ -240,9 +241,7 @@ async def pushing(dispatcher: Dispatcher) -> AsyncIterator[NetworkPush]:
     try:
         yield dispatcher._networks
     finally:
-        loop.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loop
+        assert await cancel_and_wait([loop]) == []
 
 
 async def test_a_complete_set_comes_first_then_a_new_network_before_the_task_that_uses_it() -> None:
