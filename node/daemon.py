@@ -38,6 +38,7 @@ from manager.swarm.leader_loops import Orchestration
 from node import events_api, swarm_api
 from node import system_api as system
 from node.addresses import split_host_port
+from node.attachments import AttachingNetworking, OverlayAttachments
 from node.autolock import locked_gate
 from node.metrics import DaemonMetrics, SideServer, side_servers
 from node.networking import LocalNetworkSource, NodeNetworking
@@ -164,7 +165,7 @@ def build_host(config: DaemonConfig) -> Host:
         """The VXLAN tunnel address: the node's advertise address in its swarm."""
         return split_host_port(swarm.state.advertise_addr)[0] if swarm.state is not None else ""
 
-    networking = NodeNetworking(config.data_dir / "network", data_path_address)
+    networking = AttachingNetworking(config.data_dir / "network", data_path_address)   # tasks' and containers'
     metrics = DaemonMetrics() if config.metrics_addr else None
     task_executor: TaskExecutor = RuncTaskExecutor(executor, images, dependencies=dependencies, networking=networking)
     events = EventBus()             # the node's container events, for GET /events
@@ -205,6 +206,7 @@ def build_host(config: DaemonConfig) -> Host:
     containers = add_node_container_routes(app, routes, executor, lambda ref: _image_id(images, ref), events)
     local_networks = LocalNetworks(config.data_dir / "localnets", executor.layout.run_dir / "standalone-netns",
                                    local_bridge, lambda *event: events.publish(message("network", *event)))
+    local_networks.overlays = OverlayAttachments(config.data_dir / "attachments", networking, swarm)
     standalone = StandaloneContainers(containers, images, local_networks)
     standalone_api.add_routes(app, routes, standalone)              # docker run
     localnet_api.add_routes(app, routes, local_networks, standalone)  # bridge networks, connect/disconnect

@@ -109,8 +109,9 @@ async def list_tasks(request: web.Request) -> web.Response:
             labels = service.spec.get("Labels") if service is not None else task.labels
             if not labels_match(filters.get("label"), labels):
                 continue
-            if filters.get("runtime") and (task.spec.get("Runtime") or "container") not in filters["runtime"]:
-                continue
+            runtime = "attachment" if "NetworkAttachmentSpec" in task.spec else task.spec.get("Runtime") or "container"
+            if (runtime not in filters["runtime"]) if filters.get("runtime") else runtime == "attachment":
+                continue    # a standalone container's network attachment is listed only when asked for
             if up_to_date and (service is None or is_task_dirty(service, task)):
                 continue
             out.append(task.to_api())

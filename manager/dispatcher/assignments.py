@@ -22,6 +22,9 @@ waits, in this stream only, until the nodes using the task's networks have appli
 the rotation (drain.py); the stream's other changes flow on, and the task is then sent as the
 store has it.
 
+Network attachments of standalone containers (attachments.py) are tasks the stream never carries:
+they are no work for the agent (their node learns of them from its own request and its networks).
+
 Secrets and configs: a message that carries tasks also carries the data of exactly the secrets
 and configs those tasks refer to (`"secrets"`/`"configs"`: ID → base64 data, only when
 non-empty), and only for tasks that may still be prepared (desired state up to RUNNING, or
@@ -38,6 +41,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+from manager.dispatcher.attachments import ATTACHMENT_SPEC
 from manager.dispatcher.drain import HeldTasks
 from manager.dispatcher.network_push import NetworkSession
 from manager.dispatcher.outbox import Outbox
@@ -95,7 +99,7 @@ def _with_dependencies(store: Store, message: dict[str, Any], tasks: list[Task])
 
 
 def _node_tasks(tx: ReadTx, node_id: str) -> list[Task]:
-    return tx.find("tasks", node_id=node_id)
+    return [t for t in tx.find("tasks", node_id=node_id) if ATTACHMENT_SPEC not in t.spec]
 
 
 def status_only_change(old: Task, new: Task) -> bool:
@@ -112,6 +116,8 @@ def status_only_change(old: Task, new: Task) -> bool:
 def route_event(event: Event) -> tuple[str, ...]:
     """The node IDs whose sessions an event concerns (BROADCAST: every session)."""
     if event.table == "tasks":
+        if ATTACHMENT_SPEC in event.obj.spec:
+            return ()       # a standalone container's network attachment: no work for the agent
         now = event.obj.node_id
         if event.old is None:
             return (now,)

@@ -96,6 +96,11 @@ class Dispatcher:
         self._status = StatusBatcher(store, _apply_status)  # all nodes' reports, written together
         self._networks = NetworkPush(store, clock, drain_timeout)  # networks, peers and DNS of each node's tasks
 
+    @property
+    def store(self) -> Store:
+        """The leader's store (the attachment RPCs of attachments.py write through it)."""
+        return self._store
+
     # ---- leader-term loop ---------------------------------------------------------------------
     async def run(self) -> None:
         """Mark nodes DOWN when their heartbeats stop, and push network changes to the sessions

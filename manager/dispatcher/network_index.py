@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from manager.allocator import VXLAN_ID_LIST, find_ingress, is_ingress
+from manager.dispatcher.attachments import ATTACHMENT_SPEC
 from manager.store import Event, ReadTx
 from model import Network, Node, Service, Task, TaskState
 from model.endpoint import endpoint_mac
@@ -146,7 +147,12 @@ def task_contribution(task: Task) -> Contribution | None:
             spec = task.spec
             hostname = str((spec.get("ContainerSpec") or {}).get("Hostname") or "") or task.id[:HOSTNAME_ID_LENGTH]
             name = str((network.get("Spec") or {}).get("Name") or "")
-            dns = (task.display_name, hostname, address, _aliases_for(spec.get("Networks"), network_id, name))
+            shown = task.display_name
+            container = spec.get(ATTACHMENT_SPEC)
+            if isinstance(container, dict):     # a standalone container: named as itself
+                cid = str(container.get("ContainerID") or "")
+                shown, hostname = str(container.get("ContainerName") or cid), cid[:HOSTNAME_ID_LENGTH] or hostname
+            dns = (shown, hostname, address, _aliases_for(spec.get("Networks"), network_id, name))
         items.append((network_id, address, dns))
     if not items:
         return None

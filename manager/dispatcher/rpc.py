@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from manager.dispatcher.attachments import attach_network, detach_network
 from manager.dispatcher.dispatcher import Dispatcher
 from rpc.errors import NotLeaderError
 from rpc.server import Access, Peer, RpcServer
@@ -36,6 +37,12 @@ def register_dispatcher(server: RpcServer, current: Callable[[], Dispatcher | No
     async def networks_applied(peer: Peer, params: dict[str, Any]) -> Any:
         return await dispatcher().networks_applied(peer.node_id, params)
 
+    async def attach(peer: Peer, params: dict[str, Any]) -> Any:
+        return await attach_network(dispatcher().store, peer.node_id, params)
+
+    async def detach(peer: Peer, params: dict[str, Any]) -> Any:
+        return await detach_network(dispatcher().store, peer.node_id, params)
+
     def unreachable(node_id: str) -> None:
         found = current()
         if found is not None:
@@ -46,3 +53,5 @@ def register_dispatcher(server: RpcServer, current: Callable[[], Dispatcher | No
     server.register("dispatcher.heartbeat", heartbeat, Access.NODE)
     server.register("dispatcher.update_status", update_status, Access.NODE)
     server.register("dispatcher.networks_applied", networks_applied, Access.NODE)
+    server.register("dispatcher.attach_network", attach, Access.NODE)     # standalone containers'
+    server.register("dispatcher.detach_network", detach, Access.NODE)     # overlay attachments

@@ -14,6 +14,7 @@ record (what `docker inspect` shows under NetworkSettings.Networks).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -149,7 +150,12 @@ def add_routes(app: web.Application, routes: Routes, networks: LocalNetworks,
             raise ApiError(403, f"container {view.name} is a swarm task's container: its networks are its "
                                 "service's")
         entry = await networks.connect(request.match_info["id"], view.id, view.name, body.get("EndpointConfig") or {})
-        await standalone.rewrite_config(ctl, networks=[*ctl.config.networks, entry])
+        resolv = entry.pop("resolv_conf", "")
+        if resolv:          # a swarm overlay: its names resolve through the embedded DNS from now on
+            await asyncio.to_thread((ctl.paths.etc / "resolv.conf").write_text, resolv)
+            await standalone.rewrite_config(ctl, networks=[*ctl.config.networks, entry], resolv_conf=resolv)
+        else:
+            await standalone.rewrite_config(ctl, networks=[*ctl.config.networks, entry])
         return web.Response(status=200)
 
     async def disconnect(request: web.Request) -> web.Response:

@@ -148,8 +148,8 @@ class LocalNetworks:
             return
         taken = [Pool.from_api(r["IPAM"]["Config"][0]).subnet for r in records]
         # netlink from a thread of its own: pyroute2's sync socket cannot run in the event loop's
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="localnet-routes") as pool:
-            routes = pool.submit(self.datapath.routed_subnets).result()
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="localnet-routes") as thread:
+            routes = thread.submit(self.datapath.routed_subnets).result()
         for text in routes:
             try:
                 route = ip_network(text, strict=False)

@@ -164,7 +164,10 @@ class StandaloneContainers:
                 netns_path, attached = await self.networks.join(cid, name, mode, endpoints)
             except ApiError as e:     # not a 404: the CLI takes a 404 from create for a missing image
                 raise ApiError(400 if e.status == 404 else e.status, e.message) from None
-            ctl = self.executor.controller(replace(made.config, netns_path=netns_path, networks=attached))
+            # a swarm overlay's entry brings the embedded DNS's resolv.conf (worker.localnet)
+            resolv = next((r for e in attached if (r := e.pop("resolv_conf", ""))), "")
+            ctl = self.executor.controller(replace(made.config, netns_path=netns_path, networks=attached,
+                                                   resolv_conf=resolv or made.config.resolv_conf))
             try:
                 await asyncio.to_thread(self._write_record, ctl, made.record, made.bind_sources)
                 await ctl.prepare()
