@@ -73,6 +73,14 @@ def all_violations() -> list[Violation]:
     return found
 
 
+def test_every_top_level_package_has_a_layer() -> None:
+    """A new package with Python in it must be placed in the table, or its imports go unchecked
+    (and an import of it from anywhere would pass)."""
+    with_python = {top.name for top in REPO.iterdir()
+                   if top.is_dir() and not top.name.startswith(".") and next(top.rglob("*.py"), None)}
+    assert with_python - set(ALLOWED) == set(), "packages without a layer in ALLOWED"
+
+
 def test_every_package_imports_only_what_its_layer_allows() -> None:
     found = all_violations()
     assert not found, "layer violations:\n" + "\n".join(map(str, found))
