@@ -32,6 +32,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import shutil
@@ -386,6 +387,10 @@ class SwarmNode:
                 self.record_failure("starting the swarm components after unlock", e)
                 await self.stop_components()
                 raise ApiError(500, f"swarm component could not be started: {e}") from None
+            if self.runtime is not None:    # answer once the manager serves (a leader is known), bounded
+                raft = self.runtime.raft
+                with contextlib.suppress(TimeoutError):
+                    await raft.wait_until(lambda: bool(raft.leader), timeout=STARTUP_TIMEOUT)
 
     # ---- info for the API ---------------------------------------------------------------------
     def manager_store(self) -> Store | None:
