@@ -62,7 +62,9 @@ async def join(node: SwarmNode, request: dict[str, Any]) -> None:
             errors.append(f"{remote}: {e}")
     else:
         raise ApiError(503, "could not join the swarm: no manager could be reached (" + "; ".join(errors) + ")")
-    NodeCredentials(pem_bytes(reply["root"]), pem_bytes(reply["cert"]), key_pem(key)).save(node.certs_dir)
+    dek = node.keys.create()      # the joiner's data key (in the clear: a manager re-wraps it if autolock is on)
+    NodeCredentials(pem_bytes(reply["root"]), pem_bytes(reply["cert"]), key_pem(key),
+                    key_password=dek.key_password).save(node.certs_dir)
     role = str(reply["role"])
     node.state = LocalSwarmState(node_id=str(reply["node_id"]), cluster_id=str(reply["cluster_id"]), role=role,
                                  advertise_addr=advertise, listen_addr=listen,
