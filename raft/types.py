@@ -137,17 +137,6 @@ class Ready:
     messages: list[Message] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
 
-    def contains_updates(self) -> bool:
-        return bool(
-            self.soft_state is not None
-            or self.hard_state is not None
-            or self.entries
-            or self.snapshot is not None
-            or self.committed_entries
-            or self.messages
-            or self.read_states
-        )
-
 
 class NotLeader(Exception):
     """A proposal or read reached a node that is not the leader. `leader` is a hint (0 = unknown)."""
