@@ -104,6 +104,14 @@ def plug(bridge: str, host_end: str, namespace: Path, ifname: str, address: str,
             inner.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=index)
 
 
+def add_address(namespace: Path, ifname: str, address: str) -> None:
+    """One more address ("169.254.8.8/16") on `ifname` in `namespace`."""
+    with temporary_ipr(namespace) as inner:
+        interface = IPv4Interface(address)
+        inner.addr("replace", index=link_index(inner, ifname), address=str(interface.ip),
+                   prefixlen=interface.network.prefixlen)
+
+
 def unplug(host_end: str) -> None:
     """Remove an endpoint's veth (its other end goes with it)."""
     with IPRoute() as home:

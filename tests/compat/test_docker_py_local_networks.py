@@ -5,8 +5,6 @@ any swarm, as docker-py runs them against a fresh dockerd.
 Not ported, and why:
   - test_create_with_ipv6_address, test_connect_with_ipv6_address, test_create_network_ipv6_enabled:
     shoal's local networks are IPv4 only (the create is refused with a 400 naming it);
-  - test_create_with_linklocal_ips: it uses dockerd's predefined `bridge` network, which shoal does
-    not make (a container without a network gets a namespace of its own with `lo`);
   - test_create_with_links, test_connect_with_links: legacy links and name resolution on local
     networks (no embedded DNS for them yet);
   - test_create_check_duplicate: it expects a duplicate name to be accepted with
@@ -205,6 +203,21 @@ def test_create_with_ipv4_address(t: LocalFixture) -> None:
     t.client.start(container)
     container_data = t.client.inspect_container(container)
     assert container_data["NetworkSettings"]["Networks"][net_name]["IPAMConfig"]["IPv4Address"] == "132.124.0.23"
+
+
+def test_create_with_linklocal_ips(t: LocalFixture) -> None:
+    container = t.client.create_container(
+        BUSYBOX, "top",
+        networking_config=t.client.create_networking_config(
+            {"bridge": t.client.create_endpoint_config(link_local_ips=["169.254.8.8"])}),
+        host_config=t.client.create_host_config(network_mode="bridge"))
+    t.tmp_containers.append(container)
+    t.client.start(container)
+    container_data = t.client.inspect_container(container)
+    net_cfg = container_data["NetworkSettings"]["Networks"]["bridge"]
+    assert "IPAMConfig" in net_cfg
+    assert "LinkLocalIPs" in net_cfg["IPAMConfig"]
+    assert net_cfg["IPAMConfig"]["LinkLocalIPs"] == ["169.254.8.8"]
 
 
 def test_connect_with_ipv4_address(t: LocalFixture) -> None:

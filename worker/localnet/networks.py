@@ -105,6 +105,7 @@ class BridgeDataPath(Protocol):
     def unplug(self, host_end: str) -> None: ...
     def next_ifname(self, namespace: Path) -> str: ...
     def routed_subnets(self) -> list[str]: ...
+    def add_address(self, namespace: Path, ifname: str, address: str) -> None: ...
 
 
 def _predefined_id(name: str) -> str:
@@ -345,6 +346,7 @@ class LocalNetworks:
         if not isinstance(ipam, dict):
             raise ApiError(400, "EndpointConfig.IPAMConfig must be an object")
         fixed = str(ipam.get("IPv4Address") or "")
+        link_local = _link_local(ipam.get("LinkLocalIPs"))
         if self.find(ref) is None and self.overlays is not None:
             entry = await self.overlays.attach(ref, cid, name, self.namespace(cid), config,
                                                way_out=not self._has_way_out(cid))
@@ -385,6 +387,8 @@ class LocalNetworks:
                 self.datapath.plug(bridge,
                                    self.datapath.host_veth_name(record["Id"], cid), path, ifname, cidr,
                                    endpoint_mac(address), gateway)
+                for extra in link_local:
+                    self.datapath.add_address(path, ifname, f"{extra}/16")
 
             await asyncio.to_thread(plug)
             self._made.add(record["Id"])
@@ -393,12 +397,14 @@ class LocalNetworks:
             record["_aliases"][cid] = list(aliases)
             if fixed:
                 record["_fixed"][cid] = fixed
+            ipam_config = {**({"IPv4Address": fixed} if fixed else {}),
+                           **({"LinkLocalIPs": link_local} if link_local else {})}
             self._save(record)
         self._emit("connect", record, container=cid)
         await self._changed(record, cid)
         return {"id": record["Id"], "name": record["Name"], "address": cidr, "aliases": list(aliases),
                 "gateway": "" if record["Internal"] else str(pool.gateway),
-                "ipam_config": {"IPv4Address": fixed} if fixed else None}
+                "ipam_config": ipam_config or None}
 
     def _has_way_out(self, cid: str) -> bool:
         """Has the container a default route already (a non-internal local network)?"""
@@ -435,6 +441,23 @@ class LocalNetworks:
         path = self.namespace(cid)
         if path.exists():
             await asyncio.to_thread(self.datapath.remove_namespace, path)
+
+
+def _link_local(value: Any) -> list[str]:
+    """EndpointConfig.IPAMConfig.LinkLocalIPs: IPv4 link-local addresses (169.254.0.0/16), added
+    to the endpoint's interface beside its address."""
+    if value in (None, []):
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ApiError(400, "EndpointConfig.IPAMConfig.LinkLocalIPs must be a list of addresses")
+    for text in value:
+        try:
+            address = IPv4Address(text)
+        except ValueError:
+            raise ApiError(400, f"invalid link-local IP address: {text}") from None
+        if not address.is_link_local:
+            raise ApiError(400, f"invalid link-local IP address: {text} is not in 169.254.0.0/16")
+    return list(value)
 
 
 def _created(record: dict[str, Any]) -> float:
