@@ -3,6 +3,7 @@ filters, ps and cgroup parsing, and the exec config checks (no containers needed
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,11 @@ from engineapi.filters import parse_filters
 from engineapi.http import ApiError
 from worker.exec import ContainerState, ExitStatus
 from worker.executor.cgroup_stats import parse_blkio_v1, parse_io_stat_v2, parse_net_dev, stats_doc, system_cpu_usage
-from worker.executor.container_view import ContainerView, find, human_duration, inspect, matches, status_text, summaries
+from worker.executor.container_filters import ListQuery
+from worker.executor.container_view import ContainerView, find, human_duration, inspect, status_text, summaries
 from worker.executor.exec_sessions import ExecConfig, ExecError
 from worker.executor.local_containers import parse_ps, parse_signal
-from worker.executor.spec import ContainerConfig
+from worker.executor.spec import ContainerConfig, MountSpec
 
 LABELS = {"com.docker.swarm.service.name": "web", "com.docker.swarm.task.id": "abc123"}
 
@@ -58,8 +60,11 @@ def test_rows_newest_first_with_the_task_labels_and_filters() -> None:
     assert rows[1]["Command"] == "sleep 9" and rows[1]["Created"] == 10
 
     def pick(raw: str) -> list[str]:
-        return [v.id for v in (old, new) if matches(v, parse_filters(raw))]
+        views = [old, new]
+        return sorted(v.id for v in ListQuery.parse(parse_filters(raw), views, show_all=True,
+                                                    resolve_image=lambda r: images.get(r, "")).select(views))
 
+    images = {"busybox": "sha256:" + "0" * 64, "other": "sha256:" + "1" * 64}
     assert pick('{"label":{"com.docker.swarm.service.name=web":true}}') == ["a1", "b2"]
     assert pick('{"label":["com.docker.swarm.service.name=db"]}') == []
     assert pick('{"name":["web.2"]}') == ["b2"] and pick('{"id":["a"]}') == ["a1"]
@@ -67,6 +72,56 @@ def test_rows_newest_first_with_the_task_labels_and_filters() -> None:
     assert pick('{"is-task":["true"]}') == ["a1", "b2"] and pick('{"ancestor":["busybox"]}') == ["a1", "b2"]
     with pytest.raises(ApiError, match="invalid filter 'status=bogus'"):
         pick('{"status":["bogus"]}')
+
+
+def test_list_filters_as_dockerd() -> None:
+    """before/since (by ID, prefix or name, walking newest first), name/id as regular
+    expressions, exited only with -a, health, is-task, ancestor by image ID, volume by
+    destination or name, network by name or ID prefix, expose/publish on the Ports."""
+    a = view("a1", "web.1.a1", created=10)
+    b = view("b2", "web.2.b2", "stopped", created=20, code=3)
+    c = view("c3", "solo", created=30)
+    c = ContainerView(replace(c.config, labels={}, image="other:1",
+                              mounts=[MountSpec(type="volume", source="data", target="/data")],
+                              networks=[{"name": "lan", "id": "f00d" + "0" * 60}]),
+                      replace(c.state, health={"Status": "healthy"}), 30, "sha256:" + "1" * 64,
+                      standalone={"Config": {"ExposedPorts": {"80/tcp": {}, "53/udp": {}}}})
+    views = [a, b, c]
+    images = {"busybox": "sha256:" + "0" * 64, "other:1": "sha256:" + "1" * 64}
+
+    def ps(raw: str, show_all: bool = False, limit: int = 0) -> list[str]:
+        q = ListQuery.parse(parse_filters(raw), views, show_all=show_all, limit=limit,
+                            resolve_image=lambda r: images.get(r, ""))
+        return [v.id for v in q.select(views)]
+
+    assert ps("") == ["c3", "a1"] and ps("", show_all=True) == ["c3", "b2", "a1"] and ps("", limit=2) == ["c3", "b2"]
+    assert ps('{"before":["solo"]}', show_all=True) == ["b2", "a1"] and ps('{"since":["a1"]}', True) == ["c3", "b2"]
+    assert ps('{"before":["c"]}') == ["a1"] and ps('{"since":["b2"],"before":["c3"]}', True) == []
+    with pytest.raises(ApiError, match="No such container: nosuch"):
+        ps('{"before":["nosuch"]}')
+    assert ps('{"name":["^/web"]}', True) == ["b2", "a1"] and ps('{"name":["^so"]}') == ["c3"]
+    assert ps('{"id":["2$"]}', True) == ["b2"]
+    assert ps('{"exited":["3"]}') == [] and ps('{"exited":["3"]}', True) == ["b2"]
+    with pytest.raises(ApiError, match="invalid filter 'exited=x'"):
+        ps('{"exited":["x"]}')
+    assert ps('{"health":["healthy"]}') == ["c3"] and ps('{"health":["none"]}') == ["a1"]
+    with pytest.raises(ApiError, match="Unrecognised filter value for health: ill"):
+        ps('{"health":["ill"]}')
+    assert ps('{"is-task":["false"]}') == ["c3"] and ps('{"is-task":["true"]}') == ["a1"]
+    with pytest.raises(ApiError, match=r"invalid filter 'is-task=\[maybe\]'"):
+        ps('{"is-task":["maybe"]}')
+    assert ps('{"ancestor":["busybox"]}', True) == ["b2", "a1"] and ps('{"ancestor":["other:1"]}') == ["c3"]
+    assert ps('{"ancestor":["unknown"]}') == []
+    assert ps('{"volume":["/data"]}') == ps('{"volume":["data"]}') == ["c3"] and ps('{"volume":["x"]}') == []
+    assert ps('{"network":["lan"]}') == ps('{"network":["f00d"]}') == ["c3"] and ps('{"network":["wan"]}') == []
+    assert ps('{"expose":["80"]}') == ps('{"expose":["50-60/udp"]}') == ["c3"] and ps('{"expose":["53"]}') == []
+    assert ps('{"publish":["80"]}') == []                  # exposed, not published
+    with pytest.raises(ApiError, match="should not contain ':'"):
+        ps('{"publish":["8080:80"]}')
+    with pytest.raises(ApiError, match="invalid port range"):
+        ps('{"expose":["http"]}')
+    assert summaries([c], now=40)[0]["Ports"] == [{"PrivatePort": 80, "Type": "tcp"},
+                                                  {"PrivatePort": 53, "Type": "udp"}]
 
 
 def test_inspect_shape() -> None:

@@ -8,7 +8,7 @@ its row of `docker ps`, `inspect` its `docker inspect` document. Task containers
 labels dockerd sets on them (`com.docker.swarm.service.id/name`, `task.id/name`, `node.id`,
 and an empty `com.docker.swarm.task`), their name is dockerd's `<service>.<slot>.<task id>`.
 `find` resolves a reference as dockerd does: exact ID, exact name (with or without the leading
-"/"), then a unique ID prefix; `matches` applies the `filters` of `GET /containers/json`.
+"/"), then a unique ID prefix; the `filters` of `GET /containers/json` are container_filters'.
 """
 
 from __future__ import annotations
@@ -17,15 +17,12 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from engineapi.filters import Filters
 from engineapi.http import ApiError
 from model import format_time
 from model.endpoint import endpoint_mac
 from worker.exec import ContainerState
 from worker.executor.spec import ContainerConfig
 
-LIST_FILTERS = ("id", "name", "label", "status", "exited", "is-task", "ancestor", "health",
-                "before", "since", "expose", "isolation", "network", "publish", "volume")
 STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
 ZERO_TIME = "0001-01-01T00:00:00Z"
 TASK_LABEL = "com.docker.swarm.task"
@@ -194,13 +191,25 @@ def _network_mode(view: ContainerView) -> str:
     return str(((view.standalone or {}).get("HostConfig") or {}).get("NetworkMode") or "default")
 
 
+def _exposed(view: ContainerView) -> list[dict[str, Any]]:
+    """A standalone container's exposed ports (`--expose`), unpublished: dockerd lists them
+    in `Ports` with the private port only."""
+    exposed = ((view.standalone or {}).get("Config") or {}).get("ExposedPorts") or {}
+    out = []
+    for key in exposed if isinstance(exposed, dict) else []:
+        port, _, proto = str(key).partition("/")
+        if port.isdigit():
+            out.append({"PrivatePort": int(port), "Type": proto or "tcp"})
+    return out
+
+
 def summary(view: ContainerView) -> dict[str, Any]:
     """One row of `GET /containers/json`; `status_text` is filled in by `summaries`."""
     c = view.config
     return {
         "Id": c.id, "Names": ["/" + view.name], "Image": c.image or view.image_id,
         "ImageID": view.image_id, "Command": " ".join(c.args), "Created": int(view.created),
-        "Ports": [], "Labels": view.labels, "State": view.status, "Status": "",
+        "Ports": _exposed(view), "Labels": view.labels, "State": view.status, "Status": "",
         "HostConfig": {"NetworkMode": _network_mode(view)}, "NetworkSettings": _network_settings(view),
         "Mounts": _mounts(c),
     }
@@ -260,37 +269,3 @@ def inspect(view: ContainerView) -> dict[str, Any]:
         doc["Config"].update(view.standalone.get("Config") or {})
         doc["HostConfig"].update(view.standalone.get("HostConfig") or {})
     return doc
-
-
-def matches(view: ContainerView, filters: Filters) -> bool:
-    """The `filters` of `GET /containers/json` (id and name are prefix and substring matches,
-    label `k` or `k=v`, status, exited, is-task, ancestor, health)."""
-    if (ids := filters.get("id")) and not any(view.id.startswith(i) for i in ids):
-        return False
-    if (names := filters.get("name")) and not any(n.removeprefix("/") in view.name for n in names):
-        return False
-    labels = view.labels
-    for want in filters.get("label", []):
-        key, eq, value = want.partition("=")
-        if key not in labels or (eq and labels[key] != value):
-            return False
-    if (statuses := filters.get("status")):
-        for s in statuses:
-            if s not in STATUSES:
-                raise ApiError(400, f"invalid filter 'status={s}'")
-        if view.status not in statuses:
-            return False
-    if (codes := filters.get("exited")):
-        if view.status != "exited" or str(view.exit_code) not in codes:
-            return False
-    if "is-task" in filters and filters.bool_value("is-task", False) != ("com.docker.swarm.task.id" in labels):
-        return False
-    if (ancestors := filters.get("ancestor")) and not any(
-            a in (view.config.image, view.image_id) or view.config.image.split(":")[0] == a
-            for a in ancestors):
-        return False
-    if (health := filters.get("health")):
-        current = (view.state.health or {}).get("Status", "none")
-        if current not in health:
-            return False
-    return True

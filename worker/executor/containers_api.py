@@ -22,7 +22,8 @@ from aiohttp import web
 from engineapi.filters import request_filters
 from engineapi.http import ApiError, Routes, json_response, query_bool
 from worker.executor.cgroup_stats import Sample, read_sample, stats_doc
-from worker.executor.container_view import LIST_FILTERS, inspect, matches, summaries
+from worker.executor.container_filters import LIST_FILTERS, ListQuery
+from worker.executor.container_view import inspect, summaries
 from worker.executor.local_containers import LocalContainers, parse_signal
 from worker.executor.logs import format_entry, timestamp_seconds
 
@@ -64,15 +65,10 @@ def _time_query(request: web.Request, name: str) -> float | None:
 def add_routes(routes: Routes, containers: LocalContainers) -> None:
     async def list_containers(request: web.Request) -> web.Response:
         filters = request_filters(request, LIST_FILTERS)
-        show_all = query_bool(request, "all")
-        limit = _int_query(request, "limit")
         views = await containers.views()
-        chosen = [v for v in views if (show_all or v.status == "running" or "status" in filters
-                                       or "exited" in filters) and matches(v, filters)]
-        rows = summaries(chosen, time.time())
-        if limit is not None and limit > 0:
-            rows = rows[:limit]
-        return json_response(rows)
+        query = ListQuery.parse(filters, views, show_all=query_bool(request, "all"),
+                                limit=_int_query(request, "limit") or 0, resolve_image=containers.image_id_of)
+        return json_response(summaries(query.select(views), time.time()))
 
     async def inspect_container(request: web.Request) -> web.Response:
         view, _ = await containers.get(request.match_info["id"])

@@ -71,6 +71,10 @@ class LocalContainers:
         # called with the ID of each container removed here (its network namespace goes)
         self.removal_hooks: list[Callable[[str], Awaitable[None]]] = []
 
+    def image_id_of(self, ref: str) -> str:
+        """The ID of the local image `ref` names ("" if none)."""
+        return self._image_id(ref)
+
     def emit(self, action: str, view: ContainerView, **attributes: str) -> None:
         if self.on_event is not None:
             self.on_event(action, view, attributes)
