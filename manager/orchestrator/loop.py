@@ -15,6 +15,7 @@ import asyncio
 import functools
 import logging
 
+from aio import cancel_and_wait
 from manager.orchestrator.clock import Clock, SystemClock
 from manager.store import Event, StaleVersion, Store, Subscription, WatchDropped, WriteTx
 
@@ -137,6 +138,4 @@ class ReconcileLoop:
             for finished in done:
                 finished.result()
         finally:
-            for waiter in waiters:
-                waiter.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+            await cancel_and_wait(waiters)

@@ -46,7 +46,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aio import Backoff
+from aio import Backoff, cancel_and_wait
 from model import Task, TaskStatus
 from rpc.client import RpcClient
 from rpc.errors import NotLeaderError, RpcError
@@ -388,9 +388,7 @@ async def remove_task_containers(executor: TaskExecutor, task_ids: list[str], ti
     try:
         _, late = await asyncio.wait(removals, timeout=timeout)
     finally:
-        for removal in removals:
-            removal.cancel()
-        await asyncio.gather(*removals, return_exceptions=True)
+        await cancel_and_wait(removals)
     for removal in late:
         left.append(task_ids[removals.index(removal)])
     if left:
@@ -405,9 +403,7 @@ async def first_failure(*coros: Any) -> None:
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
     for task in done:
         error = None if task.cancelled() else task.exception()
         if error is not None:

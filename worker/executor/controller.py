@@ -39,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from aio import cancel_and_wait
 from worker.exec import ContainerState, ExecutorError, ExitStatus, TemporaryError
 from worker.executor import bundle, rootfs
 from worker.executor.health import HEALTHY, UNHEALTHY, HealthMonitor
@@ -269,9 +270,7 @@ class ContainerController:
             if exit_task not in done and health_task.result() is None:
                 return await exit_task     # the probe failed because the container stopped
         finally:
-            for task in (exit_task, health_task):
-                task.cancel()
-            await asyncio.gather(exit_task, health_task, return_exceptions=True)
+            await cancel_and_wait([exit_task, health_task])
         if exit_task in done:
             return exit_task.result()
         raise ContainerUnhealthy(f"task: container {self.id} is unhealthy: "
