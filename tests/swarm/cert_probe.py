@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ca.authority import NodeIdentity, RootCA, key_pem, make_csr, new_key
+from ca.encryption import KeyFile
 from ca.node_tls import NodeCredentials
 from rpc.client import RpcClient
 from rpc.errors import RpcError
@@ -38,7 +39,8 @@ async def main(addr: str, worker_certs: Path, scratch: Path) -> None:
     foreign = NodeCredentials(foreign_ca.cert_pem,
                               foreign_ca.issue(make_csr(key), NodeIdentity("intruder", "manager", "x")),
                               key_pem(key))
-    worker = NodeCredentials.load(worker_certs)
+    key_file = KeyFile.load(worker_certs)      # a worker's data key is on its disk (workers are never locked)
+    worker = NodeCredentials.load(worker_certs, key_file.open().key_password if key_file else None)
     assert worker is not None, f"no credentials in {worker_certs}"
     print(json.dumps({
         "foreign": await attempt(addr, foreign, scratch / "foreign", trust_any=True),
