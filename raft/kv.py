@@ -523,6 +523,7 @@ async def serve(args: argparse.Namespace) -> None:
         finally:
             stopping.cancel()
             failing.cancel()
+            await asyncio.gather(stopping, failing, return_exceptions=True)   # owned: waited for
         if node.fatal is not None:      # fail-stop: e.g. the disk refused a write
             raise NodeStopped(f"raft node {args.id} failed: {node.fatal!r}")
     finally:
