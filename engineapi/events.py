@@ -4,8 +4,9 @@ bus that fans a node's events out to its subscribers.
 Theory of operation: an event is dockerd's `events.Message` as JSON: `Type` (container, service,
 node, secret, config, network, ...), `Action` (create, start, die, update, remove, ...), `Actor`
 `{ID, Attributes}`, `scope` (local or swarm), `time` and `timeNano`; container events also carry
-the legacy `status`, `id` and `from`. `EventBus.publish` keeps the last `HISTORY` events (what a
-`since` in the past replays, as dockerd's event log does) and hands each one to every
+the legacy `status`, `id` and `from`. `EventBus.publish` keeps the last `HISTORY` events, a node's
+container events and, on a manager, the swarm's together (what a `since` in the past replays,
+as dockerd's event log does with its last 256) and hands each one to every
 subscriber's bounded queue; a subscriber that lags `QUEUE_LIMIT` events behind is dropped (its
 stream ends) rather than holding the publisher up. `subscribe` returns the history and the new
 subscription atomically, so nothing falls between them. `include` is dockerd's filter
@@ -22,7 +23,7 @@ from typing import Any
 
 from engineapi.filters import Filters
 
-HISTORY = 256
+HISTORY = 1024          # events kept for a `since` in the past (dockerd keeps 256)
 QUEUE_LIMIT = 1024
 FILTER_KEYS = ("config", "container", "daemon", "event", "image", "label", "network", "node",
                "plugin", "scope", "secret", "service", "type", "volume")

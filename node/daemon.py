@@ -210,7 +210,8 @@ def build_host(config: DaemonConfig) -> Host:
     standalone = StandaloneContainers(containers, images, local_networks)
     standalone_api.add_routes(app, routes, standalone)              # docker run
     localnet_api.add_routes(app, routes, local_networks, standalone)  # bridge networks, connect/disconnect
-    events_api.add_routes(routes, events, swarm.manager_store)
+    events_api.add_routes(routes, events)
+    swarm.manager_watchers.append(events_api.record_swarm_events(events))   # swarm events in the same history
     if metrics is not None:
         metrics.watch_manager(lambda: swarm.runtime)
         metrics.instrument_api(app)

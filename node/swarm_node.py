@@ -108,6 +108,8 @@ class SwarmNode:
         self.wanted_certificate = ""        # "rotate": the cluster asks for a renewal (root CA rotation)
         self.server_tls: LiveServerContext | None = None   # the cluster port's TLS, renewed in place
         self.role_wakeup = asyncio.Event()
+        # run beside each manager runtime on its store, cancelled with it (GET /events' swarm history)
+        self.manager_watchers: list[Callable[[Store], Awaitable[None]]] = []
         self._client_ctx: ssl.SSLContext | None = None
         self.error = ""
 
@@ -250,6 +252,8 @@ class SwarmNode:
             options=NodeOptions(cipher=self.keys.dek))
         manager = self._spawn(runtime.run(), "manager")
         self._spawn(follow_unlock_key(runtime.store, self.keys, runtime.ready.wait), "unlock-key")
+        for watcher in self.manager_watchers:
+            self._spawn(watcher(runtime.store), "manager-watcher")
         ready = asyncio.ensure_future(runtime.ready.wait())
         try:
             await asyncio.wait({ready, manager}, timeout=STARTUP_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)

@@ -1,6 +1,7 @@
 """`docker events` (the real CLI) on a lab: the manager streams a service create, a scale and a
 node drain as they happen, in dockerd's Type/Action/Actor shapes; the worker streams its task
-containers' create/start and, once drained, die/stop; filters and a bad filter's 400."""
+containers' create/start and, once drained, die/stop; filters and a bad filter's 400; a `since`
+in the past replays the swarm events."""
 
 from __future__ import annotations
 
@@ -71,6 +72,7 @@ def subscribed(lab: Lab, *streams: EventStream) -> None:
 
 def test_docker_events_stream_service_node_and_container_events(docker_lab: Lab) -> None:
     lab = docker_lab
+    began = time.time()
     swarm = EventStream(lab, "manager-1")
     containers = EventStream(lab, "worker-1", "--filter", "type=container", "--filter", "event=start",
                              "--filter", "event=die", "--filter", "event=stop")
@@ -115,3 +117,13 @@ def test_docker_events_stream_service_node_and_container_events(docker_lab: Lab)
 
     bad = docker(lab, "manager-1", "events", "--filter", "bogus=1", "--until", "0s")
     assert bad.returncode == 1 and "invalid filter 'bogus'" in bad.stderr
+
+    # Swarm events are kept with the container events in the node's history: a `since` in the
+    # past replays them (each manager records its store's events).
+    for manager in ("manager-1",):
+        replay = docker(lab, manager, "events", "--since", f"{began:.3f}", "--until", "0s", "--filter",
+                        "type=service", "--filter", "service=ev", "--format", "{{json .}}")
+        assert replay.returncode == 0, replay.stderr
+        past = [json.loads(line) for line in replay.stdout.splitlines()]
+        assert [e["Action"] for e in past][:1] == ["create"] and any(
+            e["Actor"]["Attributes"].get("replicas.new") == "2" for e in past), (manager, past)

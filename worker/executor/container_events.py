@@ -1,13 +1,13 @@
-"""Container events of task containers (`docker events`: create, start, die, stop, destroy).
+"""Container events of task containers (`docker events`: create, start, oom, die, stop, destroy).
 
 `EventfulTaskExecutor` wraps another TaskExecutor's controllers: each step goes through
 unchanged and, once it has done something, publishes the event dockerd would (create after a
 prepare that made the container, start after a start that started it, die with the exit code
-once the container is seen to exit, stop after a shutdown that stopped it, destroy after a
-remove that removed it). The actor is described from the executor's config record (name,
-image, the container's labels), read before a remove deletes it. Steps that find nothing to do
-publish nothing, so repeated (idempotent) steps do not repeat events.
-"""
+once the container is seen to exit, preceded by oom when the kernel OOM-killed in its cgroup,
+stop after a shutdown that stopped it, destroy after a remove that removed it). The actor is
+described from the executor's config record (name, image, the container's labels), read before
+a remove deletes it. Steps that find nothing to do publish nothing, so repeated (idempotent)
+steps do not repeat events."""
 
 from __future__ import annotations
 
@@ -57,6 +57,8 @@ class EventfulController:
 
     async def wait(self) -> ExitStatus:
         status = await self._inner.wait()
+        if status.oom_killed:
+            self._emit("oom")
         self._emit("die", exitCode=str(status.exit_code))
         return status
 
@@ -68,6 +70,8 @@ class EventfulController:
             self._owed_stop = False
             after = await self._inner.state()
             code = after.exit.exit_code if after.exit is not None else 0
+            if after.exit is not None and after.exit.oom_killed:
+                self._emit("oom")
             self._emit("die", exitCode=str(code))
             self._emit("stop")
 

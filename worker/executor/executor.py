@@ -8,6 +8,8 @@ bounded. `start_up()` first mounts the run tmpfs (see `layout`), reaps what a cr
 half-made and starts the shim spawner helper (see `shim_spawner`; `close()` stops it), then
 `list_existing()` returns controllers for every container runc still knows,
 running or exited meanwhile, with their recorded configs; nothing is restarted.
+`on_event`, when set, hears what happens inside a container that no API call or task step
+caused: a health check's change of status (`health_status: healthy`), as (action, container ID).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from worker.exec import ExecutorError
@@ -48,10 +50,18 @@ class Executor:
                              spawner_log=self.layout.data_dir / "shim-spawner.log")
         self.volumes = VolumeStore(self.layout.volumes_dir)
         self.creating = asyncio.Semaphore(max_parallel_creates or default_parallel_creates())
+        self.on_event: Callable[[str, str], None] | None = None
 
     def controller(self, config: ContainerConfig) -> ContainerController:
         """A controller for `config` (nothing happens until `prepare`)."""
-        return ContainerController(self.layout, self.runc, self.conmon, self.volumes, config, self.creating)
+        ctl = ContainerController(self.layout, self.runc, self.conmon, self.volumes, config, self.creating)
+        if ctl.health is not None:
+            ctl.health.on_change = lambda status: self._event(f"health_status: {status}", config.id)
+        return ctl
+
+    def _event(self, action: str, cid: str) -> None:
+        if self.on_event is not None:
+            self.on_event(action, cid)
 
     async def start_up(self) -> CleanupReport:
         """Mount the run tmpfs (unless a previous daemon left it mounted), reap leftovers of

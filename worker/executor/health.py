@@ -6,7 +6,8 @@ the container healthy at once; failures count only after the start period, and `
 consecutive counted failures make it unhealthy (a later success heals it). `HealthMonitor` is
 the I/O loop around it: it runs the probe with `runc exec` under the check's timeout every
 interval and returns as soon as the container is unhealthy, so the task's controller can fail
-the task and let the restart policy apply.
+the task and let the restart policy apply. `on_change` hears each change of status after a probe
+(dockerd's `health_status: healthy|unhealthy` container events).
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class HealthMonitor:
         self.runner = runner
         self.cid = cid
         self.tracker = HealthTracker(check)
+        self.on_change: Callable[[str], None] | None = None
 
     @property
     def status(self) -> str:
@@ -109,5 +111,9 @@ class HealthMonitor:
             result = await self.probe_once()
             if result.exit_code != 0 and not await still_running():
                 return None
-            if self.tracker.record(result, time.monotonic() - started) in statuses:
+            before = self.tracker.status
+            after = self.tracker.record(result, time.monotonic() - started)
+            if after != before and self.on_change is not None:
+                self.on_change(after)
+            if after in statuses:
                 return self.tracker

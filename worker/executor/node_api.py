@@ -2,7 +2,8 @@
 
 `add_node_container_routes` builds the `LocalContainers` view of the executor and the exec
 registry, registers both route sets, has the app's cleanup cancel the detached execs, and
-publishes what the API does to containers (kill, stop, destroy, exec_*) on the node's event bus;
+publishes what the API does to containers (kill, stop, destroy, exec_*) and the executor's own
+container events (health_status) on the node's event bus;
 `container_publisher` is what the task executor's events wrapper publishes with.
 """
 
@@ -15,7 +16,7 @@ from aiohttp import web
 from engineapi.events import EventBus, message
 from engineapi.http import Routes
 from worker.executor import containers_api, exec_api
-from worker.executor.container_events import Publish
+from worker.executor.container_events import Publish, describe
 from worker.executor.container_view import ContainerView
 from worker.executor.exec_sessions import ExecRegistry
 from worker.executor.executor import Executor
@@ -37,6 +38,9 @@ def add_node_container_routes(app: web.Application, routes: Routes, executor: Ex
             bus.publish(message("container", action, view.id, attributes))
 
     containers = LocalContainers(executor, image_id, on_event)
+    if bus is not None:           # health_status events of every container
+        publish = container_publisher(bus)
+        executor.on_event = lambda action, cid: publish(action, cid, describe(executor, cid))
     registry = ExecRegistry()
     containers_api.add_routes(routes, containers)
     exec_api.add_routes(routes, containers, registry)
