@@ -68,6 +68,15 @@ def create_secret(lab: Lab, name: str, text: str) -> str:
     return str(reply["ID"])
 
 
+def create_service_with_secret(lab: Lab, name: str, secret_id: str) -> None:
+    api(lab, MANAGER, "POST", "/services/create", {
+        "Name": name, "Mode": {"Replicated": {"Replicas": 1}},
+        "TaskTemplate": {"ContainerSpec": {
+            "Image": IMAGE, "Command": ["sleep", "1000"],
+            "Secrets": [{"SecretID": secret_id, "SecretName": "locked-at-rest",
+                         "File": {"Name": "locked-at-rest", "UID": "0", "GID": "0", "Mode": 0o400}}]}}})
+
+
 def disk_files(root: Path) -> Iterator[Path]:
     """Every regular file under `root` on root's own file system (as `find -xdev -type f`)."""
     device = root.stat().st_dev
@@ -134,12 +143,7 @@ def test_locked_after_restart_until_unlocked_with_the_right_key(lab: Lab) -> Non
     assert key.startswith("SWMKEY-1-") and key_file(lab).locked
     assert key.encode() not in (certs_dir(lab) / "swarm-dek.json").read_bytes()
     secret_id = create_secret(lab, "locked-at-rest", text)
-    api(lab, MANAGER, "POST", "/services/create", {
-        "Name": "reads-secret", "Mode": {"Replicated": {"Replicas": 1}},
-        "TaskTemplate": {"ContainerSpec": {
-            "Image": IMAGE, "Command": ["sleep", "1000"],
-            "Secrets": [{"SecretID": secret_id, "SecretName": "locked-at-rest",
-                         "File": {"Name": "locked-at-rest", "UID": "0", "GID": "0", "Mode": 0o400}}]}}})
+    create_service_with_secret(lab, "reads-secret", secret_id)
     converged(lab, "reads-secret", 1)
     assert_nowhere_on_disk(lab, text)
 
@@ -161,10 +165,15 @@ def test_locked_after_restart_until_unlocked_with_the_right_key(lab: Lab) -> Non
     proc = lab.exec(MANAGER, ["sh", "-c", f'echo "{key}" | {sys.executable} -m cli.main swarm unlock'], timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert local_state(lab) == "active"
-    task = converged(lab, "reads-secret", 1)[0]
-    read = eventually(lambda: (lambda p: p if p.returncode == 0 else None)(
-        in_task(lab, task, ["cat", "/run/secrets/locked-at-rest"])), what="the task to read its secret")
-    assert read.stdout == text
+    # A task made after the unlock gets the secret from the store the manager decrypted.
+    create_service_with_secret(lab, "reads-secret-after-unlock", secret_id)
+    task = converged(lab, "reads-secret-after-unlock", 1)[0]
+
+    def read_secret() -> str | None:
+        proc = in_task(lab, task, ["cat", "/run/secrets/locked-at-rest"])
+        return proc.stdout if proc.returncode == 0 else None
+
+    assert eventually(read_secret, what="the task to read its secret") == text
     again = lab.exec(MANAGER, [sys.executable, "-m", "cli.main", "swarm", "unlock"], timeout=30)
     assert again.returncode == 1 and again.stderr.strip() == "Error: swarm is not locked"
 
