@@ -1,20 +1,23 @@
 """The nftables rules that put the embedded DNS at 127.0.0.11:53 inside a container's namespace.
 
 The server listens on 127.0.0.11 at two random ports (UDP and TCP) so that it never collides
-with anything the container binds. In the container's namespace, table `ip shoal-dns` holds:
-  - chain dns-dnat (hook output, priority dstnat = -100): queries to 127.0.0.11:53 are DNATed
-    to the random ports;
-  - chain dns-snat (hook postrouting, priority srcnat): anything leaving the random ports gets
-    source port 53 back (conntrack already undoes the DNAT on replies; this covers the rest,
-    as Docker does).
+with anything the container binds. In the container's namespace, table `ip shoal-dns` holds one
+chain (hook output, priority raw) that rewrites ports without state: a packet to 127.0.0.11:53
+gets the server's port as its destination, and one leaving the server's port gets source port
+53 back. Traffic on loopback passes the output hook only (once, on its way out), so both
+directions of every query and TCP connection are rewritten, and the client sees :53 throughout.
+Stateless on purpose: a NAT chain would switch conntrack on for the whole namespace, so that
+every packet of the container (its bulk traffic over the overlay included) paid a connection
+lookup for the sake of a few DNS queries.
+
 A new namespace gets the table with `create` (fails if it exists, as in a namespace whose rules an
 earlier daemon made); otherwise the table is replaced in one nft transaction (add, delete,
 define), so a restarted daemon with new ports never leaves a half-old rule set. Deleting a table
 (or flushing one) makes the transaction wait for the kernel's grace period: 8-15 ms on this kind
 of machine against under a millisecond for a creation, so a sandbox's start never deletes, and a
-sandbox whose namespace is about to go never removes its rules. The script runs through libnftables in a thread that
-joins the namespace on an fd the daemon holds, so the rules land in the namespace the sockets
-were made in even if its path has been reused since.
+sandbox whose namespace is about to go never removes its rules. The script runs through
+libnftables in a thread that joins the namespace on an fd the daemon holds, so the rules land in
+the namespace the sockets were made in even if its path has been reused since.
 """
 
 from __future__ import annotations
@@ -34,15 +37,12 @@ def nat_script(address: str, udp_port: int, tcp_port: int, *, replace: bool = Tr
     return (
         head +
         f"table ip {TABLE} {{\n"
-        "  chain dns-dnat {\n"
-        "    type nat hook output priority -100; policy accept;\n"
-        f"    ip daddr {address} udp dport 53 dnat to {address}:{udp_port}\n"
-        f"    ip daddr {address} tcp dport 53 dnat to {address}:{tcp_port}\n"
-        "  }\n"
-        "  chain dns-snat {\n"
-        "    type nat hook postrouting priority srcnat; policy accept;\n"
-        f"    ip saddr {address} udp sport {udp_port} snat to :53\n"
-        f"    ip saddr {address} tcp sport {tcp_port} snat to :53\n"
+        "  chain dns-ports {\n"
+        "    type filter hook output priority raw; policy accept;\n"
+        f"    ip daddr {address} udp dport 53 udp dport set {udp_port}\n"
+        f"    ip daddr {address} tcp dport 53 tcp dport set {tcp_port}\n"
+        f"    ip saddr {address} udp sport {udp_port} udp sport set 53\n"
+        f"    ip saddr {address} tcp sport {tcp_port} tcp sport set 53\n"
         "  }\n"
         "}\n"
     )

@@ -164,8 +164,8 @@ def test_server_answers_names_forwards_the_rest_and_takes_updates(netns, tmp_pat
             try:
                 assert server.udp_port and server.tcp_port
                 rules = await run("nsenter", f"--net={ctr_path}", "nft", "list", "table", "ip", TABLE)
-                assert f"dnat to 127.0.0.11:{server.udp_port}" in rules
-                assert f"dnat to 127.0.0.11:{server.tcp_port}" in rules
+                assert f"udp dport set {server.udp_port}" in rules
+                assert f"tcp dport set {server.tcp_port}" in rules
 
                 out = await run("nsenter", f"--net={ctr_path}", "busybox", "nslookup", "web", "127.0.0.11")
                 assert "10.0.1.5" in out and "10.0.1.6" in out, out
@@ -268,11 +268,11 @@ def test_a_server_over_rules_left_by_an_earlier_one_replaces_them(netns, tmp_pat
             await first.start()
             await first.close(remove_rules=False)
             rules = await run("nsenter", f"--net={ctr_path}", "nft", "list", "table", "ip", TABLE)
-            assert f"dnat to 127.0.0.11:{first.udp_port}" in rules, "the rules were left"
+            assert f"udp dport set {first.udp_port}" in rules, "the rules were left"
             async with DnsServer(ctr_path, records("10.0.1.6"), [NET], resolv_conf_path=str(resolv)) as second:
                 rules = await run("nsenter", f"--net={ctr_path}", "nft", "list", "table", "ip", TABLE)
-                assert rules.count("dnat to") == 2, rules
-                assert f"dnat to 127.0.0.11:{second.udp_port}" in rules
+                assert rules.count("dport set") == 2, rules
+                assert f"udp dport set {second.udp_port}" in rules
                 assert a_records(await ask(ctr_fd, "web")) == {"10.0.1.6"}
                 assert a_records(await ask(ctr_fd, "web", tcp=True)) == {"10.0.1.6"}
             rules = await run("nsenter", f"--net={ctr_path}", "nft", "list", "tables")
