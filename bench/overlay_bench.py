@@ -72,6 +72,7 @@ from bench.support.netperf import (
     round_trips,
     stop_all,
 )
+from bench.support.realtime import realtime
 from cli.client import DaemonClient
 from cli.lab import Lab, demo
 from model import TaskState, parse_time
@@ -229,22 +230,24 @@ def summary_ms(values: list[float]) -> dict[str, Any]:
             "max_ms": round(max(values), 1), "all_ms": [round(v, 1) for v in values]}
 
 
-async def start_latency(lab: Lab, count: int, timeout: float) -> dict[str, Any]:
+async def start_latency(lab: Lab, count: int, timeout: float, rt: bool = False) -> dict[str, Any]:
     manager = lab.node(SERVER_HOST).host
     network = (await call(manager, "POST", "/networks/create", {"Name": "oblat", "Driver": "overlay"}))["Id"]
     started: list[tuple[str, int, dict[str, Any]]] = []       # (kind, round, task as the API gave it)
-    for i in range(count + 1):                                  # round 0: unmeasured, one of each
-        kinds = ("without_network", "with_network") if i % 2 == 0 else ("with_network", "without_network")
-        for kind in kinds:
-            name = f"lat-{'n' if kind == 'with_network' else 'p'}{i}"
-            task = await start_service(manager, name, CLIENT_HOST, [network] if kind == "with_network" else [],
-                                       timeout)
-            started.append((kind, i, task))
+    with realtime([lab.node(h).pid for h in (SERVER_HOST, CLIENT_HOST)], rt):
+        for i in range(count + 1):                              # round 0: unmeasured, one of each
+            kinds = ("without_network", "with_network") if i % 2 == 0 else ("with_network", "without_network")
+            for kind in kinds:
+                name = f"lat-{'n' if kind == 'with_network' else 'p'}{i}"
+                task = await start_service(manager, name, CLIENT_HOST,
+                                           [network] if kind == "with_network" else [], timeout)
+                started.append((kind, i, task))
     histories = task_histories(LocalSwarmState.raft_dir(Path(lab.node(SERVER_HOST).data_dir)) / "wal")
     result: dict[str, Any] = {
         "method": "services of 1 task pinned to worker-1, created one at a time, kinds alternated (first kind "
                   f"swapped every round), {count} of each after 1 unmeasured of each; ASSIGNED timestamp (the "
-                  "scheduler's) to RUNNING timestamp (the worker's), both from manager-1's Raft log; median",
+                  "scheduler's) to RUNNING timestamp (the worker's), both from manager-1's Raft log; median"
+                  + (f"; both daemons (and what they start) at SCHED_FIFO {REALTIME_PRIORITY}" if rt else ""),
     }
     assigned: dict[str, list[float]] = {"without_network": [], "with_network": []}
     created: dict[str, list[float]] = {"without_network": [], "with_network": []}
@@ -362,7 +365,8 @@ def bench(args: argparse.Namespace, result: dict[str, Any]) -> None:
         except BenchError as e:
             result["throughput"] = {"error": str(e)}
         try:
-            result["assignment_to_running"] = asyncio.run(start_latency(lab, args.tasks, args.timeout))
+            result["assignment_to_running"] = asyncio.run(start_latency(lab, args.tasks, args.timeout,
+                                                                        args.realtime))
         except BenchError as e:
             result["assignment_to_running"] = {"error": str(e)}
     finally:
@@ -379,8 +383,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tasks", type=int, default=10, help="measured task starts of each kind")
     ap.add_argument("--timeout", type=float, default=60.0, help="bound on each wait, in seconds")
     ap.add_argument("--realtime", action="store_true",
-                    help=f"run both iperf3 ends at SCHED_FIFO {REALTIME_PRIORITY}, so that other load on the machine "
-                         "does not decide the throughput (they then take the CPUs they need for each run)")
+                    help=f"run both iperf3 ends, and both daemons while tasks are started, at SCHED_FIFO "
+                         f"{REALTIME_PRIORITY}, so that other load on the machine does not decide the figures "
+                         "(they then take the CPUs they need, a few seconds at a time)")
     args = ap.parse_args(argv)
     for name, low, high in (("reps", 1, 20), ("seconds", 1, 60), ("rr_count", 10, 100_000), ("tasks", 1, 50)):
         if not low <= getattr(args, name) <= high:
