@@ -188,6 +188,9 @@ def test_server_answers_names_forwards_the_rest_and_takes_updates(netns, tmp_pat
                 assert a_records(await ask(ctr_fd, "tasks.web", tcp=True)) == {"10.0.1.7"}
                 assert {s.name for s in fake.seen} == {"outside.example.", "nowhere.example."}, \
                     "local names are never forwarded"
+                if shutil.which("conntrack"):
+                    flows = await run("nsenter", f"--net={ctr_path}", "conntrack", "-L")
+                    assert "127.0.0.11" not in flows, f"the DNS rules need no connection tracking: {flows}"
             finally:
                 await server.close()
             await server.close()  # idempotent
