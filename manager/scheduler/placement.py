@@ -77,10 +77,22 @@ class Branch:
         self.children[value].placed(info)
 
 
+SPREAD_PREFIXES = ("node.labels.", "engine.labels.")
+
+
 def spread_descriptors(task: Task) -> list[str]:
+    """The task's spread preferences the scheduler can read, in order: `node.labels.<name>` and
+    `engine.labels.<name>` (the prefix in any case, as swarmkit reads it). Any other descriptor
+    (Docker accepts any text, e.g. docker-py's `com.dockerpy.test`) is skipped, as swarmkit's
+    scheduler skips it."""
     prefs = (task.spec.get("Placement") or {}).get("Preferences") or []
-    return [str((p.get("Spread") or {}).get("SpreadDescriptor")) for p in prefs
-            if (p.get("Spread") or {}).get("SpreadDescriptor")]
+    out = []
+    for pref in prefs:
+        desc = str((pref.get("Spread") or {}).get("SpreadDescriptor") or "")
+        for prefix in SPREAD_PREFIXES:
+            if len(desc) > len(prefix) and desc[:len(prefix)].lower() == prefix:
+                out.append(prefix + desc[len(prefix):])
+    return out
 
 
 def place_group(tasks: list[Task], infos: Iterable[NodeInfo],

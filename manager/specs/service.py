@@ -225,11 +225,12 @@ def _validate_placement(value: Any, path: str) -> None:
             raise SpecError(f"invalid {path}.Constraints: {exc.message}") from None
     for i, pref in enumerate(object_list(placement.get("Preferences"), f"{path}.Preferences")):
         spread = field_map(pref.get("Spread"), f"{path}.Preferences[{i}].Spread", frozenset({"SpreadDescriptor"}))
+        # Any text, as Docker accepts it: the scheduler spreads over node.labels.<name> and
+        # engine.labels.<name> and, as swarmkit's, ignores a descriptor it cannot read.
         desc = spread.get("SpreadDescriptor")
-        if not isinstance(desc, str) or not (desc.startswith(("node.labels.", "engine.labels."))
-                                             and len(desc.split(".", 2)[2]) > 0):
-            raise SpecError(f"invalid {path}.Preferences[{i}].Spread.SpreadDescriptor: {desc!r} "
-                            "(expected node.labels.<name> or engine.labels.<name>)")
+        if desc is not None and not isinstance(desc, str):
+            raise SpecError(f"invalid {path}.Preferences[{i}].Spread.SpreadDescriptor: expected a string, "
+                            f"not {desc!r}")
     if placement.get("MaxReplicas") is not None:
         integer(placement["MaxReplicas"], f"{path}.MaxReplicas")
     for i, plat in enumerate(object_list(placement.get("Platforms"), f"{path}.Platforms")):

@@ -96,7 +96,7 @@ def test_insert_defaults() -> None:
     ("EndpointSpec", {"Ports": [{"TargetPort": 80, "Protocol": "icmp"}]}, "Protocol"),
     ("EndpointSpec", {"Ports": [{"TargetPort": 70000}]}, "TargetPort: must be at most 65535"),
     ("Name", "bad name!", "DNS name"),
-    ("TaskTemplate.Placement", {"Preferences": [{"Spread": {"SpreadDescriptor": "zone"}}]}, "SpreadDescriptor"),
+    ("TaskTemplate.Placement", {"Preferences": [{"Spread": {"SpreadDescriptor": 5}}]}, "SpreadDescriptor"),
 ])
 def test_bad_specs_name_the_field(path: str, value, message: str) -> None:
     with pytest.raises(SpecError, match="invalid") as err:
