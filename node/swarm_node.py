@@ -121,22 +121,28 @@ class SwarmNode:
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
             self._group = group
-            if self.state is not None:
-                async with self.lock:
-                    try:
-                        self.locked = not self.keys.load()
-                        if self.locked:
-                            log.warning("the swarm is locked: its data key waits for `swarm unlock`")
-                        else:
-                            await self.start_components(bootstrap=False)
-                    except Exception as e:   # e.g. its cluster port is taken: the node reports it, may leave
-                        self.record_failure("starting the swarm components", e)
-                        await self.stop_components()
+            await self.resume()
             group.create_task(self._keep_running("certificate renewal", roles.renewal_loop), name="cert-renewal")
             group.create_task(self._keep_running("role changes", roles.role_loop), name="role-changes")
             try:
                 await asyncio.Future()
             finally:
+                await self.stop_components()
+
+    async def resume(self) -> None:
+        """What a (re)started daemon does with the swarm state it finds: start the role's
+        components, or stay locked when the data key is wrapped (autolock)."""
+        if self.state is None:
+            return
+        async with self.lock:
+            try:
+                self.locked = not self.keys.load()
+                if self.locked:
+                    log.warning("the swarm is locked: its data key waits for `swarm unlock`")
+                else:
+                    await self.start_components(bootstrap=False)
+            except Exception as e:   # e.g. its cluster port is taken: the node reports it, may leave
+                self.record_failure("starting the swarm components", e)
                 await self.stop_components()
 
     def record_failure(self, what: str, error: BaseException) -> None:
