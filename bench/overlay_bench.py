@@ -73,6 +73,7 @@ from bench.support.netperf import (
     stop_all,
 )
 from bench.support.realtime import realtime
+from ca.encryption import KeyFile
 from cli.client import DaemonClient
 from cli.lab import Lab, demo
 from model import TaskState, parse_time
@@ -181,14 +182,19 @@ def overlay_address(task: dict[str, Any], network_id: str) -> str:
 
 # -- assignment -> RUNNING, from the Raft log ------------------------------------------------------
 
-def task_histories(wal_dir: Path) -> dict[str, dict[str, Any]]:
+def task_histories(data_dir: Path) -> dict[str, dict[str, Any]]:
     """Per task: its CreatedAt and the first timestamp it was written with in each state, from a
-    copy of a manager's WAL. Entries are checked as the store checks them (every change's expected
-    version, all or nothing), so a write the store rejected never counts."""
+    copy of the WAL of the manager whose daemon data dir is `data_dir` (decrypted with its data key:
+    the bench's swarm has no autolock). Entries are checked as the store checks them (every change's
+    expected version, all or nothing), so a write the store rejected never counts."""
+    key_file = KeyFile.load(LocalSwarmState.certs_dir(data_dir))
+    if key_file is None or key_file.locked:
+        raise RuntimeError(f"cannot read the Raft log in {data_dir}: no data key in the clear (autolock?)")
+    wal_dir = LocalSwarmState.raft_dir(data_dir) / "wal"
     with tempfile.TemporaryDirectory(prefix="overlay-bench-wal-") as tmp:
         for segment in sorted(wal_dir.glob("*.wal")):
             shutil.copy(segment, tmp)
-        wal = WAL(tmp)
+        wal = WAL(tmp, cipher=key_file.open())
         replay = wal.open()
         wal.close()
     versions: dict[tuple[str, str], int] = {}
@@ -242,7 +248,7 @@ async def start_latency(lab: Lab, count: int, timeout: float, rt: bool = False) 
                 task = await start_service(manager, name, CLIENT_HOST,
                                            [network] if kind == "with_network" else [], timeout)
                 started.append((kind, i, task))
-    histories = task_histories(LocalSwarmState.raft_dir(Path(lab.node(SERVER_HOST).data_dir)) / "wal")
+    histories = task_histories(Path(lab.node(SERVER_HOST).data_dir))
     result: dict[str, Any] = {
         "method": "services of 1 task pinned to worker-1, created one at a time, kinds alternated (first kind "
                   f"swapped every round), {count} of each after 1 unmeasured of each; ASSIGNED timestamp (the "
