@@ -159,7 +159,7 @@ def build_host(config: DaemonConfig) -> Host:
     hostname = config.hostname or socket.gethostname()
     images = ImageStore(config.data_dir / "images")
     executor = Executor(config.data_dir)
-    dependencies = Dependencies()   # the node's secrets and configs: filled by the agent, read by the executor
+    dependencies = Dependencies(hostname)   # the node's secrets and configs: filled by the agent, read by the executor
 
     def data_path_address() -> str:
         """The VXLAN tunnel address: the node's advertise address in its swarm."""

@@ -26,7 +26,8 @@ Network attachments of standalone containers (attachments.py) are tasks the stre
 they are no work for the agent (their node learns of them from its own request and its networks).
 
 Secrets and configs: a message that carries tasks also carries the data of exactly the secrets
-and configs those tasks refer to (`"secrets"`/`"configs"`: ID → base64 data, only when
+and configs those tasks refer to (`"secrets"`/`"configs"`: ID → base64 data, or
+{"Data", "Templating"} for a templated one, only when
 non-empty), and only for tasks that may still be prepared (desired state up to RUNNING, or
 COMPLETE for a job's tasks). So
 only the node of a task that uses a secret ever receives it. Their data never changes (an
@@ -75,11 +76,12 @@ def needs_dependencies(task: Task) -> bool:
     return task.desired_state <= _COMPLETE and bool(references(task.spec))
 
 
-def dependency_data(tx: ReadTx, tasks: list[Task]) -> dict[str, dict[str, str]]:
+def dependency_data(tx: ReadTx, tasks: list[Task]) -> dict[str, dict[str, Any]]:
     """{"secrets": {ID: data}, "configs": {ID: data}} for what `tasks` refer to, the empty
-    kinds left out. A reference to an object that is gone is left out too: the node then
+    kinds left out; a templated one's entry is {"Data": data, "Templating": driver}. A
+    reference to an object that is gone is left out too: the node then
     rejects the task, naming what is missing."""
-    out: dict[str, dict[str, str]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for task in tasks:
         for kind, obj_id in references(task.spec):
             table = f"{kind}s"
@@ -87,7 +89,10 @@ def dependency_data(tx: ReadTx, tasks: list[Task]) -> dict[str, dict[str, str]]:
                 continue
             obj = tx.get(table, obj_id)
             if obj is not None:
-                out.setdefault(table, {})[obj_id] = str(obj.spec.get("Data") or "")
+                data = str(obj.spec.get("Data") or "")
+                templating = obj.spec.get("Templating")
+                # a templated one goes with its driver: the node renders it for each task
+                out.setdefault(table, {})[obj_id] = {"Data": data, "Templating": templating} if templating else data
     return out
 
 
@@ -255,9 +260,10 @@ def _incremental(store: Store, changed: list[Task | str]) -> dict[str, Any]:
 
 def node_message(node: Node) -> dict[str, Any]:
     """What a node needs to know of itself: the role it should have, whether it is in Raft, and
-    whether it should renew its certificate ("rotate": root CA rotation)."""
+    whether it should renew its certificate (State "rotate", with the issuer and trust bundle
+    wanted: root CA rotation, manager/swarm/ca_rotation.py)."""
     return {"kind": "node", "role": node.role, "raft_member": node.manager_status is not None,
-            "certificate": str(node.certificate.get("State") or "")}
+            "certificate": dict(node.certificate)}
 
 
 def _manager_change(event: Event) -> bool:
