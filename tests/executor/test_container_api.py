@@ -283,6 +283,9 @@ async def test_docker_py_containers_and_exec(api: str, task_container: Container
             assert result.exit_code == 4 and result.output == (b"out\n", b"err\n")
             result = container.exec_run("tty", tty=True)
             assert result.exit_code == 0 and result.output.startswith(b"/dev/pts/")
+            # the start request's Tty picks the framing, as dockerd: a TTY's output framed as stdout
+            framed = client.api.exec_start(client.api.exec_create(cid, ["printf", "a b"], tty=True)["Id"], tty=False)
+            assert framed == b"a b"
             exec_id = client.api.exec_create(cid, "sleep 30")["Id"]
             client.api.exec_start(exec_id, detach=True)
             running = client.api.exec_inspect(exec_id)

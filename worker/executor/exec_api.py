@@ -93,10 +93,10 @@ def add_routes(routes: Routes, containers: LocalContainers, registry: ExecRegist
         if body.get("Detach"):
             registry.start_detached(instance, died)
             return web.Response(status=200)
-        content_type = RAW_STREAM if instance.config.tty else stream_content_type(request)
-        resp, stream = await hijack(request, content_type)
+        raw = bool(body.get("Tty"))    # as dockerd: the start request's Tty, not the exec's, picks the framing
+        resp, stream = await hijack(request, RAW_STREAM if raw else stream_content_type(request))
         write = stream.write if stream is not None else resp.write
-        task = registry.spawn(instance, died, write, stream.read if stream is not None else None)
+        task = registry.spawn(instance, died, write, stream.read if stream is not None else None, framed=not raw)
         detached = asyncio.ensure_future(instance.detached.wait())
         try:
             await asyncio.wait([task, detached], return_when=asyncio.FIRST_COMPLETED)
@@ -106,7 +106,7 @@ def add_routes(routes: Routes, containers: LocalContainers, registry: ExecRegist
                 await task
         except ExecError as e:
             text = (e.message + "\r\n").encode()
-            await write(text if instance.config.tty else frame(STDERR, text))
+            await write(text if raw else frame(STDERR, text))
         except asyncio.CancelledError:
             if not instance.detached.is_set():
                 await cancel_and_wait([task])             # the client went away: the process goes too

@@ -138,6 +138,7 @@ class ExecInstance:
         self.finished = asyncio.Event()
         self.detached = asyncio.Event()       # the client detached with the detach keys
         self._out: Write | None = None
+        self._framed = not config.tty
 
     # ---- what the API shows ----------------------------------------------------------------
     @property
@@ -191,12 +192,15 @@ class ExecInstance:
             raise ExecError(409, f"Error: Exec command {self.id} has already run")
         self.started = True
 
-    async def run(self, write: Write | None, read: Read | None) -> int:
-        """Run the process to its end; `write` gets its output (framed unless TTY), `read` gives
-        the client's input (b"" at its end). Returns and records the exit code."""
+    async def run(self, write: Write | None, read: Read | None, framed: bool | None = None) -> int:
+        """Run the process to its end; `write` gets its output, `read` gives the client's input
+        (b"" at its end). The output is in multiplexed frames if `framed` (by default: unless
+        the exec has a TTY; dockerd goes by the start request's `Tty`, so a TTY's output is
+        framed as stdout when that asks for no TTY). Returns and records the exit code."""
         c = self.config
         self.running = True
         self._out = write
+        self._framed = (not c.tty) if framed is None else framed
         code = 137               # recorded if the run is cancelled (the process is killed)
         try:
             if c.tty:
@@ -246,7 +250,7 @@ class ExecInstance:
             if reader is None:
                 return
             while chunk := await reader.read(READ_CHUNK):
-                await self._emit(frame(stream_id, chunk))
+                await self._emit(frame(stream_id, chunk) if self._framed else chunk)
 
         async def copy_in() -> None:
             assert proc.stdin is not None and read is not None
@@ -296,7 +300,7 @@ class ExecInstance:
         feeding = asyncio.ensure_future(copy_in()) if read else None
         try:
             while chunk := await _read_fd(master):
-                await self._emit(chunk)
+                await self._emit(frame(STDOUT, chunk) if self._framed else chunk)
             return await proc.wait()
         finally:
             self._master = -1
@@ -348,11 +352,12 @@ class ExecRegistry:
         return [i.id for i in self._instances.values() if i.container_id == cid]
 
     def spawn(self, instance: ExecInstance, on_exit: Callable[[int], None], write: Write | None = None,
-              read: Read | None = None) -> asyncio.Task[int]:
+              read: Read | None = None, framed: bool | None = None) -> asyncio.Task[int]:
         """Run `instance` in a task the registry owns (so a client that detaches, or never
         attached, leaves it running until `close`); `on_exit` hears its exit code. A client
         that stays attached awaits the task."""
-        task = asyncio.get_running_loop().create_task(instance.run(write, read), name=f"exec {instance.id[:12]}")
+        task = asyncio.get_running_loop().create_task(instance.run(write, read, framed),
+                                                      name=f"exec {instance.id[:12]}")
         self._detached.add(task)
 
         def done(task: asyncio.Task[int]) -> None:
