@@ -55,23 +55,35 @@ def test_sealed_wal_and_snapshot_hold_no_plaintext_and_reopen_only_with_the_key(
         other.load()
 
 
-def test_a_plain_log_opens_with_a_key_and_new_records_are_sealed(tmp_path: Path) -> None:
-    plain = WAL(str(tmp_path))
+def test_a_plain_data_dir_opens_with_a_key_and_new_records_are_sealed(tmp_path: Path) -> None:
+    """A data dir from before encryption at rest: its plain snapshot, checkpoint and records are read."""
+    old = DiskStorage(str(tmp_path))
+    old.load()
+    old.save(HardState(1, 1, 0), [Entry(1, 1, data=b"in-the-snapshot")])
+    old.save_snapshot(Snapshot(SnapshotMeta(1, 1, ConfState(voters=(1,))), b"plain-snapshot"))
+    old.close()
+    plain = WAL(str(tmp_path / "wal"))
     plain.open()
-    plain.save(HardState(1, 1, 1), [Entry(1, 1, data=b"old-plain-record")])
+    plain.save(HardState(1, 1, 1), [Entry(1, 2, data=b"old-plain-record")])
     plain.close()
     dek = DataKey.generate()
-    sealed = WAL(str(tmp_path), cipher=dek)
-    assert [e.data for e in sealed.open().entries] == [b"old-plain-record"]
-    sealed.save(HardState(1, 1, 2), [Entry(1, 2, data=SECRET)])
+    storage = DiskStorage(str(tmp_path), cipher=dek)
+    loaded = storage.load()
+    storage.close()
+    assert loaded.snapshot is not None and loaded.snapshot.data == b"plain-snapshot"
+    assert [e.data for e in loaded.entries] == [b"old-plain-record"]
+    wal_dir = str(tmp_path / "wal")
+    sealed = WAL(wal_dir, cipher=dek)
+    assert [e.data for e in sealed.open().entries][-1:] == [b"old-plain-record"]
+    sealed.save(HardState(1, 1, 2), [Entry(1, 3, data=SECRET)])
     sealed.close()
-    raw = b"".join(p.read_bytes() for p in files_under(tmp_path))
+    raw = b"".join(p.read_bytes() for p in files_under(Path(wal_dir)))
     assert b"old-plain-record" in raw and SECRET not in raw
-    reopened = WAL(str(tmp_path), cipher=dek)
-    assert [e.data for e in reopened.open().entries] == [b"old-plain-record", SECRET]
+    reopened = WAL(wal_dir, cipher=dek)
+    assert [e.data for e in reopened.open().entries][-2:] == [b"old-plain-record", SECRET]
     reopened.close()
     with pytest.raises(WALCorruptError, match="without a key"):
-        WAL(str(tmp_path)).open()
+        WAL(wal_dir).open()
 
 
 def test_unlock_keys_and_the_key_file(tmp_path: Path) -> None:
