@@ -50,6 +50,7 @@ from rpc.errors import NotFound, NotLeaderError, PermissionDenied, RpcError
 log = logging.getLogger("shoal.attachments")
 
 CALL_TIMEOUT = 20.0       # seconds for the leader to allocate an attachment
+BALANCED_WAIT = 5.0       # seconds a new attachment waits for the node's load balancers on its networks
 
 
 class SwarmMembership(Protocol):
@@ -128,7 +129,27 @@ class AttachingNetworking(NodeNetworking):
             await host.attach(key, [Attachment(overlay_spec(view), IPv4Interface(address))
                                     for view, address in attached], external and way_out)
             self._remember(task)
+        await self._until_balanced([view.id for view, _ in attached])
         return resolv_conf(self._host_resolv_conf())
+
+    async def _until_balanced(self, network_ids: list[str]) -> None:
+        """Wait (bounded) until this node has its own endpoint on these networks and the load
+        balancers were programmed after that: the services' VIPs answer from the container's
+        first packet. The node's endpoint is allocated once the attachment made the node a user
+        of the network, so it comes in a later view than the attachment's own."""
+        try:
+            async with asyncio.timeout(BALANCED_WAIT):
+                while True:
+                    synced, views = self._synced, self._views
+                    if views is not None and all((v := views.views.get(i)) is not None and v.node_address
+                                                 for i in network_ids):
+                        break
+                    await synced.wait()
+                async with self._balance_lock:    # the sync that brought it programs them under it
+                    pass
+        except TimeoutError:
+            log.warning("the node's own endpoint on the container's networks is not there yet; the "
+                        "services' virtual IPs may not answer at once", extra={"networks": network_ids})
 
     async def retain(self, task_ids: Iterable[str]) -> None:
         await super().retain([*task_ids, *self.attachments])
