@@ -105,7 +105,7 @@ class SwarmNode:
         self._group: asyncio.TaskGroup | None = None
         self.lock = asyncio.Lock()          # one transition at a time
         self.wanted_role: tuple[str, bool] | None = None   # (role, in Raft) as the cluster reports it
-        self.wanted_certificate = ""        # "rotate": the cluster asks for a renewal (root CA rotation)
+        self.wanted_certificate: dict[str, Any] = {}   # the cluster's wish for this node's TLS (roles.py)
         self.server_tls: LiveServerContext | None = None   # the cluster port's TLS, renewed in place
         self.role_wakeup = asyncio.Event()
         # run beside each manager runtime on its store, cancelled with it (GET /events' swarm history)
@@ -289,7 +289,8 @@ class SwarmNode:
     def _on_node(self, message: dict[str, Any]) -> None:
         """What the cluster says this node should be; the role loop acts on it."""
         self.wanted_role = (str(message.get("role")), bool(message.get("raft_member")))
-        self.wanted_certificate = str(message.get("certificate") or "")
+        certificate = message.get("certificate")
+        self.wanted_certificate = certificate if isinstance(certificate, dict) else {}
         self.role_wakeup.set()
 
     async def forget(self) -> None:
