@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import hashlib
 import secrets
 
 from cryptography import x509
@@ -94,6 +95,11 @@ def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
         return True
     except (ValueError, TypeError, Exception):
         return False
+
+
+def bundle_digest(trust_pem: str) -> str:
+    """A short name for a trust bundle (what a node is asked to trust during a rotation)."""
+    return hashlib.sha256(trust_pem.encode()).hexdigest()
 
 
 def node_tls_info(chain_pem: bytes, trust_pem: bytes) -> dict[str, str]:

@@ -30,7 +30,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from aio import Backoff
-from ca.authority import CertificateError, node_tls_info
+from ca.authority import CertificateError, bundle_digest, node_tls_info
 from engineapi.http import ApiError
 from node.joining import join_raft
 from node.remote import renew_certificate
@@ -63,8 +63,16 @@ def change_needed(node: SwarmNode) -> str | None:
 
 
 def certificate_needed(node: SwarmNode) -> str | None:
-    """"certificate" when the cluster asks this node to renew its certificate."""
-    if node.state is None or node.creds is None or node.wanted_certificate != "rotate":
+    """"certificate" when the cluster asks this node for a certificate from another issuer or
+    another trust bundle than it has (root CA rotation)."""
+    wish, creds = node.wanted_certificate, node.creds
+    if node.state is None or creds is None or wish.get("State") != "rotate":
+        return None
+    try:
+        own = node_tls_info(creds.cert_pem, creds.root_pem)
+    except CertificateError:
+        return "certificate"
+    if own["CertIssuerPublicKey"] == wish.get("Issuer") and bundle_digest(own["TrustRoot"]) == wish.get("Trust"):
         return None
     return "certificate"
 
@@ -79,8 +87,10 @@ async def role_loop(node: SwarmNode) -> None:
             if done is None:
                 break        # a leave cut it short: whatever the node is next reports afresh
             if done and target == "certificate":
-                node.wanted_certificate = ""   # the CA marked the node issued; a new wish comes as a message
-                backoff.reset()
+                if certificate_needed(node) is None:
+                    backoff.reset()
+                else:      # the manager that answered did not know the wish yet: ask again later
+                    await asyncio.sleep(backoff.next_delay())
                 continue
             if done:
                 node.wanted_role = None  # the new session will report afresh

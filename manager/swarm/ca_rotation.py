@@ -12,8 +12,10 @@ root's subject and key signed by the current root. During the rotation:
   (`CertIssuerSubject`, `CertIssuerPublicKey`), which is what `docker swarm ca` compares each
   node's own TLSInfo with to draw its progress;
 - `RootRotation` (a leader loop) marks every node whose certificate or trust bundle is not the
-  wanted one (`Node.certificate["State"] = "rotate"`); the node learns it through its dispatcher
-  session (the node message) and renews; the CA records the TLSInfo of what it issued on the
+  wanted one: `Node.certificate = {"State": "rotate", "Issuer": <wanted issuer's key>, "Trust":
+  <digest of the wanted bundle>}`; the node learns it through its dispatcher session (the node
+  message) and renews until its own credentials match the wish (so a wish that changes while a
+  renewal is in flight is not lost); the CA records the TLSInfo of what it issued on the
   node (and the node reports the same in its description when its session opens).
 Once every node in the store, down ones included (as swarmkit's reconciler does: only removing
 a node takes it out of the count), has a certificate from the new root, the loop finishes the
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ca import tokens
-from ca.authority import CertificateError, RootCA, bundle_pem, issuer_info, key_pem, load_certs
+from ca.authority import CertificateError, RootCA, bundle_digest, bundle_pem, issuer_info, key_pem, load_certs
 from manager.specs import SpecError
 from manager.store import Store, WriteTx
 from model import Cluster, Node
@@ -189,15 +191,16 @@ class RootRotation:
                 tx.update(cluster)
                 log.info("root rotation completed: every node has a certificate from the new root")
         issuer = wanted_issuer(cluster)
+        wish = {"State": ROTATE, "Issuer": issuer["CertIssuerPublicKey"], "Trust": bundle_digest(trust_bundle(cluster))}
         for node in nodes:
-            if all(converged(node, cluster, issuer)) or node.certificate.get("State") == ROTATE:
+            if all(converged(node, cluster, issuer)) or node.certificate == wish:
                 continue
             marked = node.copy()
-            marked.certificate = {**marked.certificate, "State": ROTATE}
+            marked.certificate = wish
             tx.update(marked)
 
 
 def record_issued(node: Node, tls_info: dict[str, str]) -> None:
     """On a node being written: what the CA just issued it."""
     node.description = {**node.description, "TLSInfo": tls_info}
-    node.certificate = {**node.certificate, "State": ISSUED}
+    node.certificate = {"State": ISSUED}
