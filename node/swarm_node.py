@@ -257,7 +257,9 @@ class SwarmNode:
             members=members, bootstrap=bootstrap, leader_loops=self._leader_loops, metrics=self._metrics,
             options=NodeOptions(cipher=self.keys.dek))
         manager = self._spawn(runtime.run(), "manager")
-        self._spawn(follow_unlock_key(runtime.store, self.keys, runtime.ready.wait), "unlock-key")
+        # A failed re-wrap (e.g. a disk error) is logged and retried after a growing delay.
+        self._spawn(self._keep_running("re-wrapping the data key", lambda _: follow_unlock_key(
+            runtime.store, self.keys, runtime.ready.wait)), "unlock-key")
         for watcher in self.manager_watchers:
             self._spawn(watcher(runtime.store), "manager-watcher")
         ready = asyncio.ensure_future(runtime.ready.wait())
