@@ -133,11 +133,13 @@ def _register() -> None:
     from cli.node_cmds import node
     from cli.secret_cmds import secret
     from cli.service_cmds import service
+    from cli.swarm_ca import ca as swarm_ca
     from cli.swarm_cmds import swarm
     from cli.volume_cmds import volume
 
     for group in (lab, swarm, node, service, network, secret, config, image, volume):
         shoal.add_command(group)
+    swarm.add_command(swarm_ca)        # `shoal swarm ca` (root CA rotation)
 
 
 _register()

@@ -192,9 +192,13 @@ class RootRotation:
                 log.info("root rotation completed: every node has a certificate from the new root")
         issuer = wanted_issuer(cluster)
         wish = {"State": ROTATE, "Issuer": issuer["CertIssuerPublicKey"], "Trust": bundle_digest(trust_bundle(cluster))}
+        rotating = bool(cluster.root_ca.get("Rotation"))
         for node in nodes:
             if all(converged(node, cluster, issuer)) or node.certificate == wish:
                 continue
+            if not rotating and "TLSInfo" not in node.description:
+                continue     # a node that has not reported yet (just initialised): nothing to move
+
             marked = node.copy()
             marked.certificate = wish
             tx.update(marked)

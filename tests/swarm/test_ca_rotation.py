@@ -5,19 +5,23 @@ succeeds and converges, which needs Raft between the managers and the dispatcher
 rotation stays in progress while the worker is down (Docker waits for every node that is not
 removed); the worker comes back with its old certificate and old trust, renews, and the rotation
 completes: every node trusts the new root only, on disk. Then a node that trusts only the new
-root (the worker, rejoined with the new join token) takes part, and the real docker CLI's
-`docker swarm ca --rotate` rotates again to completion and prints the new root."""
+root (the worker, rejoined with the new join token) takes part, the real docker CLI's
+`docker swarm ca --rotate` rotates again to completion and prints the new root, and `shoal swarm
+ca --rotate --ca-cert --ca-key` moves the swarm to a root of the user's own."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
+from ca.authority import RootCA, key_pem
 from cli.lab import Lab
-from tests.swarm.helpers import api, converged, eventually, load_busybox_everywhere, nodes_by_host
+from tests.swarm.helpers import api, api_error, converged, eventually, load_busybox_everywhere, nodes_by_host
 
+SHOAL = [sys.executable, "-m", "cli.main"]
 LIVE = ("manager-1", "manager-2", "worker-1")
 ALL = (*LIVE, "worker-2")
 
@@ -82,6 +86,7 @@ def test_root_rotation_with_a_worker_down(make_lab, tmp_path: Path) -> None:
     lab.start("worker-2")                                     # old certificate, old trust: still accepted
     done = eventually(lambda: (lambda s: s if not s["RootRotationInProgress"] else None)(swarm(lab)),
                       timeout=60, what="the rotation to complete once worker-2 is back")
+    assert done is not None
     new_root = done["TLSInfo"]["TrustRoot"]
     assert new_root != old_root
     assert done["JoinTokens"]["Worker"] != before["JoinTokens"]["Worker"]   # the digest of the new root
@@ -103,22 +108,33 @@ def test_root_rotation_with_a_worker_down(make_lab, tmp_path: Path) -> None:
     converged(lab, "demo", 5)
 
     # The real docker CLI: rotate again, wait for convergence, print the new root.
-    import subprocess
-    try:
-        proc = lab.exec("manager-1", ["docker", "swarm", "ca", "--rotate"], timeout=40)
-    except subprocess.TimeoutExpired as e:
-        s = swarm(lab)
-        print("DEBUG swarm", s["RootRotationInProgress"], s["TLSInfo"]["CertIssuerPublicKey"][-20:], s["TLSInfo"]["TrustRoot"][-60:])
-        for h, n in nodes_by_host(lab, "manager-1").items():
-            t = n["Description"].get("TLSInfo", {})
-            print("DEBUG node", h, n["Status"]["State"], t.get("CertIssuerPublicKey", "")[-20:], t.get("TrustRoot", "")[-60:], )
-        print("DEBUG out", e.stdout[-600:] if e.stdout else None)
-        raise
+    proc = lab.exec("manager-1", ["docker", "swarm", "ca", "--rotate"], timeout=120)
     assert proc.returncode == 0, proc.stderr
     final = swarm(lab)
     assert final["RootRotationInProgress"] is False
     assert final["TLSInfo"]["TrustRoot"] not in (old_root, new_root)
     assert final["TLSInfo"]["TrustRoot"].strip() in proc.stdout
     assert "rotated TLS certificates" in proc.stdout
-    bad = lab.exec("manager-1", ["docker", "swarm", "ca", "--rotate", "--ca-cert", "/dev/null"], timeout=30)
-    assert bad.returncode != 0
+    shown = lab.exec("manager-2", [*SHOAL, "swarm", "ca"], check=True).stdout
+    assert shown.strip() == final["TLSInfo"]["TrustRoot"].strip()
+
+    # shoal's CLI with a root of the user's own: the swarm ends up trusting exactly it.
+    mine = RootCA.create("users-own")
+    assert mine.key is not None
+    (tmp_path / "ca.crt").write_bytes(mine.cert_pem)
+    (tmp_path / "ca.key").write_bytes(key_pem(mine.key))
+    proc = lab.exec("manager-1", [*SHOAL, "swarm", "ca", "--rotate", "--ca-cert", str(tmp_path / "ca.crt"),
+                                  "--ca-key", str(tmp_path / "ca.key")], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert swarm(lab)["TLSInfo"]["TrustRoot"] == mine.cert_pem.decode()
+    assert proc.stdout.strip().endswith(mine.cert_pem.decode().strip())
+    eventually(lambda: all(disk(lab, h, "swarm-root-ca.crt") == mine.cert_pem for h in ALL),
+               what="every node to trust the user's root only")
+
+    # Bad input: clear errors, nothing changes.
+    spec = swarm(lab)["Spec"]
+    spec["CAConfig"]["SigningCACert"] = mine.cert_pem.decode()
+    err = api_error(lab, "manager-1", "POST", "/swarm/update", spec, version=swarm(lab)["Version"]["Index"])
+    assert err.status == 400 and "Spec.CAConfig.SigningCACert" in str(err), err
+    bad = lab.exec("manager-1", [*SHOAL, "swarm", "ca", "--rotate", "--ca-cert", str(tmp_path / "ca.crt")])
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "--ca-key" in bad.stderr
