@@ -12,10 +12,18 @@ The data key lives in `<data-dir>/swarm/certificates/swarm-dek.json`:
   unlock key the user holds (`SWMKEY-1-<base64 of 32 random bytes>`, Docker's format). A
   restarted node then cannot read its data until it is given the unlock key: it is locked.
 
+A data key is a key ring: records are sealed with its newest key and opened with whichever of
+its keys sealed them. Turning autolock on rotates it (as Docker does, since the old key was on disk
+in the clear): the new key is added, written (wrapped) before any record is sealed with it, and
+the older keys stay in the ring (wrapped too) for the records and snapshot sealed before. The
+password of the private keys derives from the ring's first key, so it never changes (the TLS key
+itself is what an old copy of the disk exposed; a new certificate's key is what replaces it).
+
 Invariants: with autolock the data key is never written in the clear; the key file is replaced
 atomically, so a crash leaves the old wrapping or the new one, either of which opens the node
-with the key it was written for; a wrong unlock key is told apart from a damaged file by the
-AEAD tag, and both are refused without touching anything.
+with the key it was written for; a key is in the file before any record is sealed with it; a
+wrong unlock key is told apart from a damaged file by the AEAD tag, and both are refused without
+touching anything.
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ import base64
 import binascii
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -36,6 +45,7 @@ UNLOCK_KEY_PREFIX = "SWMKEY-1-"
 DEK_FILE = "swarm-dek.json"
 _VERSION = 1
 _NONCE = 12
+_KEY = 32
 _RECORD_VERSION = b"\x01"
 
 
@@ -55,35 +65,52 @@ def _derive(secret: bytes, purpose: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"shoal " + purpose).derive(secret)
 
 
-class DataKey:
-    """A node's data key: the record cipher of its Raft storage, and the password of its keys."""
+def _record_aead(key: bytes) -> AESGCM:
+    if len(key) != _KEY:
+        raise ValueError(f"a data key is {_KEY} bytes")
+    return AESGCM(_derive(key, b"raft records"))
 
-    def __init__(self, key: bytes) -> None:
-        if len(key) != 32:
-            raise ValueError("a data key is 32 bytes")
-        self.key = key
-        self._aead = AESGCM(_derive(key, b"raft records"))
+
+class DataKey:
+    """A node's data key ring: the record cipher of its Raft storage (sealing with the newest key,
+    opening with any), and the password of its private keys. Thread-safe: the storage seals and
+    opens on worker threads while `rotate` may run on the event loop."""
+
+    def __init__(self, key: bytes, previous: Sequence[bytes] = ()) -> None:
+        self.keys: list[bytes] = [key, *previous]            # newest first
+        self._aeads = [_record_aead(k) for k in self.keys]
 
     @classmethod
     def generate(cls) -> DataKey:
-        return cls(os.urandom(32))
+        return cls(os.urandom(_KEY))
+
+    @property
+    def key(self) -> bytes:
+        return self.keys[0]
+
+    def rotate(self, new_key: bytes) -> None:
+        """Seal with `new_key` from now on (it must already be in the key file: see the module)."""
+        aeads, keys = [_record_aead(new_key), *self._aeads], [new_key, *self.keys]
+        self._aeads, self.keys = aeads, keys      # each swap is atomic; readers see old or new lists
 
     def seal(self, plaintext: bytes) -> bytes:
         nonce = os.urandom(_NONCE)
-        return _RECORD_VERSION + nonce + self._aead.encrypt(nonce, plaintext, _RECORD_VERSION)
+        return _RECORD_VERSION + nonce + self._aeads[0].encrypt(nonce, plaintext, _RECORD_VERSION)
 
     def open(self, sealed: bytes) -> bytes:
         if len(sealed) < 1 + _NONCE + 16 or sealed[:1] != _RECORD_VERSION:
             raise ValueError("not a sealed record of a known version")
-        try:
-            return self._aead.decrypt(sealed[1:1 + _NONCE], sealed[1 + _NONCE:], _RECORD_VERSION)
-        except InvalidTag:
-            raise ValueError("authentication failed (another data key, or damaged)") from None
+        for aead in self._aeads:
+            try:
+                return aead.decrypt(sealed[1:1 + _NONCE], sealed[1 + _NONCE:], _RECORD_VERSION)
+            except InvalidTag:
+                continue
+        raise ValueError("authentication failed (another data key, or damaged)")
 
     @property
     def key_password(self) -> bytes:
-        """The password of the node's PEM private keys on disk."""
-        return base64.b64encode(_derive(self.key, b"node keys"))
+        """The password of the node's PEM private keys on disk (from the ring's first key)."""
+        return base64.b64encode(_derive(self.keys[-1], b"node keys"))
 
 
 # ---- unlock keys ----------------------------------------------------------------------------------
@@ -116,8 +143,8 @@ def _kek(unlock_key: str) -> AESGCM:
 class KeyFile:
     """What `swarm-dek.json` holds: the data key in the clear, or wrapped by an unlock key."""
 
-    dek: bytes | None = None         # in the clear (no autolock)
-    wrapped: bytes | None = None     # nonce | AES-GCM(KEK, dek) (autolock)
+    keys: list[bytes] = field(default_factory=list)   # the ring in the clear, newest first (no autolock)
+    wrapped: bytes | None = None     # nonce | AES-GCM(KEK, the ring's keys concatenated) (autolock)
 
     @property
     def locked(self) -> bool:
@@ -140,30 +167,36 @@ class KeyFile:
                 raise KeyFileError(f"{cls.path(certs_dir)}: unknown version {doc.get('Version')!r}")
             if doc.get("WrappedDEK"):
                 return cls(wrapped=base64.b64decode(doc["WrappedDEK"]))
-            return cls(dek=base64.b64decode(doc["DEK"]))
+            return cls(keys=[base64.b64decode(k) for k in [doc["DEK"], *doc.get("PreviousDEKs", [])]])
         except (KeyError, TypeError, binascii.Error, AttributeError) as e:
             raise KeyFileError(f"{cls.path(certs_dir)}: {e!r}") from None
 
     def open(self, unlock_key: str | None = None) -> DataKey:
         """The data key; for a locked file, `unlock_key` must be the key it was wrapped with."""
         if self.wrapped is None:
-            assert self.dek is not None
-            return DataKey(self.dek)
-        if not unlock_key:
-            raise WrongUnlockKey("the data key is locked and no unlock key was given")
-        nonce, body = self.wrapped[:_NONCE], self.wrapped[_NONCE:]
-        try:
-            return DataKey(_kek(unlock_key).decrypt(nonce, body, DEK_FILE.encode()))
-        except InvalidTag:
-            raise WrongUnlockKey("swarm could not be unlocked: invalid key provided") from None
+            keys = self.keys
+        else:
+            if not unlock_key:
+                raise WrongUnlockKey("the data key is locked and no unlock key was given")
+            nonce, body = self.wrapped[:_NONCE], self.wrapped[_NONCE:]
+            try:
+                ring = _kek(unlock_key).decrypt(nonce, body, DEK_FILE.encode())
+            except InvalidTag:
+                raise WrongUnlockKey("swarm could not be unlocked: invalid key provided") from None
+            keys = [ring[i:i + _KEY] for i in range(0, len(ring), _KEY)]
+        if not keys or any(len(k) != _KEY for k in keys):
+            raise KeyFileError("the data key file holds no valid key")
+        return DataKey(keys[0], keys[1:])
 
     @classmethod
-    def for_key(cls, dek: DataKey, unlock_key: str = "") -> KeyFile:
-        """The file for `dek`: in the clear without an unlock key, else wrapped by it."""
+    def for_key(cls, dek: DataKey, unlock_key: str = "", *, rotate_to: bytes | None = None) -> KeyFile:
+        """The file for `dek` (plus `rotate_to` as its newest key, when given): in the clear without
+        an unlock key, else wrapped by it."""
+        keys = ([rotate_to] if rotate_to is not None else []) + dek.keys
         if not unlock_key:
-            return cls(dek=dek.key)
+            return cls(keys=keys)
         nonce = os.urandom(_NONCE)
-        return cls(wrapped=nonce + _kek(unlock_key).encrypt(nonce, dek.key, DEK_FILE.encode()))
+        return cls(wrapped=nonce + _kek(unlock_key).encrypt(nonce, b"".join(keys), DEK_FILE.encode()))
 
     def encode(self) -> bytes:
         """The file's content (written atomically, mode 0600, by ca/node_tls.save_key_file)."""
@@ -171,8 +204,8 @@ class KeyFile:
         if self.wrapped is not None:
             doc["WrappedDEK"] = base64.b64encode(self.wrapped).decode()
         else:
-            assert self.dek is not None
-            doc["DEK"] = base64.b64encode(self.dek).decode()
+            doc["DEK"] = base64.b64encode(self.keys[0]).decode()
+            doc["PreviousDEKs"] = [base64.b64encode(k).decode() for k in self.keys[1:]]
         return json.dumps(doc).encode()
 
 

@@ -14,9 +14,11 @@ the previous key unlocks it, and once it runs it re-wraps with the new one: this
 does (its docs: keep the old key for a while after a rotation). Workers are never locked: their
 file is kept in the clear.
 
-Differs from Docker: the data key itself is not rotated when autolock is turned on (Docker
-re-encrypts the Raft log under a fresh data key then, because the old one was on disk in the
-clear); here only its wrapping changes.
+As in Docker, a data key that was stored in the clear is rotated when it gets wrapped (autolock
+turned on, or a manager that joined an autolocked swarm): what is written from then on cannot be
+read with the key an old copy of the disk held. Differs from Docker: the records and snapshot
+sealed before stay sealed with the older key (kept in the ring, wrapped) until the next snapshot
+and compaction replace them; swarmkit forces that snapshot at once.
 """
 
 from __future__ import annotations
@@ -80,11 +82,17 @@ class NodeKeys:
         self.dek, self.wrapped_with = key_file.open(unlock_key), unlock_key if key_file.locked else ""
 
     def wrap(self, unlock_key: str) -> bool:
-        """Store the data key wrapped by `unlock_key` ("" = in the clear); True if rewritten."""
+        """Store the data key wrapped by `unlock_key` ("" = in the clear); True if rewritten. A key
+        that was in the clear is rotated as it gets wrapped: the new key is in the file before
+        the storage seals anything with it (ca/encryption.py)."""
         if self.dek is None or unlock_key == self.wrapped_with:
             return False
+        new_key = DataKey.generate().key if unlock_key and self.wrapped_with == "" else None
         self.certs_dir.mkdir(parents=True, exist_ok=True)
-        save_key_file(self.certs_dir, KeyFile.for_key(self.dek, unlock_key))
+        save_key_file(self.certs_dir, KeyFile.for_key(self.dek, unlock_key, rotate_to=new_key))
+        if new_key is not None:
+            self.dek.rotate(new_key)
+            log.info("data key rotated: it was stored in the clear until now")
         self.wrapped_with = unlock_key
         return True
 

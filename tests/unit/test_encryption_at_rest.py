@@ -21,6 +21,7 @@ from ca.encryption import (
     parse_unlock_key,
 )
 from ca.node_tls import NODE_KEY, ROOT_KEY, NodeCredentials, save_key_file
+from node.autolock import NodeKeys
 from raft.storage import DiskStorage, StorageCorruptError
 from raft.types import ConfState, Entry, HardState, Snapshot, SnapshotMeta
 from raft.wal import WAL, WALCorruptError
@@ -129,3 +130,34 @@ def test_private_keys_are_encrypted_on_disk_and_load_into_tls_contexts(tmp_path:
     assert again is not None and again.key_pem == plain.key_pem and again.root_key_pem == plain.root_key_pem
     assert isinstance(again.server_context(tmp_path), ssl.SSLContext)
     assert isinstance(again.client_context(tmp_path), ssl.SSLContext)
+
+
+def test_a_key_in_the_clear_is_rotated_when_it_gets_wrapped(tmp_path: Path) -> None:
+    keys = NodeKeys(tmp_path)
+    assert keys.load() and not key_file_locked(tmp_path)      # a fresh node: a data key in the clear
+    dek = keys.dek
+    assert dek is not None
+    old_key, password = dek.key, dek.key_password
+    before = dek.seal(SECRET)
+    unlock = new_unlock_key()
+    assert keys.wrap(unlock)                                  # autolock turned on: rotated
+    assert dek.key != old_key and dek.key_password == password
+    after = dek.seal(SECRET)
+    with pytest.raises(ValueError):
+        DataKey(old_key).open(after)                          # the key an old disk copy held reads nothing new
+    loaded = KeyFile.load(tmp_path)
+    assert loaded is not None and loaded.locked
+    ring = loaded.open(unlock)
+    assert ring.key == dek.key and ring.open(before) == ring.open(after) == SECRET
+    second = new_unlock_key()
+    assert keys.wrap(second) and dek.key == ring.key          # a new unlock key re-wraps, no rotation
+    reopened = KeyFile.load(tmp_path)
+    assert reopened is not None and reopened.open(second).keys == ring.keys
+    assert keys.wrap("") and not key_file_locked(tmp_path)    # autolock off: the ring in the clear
+    assert not keys.wrap("")
+
+
+def key_file_locked(certs_dir: Path) -> bool:
+    loaded = KeyFile.load(certs_dir)
+    assert loaded is not None
+    return loaded.locked
