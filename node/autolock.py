@@ -17,8 +17,8 @@ file is kept in the clear.
 As in Docker, a data key that was stored in the clear is rotated when it gets wrapped (autolock
 turned on, or a manager that joined an autolocked swarm): what is written from then on cannot be
 read with the key an old copy of the disk held. Differs from Docker: the records and snapshot
-sealed before stay sealed with the older key (kept in the ring, wrapped) until the next snapshot
-and compaction replace them; swarmkit forces that snapshot at once.
+sealed before stay sealed with the older key (kept in the ring, wrapped) until later snapshots
+and log compaction drop them; swarmkit snapshots and starts a new log under the new key at once.
 """
 
 from __future__ import annotations
