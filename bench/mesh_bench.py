@@ -11,14 +11,20 @@ Prints one JSON document. Three parts:
     the network, pinned to worker-2. In each mbweb task's network namespace (`nsenter
     --net=<data dir>/network/netns/s-<task id>`, the namespace its container runs in) the host's
     nginx answers on port 80 (its own config, pid and log files under a temp dir; stopped by
-    PID). Paths, each measured by wrk from the namespace named:
-      (a) `mesh`: from worker-1's host namespace to manager-1's address, port 8080 (manager-1 runs
-          none of the tasks: its daemon namespace DNATs to its ingress namespace, which DNATs
-          over the ingress overlay to a task on worker-1; replies come back the same way);
-      `mesh_via_task_host` (no goal): the same through worker-1's own published port: the mesh's
-          NAT without the trips over the lab's wire;
-      (c) `straight_from_host`: from worker-1's host namespace straight to the tasks' addresses on
-          worker-1's gateway bridge (the reference for (a));
+    PID). A client on the lab's LAN: a namespace of the bench's own (`<lab>-lanclient`, deleted
+    by name) wired to the lab's hub bridge at 198.18.0.200, with a /32 route to each mbweb task's
+    gateway-bridge address through worker-1 (as a LAN router would route to a host's containers).
+    Paths, each measured by wrk from the namespace named:
+      (a) `mesh`: from the LAN client to manager-1's address, port 8080 (manager-1 runs none of
+          the tasks: its daemon namespace DNATs to its ingress namespace, which DNATs over the
+          ingress overlay to a task on worker-1; replies come back the same way);
+      (c) `straight`: from the LAN client straight to the tasks' gateway-bridge addresses, port 80,
+          through worker-1 (routed, no NAT): the same client, one crossing of the lab's wire (the
+          reference for (a));
+      `mesh_via_task_host` (no goal): from the LAN client through worker-1's own published port:
+          the mesh's NAT with one crossing of the wire;
+      `straight_from_host` (no goal; the reference of (a) until 2026-12-07): from worker-1's host
+          namespace to the tasks' gateway-bridge addresses, no wire at all;
       (b) `vip`: from the mbcli task's namespace to mbweb's VIP on the overlay (worker-2's LB
           namespace DNATs to a task on worker-1);
       (c) `straight_from_task`: from the mbcli task's namespace to the tasks' overlay addresses.
@@ -68,22 +74,35 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.overlay_bench import call, interruptible, overlay_address, sandbox_path, uninterrupted
-from bench.support import vipconnect, wrk
+from bench.support import netlab, vipconnect, wrk
+from bench.support.netlab import (
+    POLL_S,
+    call,
+    overlay_address,
+    run_bench,
+    running_tasks,
+    sandbox_path,
+    uninterrupted,
+    up_lab,
+)
 from bench.support.netperf import REALTIME_PRIORITY, BenchError, in_ns, quantile
-from cli.lab import Lab, demo
+from cli.lab import Lab
+from cli.lab import net as labnet
 from ingress.dataplane.plan import port_map, table_names
 from model import parse_time
-from worker.images.busybox_image import build_busybox_image, write_docker_save
 
-IMAGE = "shoal-bench/busybox:latest"
-SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"]
 MANAGER, SERVERS, CLIENT = "manager-1", "worker-1", "worker-2"
 WEB_PORT, TARGET_PORT, ROT_PORT = 8080, 80, 8090
 GOALS = {"keepalive": 0.9, "new_connection": 0.8}       # path / straight, at least
 ROTATION_GOAL_MS = 200.0                                 # p99, at most
 FIRST_PACKET_GOAL = 1.1                                  # many / one, at most
-POLL_S = 0.05
+LAN_CLIENT_ADDRESS, LAN_CLIENT_PORT = "198.18.0.200", "plan"   # on the lab's /24, its hub port
+# The LAN client's source address towards the tasks' host. Connections to two mesh entry points
+# from one client address reach a task with the same 4-tuple (no SNAT) but with TCP timestamps of
+# two different bases (Linux draws a timestamp offset per source/destination pair), and a SYN on
+# a tuple the task still holds in TIME_WAIT with an older-looking timestamp is dropped (PAWS):
+# the path run second would lose its new connections for a minute. A second address avoids it.
+LAN_CLIENT_SECOND = "198.18.0.201"
 IN_ROTATION_MAX = 2**31                                  # slot keys from here are draining backends
 
 
@@ -91,27 +110,7 @@ IN_ROTATION_MAX = 2**31                                  # slot keys from here a
 
 def service_spec(name: str, replicas: int, *, host: str = "", networks: tuple[str, ...] = (),
                  ports: tuple[tuple[int, int], ...] = ()) -> dict[str, Any]:
-    template: dict[str, Any] = {"ContainerSpec": {"Image": IMAGE, "Args": SLEEPER, "StopGracePeriod": 2_000_000_000}}
-    if host:
-        template["Placement"] = {"Constraints": [f"node.hostname=={host}"]}
-    if networks:
-        template["Networks"] = [{"Target": n} for n in networks]
-    return {"Name": name, "Labels": {"org.shoal.bench": "mesh"}, "TaskTemplate": template,
-            "Mode": {"Replicated": {"Replicas": replicas}},
-            "EndpointSpec": {"Ports": [{"Protocol": "tcp", "TargetPort": t, "PublishedPort": p} for p, t in ports]}}
-
-
-async def running_tasks(manager: str, service: str, count: int, timeout: float) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    seen = ""
-    while time.monotonic() < deadline:
-        tasks = await call(manager, "GET", "/tasks", filters={"service": [service], "desired-state": ["running"]})
-        up = [t for t in tasks if t["Status"]["State"] == "running"]
-        if len(up) >= count:
-            return sorted(up, key=lambda t: t["Slot"])
-        seen = ", ".join(f"{t['Status']['State']} {t['Status'].get('Err', '')}".strip() for t in tasks)
-        await asyncio.sleep(POLL_S)
-    raise BenchError(f"service {service}: not {count} running tasks after {timeout:.0f}s ({seen or 'no task'})")
+    return netlab.service_spec(name, "mesh", replicas, host=host, networks=networks, ports=ports)
 
 
 def ingress_address(task: dict[str, Any]) -> str:
@@ -133,6 +132,23 @@ def ingress_sandbox(lab: Lab, host: str) -> str:
     return str(Path(lab.node(host).data_dir) / "network" / "netns" / "s-ingress-sbox")
 
 
+def lan_client_ns(lab: Lab) -> str:
+    return f"{lab.name}-lanclient"
+
+
+def add_lan_client(lab: Lab, via: str, routes: list[str]) -> str:
+    """A namespace on the lab's LAN (its hub bridge) with a /32 route to each of `routes` through
+    the host at `via`, and its second address as the source towards `via` itself; its path."""
+    ns = lan_client_ns(lab)
+    labnet.delete_namespace(ns)
+    labnet.create_host(lab.hub_ns, ns, LAN_CLIENT_PORT, LAN_CLIENT_ADDRESS, 24)
+    labnet.sh("ip", "-n", ns, "addr", "add", f"{LAN_CLIENT_SECOND}/24", "dev", "eth0")
+    labnet.sh("ip", "-n", ns, "route", "add", f"{via}/32", "dev", "eth0", "src", LAN_CLIENT_SECOND)
+    for address in routes:
+        labnet.sh("ip", "-n", ns, "route", "add", f"{address}/32", "via", via, "src", LAN_CLIENT_ADDRESS)
+    return f"/run/netns/{ns}"
+
+
 # -- requests/s ------------------------------------------------------------------------------------
 
 def requests_per_s(lab: Lab, web: list[dict[str, Any]], client: dict[str, Any], net: str, vip: str,
@@ -144,15 +160,18 @@ def requests_per_s(lab: Lab, web: list[dict[str, Any]], client: dict[str, Any], 
                                            os.cpu_count() or 1, realtime=args.realtime))
         host_ns = f"/run/netns/{lab.node(SERVERS).ns}"
         client_ns = sandbox_path(lab, CLIENT, client)
-        web_url = [f"http://{gateway_address(lab, SERVERS, t)}:{TARGET_PORT}/" for t in web]
+        gateways = [gateway_address(lab, SERVERS, t) for t in web]
+        lan_ns = add_lan_client(lab, lab.node(SERVERS).address, gateways)
+        web_url = [f"http://{g}:{TARGET_PORT}/" for g in gateways]
         overlay_url = [f"http://{overlay_address(t, net)}:{TARGET_PORT}/" for t in web]
         # name -> (client namespace, the URL of each wrk process: one per task, at once; the
         # straight paths send each to its own task, so every path has as many server workers and
         # client threads at work)
         n = len(web)
         paths: dict[str, tuple[str, list[str]]] = {
-            "mesh": (host_ns, [f"http://{lab.node(MANAGER).address}:{WEB_PORT}/"] * n),
-            "mesh_via_task_host": (host_ns, [f"http://{lab.node(SERVERS).address}:{WEB_PORT}/"] * n),
+            "mesh": (lan_ns, [f"http://{lab.node(MANAGER).address}:{WEB_PORT}/"] * n),
+            "straight": (lan_ns, web_url),
+            "mesh_via_task_host": (lan_ns, [f"http://{lab.node(SERVERS).address}:{WEB_PORT}/"] * n),
             "straight_from_host": (host_ns, web_url),
             "vip": (client_ns, [f"http://{vip}:{TARGET_PORT}/"] * n),
             "straight_from_task": (client_ns, overlay_url),
@@ -181,11 +200,15 @@ def requests_per_s(lab: Lab, web: list[dict[str, Any]], client: dict[str, Any], 
                   f"requests/s. nginx ({os.cpu_count()} worker processes, reuseport) in each of {len(web)} tasks on "
                   f"{SERVERS}",
         "paths": {
-            "mesh": f"{SERVERS} host namespace -> {MANAGER} (runs no task) {lab.node(MANAGER).address}:{WEB_PORT}",
-            "mesh_via_task_host": f"{SERVERS} host namespace -> its own address, port {WEB_PORT} (no goal: the "
-                                  "mesh's NAT without the trips over the lab's wire)",
+            "mesh": f"LAN client {LAN_CLIENT_ADDRESS} -> {MANAGER} (runs no task) "
+                    f"{lab.node(MANAGER).address}:{WEB_PORT}",
+            "straight": f"LAN client {LAN_CLIENT_ADDRESS} -> each task's gateway-bridge address, port {TARGET_PORT}, "
+                        f"routed through {SERVERS} (one wrk each; the reference of mesh)",
+            "mesh_via_task_host": f"LAN client (from {LAN_CLIENT_SECOND}) -> {SERVERS} (runs the tasks) "
+                                  f"{lab.node(SERVERS).address}:{WEB_PORT} (no goal)",
             "straight_from_host": f"{SERVERS} host namespace -> each task's gateway-bridge address, port "
-                                  f"{TARGET_PORT} (one wrk each)",
+                                  f"{TARGET_PORT}, no wire (one wrk each; no goal: the reference of mesh until "
+                                  "2026-12-07)",
             "vip": f"task of mbcli on {CLIENT} -> VIP {vip}:{TARGET_PORT} on the overlay",
             "straight_from_task": f"task of mbcli on {CLIENT} -> each task's overlay address, port {TARGET_PORT} "
                                   "(one wrk each)",
@@ -198,16 +221,16 @@ def requests_per_s(lab: Lab, web: list[dict[str, Any]], client: dict[str, Any], 
             part[name] = {"median_requests_s": round(statistics.median(r["requests_s"] for r in rs), 1),
                           "max_failed_fraction": max(r["failed_fraction"] for r in rs), "runs": rs}
         rate = {name: p["median_requests_s"] for name, p in part.items()}
-        ratios = {"mesh_over_straight": rate["mesh"] / rate["straight_from_host"],
+        ratios = {"mesh_over_straight": rate["mesh"] / rate["straight"],
                   "vip_over_straight": rate["vip"] / rate["straight_from_task"]}
         part["ratio"] = {k: round(v, 3) for k, v in ratios.items()}
-        part["ratio"]["mesh_via_task_host_over_straight"] = round(rate["mesh_via_task_host"] /
-                                                                  rate["straight_from_host"], 3)
+        part["ratio"]["mesh_via_task_host_over_straight"] = round(rate["mesh_via_task_host"] / rate["straight"], 3)
+        part["ratio"]["mesh_over_straight_from_host"] = round(rate["mesh"] / rate["straight_from_host"], 3)
         # the same, rep by rep (a path and its reference ran a few seconds apart): less swayed by
         # load that came and went between reps
         per_rep = {key: [round(a["requests_s"] / b["requests_s"], 3)
                          for a, b in zip(runs[mode][path], runs[mode][ref], strict=True)]
-                   for key, path, ref in (("mesh_over_straight", "mesh", "straight_from_host"),
+                   for key, path, ref in (("mesh_over_straight", "mesh", "straight"),
                                           ("vip_over_straight", "vip", "straight_from_task"))}
         part["ratio_per_rep"] = per_rep
         part["ratio_median_of_reps"] = {k: round(statistics.median(v), 3) for k, v in per_rep.items()}
@@ -355,17 +378,10 @@ def split(samples: list[dict[str, Any]]) -> dict[str, float]:
 def lab_part(args: argparse.Namespace, result: dict[str, Any]) -> None:
     lab = Lab(f"mb{os.getpid() % 100000:05d}")
     try:
-        with uninterrupted():
-            lab.down()
-        t0 = time.monotonic()
-        lab.up(managers=1, workers=2, swarm=True)
-        result["lab"] = {"name": lab.name, "hosts": list(lab.nodes), "up_s": round(time.monotonic() - t0, 3)}
-        with tempfile.TemporaryDirectory(prefix="mesh-bench-") as tmp:
-            archive = write_docker_save(build_busybox_image(healthcheck={}), Path(tmp) / "bb.tar", [IMAGE]).read_bytes()
+        result["lab"] = up_lab(lab, managers=1, workers=2)
         manager = lab.node(MANAGER).host
 
         async def setup() -> tuple[str, list[dict[str, Any]], dict[str, Any], str]:
-            await asyncio.gather(*(demo.load_image(n.host, archive) for n in lab.nodes.values()))
             net = (await call(manager, "POST", "/networks/create", {"Name": "mbnet", "Driver": "overlay"}))["Id"]
             await call(manager, "POST", "/services/create",
                        service_spec("mbweb", 2, host=SERVERS, networks=(net,), ports=((WEB_PORT, TARGET_PORT),)))
@@ -392,6 +408,7 @@ def lab_part(args: argparse.Namespace, result: dict[str, Any]) -> None:
     finally:
         with uninterrupted():
             wrk.stop_all()
+            labnet.delete_namespace(lan_client_ns(lab))
             lab.down()
 
 
@@ -449,19 +466,7 @@ def main(argv: list[str] | None = None) -> tuple[dict[str, Any], int]:
         result["wrk"] = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0].strip()
     if shutil.which("nginx"):
         result["nginx"] = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
-    status = 0
-    try:
-        with interruptible():
-            bench(args, result)
-    except KeyboardInterrupt as e:
-        result["error"] = f"interrupted ({e.args[0] if e.args else 'SIGINT'}); everything was cleaned up"
-        status = 130
-    except Exception as e:  # a failed run is a result; everything is cleaned up already
-        result["error"] = f"{type(e).__name__}: {e}"
-    result["machine"]["loadavg_end"] = list(os.getloadavg())
-    parts = [result.get(k) or {} for k in ("requests_per_s", "running_to_rotation", "first_packet")]
-    if all("meets_goal" in p for p in parts):
-        result["meets_goals"] = all(p["meets_goal"] for p in parts)
+    status = run_bench(result, lambda: bench(args, result), ("requests_per_s", "running_to_rotation", "first_packet"))
     return result, status
 
 

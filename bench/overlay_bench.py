@@ -47,19 +47,26 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.support.netlab import (
+    call,
+    overlay_address,
+    run_bench,
+    running_tasks,
+    sandbox_path,
+    service_spec,
+    uninterrupted,
+    up_lab,
+)
 from bench.support.netperf import (
     IPERF3,
     REALTIME_PRIORITY,
@@ -74,20 +81,15 @@ from bench.support.netperf import (
 )
 from bench.support.realtime import realtime
 from ca.encryption import KeyFile
-from cli.client import DaemonClient
-from cli.lab import Lab, demo
+from cli.lab import Lab
 from model import TaskState, parse_time
 from node.state import LocalSwarmState
 from raft.types import EntryType
 from raft.wal import WAL
-from worker.images.busybox_image import build_busybox_image, write_docker_save
 
-IMAGE = "shoal-bench/busybox:latest"
-SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"]
 SERVER_HOST, CLIENT_HOST = "manager-1", "worker-1"
 THROUGHPUT_GOAL = 0.9          # overlay / underlay, at least
 START_GOAL = 1.3               # with a network / without, at most
-POLL_S = 0.05
 
 def data_path(paths: dict[str, Path_], reps: int, seconds: int, rr_count: int, timeout: float,
               realtime: bool) -> dict[str, Any]:
@@ -133,51 +135,9 @@ def data_path(paths: dict[str, Path_], reps: int, seconds: int, rr_count: int, t
 
 # -- the lab ---------------------------------------------------------------------------------------
 
-async def call(host: str, method: str, path: str, body: Any = None, **params: Any) -> Any:
-    async with DaemonClient(host, timeout=30) as c:
-        return (await c.request(method, path, params=params or None, body=body))[1]
-
-
-def service_spec(name: str, host: str, networks: list[str]) -> dict[str, Any]:
-    template: dict[str, Any] = {"ContainerSpec": {"Image": IMAGE, "Args": SLEEPER, "StopGracePeriod": 2_000_000_000},
-                                "Placement": {"Constraints": [f"node.hostname=={host}"]}}
-    if networks:
-        template["Networks"] = [{"Target": n} for n in networks]
-    return {"Name": name, "Labels": {"org.shoal.bench": "overlay"}, "TaskTemplate": template,
-            "Mode": {"Replicated": {"Replicas": 1}}}
-
-
-async def running_task(manager: str, service: str, timeout: float) -> dict[str, Any]:
-    """The service's one task, once it runs."""
-    deadline = time.monotonic() + timeout
-    seen = ""
-    while time.monotonic() < deadline:
-        tasks = await call(manager, "GET", "/tasks", filters={"service": [service]})
-        for task in tasks:
-            if task["Status"]["State"] == "running" and task["DesiredState"] == "running":
-                return task
-        seen = ", ".join(f"{t['Status']['State']} {t['Status'].get('Err', '')}".strip() for t in tasks)
-        await asyncio.sleep(POLL_S)
-    raise BenchError(f"service {service}: no running task after {timeout:.0f}s ({seen or 'no task'})")
-
-
 async def start_service(manager: str, name: str, host: str, networks: list[str], timeout: float) -> dict[str, Any]:
-    await call(manager, "POST", "/services/create", service_spec(name, host, networks))
-    return await running_task(manager, name, timeout)
-
-
-def sandbox_path(lab: Lab, host: str, task: dict[str, Any]) -> str:
-    path = Path(lab.node(host).data_dir) / "network" / "netns" / f"s-{task['ID']}"
-    if not path.exists():
-        raise BenchError(f"task {task['ID']} on {host} has no sandbox namespace at {path}")
-    return str(path)
-
-
-def overlay_address(task: dict[str, Any], network_id: str) -> str:
-    for attachment in task.get("NetworksAttachments") or []:
-        if attachment["Network"]["ID"] == network_id:
-            return str(attachment["Addresses"][0]).split("/")[0]
-    raise BenchError(f"task {task['ID']} has no address on network {network_id}")
+    await call(manager, "POST", "/services/create", service_spec(name, "overlay", host=host, networks=tuple(networks)))
+    return (await running_tasks(manager, name, 1, timeout))[0]
 
 
 # -- assignment -> RUNNING, from the Raft log ------------------------------------------------------
@@ -303,45 +263,12 @@ async def start_latency(lab: Lab, count: int, timeout: float, rt: bool = False) 
 
 # -- the run ---------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def interruptible() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the run as Ctrl-C does (KeyboardInterrupt), so cleanup runs."""
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    old = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-
-
-@contextlib.contextmanager
-def uninterrupted() -> Iterator[None]:
-    """Cleanup that a second Ctrl-C does not cut short."""
-    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    old = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-
-
 def bench(args: argparse.Namespace, result: dict[str, Any]) -> None:
     lab = Lab(f"ob{os.getpid() % 100000:05d}")
     try:
-        with uninterrupted():
-            lab.down()
-        t0 = time.monotonic()
-        lab.up(managers=1, workers=1, swarm=True)
-        result["lab"] = {"name": lab.name, "hosts": [SERVER_HOST, CLIENT_HOST], "up_s": round(time.monotonic() - t0, 3)}
-        with tempfile.TemporaryDirectory(prefix="overlay-bench-") as tmp:
-            archive = write_docker_save(build_busybox_image(healthcheck={}), Path(tmp) / "bb.tar", [IMAGE]).read_bytes()
+        result["lab"] = up_lab(lab, managers=1, workers=1)
 
         async def setup() -> tuple[str, dict[str, Any], dict[str, Any]]:
-            await asyncio.gather(*(demo.load_image(n.host, archive) for n in lab.nodes.values()))
             manager = lab.node(SERVER_HOST).host
             net = (await call(manager, "POST", "/networks/create", {"Name": "obench", "Driver": "overlay"}))["Id"]
             server, client = await asyncio.gather(
@@ -416,19 +343,7 @@ def main(argv: list[str] | None = None) -> tuple[dict[str, Any], int]:
         result["error"] = f"{IPERF3} is not installed (run deploy/bench-setup.sh)"
         return result, 0
     result["iperf3"] = subprocess.run([IPERF3, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
-    status = 0
-    try:
-        with interruptible():
-            bench(args, result)
-    except KeyboardInterrupt as e:
-        result["error"] = f"interrupted ({e.args[0] if e.args else 'SIGINT'}); the lab was torn down"
-        status = 130
-    except Exception as e:  # a failed run is a result; the lab is already down
-        result["error"] = f"{type(e).__name__}: {e}"
-    result["machine"]["loadavg_end"] = list(os.getloadavg())
-    parts = [result.get(k) or {} for k in ("throughput", "assignment_to_running")]
-    if all("meets_goal" in p for p in parts):
-        result["meets_goals"] = all(p["meets_goal"] for p in parts)
+    status = run_bench(result, lambda: bench(args, result), ("throughput", "assignment_to_running"))
     return result, status
 
 

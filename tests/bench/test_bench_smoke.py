@@ -161,10 +161,10 @@ def test_mesh_bench_json() -> None:
         return
     assert "error" not in rps, rps["error"]
     for mode in ("keepalive", "new_connection"):
-        for path in ("mesh", "mesh_via_task_host", "straight_from_host", "vip", "straight_from_task"):
+        for path in ("mesh", "straight", "mesh_via_task_host", "straight_from_host", "vip", "straight_from_task"):
             part = rps[mode][path]
             assert part["median_requests_s"] > 0 and len(part["runs"]) == 1, (mode, path)
             assert part["max_failed_fraction"] == 0, (mode, path, part["runs"])
         assert set(rps[mode]["ratio"]) == {"mesh_over_straight", "vip_over_straight",
-                                           "mesh_via_task_host_over_straight"}
+                                           "mesh_via_task_host_over_straight", "mesh_over_straight_from_host"}
     assert isinstance(doc["meets_goals"], bool)
