@@ -3,7 +3,8 @@ networks dockerd gives it (issue 13):
 - `--network <attachable overlay>`: the container reaches, by name and by VIP, a service whose
   task runs on the other host; `docker network inspect` on the worker lists it while it runs; a
   service task resolves the container by name (attachable containers are in the embedded DNS);
-  a restart of the worker's daemon keeps all of it (live restore);
+  a restart of the worker's daemon keeps all of it (live restore); `docker network connect` of
+  it to a container on the default bridge works beside the bridge, and `disconnect` undoes it;
   a non-attachable overlay is refused with Docker's text; once the container is gone its
   attachment task is gone from the cluster and its address is free again (a /29 overlay, whose 4
   free addresses would be spent otherwise, serves 5 containers one after the other);
@@ -83,6 +84,17 @@ def on_an_attachable_overlay(lab: Lab) -> None:
     assert out.startswith("served-by-")
     assert [t["ID"] for t in attachment_tasks(lab)] == [task["ID"]]
     docker(lab, WORKER, "rm", "-f", "visitor")
+    eventually(lambda: attachment_tasks(lab) == [] or None, timeout=15, what="the attachment task removed")
+
+    # Connected later, beside the default bridge: both work, the default route stays the bridge's.
+    docker(lab, WORKER, "run", "-d", "--name", "loner", "busybox", "sleep", "1000")
+    docker(lab, WORKER, "network", "connect", "ov", "loner")
+    out = docker(lab, WORKER, "exec", "loner", "sh", "-c", "timeout 5 wget -qO- http://web/ && "
+                 "ping -c 1 -W 5 $(ip route | awk '/default/ {print $3}') >/dev/null && echo bridge-ok")
+    assert out.splitlines()[0].startswith("served-by-") and out.splitlines()[1] == "bridge-ok", out
+    docker(lab, WORKER, "network", "disconnect", "ov", "loner")
+    assert "ov" not in json.loads(docker(lab, WORKER, "inspect", "loner"))[0]["NetworkSettings"]["Networks"]
+    docker(lab, WORKER, "rm", "-f", "loner")
     eventually(lambda: attachment_tasks(lab) == [] or None, timeout=15, what="the attachment task removed")
 
     # Not attachable: Docker's text.

@@ -351,6 +351,7 @@ class LocalNetworks:
             entry = await self.overlays.attach(ref, cid, name, self.namespace(cid), config,
                                                way_out=not self._has_way_out(cid))
             if entry is not None:
+                await self._replug(cid)
                 return entry
         async with self.lock:
             record = self.find(ref)
@@ -405,6 +406,28 @@ class LocalNetworks:
         return {"id": record["Id"], "name": record["Name"], "address": cidr, "aliases": list(aliases),
                 "gateway": "" if record["Internal"] else str(pool.gateway),
                 "ipam_config": ipam_config or None}
+
+    async def _replug(self, cid: str) -> None:
+        """The overlay data path owns every veth of a namespace it attaches (it replaced them):
+        plug the container's local endpoints again, same address and MAC, on the next free names."""
+        path = self.namespace(cid)
+        way_out = False
+        for record in self.records():
+            endpoint = record["Containers"].get(cid)
+            if endpoint is None:
+                continue
+            pool = Pool.from_api(record["IPAM"]["Config"][0])
+            gateway = None if record["Internal"] or way_out else str(pool.gateway)
+            way_out = way_out or gateway is not None
+            bridge, host_end = self.bridge_of(record), self.datapath.host_veth_name(record["Id"], cid)
+
+            def plug(bridge: str = bridge, host_end: str = host_end, endpoint: dict[str, Any] = endpoint,
+                     gateway: str | None = gateway) -> None:
+                self.datapath.unplug(host_end)
+                self.datapath.plug(bridge, host_end, path, self.datapath.next_ifname(path), endpoint["IPv4Address"],
+                                   endpoint["MacAddress"], gateway)
+
+            await asyncio.to_thread(plug)
 
     def _has_way_out(self, cid: str) -> bool:
         """Has the container a default route already (a non-internal local network)?"""
