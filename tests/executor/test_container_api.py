@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from engineapi.logframes import parse_frames
 from tests.api.support import serve_unix
 from tests.executor.conftest import make_config, needs_root_and_runc, wait_for_log
 from tests.support.pty_session import PtySession
+from tests.support.wait import async_wait_until
 from worker.executor import ContainerController, Executor
 from worker.executor.node_api import add_node_container_routes
 
@@ -202,6 +204,37 @@ async def test_exec_detach_keys_leave_the_process_running(api: str, task_contain
 
     await asyncio.to_thread(drive, None, b"\x10\x11", "/tmp/d1")
     await asyncio.to_thread(drive, "ctrl-a,d", b"\x01d", "/tmp/d2")
+
+
+async def test_wait_gives_the_exit_code_runc_saw_before_the_shim_recorded_it(api: str, executor: Executor,
+                                                                             busybox_layer: Path) -> None:
+    """The process has ended (runc says stopped) but its shim has not written the exit code yet
+    (here: the shim is stopped): `POST /wait` waits for the code instead of answering 0."""
+    argv = ["sh", "-c", "trap 'exit 3' TERM; echo up; sleep 1000 & wait"]
+    ctl = executor.controller(make_config(busybox_layer, argv))
+    await ctl.prepare()
+    await ctl.start()
+    await wait_for_log(ctl.paths.log, "up")
+    conmon = int(ctl.paths.conmon_pidfile.read_text())
+    os.kill(conmon, signal.SIGSTOP)
+    try:
+        os.kill((await ctl.state()).pid, signal.SIGTERM)
+        await async_wait_until(lambda: _stopped(ctl), timeout=10, what="runc to see the container stop")
+        assert not ctl.exited()
+        sock = api.removeprefix("unix://")
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as http:
+            async with http.post(f"http://d/v1.47/containers/{ctl.id}/wait") as resp:
+                assert resp.status == 200
+                os.kill(conmon, signal.SIGCONT)
+                assert json.loads(await resp.read()) == {"StatusCode": 3, "Error": None}
+    finally:
+        os.kill(conmon, signal.SIGCONT)
+        await ctl.remove()
+
+
+async def _stopped(ctl: ContainerController) -> bool:
+    st = await ctl.runc_state()
+    return st is not None and st.get("status") == "stopped"
 
 
 async def test_kill_stop_rm_and_errors(api: str, executor: Executor, busybox_layer: Path,

@@ -182,7 +182,10 @@ class LocalContainers:
             raise ApiError(400, f"invalid condition: {condition!r}")
         view, ctl = await self.get(ref)
         if condition in ("", "not-running") and view.status != "running":
-            return view.exit_code, ""
+            if view.status != "exited" or view.state.exit is not None:
+                return view.exit_code, ""
+            # runc saw the process end before its shim recorded the exit code: wait for it
+            # (answering now would say 0 for a container that exited 2)
         status = await ctl.wait_exit()    # "removed" too: a task container is removed by its task
         if condition == "removed" and view.standalone is not None:
             removed = self._removed.setdefault(view.id, asyncio.Event())
