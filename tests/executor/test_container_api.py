@@ -292,6 +292,9 @@ async def test_kill_stop_rm_and_errors(api: str, executor: Executor, busybox_lay
     await other.prepare()
     await other.start()
     try:
+        await docker.run("kill", other.id)          # answered once dead, as dockerd: inspect right after
+        _, out, _ = await docker.run("inspect", "-f", "{{.State.Running}} {{.State.ExitCode}}", other.id)
+        assert out.split() == ["false", "137"]
         await docker.run("rm", "-f", other.id)
         assert (await other.state()).status == "absent"
     finally:

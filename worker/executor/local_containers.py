@@ -32,6 +32,7 @@ from worker.executor.executor import Executor
 from worker.executor.runtime import RuntimeFailure
 
 PS_TIMEOUT = 10.0
+KILL_WAIT = 10.0
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
@@ -136,6 +137,9 @@ class LocalContainers:
         except RuntimeFailure as e:
             raise ApiError(500, f"Cannot kill container: {ref}: {e}") from e
         self.emit("kill", view, signal=str(sig))
+        if sig == signals.SIGKILL:        # as dockerd: answer once it is dead and its exit code known
+            async with asyncio.timeout(KILL_WAIT):
+                await ctl.wait_exit()
 
     async def stop(self, ref: str, timeout: float | None, sig: int | None) -> bool:
         """Stop signal, the grace period, SIGKILL; False if it was not running (dockerd's 304)."""
