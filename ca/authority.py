@@ -97,6 +97,16 @@ def signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
         return False
 
 
+def root_key_trusted(key: bytes, trust_pem: bytes) -> bool:
+    """Whether a CA key (PEM) is the key of one of the roots of a trust bundle."""
+    try:
+        public = load_ca_key(key).public_key().public_bytes(serialization.Encoding.DER,
+                                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+        return any(public_key_der(c) == public for c in load_certs(trust_pem))
+    except CertificateError:
+        return False
+
+
 def bundle_digest(trust_pem: str) -> str:
     """A short name for a trust bundle (what a node is asked to trust during a rotation)."""
     return hashlib.sha256(trust_pem.encode()).hexdigest()

@@ -30,7 +30,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from aio import Backoff
-from ca.authority import CertificateError, bundle_digest, node_tls_info
+from ca.authority import CertificateError, bundle_digest, node_tls_info, root_key_trusted
 from engineapi.http import ApiError
 from node.joining import join_raft
 from node.remote import renew_certificate
@@ -188,6 +188,8 @@ async def renew(node: SwarmNode) -> bool:
     renewed = await renew_certificate(state.managers or [state.advertise_addr], node.client_context(), creds)
     if renewed is None:
         return False
+    if renewed.root_key_pem is not None and not root_key_trusted(renewed.root_key_pem, renewed.root_pem):
+        renewed = replace(renewed, root_key_pem=None)   # the key of a root rotated away leaves the disk
     renewed.save(node.certs_dir)
     node.set_credentials(renewed)
     use_new_credentials(node)

@@ -11,6 +11,7 @@ ca --rotate --ca-cert --ca-key` moves the swarm to a root of the user's own."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from cli.lab import Lab
 from tests.swarm.helpers import api, api_error, converged, eventually, load_busybox_everywhere, nodes_by_host
 
 SHOAL = [sys.executable, "-m", "cli.main"]
+SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 100000 & wait"]
 LIVE = ("manager-1", "manager-2", "worker-1")
 ALL = (*LIVE, "worker-2")
 
@@ -46,6 +48,14 @@ def moved(lab: Lab, hosts: tuple[str, ...]) -> bool:
                for h in hosts)
 
 
+def tls_verifies(lab: Lab, manager: str, roots: Path) -> bool:
+    """Whether the manager's cluster port shows a chain that verifies against `roots` (from worker-1)."""
+    argv = ["openssl", "s_client", "-connect", f"{lab.node(manager).address}:2377", "-CAfile", str(roots),
+            "-verify_return_error", "-brief"]
+    proc = subprocess.run(lab.exec_argv("worker-1", argv), input="", capture_output=True, text=True, timeout=20)
+    return proc.returncode == 0
+
+
 def scale(lab: Lab, service: str, replicas: int) -> None:
     current = api(lab, "manager-2", "GET", f"/services/{service}")
     spec = current["Spec"]
@@ -58,12 +68,14 @@ def test_root_rotation_with_a_worker_down(make_lab, tmp_path: Path) -> None:
     load_busybox_everywhere(lab, tmp_path)
     api(lab, "manager-1", "POST", "/services/create", {
         "Name": "demo", "Mode": {"Replicated": {"Replicas": 2}},
-        "TaskTemplate": {"ContainerSpec": {"Image": "busybox:latest", "Command": ["sleep", "3600"]}}})
+        "TaskTemplate": {"ContainerSpec": {"Image": "busybox:latest", "Command": SLEEPER,
+                                           "StopGracePeriod": 1_000_000_000}}})
     converged(lab, "demo", 2)
     before = swarm(lab)
     old_root = before["TLSInfo"]["TrustRoot"]
     old_subject = x509.load_pem_x509_certificate(old_root.encode()).subject
     lab.stop("worker-2")
+    assert disk(lab, "manager-1", "swarm-root-ca.key")     # the first manager's copy of the CA key
 
     spec = before["Spec"]
     spec["CAConfig"]["ForceRotate"] = int(spec["CAConfig"].get("ForceRotate") or 0) + 1
@@ -94,6 +106,16 @@ def test_root_rotation_with_a_worker_down(make_lab, tmp_path: Path) -> None:
                what="every node to trust the new root only")
     eventually(lambda: all(n["Description"]["TLSInfo"]["TrustRoot"] == new_root
                            for n in nodes_by_host(lab, "manager-1").values()), what="every node's TLSInfo")
+    # The managers' copy of the CA key: the old root's key is gone with the old root.
+    eventually(lambda: not (Path(lab.node("manager-1").data_dir) / "swarm" / "certificates" / "swarm-root-ca.key")
+               .exists(), what="the old CA key removed from manager-1's disk")
+
+    # The managers' listeners serve the new material without a restart: a client that trusts only
+    # the new root verifies their chains, one that trusts only the old root does not.
+    (tmp_path / "new.pem").write_text(new_root)
+    (tmp_path / "old.pem").write_text(old_root)
+    for host in ("manager-1", "manager-2"):
+        assert tls_verifies(lab, host, tmp_path / "new.pem") and not tls_verifies(lab, host, tmp_path / "old.pem"), host
 
     # A node that trusts only the new root: worker-2 leaves and joins again with the new token
     # (its old node object is removed: like Docker, a rotation waits for every node in the list).
@@ -138,3 +160,7 @@ def test_root_rotation_with_a_worker_down(make_lab, tmp_path: Path) -> None:
     assert err.status == 400 and "Spec.CAConfig.SigningCACert" in str(err), err
     bad = lab.exec("manager-1", [*SHOAL, "swarm", "ca", "--rotate", "--ca-cert", str(tmp_path / "ca.crt")])
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "--ca-key" in bad.stderr
+    # Nodes kept talking throughout: no node ever refused a peer's certificate.
+    for host in ALL:
+        log = Path(lab.node(host).log).read_text(errors="replace")
+        assert "certificate verify failed" not in log and "CERTIFICATE_VERIFY_FAILED" not in log, host
