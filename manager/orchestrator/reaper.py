@@ -33,9 +33,11 @@ class TaskReaper(ReconcileLoop):
         node_gone: dict[str, bool] = {}  # node ID -> removed from the swarm (read once per round)
         for task in tx.find("tasks", service_id=service_id):
             changed = None
-            if not service_id and "NetworkAttachmentSpec" in task.spec:
-                continue    # a standalone container's network attachment: its node detaches it
-            if service is None and task.desired_state < _SHUTDOWN:   # running, or a job's running to COMPLETE
+            # a standalone container's network attachment has no service: its node detaches it
+            # (it is orphaned below only if its node left the swarm)
+            attachment = not service_id and "NetworkAttachmentSpec" in task.spec
+            # running, or a job's running to COMPLETE
+            if service is None and task.desired_state < _SHUTDOWN and not attachment:
                 changed = task.copy()
                 changed.set_desired_state(_REMOVE)
             gone = False

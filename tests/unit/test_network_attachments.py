@@ -2,7 +2,8 @@
 attachments.py), on an in-memory store with the real allocator's leader loop: an attachment task
 is created on the caller's node, addressed, marked RUNNING and answered; asked again it is the
 same task; a non-attachable or unknown network is refused with Docker's text; detaching deletes
-it (its address is free again), and only its own node may. Attachment tasks are no assignment of
+it (its address is free again), and only its own node may; the attachments of a node that left
+the swarm are orphaned. Attachment tasks are no assignment of
 the node's agent, the reaper leaves them alone, and the network index names them after the
 container for DNS."""
 
@@ -21,6 +22,7 @@ from tests.api.support import allocating
 from tests.unit.test_allocator import get, network, new_store, put
 
 NODE = "n0de0000000000000000000001"
+OTHER = "other00000000000000000000"
 CID = "c" * 64
 
 
@@ -28,7 +30,7 @@ async def test_attach_allocates_marks_running_and_detach_frees() -> None:
     store = new_store()
     ov = network("ov", Attachable=True)
     closed = network("closed")
-    await put(store, ov, closed, Node(id=NODE), Node(id="other00000000000000000000"))
+    await put(store, ov, closed, Node(id=NODE), Node(id=OTHER))
     async with allocating(store):
         reply = await attach_network(store, NODE, {"network": "ov", "container_id": CID, "container_name": "web1",
                                                    "aliases": ["db"]})
@@ -46,7 +48,7 @@ async def test_attach_allocates_marks_running_and_detach_frees() -> None:
         with pytest.raises(NotFound, match="network nope not found"):
             await attach_network(store, NODE, {"network": "nope", "container_id": CID})
         with pytest.raises(PermissionDenied):
-            await detach_network(store, "other00000000000000000000", {"task_id": task.id})
+            await detach_network(store, OTHER, {"task_id": task.id})
 
         # no work for the agent; the reaper leaves it; DNS knows it by the container's name
         assert route_event(Event("update", "tasks", task, task)) == ()
@@ -62,3 +64,9 @@ async def test_attach_allocates_marks_running_and_detach_frees() -> None:
         await detach_network(store, NODE, {"task_id": task.id})
         assert get(store, "tasks", task.id) is None
         await detach_network(store, NODE, {"task_id": task.id})       # idempotent
+
+        # a node that left the swarm: the reaper orphans its attachments, which frees their addresses
+        other = Task.from_record((await attach_network(store, OTHER, {"network": "ov", "container_id": CID}))["task"])
+        await store.update(lambda tx: tx.delete("nodes", OTHER))
+        await store.update(lambda tx: reaper.reconcile_service(tx, "", 0.0))
+        assert get(store, "tasks", other.id).status.state is TaskState.ORPHANED
