@@ -97,7 +97,9 @@ async def _first_manager(node: SwarmNode, ca: RootCA, cluster: Cluster, network_
     ca_der = ca.cert.public_bytes(serialization.Encoding.DER)
     cluster.join_tokens = {"Worker": tokens.make_token(ca_der), "Manager": tokens.make_token(ca_der)}
     cluster.tls_info = ca.tls_info()
-    cluster.root_ca = {"Cert": ca.cert_pem.decode(), "Key": key_pem(ca.key).decode() if ca.key else ""}
+    cluster.root_ca = {"Cert": ca.cert_pem.decode(), "Key": key_pem(ca.key).decode() if ca.key else "",
+                       # the spec's ForceRotate at init is no request to rotate (ca_rotation.py)
+                       "LastForcedRotation": int((cluster.spec.get("CAConfig") or {}).get("ForceRotate") or 0)}
     network_settings.apply(cluster)
     availability = request.get("Availability") or "active"
     me = Node(id=state.node_id, spec={"Labels": {}, "Role": "manager", "Availability": availability},
