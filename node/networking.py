@@ -4,13 +4,9 @@ behind the worker's `TaskNetworking` contract (worker/networking.py).
 Theory of operation: the agent hands over the newest `NetworkViews` (`sync`): the overlay
 networks the node's tasks use are made to match them (namespace, bridge, VXLAN device, a
 permanent neighbour and forwarding entry per remote endpoint), and every task's DNS server gets
-the new records at once. `sandbox(task)` gives a task its network namespace at once, and builds
-the rest in a task of its own (the *build*): one interface per attachment (and the gateway
-bridge unless all its networks are internal), its DNS server at 127.0.0.11, its side of the
-mesh and its host ports. The container is made meanwhile (runc needs only the namespace), and
-`TaskSandbox.ready` is awaited before it starts: the sandbox costs a task's start only what it
-takes beyond the container's creation. `release` cancels a build still running and undoes the
-sandbox after the container is gone. Where the VXLAN
+the new records at once. `sandbox(task)` gives a task its network namespace with one interface
+per attachment (and the gateway bridge unless all its networks are internal) and starts its
+DNS server at 127.0.0.11; `release` undoes it after the container is gone. Where the VXLAN
 port and tunnel address last were is kept in `<run_dir>/datapath.json`, so a restarted daemon
 adopts what runs (namespaces, interfaces, peers) without cutting a task, and restarts each
 sandbox's DNS server, before the first view arrives.
@@ -26,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import time
@@ -97,7 +92,6 @@ class NodeNetworking:
         # a task's sandbox waits for the overlay it needs, not for the load balancers' nft runs
         self._balance_lock = asyncio.Lock()
         self._synced = asyncio.Event()              # replaced and set after every sync
-        self._builds: dict[str, asyncio.Task[None]] = {}   # task id -> its sandbox's build (see sandbox)
         # for the node-local view (Engine API): remembered, never needed by the data path
         self._task_names: dict[str, str] = {}       # task id -> "web.1.<taskid>"
         self._cluster_networks: dict[str, dict[str, Any]] = {}   # network id -> swarm Network object
@@ -123,7 +117,6 @@ class NodeNetworking:
 
     async def close(self) -> None:
         """Stop serving DNS; the data path stays up for the containers (live restore)."""
-        await self._cancel_builds(list(self._builds))
         async with self._balance_lock, self._lock:
             await self._close_dns(list(self._dns))
             await self._balancing.close()
@@ -133,7 +126,6 @@ class NodeNetworking:
 
     async def purge(self) -> None:
         """Remove every network, sandbox and rule this node made (the node left its swarm)."""
-        await self._cancel_builds(list(self._builds))
         async with self._balance_lock, self._lock:
             await self._close_dns(list(self._dns))
             if self._host is None and (self.run_dir / STATE_FILE).exists():
@@ -230,39 +222,7 @@ class NodeNetworking:
         views, attached = await self._task_networks(task)
         async with self._lock:
             host = await self._host_for(views.data_path_port)
-            path = await host.create_sandbox(task.id)
-        self._ensure_build(task, views, attached)
-        ready = functools.partial(self._ready, task)
-        if not attached:
-            return TaskSandbox(str(path), "", ready=ready)
-        spec = task.spec.get("ContainerSpec") or {}
-        hostname = str(spec.get("Hostname") or task.id[:12])
-        first = IPv4Interface(attached[0][1]).ip
-        return TaskSandbox(str(path), resolv_conf(self._host_resolv_conf()), (f"{first}\t{hostname}",), ready=ready)
-
-    def _ensure_build(self, task: Task, views: NetworkViews,
-                      attached: list[tuple[NetworkView, str]]) -> asyncio.Task[None]:
-        """The task's build: the one running or done well, else a new one (a failed one is tried
-        again, as the executor retries a start in place)."""
-        build = self._builds.get(task.id)
-        if build is None or (build.done() and (build.cancelled() or build.exception() is not None)):
-            build = self._builds[task.id] = asyncio.create_task(self._build(task, views, attached),
-                                                                name=f"sandbox {task.id}")
-        return build
-
-    async def _ready(self, task: Task) -> None:
-        """Wait for the task's sandbox to be complete (`TaskSandbox.ready`). A caller cancelled
-        meanwhile leaves the build running: it belongs to this object, and release ends it."""
-        build = self._builds.get(task.id)
-        if build is None or (build.done() and (build.cancelled() or build.exception() is not None)):
-            views, attached = await self._task_networks(task)
-            build = self._ensure_build(task, views, attached)
-        await asyncio.shield(build)
-
-    async def _build(self, task: Task, views: NetworkViews, attached: list[tuple[NetworkView, str]]) -> None:
-        async with self._lock:
-            host = await self._host_for(views.data_path_port)
-            path = await host.create_sandbox(task.id)      # (a no-op unless it went meanwhile)
+            path = await host.create_sandbox(task.id)      # (attach makes a network that is missing)
             # The DNS server needs only the namespace: it starts while the interfaces are made.
             # User networks resolve first, then ingress (Docker's order).
             order = [v.id for v, _ in attached if not v.ingress] + [v.id for v, _ in attached if v.ingress]
@@ -274,24 +234,24 @@ class NodeNetworking:
                                             for view, address in attached])
             except BaseException:
                 if dns is not None:
-                    await cancel_and_wait([dns])     # registered if it started: release closes it
+                    await asyncio.gather(dns, return_exceptions=True)   # registered: release closes it
                 raise
             if dns is not None:
                 await dns
             self._remember(task)
             record = (await host.sandboxes())[task.id]
             await self._balancing.task_host_ports(host, task, record)
+            if not attached:
+                return TaskSandbox(str(path), "")
             ingress = next((view for view, _ in attached if view.ingress), None)
             if ingress is not None:
                 await self._balancing.task_sandbox(host, task.id, task.service_id, ingress, record)
-
-    async def _cancel_builds(self, task_ids: Iterable[str]) -> None:
-        builds = [b for k in task_ids if (b := self._builds.pop(k, None)) is not None]
-        for error in await cancel_and_wait(builds):
-            log.debug("a sandbox's build ended with %r", error)
+            spec = task.spec.get("ContainerSpec") or {}
+            hostname = str(spec.get("Hostname") or task.id[:12])
+            first = IPv4Interface(attached[0][1]).ip
+            return TaskSandbox(str(path), resolv_conf(self._host_resolv_conf()), (f"{first}\t{hostname}",))
 
     async def release(self, task_id: str) -> None:
-        await self._cancel_builds([task_id])
         async with self._lock:
             self._task_names.pop(task_id, None)
             await self._balancing.forget_task(task_id, self._host)
@@ -301,7 +261,6 @@ class NodeNetworking:
 
     async def retain(self, task_ids: Iterable[str]) -> None:
         keep = set(task_ids)
-        await self._cancel_builds(set(self._builds) - keep)
         async with self._lock:
             if self._host is None:
                 return

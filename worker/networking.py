@@ -12,7 +12,7 @@ embedded DNS at 127.0.0.11, plus the resolv.conf and hosts lines the container s
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -175,15 +175,11 @@ class NetworkViews:
 
 @dataclass(frozen=True)
 class TaskSandbox:
-    """What a task's container is given: the network namespace to join and its name service.
-    The namespace exists when this is handed over; its interfaces and DNS may still be in the
-    making: `ready()`, when given, waits for them, and must be awaited before the container
-    starts (it raises what went wrong; awaiting it again tries again)."""
+    """What a task's container is given: the network namespace to join and its name service."""
 
     netns_path: str
     resolv_conf: str                 # the whole /etc/resolv.conf
     hosts: tuple[str, ...] = ()      # extra /etc/hosts lines, e.g. "10.0.1.5\tweb-1"
-    ready: Callable[[], Awaitable[None]] | None = field(default=None, compare=False, repr=False)
 
 
 class TaskNetworking(Protocol):
@@ -192,9 +188,8 @@ class TaskNetworking(Protocol):
         ...
 
     async def sandbox(self, task: Task) -> TaskSandbox:
-        """The task's sandbox, made if missing (idempotent); the container may be created in it
-        at once, and started once `ready()` returns. Raises `worker.exec.TemporaryError` while a
-        network of the task is not known yet."""
+        """The task's sandbox, made if missing (idempotent). Raises `worker.exec.TemporaryError`
+        while a network of the task is not known yet."""
         ...
 
     async def release(self, task_id: str) -> None:

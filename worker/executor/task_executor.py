@@ -11,9 +11,7 @@ restore). Image and spec problems surface as `ExecutorError` with a one-line mes
 so the task is REJECTED with it (a missing image or secret does not appear by trying again).
 
 With `networking`, every container joins its task's network sandbox (namespace, interfaces,
-embedded DNS: worker.networking): the namespace is made before the container is, the rest
-while the container is being made (`TaskSandbox.ready` is awaited before it starts), and the
-sandbox is removed after the container is.
+embedded DNS: worker.networking), made before the container is and removed after it is.
 """
 
 from __future__ import annotations
@@ -67,22 +65,17 @@ class Sandboxes(Protocol):
 
 
 class SandboxedController:
-    """A container controller whose task sandbox goes when the container does, and that starts
-    the container only once the sandbox is complete."""
+    """A container controller whose task sandbox goes when the container does."""
 
-    def __init__(self, inner: ContainerController, task_id: str, sandboxes: Sandboxes,
-                 sandbox: TaskSandbox | None = None) -> None:
+    def __init__(self, inner: ContainerController, task_id: str, sandboxes: Sandboxes) -> None:
         self.inner = inner
         self._task_id = task_id
         self._sandboxes = sandboxes
-        self._sandbox = sandbox
 
     async def prepare(self) -> None:
         await self.inner.prepare()
 
     async def start(self) -> None:
-        if self._sandbox is not None and self._sandbox.ready is not None:
-            await self._sandbox.ready()
         await self.inner.start()
 
     async def wait(self) -> ExitStatus:
@@ -172,12 +165,12 @@ class RuncTaskExecutor:
             raise ExecutorError(f"invalid task spec: {e}") from e
         if sandbox is not None:
             config = replace(config, networks=attached_networks(task))
-        return self._sandboxed(self.executor.controller(config), task.id, sandbox)
+        return self._sandboxed(self.executor.controller(config), task.id)
 
-    def _sandboxed(self, ctlr: ContainerController, task_id: str, sandbox: TaskSandbox | None = None) -> Controller:
+    def _sandboxed(self, ctlr: ContainerController, task_id: str) -> Controller:
         if self.networking is None:
             return ctlr
-        return SandboxedController(ctlr, task_id, self.networking, sandbox)
+        return SandboxedController(ctlr, task_id, self.networking)
 
     def _files(self, task: TaskLike, spec: dict[str, Any]) -> list[InjectedFile]:
         """The task's secrets and configs; checked before the image is pulled, so a task whose
