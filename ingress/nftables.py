@@ -13,6 +13,7 @@ import ctypes
 import functools
 
 LIBRARY = "libnftables.so.1"
+OUTPUT_JSON = 1 << 4          # NFT_CTX_OUTPUT_JSON: what `nft -j` prints
 
 
 class NftError(Exception):
@@ -26,6 +27,8 @@ def _lib() -> ctypes.CDLL:
     lib.nft_ctx_new.restype = ctypes.c_void_p
     lib.nft_ctx_free.argtypes = [ctypes.c_void_p]
     lib.nft_ctx_free.restype = None
+    lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+    lib.nft_ctx_output_set_flags.restype = None
     lib.nft_ctx_buffer_output.argtypes = [ctypes.c_void_p]
     lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
     lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
@@ -37,14 +40,17 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
-def run_script(script: str) -> str:
+def run_script(script: str, *, json: bool = False) -> str:
     """Run `script` (nft syntax) as one transaction in this thread's network namespace; returns
-    what nft printed (e.g. for `list` commands). Raises NftError with nft's message."""
+    what nft printed (e.g. for `list` commands; as `nft -j` does with `json`). Raises NftError
+    with nft's message."""
     lib = _lib()
     ctx = lib.nft_ctx_new(0)
     if not ctx:
         raise NftError("libnftables: cannot create a context")
     try:
+        if json:
+            lib.nft_ctx_output_set_flags(ctx, OUTPUT_JSON)
         lib.nft_ctx_buffer_output(ctx)
         lib.nft_ctx_buffer_error(ctx)
         if lib.nft_run_cmd_from_buffer(ctx, script.encode()) != 0:

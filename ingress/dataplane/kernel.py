@@ -1,20 +1,28 @@
 """The kernel side: nft, ip and conntrack run inside a given network namespace, and sysctls.
 
-Every tool runs as `nsenter --net=/proc/self/fd/N -- tool ...` on an fd the daemon holds (as the
-embedded DNS does, ingress/dns/nat.py), so it acts on the namespace that fd was opened on even
-if its path has been reused since; with no fd it runs in the daemon's own namespace. sysctls
-are written from a throwaway thread that joined the namespace (ingress/dns/netns.py): no
-process per key.
+Everything acts on the namespace of an fd the daemon holds (as the embedded DNS does,
+ingress/dns/nat.py), so on the namespace that fd was opened on even if its path has been
+reused since; with no fd, on the daemon's own namespace. nft scripts and listings go through
+libnftables (ingress/nftables.py) in a throwaway thread that joined the namespace
+(ingress/dns/netns.py), as sysctls do: no process. A fork of the daemon with two execs
+(`nsenter … nft`) cost several milliseconds of CPU per transaction, and every new service, task
+and port change on a node runs a few, alongside the task starts they come with. `ip` and
+`conntrack` still run as `nsenter --net=/proc/self/fd/N -- tool ...`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from ingress.dns.netns import run_in_netns
+from ingress.nftables import NftError, run_script
+
+T = TypeVar("T")
 
 TOOL_TIMEOUT = 60.0          # a full rewrite of thousands of services takes a fraction of that
 
@@ -49,23 +57,31 @@ async def run(netns_fd: int | None, argv: Sequence[str], stdin: str | None = Non
     return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
+async def _in(netns_fd: int | None, fn: Callable[[], T]) -> T:
+    """`fn` on a thread in the namespace open at `netns_fd` (the daemon's own with None)."""
+    if netns_fd is None:
+        return await asyncio.to_thread(fn)
+    return await run_in_netns(netns_fd, fn)
+
+
 async def nft_apply(netns_fd: int | None, script: str) -> None:
     """One atomic transaction: all of `script` or nothing."""
     if not script:
         return
-    rc, out, err = await run(netns_fd, ["nft", "-f", "-"], script)
-    if rc != 0:
-        raise DataPlaneError(f"nft: {(err or out).strip()}")
+    try:
+        await _in(netns_fd, functools.partial(run_script, script))
+    except NftError as exc:
+        raise DataPlaneError(f"nft: {exc}") from None
 
 
 async def nft_list(netns_fd: int | None, table: str) -> str | None:
-    """`nft -j list table ip <table>`; None if there is no such table."""
-    rc, out, err = await run(netns_fd, ["nft", "-j", "list", "table", "ip", table])
-    if rc != 0:
-        if "No such file or directory" in err:
+    """What `nft -j list table ip <table>` prints; None if there is no such table."""
+    try:
+        return await _in(netns_fd, functools.partial(run_script, f"list table ip {table}", json=True))
+    except NftError as exc:
+        if "No such file or directory" in str(exc):
             return None
-        raise DataPlaneError(f"nft list table {table}: {err.strip()}")
-    return out
+        raise DataPlaneError(f"nft list table {table}: {exc}") from None
 
 
 async def ip_json(netns_fd: int | None, *args: str) -> str:
