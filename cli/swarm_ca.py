@@ -9,6 +9,7 @@ until every node has a certificate from the new root and trusts only it, then pr
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,9 @@ async def _follow(c: DaemonClient, quiet: bool) -> None:
         certs, roots, total, done = progress(cluster, nodes)
         if not quiet and (certs, roots, total) != shown:
             shown = (certs, roots, total)
-            console.print(f"  rotated TLS certificates: {_bar(certs, total)}\n"
+            trust = str((cluster.get("TLSInfo") or {}).get("TrustRoot") or "")
+            console.print(f"desired root digest: sha256:{hashlib.sha256(trust.encode()).hexdigest()}\n"
+                          f"  rotated TLS certificates: {_bar(certs, total)}\n"
                           f"  rotated CA certificates:  {_bar(roots, total)}", markup=False)
         if done:
             return

@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from ca.authority import RootCA, key_pem, load_certs, make_csr, new_key, node_tls_info
+from cli.swarm_ca import progress
 from manager.specs import SpecError
 from manager.store import Store
 from manager.swarm.ca_rotation import (
@@ -128,3 +129,15 @@ def test_the_rotation_waits_for_every_node_down_ones_included() -> None:
         assert all(w["State"] == ROTATE for w in wishes)
 
     asyncio.run(scenario())
+
+
+def test_the_cli_counts_progress_as_docker_does() -> None:
+    wanted = {"TrustRoot": "old", "CertIssuerSubject": "s2", "CertIssuerPublicKey": "k2"}
+    moved = {"Description": {"TLSInfo": {**wanted, "TrustRoot": "old+new"}}}
+    behind = {"Description": {"TLSInfo": {"TrustRoot": "old", "CertIssuerSubject": "s1", "CertIssuerPublicKey": "k"}}}
+    cluster = {"TLSInfo": wanted, "RootRotationInProgress": True}
+    assert progress(cluster, [moved, behind, {}]) == (1, 0, 3, False)
+    final = {"TrustRoot": "new", "CertIssuerSubject": "s2", "CertIssuerPublicKey": "k2"}
+    done = {"Description": {"TLSInfo": final}}
+    assert progress({"TLSInfo": final, "RootRotationInProgress": False}, [done, moved]) == (2, 1, 2, False)
+    assert progress({"TLSInfo": final, "RootRotationInProgress": False}, [done, done]) == (2, 2, 2, True)
