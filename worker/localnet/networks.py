@@ -352,6 +352,8 @@ class LocalNetworks:
                                                way_out=not self._has_way_out(cid))
             if entry is not None:
                 await self._replug(cid)
+                if self.on_event is not None:
+                    self.on_event("connect", entry["id"], {"name": entry["name"], "type": "overlay", "container": cid})
                 return entry
         async with self.lock:
             record = self.find(ref)
@@ -437,6 +439,9 @@ class LocalNetworks:
         if self.find(ref) is None and self.overlays is not None:
             detached = await self.overlays.detach(ref, cid)
             if detached is not None:
+                if self.on_event is not None:
+                    self.on_event("disconnect", detached["Id"], {"name": detached["Name"], "type": "overlay",
+                                                                 "container": cid})
                 return detached
         async with self.lock:
             record = self.find(ref)
@@ -460,7 +465,7 @@ class LocalNetworks:
                 await self.disconnect(record["Id"], cid)
         if self.overlays is not None:
             for network in self.overlays.attached(cid):
-                await self.overlays.detach(network["Id"], cid)
+                await self.disconnect(network["Id"], cid)
         path = self.namespace(cid)
         if path.exists():
             await asyncio.to_thread(self.datapath.remove_namespace, path)
