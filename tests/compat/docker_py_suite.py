@@ -6,12 +6,13 @@ Not part of the suite (CI cannot download docker-py's repository): a measurement
 
 DOCKER_PY_CHECKOUT is a checkout (or bare mirror: its HEAD's `tests/` is exported) of
 github.com/docker/docker-py. A lab of one host, not in a swarm (docker-py's swarm tests form and
-leave their own), gets the busybox test image tagged as docker-py's test image (`alpine:3.10`:
-busybox has the commands its tests run) and as `busybox`, and runs docker-py's pytest inside
-the host's network namespace, with DOCKER_HOST at its daemon (so its `init_swarm('127.0.0.1',
-'0.0.0.0:PORT')` stays in that namespace). docker-py's helpers import paramiko for its ssh tests only; a stub stands in when
-paramiko is not installed. Prints each file's passed/failed/skipped counts and each failure's
-first line, and leaves a JUnit XML and pytest's output per file in the work directory.
+leave their own), gets the busybox test image tagged as docker-py's test images (`alpine:3.10`,
+`alpine`: busybox has the commands its tests run) and as `busybox`, and runs docker-py's pytest
+inside the host's network namespace, with DOCKER_HOST at its daemon (so its
+`init_swarm('127.0.0.1', '0.0.0.0:PORT')` stays in that namespace). docker-py's helpers import
+paramiko for its ssh tests only; a stub stands in when paramiko is not installed. Prints each
+file's passed/failed/skipped counts and each failure's first line, and leaves a JUnit XML and
+pytest's output per file in the work directory.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from tests.swarm.helpers import load_busybox_everywhere
 
 DEFAULT_FILES = ["api_container_test.py", "api_exec_test.py", "api_service_test.py", "api_secret_test.py",
                  "api_config_test.py", "api_network_test.py", "models_containers_test.py"]
-TEST_IMAGES = ("alpine:3.10", "busybox:latest")     # docker-py's test image; `busybox` in its service tests
+TEST_IMAGES = ("alpine:3.10", "alpine:latest", "busybox:latest")   # its test images (busybox: the service tests)
 PARAMIKO_STUB = "# stand-in: docker-py's ssh tests are not run here\nclass SSHClient: ...\nclass Channel: ...\n"
 
 
