@@ -78,10 +78,10 @@ def on_an_attachable_overlay(lab: Lab) -> None:
     looked_up = eventually(lambda: _lookup(lab, task_id), timeout=15, what="the container's name in DNS")
     assert looked_up is not None and address in looked_up
     lab.restart(WORKER)         # live restore: the attachment, its interface and its DNS stay
-    out = eventually(lambda: lab.exec(WORKER, ["docker", "exec", "visitor", "sh", "-c",
-                                               "timeout 5 wget -qO- http://web/"], timeout=30).stdout or None,
-                     timeout=30, what="the service reached by name after the worker's restart")
-    assert out.startswith("served-by-")
+    after = eventually(lambda: lab.exec(WORKER, ["docker", "exec", "visitor", "sh", "-c",
+                                                 "timeout 5 wget -qO- http://web/"], timeout=30).stdout or None,
+                       timeout=30, what="the service reached by name after the worker's restart")
+    assert after is not None and after.startswith("served-by-")
     assert [t["ID"] for t in attachment_tasks(lab)] == [task["ID"]]
     docker(lab, WORKER, "rm", "-f", "visitor")
     eventually(lambda: attachment_tasks(lab) == [] or None, timeout=15, what="the attachment task removed")
