@@ -19,6 +19,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from ingress.dataplane import iplines
 from ingress.dns.netns import run_in_netns
 from ingress.nftables import NftError, run_script
 
@@ -92,12 +93,21 @@ async def ip_json(netns_fd: int | None, *args: str) -> str:
 
 
 async def ip_batch(netns_fd: int | None, lines: Sequence[str]) -> None:
-    """Every line is tried (-force); any failure is raised afterwards."""
+    """Every line is tried (-force); any failure is raised afterwards. The forms the plans write
+    go through netlink in-process (iplines.py); a batch with any other goes to `ip`."""
     if not lines:
         return
-    rc, out, err = await run(netns_fd, ["ip", "-force", "-batch", "-"], "".join(line + "\n" for line in lines))
-    if rc != 0:
-        raise DataPlaneError(f"ip: {(err or out).strip()}")
+    try:
+        for line in lines:
+            iplines.parse(line)
+    except iplines.Unsupported:
+        rc, out, err = await run(netns_fd, ["ip", "-force", "-batch", "-"], "".join(line + "\n" for line in lines))
+        if rc != 0:
+            raise DataPlaneError(f"ip: {(err or out).strip()}") from None
+        return
+    failures = await _in(netns_fd, functools.partial(iplines.run_lines, list(lines)))
+    if failures:
+        raise DataPlaneError(f"ip: {'; '.join(failures)}")
 
 
 async def conntrack_delete(netns_fd: int | None, args: Sequence[str]) -> int:
