@@ -1,7 +1,8 @@
 """The predefined `bridge` network's record (worker/localnet/networks.py): its subnet is the first
 local pool from the top that overlaps no route of the daemon's namespace and no local network,
 never docker0's 172.17.0.0/16; it is made once per data dir and kept; it has dockerd's options
-with the `shoal0` bridge, and cannot be removed."""
+with the `shoal0` bridge, and cannot be removed. A network created without a subnet avoids the
+routes of the moment too."""
 
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ class Routes:
 
     def routed_subnets(self) -> list[str]:
         return list(self.routes)
+
+    def bridge_name(self, network_id: str) -> str:
+        return f"br-{network_id[:12]}"
+
+    def ensure_bridge(self, name: str, gateway: str, masquerade: bool) -> None:
+        self.made = (name, gateway)
 
     def __getattr__(self, name: str) -> Any:
         raise AssertionError(f"the data path was asked to {name}")
@@ -56,3 +63,13 @@ async def test_it_cannot_be_removed(tmp_path: Path) -> None:
         await networks.remove("bridge")
     assert raised.value.status == 403
     assert await networks.prune(None, []) == []
+
+
+async def test_a_network_without_a_subnet_avoids_the_routes_too(tmp_path: Path) -> None:
+    routes = Routes([])
+    networks = LocalNetworks(tmp_path / "localnets", tmp_path / "netns", routes)
+    routes.routes = ["172.18.0.0/16"]         # e.g. the swarm's gateway bridge, made after the daemon started
+    created = networks.find(await networks.create({"Name": "lan"}))
+    assert created is not None and created["IPAM"]["Config"][0]["Subnet"] == "172.19.0.0/16"
+    pinned = networks.find(await networks.create({"Name": "pinned", "IPAM": {"Config": [{"Subnet": "172.18.5.0/24"}]}}))
+    assert pinned is not None      # a subnet given explicitly is the user's call (dockerd checks networks only)

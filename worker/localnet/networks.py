@@ -6,7 +6,9 @@ API object itself (Id, Name, Driver "bridge", Scope "local", IPAM, Internal, Lab
 with its endpoints under `Containers` (dockerd's shape) and, privately, each endpoint's aliases
 and fixed address. The records are the truth; the data path (a `BridgeDataPath`, overlay's
 local_bridge in the daemon) is made to match them: a bridge per network, a veth per endpoint.
-Addresses are decided here (worker.localnet.ipam). Every standalone container gets a namespace
+Addresses are decided here (worker.localnet.ipam); a network given no subnet takes a default
+pool clear of the other local networks and of the daemon's routes (the gateway bridge's, the
+host's LANs), as dockerd does. Every standalone container gets a namespace
 of its own (`join`, at create) whatever its network mode (host excepted), so that it can be
 connected to networks later, running or not; `release` (when it is removed) unplugs it and
 removes the namespace. Mutations are serialised by one lock. `host` and `none` are the
@@ -150,14 +152,7 @@ class LocalNetworks:
         taken = [Pool.from_api(r["IPAM"]["Config"][0]).subnet for r in records]
         # netlink from a thread of its own: pyroute2's sync socket cannot run in the event loop's
         with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="localnet-routes") as thread:
-            routes = thread.submit(self.datapath.routed_subnets).result()
-        for text in routes:
-            try:
-                route = ip_network(text, strict=False)
-            except ValueError:
-                continue
-            if isinstance(route, IPv4Network):
-                taken.append(route)
+            taken += thread.submit(self._routed).result()
         pool = next((p for p in DEFAULT_BRIDGE_POOLS
                      if p != DOCKER0_SUBNET and not any(p.overlaps(t) for t in taken)), None)
         if pool is None:
@@ -174,6 +169,18 @@ class LocalNetworks:
             "ConfigOnly": False, "Containers": {}, "Options": default_bridge_options(DEFAULT_BRIDGE_DEVICE),
             "Labels": {}, "_aliases": {}, "_fixed": {}, "_default": True,
         })
+
+    def _routed(self) -> list[IPv4Network]:
+        """The IPv4 subnets the daemon's namespace routes now (blocking: call from a thread)."""
+        out = []
+        for text in self.datapath.routed_subnets():
+            try:
+                route = ip_network(text, strict=False)
+            except ValueError:
+                continue
+            if isinstance(route, IPv4Network):
+                out.append(route)
+        return out
 
     def bridge_of(self, record: dict[str, Any]) -> str:
         """The Linux bridge of a network: its `com.docker.network.bridge.name` option, else br-<id>."""
@@ -255,6 +262,8 @@ class LocalNetworks:
             if name in PREDEFINED or any(r["Name"] == name for r in records):
                 raise ApiError(409, f"network with name {name} already exists")
             taken = [Pool.from_api(r["IPAM"]["Config"][0]).subnet for r in records]
+            if not ipam.get("Config"):     # a default pool: also clear of the host's routes (as dockerd)
+                taken += await asyncio.to_thread(self._routed)
             try:
                 pool = pool_from_config(ipam.get("Config"), taken)
             except IpamError as e:
