@@ -23,7 +23,7 @@ from typing import Any
 
 from ca.authority import CertificateError, NodeIdentity, RootCA, node_tls_info
 from manager.store import ReadTx, Store, WriteTx
-from manager.swarm.ca_rotation import intermediates, record_issued, signing_ca, trust_bundle
+from manager.swarm.ca_rotation import ISSUED, intermediates, record_issued, signing_ca, trust_bundle
 from model import Cluster, Node, new_id
 from rpc.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Unavailable
 from rpc.server import Access, Peer, RpcServer
@@ -140,7 +140,10 @@ class CAService:
                 record_issued(current, info)
                 tx.update(current)
 
-        await self._store.update(record)
+        if node.description.get("TLSInfo") != info or node.certificate.get("State") not in (None, ISSUED):
+            # Only a change is written: a periodic renewal (same issuer, same trust) stays a read,
+            # which a manager without a Raft leader can still answer.
+            await self._store.update(record)
         return {"cert": cert, "role": role, "root": root}
 
 
