@@ -3,6 +3,14 @@
 A node certificate names the node and its role: CN = node ID, OU = `swarm-manager` or
 `swarm-worker`, O = cluster ID. Peers authorise on these fields, so a worker's certificate can
 never pass for a manager's. Keys are ECDSA P-256. The CA's key lives only on managers.
+
+Root rotation (manager/swarm/ca_rotation.py): the old root cross-signs the new one (an
+intermediate with the new root's subject and key); certificates the new root issues during the
+rotation carry that intermediate after them, so a node trusting only the old root accepts them,
+and a node trusting the new root builds its path to the new root directly (OpenSSL looks in the
+trust store first). Roots made here have a unique subject (a random serial number attribute) and
+a subject key identifier, and every issued certificate names its issuer's key, so two roots of
+one swarm are never confused while building a chain.
 """
 
 from __future__ import annotations
