@@ -26,6 +26,7 @@ root's digest, and nodes are marked again until each trusts the new root only.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -71,7 +72,15 @@ def intermediates(cluster: Cluster) -> list[str]:
 
 
 def wanted_issuer(cluster: Cluster) -> dict[str, str]:
-    return issuer_info(signing_ca(cluster).cert)
+    """The issuer every node's certificate should name (the certificate alone: no key parsed)."""
+    rotation = cluster.root_ca.get("Rotation")
+    pem = str(rotation["Cert"] if rotation else cluster.root_ca["Cert"])
+    return dict(_issuer_of(pem))
+
+
+@functools.lru_cache(maxsize=8)
+def _issuer_of(pem: str) -> dict[str, str]:
+    return issuer_info(load_certs(pem.encode())[0])
 
 
 def converged(node: Node, cluster: Cluster, issuer: dict[str, str] | None = None) -> tuple[bool, bool]:
