@@ -1,10 +1,11 @@
 """`docker run` on the worker of a lab swarm (1 manager + 1 worker) with the real docker CLI, on the
 networks dockerd gives it (issue 13):
 - `--network <attachable overlay>`: the container reaches, by name and by VIP, a service whose
-  task runs on the other host; `docker network inspect` on the worker lists it while it runs; a
-  service task resolves the container by name (attachable containers are in the embedded DNS);
-  a restart of the worker's daemon keeps all of it (live restore); `docker network connect` of
-  it to a container on the default bridge works beside the bridge, and `disconnect` undoes it;
+  task runs on the other host (and, on the manager, beside it); `docker network inspect` on the
+  worker lists it while it runs; a service task resolves the container by name (attachable
+  containers are in the embedded DNS); a restart of the worker's daemon keeps all of it (live
+  restore); `docker network connect` of it to a container on the default bridge works beside the
+  bridge, and `disconnect` undoes it;
   a non-attachable overlay is refused with Docker's text; once the container is gone its
   attachment task is gone from the cluster and its address is free again (a /29 overlay, whose 4
   free addresses would be spent otherwise, serves 5 containers one after the other);
@@ -63,6 +64,9 @@ def on_an_attachable_overlay(lab: Lab) -> None:
     assert lines[0].startswith("served-by-") and lines[1] == lines[0], out
     assert IPv4Interface(lines[2].split()[1]).ip in IPv4Network("10.61.0.0/24") and lines[3] == "nameserver 127.0.0.11"
     eventually(lambda: attachment_tasks(lab) == [] or None, timeout=15, what="the attachment task removed")
+    out = docker(lab, MANAGER, "run", "--rm", "--network", "ov", "busybox", "sh", "-c",   # beside the task
+                 "timeout 5 wget -qO- http://web/", timeout=60)
+    assert out.startswith("served-by-"), out
 
     # While it runs: listed by the worker's network inspect, resolvable by the service's task.
     cid = docker(lab, WORKER, "run", "-d", "--name", "visitor", "--network", "ov", "busybox", "sleep", "1000").strip()
