@@ -326,6 +326,7 @@ async def test_docker_py_containers_and_exec(api: str, task_container: Container
             client.api.exec_start(exec_id, detach=True)
             running = client.api.exec_inspect(exec_id)
             assert running["Running"] is True and running["ProcessConfig"]["entrypoint"] == "sleep"
+            assert client.api.inspect_container(cid)["ExecIDs"] == [exec_id]     # the running ones only
             client.api.exec_resize(exec_id, height=10, width=20)      # no TTY: accepted, nothing to do
             assert container.logs(stdout=True, stderr=False) == b"started\n"
             assert container.logs(tail=1) == b"oops\n"

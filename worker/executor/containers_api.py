@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -62,7 +63,8 @@ def _time_query(request: web.Request, name: str) -> float | None:
         raise ApiError(400, f"invalid value for {name}: {raw!r}: must be a Unix timestamp") from None
 
 
-def add_routes(routes: Routes, containers: LocalContainers) -> None:
+def add_routes(routes: Routes, containers: LocalContainers,
+               exec_ids: Callable[[str], list[str]] = lambda cid: []) -> None:
     async def list_containers(request: web.Request) -> web.Response:
         filters = request_filters(request, LIST_FILTERS)
         views = await containers.views()
@@ -73,6 +75,7 @@ def add_routes(routes: Routes, containers: LocalContainers) -> None:
     async def inspect_container(request: web.Request) -> web.Response:
         view, _ = await containers.get(request.match_info["id"])
         doc = inspect(view)
+        doc["ExecIDs"] = exec_ids(view.id) or None
         if query_bool(request, "size"):
             doc.update(SizeRw=0, SizeRootFs=0)
         return json_response(doc)

@@ -349,7 +349,9 @@ class ExecRegistry:
         return found
 
     def of_container(self, cid: str) -> list[str]:
-        return [i.id for i in self._instances.values() if i.container_id == cid]
+        """The IDs of the container's running execs (dockerd's `ExecIDs`: an exec leaves the
+        container's list when it ends)."""
+        return [i.id for i in self._instances.values() if i.container_id == cid and i.running]
 
     def spawn(self, instance: ExecInstance, on_exit: Callable[[int], None], write: Write | None = None,
               read: Read | None = None, framed: bool | None = None) -> asyncio.Task[int]:

@@ -42,7 +42,7 @@ def add_node_container_routes(app: web.Application, routes: Routes, executor: Ex
         publish = container_publisher(bus)
         executor.on_event = lambda action, cid: publish(action, cid, describe(executor, cid))
     registry = ExecRegistry()
-    containers_api.add_routes(routes, containers)
+    containers_api.add_routes(routes, containers, registry.of_container)
     exec_api.add_routes(routes, containers, registry)
 
     async def close_execs(_: web.Application) -> None:
