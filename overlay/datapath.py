@@ -117,6 +117,9 @@ class DataPath:
         self._networks: dict[str, _Network] = {}
         self._sandboxes: dict[str, SandboxRecord] | None = None
         self._gateway_index: int | None = None
+        # the socket create_sandbox opened in a namespace it has just made, for the attach that
+        # follows: one socket fewer to open, and no dump of a namespace known to hold only lo
+        self._fresh: dict[str, IPRoute] = {}
 
     # ------------------------------------------------------------ life
 
@@ -134,6 +137,9 @@ class DataPath:
 
     def close(self) -> None:
         """Close every socket; the kernel objects stay (live restore)."""
+        for ipr in self._fresh.values():
+            ipr.close()
+        self._fresh.clear()
         for net in self._networks.values():
             net.close()
         self._networks.clear()
@@ -336,14 +342,26 @@ class DataPath:
         if netns.is_bound(path):
             return path
         netns.remove(path)
+        self._drop_fresh(key)
         netns.create(path)
         with netns.entered(path):
             netns.write_sysctl("ipv6/conf/default/disable_ipv6", "1")
-        with temporary_ipr(path) as ipr:
+        ipr = ipr_in(path)
+        try:
             ipr.link("set", index=1, state="up")       # lo is always index 1 in a new namespace
+        except BaseException:
+            ipr.close()
+            raise
+        self._fresh[key] = ipr
         return path
 
+    def _drop_fresh(self, key: str) -> None:
+        ipr = self._fresh.pop(key, None)
+        if ipr is not None:
+            ipr.close()
+
     def delete_sandbox(self, key: str) -> None:
+        self._drop_fresh(key)
         self.detach(key)
         netns.remove(self.state.sandbox_netns(key))
         self._drop_sandbox(key)
@@ -364,8 +382,14 @@ class DataPath:
         if way_out is not None:
             need_gateway = way_out
         record = self._records().get(key) or SandboxRecord(key)
-        with temporary_ipr(path) as sandbox:
-            present = veths(sandbox)
+        fresh = self._fresh.pop(key, None)
+        with contextlib.ExitStack() as stack:
+            if fresh is not None:                    # made by create_sandbox just now: only lo
+                sandbox = stack.enter_context(contextlib.closing(fresh))
+                present: dict[str, Any] = {}
+            else:
+                sandbox = stack.enter_context(temporary_ipr(path))
+                present = veths(sandbox)
             if (record.attachments == wanted and (record.gateway is not None) == need_gateway
                     and _matches(present, record)):
                 return
