@@ -26,6 +26,7 @@ import asyncio
 import functools
 import logging
 import shutil
+import ssl
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from engineapi.http import ApiError
 from node.joining import join_raft
 from node.remote import renew_certificate
 from node.state import LocalSwarmState, new_raft_id
+from rpc.client import RpcClient
 from rpc.errors import RpcError
 
 if TYPE_CHECKING:
@@ -63,18 +65,43 @@ def change_needed(node: SwarmNode) -> str | None:
 
 
 def certificate_needed(node: SwarmNode) -> str | None:
-    """"certificate" when the cluster asks this node for a certificate from another issuer or
-    another trust bundle than it has (root CA rotation)."""
-    wish, creds = node.wanted_certificate, node.creds
-    if node.state is None or creds is None or wish.get("State") != "rotate":
+    """"certificate" while the cluster asks this node to rotate its certificate (root CA
+    rotation): until the CA has heard from the node that it uses what was wanted."""
+    if node.state is None or node.creds is None or node.wanted_certificate.get("State") != "rotate":
         return None
+    return "certificate"
+
+
+def _has_wanted_credentials(node: SwarmNode) -> bool:
+    wish, creds = node.wanted_certificate, node.creds
+    if creds is None:
+        return False
     try:
         own = node_tls_info(creds.cert_pem, creds.root_pem)
     except CertificateError:
-        return "certificate"
-    if own["CertIssuerPublicKey"] == wish.get("Issuer") and bundle_digest(own["TrustRoot"]) == wish.get("Trust"):
-        return None
-    return "certificate"
+        return False
+    return own["CertIssuerPublicKey"] == wish.get("Issuer") and bundle_digest(own["TrustRoot"]) == wish.get("Trust")
+
+
+async def rotate_certificate(node: SwarmNode) -> bool:
+    """Renew until the node holds the certificate and trust bundle the cluster wants, then tell
+    the CA, over a connection made with them, which TLSInfo the node now uses (`ca.confirm`):
+    the rotation counts a node as moved only then, so a renewal whose answer was lost can never
+    let the rotation end without this node. True once confirmed."""
+    if not _has_wanted_credentials(node):
+        if not await renew(node) or not _has_wanted_credentials(node):
+            return False     # no manager answered, or the one that did did not know the wish yet
+    state, creds = node.state, node.creds
+    assert state is not None and creds is not None
+    info = node_tls_info(creds.cert_pem, creds.root_pem)
+    for addr in state.managers or [state.advertise_addr]:
+        try:
+            async with RpcClient(addr, node.client_context(), connect_timeout=3) as client:
+                await client.call("ca.confirm", {"tls_info": info}, timeout=10)
+            return True
+        except (RpcError, OSError, ssl.SSLError) as e:
+            log.info("confirming the rotated certificate via %s failed: %s", addr, e)
+    return False
 
 
 async def role_loop(node: SwarmNode) -> None:
@@ -87,11 +114,8 @@ async def role_loop(node: SwarmNode) -> None:
             if done is None:
                 break        # a leave cut it short: whatever the node is next reports afresh
             if done and target == "certificate":
-                if certificate_needed(node) is None:
-                    backoff.reset()
-                else:      # the manager that answered did not know the wish yet: ask again later
-                    await asyncio.sleep(backoff.next_delay())
-                continue
+                backoff.reset()
+                break        # the CA's answer comes as the next node message (State "issued")
             if done:
                 node.wanted_role = None  # the new session will report afresh
                 backoff.reset()
@@ -105,7 +129,7 @@ async def _attempt(node: SwarmNode, target: str) -> bool:
         return True      # the wish changed, or another transition did it meanwhile
     if target == "certificate":
         try:
-            return await renew(node)
+            return await rotate_certificate(node)
         except (RpcError, OSError, CertificateError) as e:
             log.warning("certificate renewal for the root CA rotation failed for now: %s", e)
             return False

@@ -14,9 +14,11 @@ root's subject and key signed by the current root. During the rotation:
 - `RootRotation` (a leader loop) marks every node whose certificate or trust bundle is not the
   wanted one: `Node.certificate = {"State": "rotate", "Issuer": <wanted issuer's key>, "Trust":
   <digest of the wanted bundle>}`; the node learns it through its dispatcher session (the node
-  message) and renews until its own credentials match the wish (so a wish that changes while a
-  renewal is in flight is not lost); the CA records the TLSInfo of what it issued on the
-  node (and the node reports the same in its description when its session opens).
+  message), renews until its own credentials match the wish, and then tells the CA, over a
+  connection made with them, the TLSInfo it uses (`ca.confirm`, ca_service.py), which sets the
+  node's `Description.TLSInfo` and its state back to "issued" (a node also reports its TLSInfo
+  in the description its session opens with). A node counts as moved only once it said so, so
+  a renewal whose answer was lost cannot let the rotation end without it.
 Once every node in the store, down ones included (as swarmkit's reconciler does: only removing
 a node takes it out of the count), has a certificate from the new root, the loop finishes the
 rotation: the new root becomes the only root, the join tokens get new secrets and the new
@@ -214,6 +216,7 @@ class RootRotation:
 
 
 def record_issued(node: Node, tls_info: dict[str, str]) -> None:
-    """On a node being written: what the CA just issued it."""
+    """On a node being written: the TLSInfo it uses (it confirmed it, or the CA just issued it
+    a certificate on joining)."""
     node.description = {**node.description, "TLSInfo": tls_info}
     node.certificate = {"State": ISSUED}

@@ -29,6 +29,7 @@ from rpc.errors import FailedPrecondition, InvalidArgument, PermissionDenied, Un
 from rpc.server import Access, Peer, RpcServer
 
 INVALID_TOKEN = "A valid join token is necessary to join this cluster"
+TLS_INFO_KEYS = frozenset({"TrustRoot", "CertIssuerSubject", "CertIssuerPublicKey"})
 
 
 def cluster_of(tx: ReadTx) -> Cluster:
@@ -73,6 +74,7 @@ class CAService:
         server.register("ca.root", self.root, Access.ANONYMOUS)
         server.register("ca.join", self.join, Access.ANONYMOUS)
         server.register("ca.renew", self.renew, Access.NODE)
+        server.register("ca.confirm", self.confirm, Access.NODE)
 
     async def root(self, peer: Peer, params: dict[str, Any]) -> Any:
         self._check_serving()
@@ -130,21 +132,30 @@ class CAService:
                                              expiry=cert_expiry(cluster))
         except CertificateError as e:
             raise InvalidArgument(str(e)) from None
-        root = trust_bundle(cluster)
-        info = node_tls_info(cert, root.encode())
+        return {"cert": cert, "role": role, "root": trust_bundle(cluster)}
+
+    async def confirm(self, peer: Peer, params: dict[str, Any]) -> Any:
+        """A node says which TLSInfo it uses now (after a renewal a root rotation asked for,
+        over a connection made with the new material): recorded on the node, as Docker records
+        what a node reports, with its issuance state back to "issued"."""
+        self._check_serving()
+        info = params.get("tls_info")
+        if not (isinstance(info, dict) and set(info) == TLS_INFO_KEYS
+                and all(isinstance(v, str) for v in info.values())):
+            raise InvalidArgument(f"tls_info must be an object of strings with keys {sorted(TLS_INFO_KEYS)}")
 
         def record(tx: WriteTx) -> None:
-            current = tx.get("nodes", node.id)
-            if current is not None:
-                current = current.copy()
-                record_issued(current, info)
-                tx.update(current)
+            node = tx.get("nodes", peer.node_id)
+            if node is None:
+                raise PermissionDenied(f"node {peer.node_id} is not a member of this swarm")
+            if node.description.get("TLSInfo") == info and node.certificate.get("State") == ISSUED:
+                return
+            node = node.copy()
+            record_issued(node, info)
+            tx.update(node)
 
-        if node.description.get("TLSInfo") != info or node.certificate.get("State") not in (None, ISSUED):
-            # Only a change is written: a periodic renewal (same issuer, same trust) stays a read,
-            # which a manager without a Raft leader can still answer.
-            await self._store.update(record)
-        return {"cert": cert, "role": role, "root": root}
+        await self._store.update(record)
+        return {}
 
 
 def _role_of_token(cluster: Cluster, token: str) -> str | None:
