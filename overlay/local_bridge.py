@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import subprocess
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Interface, IPv6Interface
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -48,15 +49,27 @@ def _nft(script: str) -> None:
         raise OverlayError(f"nft: {proc.stderr.strip() or proc.stdout.strip()}")
 
 
-def ensure_bridge(name: str, gateway: str, masquerade: bool) -> None:
-    """The bridge `name` with `gateway` ("172.18.0.1/16") as its address, up; with `masquerade`
-    (a network that is not internal), traffic from its subnet leaving through another interface
-    is masqueraded and the namespace forwards, as dockerd's bridge driver does."""
+IFA_F_NODAD = 0x02      # an IPv6 address usable at once (no duplicate address detection wait)
+
+
+def _add_ipv6(ipr: IPRoute, index: int, address: str) -> None:
+    interface = IPv6Interface(address)
+    ipr.addr("replace", index=index, address=str(interface.ip), prefixlen=interface.network.prefixlen,
+             family=socket.AF_INET6, flags=IFA_F_NODAD)
+
+
+def ensure_bridge(name: str, gateway: str, masquerade: bool, gateway6: str | None = None) -> None:
+    """The bridge `name` with `gateway` ("172.18.0.1/16") as its address (and `gateway6`, an
+    IPv6 one, for an IPv6 network), up; with `masquerade` (a network that is not internal),
+    traffic from its IPv4 subnet leaving through another interface is masqueraded and the
+    namespace forwards, as dockerd's bridge driver does."""
     with IPRoute() as ipr:
         if get_link(ipr, name) is None:
             add_link(ipr, name, kind="bridge")
         index = link_index(ipr, name)
         set_address(ipr, index, IPv4Interface(gateway))
+        if gateway6:
+            _add_ipv6(ipr, index, gateway6)
         ipr.link("set", index=index, state="up")
     if masquerade:
         netns.write_sysctl("ipv4/ip_forward", "1")
@@ -85,9 +98,10 @@ def remove_namespace(path: Path) -> None:
 
 
 def plug(bridge: str, host_end: str, namespace: Path, ifname: str, address: str, mac: str,
-         gateway: str | None) -> None:
+         gateway: str | None, address6: str | None = None, gateway6: str | None = None) -> None:
     """A veth from `bridge` into `namespace`, named `ifname` there with `address` ("10.1.0.5/24")
-    and `mac`; with `gateway`, the namespace's default route goes through it."""
+    and `mac` (and `address6`, "2001:db8::2/64", on an IPv6 network); with `gateway` (`gateway6`),
+    the namespace's default route (IPv6 default route) goes through it."""
     fd = netns.open_netns(namespace)
     try:
         with IPRoute() as home:
@@ -102,6 +116,10 @@ def plug(bridge: str, host_end: str, namespace: Path, ifname: str, address: str,
         inner.link("set", index=index, state="up")
         if gateway:
             inner.route("replace", dst="0.0.0.0/0", gateway=gateway, oif=index)
+        if address6:
+            _add_ipv6(inner, index, address6)
+        if address6 and gateway6:
+            inner.route("replace", dst="::/0", gateway=gateway6, oif=index, family=socket.AF_INET6)
 
 
 def add_address(namespace: Path, ifname: str, address: str) -> None:

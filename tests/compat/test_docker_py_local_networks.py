@@ -3,8 +3,6 @@ assertions unchanged, against a real daemon on one lab host (its own network nam
 any swarm, as docker-py runs them against a fresh dockerd.
 
 Not ported, and why:
-  - test_create_with_ipv6_address, test_connect_with_ipv6_address, test_create_network_ipv6_enabled:
-    shoal's local networks are IPv4 only (the create is refused with a 400 naming it);
   - test_create_with_links, test_connect_with_links: legacy links and name resolution on local
     networks (no embedded DNS for them yet);
   - test_create_check_duplicate: it expects a duplicate name to be accepted with
@@ -218,6 +216,37 @@ def test_create_with_linklocal_ips(t: LocalFixture) -> None:
     assert "IPAMConfig" in net_cfg
     assert "LinkLocalIPs" in net_cfg["IPAMConfig"]
     assert net_cfg["IPAMConfig"]["LinkLocalIPs"] == ["169.254.8.8"]
+
+
+def test_create_with_ipv6_address(t: LocalFixture) -> None:
+    net_name, _net_id = t.create_network(
+        ipam=IPAMConfig(driver="default", pool_configs=[IPAMPool(subnet="2001:389::1/64")]))
+    container = t.client.create_container(
+        image=BUSYBOX, command="top", host_config=t.client.create_host_config(network_mode=net_name),
+        networking_config=t.client.create_networking_config({
+            net_name: t.client.create_endpoint_config(ipv6_address="2001:389::f00d")}))
+    t.tmp_containers.append(container)
+    t.client.start(container)
+    container_data = t.client.inspect_container(container)
+    assert container_data["NetworkSettings"]["Networks"][net_name]["IPAMConfig"]["IPv6Address"] == "2001:389::f00d"
+
+
+def test_connect_with_ipv6_address(t: LocalFixture) -> None:
+    net_name, _net_id = t.create_network(ipam=IPAMConfig(driver="default", pool_configs=[
+        IPAMPool(subnet="2001:389::1/64", iprange="2001:389::0/96", gateway="2001:389::ffff")]))
+    container = t.create_and_start(host_config=t.client.create_host_config(network_mode=net_name))
+    t.client.disconnect_container_from_network(container, net_name)
+    t.client.connect_container_to_network(container, net_name, ipv6_address="2001:389::f00d")
+    container_data = t.client.inspect_container(container)
+    net_data = container_data["NetworkSettings"]["Networks"][net_name]
+    assert net_data["IPAMConfig"]["IPv6Address"] == "2001:389::f00d"
+
+
+def test_create_network_ipv6_enabled(t: LocalFixture) -> None:
+    _, net_id = t.create_network(enable_ipv6=True, ipam=IPAMConfig(driver="default", pool_configs=[
+        IPAMPool(subnet="2001:389::1/64", iprange="2001:389::0/96", gateway="2001:389::ffff")]))
+    net = t.client.inspect_network(net_id)
+    assert net["EnableIPv6"] is True
 
 
 def test_connect_with_ipv4_address(t: LocalFixture) -> None:

@@ -158,6 +158,17 @@ async def test_bridge_networks_with_the_docker_cli(docker: Docker, host_ns: Path
     _, out, _ = await docker.run("exec", "loner", "sh", "-c", "ip -4 addr | grep -c 'inet 172.28' || true")
     assert out.strip() == "0"
 
+    await docker.run("network", "create", "--ipv6", "--subnet", "2001:db8:1::/64", "six")   # IPv6 beside IPv4
+    six = json.loads((await docker.run("network", "inspect", "six"))[1])[0]
+    assert six["EnableIPv6"] is True and six["IPAM"]["Config"][1] == {"Subnet": "2001:db8:1::/64",
+                                                                      "Gateway": "2001:db8:1::1"}
+    _, out, _ = await docker.run("run", "--rm", "--network", "six", "--ip6", "2001:db8:1::42", "busybox", "sh", "-c",
+                                 "ip -6 addr show eth0 | grep -o 'inet6 2001[0-9a-f:/]*'; ip -6 route | grep default; "
+                                 "ping -6 -c 1 -W 5 2001:db8:1::1 >/dev/null && echo reached6")
+    assert out.splitlines() == ["inet6 2001:db8:1::42/64", "default via 2001:db8:1::1 dev eth0  metric 1024 ",
+                                "reached6"], out
+    await docker.run("network", "rm", "six")
+
     await docker.run("rm", "-f", "server", "loner")
     _, out, _ = await docker.run("network", "prune", "-f")
     assert sorted(out.split()[-2:]) == ["back", "quiet"]

@@ -5,13 +5,15 @@ Theory of operation: a network has one IPv4 pool: a subnet, optionally an IP ran
 addresses (reserved, never handed out). Without a configured subnet the first of the default
 pools (172.18.0.0/16 … 172.31.0.0/16, then 192.168.N.0/20) that overlaps no other local network
 is taken. A fixed address (docker's --ip) must lie in the subnet and be free; a dynamic one is
-the first free host of the range. Errors carry dockerd's status and text.
+the first free host of the range. An IPv6 network has, beside its IPv4 pool, one IPv6 pool given
+in its config (`ipv6_pool`: subnet, optional range and gateway; there is no default IPv6 pool).
+Errors carry dockerd's status and text.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Any
 
 DEFAULT_POOLS = ([IPv4Network(f"172.{n}.0.0/16") for n in range(18, 32)]
@@ -27,9 +29,9 @@ class IpamError(Exception):
 
 @dataclass(frozen=True)
 class Pool:
-    subnet: IPv4Network
-    gateway: IPv4Address
-    ip_range: IPv4Network | None = None
+    subnet: IPv4Network | IPv6Network
+    gateway: IPv4Address | IPv6Address
+    ip_range: IPv4Network | IPv6Network | None = None
     aux: dict[str, str] = field(default_factory=dict)
 
     def to_api(self, with_range: bool) -> dict[str, Any]:
@@ -43,8 +45,8 @@ class Pool:
 
     @classmethod
     def from_api(cls, data: dict[str, Any]) -> Pool:
-        return cls(IPv4Network(data["Subnet"]), IPv4Address(data["Gateway"]),
-                   IPv4Network(data["IPRange"]) if data.get("IPRange") else None,
+        return cls(ip_network(data["Subnet"]), ip_address(data["Gateway"]),
+                   ip_network(data["IPRange"]) if data.get("IPRange") else None,
                    dict(data.get("AuxiliaryAddresses") or {}))
 
 
@@ -60,9 +62,11 @@ def _network(text: Any, what: str) -> IPv4Network:
     return net
 
 
-def _address(text: Any, what: str, subnet: IPv4Network) -> IPv4Address:
+def _address(text: Any, what: str, subnet: IPv4Network | IPv6Network) -> IPv4Address | IPv6Address:
     try:
-        address = IPv4Address(str(text))
+        address = ip_address(str(text))
+        if address.version != subnet.version:
+            raise ValueError(text)
     except ValueError:
         raise IpamError(400, f"invalid {what}: {text!r}") from None
     if address not in subnet:
@@ -102,10 +106,44 @@ def pool_from_config(configs: Any, taken: list[IPv4Network]) -> Pool:
     return Pool(subnet, gateway, ip_range, {str(k): str(v) for k, v in aux.items()})
 
 
-def allocate(pool: Pool, used: set[IPv4Address], wanted: str = "") -> IPv4Address:
+def is_ipv6_config(config: Any) -> bool:
+    return isinstance(config, dict) and ":" in str(config.get("Subnet") or "")
+
+
+def ipv6_pool(configs: Any, taken: list[IPv6Network]) -> Pool | None:
+    """The IPv6 pool of `IPAM.Config` (its one IPv6 entry; None without one), avoiding `taken`."""
+    entries = [c for c in configs if is_ipv6_config(c)] if isinstance(configs, list) else []
+    if not entries:
+        return None
+    if len(entries) > 1:
+        raise IpamError(400, "shoal's local networks take one IPv6 pool (IPAM.Config has more)")
+    config = entries[0]
+    try:
+        subnet = ip_network(str(config["Subnet"]), strict=False)
+    except ValueError:
+        raise IpamError(400, f"invalid subnet {config['Subnet']}: not a CIDR") from None
+    if not isinstance(subnet, IPv6Network) or subnet.prefixlen > 126:
+        raise IpamError(400, f"subnet {subnet} is too small")
+    for other in taken:
+        if subnet.overlaps(other):
+            raise IpamError(403, f"Pool overlaps with other one on this address space ({other})")
+    ip_range = None
+    if config.get("IPRange"):
+        try:
+            ip_range = ip_network(str(config["IPRange"]), strict=False)
+        except ValueError:
+            raise IpamError(400, f"invalid ip-range {config['IPRange']}: not a CIDR") from None
+        if not isinstance(ip_range, IPv6Network) or not ip_range.subnet_of(subnet):
+            raise IpamError(400, f"ip-range {ip_range} is not in subnet {subnet}")
+    gateway = (_address(config["Gateway"], "gateway", subnet) if config.get("Gateway")
+               else subnet.network_address + 1)
+    return Pool(subnet, gateway, ip_range)
+
+
+def allocate(pool: Pool, used: set[IPv4Address] | set[IPv6Address], wanted: str = "") -> IPv4Address | IPv6Address:
     """A free address of the pool: `wanted` if given (and free), else the first free one."""
     reserved = {pool.gateway, pool.subnet.network_address, pool.subnet.broadcast_address}
-    reserved |= {IPv4Address(a) for a in pool.aux.values()}
+    reserved |= {ip_address(a) for a in pool.aux.values()}
     if wanted:
         address = _address(wanted, "address", pool.subnet)
         if address in used or address in reserved:
@@ -114,4 +152,5 @@ def allocate(pool: Pool, used: set[IPv4Address], wanted: str = "") -> IPv4Addres
     for address in (pool.ip_range or pool.subnet).hosts():
         if address not in used and address not in reserved and address in pool.subnet:
             return address
-    raise IpamError(403, f"no available IPv4 addresses on this network's address pools: {pool.subnet}")
+    raise IpamError(403, f"no available IPv{pool.subnet.version} addresses on this network's address pools: "
+                         f"{pool.subnet}")

@@ -41,7 +41,7 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from ipaddress import IPv4Address, IPv4Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,7 +49,7 @@ from engineapi.http import ApiError
 from model import format_time
 from model.endpoint import endpoint_mac
 from worker.executor.container_view import endpoint_id
-from worker.localnet.ipam import DEFAULT_POOLS, IpamError, Pool, allocate, pool_from_config
+from worker.localnet.ipam import DEFAULT_POOLS, IpamError, Pool, allocate, ipv6_pool, is_ipv6_config, pool_from_config
 from worker.standalone.create import labels_match
 
 log = logging.getLogger("shoal.localnet")
@@ -98,12 +98,12 @@ class BridgeDataPath(Protocol):
 
     def bridge_name(self, network_id: str) -> str: ...
     def host_veth_name(self, network_id: str, container_id: str) -> str: ...
-    def ensure_bridge(self, name: str, gateway: str, masquerade: bool) -> None: ...
+    def ensure_bridge(self, name: str, gateway: str, masquerade: bool, gateway6: str | None = None) -> None: ...
     def remove_bridge(self, name: str) -> None: ...
     def create_namespace(self, path: Path) -> None: ...
     def remove_namespace(self, path: Path) -> None: ...
     def plug(self, bridge: str, host_end: str, namespace: Path, ifname: str, address: str, mac: str,
-             gateway: str | None) -> None: ...
+             gateway: str | None, address6: str | None = None, gateway6: str | None = None) -> None: ...
     def unplug(self, host_end: str) -> None: ...
     def next_ifname(self, namespace: Path) -> str: ...
     def routed_subnets(self) -> list[str]: ...
@@ -248,8 +248,6 @@ class LocalNetworks:
         name = body.get("Name")
         if not isinstance(name, str) or not name:
             raise ApiError(400, "network name is required")
-        if body.get("EnableIPv6"):
-            raise ApiError(400, "IPv6 is not supported by shoal's local networks")
         ipam = body.get("IPAM") or {}
         if not isinstance(ipam, dict) or (ipam.get("Driver") or "default") != "default":
             raise ApiError(400, "only the default IPAM driver is supported")
@@ -261,27 +259,38 @@ class LocalNetworks:
             records = self.records()
             if name in PREDEFINED or any(r["Name"] == name for r in records):
                 raise ApiError(409, f"network with name {name} already exists")
+            configs = ipam.get("Config") or []
+            v4_configs = [c for c in configs if not is_ipv6_config(c)] if isinstance(configs, list) else configs
             taken = [Pool.from_api(r["IPAM"]["Config"][0]).subnet for r in records]
-            if not ipam.get("Config"):     # a default pool: also clear of the host's routes (as dockerd)
+            if not v4_configs:     # a default pool: also clear of the host's routes (as dockerd)
                 taken += await asyncio.to_thread(self._routed)
             try:
-                pool = pool_from_config(ipam.get("Config"), taken)
+                pool = pool_from_config(v4_configs, [t for t in taken if isinstance(t, IPv4Network)])
+                taken6 = [n for r in records for c in r["IPAM"]["Config"]
+                          if isinstance(n := ip_network(str(c["Subnet"])), IPv6Network)]
+                pool6 = ipv6_pool(configs, taken6)
             except IpamError as e:
                 raise ApiError(e.status, e.message) from None
+            if body.get("EnableIPv6") and pool6 is None:
+                raise ApiError(400, "an IPv6 network needs an IPv6 subnet in IPAM.Config (shoal's local networks "
+                                    "have no default IPv6 pool)")
             network_id = secrets.token_hex(32)
-            configs = ipam.get("Config") or []
+            v6_configs = [c for c in configs if is_ipv6_config(c)] if isinstance(configs, list) else []
+            api_configs = [pool.to_api(with_range=bool(v4_configs and v4_configs[0].get("IPRange")))]
+            if pool6 is not None:
+                api_configs.append(pool6.to_api(with_range=bool(v6_configs[0].get("IPRange"))))
             record = {
                 "Name": name, "Id": network_id, "Created": format_time(time.time()), "Scope": "local",
-                "Driver": "bridge", "EnableIPv6": False,
-                "IPAM": {"Driver": "default", "Options": ipam.get("Options") or None,
-                         "Config": [pool.to_api(with_range=bool(configs and configs[0].get("IPRange")))]},
+                "Driver": "bridge", "EnableIPv6": pool6 is not None,
+                "IPAM": {"Driver": "default", "Options": ipam.get("Options") or None, "Config": api_configs},
                 "Internal": bool(body.get("Internal")), "Attachable": bool(body.get("Attachable")),
                 "Ingress": False, "ConfigFrom": {"Network": ""}, "ConfigOnly": False, "Containers": {},
                 "Options": options, "Labels": labels, "_aliases": {}, "_fixed": {},
             }
             gateway = f"{pool.gateway}/{pool.subnet.prefixlen}"
+            gateway6 = f"{pool6.gateway}/{pool6.subnet.prefixlen}" if pool6 is not None else None
             await asyncio.to_thread(self.datapath.ensure_bridge, self.bridge_of(record), gateway,
-                                    not record["Internal"])
+                                    not record["Internal"], gateway6)
             self._made.add(network_id)
             self._save(record)
         self._emit("create", record)
@@ -355,6 +364,7 @@ class LocalNetworks:
         if not isinstance(ipam, dict):
             raise ApiError(400, "EndpointConfig.IPAMConfig must be an object")
         fixed = str(ipam.get("IPv4Address") or "")
+        fixed6 = str(ipam.get("IPv6Address") or "")
         link_local = _link_local(ipam.get("LinkLocalIPs"))
         if self.find(ref) is None and self.overlays is not None:
             entry = await self.overlays.attach(ref, cid, name, self.namespace(cid), config,
@@ -378,38 +388,49 @@ class LocalNetworks:
             if record.get("_default") and fixed:
                 raise ApiError(400, "user specified IP address is supported on user defined networks only")
             pool = Pool.from_api(record["IPAM"]["Config"][0])
-            used = {IPv4Address(e["IPv4Address"].split("/")[0]) for e in record["Containers"].values()}
+            pool6 = _ipv6_pool_of(record)
+            if fixed6 and pool6 is None:
+                raise ApiError(400, f"network {record['Name']} has no IPv6 subnet: an IPv6Address cannot be given")
+            used = {ip_address(e["IPv4Address"].split("/")[0]) for e in record["Containers"].values()}
+            used6 = {ip_address(e["IPv6Address"].split("/")[0]) for e in record["Containers"].values()
+                     if e.get("IPv6Address")}
             try:
-                address = allocate(pool, used, fixed)
+                address = allocate(pool, used, fixed)                                   # type: ignore[arg-type]
+                address6 = allocate(pool6, used6, fixed6) if pool6 is not None else None  # type: ignore[arg-type]
             except IpamError as e:
                 raise ApiError(e.status, e.message) from None
             cidr = f"{address}/{pool.subnet.prefixlen}"
+            cidr6 = f"{address6}/{pool6.subnet.prefixlen}" if pool6 is not None else None
+            mac = endpoint_mac(str(address))
             path = self.namespace(cid)
             gateway = None if record["Internal"] else str(pool.gateway)
+            gateway6 = str(pool6.gateway) if pool6 is not None and not record["Internal"] else None
 
             bridge = self.bridge_of(record)
             gateway_cidr = f"{pool.gateway}/{pool.subnet.prefixlen}"
+            gateway6_cidr = f"{pool6.gateway}/{pool6.subnet.prefixlen}" if pool6 is not None else None
             if gateway is not None and self._has_way_out(cid):
-                gateway = None          # its default route is another network's already
+                gateway = gateway6 = None          # its default route is another network's already
 
             def plug() -> None:
                 if record["Id"] not in self._made:      # made lazily (the default bridge), checked once
-                    self.datapath.ensure_bridge(bridge, gateway_cidr, not record["Internal"])
+                    self.datapath.ensure_bridge(bridge, gateway_cidr, not record["Internal"], gateway6_cidr)
                 ifname = self.datapath.next_ifname(path)
                 self.datapath.plug(bridge,
                                    self.datapath.host_veth_name(record["Id"], cid), path, ifname, cidr,
-                                   endpoint_mac(address), gateway)
+                                   mac, gateway, cidr6, gateway6)
                 for extra in link_local:
                     self.datapath.add_address(path, ifname, f"{extra}/16")
 
             await asyncio.to_thread(plug)
             self._made.add(record["Id"])
             record["Containers"][cid] = {"Name": name, "EndpointID": endpoint_id(record["Id"], cid),
-                                         "MacAddress": endpoint_mac(address), "IPv4Address": cidr, "IPv6Address": ""}
+                                         "MacAddress": mac, "IPv4Address": cidr, "IPv6Address": cidr6 or ""}
             record["_aliases"][cid] = list(aliases)
             if fixed:
                 record["_fixed"][cid] = fixed
             ipam_config = {**({"IPv4Address": fixed} if fixed else {}),
+                           **({"IPv6Address": fixed6} if fixed6 else {}),
                            **({"LinkLocalIPs": link_local} if link_local else {})}
             self._save(record)
         self._emit("connect", record, container=cid)
@@ -432,11 +453,14 @@ class LocalNetworks:
             way_out = way_out or gateway is not None
             bridge, host_end = self.bridge_of(record), self.datapath.host_veth_name(record["Id"], cid)
 
+            pool6 = _ipv6_pool_of(record)
+            gateway6 = str(pool6.gateway) if pool6 is not None and gateway is not None else None
+
             def plug(bridge: str = bridge, host_end: str = host_end, endpoint: dict[str, Any] = endpoint,
-                     gateway: str | None = gateway) -> None:
+                     gateway: str | None = gateway, gateway6: str | None = gateway6) -> None:
                 self.datapath.unplug(host_end)
                 self.datapath.plug(bridge, host_end, path, self.datapath.next_ifname(path), endpoint["IPv4Address"],
-                                   endpoint["MacAddress"], gateway)
+                                   endpoint["MacAddress"], gateway, endpoint.get("IPv6Address") or None, gateway6)
 
             await asyncio.to_thread(plug)
 
@@ -478,6 +502,10 @@ class LocalNetworks:
         path = self.namespace(cid)
         if path.exists():
             await asyncio.to_thread(self.datapath.remove_namespace, path)
+
+
+def _ipv6_pool_of(record: dict[str, Any]) -> Pool | None:
+    return next((Pool.from_api(c) for c in record["IPAM"]["Config"] if is_ipv6_config(c)), None)
 
 
 def _link_local(value: Any) -> list[str]:
