@@ -4,11 +4,11 @@ are the gateway, an auxiliary or a used one; dockerd's statuses and texts."""
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import pytest
 
-from worker.localnet.ipam import IpamError, Pool, allocate, pool_from_config
+from worker.localnet.ipam import IpamError, Pool, allocate, ipv6_pool, pool_from_config
 
 
 def test_default_pools_skip_what_other_networks_use() -> None:
@@ -54,3 +54,20 @@ def test_fixed_addresses_in_use_or_outside() -> None:
         allocate(pool, {IPv4Address("10.1.0.9")}, "10.1.0.9")
     with pytest.raises(IpamError, match="is not in subnet"):
         allocate(pool, set(), "10.2.0.9")
+
+
+def test_ipv6_pools() -> None:
+    assert ipv6_pool([{"Subnet": "10.0.0.0/24"}], []) is None
+    pool = ipv6_pool([{"Subnet": "10.0.0.0/24"}, {"Subnet": "2001:db8::/64", "IPRange": "2001:db8::/96"}], [])
+    assert pool is not None and pool.to_api(with_range=True) == {
+        "Subnet": "2001:db8::/64", "IPRange": "2001:db8::/96", "Gateway": "2001:db8::1"}
+    assert allocate(pool, set()) == IPv6Address("2001:db8::2")
+    assert allocate(pool, set(), "2001:db8::f00d") == IPv6Address("2001:db8::f00d")
+    for configs, taken, text in (([{"Subnet": "ff00::/8"}], [], "not a unicast IPv6 subnet"),
+                                 ([{"Subnet": "::/0"}], [], "not a unicast IPv6 subnet"),
+                                 ([{"Subnet": "2001:db8::/127"}], [], "too small"),
+                                 ([{"Subnet": "2001:db8::/64"}, {"Subnet": "2001:db9::/64"}], [], "one IPv6 pool"),
+                                 ([{"Subnet": "2001:db8::/64"}], [IPv6Network("2001:db8::/48")], "Pool overlaps"),
+                                 ([{"Subnet": "2001:db8::/64", "Gateway": "2001:db9::1"}], [], "is not in subnet")):
+        with pytest.raises(IpamError, match=text):
+            ipv6_pool(configs, taken)

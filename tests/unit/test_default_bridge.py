@@ -27,7 +27,7 @@ class Routes:
     def bridge_name(self, network_id: str) -> str:
         return f"br-{network_id[:12]}"
 
-    def ensure_bridge(self, name: str, gateway: str, masquerade: bool) -> None:
+    def ensure_bridge(self, name: str, gateway: str, masquerade: bool, gateway6: str | None = None) -> None:
         self.made = (name, gateway)
 
     def __getattr__(self, name: str) -> Any:

@@ -124,6 +124,9 @@ def ipv6_pool(configs: Any, taken: list[IPv6Network]) -> Pool | None:
         raise IpamError(400, f"invalid subnet {config['Subnet']}: not a CIDR") from None
     if not isinstance(subnet, IPv6Network) or subnet.prefixlen > 126:
         raise IpamError(400, f"subnet {subnet} is too small")
+    first = subnet.network_address
+    if first.is_multicast or first.is_loopback or first.is_unspecified or first.is_link_local:
+        raise IpamError(400, f"invalid subnet {subnet}: not a unicast IPv6 subnet")
     for other in taken:
         if subnet.overlaps(other):
             raise IpamError(403, f"Pool overlaps with other one on this address space ({other})")
@@ -137,6 +140,8 @@ def ipv6_pool(configs: Any, taken: list[IPv6Network]) -> Pool | None:
             raise IpamError(400, f"ip-range {ip_range} is not in subnet {subnet}")
     gateway = (_address(config["Gateway"], "gateway", subnet) if config.get("Gateway")
                else subnet.network_address + 1)
+    if gateway == subnet.network_address:
+        raise IpamError(400, f"gateway {gateway} is the subnet's own address")
     return Pool(subnet, gateway, ip_range)
 
 
