@@ -34,8 +34,11 @@ placement constraints (`node.hostname==manager-1`, `node.hostname==worker-1`). T
 Only the lab's own namespaces are ever targeted: each server binds a lab or an overlay address
 inside the lab. Every process the bench starts is stopped by PID and the lab is torn down at the end,
 on failure and on Ctrl-C or SIGTERM too.
+With --realtime, both iperf3 ends run at SCHED_FIFO, and so do both daemons (and what they fork)
+while the tasks are started (bench/support/realtime.py): the figures are then the code's path,
+not the queue of a machine other work keeps busy.
 Usage: python bench/overlay_bench.py [--reps 5] [--seconds 5] [--rr-count 2000] [--tasks 10]
-                                     [--timeout 60]
+                                     [--timeout 60] [--realtime]
 """
 
 from __future__ import annotations
