@@ -103,7 +103,7 @@ async def _first_manager(node: SwarmNode, ca: RootCA, cluster: Cluster, network_
     network_settings.apply(cluster)
     availability = request.get("Availability") or "active"
     me = Node(id=state.node_id, spec={"Labels": {}, "Role": "manager", "Availability": availability},
-              description=node.description(),
+              description=node.session_description(),   # as its session reports it: no second write
               status={"State": "ready", "Message": "", "Addr": split_host_port(state.advertise_addr)[0]},
               manager_status={"RaftID": state.raft_id, "Addr": state.advertise_addr, "Reachability": "reachable"})
 

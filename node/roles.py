@@ -28,7 +28,7 @@ import logging
 import shutil
 import ssl
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aio import Backoff
 from ca.authority import CertificateError, bundle_digest, node_tls_info, root_key_trusted
@@ -232,18 +232,6 @@ def use_new_credentials(node: SwarmNode) -> None:
         node.server_tls.update(creds.server_context(node.certs_dir))
     if node.runtime is not None:
         node.runtime.raft.transport.client_ssl = node.client_context()
-
-
-def describe(node: SwarmNode) -> dict[str, Any]:
-    """The node's description for its session: what the daemon reports, and the TLSInfo of its
-    certificate and trust bundle (what a root CA rotation watches)."""
-    description = dict(node.description())
-    if node.creds is not None:
-        try:
-            description["TLSInfo"] = node_tls_info(node.creds.cert_pem, node.creds.root_pem)
-        except CertificateError as e:
-            log.warning("cannot describe this node's certificate: %s", e)
-    return description
 
 
 async def renewal_loop(node: SwarmNode) -> None:

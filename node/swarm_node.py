@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import shutil
 import ssl
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aio import Backoff
+from ca.authority import CertificateError, node_tls_info
 from ca.encryption import InvalidUnlockKey, KeyFileError, WrongUnlockKey, parse_unlock_key
 from ca.live_tls import LiveServerContext
 from ca.node_tls import NodeCredentials, peer_identity
@@ -227,11 +227,23 @@ class SwarmNode:
             await self.start_manager(bootstrap, members or {})
         self.start_agent()
 
+    def session_description(self) -> dict[str, Any]:
+        """The node's description as its session reports it (and as `swarm init` first writes
+        it): what the daemon reports, and the TLSInfo of its certificate and trust bundle, which
+        a root CA rotation watches."""
+        description = dict(self.description())
+        if self.creds is not None:
+            try:
+                description["TLSInfo"] = node_tls_info(self.creds.cert_pem, self.creds.root_pem)
+            except CertificateError as e:
+                log.warning("cannot describe this node's certificate: %s", e)
+        return description
+
     def start_agent(self) -> None:
         state = self.state
         assert state is not None
         self.agent = Agent(state.node_id, state.managers or [state.advertise_addr], self.client_context,
-                           self._executor, functools.partial(roles.describe, self),
+                           self._executor, self.session_description,
                            split_host_port(state.advertise_addr)[0],
                            on_managers=self._on_managers, on_node=self._on_node, logs=self._logs,
                            dependencies=self._dependencies, networking=self._networking,
