@@ -132,7 +132,7 @@ async def force_new_cluster(node: SwarmNode) -> str:
         recovered = Store()
         await asyncio.to_thread(replay_log, str(raft_dir), StoreStateMachine(recovered), node.keys.dek)
         snapshot = recovered.snapshot()
-        aside = raft_dir.with_name(f"raft.before-force-new-cluster.{int(time.time())}")
+        aside = _aside_name(raft_dir)
         raft_dir.rename(aside)
         refused = await asyncio.to_thread(refuse_old_managers, raft_dir, recovered, state.node_id)
         log.info("the new cluster refuses the other managers of the old one", extra={"raft_ids": sorted(refused)})
@@ -162,6 +162,18 @@ async def force_new_cluster(node: SwarmNode) -> str:
         raise
     log.info("forced a new cluster", extra={"node": state.node_id})
     return state.node_id
+
+
+def _aside_name(raft_dir: Path) -> Path:
+    """A new name for the Raft data a --force-new-cluster keeps aside: two forced in one second
+    must not collide (a rename onto the first one's directory fails "Directory not empty")."""
+    stamp = int(time.time())
+    aside = raft_dir.with_name(f"raft.before-force-new-cluster.{stamp}")
+    n = 1
+    while aside.exists():
+        aside = raft_dir.with_name(f"raft.before-force-new-cluster.{stamp}.{n}")
+        n += 1
+    return aside
 
 
 async def _undo_force_new_cluster(node: SwarmNode, raft_dir: Path, aside: Path | None, managers: list[str]) -> None:

@@ -37,3 +37,7 @@ def test_force_new_cluster_keeps_state_and_restores_writes(make_lab) -> None:
     lab.restart("manager-1")
     eventually(lambda: nodes_by_host(lab, "manager-1")["worker-1"]["Spec"]["Labels"].get("after") == "recovery",
                what="the recovered state after a restart")
+    # Forcing again (at once: within the same second, in the fuzz run) keeps both old logs apart.
+    api(lab, "manager-1", "POST", "/swarm/init", {"ForceNewCluster": True})
+    assert len([p for p in swarm_dir.iterdir() if p.name.startswith("raft.before-force-new-cluster.")]) == 2
+    assert nodes_by_host(lab, "manager-1")["worker-1"]["Spec"]["Labels"]["after"] == "recovery"
