@@ -6,10 +6,18 @@ middleware checks the requested version against the supported range, stamps the 
 Engine API response carries, and turns `ApiError` (and stray exceptions) into the
 `{"message": ...}` body with a Content-Type of exactly `application/json`, which the docker CLI
 compares for equality.
+
+Long-lived requests (wait, attach, logs --follow, events, stats stream, exec start, a pull's
+progress) are the ones whose handler has sent the response head and still runs. `LongLived`
+records their tasks when the head goes out; as dockerd does, they end at once when the daemon
+shuts down (`on_shutdown`, before aiohttp waits for in-flight requests) and, once a server's
+connection losses are watched (`watch_disconnects`), when their client goes away; a waiter no
+client reads is not kept.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import platform
@@ -80,8 +88,58 @@ def stamp_headers(resp: web.StreamResponse) -> None:
     resp.headers["Docker-Experimental"] = "false"
 
 
+class LongLived:
+    """The handler tasks of the requests streaming a response, keyed by their connection."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[object, asyncio.Task[Any]] = {}
+        self._closing = False
+
+    def track(self, request: web.Request) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            return
+        if self._closing:           # the head of a stream that began as the daemon stops
+            task.cancel()
+            return
+        key = request.protocol
+        self._tasks[key] = task
+        task.add_done_callback(lambda _: self._tasks.pop(key, None) if self._tasks.get(key) is task else None)
+
+    def client_gone(self, connection: object) -> None:
+        task = self._tasks.pop(connection, None)
+        if task is not None:
+            task.cancel()
+
+    async def close(self, _: web.Application | None = None) -> None:
+        """End every long-lived request (an `on_shutdown` hook) and wait until they ended."""
+        self._closing = True
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    def watch_disconnects(self, server: web.Server) -> None:
+        """Cancel a long-lived request once its client's connection is lost: wraps `server`'s
+        per-connection `connection_lost` (aiohttp itself only cancels every handler or none)."""
+        inner = server.connection_lost
+
+        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+            inner(handler, exc)
+            self.client_gone(handler)
+
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
+
+
+LONG_LIVED = web.AppKey("long_lived", LongLived)
+
+
 async def _on_prepare(request: web.Request, resp: web.StreamResponse) -> None:
     stamp_headers(resp)
+    if not isinstance(resp, web.Response) and LONG_LIVED in request.app:
+        request.app[LONG_LIVED].track(request)     # a stream: its handler runs on after the head
 
 
 @web.middleware
@@ -121,6 +179,8 @@ def new_app(*extra_middlewares: Any) -> web.Application:
     """An Engine API app; `extra_middlewares` run inside the error/version middleware."""
     app = web.Application(middlewares=[engine_middleware, *extra_middlewares], client_max_size=64 * 1024**2)
     app.on_response_prepare.append(_on_prepare)
+    app[LONG_LIVED] = LongLived()
+    app.on_shutdown.append(app[LONG_LIVED].close)
     return app
 
 

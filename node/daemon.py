@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from engineapi.events import EventBus, message
-from engineapi.http import SERVER_VERSION, Routes, new_app
+from engineapi.http import LONG_LIVED, SERVER_VERSION, Routes, new_app
 from manager.api import logs as logs_api
 from manager.api import nodes as nodes_api
 from manager.api import swarm as cluster_swarm_api
@@ -242,6 +242,8 @@ class ApiServer:
         """The TCP listener first, the unix socket last: a client that finds the socket (how
         everyone tells the daemon is up) finds every listener up."""
         await self._runner.setup()
+        assert self._runner.server is not None
+        self._runner.app[LONG_LIVED].watch_disconnects(self._runner.server)   # a gone client ends its wait
         if self._config.tcp:
             host, _, port = self._config.tcp.rpartition(":")
             site = web.TCPSite(
