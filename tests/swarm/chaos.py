@@ -37,6 +37,7 @@ NAMES = [f"{PREFIX}{i}" for i in range(4)]
 CALL_TIMEOUT = 5.0          # one API call of the driver or the checker
 OP_BUDGET = 20.0            # one driver operation, retries included
 NO_SERVICE = None           # the state of a name whose service does not exist
+SLOW_READS: list[str] = []  # the checker's reads that failed (and how long they took), newest last
 
 # A service's state as the driver sees it: (replicas, env) or NO_SERVICE.
 Shape = tuple[int, tuple[str, ...]]
@@ -66,10 +67,13 @@ def read(lab: Lab, path: str, **params: Any) -> Any:
     """A read from the first manager that answers (each tried once)."""
     last: Exception | None = None
     for m in managers(lab):
+        asked = time.monotonic()
+        SLOW_READS.clear()
         try:
             return call(lab, m, "GET", path, **params)
         except Exception as e:  # down, partitioned, no leader: the next one
             last = e
+            SLOW_READS.append(f"GET {path} from {m} failed after {time.monotonic() - asked:.1f}s: {e!r}"[:200])
     raise AssertionError(f"no manager answered GET {path}: {last!r}")
 
 
@@ -305,10 +309,15 @@ def wait_converged(lab: Lab, start: float, give_up: float) -> tuple[float, list[
     for _ in range(10_000):
         if time.monotonic() - start > give_up:
             break
+        asked = time.monotonic()
+        SLOW_READS.clear()
         try:
             now = problems(lab)
         except Exception as e:  # a manager between states
             now = [f"read failed: {e!r}"]
+        if time.monotonic() - asked > 1.5:  # the check itself was slow: say so, it is part of the time
+            trail.append(f"at {asked - start:.1f}s: the check took {time.monotonic() - asked:.1f}s "
+                         f"({'; '.join(SLOW_READS) or 'no read failed'})")
         if now and now != last:
             more = f" (+{len(now) - 1} more)" if len(now) > 1 else ""
             trail.append(f"at {time.monotonic() - start:.1f}s: {now[0]}{more}")
