@@ -7,7 +7,9 @@ standalone and task containers alike. Answers are dockerd's: create 201 `{"Id", 
 start 204 (304 if running), restart/rename 204, resize 200; 404 `No such image: X` and `No such
 container: X`, 409 for a name in use, 400 for a bad body. Attach takes the connection over
 (engineapi.hijack: `101 UPGRADED`; raw for a TTY, multiplexed frames otherwise) and relays the
-shim's attach socket until the container's output ends or the client goes away.
+shim's attach socket until the container's output ends, the client goes away or, on a TTY, types
+the detach keys (`detachKeys`, ctrl-p,ctrl-q by default): then the connection is closed, the
+container runs on and a `detach` event goes out, as with dockerd.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from engineapi.bodykeys import CONTAINER_CREATE
 from engineapi.filters import request_filters
 from engineapi.hijack import hijack
 from engineapi.http import ApiError, Routes, json_response, query_bool, read_json
+from worker.executor import detach_keys
 from worker.executor.containers_api import RAW_STREAM, stream_content_type
 from worker.executor.logs import format_entry
 from worker.standalone.attach import AttachError, connect, relay
@@ -105,6 +108,11 @@ def add_routes(app: web.Application, routes: Routes, standalone: StandaloneConta
             raise ApiError(409, "You cannot attach to a stopped container, start it first")
         want_in = query_bool(request, "stdin") and view.config.stdin
         want_out, want_err = query_bool(request, "stdout"), query_bool(request, "stderr")
+        keys_text = request.query.get("detachKeys") or detach_keys.DEFAULT
+        try:
+            keys = detach_keys.parse(keys_text)
+        except ValueError:
+            raise ApiError(400, f"Invalid detach keys ({keys_text}) provided") from None
         sock = None
         if live:
             try:
@@ -126,9 +134,11 @@ def add_routes(app: web.Application, routes: Routes, standalone: StandaloneConta
                     if (entry.stream == "stderr" and want_err) or (entry.stream == "stdout" and want_out):
                         await write(entry.message + b"\n" if tty else format_entry(entry))
             if sock is not None:
-                await relay(sock, write, stream.read if stream is not None and want_in else None, tty=tty,
-                            stdout=want_out, stderr=want_err,
-                            client_gone=stream.closed if stream is not None else None)
+                detached = await relay(sock, write, stream.read if stream is not None and want_in else None,
+                                       tty=tty, stdout=want_out, stderr=want_err, detach_keys=keys,
+                                       client_gone=stream.closed if stream is not None else None)
+                if detached:
+                    containers.emit("detach", view)
         except ConnectionError:
             pass
         finally:

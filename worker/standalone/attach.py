@@ -11,8 +11,9 @@ read, so `docker run` attaches before it starts the container, and the stream en
 closes the socket, which it does on exiting after the container did and its output was drained.
 The socket is connected through `/proc/self/fd/<dir fd>/attach`, so no path length limit bites.
 `relay` pumps both ways between that socket and the hijacked client connection (engineapi.hijack):
-the output raw for a TTY, in multiplexed frames otherwise; it returns once the output ended or
-the client went away, and owns (and cancels) its two pumps.
+the output raw for a TTY, in multiplexed frames otherwise; it returns once the output ended, the
+client went away or typed the detach keys (a TTY's input only, as dockerd scans it: the keys are
+held back from the container, which runs on), and owns (and cancels) its two pumps.
 A resize is one line, `1 <height> <width>`, written to the shim's control fifo `<bundle>/ctl`.
 """
 
@@ -24,8 +25,10 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from engineapi.logframes import STDERR, STDOUT, frame
+from worker.executor.detach_keys import EscapeScanner
 
 PACKET = 8192 + 1                  # conmon's read size plus the pipe byte
 INPUT_CHUNK = 4096                 # conmon reads one packet into a buffer of this size or more
@@ -59,10 +62,14 @@ async def connect(socket_dir: Path, cid: str) -> socket.socket:
 
 
 async def relay(sock: socket.socket, write: Write, read: Read | None, *, tty: bool, stdout: bool,
-                stderr: bool, client_gone: asyncio.Event | None = None) -> None:
+                stderr: bool, client_gone: asyncio.Event | None = None,
+                detach_keys: bytes | None = None) -> bool:
     """Pump output from the shim to `write` and, with `read`, input the other way, until the
-    shim closes the socket (the container exited) or the client goes away (`client_gone`)."""
+    shim closes the socket (the container exited), the client goes away (`client_gone`) or, on
+    a TTY with `detach_keys`, the client types them (True: it detached; the keys never reach
+    the container, which runs on)."""
     loop = asyncio.get_running_loop()
+    scanner = EscapeScanner(detach_keys) if tty and detach_keys else None
 
     async def output() -> None:
         while True:
@@ -77,16 +84,21 @@ async def relay(sock: socket.socket, write: Write, read: Read | None, *, tty: bo
             else:
                 await write(frame(STDERR if pipe == PIPE_STDERR else STDOUT, data))
 
-    async def input_() -> None:
+    async def input_() -> bool:
         assert read is not None
         while True:
             data = await read()
             if not data:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_WR)     # the shim closes the container's stdin
-                return
+                return False
+            detached = False
+            if scanner is not None:
+                data, detached = scanner.feed(data)
             for start in range(0, len(data), INPUT_CHUNK):
                 await loop.sock_sendall(sock, data[start:start + INPUT_CHUNK])
+            if detached:
+                return True
 
     async def gone() -> None:
         if client_gone is not None:
@@ -97,8 +109,17 @@ async def relay(sock: socket.socket, write: Write, read: Read | None, *, tty: bo
     pump_out = asyncio.ensure_future(output())
     pump_in = asyncio.ensure_future(input_()) if read is not None else None
     watch = asyncio.ensure_future(gone())
+    detached = False
     try:
-        await asyncio.wait([pump_out, watch], return_when=asyncio.FIRST_COMPLETED)
+        waiting: set[asyncio.Future[Any]] = {pump_out, watch}
+        if pump_in is not None:
+            waiting.add(pump_in)
+        while True:
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if pump_in in done:      # the input ended: output goes on, unless the client detached
+                detached = not pump_in.cancelled() and pump_in.exception() is None and pump_in.result()
+            if detached or pump_out in done or watch in done:
+                break
         if pump_out.done() and not pump_out.cancelled() and pump_out.exception() is not None:
             exc = pump_out.exception()
             if not isinstance(exc, (ConnectionError, OSError)):
@@ -109,6 +130,7 @@ async def relay(sock: socket.socket, write: Write, read: Read | None, *, tty: bo
                 task.cancel()
         await asyncio.gather(*(t for t in (pump_out, pump_in, watch) if t is not None), return_exceptions=True)
         sock.close()
+    return detached
 
 
 def resize(bundle: Path, height: int, width: int) -> None:
