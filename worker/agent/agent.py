@@ -121,31 +121,48 @@ class Agent:
         return ordered + others
 
     async def _session_loop(self) -> None:
-        backoff = 0.1
+        """Find the leader and hold a session with it, for ever. `tried` holds the managers that
+        failed or answered "not the leader" since the last pause: a follower names the old leader
+        until the election is over (its lease), and going back to a dead leader at each such
+        answer was a tight loop of TLS handshakes on every node (~50 a second per agent) just
+        while the managers elect. So between pauses each manager is asked once; when all were,
+        the agent pauses (growing, with jitter, up to MAX_BACKOFF) and asks all again. An opened
+        session, however it ends, resets that: the pause starts again from its shortest."""
+        backoff = Backoff(first=0.1, ceiling=MAX_BACKOFF)
+        tried: set[str] = set()
         while True:
             for addr in self._candidates():
+                if addr in tried:
+                    continue
                 try:
                     await self._session(addr)
-                    backoff = 0.1
                 except NotLeaderError as e:
-                    self._leader_hint = str(e.details.get("leader_addr") or "")
-                    log.info("not the leader", extra={"manager": addr, "leader": self._leader_hint})
-                    if self._leader_hint:
+                    hint = str(e.details.get("leader_addr") or "")
+                    log.info("not the leader", extra={"manager": addr, "leader": hint})
+                    tried.add(addr)  # it would say the same again before the pause
+                    if hint and hint not in tried:
+                        self._leader_hint = hint
                         break  # go straight to the leader
+                    # the leader it names failed just now: an election is under way; ask the others
                 except (RpcError, OSError, ssl.SSLError) as e:
                     log.info("session ended", extra={"manager": addr, "error": str(e)})
+                    tried.add(addr)
                     if self._leader_hint == addr:
                         self._leader_hint = ""
                 except Exception:
                     log.exception("session with %s failed", addr)
+                    tried.add(addr)
                     if self._leader_hint == addr:
                         self._leader_hint = ""
                 finally:
+                    if self._session_id:  # a session was open: whatever ended it, search afresh
+                        backoff.reset()
+                        tried.clear()
                     self._client, self._session_id = None, ""
                     self.connected.clear()
             else:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
+                await asyncio.sleep(backoff.next_delay())
+                tried.clear()
 
     async def _session(self, addr: str) -> None:
         async with RpcClient(addr, self._ssl_context(), connect_timeout=3) as client:
