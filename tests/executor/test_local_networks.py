@@ -3,7 +3,8 @@ test's loop: create with IPAM config, labels and internal; ls and inspect as doc
 `docker run --network` with aliases and a fixed address, containers reaching each other over the
 bridge; connect and disconnect of a running container; rm refused while endpoints remain; prune.
 The bridges and veths are made in a namespace the test creates (every data-path call enters it),
-so nothing touches the host's own network."""
+so nothing touches the host's own network. The embedded DNS of user-defined networks (names,
+aliases, short IDs, legacy links) is served in the containers' namespaces at 127.0.0.11."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 
 from engineapi.events import EventBus
 from engineapi.http import ApiError, Routes, json_response, new_app
+from node.localdns import LocalDns
 from overlay import local_bridge, netns
 from tests.api.support import serve_unix
 from tests.executor.conftest import needs_root_and_runc
@@ -25,7 +27,7 @@ from tests.executor.test_docker_run import BusyboxImages
 from worker.executor import Executor, rootfs
 from worker.executor.node_api import add_node_container_routes
 from worker.localnet import api as localnet_api
-from worker.localnet.networks import LocalNetworks
+from worker.localnet.networks import LocalNetworks, _endpoint_extras
 from worker.standalone import api as standalone_api
 from worker.standalone.containers import StandaloneContainers
 
@@ -74,6 +76,9 @@ async def docker(executor: Executor, busybox_layer: Path, tmp_path: Path, host_n
                              InNamespace(host_ns),
                              lambda action, _, attrs: NETWORK_EVENTS.append(
                                  (action, attrs["name"], attrs.get("container", ""))))
+    host_resolv = tmp_path / "host-resolv.conf"      # no nameserver: a name not ours fails at once (SERVFAIL)
+    host_resolv.write_text("options timeout:1\n")
+    networks.dns = LocalDns(networks.namespace, str(host_resolv))
     standalone = StandaloneContainers(containers, BusyboxImages(busybox_layer), networks)
     standalone_api.add_routes(app, routes, standalone)
     localnet_api.add_routes(app, routes, networks, standalone)
@@ -184,3 +189,62 @@ async def test_bridge_networks_with_the_docker_cli(docker: Docker, host_ns: Path
     assert seen[:2] == [("create", "back"), ("create", "quiet")] and ("connect", "back") in seen
     assert seen.count(("disconnect", "back")) == 4 and seen[-2:] in ([("destroy", "back"), ("destroy", "quiet")],
                                                                      [("destroy", "quiet"), ("destroy", "back")])
+
+
+LOOKUP = ("for n in {names}; do echo $n=$(nslookup $n 2>/dev/null | "      # each name's last address, or none
+          "awk '/^Name:/ {{f=1}} f && /^Address/ {{a=$2}} END {{print a}}'); done")
+
+
+async def test_embedded_dns_on_user_networks(docker: Docker) -> None:
+    await docker.run("network", "create", "--subnet", "172.29.0.0/24", "front")
+    web_id = (await docker.run("run", "-d", "--name", "web", "--network", "front", "--network-alias", "site",
+                               "busybox", "sleep", "1000"))[1].strip()
+    client_id = (await docker.run("run", "-d", "--name", "client", "--network", "front", "busybox", "sleep",
+                                  "1000"))[1].strip()
+    await docker.run("network", "disconnect", "front", "client")       # links come with a connect (the CLI's
+    await docker.run("network", "connect", "--link", "web:bar", "--link", "late:later", "front", "client")  # run
+    endpoint = json.loads((await docker.run("inspect", "client"))[1])[0]["NetworkSettings"]["Networks"]["front"]
+    assert endpoint["Links"] == ["web:bar", "late:later"]            # sends HostConfig.Links too, refused)
+    assert endpoint["DNSNames"] == ["client", client_id[:12]]
+    web_ip = json.loads((await docker.run("inspect", "web"))[1])[0]["NetworkSettings"]["Networks"]["front"][
+        "IPAddress"]
+    _, out, _ = await docker.run("exec", "client", "sh", "-c", "cat /etc/resolv.conf; " + LOOKUP.format(
+        names=f"web site bar {web_id[:12]} later web.front nowhere"))
+    assert out.splitlines() == ["nameserver 127.0.0.11", "options timeout:1 ndots:0",
+                                f"web={web_ip}", f"site={web_ip}", f"bar={web_ip}",
+                                f"{web_id[:12]}={web_ip}", "later=", f"web.front={web_ip}", "nowhere="]
+    _, out, _ = await docker.run("exec", "web", "sh", "-c", LOOKUP.format(names="client bar"))
+    assert out.splitlines() == [f"client={endpoint['IPAddress']}", "bar="]     # a link is its container's own
+    await docker.run("run", "-d", "--name", "late", "--network", "front", "--mac-address", "02:42:ac:1d:00:99",
+                     "busybox", "sleep", "1000")
+    endpoint = json.loads((await docker.run("inspect", "late"))[1])[0]["NetworkSettings"]["Networks"]["front"]
+    late_ip = endpoint["IPAddress"]
+    assert endpoint["MacAddress"] == "02:42:ac:1d:00:99"
+    _, out, _ = await docker.run("exec", "late", "sh", "-c", "ip link show eth0 | grep -o 'ether [0-9a-f:]*'")
+    assert out == "ether 02:42:ac:1d:00:99\n"
+    _, out, _ = await docker.run("exec", "client", "sh", "-c", LOOKUP.format(names="later"))
+    assert out == f"later={late_ip}\n"          # a link's target that joins later resolves from then on
+
+    await docker.run("run", "-d", "--name", "plain", "busybox", "sleep", "1000")      # the default bridge
+    _, out, _ = await docker.run("exec", "plain", "cat", "/etc/resolv.conf")
+    assert "127.0.0.11" not in out
+    await docker.run("network", "connect", "--link", "web:db", "--driver-opt", "com.example.opt=on", "front", "plain")
+    endpoint = json.loads((await docker.run("inspect", "plain"))[1])[0]["NetworkSettings"]["Networks"]["front"]
+    assert endpoint["DriverOpts"] == {"com.example.opt": "on"} and endpoint["Links"] == ["web:db"]
+    _, out, _ = await docker.run("exec", "plain", "sh", "-c", "head -1 /etc/resolv.conf; " + LOOKUP.format(names="db"))
+    assert out.splitlines() == ["nameserver 127.0.0.11", f"db={web_ip}"]
+    await docker.run("network", "disconnect", "front", "late")
+    _, out, _ = await docker.run("exec", "client", "sh", "-c", LOOKUP.format(names="late later"))
+    assert out.splitlines() == ["late=", "later="]
+    await docker.run("rm", "-f", "web", "client", "late", "plain")
+    await docker.run("network", "rm", "front")
+
+
+def test_endpoint_config_extras_are_checked() -> None:
+    assert _endpoint_extras({"Links": ["a:b"], "MacAddress": "02:42:AC:11:00:02", "DriverOpts": {"k": "v"}}) == (
+        ["a:b"], "02:42:ac:11:00:02", {"k": "v"})
+    for bad, field in (({"Links": "a:b"}, "Links"), ({"MacAddress": "02:42:ac"}, "MacAddress"),
+                       ({"MacAddress": "03:42:ac:11:00:02"}, "multicast"), ({"DriverOpts": {"k": 1}}, "DriverOpts")):
+        with pytest.raises(ApiError) as caught:
+            _endpoint_extras(bad)
+        assert caught.value.status == 400 and field in caught.value.message

@@ -170,11 +170,12 @@ def _endpoint(view: ContainerView, net: dict[str, Any]) -> dict[str, Any]:
     address = str(net.get("address") or "")
     ip, _, prefix = address.partition("/")
     return {
-        "IPAMConfig": net.get("ipam_config"), "Links": None, "Aliases": list(net.get("aliases") or []) or None,
-        "MacAddress": endpoint_mac(ip) if ip else "", "DriverOpts": None,
+        "IPAMConfig": net.get("ipam_config"), "Links": net.get("links") or None,
+        "Aliases": list(net.get("aliases") or []) or None, "DriverOpts": net.get("driver_opts") or None,
+        "MacAddress": str(net.get("mac") or (endpoint_mac(ip) if ip else "")),
         "NetworkID": str(net.get("id") or ""), "EndpointID": endpoint_id(str(net.get("id") or ""), view.id),
         "Gateway": str(net.get("gateway") or ""), "IPAddress": ip, "IPPrefixLen": int(prefix or 0),
-        "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DNSNames": None,
+        "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DNSNames": net.get("dns_names") or None,
     }
 
 

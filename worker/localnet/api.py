@@ -6,7 +6,8 @@ Theory of operation: the swarm's network routes (manager/api/networks.py) serve 
 from the cluster store. dockerd serves both scopes on the same routes, so a middleware in front
 of them takes what is local: a create whose driver is bridge (dockerd's default; scope local),
 an inspect or remove of a name or ID a local network (or a predefined one) answers to (unless
-the request asks for `scope=swarm`); everything else goes to the swarm's handlers, and a list
+the request asks for `scope=swarm` or `global`; an inspect with `scope=local` finds no swarm
+network); everything else goes to the swarm's handlers, and a list
 or prune merges their answer (none when the node is no manager: 503) with the local one.
 Connecting a container records the endpoint in the network and in the container's config
 record (what `docker inspect` shows under NetworkSettings.Networks).
@@ -89,8 +90,11 @@ def middleware(networks: LocalNetworks) -> Any:
                 return await list_all(request, handler)
             if request.method == "POST" and rest == "prune":
                 return await prune(request, handler)
-            if rest and request.method in ("GET", "DELETE") and request.query.get("scope") != "swarm":
+            scope = request.query.get("scope", "")
+            if rest and request.method in ("GET", "DELETE") and scope not in ("swarm", "global"):
                 found = networks.find(rest)
+                if found is None and scope == "local" and request.method == "GET":
+                    raise ApiError(404, f"network {rest} not found")
                 if found is not None:
                     if request.method == "GET":
                         return json_response(public(found, detailed=True))
@@ -140,6 +144,15 @@ def add_routes(app: web.Application, routes: Routes, networks: LocalNetworks,
                standalone: StandaloneContainers) -> None:
     containers = standalone.containers
     app.middlewares.append(middleware(networks))
+
+    async def start_dns(_: web.Application) -> None:      # the embedded DNS of user-defined networks
+        await networks.start_dns()
+
+    async def close_dns(_: web.Application) -> None:
+        await networks.close_dns()
+
+    app.on_startup.append(start_dns)
+    app.on_cleanup.append(close_dns)
 
     async def connect(request: web.Request) -> web.Response:
         body = await read_json(request, NETWORK_CONNECT)

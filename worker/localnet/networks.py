@@ -26,6 +26,12 @@ on dockerd's default bridge, containers on it are not named to each other (no /e
 no embedded DNS: their resolv.conf is the host's), take no aliases nor fixed addresses, and it
 cannot be created, removed or pruned.
 
+Containers on user-defined networks get the embedded DNS at 127.0.0.11 (a `ContainerDns`, the
+daemon's node/localdns.py; none without one):
+names, aliases, short IDs and their own legacy links (`EndpointConfig.Links`) resolve there.
+An endpoint's `MacAddress` is used when given (else one derived from its address, as dockerd),
+and `DriverOpts` and `Links` are kept for inspect.
+
 Swarm overlays created `--attachable` are delegated to an `OverlayAttacher` (the node's, see
 node/attachments.py): `join` or `connect` with a name this node has no local network for asks
 it; `disconnect` and `release` tell it. Without one such names are unknown (404).
@@ -38,6 +44,7 @@ import concurrent.futures
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -60,6 +67,7 @@ DEFAULT_MODES = ("", "default", DEFAULT_BRIDGE)   # NetworkMode values that join
 DEFAULT_BRIDGE_DEVICE = "shoal0"
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 DOCKER0_SUBNET = IPv4Network("172.17.0.0/16")
+MAC_ADDRESS = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 DEFAULT_BRIDGE_POOLS = [p for p in DEFAULT_POOLS if p.prefixlen == 16][::-1] + \
     [p for p in DEFAULT_POOLS if p.prefixlen != 16]
 
@@ -91,6 +99,20 @@ class OverlayAttacher(Protocol):
     def attached(self, cid: str) -> list[dict[str, Any]]:
         """The overlays `cid` is attached to: [{"Id", "Name"}]."""
         ...
+
+
+class ContainerDns(Protocol):
+    """The embedded DNS of containers on user-defined networks (node/localdns.py). `records` are
+    this module's network records; a container is served by its ID, in its namespace."""
+
+    def resolv_conf(self) -> str: ...
+    async def ensure(self, cid: str, records: list[dict[str, Any]]) -> bool:
+        """Serve `cid`; True if its server was started now (its resolv.conf is to be written)."""
+        ...
+    def refresh(self, records: list[dict[str, Any]]) -> None: ...
+    async def stop(self, cid: str) -> None: ...
+    async def restore(self, records: list[dict[str, Any]], skip: Callable[[str], bool]) -> None: ...
+    async def close(self) -> None: ...
 
 
 class BridgeDataPath(Protocol):
@@ -142,6 +164,7 @@ class LocalNetworks:
         self.on_change: Callable[[set[str]], Awaitable[None]] | None = None
         self.overlays: OverlayAttacher | None = None       # set by the daemon (swarm overlays)
         self._made: set[str] = set()                       # bridges made (or checked) in this life
+        self.dns: ContainerDns | None = None               # set by the daemon: 127.0.0.11 on user networks
         self._ensure_default_bridge()
 
     def _ensure_default_bridge(self) -> None:
@@ -366,6 +389,7 @@ class LocalNetworks:
         fixed = str(ipam.get("IPv4Address") or "")
         fixed6 = str(ipam.get("IPv6Address") or "")
         link_local = _link_local(ipam.get("LinkLocalIPs"))
+        links, given_mac, driver_opts = _endpoint_extras(config)
         if self.find(ref) is None and self.overlays is not None:
             entry = await self.overlays.attach(ref, cid, name, self.namespace(cid), config,
                                                way_out=not self._has_way_out(cid))
@@ -401,7 +425,9 @@ class LocalNetworks:
                 raise ApiError(e.status, e.message) from None
             cidr = f"{address}/{pool.subnet.prefixlen}"
             cidr6 = f"{address6}/{pool6.subnet.prefixlen}" if pool6 is not None else None
-            mac = endpoint_mac(str(address))
+            mac = given_mac or endpoint_mac(str(address))
+            if given_mac and any(e["MacAddress"] == mac for e in record["Containers"].values()):
+                raise ApiError(409, f"MAC address {mac} is already in use on network {record['Name']}")
             path = self.namespace(cid)
             gateway = None if record["Internal"] else str(pool.gateway)
             gateway6 = str(pool6.gateway) if pool6 is not None and not record["Internal"] else None
@@ -427,17 +453,53 @@ class LocalNetworks:
             record["Containers"][cid] = {"Name": name, "EndpointID": endpoint_id(record["Id"], cid),
                                          "MacAddress": mac, "IPv4Address": cidr, "IPv6Address": cidr6 or ""}
             record["_aliases"][cid] = list(aliases)
+            record.setdefault("_links", {})[cid] = links
             if fixed:
                 record["_fixed"][cid] = fixed
             ipam_config = {**({"IPv4Address": fixed} if fixed else {}),
                            **({"IPv6Address": fixed6} if fixed6 else {}),
                            **({"LinkLocalIPs": link_local} if link_local else {})}
             self._save(record)
+            resolv = await self._serve_dns(cid)
         self._emit("connect", record, container=cid)
         await self._changed(record, cid)
+        user_defined = not record.get("_default")
         return {"id": record["Id"], "name": record["Name"], "address": cidr, "aliases": list(aliases),
                 "gateway": "" if record["Internal"] else str(pool.gateway),
-                "ipam_config": ipam_config or None}
+                "ipam_config": ipam_config or None, "mac": mac, "links": links or None,
+                "driver_opts": driver_opts or None,
+                "dns_names": list(dict.fromkeys([name, cid[:12], *aliases])) if user_defined else None,
+                **({"resolv_conf": resolv} if resolv else {})}
+
+    async def _serve_dns(self, cid: str) -> str:
+        """Give `cid` the embedded DNS if it is on a user-defined network now (and not served by
+        a swarm overlay's); every served container sees the new records. The resolv.conf to
+        write when its server was started now, else ""."""
+        if self.dns is None:
+            return ""
+        records = self.records()
+        started = False
+        user_defined = any(cid in r["Containers"] and not r.get("_default") for r in records)
+        if user_defined and not self._on_overlay(cid):
+            try:
+                started = await self.dns.ensure(cid, records)
+            except Exception as e:       # (OSError, nft's error) the container keeps the host's resolvers
+                log.warning("no embedded DNS for container %s: %s", cid[:12], e)
+        self.dns.refresh(records)
+        return self.dns.resolv_conf() if started else ""
+
+    def _on_overlay(self, cid: str) -> bool:
+        """Attached to a swarm overlay: its namespace has that network's DNS at 127.0.0.11."""
+        return self.overlays is not None and bool(self.overlays.attached(cid))
+
+    async def start_dns(self) -> None:
+        """The daemon starts: serve again the containers a previous daemon served."""
+        if self.dns is not None:
+            await self.dns.restore(self.records(), self._on_overlay)
+
+    async def close_dns(self) -> None:
+        if self.dns is not None:
+            await self.dns.close()
 
     async def _replug(self, cid: str) -> None:
         """The overlay data path owns every veth of a namespace it attaches (it replaced them):
@@ -486,7 +548,10 @@ class LocalNetworks:
             del record["Containers"][cid]
             record["_aliases"].pop(cid, None)
             record["_fixed"].pop(cid, None)
+            record.get("_links", {}).pop(cid, None)
             self._save(record)
+            if self.dns is not None:
+                self.dns.refresh(self.records())
         self._emit("disconnect", record, container=cid)
         await self._changed(record, cid)
         return record
@@ -499,6 +564,8 @@ class LocalNetworks:
         if self.overlays is not None:
             for network in self.overlays.attached(cid):
                 await self.disconnect(network["Id"], cid)
+        if self.dns is not None:
+            await self.dns.stop(cid)
         path = self.namespace(cid)
         if path.exists():
             await asyncio.to_thread(self.datapath.remove_namespace, path)
@@ -523,6 +590,22 @@ def _link_local(value: Any) -> list[str]:
         if not address.is_link_local:
             raise ApiError(400, f"invalid link-local IP address: {text} is not in 169.254.0.0/16")
     return list(value)
+
+
+def _endpoint_extras(config: dict[str, Any]) -> tuple[list[str], str, dict[str, str]]:
+    """EndpointConfig's Links ("container:alias"), MacAddress and DriverOpts, checked."""
+    links = config.get("Links") or []
+    if not isinstance(links, list) or not all(isinstance(link, str) and link.strip(":/") for link in links):
+        raise ApiError(400, "EndpointConfig.Links must be a list of \"container:alias\" strings")
+    mac = config.get("MacAddress") or ""
+    if not isinstance(mac, str) or (mac and not MAC_ADDRESS.match(mac.lower())):
+        raise ApiError(400, f"EndpointConfig.MacAddress: invalid MAC address {mac!r}")
+    if mac and int(mac[:2], 16) & 1:
+        raise ApiError(400, f"EndpointConfig.MacAddress: {mac} is a multicast address")
+    options = config.get("DriverOpts") or {}
+    if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
+        raise ApiError(400, "EndpointConfig.DriverOpts must map names to strings")
+    return list(links), mac.lower(), dict(options)
 
 
 def _created(record: dict[str, Any]) -> float:
