@@ -40,6 +40,7 @@ from node import system_api as system
 from node.addresses import split_host_port
 from node.attachments import AttachingNetworking, OverlayAttachments
 from node.autolock import locked_gate
+from node.localdns import LocalDns
 from node.metrics import DaemonMetrics, SideServer, side_servers
 from node.networking import LocalNetworkSource, NodeNetworking
 from node.supervisor import Supervisor
@@ -207,6 +208,7 @@ def build_host(config: DaemonConfig) -> Host:
     local_networks = LocalNetworks(config.data_dir / "localnets", executor.layout.run_dir / "standalone-netns",
                                    local_bridge, lambda *event: events.publish(message("network", *event)))
     local_networks.overlays = OverlayAttachments(config.data_dir / "attachments", networking, swarm)
+    local_networks.dns = LocalDns(local_networks.namespace)    # 127.0.0.11 on user-defined bridge networks
     standalone = StandaloneContainers(containers, images, local_networks)
     standalone_api.add_routes(app, routes, standalone)              # docker run
     localnet_api.add_routes(app, routes, local_networks, standalone)  # bridge networks, connect/disconnect
