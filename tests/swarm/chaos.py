@@ -185,12 +185,14 @@ class Driver(threading.Thread):
         deadline = time.monotonic() + OP_BUDGET
         via = self.rng.choice(managers(self.lab))
         for _ in range(50):
+            asked = time.monotonic()
             try:
                 do(via)
                 self.ledger.ack(name, intended)
-                self.log.append(f"{what} {name} -> {intended} via {via}: acked")
+                self.log.append(f"{what} {name} -> {intended} via {via}: acked in {time.monotonic() - asked:.1f}s")
                 return "acked"
             except Exception as e:
+                self.log.append(f"{what} {name} via {via}: {e!r} after {time.monotonic() - asked:.1f}s"[:240])
                 if not retryable(e):
                     return str(getattr(e, "message", e))
                 if intended not in self.ledger.maybe[name]:

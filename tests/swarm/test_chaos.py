@@ -68,6 +68,8 @@ def run_chaos(lab: Lab, seed: int, seconds: float) -> list[float]:
             undone = time.monotonic()
             driver.pause()
             paused = time.monotonic() - undone  # the driver's operation in flight at the undo ends first
+            if paused > 2:
+                print(f"    the driver's last steps: {driver.log[-6:]}", flush=True)
             assert driver.error is None, f"seed {seed}: the driver failed: {driver.error!r}"
             times.append(converge(lab, seed, undone, f"{what} (driver paused {paused:.1f}s after)"))
             chaos.check_acknowledged(lab, driver.ledger, seed)
