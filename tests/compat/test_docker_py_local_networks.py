@@ -3,11 +3,10 @@ assertions unchanged, against a real daemon on one lab host (its own network nam
 any swarm, as docker-py runs them against a fresh dockerd.
 
 Not ported, and why:
-  - test_create_with_links, test_connect_with_links: legacy links and name resolution on local
-    networks (no embedded DNS for them yet);
   - test_create_check_duplicate: it expects a duplicate name to be accepted with
     check_duplicate=False, which dockerd refuses too since API 1.44 (docker-py's default version);
-  - the swarm tests of the file (attachable, ingress, scope) are in test_docker_py_networks.py.
+  - the swarm tests of the file (attachable, ingress, scope) are in test_docker_py_networks.py;
+    the local half of test_create_inspect_network_with_scope is here.
 """
 
 from __future__ import annotations
@@ -44,6 +43,12 @@ class LocalFixture:
         self.tmp_containers.append(container)
         self.client.start(container)
         return container
+
+    def execute(self, container: Any, cmd: list[str], exit_code: int = 0) -> None:
+        exc = self.client.exec_create(container, cmd)
+        output = self.client.exec_start(exc)
+        actual_exit_code = self.client.exec_inspect(exc)["ExitCode"]
+        assert actual_exit_code == exit_code, f"{' '.join(cmd)} exited {actual_exit_code}:\n{output!r}"
 
     def tear_down(self) -> None:
         for container in self.tmp_containers:
@@ -283,3 +288,59 @@ def test_prune_networks(t: LocalFixture) -> None:
     net_name, _ = t.create_network()
     result = t.client.prune_networks()
     assert net_name in result["NetworksDeleted"]
+
+
+def test_create_with_driveropt(t: LocalFixture) -> None:
+    container = t.client.create_container(
+        BUSYBOX, "top",
+        networking_config=t.client.create_networking_config(
+            {"bridge": t.client.create_endpoint_config(driver_opt={"com.docker-py.setting": "on"})}),
+        host_config=t.client.create_host_config(network_mode="bridge"))
+    t.tmp_containers.append(container)
+    t.client.start(container)
+    container_data = t.client.inspect_container(container)
+    net_cfg = container_data["NetworkSettings"]["Networks"]["bridge"]
+    assert "DriverOpts" in net_cfg
+    assert "com.docker-py.setting" in net_cfg["DriverOpts"]
+    assert net_cfg["DriverOpts"]["com.docker-py.setting"] == "on"
+
+
+def test_create_with_links(t: LocalFixture) -> None:
+    net_name, _net_id = t.create_network()
+    container = t.create_and_start(
+        host_config=t.client.create_host_config(network_mode=net_name),
+        networking_config=t.client.create_networking_config({
+            net_name: t.client.create_endpoint_config(links=[("docker-py-test-upstream", "bar")])}))
+    net_settings = t.client.inspect_container(container)["NetworkSettings"]
+    assert net_settings["Networks"][net_name]["Links"] == ["docker-py-test-upstream:bar"]
+    t.create_and_start(name="docker-py-test-upstream", host_config=t.client.create_host_config(network_mode=net_name))
+    t.execute(container, ["nslookup", "bar"])
+
+
+def test_connect_with_links(t: LocalFixture) -> None:
+    net_name, _net_id = t.create_network()
+    container = t.create_and_start(host_config=t.client.create_host_config(network_mode=net_name))
+    t.client.disconnect_container_from_network(container, net_name)
+    t.client.connect_container_to_network(container, net_name, links=[("docker-py-test-upstream", "bar")])
+    net_settings = t.client.inspect_container(container)["NetworkSettings"]
+    assert net_settings["Networks"][net_name]["Links"] == ["docker-py-test-upstream:bar"]
+    t.create_and_start(name="docker-py-test-upstream", host_config=t.client.create_host_config(network_mode=net_name))
+    t.execute(container, ["nslookup", "bar"])
+
+
+def test_connect_with_mac_address(t: LocalFixture) -> None:
+    net_name, _net_id = t.create_network()
+    container = t.client.create_container(BUSYBOX, "top")
+    t.tmp_containers.append(container)
+    t.client.connect_container_to_network(container, net_name, mac_address="02:42:ac:11:00:02")
+    container_data = t.client.inspect_container(container)
+    net_data = container_data["NetworkSettings"]["Networks"][net_name]
+    assert net_data["MacAddress"] == "02:42:ac:11:00:02"
+
+
+def test_create_inspect_network_with_scope_local(t: LocalFixture) -> None:
+    net_name_loc, _net_id_loc = t.create_network(scope="local")
+    assert t.client.inspect_network(net_name_loc)
+    assert t.client.inspect_network(net_name_loc, scope="local")
+    with pytest.raises(docker.errors.NotFound):
+        t.client.inspect_network(net_name_loc, scope="global")
