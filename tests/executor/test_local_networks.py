@@ -64,11 +64,18 @@ def host_ns(tmp_path: Path) -> Iterator[Path]:
         rootfs.unmount(directory)
 
 
+class LocalDocker(Docker):
+    def __init__(self, host: str, home: Path, networks: LocalNetworks) -> None:
+        super().__init__(host, home)
+        self.networks = networks
+
+
 NETWORK_EVENTS: list[tuple[str, str, str]] = []     # (action, network name, container)
 
 
 @pytest.fixture
-async def docker(executor: Executor, busybox_layer: Path, tmp_path: Path, host_ns: Path) -> AsyncIterator[Docker]:
+async def docker(executor: Executor, busybox_layer: Path, tmp_path: Path,
+                 host_ns: Path) -> AsyncIterator[LocalDocker]:
     app = new_app()
     routes = Routes(app)
     containers = add_node_container_routes(app, routes, executor, lambda ref: "sha256:" + "cd" * 32, EventBus())
@@ -97,7 +104,7 @@ async def docker(executor: Executor, busybox_layer: Path, tmp_path: Path, host_n
 
     routes.add("POST", "/networks/prune", empty_prune)
     async with serve_unix(app, tmp_path / "api.sock") as host:
-        yield Docker(host, tmp_path / "cfg")
+        yield LocalDocker(host, tmp_path / "cfg", networks)
 
 
 async def test_bridge_networks_with_the_docker_cli(docker: Docker, host_ns: Path) -> None:
@@ -195,7 +202,7 @@ LOOKUP = ("for n in {names}; do echo $n=$(nslookup $n 2>/dev/null | "      # eac
           "awk '/^Name:/ {{f=1}} f && /^Address/ {{a=$2}} END {{print a}}'); done")
 
 
-async def test_embedded_dns_on_user_networks(docker: Docker) -> None:
+async def test_embedded_dns_on_user_networks(docker: LocalDocker) -> None:
     await docker.run("network", "create", "--subnet", "172.29.0.0/24", "front")
     web_id = (await docker.run("run", "-d", "--name", "web", "--network", "front", "--network-alias", "site",
                                "busybox", "sleep", "1000"))[1].strip()
@@ -236,6 +243,10 @@ async def test_embedded_dns_on_user_networks(docker: Docker) -> None:
     await docker.run("network", "disconnect", "front", "late")
     _, out, _ = await docker.run("exec", "client", "sh", "-c", LOOKUP.format(names="late later"))
     assert out.splitlines() == ["late=", "later="]
+    await docker.networks.close_dns()          # a daemon restart: the servers are started again
+    await docker.networks.start_dns()
+    _, out, _ = await docker.run("exec", "client", "sh", "-c", LOOKUP.format(names="bar"))
+    assert out == f"bar={web_ip}\n"
     await docker.run("rm", "-f", "web", "client", "late", "plain")
     await docker.run("network", "rm", "front")
 
