@@ -234,7 +234,10 @@ class ContainerController:
         p.bundle.mkdir(exist_ok=True)
         _write_atomic(p.bundle / "config.json", json.dumps(spec))
 
-    async def start(self) -> None:
+    async def start(self, *, until_healthy: bool = True) -> None:
+        """Start the created container; with a health check and `until_healthy` (a task's
+        start), return only once it is healthy. A standalone container passes False: its
+        health only shows, as with dockerd."""
         st = await self.runc_state()
         if st is None:
             raise ExecutorError(f"container {self.id} is not prepared")
@@ -244,7 +247,8 @@ class ContainerController:
             except RuntimeFailure as e:
                 raise ExecutorError(str(e)) from e
             _write_atomic(self.paths.started_record, _now())
-        await self._until_healthy()
+        if until_healthy:
+            await self._until_healthy()
 
     async def _until_healthy(self) -> None:
         """With a health check, return only once the container is healthy (as swarmkit's

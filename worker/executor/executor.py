@@ -18,12 +18,14 @@ import asyncio
 import json
 import logging
 import os
+import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from worker.exec import ExecutorError
 from worker.executor.cleanup import CleanupReport, reap_stale
 from worker.executor.controller import ContainerController
+from worker.executor.health import HealthMonitor
 from worker.executor.layout import Layout
 from worker.executor.logs import LogEntry, read_log
 from worker.executor.runtime import Conmon, Runc
@@ -51,12 +53,20 @@ class Executor:
         self.volumes = VolumeStore(self.layout.volumes_dir)
         self.creating = asyncio.Semaphore(max_parallel_creates or default_parallel_creates())
         self.on_event: Callable[[str, str], None] | None = None
+        self._health: weakref.WeakValueDictionary[str, HealthMonitor] = weakref.WeakValueDictionary()
 
     def controller(self, config: ContainerConfig) -> ContainerController:
         """A controller for `config` (nothing happens until `prepare`)."""
         ctl = ContainerController(self.layout, self.runc, self.conmon, self.volumes, config, self.creating)
         if ctl.health is not None:
-            ctl.health.on_change = lambda status: self._event(f"health_status: {status}", config.id)
+            # one monitor per container while anything holds it (the loop that probes): the
+            # controller an inspect makes shows the live status, not a fresh "starting"
+            shared = self._health.get(config.id)
+            if shared is not None and shared.tracker.check == config.healthcheck:
+                ctl.health = shared
+            else:
+                ctl.health.on_change = lambda status: self._event(f"health_status: {status}", config.id)
+                self._health[config.id] = ctl.health
         return ctl
 
     def _event(self, action: str, cid: str) -> None:

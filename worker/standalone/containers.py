@@ -12,7 +12,8 @@ them (they run on under their shims; an exited one stays listed until removed).
   - start: a created container is started; an exited one is reset (worker.executor.controller
     `reset`: runtime state dropped, writable layer and log kept) and made anew, as dockerd
     restarts a container from its config.
-  - every started container gets a watcher (owned here; `close` cancels them) that emits `die`
+  - every started container gets a watcher (owned here; `close` cancels them) that runs its
+    health check if it has one (State.Health, `health_status` events), emits `die`
     when it exits and removes it if it was created with AutoRemove; `restore`, at daemon
     start, watches the running ones again and removes the AutoRemove ones that exited while
     the daemon was down.
@@ -32,11 +33,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from aio import cancel_and_wait
 from engineapi.http import ApiError
 from worker.exec import ExecutorError
 from worker.executor import bundle
 from worker.executor.container_view import ContainerView
 from worker.executor.controller import ContainerController
+from worker.executor.health import HealthTracker
 from worker.executor.local_containers import LocalContainers
 from worker.standalone import names
 from worker.standalone.attach import AttachError, resize
@@ -237,7 +240,7 @@ class StandaloneContainers:
                 await ctl.reset()
                 await ctl.prepare()
                 await self.refresh_hosts({view.id})
-            await ctl.start()
+            await ctl.start(until_healthy=False)   # its health only shows: the watcher probes
         except ExecutorError as e:
             raise ApiError(500, f"failed to start container {view.id}: {e}") from None
         self.containers.emit("start", await self.containers.view_of(ctl))
@@ -320,15 +323,32 @@ class StandaloneContainers:
         task.add_done_callback(self._watchers.discard)
 
     async def _follow(self, ctl: ContainerController) -> None:
+        probing = asyncio.ensure_future(self._probe(ctl)) if ctl.health is not None else None
         try:
             status = await ctl.wait_exit()
         except ExecutorError as e:
             log.warning("container %s: %s", ctl.id, e)
             return
+        finally:
+            if probing is not None:
+                await cancel_and_wait([probing])
         view = await self.containers.view_of(ctl)
         self.containers.emit("die", view, exitCode=str(status.exit_code))
         if view.auto_remove and view.id not in self._restarting and view.status != "running":
             await self._auto_remove(view.id)
+
+    @staticmethod
+    async def _probe(ctl: ContainerController) -> None:
+        """Run the container's health check for this run of it (status from "starting"; each
+        change a `health_status` event through the executor), as dockerd does for any container
+        with one: the status only shows (inspect, ps, the health filter), nothing acts on it."""
+        assert ctl.health is not None
+        ctl.health.tracker = HealthTracker(ctl.health.tracker.check)
+
+        async def running() -> bool:
+            return (await ctl.state()).status == "running"
+
+        await ctl.health.run_until(running, set())      # returns once a probe found it stopped
 
     async def _auto_remove(self, cid: str) -> None:
         try:

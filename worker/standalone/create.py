@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.executor.spec import ConfigError, ContainerConfig, MountSpec, Resources, merge_env
-from worker.executor.taskspec import resolve_argv, resolve_mount
+from worker.executor.taskspec import resolve_argv, resolve_healthcheck, resolve_mount
 
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 VOLUME_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
@@ -239,6 +239,13 @@ def from_body(cid: str, name: str, body: Any, image_ref: str, image_config: dict
     labels = body.get("Labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
         raise CreateError(400, "Labels must map names to strings")
+    given_check = body.get("Healthcheck")
+    if given_check is not None and not isinstance(given_check, dict):
+        raise CreateError(400, "Healthcheck must be an object")
+    try:     # `--health-cmd` and co. over the image's HEALTHCHECK, as for a service's tasks
+        healthcheck = resolve_healthcheck(given_check, image.get("Healthcheck"))
+    except ConfigError as e:
+        raise CreateError(400, str(e)) from None
     mounts = _mounts(body, host)
     resources = Resources(memory_bytes=_count(host, "Memory"), nano_cpus=_count(host, "NanoCpus"),
                           pids_limit=max(0, _count(host, "PidsLimit", allow_negative=True)))
@@ -253,7 +260,7 @@ def from_body(cid: str, name: str, body: Any, image_ref: str, image_config: dict
         labels={**(image.get("Labels") or {}), **labels}, netns_path=netns_path,
         read_only=bool(host.get("ReadonlyRootfs")), extra_hosts=_extra_hosts(host),
         dns_servers=_strings(host.get("Dns"), "HostConfig.Dns") or [], image=image_ref,
-        tty=tty, stdin=open_stdin)
+        tty=tty, stdin=open_stdin, healthcheck=healthcheck)
     try:
         config.validate()
     except ConfigError as e:
@@ -268,6 +275,8 @@ def from_body(cid: str, name: str, body: Any, image_ref: str, image_config: dict
         "Image": image_ref, "WorkingDir": cwd, "Labels": config.labels,
         "Volumes": body.get("Volumes") or None,
     }
+    if given_check or image.get("Healthcheck"):
+        echoed_config["Healthcheck"] = given_check or image.get("Healthcheck")
     binds = _strings(host.get("Binds"), "HostConfig.Binds")
     echoed_host: dict[str, Any] = {
         "Binds": binds,
