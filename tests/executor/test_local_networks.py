@@ -27,7 +27,8 @@ from tests.executor.test_docker_run import BusyboxImages
 from worker.executor import Executor, rootfs
 from worker.executor.node_api import add_node_container_routes
 from worker.localnet import api as localnet_api
-from worker.localnet.networks import LocalNetworks, _endpoint_extras
+from worker.localnet.endpoints import endpoint_extras
+from worker.localnet.networks import LocalNetworks
 from worker.standalone import api as standalone_api
 from worker.standalone.containers import StandaloneContainers
 
@@ -252,10 +253,10 @@ async def test_embedded_dns_on_user_networks(docker: LocalDocker) -> None:
 
 
 def test_endpoint_config_extras_are_checked() -> None:
-    assert _endpoint_extras({"Links": ["a:b"], "MacAddress": "02:42:AC:11:00:02", "DriverOpts": {"k": "v"}}) == (
+    assert endpoint_extras({"Links": ["a:b"], "MacAddress": "02:42:AC:11:00:02", "DriverOpts": {"k": "v"}}) == (
         ["a:b"], "02:42:ac:11:00:02", {"k": "v"})
     for bad, field in (({"Links": "a:b"}, "Links"), ({"MacAddress": "02:42:ac"}, "MacAddress"),
                        ({"MacAddress": "03:42:ac:11:00:02"}, "multicast"), ({"DriverOpts": {"k": 1}}, "DriverOpts")):
         with pytest.raises(ApiError) as caught:
-            _endpoint_extras(bad)
+            endpoint_extras(bad)
         assert caught.value.status == 400 and field in caught.value.message

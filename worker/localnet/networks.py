@@ -44,11 +44,10 @@ import concurrent.futures
 import json
 import logging
 import os
-import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -56,6 +55,7 @@ from engineapi.http import ApiError
 from model import format_time
 from model.endpoint import endpoint_mac
 from worker.executor.container_view import endpoint_id
+from worker.localnet.endpoints import endpoint_extras, link_local_ips
 from worker.localnet.ipam import DEFAULT_POOLS, IpamError, Pool, allocate, ipv6_pool, is_ipv6_config, pool_from_config
 from worker.standalone.create import labels_match
 
@@ -67,7 +67,6 @@ DEFAULT_MODES = ("", "default", DEFAULT_BRIDGE)   # NetworkMode values that join
 DEFAULT_BRIDGE_DEVICE = "shoal0"
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 DOCKER0_SUBNET = IPv4Network("172.17.0.0/16")
-MAC_ADDRESS = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 DEFAULT_BRIDGE_POOLS = [p for p in DEFAULT_POOLS if p.prefixlen == 16][::-1] + \
     [p for p in DEFAULT_POOLS if p.prefixlen != 16]
 
@@ -388,8 +387,8 @@ class LocalNetworks:
             raise ApiError(400, "EndpointConfig.IPAMConfig must be an object")
         fixed = str(ipam.get("IPv4Address") or "")
         fixed6 = str(ipam.get("IPv6Address") or "")
-        link_local = _link_local(ipam.get("LinkLocalIPs"))
-        links, given_mac, driver_opts = _endpoint_extras(config)
+        link_local = link_local_ips(ipam.get("LinkLocalIPs"))
+        links, given_mac, driver_opts = endpoint_extras(config)
         if self.find(ref) is None and self.overlays is not None:
             entry = await self.overlays.attach(ref, cid, name, self.namespace(cid), config,
                                                way_out=not self._has_way_out(cid))
@@ -573,39 +572,6 @@ class LocalNetworks:
 
 def _ipv6_pool_of(record: dict[str, Any]) -> Pool | None:
     return next((Pool.from_api(c) for c in record["IPAM"]["Config"] if is_ipv6_config(c)), None)
-
-
-def _link_local(value: Any) -> list[str]:
-    """EndpointConfig.IPAMConfig.LinkLocalIPs: IPv4 link-local addresses (169.254.0.0/16), added
-    to the endpoint's interface beside its address."""
-    if value in (None, []):
-        return []
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ApiError(400, "EndpointConfig.IPAMConfig.LinkLocalIPs must be a list of addresses")
-    for text in value:
-        try:
-            address = IPv4Address(text)
-        except ValueError:
-            raise ApiError(400, f"invalid link-local IP address: {text}") from None
-        if not address.is_link_local:
-            raise ApiError(400, f"invalid link-local IP address: {text} is not in 169.254.0.0/16")
-    return list(value)
-
-
-def _endpoint_extras(config: dict[str, Any]) -> tuple[list[str], str, dict[str, str]]:
-    """EndpointConfig's Links ("container:alias"), MacAddress and DriverOpts, checked."""
-    links = config.get("Links") or []
-    if not isinstance(links, list) or not all(isinstance(link, str) and link.strip(":/") for link in links):
-        raise ApiError(400, "EndpointConfig.Links must be a list of \"container:alias\" strings")
-    mac = config.get("MacAddress") or ""
-    if not isinstance(mac, str) or (mac and not MAC_ADDRESS.match(mac.lower())):
-        raise ApiError(400, f"EndpointConfig.MacAddress: invalid MAC address {mac!r}")
-    if mac and int(mac[:2], 16) & 1:
-        raise ApiError(400, f"EndpointConfig.MacAddress: {mac} is a multicast address")
-    options = config.get("DriverOpts") or {}
-    if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
-        raise ApiError(400, "EndpointConfig.DriverOpts must map names to strings")
-    return list(links), mac.lower(), dict(options)
 
 
 def _created(record: dict[str, Any]) -> float:
