@@ -96,6 +96,12 @@ def state_of(spec: dict[str, Any]) -> Shape:
 def retryable(e: Exception) -> bool:
     """Errors after which the change may or may not have happened, and a retry is the answer."""
     if isinstance(e, ApiResponseError):
+        if "out of sequence" in e.message:
+            # A definite refusal (Docker answers it with a 500): the version moved, by an earlier
+            # attempt of ours that did apply or by another writer. Retrying the same version can
+            # only be refused again; the driver used to spin on it for its whole budget, which
+            # the checker then counted as time to converge.
+            return False
         return e.status >= 500 or "does not have a leader" in e.message
     return True  # connection refused or reset, timeout
 
