@@ -257,7 +257,7 @@ def inspect(view: ContainerView) -> dict[str, Any]:
         "Mounts": _mounts(c),
         "Config": {
             "Hostname": c.hostname or c.id[:12], "Domainname": "", "User": c.user,
-            "AttachStdin": False, "AttachStdout": False, "AttachStderr": False, "Tty": False,
+            "AttachStdin": False, "AttachStdout": False, "AttachStderr": False, "Tty": c.tty,
             "OpenStdin": False, "StdinOnce": False, "Env": list(c.env), "Cmd": list(c.args),
             "Image": c.image or view.image_id, "Volumes": None, "WorkingDir": c.cwd,
             "Entrypoint": None, "OnBuild": None, "Labels": view.labels,

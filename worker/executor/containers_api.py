@@ -136,14 +136,15 @@ def add_routes(routes: Routes, containers: LocalContainers,
         since, until = _time_query(request, "since"), _time_query(request, "until")
         follow, timestamps = query_bool(request, "follow"), query_bool(request, "timestamps")
         details: dict[str, str] | None = {} if query_bool(request, "details") else None
-        resp = web.StreamResponse(headers={"Content-Type": stream_content_type(request)})
+        tty = view.config.tty        # a TTY container's output is one raw stream, as dockerd sends it
+        resp = web.StreamResponse(headers={"Content-Type": RAW_STREAM if tty else stream_content_type(request)})
         await resp.prepare(request)
         try:
             async for entry in containers.executor.logs(view.id, tail=tail, follow=follow, since=since):
                 if until is not None and timestamp_seconds(entry.timestamp) > until:
                     break
                 if (entry.stream == "stdout" and want_out) or (entry.stream == "stderr" and want_err):
-                    await resp.write(format_entry(entry, timestamps=timestamps, details=details))
+                    await resp.write(format_entry(entry, timestamps=timestamps, details=details, raw=tty))
         except ConnectionError:
             return resp
         return resp

@@ -92,14 +92,15 @@ class LineAssembler:
 
 
 def format_entry(entry: LogEntry, *, timestamps: bool = False,
-                 details: dict[str, str] | None = None) -> bytes:
-    """The frame for one entry: `[<timestamp> ][<details> ]<message>\\n`."""
+                 details: dict[str, str] | None = None, raw: bool = False) -> bytes:
+    """The frame for one entry: `[<timestamp> ][<details> ]<message>\\n` (unframed when `raw`: a TTY's)."""
     prefix = b""
     if timestamps:
         prefix += entry.timestamp.encode() + b" "
     if details is not None:
         prefix += details_text(details).encode() + b" "
-    return frame(entry.stream_id, prefix + entry.message + b"\n")
+    line = prefix + entry.message + b"\n"
+    return line if raw else frame(entry.stream_id, line)
 
 
 def _records(chunk: bytes, assembler: LineAssembler, since: float | None = None) -> list[LogEntry]:
