@@ -220,3 +220,14 @@ async def test_restart_of_an_rm_container_keeps_it_and_a_stop_removes_it(docker:
         return cid not in (await docker.run("ps", "-aq", "--no-trunc"))[1]
 
     await async_wait_until(gone, timeout=20, what="the --rm container removed once it stopped")
+
+
+async def test_logs_of_a_tty_container_are_raw(docker: Docker) -> None:
+    _, out, _ = await docker.run("run", "-d", "-t", "--name", "teletype", "busybox", "sh", "-c",
+                                 "echo one; echo two >&2")
+    await docker.run("wait", "teletype")
+    _, out, err = await docker.run("logs", "teletype")
+    assert (out, err) == ("one\r\ntwo\r\n", "")        # one stream, the pty's, with no frame headers
+    _, out, _ = await docker.run("logs", "--tail", "1", "-t", "teletype")
+    assert out.endswith(" two\r\n") and "\x01" not in out and "\x02" not in out
+    await docker.run("rm", "teletype")
