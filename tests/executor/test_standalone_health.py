@@ -5,6 +5,7 @@ event. The API is tests/executor/test_docker_run.py's, with the event bus in rea
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -68,6 +69,32 @@ async def test_health_of_a_standalone_container(docker_and_bus: tuple[Docker, Ev
                 assert "Healthcheck.Test must start with NONE, CMD or CMD-SHELL" in (await resp.json())["message"]
     finally:
         await docker.run("rm", "-f", "checked")
+
+
+async def test_a_stopped_container_keeps_its_last_health(docker_and_bus: tuple[Docker, EventBus],
+                                                         executor: Executor) -> None:
+    docker, _ = docker_and_bus
+    cid = (await docker.run("run", "-d", "--name", "kept", "--health-cmd", "true", "--health-interval", "200ms",
+                            "busybox", "sh", "-c", "trap 'exit 0' TERM; sleep 1000 & wait"))[1].strip()
+    try:
+        async def health() -> dict[str, Any]:
+            return json.loads((await docker.run("inspect", "-f", "{{json .State.Health}}", "kept"))[1])
+
+        await async_wait_until(lambda: _with_status(health, "healthy"), timeout=20, what="healthy")
+        await docker.run("stop", "-t", "5", "kept")
+
+        async def let_go() -> bool:      # the watcher is done: nothing holds the shared monitor
+            gc.collect()
+            return executor._health.get(cid) is None
+
+        await async_wait_until(let_go, timeout=10, what="the health monitor let go")
+        state = await health()           # a fresh monitor, from the kept record: not "starting"
+        assert state["Status"] == "healthy" and state["FailingStreak"] == 0
+        assert state["Log"] and state["Log"][-1]["ExitCode"] == 0
+        _, out, _ = await docker.run("ps", "-a", "--filter", "health=healthy", "--format", "{{.Names}}")
+        assert out == "kept\n"
+    finally:
+        await docker.run("rm", "-f", "kept")
 
 
 async def _with_status(health: Any, wanted: str) -> dict[str, Any] | None:

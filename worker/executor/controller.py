@@ -93,7 +93,8 @@ class ContainerController:
         self.id = config.id
         self.paths = layout.container(config.id)
         self.health: HealthMonitor | None = (
-            HealthMonitor(runc, config.id, config.healthcheck) if config.healthcheck else None)
+            HealthMonitor(runc, config.id, config.healthcheck, self.paths.state / "health.json")
+            if config.healthcheck else None)
 
     # ---- observation -------------------------------------------------------------------
 

@@ -7,17 +7,23 @@ consecutive counted failures make it unhealthy (a later success heals it). `Heal
 the I/O loop around it: it runs the probe with `runc exec` under the check's timeout every
 interval and returns as soon as the container is unhealthy, so the task's controller can fail
 the task and let the restart policy apply. `on_change` hears each change of status after a probe
-(dockerd's `health_status: healthy|unhealthy` container events).
+(dockerd's `health_status: healthy|unhealthy` container events). With a `record` path the monitor
+keeps the tracker's last state there (each probe, each reset) and starts from it, so a container's
+inspect still shows its last State.Health once nothing probes it any more (stopped), as dockerd's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
+import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from worker.executor.spec import Healthcheck
@@ -25,6 +31,8 @@ from worker.executor.spec import Healthcheck
 STARTING, HEALTHY, UNHEALTHY = "starting", "healthy", "unhealthy"
 MAX_LOG_ENTRIES = 5
 MAX_OUTPUT = 4096
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,25 @@ class HealthTracker:
         }
 
 
+def load_tracker(path: Path, check: Healthcheck) -> HealthTracker:
+    """The tracker kept at `path` (to_engine's shape); a fresh one if none or unreadable."""
+    tracker = HealthTracker(check)
+    try:
+        doc = json.loads(path.read_text())
+        status, streak = doc["Status"], int(doc["FailingStreak"])
+        entries = [ProbeResult(str(e["Start"]), str(e["End"]), int(e["ExitCode"]), str(e["Output"]))
+                   for e in doc["Log"]]
+    except FileNotFoundError:
+        return tracker
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("health record %s unreadable (%s): from starting", path, e)
+        return tracker
+    if status in (STARTING, HEALTHY, UNHEALTHY):
+        tracker.status, tracker.failing_streak = status, streak
+        tracker.log.extend(entries)
+    return tracker
+
+
 class ProbeRunner(Protocol):
     async def exec(self, cid: str, argv: list[str], timeout: float) -> tuple[int, str]: ...
 
@@ -73,11 +100,27 @@ def _stamp() -> str:
 
 
 class HealthMonitor:
-    def __init__(self, runner: ProbeRunner, cid: str, check: Healthcheck) -> None:
+    def __init__(self, runner: ProbeRunner, cid: str, check: Healthcheck, record: Path | None = None) -> None:
         self.runner = runner
         self.cid = cid
-        self.tracker = HealthTracker(check)
+        self.record = record
+        self.tracker = load_tracker(record, check) if record is not None else HealthTracker(check)
         self.on_change: Callable[[str], None] | None = None
+
+    def reset(self) -> None:
+        """Back to "starting" with no log: a new run of the container."""
+        self.tracker = HealthTracker(self.tracker.check)
+        self._keep()
+
+    def _keep(self) -> None:
+        if self.record is None:
+            return
+        tmp = self.record.with_name(self.record.name + ".tmp")
+        try:    # a few KB on the run tmpfs, once a probe
+            tmp.write_text(json.dumps(self.tracker.to_engine()))
+            os.replace(tmp, self.record)
+        except FileNotFoundError:
+            pass        # the container's state directory is gone (removed) or not made yet
 
     @property
     def status(self) -> str:
@@ -113,6 +156,7 @@ class HealthMonitor:
                 return None
             before = self.tracker.status
             after = self.tracker.record(result, time.monotonic() - started)
+            self._keep()
             if after != before and self.on_change is not None:
                 self.on_change(after)
             if after in statuses:

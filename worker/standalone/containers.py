@@ -39,7 +39,6 @@ from worker.exec import ExecutorError
 from worker.executor import bundle
 from worker.executor.container_view import ContainerView
 from worker.executor.controller import ContainerController
-from worker.executor.health import HealthTracker
 from worker.executor.local_containers import LocalContainers
 from worker.standalone import names
 from worker.standalone.attach import AttachError, resize
@@ -343,7 +342,7 @@ class StandaloneContainers:
         change a `health_status` event through the executor), as dockerd does for any container
         with one: the status only shows (inspect, ps, the health filter), nothing acts on it."""
         assert ctl.health is not None
-        ctl.health.tracker = HealthTracker(ctl.health.tracker.check)
+        ctl.health.reset()
 
         async def running() -> bool:
             return (await ctl.state()).status == "running"
