@@ -5,7 +5,18 @@ from __future__ import annotations
 import errno
 import socket
 
-from rpc.liveness import IDLE_S, INTERVAL_S, PROBES, USER_TIMEOUT_S, is_unreachable, set_keepalive
+import pytest
+
+from rpc.liveness import (
+    IDLE_S,
+    INTERVAL_S,
+    PROBES,
+    RTO_MAX_MS,
+    TCP_RTO_MAX_MS,
+    USER_TIMEOUT_S,
+    is_unreachable,
+    set_keepalive,
+)
 
 
 def test_tcp_sockets_get_keepalive_probes_and_others_are_left_alone() -> None:
@@ -28,3 +39,14 @@ def test_only_a_timed_out_connection_counts_as_unreachable() -> None:
     assert not is_unreachable(ConnectionResetError(errno.ECONNRESET, "reset"))
     assert not is_unreachable(TimeoutError())          # asyncio's own timeouts carry no errno
     assert not is_unreachable(EOFError())
+
+
+def test_retransmissions_are_capped_at_a_second_where_the_kernel_can() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            default = sock.getsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS)
+        except OSError:
+            pytest.skip("this kernel has no TCP_RTO_MAX_MS (Linux < 6.13)")
+        assert default > RTO_MAX_MS
+        set_keepalive(sock)
+        assert sock.getsockopt(socket.IPPROTO_TCP, TCP_RTO_MAX_MS) == RTO_MAX_MS
