@@ -42,7 +42,14 @@ from worker.executor.controller import ContainerController
 from worker.executor.local_containers import LocalContainers
 from worker.standalone import names
 from worker.standalone.attach import AttachError, resize
-from worker.standalone.create import ISOLATED_MODES, CreateError, container_name, from_body, labels_match
+from worker.standalone.create import (
+    ISOLATED_MODES,
+    CreateError,
+    container_name,
+    from_body,
+    labels_match,
+    with_links,
+)
 
 log = logging.getLogger("shoal.standalone")
 
@@ -160,6 +167,7 @@ class StandaloneContainers:
                 if isinstance(body.get("NetworkingConfig"), dict) else None
             try:
                 made = from_body(cid, name, body, ref, image_config, layers, now=time.time(), netns_path="")
+                endpoints = with_links(endpoints, mode, made.record["HostConfig"]["Links"] or [])
             except CreateError as e:
                 raise ApiError(e.status, e.message) from None
             try:

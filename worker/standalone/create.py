@@ -13,6 +13,9 @@ Theory of operation: the body's fields win over the image's, as dockerd merges t
   - `HostConfig.NetworkMode`: "", default, bridge and none give the container a namespace of its
     own (a resolver callback can join it to a network's sandbox instead); host joins the
     daemon's namespace; any other name is a network the resolver must know (404 otherwise);
+  - `HostConfig.Links` (`--link target:alias`): on a user-defined network they join the endpoint's
+    links (an alias of the target that only this container resolves), as dockerd does there;
+    legacy links on the default bridge (or with none/host/container: modes) are refused with a 400;
   - `HostConfig.RestartPolicy` "no" (or none) only: other policies are refused with a 400;
   - `AutoRemove`: the container is removed once it exits (worker.standalone.containers).
 The record keeps what dockerd echoes in `docker inspect` (Config, HostConfig) and the creation
@@ -140,7 +143,7 @@ def _extra_hosts(host: dict[str, Any]) -> list[str]:
 # What a standalone container cannot have yet: refused when asked for, never silently dropped.
 UNSUPPORTED = (("PortBindings", "publishing ports (-p)"), ("PublishAllPorts", "publishing ports (-P)"),
                ("Privileged", "--privileged"), ("CapAdd", "--cap-add"), ("PidMode", "--pid"),
-               ("VolumesFrom", "--volumes-from"), ("Links", "--link"), ("Devices", "--device"),
+               ("VolumesFrom", "--volumes-from"), ("Devices", "--device"),
                ("IpcMode", "--ipc"), ("UTSMode", "--uts"), ("GroupAdd", "--group-add"))
 SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
 LOG_DRIVERS = ("", "json-file", "k8s-file")
@@ -179,6 +182,44 @@ def _count(host: dict[str, Any], key: str, *, allow_negative: bool = False) -> i
     return value
 
 
+def legacy_links(host: dict[str, Any]) -> list[str]:
+    """HostConfig.Links, which only a user-defined network can take (as its endpoint's links)."""
+    links = host.get("Links") or []
+    if not isinstance(links, list) or not all(isinstance(link, str) and link.strip(":/") for link in links):
+        raise CreateError(400, 'HostConfig.Links must be a list of "container:alias" strings')
+    mode = str(host.get("NetworkMode") or "")
+    if not links:
+        return []
+    if mode == "host":
+        raise CreateError(400, "conflicting options: host type networking can't be used with links. "
+                               "This would result in undefined behavior")
+    if mode.startswith("container:"):
+        raise CreateError(400, "conflicting options: container type network can't be used with links. "
+                               "This would result in undefined behavior")
+    if mode in ISOLATED_MODES:
+        raise CreateError(400, f"legacy links (--link, HostConfig.Links) are not supported on network "
+                               f"{mode or 'default'!r} by shoal: put the containers on a user-defined network "
+                               "(docker network create), where --link gives the target an alias")
+    return list(links)
+
+
+def with_links(endpoints: Any, mode: str, links: list[str]) -> Any:
+    """NetworkingConfig.EndpointsConfig with HostConfig.Links added to the `mode` network's entry
+    (the docker CLI sends them in both places: each once)."""
+    if not links:
+        return endpoints
+    merged = dict(endpoints) if isinstance(endpoints, dict) else {}
+    key = mode if mode in merged or len(merged) != 1 else next(iter(merged))
+    entry = merged.get(key) or {}
+    if not isinstance(entry, dict):
+        raise CreateError(400, "EndpointConfig must be an object")
+    given = entry.get("Links") or []
+    if not isinstance(given, list):
+        raise CreateError(400, 'EndpointConfig.Links must be a list of "container:alias" strings')
+    merged[key] = {**entry, "Links": [*given, *(link for link in links if link not in given)]}
+    return merged
+
+
 def _console_size(host: dict[str, Any]) -> tuple[int, int] | None:
     size = host.get("ConsoleSize")
     if isinstance(size, list) and len(size) == 2 and all(isinstance(n, int) and n > 0 for n in size):
@@ -205,6 +246,7 @@ def from_body(cid: str, name: str, body: Any, image_ref: str, image_config: dict
     for key, flag in UNSUPPORTED:
         if host.get(key) and host.get(key) not in ("", "default", "private", "shareable"):
             raise CreateError(400, f"{flag} (HostConfig.{key}) is not supported by shoal's standalone containers")
+    links = legacy_links(host)
     auto_remove = bool(host.get("AutoRemove"))
     entrypoint = _strings(body.get("Entrypoint"), "Entrypoint")
     cmd = _strings(body.get("Cmd"), "Cmd")
@@ -281,6 +323,7 @@ def from_body(cid: str, name: str, body: Any, image_ref: str, image_config: dict
     echoed_host: dict[str, Any] = {
         "Binds": binds,
         "NetworkMode": str(host.get("NetworkMode") or "default"), "AutoRemove": auto_remove,
+        "Links": links or None,
         "RestartPolicy": {"Name": policy or "no", "MaximumRetryCount": 0},
         "ExtraHosts": _strings(host.get("ExtraHosts"), "HostConfig.ExtraHosts"),
         "LogConfig": _log_config(host), "Tmpfs": host.get("Tmpfs") or None,
