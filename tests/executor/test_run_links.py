@@ -1,6 +1,7 @@
 """`docker run --network <user-defined> --link target:alias` with the real docker CLI (which sends
 HostConfig.Links as well as the endpoint's Links): accepted, the alias resolves through the
-embedded DNS in the linking container only; `--link` on the default bridge is a clear 400.
+embedded DNS in the linking container only; `--link` on the default bridge is a clear 400, and so
+is an EndpointsConfig entry for a network other than the NetworkMode's (it was dropped).
 The lab is tests/executor/test_local_networks.py's (bridges in a namespace the test makes)."""
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ async def test_run_with_links_on_a_user_network(docker: LocalDocker) -> None:  #
         _, out, _ = await docker.run("exec", "db", "sh", "-c", LOOKUP.format(names="database"))
         assert out == "database=\n"                       # a link is the linking container's own
 
+        code, _, err = await docker.run("run", "--rm", "--network", "back", "--network", "nosuch", "busybox", "true",
+                                        ok=False)          # a second network is refused, not dropped
+        assert code == 125 and "network nosuch not found, or not the container's NetworkMode (back)" in err
         code, _, err = await docker.run("run", "--rm", "--link", "db:database", "busybox", "true", ok=False)
         assert code == 125 and "legacy links (--link, HostConfig.Links) are not supported on network" in err
         code, _, err = await docker.run("run", "--rm", "--network", "host", "--link", "db:x", "busybox", "true",

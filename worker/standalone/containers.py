@@ -48,6 +48,7 @@ from worker.standalone.create import (
     container_name,
     from_body,
     labels_match,
+    stray_endpoints,
     with_links,
 )
 
@@ -174,6 +175,11 @@ class StandaloneContainers:
                 netns_path, attached = await self.networks.join(cid, name, mode, endpoints)
             except ApiError as e:     # not a 404: the CLI takes a 404 from create for a missing image
                 raise ApiError(400 if e.status == 404 else e.status, e.message) from None
+            if stray := stray_endpoints(endpoints, mode, attached):
+                await self.networks.release(cid)
+                raise ApiError(400, f"network {stray[0]} not found, or not the container's NetworkMode "
+                                    f"({mode or 'default'}): NetworkingConfig.EndpointsConfig may only name that "
+                                    "network (docker network connect adds others)")
             # a swarm overlay's entry brings the embedded DNS's resolv.conf (worker.localnet)
             resolv = next((r for e in attached if (r := e.pop("resolv_conf", ""))), "")
             ctl = self.executor.controller(replace(made.config, netns_path=netns_path, networks=attached,

@@ -220,6 +220,17 @@ def with_links(endpoints: Any, mode: str, links: list[str]) -> Any:
     return merged
 
 
+def stray_endpoints(endpoints: Any, mode: str, attached: list[dict[str, Any]]) -> list[str]:
+    """EndpointsConfig's keys that name no network the container was attached to (its
+    NetworkMode's): refused rather than silently dropped (an unknown one is an error in dockerd)."""
+    if not isinstance(endpoints, dict):
+        return []
+    known = {mode, *(str(e.get(k, "")) for e in attached for k in ("id", "name"))}
+    if mode in ISOLATED_MODES:
+        known.update(ISOLATED_MODES)
+    return [key for key in endpoints if key not in known]
+
+
 def _console_size(host: dict[str, Any]) -> tuple[int, int] | None:
     size = host.get("ConsoleSize")
     if isinstance(size, list) and len(size) == 2 and all(isinstance(n, int) and n > 0 for n in size):
