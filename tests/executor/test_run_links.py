@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+import aiohttp
+
 from tests.executor.conftest import needs_root_and_runc
 from tests.executor.test_local_networks import LOOKUP, LocalDocker, docker, host_ns  # noqa: F401  (fixtures)
 
@@ -40,3 +42,25 @@ async def test_run_with_links_on_a_user_network(docker: LocalDocker) -> None:  #
     finally:
         await docker.run("rm", "-f", "db", "app", ok=False)
         await docker.run("network", "rm", "back")
+
+
+async def test_config_mac_address_goes_to_the_default_bridge_endpoint(docker: LocalDocker) -> None:  # noqa: F811
+    path = docker.env["DOCKER_HOST"].removeprefix("unix://")
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=path)) as session:
+        async with session.post("http://d/v1.47/containers/create", json={     # docker-py's mac_address=
+                "Image": "busybox", "Cmd": ["sleep", "1000"], "MacAddress": "02:42:ac:11:00:0a"}) as resp:
+            assert resp.status == 201, await resp.text()
+            cid = (await resp.json())["Id"]
+        async with session.post("http://d/v1.47/containers/create", json={
+                "Image": "busybox", "MacAddress": "02:42:ac:11:00:0b", "HostConfig": {"NetworkMode": "host"}}) as resp:
+            assert resp.status == 400
+            assert "conflicting options: mac-address and the network mode" in (await resp.json())["message"]
+    try:
+        await docker.run("start", cid)
+        settings = json.loads((await docker.run("inspect", cid))[1])[0]["NetworkSettings"]
+        assert settings["MacAddress"] == settings["Networks"]["bridge"]["MacAddress"] == "02:42:ac:11:00:0a"
+        assert settings["IPAddress"] == settings["Networks"]["bridge"]["IPAddress"] != ""
+        _, out, _ = await docker.run("exec", cid, "sh", "-c", "ip link show eth0 | grep -o 'ether [0-9a-f:]*'")
+        assert out == "ether 02:42:ac:11:00:0a\n"
+    finally:
+        await docker.run("rm", "-f", cid)

@@ -188,6 +188,20 @@ def _network_settings(view: ContainerView) -> dict[str, Any]:
     return {"Networks": {}} if view.config.netns_path else {"Networks": {"none": {}}}
 
 
+LEGACY_FIELDS = {"EndpointID": "", "Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+                 "IPAddress": "", "IPPrefixLen": 0, "IPv6Gateway": "", "MacAddress": ""}
+
+
+def _default_bridge_fields(view: ContainerView) -> dict[str, Any]:
+    """Inspect's deprecated top-level NetworkSettings fields: the default bridge's endpoint's
+    (empty when the container is not on it), as dockerd still shows them up to API 1.51."""
+    bridge = next((n for n in view.config.networks if n.get("name") == "bridge"), None)
+    if bridge is None:
+        return dict(LEGACY_FIELDS)
+    endpoint = _endpoint(view, bridge)
+    return {key: endpoint[key] for key in LEGACY_FIELDS}
+
+
 def _network_mode(view: ContainerView) -> str:
     return str(((view.standalone or {}).get("HostConfig") or {}).get("NetworkMode") or "default")
 
@@ -264,7 +278,7 @@ def inspect(view: ContainerView) -> dict[str, Any]:
             "StopSignal": c.stop_signal, "StopTimeout": int(c.stop_grace),
         },
         "NetworkSettings": {"Bridge": "", "SandboxID": "", "SandboxKey": c.netns_path,
-                            "Ports": {}, **_network_settings(view)},
+                            "Ports": {}, **_network_settings(view), **_default_bridge_fields(view)},
     }
     if view.standalone is not None:      # what docker create asked for, as dockerd echoes it
         doc["Config"].update(view.standalone.get("Config") or {})

@@ -168,7 +168,8 @@ class StandaloneContainers:
                 if isinstance(body.get("NetworkingConfig"), dict) else None
             try:
                 made = from_body(cid, name, body, ref, image_config, layers, now=time.time(), netns_path="")
-                endpoints = with_links(endpoints, mode, made.record["HostConfig"]["Links"] or [])
+                endpoints = with_links(endpoints, mode, made.record["HostConfig"]["Links"] or [],
+                                       body.get("MacAddress"))
             except CreateError as e:
                 raise ApiError(e.status, e.message) from None
             try:

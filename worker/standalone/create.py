@@ -203,10 +203,15 @@ def legacy_links(host: dict[str, Any]) -> list[str]:
     return list(links)
 
 
-def with_links(endpoints: Any, mode: str, links: list[str]) -> Any:
+def with_links(endpoints: Any, mode: str, links: list[str], mac: Any = None) -> Any:
     """NetworkingConfig.EndpointsConfig with HostConfig.Links added to the `mode` network's entry
-    (the docker CLI sends them in both places: each once)."""
-    if not links:
+    (the docker CLI sends them in both places: each once), and the deprecated top-level
+    Config.MacAddress moved there unless the entry has one, as dockerd does from API 1.44 on."""
+    if mac is not None and not isinstance(mac, str):
+        raise CreateError(400, "MacAddress must be a string")
+    if mac and (mode in ("host", "none") or mode.startswith("container:")):
+        raise CreateError(400, "conflicting options: mac-address and the network mode")
+    if not links and not mac:
         return endpoints
     merged = dict(endpoints) if isinstance(endpoints, dict) else {}
     key = mode if mode in merged or len(merged) != 1 else next(iter(merged))
@@ -216,7 +221,8 @@ def with_links(endpoints: Any, mode: str, links: list[str]) -> Any:
     given = entry.get("Links") or []
     if not isinstance(given, list):
         raise CreateError(400, 'EndpointConfig.Links must be a list of "container:alias" strings')
-    merged[key] = {**entry, "Links": [*given, *(link for link in links if link not in given)]}
+    merged[key] = {**entry, "Links": [*given, *(link for link in links if link not in given)] or None,
+                   "MacAddress": entry.get("MacAddress") or mac or ""}
     return merged
 
 
