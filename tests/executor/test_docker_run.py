@@ -148,11 +148,12 @@ async def test_attach_to_a_running_container_and_prune(docker: Docker) -> None:
         proc.stdin.close()                                  # stdin ends: the loop ends
         rest, _ = await proc.communicate()
     assert rest == b"bye\n" and proc.returncode == 0
-    await docker.run("run", "--name", "done", "busybox", "true")
+    await docker.run("run", "--name", "done", "busybox", "sh", "-c", "head -c 3000 /dev/zero > /blob")
     _, out, _ = await docker.run("ps", "-a", "--format", "{{.Names}}")
     assert sorted(out.split()) == ["done", "echoer"]
     _, out, _ = await docker.run("container", "prune", "-f")
     assert out.count("\n") >= 3 and await ids(docker) == []
+    assert "Total reclaimed space: 3kB" in out          # the writable layers' bytes (/blob's)
 
 
 async def test_bad_input(docker: Docker) -> None:
