@@ -18,13 +18,18 @@ from cli.lab import Lab
 from tests.swarm import chaos
 from tests.swarm.helpers import eventually, load_busybox_everywhere, set_heartbeat
 
-# After an undo (heal, restart), the seconds within which the swarm must have converged. The issue
-# asks for 10 s. Measured on a loaded 2-core machine over 5 seeds and ~170 episodes (2026-12-07):
-# most under 3 s, 6 over 10 s, the worst 13.5 s, all after a manager was cut off or the leader
-# killed (an election, then workers' sessions move, nodes marked down after 3 heartbeats of 1 s,
-# replacements after the 0.5 s restart delay, stops of replaced tasks with a 2 s grace). 20 s
-# keeps the check meaningful without flaking; SHOAL_CHAOS_CONVERGE_BOUND=10 asks for the issue's.
-CONVERGE_BOUND = float(os.environ.get("SHOAL_CHAOS_CONVERGE_BOUND", "20"))
+# After an undo (heal, restart), the seconds within which the swarm must have converged: the
+# issue's 10 s. Measured from the undo, so it includes the driver's operation in flight then (a
+# write forwarded through a manager that was cut off waits for TCP's next retransmission after
+# the heal). Session 4 saw rounds of up to 13.5 s after leader kills and manager cuts on a loaded
+# machine. Causes found and fixed in session 5: agents looped on the dead leader that followers
+# still named during each election (~50 TLS connects a second per agent on every node); the
+# driver retried "update out of sequence" (a definite refusal) for its whole budget; data queued
+# into a partition (forwarded writes, Raft appends) waited after the heal for TCP's doubled
+# retransmission timeout (now capped at 1 s, rpc/liveness.py and raft/transport.py). Since then
+# most rounds take under 1 s and the worst seen was 3.9 s (load average ~5 on 2 cores).
+# SHOAL_CHAOS_CONVERGE_BOUND=N overrides it.
+CONVERGE_BOUND = float(os.environ.get("SHOAL_CHAOS_CONVERGE_BOUND", "10"))
 GIVE_UP = 90.0  # how long a failing convergence is watched, to report what stayed wrong
 
 
