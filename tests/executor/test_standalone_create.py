@@ -73,6 +73,12 @@ def test_binds_volumes_and_tmpfs() -> None:
     ({"HostConfig": {"PortBindings": {"80/tcp": [{"HostPort": "8080"}]}}}, "publishing ports (-p)"),
     ({"HostConfig": {"Privileged": True}}, "--privileged (HostConfig.Privileged) is not supported"),
     ({"HostConfig": {"PidMode": "host"}}, "--pid"),
+    ({"HostConfig": {"Init": True}}, "--init (HostConfig.Init) is not supported"),       # was silently dropped
+    ({"HostConfig": {"CpuShares": 512}}, "--cpu-shares (HostConfig.CpuShares) is not supported"),
+    ({"HostConfig": {"Runtime": "runsc"}}, "--runtime (HostConfig.Runtime) is not supported"),
+    ({"HostConfig": {"Links": ["a:b"]}}, "legacy links (--link, HostConfig.Links) are not supported on network"),
+    ({"HostConfig": {"Links": ["a:b"], "NetworkMode": "container:x"}}, "container type network can't be used"),
+    ({"HostConfig": {"Links": "a:b", "NetworkMode": "mine"}}, 'HostConfig.Links must be a list of "container:alias"'),
     ({"WorkingDir": "relative"}, "the working directory 'relative' is invalid"),
     ({"User": 5}, "User must be a string"),
     ({"Cmd": [1]}, "Cmd must be a list of strings"),
@@ -113,5 +119,6 @@ def test_what_dockerd_echoes_env_without_value_tmpfs_log_config() -> None:
 
 def test_unset_options_sent_by_clients_are_accepted() -> None:
     made = make({"HostConfig": {"PortBindings": {}, "Privileged": False, "CapAdd": None, "PidMode": "",
-                                "IpcMode": "private", "Links": None, "Devices": []}})
+                                "IpcMode": "private", "Links": None, "Devices": [], "Init": None, "CpuShares": 0,
+                                "Runtime": "runc", "CgroupnsMode": "", "VolumeDriver": "", "ShmSize": 0}})
     assert made.config.args == ["sh"]

@@ -144,7 +144,13 @@ def _extra_hosts(host: dict[str, Any]) -> list[str]:
 UNSUPPORTED = (("PortBindings", "publishing ports (-p)"), ("PublishAllPorts", "publishing ports (-P)"),
                ("Privileged", "--privileged"), ("CapAdd", "--cap-add"), ("PidMode", "--pid"),
                ("VolumesFrom", "--volumes-from"), ("Devices", "--device"),
-               ("IpcMode", "--ipc"), ("UTSMode", "--uts"), ("GroupAdd", "--group-add"))
+               ("IpcMode", "--ipc"), ("UTSMode", "--uts"), ("GroupAdd", "--group-add"), ("Init", "--init"),
+               ("CpuShares", "--cpu-shares"), ("CpusetCpus", "--cpuset-cpus"), ("CpusetMems", "--cpuset-mems"),
+               ("CpuQuota", "--cpu-quota"), ("CpuPeriod", "--cpu-period"), ("BlkioWeight", "--blkio-weight"),
+               ("OomKillDisable", "--oom-kill-disable"), ("DeviceCgroupRules", "--device-cgroup-rule"),
+               ("CgroupnsMode", "--cgroupns"), ("Runtime", "--runtime"), ("VolumeDriver", "--volume-driver"),
+               ("ShmSize", "--shm-size"))
+DEFAULT_MODES = ("", "default", "private", "shareable", "runc", "local")   # what UNSUPPORTED's keys may say
 SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
 LOG_DRIVERS = ("", "json-file", "k8s-file")
 
@@ -261,7 +267,7 @@ def from_body(cid: str, name: str, body: Any, image_ref: str, image_config: dict
         raise CreateError(400, f"restart policy {policy!r} is not supported by shoal's standalone "
                                "containers (only \"no\"); run it as a swarm service to have it restarted")
     for key, flag in UNSUPPORTED:
-        if host.get(key) and host.get(key) not in ("", "default", "private", "shareable"):
+        if host.get(key) and host.get(key) not in DEFAULT_MODES:
             raise CreateError(400, f"{flag} (HostConfig.{key}) is not supported by shoal's standalone containers")
     links = legacy_links(host)
     auto_remove = bool(host.get("AutoRemove"))
