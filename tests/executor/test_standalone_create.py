@@ -74,6 +74,8 @@ def test_binds_volumes_and_tmpfs() -> None:
     ({"HostConfig": {"Privileged": True}}, "--privileged (HostConfig.Privileged) is not supported"),
     ({"HostConfig": {"PidMode": "host"}}, "--pid"),
     ({"HostConfig": {"Init": True}}, "--init (HostConfig.Init) is not supported"),       # was silently dropped
+    ({"HostConfig": {"Mounts": [{"Type": "volume", "Source": "v", "Target": "/v",
+                                 "VolumeOptions": {"Subpath": "sub"}}]}}, "VolumeOptions.Subpath"),
     ({"HostConfig": {"CpuShares": 512}}, "--cpu-shares (HostConfig.CpuShares) is not supported"),
     ({"HostConfig": {"Runtime": "runsc"}}, "--runtime (HostConfig.Runtime) is not supported"),
     ({"HostConfig": {"Links": ["a:b"]}}, "legacy links (--link, HostConfig.Links) are not supported on network"),

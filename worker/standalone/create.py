@@ -104,6 +104,10 @@ def _mounts(config: dict[str, Any], host: dict[str, Any]) -> list[MountSpec]:
     specs = host.get("Mounts") or []
     if not isinstance(specs, list) or not all(isinstance(m, dict) for m in specs):
         raise CreateError(400, "HostConfig.Mounts must be a list of objects")
+    for spec in specs:       # refused rather than mounting the whole volume
+        if isinstance(spec.get("VolumeOptions"), dict) and spec["VolumeOptions"].get("Subpath"):
+            raise CreateError(400, "invalid mount config: VolumeOptions.Subpath (a volume's subpath) is not "
+                                   "supported by shoal's standalone containers")
     try:
         mounts += [resolve_mount(m) for m in specs]
     except (ConfigError, ValueError, TypeError, AttributeError) as e:
