@@ -232,3 +232,15 @@ async def test_logs_of_a_tty_container_are_raw(docker: Docker) -> None:
     _, out, _ = await docker.run("logs", "--tail", "1", "-t", "teletype")
     assert out.endswith(" two\r\n") and "\x01" not in out and "\x02" not in out
     await docker.run("rm", "teletype")
+
+
+async def test_log_driver_none(docker: Docker) -> None:
+    _, out, _ = await docker.run("run", "--rm", "--log-driver", "none", "busybox", "echo", "still attached")
+    assert out == "still attached\n"                     # attach does not need the log
+    await docker.run("run", "-d", "--name", "unlogged", "--log-driver", "none", "busybox", "echo", "hi")
+    await docker.run("wait", "unlogged")
+    _, out, _ = await docker.run("inspect", "-f", "{{.HostConfig.LogConfig.Type}}", "unlogged")
+    assert out == "none\n"
+    code, _, err = await docker.run("logs", "unlogged", ok=False)
+    assert code == 1 and "configured logging driver does not support reading" in err
+    await docker.run("rm", "unlogged")

@@ -122,6 +122,8 @@ def add_routes(routes: Routes, containers: LocalContainers,
 
     async def logs(request: web.Request) -> web.StreamResponse:
         view, _ = await containers.get(request.match_info["id"])
+        if (((view.standalone or {}).get("HostConfig") or {}).get("LogConfig") or {}).get("Type") == "none":
+            raise ApiError(501, "configured logging driver does not support reading")
         want_out, want_err = query_bool(request, "stdout"), query_bool(request, "stderr")
         if not want_out and not want_err:
             raise ApiError(400, "Bad parameters: you must choose at least one stream")

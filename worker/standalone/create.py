@@ -156,7 +156,7 @@ UNSUPPORTED = (("PortBindings", "publishing ports (-p)"), ("PublishAllPorts", "p
                ("ShmSize", "--shm-size"))
 DEFAULT_MODES = ("", "default", "private", "shareable", "runc", "local")   # what UNSUPPORTED's keys may say
 SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
-LOG_DRIVERS = ("", "json-file", "k8s-file")
+LOG_DRIVERS = ("", "json-file", "k8s-file", "none")   # none: `docker logs` refuses to read (dockerd)
 
 
 def _tmpfs_size(target: str, options: Any) -> int:
@@ -182,7 +182,7 @@ def _log_config(host: dict[str, Any]) -> dict[str, Any]:
     options = config.get("Config") or {}
     if not isinstance(options, dict):
         raise CreateError(400, "HostConfig.LogConfig.Config must be an object")
-    return {"Type": "json-file", "Config": options}
+    return {"Type": "none" if driver == "none" else "json-file", "Config": options}
 
 
 def _count(host: dict[str, Any], key: str, *, allow_negative: bool = False) -> int:
