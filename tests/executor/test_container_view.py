@@ -130,6 +130,10 @@ def test_inspect_shape() -> None:
     assert doc["State"]["Status"] == "running" and doc["State"]["Pid"] == 42
     assert doc["State"]["FinishedAt"] == "0001-01-01T00:00:00Z"     # running: never finished
     assert doc["Config"]["Labels"]["com.docker.swarm.task.id"] == "abc123" and doc["Image"].startswith("sha256:")
+    assert doc["Config"]["Tty"] is False and doc["NetworkSettings"]["IPAddress"] == ""
+    plain = view("a2", "web.2.a2")
+    with_tty = replace(plain, config=replace(plain.config, tty=True))     # a service's --tty
+    assert inspect(with_tty)["Config"]["Tty"] is True       # the docker CLI reads its logs raw by this
 
 
 def test_ps_output_keeps_the_container_pids_and_the_spaces_of_the_command() -> None:
