@@ -74,6 +74,7 @@ def test_binds_volumes_and_tmpfs() -> None:
     ({"HostConfig": {"Privileged": True}}, "--privileged (HostConfig.Privileged) is not supported"),
     ({"HostConfig": {"PidMode": "host"}}, "--pid"),
     ({"HostConfig": {"Init": True}}, "--init (HostConfig.Init) is not supported"),       # was silently dropped
+    ({"HostConfig": {"CgroupnsMode": "private"}}, "--cgroupns=private (HostConfig.CgroupnsMode) is not supported"),
     ({"HostConfig": {"Mounts": [{"Type": "volume", "Source": "v", "Target": "/v",
                                  "VolumeOptions": {"Subpath": "sub"}}]}}, "VolumeOptions.Subpath"),
     ({"HostConfig": {"CpuShares": 512}}, "--cpu-shares (HostConfig.CpuShares) is not supported"),

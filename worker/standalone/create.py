@@ -273,6 +273,9 @@ def from_body(cid: str, name: str, body: Any, image_ref: str, image_config: dict
     for key, flag in UNSUPPORTED:
         if host.get(key) and host.get(key) not in DEFAULT_MODES:
             raise CreateError(400, f"{flag} (HostConfig.{key}) is not supported by shoal's standalone containers")
+    if host.get("CgroupnsMode") not in (None, "", "host"):      # the bundle makes no cgroup namespace
+        raise CreateError(400, f"--cgroupns={host['CgroupnsMode']} (HostConfig.CgroupnsMode) is not supported by "
+                               "shoal's standalone containers (only host)")
     links = legacy_links(host)
     auto_remove = bool(host.get("AutoRemove"))
     entrypoint = _strings(body.get("Entrypoint"), "Entrypoint")
@@ -350,7 +353,7 @@ def from_body(cid: str, name: str, body: Any, image_ref: str, image_config: dict
     echoed_host: dict[str, Any] = {
         "Binds": binds,
         "NetworkMode": str(host.get("NetworkMode") or "default"), "AutoRemove": auto_remove,
-        "Links": links or None,
+        "Links": links or None, "Runtime": "runc", "CgroupnsMode": "host",
         "RestartPolicy": {"Name": policy or "no", "MaximumRetryCount": 0},
         "ExtraHosts": _strings(host.get("ExtraHosts"), "HostConfig.ExtraHosts"),
         "LogConfig": _log_config(host), "Tmpfs": host.get("Tmpfs") or None,
