@@ -7,16 +7,20 @@ when a signal N ended it), which is recorded before the connection closes: the d
 asks `GET /exec/{id}/json` for the code as soon as its stream ends.
   - Without a TTY, stdin/stdout/stderr are pipes; output goes out in the multiplexed frames of
     engineapi.logframes; the client's half-close closes the process's stdin.
-  - With a TTY, runc needs a terminal of its own to relay (it refuses to make the container's
-    pty otherwise): the daemon opens a pty pair, hands the slave (raw) to runc as its stdio,
-    and relays the master to and from the connection unframed. A resize sets the master's
-    window size and sends SIGWINCH to runc, which copies the size into the container's pty.
+  - With a TTY, `runc exec --tty --detach --console-socket` sends the master of the
+    container's pty to the daemon (SCM_RIGHTS), which relays it to and from the connection
+    unframed: one terminal, so ONLCR turns "\n" into "\r\n" once (a pty of the daemon's
+    between runc and the client translated output again until runc cleared ONLCR: "\r\r\n").
+    runc exits once the process runs; `exec_reaper`, the subreaper runc runs under, inherits
+    the process and exits with its code. A resize sets the master's window size (the kernel
+    sends SIGWINCH).
     The client's half-close sends an end-of-file (^D). The input is scanned for the detach keys
     (`detach_keys`, ctrl-p,ctrl-q by default, as dockerd, TTY only): on them the client is let go
     (`detached` is set, output goes nowhere from then on) and the process runs on, unattended.
   - A process runc could not start (missing command, not executable) ends runc with 255 before
     runc wrote the pid file; that is recorded as 126, as dockerd records any exec start failure,
-    and runc's message (its log goes to a file, so stderr gets the plain text) reaches the client.
+    and runc's message (its log goes to a file, so stderr gets the plain text) reaches the client
+    (with a TTY: read from the helper's stderr, sent after the pty's output).
 `ExecRegistry` holds the instances (the finished ones until they are pruned, oldest first past
 `KEEP_FINISHED`) and owns the tasks of detached ones; `close()` cancels them (the processes get
 SIGKILL). An attached instance is run by its request handler.
@@ -30,10 +34,13 @@ import errno
 import fcntl
 import os
 import secrets
+import shutil
 import signal
+import socket
 import struct
+import sys
+import tempfile
 import termios
-import tty
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +48,7 @@ from typing import Any
 
 from aio import cancel_and_wait
 from engineapi.logframes import STDERR, STDOUT, frame
-from worker.executor import detach_keys
+from worker.executor import detach_keys, exec_reaper
 from worker.executor.controller import ContainerController
 from worker.executor.spec import ConfigError, resolve_user
 
@@ -160,11 +167,11 @@ class ExecInstance:
                                   "privileged": c.privileged, "user": c.user}}
 
     # ---- running ---------------------------------------------------------------------------
-    def _argv(self) -> list[str]:
+    def _argv(self, console: str = "") -> list[str]:
         c = self.config
         args = ["exec", "--pid-file", str(self.pid_file)]
-        if c.tty:
-            args.append("--tty")
+        if console:
+            args += ["--tty", "--detach", "--console-socket", console]
         if c.workdir:
             args += ["--cwd", c.workdir]
         for entry in c.env:
@@ -268,20 +275,40 @@ class ExecInstance:
             await self._end(proc, feeding)
 
     async def _run_tty(self, read: Read | None) -> int:
-        master, slave = os.openpty()
+        """runc makes the container's pty and sends its master over a console socket; the process
+        runs under `exec_reaper`, whose exit code is the process's."""
+        sock_dir = tempfile.mkdtemp(prefix="shoal-exec-")     # short: a socket path has 108 bytes
+        console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        master = -1
         try:
-            tty.setraw(slave)
+            path = os.path.join(sock_dir, "console.sock")
+            console.bind(path)
+            console.listen(1)
+            console.setblocking(False)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-I", exec_reaper.__file__, str(self.pid_file), *self._argv(console=path),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True)
+            self._proc = proc
+            try:
+                master = await self._receive_master(console, proc)
+            except BaseException:
+                await self._end(proc, None)
+                raise
+        finally:
+            console.close()
+            shutil.rmtree(sock_dir, ignore_errors=True)
+        if master < 0:                      # runc failed before it made the pty
+            return await self._helper_exit(proc)
+        try:
             if self.config.console_size:
                 set_window(master, *self.config.console_size)
-            proc = await asyncio.create_subprocess_exec(
-                *self._argv(), stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+            os.set_blocking(master, False)
         except BaseException:
             os.close(master)
+            await self._end(proc, None)
             raise
-        finally:
-            os.close(slave)
-        self._proc, self._master = proc, master
-        os.set_blocking(master, False)
+        self._master = master
 
         scanner = detach_keys.EscapeScanner(detach_keys.parse(self.config.detach_keys or detach_keys.DEFAULT))
 
@@ -301,11 +328,54 @@ class ExecInstance:
         try:
             while chunk := await _read_fd(master):
                 await self._emit(frame(STDOUT, chunk) if self._framed else chunk)
-            return await proc.wait()
+            return await self._helper_exit(proc)
         finally:
             self._master = -1
             await self._end(proc, feeding)
             os.close(master)
+
+    async def _helper_exit(self, proc: asyncio.subprocess.Process) -> int:
+        """The helper's exit code, after passing on what it (runc) wrote to stderr: why the
+        process could not start."""
+        code = await proc.wait()
+        assert proc.stderr is not None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):       # nothing else holds the pipe once the helper ends
+                message = await proc.stderr.read()
+                if message:
+                    await self._emit(frame(STDOUT, message) if self._framed else message)
+        return code
+
+    @staticmethod
+    async def _receive_master(console: socket.socket, proc: asyncio.subprocess.Process) -> int:
+        """The pty master runc sends over `console`; -1 if the helper ends first (runc failed)."""
+        loop = asyncio.get_running_loop()
+        accepting = asyncio.ensure_future(loop.sock_accept(console))
+        ending = asyncio.ensure_future(proc.wait())
+        try:
+            await asyncio.wait({accepting, ending}, return_when=asyncio.FIRST_COMPLETED)
+            if not accepting.done():
+                return -1
+            conn, _ = accepting.result()
+        finally:
+            await cancel_and_wait([accepting, ending])
+        with conn:
+            while True:
+                try:
+                    _, fds, _, _ = socket.recv_fds(conn, 1024, 1)
+                except BlockingIOError:
+                    ready: asyncio.Future[None] = loop.create_future()
+                    loop.add_reader(conn.fileno(), _set, ready)
+                    try:
+                        await ready
+                    finally:
+                        loop.remove_reader(conn.fileno())
+                    continue
+                if not fds:
+                    raise ExecError(500, "exec failed: runc sent no console")
+                for extra in fds[1:]:
+                    os.close(extra)
+                return fds[0]
 
     async def _end(self, proc: asyncio.subprocess.Process, feeding: asyncio.Future[None] | None) -> None:
         """Stop feeding input; if the process is still there (cancelled), kill it and runc."""
@@ -326,9 +396,7 @@ class ExecInstance:
             raise ExecError(409, f"Exec {self.id} is not running")
         if self._master < 0:
             return                 # no TTY: nothing to resize, as dockerd
-        set_window(self._master, height, width)
-        with contextlib.suppress(ProcessLookupError):
-            self._proc.send_signal(signal.SIGWINCH)
+        set_window(self._master, height, width)     # the kernel signals SIGWINCH to the process
 
 
 class ExecRegistry:
