@@ -6,13 +6,16 @@ the container's pty came out as "\\r\\r\\n" in about half the runs (issue 13): 2
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import aiohttp
 
 from tests.executor.conftest import needs_root_and_runc
 from tests.executor.test_container_api import Docker, api, task_container  # noqa: F401
-from worker.executor import ContainerController
+from tests.support.wait import async_wait_until
+from worker.executor import ContainerController, Executor
+from worker.executor.exec_sessions import ExecConfig, ExecInstance, ExecRegistry
 
 pytestmark = needs_root_and_runc()
 
@@ -67,3 +70,30 @@ async def test_exec_tty_start_failure_resize_and_pid(api: str,  # noqa: F811
         async with http.get(f"http://d/v1.47/exec/{exec_id}/json") as resp:
             doc = await resp.json()
         assert (doc["ExitCode"], doc["Running"]) == (0, False)
+
+
+async def test_closing_the_registry_kills_a_running_tty_exec(executor: Executor,
+                                                            task_container: ContainerController) -> None:  # noqa: F811
+    """A TTY exec nobody waits for ends with the registry: its process and the helper are killed."""
+    registry = ExecRegistry()
+    instance = ExecInstance(task_container, ExecConfig(cmd=["sleep", "1000"], tty=True))
+    registry.add(instance)
+    instance.claim()
+    codes: list[int] = []
+    registry.start_detached(instance, codes.append)
+
+    async def started() -> int:
+        return instance.pid
+
+    pid = await async_wait_until(started, timeout=20, what="the exec's pid")
+    await registry.close()
+    assert instance.exit_code == 137 and not instance.running and codes == [137]
+
+    async def gone() -> bool:
+        try:
+            os.kill(pid, 0)                 # a zombie not yet reaped still answers
+        except ProcessLookupError:
+            return True
+        return False
+
+    await async_wait_until(gone, timeout=10, what="the exec's process to be reaped")

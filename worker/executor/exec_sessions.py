@@ -378,7 +378,8 @@ class ExecInstance:
                 return fds[0]
 
     async def _end(self, proc: asyncio.subprocess.Process, feeding: asyncio.Future[None] | None) -> None:
-        """Stop feeding input; if the process is still there (cancelled), kill it and runc."""
+        """Stop feeding input; if the process is still there (cancelled), kill it and runc
+        (with a TTY: and `exec_reaper`)."""
         if feeding is not None:
             feeding.cancel()
             await asyncio.gather(feeding, return_exceptions=True)
@@ -387,8 +388,8 @@ class ExecInstance:
             if pid:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+            with contextlib.suppress(ProcessLookupError):    # its session: runc, and runc init if the
+                os.killpg(proc.pid, signal.SIGKILL)          # process had not started (no pid yet)
             await asyncio.shield(proc.wait())
 
     def resize(self, height: int, width: int) -> None:
