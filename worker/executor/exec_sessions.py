@@ -1,11 +1,12 @@
 """`docker exec` processes: one `runc exec` each, attached to a hijacked connection or detached.
 
 Theory of operation: an `ExecInstance` is what `POST /containers/{id}/exec` creates (dockerd's
-exec config); `start` runs it once. The process is `runc exec` in the container, a child of the
-daemon in its own session, so runc forwards signals to it and exits with its exit code (128+N
-when a signal N ended it), which is recorded before the connection closes: the docker CLI
-asks `GET /exec/{id}/json` for the code as soon as its stream ends.
-  - Without a TTY, stdin/stdout/stderr are pipes; output goes out in the multiplexed frames of
+exec config); `start` runs it once, through `runc exec` in its own session. Its exit code (128+N
+when a signal N ended it) is recorded before the connection closes: the docker CLI asks
+`GET /exec/{id}/json` for the code as soon as its stream ends.
+  - Without a TTY, runc runs in the foreground, a child of the daemon: it forwards signals to
+    the process and exits with its code.
+    Stdin/stdout/stderr are pipes; output goes out in the multiplexed frames of
     engineapi.logframes; the client's half-close closes the process's stdin.
   - With a TTY, `runc exec --tty --detach --console-socket` sends the master of the
     container's pty to the daemon (SCM_RIGHTS), which relays it to and from the connection
