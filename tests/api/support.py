@@ -52,6 +52,9 @@ class StoreCluster:
     def leader_node_id(self) -> str:
         return NODE_ID
 
+    async def read_barrier(self) -> None:
+        """One store, no Raft: every write is already in it."""
+
 
 class ActiveManager:
     def swarm_info(self) -> dict[str, Any]:
