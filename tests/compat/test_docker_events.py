@@ -121,7 +121,10 @@ def test_docker_events_stream_service_node_and_container_events(docker_lab: Lab)
     # Swarm events are kept with the container events in the node's history: a `since` in the
     # past replays them (each manager records its store's events).
     for manager in ("manager-1",):
-        replay = docker(lab, manager, "events", "--since", f"{began:.3f}", "--until", "0s", "--filter",
+        # `--until 0s` would send the current whole second (the CLI drops the fraction), which cuts
+        # off events of this second and can even fall before `since`: the next whole second instead.
+        until = str(int(time.time()) + 1)
+        replay = docker(lab, manager, "events", "--since", f"{began:.3f}", "--until", until, "--filter",
                         "type=service", "--filter", "service=ev", "--format", "{{json .}}")
         assert replay.returncode == 0, replay.stderr
         past = [json.loads(line) for line in replay.stdout.splitlines()]
