@@ -7,6 +7,7 @@ thread."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import docker
@@ -47,6 +48,12 @@ async def test_docker_py_runs_standalone_containers(docker_cli: Docker, tmp_path
             c.reload()
             assert c.name == "pyrun2"
             c.restart(timeout=5)
+            # SIGTERM before the restarted shell set its trap would be lost on PID 1 (137 after the
+            # grace): stop only once it said it is ready again.
+            deadline = time.monotonic() + 20
+            while c.logs() != b"ready\nready\n":
+                assert time.monotonic() < deadline, c.logs()
+                time.sleep(0.05)
             c.stop(timeout=5)
             assert c.wait()["StatusCode"] == 0
             assert c.logs() == b"ready\nready\n"
