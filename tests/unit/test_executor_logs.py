@@ -76,6 +76,25 @@ async def test_follow_ends_when_finished_and_drained(tmp_path: Path) -> None:
     assert got == [b"first", b"second"]
 
 
+async def test_follow_reads_what_was_written_before_the_container_and_its_log_were_removed(tmp_path: Path) -> None:
+    log = tmp_path / "c.log"
+    log.write_bytes(f"{TS} stdout F first\n".encode())
+    checks = 0
+
+    def finished() -> bool:     # the container exits, writes its last line, and is removed at once
+        nonlocal checks
+        checks += 1
+        if checks == 1:
+            with log.open("ab") as f:
+                f.write(f"{TS} stdout F last\n".encode())
+            log.unlink()
+            return True
+        return True
+
+    got = [e.message async for e in read_log(log, follow=True, finished=finished, poll_interval=0)]
+    assert got == [b"first", b"last"]
+
+
 def probe(code: int) -> ProbeResult:
     return ProbeResult("s", "e", code, "out")
 

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from engineapi.logframes import STDERR, STDOUT, details_text, frame
 
@@ -131,20 +132,32 @@ async def read_log(path: Path, *, tail: int | None = None, follow: bool = False,
     `tail` ones (None: all), then, with `follow`, new ones as they are written until
     `finished()` holds and everything written is read."""
     assembler = LineAssembler()
-    offset = 0
-    rest = b""
+    # The file is opened once and read on from that descriptor: a container removed while it is
+    # followed takes its log file with it, and what was written after the last read is still
+    # read (docker-py's `run(remove=True)` reads its follow stream only after the remove).
+    log_file: BinaryIO | None = None
 
     def read_new() -> bytes:
-        nonlocal offset
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                data = f.read()
-        except FileNotFoundError:
-            return b""
-        offset += len(data)
-        return data
+        nonlocal log_file
+        if log_file is None:
+            try:
+                log_file = open(path, "rb")     # held across reads, closed below
+            except FileNotFoundError:
+                return b""
+        return log_file.read()
 
+    try:
+        async for entry in _entries(read_new, assembler, tail=tail, follow=follow, finished=finished,
+                                    since=since, poll_interval=poll_interval):
+            yield entry
+    finally:
+        if log_file is not None:
+            log_file.close()
+
+
+async def _entries(read_new: Callable[[], bytes], assembler: LineAssembler, *, tail: int | None, follow: bool,
+                   finished: Callable[[], bool], since: float | None,
+                   poll_interval: float) -> AsyncIterator[LogEntry]:
     data = await asyncio.to_thread(read_new)
     cut = data.rfind(b"\n") + 1
     data, rest = data[:cut], data[cut:]
