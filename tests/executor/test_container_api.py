@@ -6,12 +6,12 @@ the test's own event loop, so the CLI runs as an asyncio subprocess."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
 import signal
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -340,13 +340,66 @@ async def test_docker_py_containers_and_exec(api: str, task_container: Container
                 client.api.exec_inspect("nosuch")
             container.kill(signal="SIGTERM")
             assert container.wait(timeout=20)["StatusCode"] == 0
-            # the exec's process dies with the container's PID 1; its runc exec reports that a
-            # moment after the container's own exit was recorded
-            deadline = time.monotonic() + 10
-            while client.api.exec_inspect(exec_id)["Running"]:
-                assert time.monotonic() < deadline, "the exec still runs after its container ended"
-                time.sleep(0.02)
+            assert client.api.exec_inspect(exec_id)["Running"] is False    # ended with its container
         finally:
             client.close()
 
     await asyncio.to_thread(drive)
+
+
+async def test_running_execs_end_with_their_container_before_wait_returns(api: str, executor: Executor,
+                                                                          busybox_layer: Path) -> None:
+    """As dockerd: the container's exit ends its running execs, so an inspect right after `wait`
+    returns sees them stopped (their own runc exec reports a moment later: the code is filled in
+    then, and Running stays false). Rounds with piped and TTY execs, as the order in which the
+    container's shim and the execs' runc notice the deaths varies."""
+    sock = api.removeprefix("unix://")
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=sock)) as http:
+        async def call(method: str, path: str, body: object = None) -> object:
+            async with http.request(method, f"http://d/v1.47{path}", json=body) as resp:
+                assert resp.status < 300, f"{method} {path}: {resp.status} {await resp.text()}"
+                return await resp.json() if resp.content_type == "application/json" else None
+
+        async def inspect(exec_id: str) -> dict[str, object]:
+            found = await call("GET", f"/exec/{exec_id}/json")
+            assert isinstance(found, dict)
+            return found
+
+        for _ in range(ROUNDS):
+            ctl = executor.controller(make_config(busybox_layer, ["sleep", "1000"]))
+            await ctl.prepare()
+            await ctl.start()
+            try:
+                execs = []
+                for tty in (False, False, True):
+                    made = await call("POST", f"/containers/{ctl.id}/exec", {"Cmd": ["sleep", "30"], "Tty": tty})
+                    assert isinstance(made, dict)
+                    await call("POST", f"/exec/{made['Id']}/start", {"Detach": True, "Tty": tty})
+                    execs.append(str(made["Id"]))
+                for exec_id in execs:      # the processes run (a kill before would fail their start)
+                    await async_wait_until(functools.partial(_exec_pid, inspect, exec_id), what="its pid")
+                await call("POST", f"/containers/{ctl.id}/kill?signal=KILL")
+                assert await call("POST", f"/containers/{ctl.id}/wait") == {"StatusCode": 137, "Error": None}
+                for exec_id in execs:
+                    found = await inspect(exec_id)
+                    assert (found["Running"], found["Pid"]) == (False, 0), found
+                container = await call("GET", f"/containers/{ctl.id}/json")
+                assert isinstance(container, dict) and container["ExecIDs"] is None
+                for exec_id in execs:      # each session ends and records its process's code
+                    ended = await async_wait_until(functools.partial(_exec_code, inspect, exec_id), what="its code")
+                    assert ended == (False, 137)
+            finally:
+                await ctl.remove()
+
+
+ROUNDS = 8
+
+
+async def _exec_pid(inspect: Callable[[str], Awaitable[dict[str, object]]], exec_id: str) -> object:
+    return (await inspect(exec_id))["Pid"]
+
+
+async def _exec_code(inspect: Callable[[str], Awaitable[dict[str, object]]],
+                     exec_id: str) -> tuple[object, object] | None:
+    found = await inspect(exec_id)
+    return (found["Running"], found["ExitCode"]) if found["ExitCode"] is not None else None

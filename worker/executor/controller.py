@@ -15,7 +15,9 @@ by a restarted daemon for an adopted container behaves exactly like the original
   - wait: the exit, observed through a pidfd on conmon (event driven), then the exit code
     conmon wrote plus the OOM-kill counter of the memory cgroup, recorded in `exit.json`
     before anything can delete the cgroup. With a health check, wait also probes and raises
-    `ContainerUnhealthy` once the container is unhealthy.
+    `ContainerUnhealthy` once the container is unhealthy. `on_exit`, when set, hears the
+    container's ID as the exit is recorded (by whichever controller records it first,
+    before any waiter learns of it).
   - shutdown: the stop signal, the grace period, then SIGKILL to every process.
   - remove: kill, record the exit, `runc delete`, unmount, release volumes, delete the dir.
 Errors are `ExecutorError`s with a one-line message for the task status, fatal to the task,
@@ -34,6 +36,7 @@ import os
 import resource
 import shutil
 import signal
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,6 +95,7 @@ class ContainerController:
         self.config = config
         self.id = config.id
         self.paths = layout.container(config.id)
+        self.on_exit: Callable[[str], None] | None = None
         self.health: HealthMonitor | None = (
             HealthMonitor(runc, config.id, config.healthcheck, self.paths.state / "health.json")
             if config.healthcheck else None)
@@ -138,6 +142,8 @@ class ContainerController:
                                 error or "container exited without a recorded exit code")
         if self.paths.state.is_dir():
             _write_atomic(self.paths.exit_record, json.dumps(asdict(status)))
+        if self.on_exit is not None:
+            self.on_exit(self.id)
         return status
 
     def _conmon_pid(self) -> int:

@@ -25,6 +25,12 @@ when a signal N ended it) is recorded before the connection closes: the docker C
 `ExecRegistry` holds the instances (the finished ones until they are pruned, oldest first past
 `KEEP_FINISHED`) and owns the tasks of detached ones; `close()` cancels them (the processes get
 SIGKILL). An attached instance is run by its request handler.
+When the executor records a container's exit, `container_exited` ends its started instances at
+once, as dockerd does on a container's exit: `Running` false (an inspect right after `wait`
+returns sees it), `ExitCode` its runc's code if that has already ended, else filled in when the
+session ends (the kernel kills every process of the container's PID namespace with its PID 1:
+the session's end is a moment away). The session ending later keeps `Running` false and a code
+already recorded.
 """
 
 from __future__ import annotations
@@ -138,6 +144,7 @@ class ExecInstance:
         self.config = config
         self.started = False
         self.running = False
+        self.container_ended = False          # the container's exit ended this instance
         self.exit_code: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._master = -1
@@ -206,7 +213,7 @@ class ExecInstance:
         the exec has a TTY; dockerd goes by the start request's `Tty`, so a TTY's output is
         framed as stdout when that asks for no TTY). Returns and records the exit code."""
         c = self.config
-        self.running = True
+        self.running = not self.container_ended
         self._out = write
         self._framed = (not c.tty) if framed is None else framed
         code = 137               # recorded if the run is cancelled (the process is killed)
@@ -226,7 +233,8 @@ class ExecInstance:
             raise ExecError(500, f"exec failed: {e}") from e
         finally:
             self.running = False
-            self.exit_code = code
+            if self.exit_code is None:        # else: known when the container's exit ended it
+                self.exit_code = code
             self.pid_file.unlink(missing_ok=True)
             self.runc_log.unlink(missing_ok=True)
             self.finished.set()
@@ -393,6 +401,17 @@ class ExecInstance:
                 os.killpg(proc.pid, signal.SIGKILL)          # process had not started (no pid yet)
             await asyncio.shield(proc.wait())
 
+    def container_exited(self) -> None:
+        """The container's exit was recorded: this instance ends now (its session later)."""
+        if not self.started or self.finished.is_set():
+            return
+        self.container_ended = True
+        self.running = False
+        proc = self._proc
+        if proc is not None and proc.returncode is not None and self.exit_code is None:
+            code = proc.returncode
+            self.exit_code = CANNOT_START if code == RUNC_FAILED and not self.pid_file.exists() else code
+
     def resize(self, height: int, width: int) -> None:
         if not self.running or self._proc is None:
             raise ExecError(409, f"Exec {self.id} is not running")
@@ -422,6 +441,12 @@ class ExecRegistry:
         """The IDs of the container's running execs (dockerd's `ExecIDs`: an exec leaves the
         container's list when it ends)."""
         return [i.id for i in self._instances.values() if i.container_id == cid and i.running]
+
+    def container_exited(self, cid: str) -> None:
+        """The executor recorded container `cid`'s exit: its started instances end now."""
+        for instance in self._instances.values():
+            if instance.container_id == cid:
+                instance.container_exited()
 
     def spawn(self, instance: ExecInstance, on_exit: Callable[[int], None], write: Write | None = None,
               read: Read | None = None, framed: bool | None = None) -> asyncio.Task[int]:

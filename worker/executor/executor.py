@@ -10,6 +10,7 @@ half-made and starts the shim spawner helper (see `shim_spawner`; `close()` stop
 running or exited meanwhile, with their recorded configs; nothing is restarted.
 `on_event`, when set, hears what happens inside a container that no API call or task step
 caused: a health check's change of status (`health_status: healthy`), as (action, container ID).
+`on_exit`, when set, hears the ID of a container whose exit one of its controllers records.
 """
 
 from __future__ import annotations
@@ -53,11 +54,13 @@ class Executor:
         self.volumes = VolumeStore(self.layout.volumes_dir)
         self.creating = asyncio.Semaphore(max_parallel_creates or default_parallel_creates())
         self.on_event: Callable[[str, str], None] | None = None
+        self.on_exit: Callable[[str], None] | None = None
         self._health: weakref.WeakValueDictionary[str, HealthMonitor] = weakref.WeakValueDictionary()
 
     def controller(self, config: ContainerConfig) -> ContainerController:
         """A controller for `config` (nothing happens until `prepare`)."""
         ctl = ContainerController(self.layout, self.runc, self.conmon, self.volumes, config, self.creating)
+        ctl.on_exit = self._exited
         if ctl.health is not None:
             # one monitor per container while anything holds it (the loop that probes): the
             # controller an inspect makes shows the live status, not a fresh "starting"
@@ -68,6 +71,10 @@ class Executor:
                 ctl.health.on_change = lambda status: self._event(f"health_status: {status}", config.id)
                 self._health[config.id] = ctl.health
         return ctl
+
+    def _exited(self, cid: str) -> None:
+        if self.on_exit is not None:        # looked up now: set after the controller was made too
+            self.on_exit(cid)
 
     def _event(self, action: str, cid: str) -> None:
         if self.on_event is not None:

@@ -1,7 +1,8 @@
 """The node-local container API in one call: `/containers/...` and `/exec/...` on a node's app.
 
 `add_node_container_routes` builds the `LocalContainers` view of the executor and the exec
-registry, registers both route sets, has the app's cleanup cancel the detached execs, and
+registry, registers both route sets, has the app's cleanup cancel the detached execs, hands
+the executor's recorded container exits to the registry (the container's execs end with it), and
 publishes what the API does to containers (kill, stop, destroy, exec_*) and the executor's own
 container events (health_status) on the node's event bus;
 `container_publisher` is what the task executor's events wrapper publishes with.
@@ -42,6 +43,7 @@ def add_node_container_routes(app: web.Application, routes: Routes, executor: Ex
         publish = container_publisher(bus)
         executor.on_event = lambda action, cid: publish(action, cid, describe(executor, cid))
     registry = ExecRegistry()
+    executor.on_exit = registry.container_exited      # an exec ends with its container, as dockerd's
     containers_api.add_routes(routes, containers, registry.of_container)
     exec_api.add_routes(routes, containers, registry)
 
