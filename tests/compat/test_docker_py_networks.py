@@ -6,15 +6,18 @@ on loopback by docker-py itself and force-left after each test, as docker-py's f
 What differs from docker-py's suite is only the scaffolding: the swarm is initialised per test
 (docker-py's service tests share one per class, and leave networks behind when a task still uses
 them; here every test starts clean), the test image is the busybox loaded into the lab, and the
-local (bridge) half of test_create_inspect_network_with_scope is left out: shoal has swarm
-networks only.
+local (bridge) half of test_create_inspect_network_with_scope is left out (it is in
+test_docker_py_local_networks.py), and test_update_retains_networks waits for the allocator's VIP
+before it reads the version it updates with.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import docker
 import pytest
@@ -24,6 +27,19 @@ from tests.swarm.helpers import load_busybox_everywhere
 
 TEST_IMG = "busybox:latest"
 TEST_API_VERSION = None       # docker-py's default, as its suite runs without DOCKER_TEST_API_VERSION
+
+
+def wait_for_vip(service: Any, timeout: float = 20) -> None:
+    """Until the allocator wrote the service's VIP: that write bumps the service's version, and an
+    update sent with the version read before it is refused "update out of sequence" (dockerd's
+    allocator writes after create too; on a loaded machine the window is wide enough to hit)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        service.reload()
+        if service.attrs.get("Endpoint", {}).get("VirtualIPs"):
+            return
+        assert time.monotonic() < deadline, f"no VIP for {service.name} after {timeout}s"
+        time.sleep(0.05)
 
 
 def random_name() -> str:
@@ -356,6 +372,7 @@ def test_update_retains_networks(t: Fixture) -> None:
         image=TEST_IMG,
         command="sleep 300",
     )
+    wait_for_vip(service)   # scaffolding: the allocator's write of the VIP would race the update's version
     service.reload()
     service.update(
         # create argument
