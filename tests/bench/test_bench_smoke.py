@@ -1,6 +1,7 @@
 """Smoke tests of the benchmarks: each bench script runs end to end at tiny sizes and prints JSON
 of the documented shape. They check that the scripts keep working, never how fast anything is
-(benchmarks are not timed assertions)."""
+(benchmarks are not timed assertions). The benches that bring up a lab (failover, overlay, mesh:
+about 1.5 minutes together) run with `--slow`, to keep the default suite near 15 minutes."""
 
 from __future__ import annotations
 
@@ -106,6 +107,7 @@ def test_swarm_bench_side_by_side_json() -> None:
     assert isinstance(doc["meets_target"], bool)
 
 
+@pytest.mark.slow
 def test_failover_bench_json() -> None:
     needs_root_runc()
     doc = run_bench("failover_bench.py", "--trials", "1", "--replicas", "2", timeout=180)
@@ -115,6 +117,7 @@ def test_failover_bench_json() -> None:
     assert isinstance(doc["meets_target"], bool)
 
 
+@pytest.mark.slow
 def test_overlay_bench_json() -> None:
     """Every part at its smallest (iperf3 only where deploy/bench-setup.sh installed it)."""
     needs_root_runc()
@@ -138,6 +141,7 @@ def test_overlay_bench_json() -> None:
     assert isinstance(doc["meets_goals"], bool)
 
 
+@pytest.mark.slow
 def test_mesh_bench_json() -> None:
     """Every part at its smallest (requests/s only where deploy/bench-setup.sh installed wrk and nginx);
     about 30 s."""
