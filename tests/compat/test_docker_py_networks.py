@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -23,23 +22,20 @@ import docker
 import pytest
 
 from cli.lab import Lab
-from tests.swarm.helpers import load_busybox_everywhere
+from tests.swarm.helpers import eventually, load_busybox_everywhere
 
 TEST_IMG = "busybox:latest"
 TEST_API_VERSION = None       # docker-py's default, as its suite runs without DOCKER_TEST_API_VERSION
 
 
-def wait_for_vip(service: Any, timeout: float = 20) -> None:
+def wait_for_vip(service: Any) -> None:
     """Until the allocator wrote the service's VIP: that write bumps the service's version, and an
     update sent with the version read before it is refused "update out of sequence" (dockerd's
     allocator writes after create too; on a loaded machine the window is wide enough to hit)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def has_vip() -> bool:
         service.reload()
-        if service.attrs.get("Endpoint", {}).get("VirtualIPs"):
-            return
-        assert time.monotonic() < deadline, f"no VIP for {service.name} after {timeout}s"
-        time.sleep(0.05)
+        return bool(service.attrs.get("Endpoint", {}).get("VirtualIPs"))
+    eventually(has_vip, what=f"a VIP for {service.name}")
 
 
 def random_name() -> str:

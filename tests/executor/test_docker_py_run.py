@@ -7,7 +7,6 @@ thread."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import docker
@@ -17,6 +16,7 @@ from docker.errors import APIError, ContainerError, ImageNotFound, NotFound
 from tests.executor.conftest import needs_root_and_runc
 from tests.executor.test_container_api import Docker
 from tests.executor.test_docker_run import docker as docker_cli  # noqa: F401 - the served API fixture
+from tests.swarm.helpers import eventually
 
 pytestmark = needs_root_and_runc()
 
@@ -50,10 +50,7 @@ async def test_docker_py_runs_standalone_containers(docker_cli: Docker, tmp_path
             c.restart(timeout=5)
             # SIGTERM before the restarted shell set its trap would be lost on PID 1 (137 after the
             # grace): stop only once it said it is ready again.
-            deadline = time.monotonic() + 20
-            while c.logs() != b"ready\nready\n":
-                assert time.monotonic() < deadline, c.logs()
-                time.sleep(0.05)
+            eventually(lambda: c.logs() == b"ready\nready\n", what="the restarted shell's second 'ready'")
             c.stop(timeout=5)
             assert c.wait()["StatusCode"] == 0
             assert c.logs() == b"ready\nready\n"
