@@ -31,13 +31,12 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
-import subprocess
 from collections.abc import Iterable
 from ipaddress import IPv4Interface
 from pathlib import Path
 from typing import Any, Protocol
 
+from ca.node_tls import write_atomic
 from engineapi.http import ApiError
 from ingress.dns import resolv_conf
 from manager.api.local_networks import LocalEndpoint, LocalNetwork
@@ -93,18 +92,6 @@ async def call_leader(swarm: SwarmMembership, method: str, params: dict[str, Any
     raise last or RpcError("no manager to ask")
 
 
-def _bind(source: Path, target: Path) -> None:
-    """Bind-mount the namespace file `source` at `target` (blocking)."""
-    netns.prepare_dir(target.parent)
-    if netns.is_bound(target):
-        return
-    target.touch(exist_ok=True)
-    proc = subprocess.run(["mount", "--bind", str(source), str(target)], capture_output=True, text=True,
-                          check=False)
-    if proc.returncode != 0:
-        raise OSError(f"binding the container's namespace: {proc.stderr.strip()}")
-
-
 class AttachingNetworking(NodeNetworking):
     """The node's networking, plus the sandboxes of standalone containers' attachments (keyed by
     attachment task ID, like a task's)."""
@@ -121,7 +108,7 @@ class AttachingNetworking(NodeNetworking):
         async with self._lock:
             host = await self._host_for(views.data_path_port)
             path = host.sandbox_path(key)
-            await asyncio.to_thread(_bind, namespace, path)
+            await asyncio.to_thread(netns.bind, namespace, path)
             await host.create_sandbox(key)
             external = not all(view.internal for view, _ in attached)
             if key not in self._dns:
@@ -198,10 +185,7 @@ class OverlayAttachments:
         if not networks:
             path.unlink(missing_ok=True)
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(networks))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(networks).encode())   # fsynced: a restart must find it
 
     def attached(self, cid: str) -> list[dict[str, Any]]:
         return [{"Id": n["id"], "Name": n["name"]} for n in self._load(cid)]

@@ -109,6 +109,17 @@ def create(path: Path) -> None:
         os.close(home)
 
 
+def bind(source: str | os.PathLike[str], path: Path) -> None:
+    """Keep an existing namespace (`source`, e.g. a process's /proc/PID/ns/net) reachable at
+    `path` by a bind mount, as `create` does for a new one. Idempotent."""
+    prepare_dir(path.parent)
+    if is_bound(path):
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o444)
+    os.close(fd)
+    _check(_mount(str(source), str(path), MS_BIND), "bind netns", path)
+
+
 def remove(path: Path) -> None:
     """Unmount and delete a namespace file; the namespace dies with its last user. Idempotent."""
     result = _libc.umount2(str(path).encode(), MNT_DETACH)
