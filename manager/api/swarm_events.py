@@ -6,18 +6,16 @@ the object kind, `Action` create/update/remove, `scope` swarm, the time the obje
 (its removal: now), `Actor.Attributes` its `name` plus, on an update, what dockerd reports as
 changed: a service's `image`, `replicas` and `updatestate` (`.old`/`.new`), a node's
 `availability`, `role`, `state` and `reachability`. Tasks and the cluster object give no event,
-as in dockerd. `swarm_events(store)` is a store watch of those tables for as long as its
-consumer iterates; a watch dropped for lagging ends it (the client's stream ends too).
+as in dockerd. The node records them from a store watch (node/events_api.py).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from engineapi.events import Message, message
-from manager.store import Event, Store, WatchDropped
+from manager.store import Event
 from model import parse_time
 
 KINDS = {"services": "service", "nodes": "node", "secrets": "secret", "configs": "config",
@@ -79,19 +77,3 @@ def to_message(event: Event) -> Message | None:
         except ValueError:
             pass
     return message(kind, action, event.obj.id, attrs, scope="swarm", at=at)
-
-
-async def swarm_events(store: Store) -> AsyncIterator[Message]:
-    """The events of the store's changes from now on, until the watch is dropped or closed."""
-    sub = store.watch(tables=tuple(KINDS))
-    try:
-        while True:
-            try:
-                event = await sub.get()
-            except (StopAsyncIteration, WatchDropped):
-                return
-            msg = to_message(event)
-            if msg is not None:
-                yield msg
-    finally:
-        sub.close()
