@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engineapi.http import ApiError
+from engineapi.units import human_duration
 from model import format_time
 from model.endpoint import endpoint_mac
 from worker.exec import ContainerState
@@ -92,34 +93,6 @@ def find(views: list[ContainerView], ref: str) -> ContainerView:
     if not found:
         raise NoSuchContainer(ref)
     return found[0]
-
-
-def human_duration(seconds: float) -> str:
-    """Go's `units.HumanDuration`, which `docker ps` shows."""
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    minutes = int(seconds / 60)
-    if minutes == 1:
-        return "About a minute"
-    if minutes < 60:
-        return f"{minutes} minutes"
-    hours = int(seconds / 3600 + 0.5)
-    if hours == 1:
-        return "About an hour"
-    if hours < 48:
-        return f"{hours} hours"
-    if hours < 24 * 7 * 2:
-        return f"{hours // 24} days"
-    if hours < 24 * 30 * 2:
-        return f"{hours // 24 // 7} weeks"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24 // 30} months"
-    return f"{int(seconds / 3600) // 24 // 365} years"
 
 
 def _seconds(rfc3339: str) -> float | None:
