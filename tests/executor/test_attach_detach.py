@@ -26,11 +26,12 @@ async def attach(client: Docker, name: str, query: str) -> tuple[asyncio.StreamR
 
 
 async def typed(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, text: bytes) -> None:
-    """Send `text` and read until the TTY echoed it."""
+    """Send `text` as a line and read until both the TTY's echo of it and cat's copy arrived (the two
+    come apart in time: stopping at the echo would leave cat's copy to the next read)."""
     writer.write(text + b"\n")
     seen = b""
     async with asyncio.timeout(10):
-        while text not in seen:
+        while seen.count(text + b"\r\n") < 2:
             chunk = await reader.read(4096)
             assert chunk, f"the stream ended before the echo of {text!r}: {seen!r}"
             seen += chunk

@@ -246,3 +246,23 @@ async def test_log_driver_none(docker: Docker) -> None:
     code, _, err = await docker.run("logs", "unlogged", ok=False)
     assert code == 1 and "configured logging driver does not support reading" in err
     await docker.run("rm", "unlogged")
+
+
+async def test_a_waiter_answers_the_exit_code_of_a_container_removed_before_it_waited(
+        executor: Executor, busybox_layer: Path, tmp_path: Path) -> None:
+    """`docker run --rm` (docker-py's `wait(condition="removed")` too) resolves the container, then
+    waits; the auto-removal may come in between, taking the exit record with the files. The waiter
+    still answers the container's own exit code, for every condition, never -1."""
+    app = new_app()
+    routes = Routes(app)
+    containers = add_node_container_routes(app, routes, executor, lambda ref: "sha256:" + "cd" * 32, EventBus())
+    standalone_api.add_routes(app, routes, StandaloneContainers(containers, BusyboxImages(busybox_layer)))
+    async with serve_unix(app, tmp_path / "api.sock") as host:
+        docker = Docker(host, tmp_path / "cfg")
+        await docker.run("run", "-d", "--name", "brief", "busybox", "sleep", "100")
+        view, ctl = await containers.get("brief")        # as the wait handler does, before its head
+        await containers.remove("brief", force=True)     # SIGKILL: 128 + 9
+        for condition in ("", "not-running", "next-exit", "removed"):
+            async with asyncio.timeout(10):
+                assert await containers.wait(view, ctl, condition) == (137, ""), condition
+        assert await ids(docker) == []

@@ -154,11 +154,11 @@ def add_routes(routes: Routes, containers: LocalContainers,
     async def wait(request: web.Request) -> web.StreamResponse:
         ref = request.match_info["id"]
         condition = request.query.get("condition", "")
-        await containers.get(ref)            # a 404 before the 200 head goes out
+        view, ctl = await containers.get(ref)        # once: a 404 before the 200 head goes out
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(request)
         try:
-            code, error = await containers.wait(ref, condition)
+            code, error = await containers.wait(view, ctl, condition)
             body: dict[str, Any] = {"StatusCode": code, "Error": {"Message": error} if error else None}
         except ApiError as e:
             body = {"StatusCode": -1, "Error": {"Message": e.message}}

@@ -96,6 +96,7 @@ class ContainerController:
         self.id = config.id
         self.paths = layout.container(config.id)
         self.on_exit: Callable[[str], None] | None = None
+        self.final_exit: ExitStatus | None = None        # read by `remove` before the files go
         self.health: HealthMonitor | None = (
             HealthMonitor(runc, config.id, config.healthcheck, self.paths.state / "health.json")
             if config.healthcheck else None)
@@ -346,6 +347,7 @@ class ContainerController:
                 self._record_exit("removed before it exited")
             await self._delete_runtime_state("removing")
         await self._reap_shim()
+        self.final_exit = self._recorded_exit()     # the record goes with the files; waiters need it
         await asyncio.to_thread(self._remove_files)
 
     async def reset(self) -> None:

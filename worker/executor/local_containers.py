@@ -19,12 +19,13 @@ import json
 import os
 import signal as signals
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from engineapi.http import ApiError
-from worker.exec import ExecutorError
+from worker.exec import ExecutorError, ExitStatus
 from worker.executor.cgroup_stats import cgroup_procs
 from worker.executor.container_view import ContainerView, find
 from worker.executor.controller import ContainerController
@@ -33,6 +34,7 @@ from worker.executor.runtime import RuntimeFailure
 
 PS_TIMEOUT = 10.0
 KILL_WAIT = 10.0
+GONE_KEPT = 256        # removed containers whose exit status a late waiter can still read
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
@@ -69,6 +71,9 @@ class LocalContainers:
         self._image_id = image_id
         self.on_event = on_event
         self._removed: dict[str, asyncio.Event] = {}     # set when the container is removed here
+        # the exit status of the containers removed here lately (their records went with them), for
+        # waiters that resolved the container before it went (`docker run --rm` races its removal)
+        self._gone: OrderedDict[str, ExitStatus] = OrderedDict()
         # called with the ID of each container removed here (its network namespace goes)
         self.removal_hooks: list[Callable[[str], Awaitable[None]]] = []
 
@@ -172,6 +177,9 @@ class LocalContainers:
                 await ctl.terminate()
                 self.emit("kill", view, signal=str(int(signals.SIGKILL)))
             await ctl.remove()
+            self._gone[view.id] = ctl.final_exit or ExitStatus(-1, error="removed before it ran")
+            while len(self._gone) > GONE_KEPT:
+                self._gone.popitem(last=False)
             for hook in self.removal_hooks:
                 await hook(view.id)
         except ExecutorError as e:
@@ -180,22 +188,27 @@ class LocalContainers:
             removed.set()
         self.emit("destroy", view)
 
-    async def wait(self, ref: str, condition: str) -> tuple[int, str]:
-        """(exit code, error) once the container is not running / exits next / is removed."""
+    async def wait(self, view: ContainerView, ctl: ContainerController, condition: str) -> tuple[int, str]:
+        """(exit code, error) once the container `get` resolved is not running / exits next / is
+        removed; answered even when it is removed meanwhile."""
         if condition not in ("", "not-running", "next-exit", "removed"):
             raise ApiError(400, f"invalid condition: {condition!r}")
-        view, ctl = await self.get(ref)
+        if condition == "removed" and view.standalone is not None and view.id not in self._gone:
+            removed = self._removed.setdefault(view.id, asyncio.Event())
+            if ctl.paths.config.exists():     # no await since the event was made: no removal missed
+                await removed.wait()
+            else:
+                self._removed.pop(view.id, None)
+        if (gone := self._gone.get(view.id)) is not None:
+            return gone.exit_code, gone.error
         if condition in ("", "not-running") and view.status != "running":
             if view.status != "exited" or view.state.exit is not None:
                 return view.exit_code, ""
             # runc saw the process end before its shim recorded the exit code: wait for it
             # (answering now would say 0 for a container that exited 2)
         status = await ctl.wait_exit()    # "removed" too: a task container is removed by its task
-        if condition == "removed" and view.standalone is not None:
-            removed = self._removed.setdefault(view.id, asyncio.Event())
-            if ctl.paths.config.exists():     # no await since the event was made: no removal missed
-                await removed.wait()
-        return status.exit_code, status.error
+        gone = self._gone.get(view.id)    # removed before its exit was read: the record went with it
+        return (gone.exit_code, gone.error) if gone is not None else (status.exit_code, status.error)
 
     async def top(self, ref: str, ps_args: str) -> dict[str, Any]:
         view, ctl = await self.get(ref)
