@@ -14,7 +14,8 @@ one store batch of small transactions that re-read what they change:
    one on a network it no longer uses (or all of them, in dnsrr mode) is dropped, which frees it.
    A service that cannot get its endpoint keeps the one it had (nothing half done is written);
    its NEW tasks wait with the reason, and it is tried again when an address or a port is freed
-   or a network changes;
+   or a network changes. What the endpoint is to be (endpoints.py) is shared with the service
+   API, which answers a create or an update once this write is in the store;
 3. every node whose needs changed gets one address on ingress and on each network its live
    tasks use, and loses those it no longer needs;
 4. every NEW task gets one address per network it attaches to (ingress first when its service
@@ -50,16 +51,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from manager.allocator.book import AddressBook, attachment_networks
+from manager.allocator.endpoints import allocating_into, endpoint_record, find_network, held_vips, vip_networks
 from manager.allocator.ipam import IPAddress, IpamError, SubnetConfig, next_address
 from manager.allocator.networks import (
     allocated_configs,
-    endpoint_mode,
     find_ingress,
-    gets_vip,
     is_ingress,
     needs_ingress,
     plan_network,
-    service_network_refs,
     task_network_refs,
 )
 from manager.allocator.ports import PortClaims, allocate_ports
@@ -379,16 +378,11 @@ class Allocator:
         if isinstance(vips, str):
             state.services[service_id] = vips
             return vips
-        spec = service.spec.get("EndpointSpec")
-        endpoint: dict[str, Any] = {"Spec": copy.deepcopy(spec) if spec is not None else {}}
-        if ports:
-            endpoint["Ports"] = ports
-        if vips:
-            endpoint["VirtualIPs"] = [
-                {"NetworkID": network.id, "Addr": addr if isinstance(addr, str) else
-                 self._hand_out(tx, network.id, *addr, state)} for network, addr in vips]
+        endpoint = endpoint_record(service, ports, [
+            {"NetworkID": network.id, "Addr": addr if isinstance(addr, str) else
+             self._hand_out(tx, network.id, *addr, state)} for network, addr in vips])
         state.services[service_id] = ""
-        if endpoint != (service.endpoint or {"Spec": copy.deepcopy(spec) if spec is not None else {}}):
+        if endpoint != (service.endpoint or endpoint_record(service, [], [])):
             updated = service.copy()
             updated.endpoint = endpoint
             tx.update(updated)
@@ -398,24 +392,10 @@ class Allocator:
                    tx: WriteTx) -> list[tuple[Network, str | tuple[SubnetConfig, IPAddress]]] | str:
         """The service's VIPs in order (ingress first, then its networks): the address it holds,
         or a free one to hand out; or why one cannot be had. Nothing is handed out here."""
-        if endpoint_mode(service) == "dnsrr":
-            return []
-        networks: list[Network] = []
-        if needs_ingress(service):
-            ingress = self._ingress(tx, state)
-            if ingress is not None:
-                networks.append(ingress)
-        for ref in service_network_refs(service):
-            network = tx.get("networks", ref)
-            if network is None:
-                named = tx.find("networks", name=ref)
-                network = named[0] if len(named) == 1 else None
-            if network is None:
-                return f"network {ref} not found"
-            if gets_vip(network) and not is_ingress(network) and all(n.id != network.id for n in networks):
-                networks.append(network)
-        held = {str(v.get("NetworkID")): str(v.get("Addr")) for v in (service.endpoint or {}).get("VirtualIPs") or []
-                if isinstance(v, dict) and v.get("NetworkID") and v.get("Addr")}
+        networks = vip_networks(service, tx, lambda: self._ingress(tx, state))
+        if isinstance(networks, str):
+            return networks
+        held = held_vips(service)
         out: list[tuple[Network, str | tuple[SubnetConfig, IPAddress]]] = []
         for network in networks:
             if network.id in held:
@@ -491,10 +471,7 @@ class Allocator:
             if ingress is not None:
                 networks.append(ingress)
         for ref in task_network_refs(task, service):
-            network = tx.get("networks", ref)
-            if network is None:
-                named = tx.find("networks", name=ref)
-                network = named[0] if len(named) == 1 else None
+            network = find_network(tx, ref)
             if network is None:
                 return self._wait(tx, task, ref, f"network {ref} not found")
             if all(n.id != network.id for n in networks):
@@ -531,6 +508,10 @@ class Allocator:
     # -- the loop ---------------------------------------------------------------------------------
     async def run(self) -> None:
         """Leader-only loop; cancel it when leadership ends."""
+        with allocating_into(self.store):
+            await self._run()
+
+    async def _run(self) -> None:
         while True:
             _, sub = self.store.view_and_watch(self.load, tables=self.TABLES)
             try:

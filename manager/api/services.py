@@ -9,7 +9,10 @@ status rollback_started. The caller's `version` must equal the stored version or
 fails with "update out of sequence" (no retry: the client must re-read). Published ports are
 checked against every other service in the same transaction (Docker's texts, 400), so two
 writers cannot both take one port; the allocator assigns them (and the VIPs) afterwards and
-writes `Endpoint`, whose `Spec` the API keeps a copy of the spec's EndpointSpec. Removing a service
+writes `Endpoint`, whose `Spec` the API keeps a copy of the spec's EndpointSpec. Create and update
+answer once that second write is in the store (or cannot be made, or a bound passed:
+manager/allocator/endpoints.py), so the version a client reads next is the one it can update
+with; a service with no network and no published port is answered at once. Removing a service
 deletes it and, in the same transaction, marks every task of it for removal; the worker stops
 them and the task reaper deletes them.
 """
@@ -24,7 +27,7 @@ from aiohttp import web
 from engineapi.bodykeys import SERVICE_SPEC
 from engineapi.filters import request_filters
 from engineapi.http import ApiError, Routes, go_bool, json_response, read_json
-from manager.allocator import find_ingress, needs_ingress
+from manager.allocator import find_ingress, needs_ingress, wait_for_endpoint
 from manager.allocator.ports import port_conflict
 from manager.api.cluster import cluster_store, require_version
 from manager.api.objects_common import any_prefix, api_errors, labels_match, lookup, require_spec_object
@@ -122,6 +125,7 @@ async def create_service(request: web.Request) -> web.Response:
             return service.id
 
         service_id = await store.update(create)
+    await wait_for_endpoint(store, service_id)
     return json_response({"ID": service_id, "Warnings": None}, status=201)
 
 
@@ -181,7 +185,7 @@ async def update_service(request: web.Request) -> web.Response:
         if rollback != "previous":
             validate_service_spec(body)
 
-        def update(tx: WriteTx) -> None:
+        def update(tx: WriteTx) -> str:
             service: Service = lookup(tx, "services", ref).copy()
             if service.version != version:
                 raise StaleVersion(f"service {service.id}: version {version}, stored {service.version}")
@@ -208,8 +212,10 @@ async def update_service(request: web.Request) -> web.Response:
                 last = ((service.job_status or {}).get("JobIteration") or {}).get("Index", 0)
                 service.job_status = _job_status(tx.now, int(last) + 1)
             tx.update(service)
+            return service.id
 
-        await store.update(update)
+        service_id = await store.update(update)
+    await wait_for_endpoint(store, service_id)
     return json_response({"Warnings": None})
 
 

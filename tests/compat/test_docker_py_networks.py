@@ -7,8 +7,7 @@ What differs from docker-py's suite is only the scaffolding: the swarm is initia
 (docker-py's service tests share one per class, and leave networks behind when a task still uses
 them; here every test starts clean), the test image is the busybox loaded into the lab, and the
 local (bridge) half of test_create_inspect_network_with_scope is left out (it is in
-test_docker_py_local_networks.py), and test_update_retains_networks waits for the allocator's VIP
-before it reads the version it updates with.
+test_docker_py_local_networks.py).
 """
 
 from __future__ import annotations
@@ -16,26 +15,15 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator
-from typing import Any
 
 import docker
 import pytest
 
 from cli.lab import Lab
-from tests.swarm.helpers import eventually, load_busybox_everywhere
+from tests.swarm.helpers import load_busybox_everywhere
 
 TEST_IMG = "busybox:latest"
 TEST_API_VERSION = None       # docker-py's default, as its suite runs without DOCKER_TEST_API_VERSION
-
-
-def wait_for_vip(service: Any) -> None:
-    """Until the allocator wrote the service's VIP: that write bumps the service's version, and an
-    update sent with the version read before it is refused "update out of sequence" (dockerd's
-    allocator writes after create too; on a loaded machine the window is wide enough to hit)."""
-    def has_vip() -> bool:
-        service.reload()
-        return bool(service.attrs.get("Endpoint", {}).get("VirtualIPs"))
-    eventually(has_vip, what=f"a VIP for {service.name}")
 
 
 def random_name() -> str:
@@ -368,7 +356,6 @@ def test_update_retains_networks(t: Fixture) -> None:
         image=TEST_IMG,
         command="sleep 300",
     )
-    wait_for_vip(service)   # scaffolding: the allocator's write of the VIP would race the update's version
     service.reload()
     service.update(
         # create argument
