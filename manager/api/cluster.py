@@ -8,12 +8,13 @@ with the message the docker CLI and docker-py expect.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 
 from engineapi.http import ApiError
-from manager.store import Store
+from manager.store import Store, WriteTx, retry_on_conflict
 
 NOT_IN_SWARM = ('This node is not a swarm manager. Use "docker swarm init" or "docker swarm join" '
                 "to connect this node to swarm and try again.")
@@ -65,6 +66,18 @@ def cluster_store(request: web.Request) -> Store:
     if store is None:
         raise ApiError(503, WORKER_NODE if access.is_worker() else NOT_IN_SWARM)
     return store
+
+
+T = TypeVar("T")
+
+
+async def write(store: Store, fn: Callable[[WriteTx], T]) -> T:
+    """An API write. `fn` re-reads what it changes and itself checks any version the client sent,
+    so running it again is always right; it runs again when its entry lost to another one that
+    changed what it read (on a follower, whose copy of the store can be a little behind the
+    leader's: a service removal there used to fail "update out of sequence" on a task the
+    dispatcher had just updated)."""
+    return await retry_on_conflict(lambda: store.update(fn))
 
 
 def require_version(request: web.Request) -> int:

@@ -41,7 +41,7 @@ from engineapi.filters import request_filters
 from engineapi.http import ApiError, Routes, go_bool, json_response, read_json
 from manager.allocator import PREDEFINED_LABEL, IpamError, find_ingress, is_ingress, needs_ingress, plan_network
 from manager.allocator.ipam import check_ipam_driver, parse_requested, parse_vni_list
-from manager.api.cluster import CLUSTER, NOT_IN_SWARM, WORKER_NODE, cluster_store
+from manager.api.cluster import CLUSTER, NOT_IN_SWARM, WORKER_NODE, cluster_store, write
 from manager.api.local_networks import LocalNetwork, local_api, local_networks_of
 from manager.api.objects_common import any_prefix, any_substring, api_errors, labels_match, require_spec_object
 from manager.specs import SpecError, validate_network_create
@@ -125,7 +125,7 @@ async def create_network(request: web.Request) -> web.Response:
             return network.id
 
         try:
-            network_id = await store.update(create)
+            network_id = await write(store, create)
         except NameConflict:
             raise ApiError(409, f"network with name {spec['Name']} already exists") from None
     return json_response({"Id": network_id, "Warning": ""}, status=201)
@@ -317,7 +317,7 @@ async def remove_network(request: web.Request) -> web.Response:
     hit = await _find(request, ref)
     store = cluster_store(request)      # found only locally: a worker cannot remove it (503)
     with api_errors():
-        await store.update(lambda tx: _remove(tx, hit.id))
+        await write(store, lambda tx: _remove(tx, hit.id))
     return web.Response(status=204)
 
 
@@ -404,7 +404,7 @@ async def prune_networks(request: web.Request) -> web.Response:
     if store is not None:
         for network in store.view(lambda tx: _prune_candidates(tx, filters, until)):
             try:
-                await store.update(functools.partial(_remove_from, network.id))
+                await write(store, functools.partial(_remove_from, network.id))
             except SpecError as exc:        # in use: skipped, as dockerd does
                 log.debug("prune keeps network %s: %s", network.name, exc.message)
                 continue

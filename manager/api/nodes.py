@@ -14,7 +14,7 @@ from aiohttp import web
 from engineapi.bodykeys import NODE_SPEC
 from engineapi.filters import Filters, request_filters
 from engineapi.http import ApiError, Routes, json_response, query_bool, read_json
-from manager.api.cluster import CLUSTER, cluster_store, require_version
+from manager.api.cluster import CLUSTER, cluster_store, require_version, write
 from manager.api.objects_common import labels_match
 from manager.specs import SpecError, validate_node_spec
 from manager.store import AmbiguousRef, NotFound, ReadTx, StaleVersion, WriteTx
@@ -111,7 +111,7 @@ async def update(request: web.Request) -> web.Response:
         tx.update(node)
 
     try:
-        await store.update(fn)
+        await write(store, fn)
     except StaleVersion:
         raise ApiError(500, "rpc error: code = Unknown desc = update out of sequence") from None
     return web.Response(status=200)
@@ -133,7 +133,7 @@ async def remove(request: web.Request) -> web.Response:
                                 "can't be removed")
         tx.delete("nodes", node.id)
 
-    await store.update(fn)
+    await write(store, fn)
     return web.Response(status=200)
 
 

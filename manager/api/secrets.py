@@ -18,7 +18,7 @@ from aiohttp import web
 from engineapi.bodykeys import CONFIG_SPEC, SECRET_SPEC, Shape
 from engineapi.filters import request_filters
 from engineapi.http import Routes, json_response, read_json
-from manager.api.cluster import cluster_store, require_version
+from manager.api.cluster import cluster_store, require_version, write
 from manager.api.objects_common import (
     any_prefix,
     api_errors,
@@ -72,12 +72,12 @@ def handlers(kind: BlobKind) -> dict[str, Callable[[web.Request], Any]]:
             kind.validate(body)
             spec = _stored(body)
 
-            def write(tx: WriteTx) -> str:
+            def change(tx: WriteTx) -> str:
                 obj = kind.make(id=new_id(), spec=spec)
                 tx.create(obj)
                 return obj.id
 
-            obj_id = await store.update(write)
+            obj_id = await write(store, change)
         return json_response({"ID": obj_id}, status=201)
 
     async def list_all(request: web.Request) -> web.Response:
@@ -105,7 +105,7 @@ def handlers(kind: BlobKind) -> dict[str, Callable[[web.Request], Any]]:
         body = require_spec_object(await read_json(request, kind.keys), f"{kind.word.capitalize()}Spec")
         with api_errors():
 
-            def write(tx: WriteTx) -> None:
+            def change(tx: WriteTx) -> None:
                 obj: StoreObject = lookup(tx, kind.table, request.match_info["ref"]).copy()
                 if obj.version != version:
                     raise StaleVersion(f"{kind.word} {obj.id}: version {version}, stored {obj.version}")
@@ -118,14 +118,14 @@ def handlers(kind: BlobKind) -> dict[str, Callable[[web.Request], Any]]:
                 obj.spec = {**obj.spec, "Labels": labels}
                 tx.update(obj)
 
-            await store.update(write)
+            await write(store, change)
         return web.Response(status=200)
 
     async def remove(request: web.Request) -> web.Response:
         store = cluster_store(request)
         with api_errors():
 
-            def write(tx: WriteTx) -> None:
+            def change(tx: WriteTx) -> None:
                 obj: StoreObject = lookup(tx, kind.table, request.match_info["ref"])
                 users = kind.users(tx, obj.id)
                 if users:
@@ -134,7 +134,7 @@ def handlers(kind: BlobKind) -> dict[str, Callable[[web.Request], Any]]:
                                     f"use by the following service{plural}: {', '.join(users)}")
                 tx.delete(kind.table, obj.id)
 
-            await store.update(write)
+            await write(store, change)
         return web.Response(status=204)
 
     return {"create": create, "list": list_all, "inspect": inspect, "update": update, "remove": remove}

@@ -29,7 +29,7 @@ from engineapi.filters import request_filters
 from engineapi.http import ApiError, Routes, go_bool, json_response, read_json
 from manager.allocator import find_ingress, needs_ingress, wait_for_endpoint
 from manager.allocator.ports import port_conflict
-from manager.api.cluster import cluster_store, require_version
+from manager.api.cluster import cluster_store, require_version, write
 from manager.api.objects_common import any_prefix, api_errors, labels_match, lookup, require_spec_object
 from manager.api.tasks import service_status
 from manager.orchestrator.jobs import JOB_MODES
@@ -124,7 +124,7 @@ async def create_service(request: web.Request) -> web.Response:
             tx.create(service)
             return service.id
 
-        service_id = await store.update(create)
+        service_id = await write(store, create)
     await wait_for_endpoint(store, service_id)
     return json_response({"ID": service_id, "Warnings": None}, status=201)
 
@@ -214,7 +214,7 @@ async def update_service(request: web.Request) -> web.Response:
             tx.update(service)
             return service.id
 
-        service_id = await store.update(update)
+        service_id = await write(store, update)
     await wait_for_endpoint(store, service_id)
     return json_response({"Warnings": None})
 
@@ -234,7 +234,7 @@ async def remove_service(request: web.Request) -> web.Response:
                     doomed.set_desired_state(TaskState.REMOVE)
                     tx.update(doomed)
 
-        await store.update(remove)
+        await write(store, remove)
     return web.Response(status=200)
 
 

@@ -15,7 +15,7 @@ from ca import tokens
 from ca.encryption import new_unlock_key
 from engineapi.bodykeys import SWARM_SPEC, SWARM_UNLOCK
 from engineapi.http import ApiError, Routes, go_bool, json_response, read_json
-from manager.api.cluster import cluster_store, require_version
+from manager.api.cluster import cluster_store, require_version, write
 from manager.specs import SpecError, normalize_swarm_spec, validate_swarm_spec
 from manager.store import StaleVersion, WriteTx
 from manager.swarm.ca_rotation import apply_ca_request, parse_ca_request
@@ -75,7 +75,7 @@ async def update(request: web.Request) -> web.Response:
         tx.update(cluster)
 
     try:
-        await store.update(fn)
+        await write(store, fn)
     except StaleVersion:
         raise ApiError(500, "rpc error: code = Unknown desc = update out of sequence") from None
     return web.Response(status=200)
