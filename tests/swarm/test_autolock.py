@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import os
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,15 +85,27 @@ def disk_files(root: Path) -> Iterator[Path]:
         dirs[:] = [d for d in dirs if os.lstat(os.path.join(directory, d)).st_dev == device]
         for name in names:
             path = Path(directory, name)
-            st = os.lstat(path)
-            if st.st_dev == device and os.path.isfile(path) and not os.path.islink(path):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:       # the daemon runs: a temporary file renamed meanwhile
+                continue
+            if st.st_dev == device and stat.S_ISREG(st.st_mode):
                 yield path
+
+
+def contents(path: Path) -> bytes:
+    """The file's bytes; none if the running daemon renamed it away meanwhile (a temporary file
+    of an atomic write: what it held is in the file it became)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
 
 
 def assert_nowhere_on_disk(lab: Lab, text: str) -> int:
     root = Path(lab.node(MANAGER).data_dir)
     files = list(disk_files(root))
-    found = [str(p) for p in files if text.encode() in p.read_bytes()]
+    found = [str(p) for p in files if text.encode() in contents(p)]
     assert not found, f"the secret's plaintext is on disk in {found}"
     names = {p.name for p in files}
     assert {"swarm-node.key", "swarm-dek.json"} <= names and any(n.endswith(".wal") for n in names)
