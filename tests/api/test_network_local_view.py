@@ -25,8 +25,8 @@ from manager.api.local_networks import (
     local_api,
 )
 from manager.api.networks import parse_until
-from manager.store import Store
-from model import Network, TaskState, new_id, parse_time
+from manager.store import Store, WriteTx
+from model import Network, StoreObject, TaskState, new_id, parse_time
 from tests.api.support import NODE_ID, StoreCluster, add_node, build_app, call
 from tests.api.test_network_rules import add_task, allocate, new_network
 from tests.api.test_services import CLI_BODY, body, create
@@ -179,7 +179,9 @@ async def test_id_prefix_ambiguity(client: TestClient, store: Store) -> None:
     for suffix in "xy":
         network = Network(id="abc" + suffix * 22, spec={"Name": f"net-{suffix}", "Driver": "overlay",
                                                         "Scope": "swarm", "Labels": {}})
-        await store.update(lambda tx, n=network: tx.create(n))
+        def create(tx: WriteTx, n: Network = network) -> StoreObject:
+            return tx.create(n)
+        await store.update(create)
     assert await call(client, "GET", "/networks/abc") == \
         (400, {"message": "2 matches found based on ID prefix: network abc is ambiguous"})
     assert await call(client, "DELETE", "/networks/abc") == \

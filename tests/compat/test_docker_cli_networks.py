@@ -5,6 +5,7 @@ a worker cannot remove a swarm network. `shoal network ls` on the worker shows t
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Iterator
@@ -51,8 +52,8 @@ def test_network_ls_and_inspect_on_a_manager_and_a_worker(lab: Lab) -> None:
         return listed if [r[1:] for r in listed] == [["ingress", "overlay", "swarm"]] else None
 
     for node in (MANAGER, WORKER):       # every node instantiates the routing mesh
-        listed = eventually(lambda n=node: ingress_listed(n), what=f"ingress listed on {node}")
-        assert len(listed[0][0]) == 12
+        listed = eventually(functools.partial(ingress_listed, node), what=f"ingress listed on {node}")
+        assert listed is not None and len(listed[0][0]) == 12
 
     net_id = docker(lab, MANAGER, "network", "create", "-d", "overlay", "--label", "tier=front", "front").strip()
     docker(lab, MANAGER, "service", "create", "--detach", "--name", "web", "--network", "front", "--replicas", "2",
@@ -64,18 +65,23 @@ def test_network_ls_and_inspect_on_a_manager_and_a_worker(lab: Lab) -> None:
         return tasks if len(tasks) == 2 else None
 
     tasks = eventually(running, timeout=60, what="2 running tasks of web")
+    assert tasks is not None
     nodes = {n["ID"]: n for n in api(lab, MANAGER, "GET", "/nodes")}
     by_host = {nodes[t["NodeID"]]["Description"]["Hostname"]: t for t in tasks}
     vtep = {n["Description"]["Hostname"]: n["Status"]["Addr"] for n in nodes.values()}
     peer_name = {n["Status"]["Addr"]: f"{n['Description']['Hostname']}-{n['ID'][:12]}" for n in nodes.values()}
+
+    def front_with_both_endpoints(node: str) -> dict[str, Any] | None:
+        net = inspect(lab, node, "front")
+        return net if len(net["Containers"]) == 2 else None
 
     own_endpoints = set()
     for node in (MANAGER, WORKER):
         task = by_host[node]
         address = next(a["Addresses"][0] for a in task["NetworksAttachments"] if a["Network"]["ID"] == net_id)
         assert ["front", "overlay", "swarm"] in [r[1:] for r in rows(docker(lab, node, "network", "ls"))]
-        net = eventually(lambda n=node: (lambda x: x if len(x["Containers"]) == 2 else None)(
-            inspect(lab, n, "front")), what=f"front's endpoints on {node}")
+        net = eventually(functools.partial(front_with_both_endpoints, node), what=f"front's endpoints on {node}")
+        assert net is not None
         assert net["Id"] == net_id and net["Labels"] == {"tier": "front"} and net["Scope"] == "swarm"
         mine = net["Containers"][task["ID"]]        # this node's task only, keyed by its container (task) ID
         assert mine["Name"] == f"web.{task['Slot']}.{task['ID']}" and mine["IPv4Address"] == address

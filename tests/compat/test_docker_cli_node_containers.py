@@ -43,6 +43,7 @@ def test_docker_ps_exec_logs_top_stats_inspect_and_rm_on_every_node(docker_lab: 
            "trap 'exit 0' TERM; echo web-up; sleep 100000 & wait")
     rows = eventually(lambda: len(task_rows(lab, "worker-1")) == 2 and task_rows(lab, "worker-1"),
                       timeout=60, what="both web tasks running on worker-1")
+    assert isinstance(rows, list)
     assert task_rows(lab, "manager-1") == []          # the manager runs none: its ps is its own
     service_id = json.loads(docker(lab, "manager-1", "service", "inspect", "web"))[0]["ID"]
     tasks = {t["ID"]: t for t in json.loads(docker(lab, "manager-1", "inspect", "--type", "task",

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -162,12 +163,13 @@ async def test_swarm_init_address_pools_data_path_port_and_the_ingress_network(t
         async with DaemonClient(d.host) as c:
             port = free_port()
             addr = {"ListenAddr": f"127.0.0.1:{port}", "AdvertiseAddr": f"127.0.0.1:{port}"}
-            for bad, message in [
+            refused: list[tuple[dict[str, Any], str]] = [
                 ({"SubnetSize": 30}, "subnet size is out of range: 30"),
                 ({"DefaultAddrPool": ["10.20.0.0/24"], "SubnetSize": 16},
                  'invalid CIDR: "10.20.0.0/24". Subnet size is too small for pool: 16'),
                 ({"DataPathPort": 80}, "Datapath port number is not in valid range (1024-49151) : 80"),
-            ]:
+            ]
+            for bad, message in refused:
                 with pytest.raises(ApiResponseError) as err:
                     await c.post("/swarm/init", {**addr, **bad})
                 assert (err.value.status, err.value.message) == (400, message)

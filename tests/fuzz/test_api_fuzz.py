@@ -88,7 +88,7 @@ def session(daemon: DaemonProcess) -> Iterator[requests.Session]:
 
 
 NO_IMAGE = "127.0.0.1:1/none:1"     # a registry on loopback where nothing listens
-SEED_BODIES = {
+SEED_BODIES: dict[str, dict[str, Any]] = {
     "secrets": {"Name": "seed-secret", "Data": "c2VjcmV0"},
     "configs": {"Name": "seed-config", "Data": "Y29uZmln"},
     "networks": {"Name": "seed-net", "Driver": "overlay", "Attachable": True},

@@ -134,10 +134,10 @@ def follow_until(lab: Lab, node: str, beyond: dict[str, int], timeout: float = 2
     # background job inherits SIGINT ignored, and an ignored signal stays ignored across exec).
     proc = subprocess.Popen([sys.executable, "-c", WITH_DEFAULT_SIGINT, *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
+    assert proc.stdout is not None
     seen: dict[str, list[int]] = {}
     buffer = b""
     try:
-        assert proc.stdout is not None
         os.set_blocking(proc.stdout.fileno(), False)
         selector = selectors.DefaultSelector()
         selector.register(proc.stdout, selectors.EVENT_READ)
@@ -148,8 +148,8 @@ def follow_until(lab: Lab, node: str, beyond: dict[str, int], timeout: float = 2
             if selector.select(left):
                 chunk = proc.stdout.read() or b""
                 if not chunk and proc.poll() is not None:
-                    stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                    raise AssertionError(f"follow ended early: {stderr}")
+                    error = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+                    raise AssertionError(f"follow ended early: {error}")
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
                 for task, numbers in parsed(b"\n".join(lines).decode()).items():

@@ -71,7 +71,9 @@ def counting_running(scrape: Scraper, count: int) -> Samples:
     def check() -> Samples | None:
         samples = scrape()
         return samples if get(samples, "shoal_tasks", state="running") == count else None
-    return eventually(check, timeout=10, what=f"the scrape to count {count} running tasks")
+    samples = eventually(check, timeout=10, what=f"the scrape to count {count} running tasks")
+    assert samples is not None
+    return samples
 
 
 def scale(lab: Lab, replicas: int) -> None:

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -67,7 +68,9 @@ def test_leader_killed_new_leader_serves_and_old_one_returns(swarm: Lab) -> None
     assert new in survivors
     # Writes work from every remaining manager (followers forward them to the leader).
     for m in survivors:
-        node_update(swarm, m, "worker-2", lambda spec, m=m: spec["Labels"].__setitem__("written-by", m))
+        def write_label(spec: dict[str, Any], m: str = m) -> None:
+            spec["Labels"]["written-by"] = m
+        node_update(swarm, m, "worker-2", write_label)
     eventually(lambda: nodes_by_host(swarm, survivors[0])["worker-2"]["Spec"]["Labels"]["written-by"] == survivors[1],
                what="the second write visible on the first survivor")
     eventually(lambda: nodes_by_host(swarm, survivors[0])[old]["ManagerStatus"]["Reachability"] == "unreachable",
@@ -134,11 +137,15 @@ def managers_in_raft(lab: Lab, via: str) -> set[str]:
 
 def test_availability_and_labels(swarm: Lab) -> None:
     for availability in ("drain", "pause", "active"):
-        node_update(swarm, "manager-2", "worker-1", lambda spec, a=availability: spec.__setitem__("Availability", a))
+        def set_availability(spec: dict[str, Any], a: str = availability) -> None:
+            spec["Availability"] = a
+        node_update(swarm, "manager-2", "worker-1", set_availability)
         # The writer reads its own write at once; other managers follow within a moment.
         assert nodes_by_host(swarm, "manager-2")["worker-1"]["Spec"]["Availability"] == availability
-        eventually(lambda a=availability: nodes_by_host(swarm, "manager-3")["worker-1"]["Spec"]["Availability"] == a,
-                   what=f"availability {availability} on manager-3")
+
+        def on_manager_3(a: str = availability) -> bool:
+            return nodes_by_host(swarm, "manager-3")["worker-1"]["Spec"]["Availability"] == a
+        eventually(on_manager_3, what=f"availability {availability} on manager-3")
     node_update(swarm, "manager-1", "worker-1", lambda spec: spec["Labels"].__setitem__("zone", "a"))
     eventually(lambda: nodes_by_host(swarm, "manager-2")["worker-1"]["Spec"]["Labels"].get("zone") == "a",
                what="label on manager-2")

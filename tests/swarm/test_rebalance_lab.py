@@ -85,6 +85,6 @@ def test_joining_nodes_get_tasks_moved_to_them_without_dropping_below_the_count(
         join(lab, "worker-3")
         spread = eventually(lambda: (lambda c: c if sorted(c.values()) == [1, 1, 1, 1] else None)(running_by_host(lab)),
                             timeout=60, what="1 task on each of 4 nodes")
-    assert set(spread) == {"manager-1", "worker-1", "worker-2", "worker-3"}
+    assert spread is not None and set(spread) == {"manager-1", "worker-1", "worker-2", "worker-3"}
     assert sampler.error is None and sampler.samples > 10
     assert sampler.lowest is not None and sampler.lowest >= 4, f"only {sampler.lowest} tasks ran at one moment"

@@ -6,6 +6,7 @@ lose no request."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import subprocess
 import sys
@@ -111,7 +112,7 @@ def test_a_published_port_answers_on_every_host_with_the_clients_address(lab: La
     for host in HOSTS:
         target = lab.node(host).address
         for via in {host, "manager-1" if host != "manager-1" else "manager-2"}:
-            answered = eventually(lambda v=via, t=target: fetch(lab, v, t, 8080), timeout=20,
+            answered = eventually(functools.partial(fetch, lab, via, target, 8080), timeout=20,
                                   what=f"{host}:8080 from {via}")
             name, peer = answered
             assert name in names, answered
@@ -227,7 +228,7 @@ def test_a_vip_balances_every_port_answers_ping_and_dnsrr_gives_the_tasks(lab: L
         return in_task(lab, client, ["timeout", "3", "wget", "-qO-", url]).stdout.split(" ")[0]
 
     for port in (80, 8081):
-        seen = {eventually(lambda p=port: ask(f"http://vweb:{p}/cgi-bin/who"), timeout=20, what=f"vweb:{port}")}
+        seen = {eventually(functools.partial(ask, f"http://vweb:{port}/cgi-bin/who"), timeout=20, what=f"vweb:{port}")}
         seen |= {ask(f"http://{vip}:{port}/cgi-bin/who") for _ in range(5)}
         assert seen == names, f"port {port} through the VIP reached {seen}, not both tasks {names}"
     assert in_task(lab, client, ["busybox", "ping", "-c", "1", "-W", "2", vip]).returncode == 0, "ping to the VIP"

@@ -92,6 +92,7 @@ def test_failed_update_rolls_back(lab: Lab) -> None:
     service = eventually(lambda: (lambda s: s if (s.get("UpdateStatus") or {}).get("State") == "rollback_completed"
                                   else None)(api(lab, MANAGER, "GET", "/services/roll")),
                          timeout=60, what="the update to roll back")
+    assert service is not None
     assert service["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"] == IMAGE
     tasks = converged(lab, "roll", 2)
     assert all(t["Spec"]["ContainerSpec"]["Image"] == IMAGE for t in tasks)

@@ -75,7 +75,8 @@ async def test_task_runs_completes_and_fails_with_exit_code(env: dict[str, Any])
     ok = await add_task(store, env["node"])
     await state_is(store, ok, TaskState.RUNNING)
     assert ex.controllers[ok].calls == ["prepare", "start"]
-    assert task(store, ok).status.container_status["PID"] == 4242
+    container = task(store, ok).status.container_status
+    assert container is not None and container["PID"] == 4242
     ex.controllers[ok].finish(0)
     await state_is(store, ok, TaskState.COMPLETE)
 
@@ -85,7 +86,7 @@ async def test_task_runs_completes_and_fails_with_exit_code(env: dict[str, Any])
     await state_is(store, bad, TaskState.FAILED)
     t = task(store, bad)
     assert t.status.err == "task: non-zero exit (3)"
-    assert t.status.container_status["ExitCode"] == 3
+    assert t.status.container_status is not None and t.status.container_status["ExitCode"] == 3
 
 
 async def test_prepare_failure_rejects_the_task(env: dict[str, Any]) -> None:

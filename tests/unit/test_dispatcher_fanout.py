@@ -13,7 +13,7 @@ from typing import Any
 from bench.support.swarm_sim import make_node
 from manager.dispatcher import Dispatcher
 from manager.store import Store, WriteTx
-from model import Task, TaskState, new_id
+from model import StoreObject, Task, TaskState, new_id
 
 PARAMS = {"description": {"Hostname": "h", "Platform": {"OS": "linux", "Architecture": "x86_64"}},
           "addr": "127.0.0.1"}
@@ -117,7 +117,9 @@ async def test_a_lagging_session_is_dropped_and_resent_the_complete_set() -> Non
     async with contextlib.aclosing(stream):  # type: ignore[type-var]
         made = [make_task(a) for _ in range(8)]
         for task in made:  # one entry each, unread: the session's queue overflows
-            await store.update(lambda tx, t=task: tx.create(t))
+            def create(tx: WriteTx, t: Task = task) -> StoreObject:
+                return tx.create(t)
+            await store.update(create)
         await store.update(lambda tx: tx.create(make_task(b)))  # another node's: never sent here
         seen: set[str] = set()
         while True:

@@ -2,6 +2,7 @@
 
 import dataclasses
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -73,7 +74,7 @@ def test_desired_state_only_increases() -> None:
     assert task.desired_state is TaskState.SHUTDOWN
 
 
-SPEC = {"Name": "web", "Labels": {}, "TaskTemplate": {"ContainerSpec": {"Image": "busybox:latest"},
+SPEC: dict[str, Any] = {"Name": "web", "Labels": {}, "TaskTemplate": {"ContainerSpec": {"Image": "busybox:latest"},
         "ForceUpdate": 0}, "Mode": {"Replicated": {"Replicas": 2}}, "EndpointSpec": {"Mode": "vip"}}
 
 

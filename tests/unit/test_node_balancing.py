@@ -70,7 +70,7 @@ def test_the_mesh_publishes_each_port_to_the_tasks_target_port_and_drains_the_sa
 
 
 def test_a_task_on_ingress_takes_its_target_ports_and_knows_every_node() -> None:
-    peers = [{"ip": "10.0.0.4", "mac": "02:42:0a:00:00:04", "vtep": "198.18.0.2", "node": True},
+    peers: list[dict[str, Any]] = [{"ip": "10.0.0.4", "mac": "02:42:0a:00:00:04", "vtep": "198.18.0.2", "node": True},
              {"ip": "10.0.0.5", "mac": "02:42:0a:00:00:05", "vtep": "198.18.0.2"}]
     ingress = view(service("web", "10.0.0.2", "10.0.0.5", sid="s1", ports=[
         {"protocol": "tcp", "published": 8080, "target": 80}, {"protocol": "tcp", "published": 8443, "target": 443}]),

@@ -114,7 +114,7 @@ def test_api_helpers_move_through_the_table() -> None:
     paused = service_in(U.PAUSED)
     rolled = rollback_service(paused, 0.0)
     assert rolled.update_state is U.ROLLBACK_STARTED and paused.update_state is U.PAUSED
-    assert rolled.update_status["Message"] == "manually requested rollback"
+    assert rolled.update_status is not None and rolled.update_status["Message"] == "manually requested rollback"
     cleared = update_service_spec(rolled, {"Name": "web", "Labels": {"a": "b"}}, 0.0)
     assert cleared.update_status is None and cleared.previous_spec == rolled.spec
 

@@ -1,6 +1,7 @@
 """The store: transactions, versions, name conflicts, lookups, batches, watches, snapshots."""
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -14,13 +15,19 @@ from manager.store import (
     StaleVersion,
     Store,
     WatchDropped,
+    WriteTx,
 )
-from model import Node, Service, Task, TaskState, new_id
+from model import Node, Service, StoreObject, Task, TaskState, new_id
 
 
 def service(name: str, sid: str | None = None) -> Service:
     return Service(id=sid or new_id(), spec={"Name": name, "TaskTemplate": {"ContainerSpec": {"Image": "x"}},
                                              "Mode": {"Replicated": {"Replicas": 1}}})
+
+
+def creating(name: str) -> Callable[[WriteTx], StoreObject]:
+    """A write that creates service `name` (bound now, not to a loop variable that moves on)."""
+    return lambda tx: tx.create(service(name))
 
 
 async def test_create_update_versions_and_stale_write() -> None:
@@ -175,7 +182,7 @@ async def test_lagging_watcher_is_dropped_and_told() -> None:
     slow = store.watch(limit=5)
     fast = store.watch(limit=100)
     for i in range(6):
-        await store.update(lambda tx, i=i: tx.create(service(f"s{i}")))
+        await store.update(creating(f"s{i}"))
     with pytest.raises(WatchDropped, match="overflowed"):
         slow.drain()
     with pytest.raises(WatchDropped):
@@ -232,7 +239,9 @@ async def test_rebuild_from_snapshot_plus_log_tail() -> None:
     sid = new_id()
     await original.update(lambda tx: tx.create(service("web", sid)))
     for i in range(4):
-        await original.update(lambda tx, i=i: tx.create(Task(id=new_id(), service_id=sid, slot=i + 1, spec={})))
+        def create_task(tx: WriteTx, i: int = i) -> StoreObject:
+            return tx.create(Task(id=new_id(), service_id=sid, slot=i + 1, spec={}))
+        await original.update(create_task)
     snap, snap_index = original.snapshot(), original.index
     for i in range(3):
         def bump(tx, i=i):
@@ -258,12 +267,12 @@ async def test_fanout_routes_by_key_broadcasts_and_detaches_when_unused() -> Non
     fanout = store.fanout(("services",), keys, limit=2)
     x1, x2, y = fanout.subscribe("x"), fanout.subscribe("x"), fanout.subscribe("y")
     for name in ("x-one", "y-one", "all"):
-        await store.update(lambda tx, n=name: tx.create(service(n)))
+        await store.update(creating(name))
     await store.update(lambda tx: tx.create(Node(id=new_id(), spec={"Name": "x-node"})))  # not its table
     assert [e.obj.name for e in x1.drain()] == ["x-one", "all"] == [e.obj.name for e in x2.drain()]
     assert [e.obj.name for e in y.drain()] == ["y-one", "all"]
     for name in ("y-two", "y-three", "y-four"):  # y lags past its limit of 2: dropped
-        await store.update(lambda tx, n=name: tx.create(service(n)))
+        await store.update(creating(name))
     with pytest.raises(WatchDropped, match="overflowed"):
         y.drain()
     assert fanout.subscribers() == 2

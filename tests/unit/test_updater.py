@@ -2,6 +2,7 @@
 
 import copy
 import itertools
+from typing import Any
 
 from bench.support.swarm_sim import Harness, make_node
 from manager.orchestrator import is_task_dirty, rollback_service, update_service_spec
@@ -74,6 +75,12 @@ def state(h: Harness, svc: Service) -> str:
     return (current(h, svc).update_status or {}).get("State", "")
 
 
+def update_status(h: Harness, svc: Service) -> dict[str, Any]:
+    status = current(h, svc).update_status
+    assert status is not None, "the service has no UpdateStatus"
+    return status
+
+
 async def test_stop_first_one_at_a_time_then_completed() -> None:
     h, svc = await start(4, update={"Parallelism": 1, "Monitor": 2 * SEC, "Delay": 0})
     old_ids = {t.id for t in live(h, svc)}
@@ -82,7 +89,7 @@ async def test_stop_first_one_at_a_time_then_completed() -> None:
     # With no Delay each lane takes the next slot as soon as its replacement runs: every slot
     # is replaced already, but the update is not completed until the monitor windows are over.
     assert sorted(image(t) for t in live(h, svc)) == ["app:2"] * 4
-    status = current(h, svc).update_status
+    status = update_status(h, svc)
     assert status["State"] == "updating" and status["Message"] == "update in progress"
     # At most one slot was being replaced at a time: an old task is stopped only once the
     # replacement of the previous slot runs.
@@ -95,7 +102,7 @@ async def test_stop_first_one_at_a_time_then_completed() -> None:
     await run_for(h, 12)
     assert sorted(image(t) for t in live(h, svc)) == ["app:2"] * 4
     assert sorted(t.slot for t in live(h, svc)) == [1, 2, 3, 4]
-    status = current(h, svc).update_status
+    status = update_status(h, svc)
     assert status["State"] == "completed" and status["Message"] == "update completed" and status["CompletedAt"]
     # stop-first: each old task was stopped before its replacement started
     for old in old_ids:
@@ -145,7 +152,7 @@ async def test_failure_pauses_update() -> None:
     h.agent.fail = lambda t: "bad image" if image(t) == "app:2" else ""
     await set_image(h, svc, "app:2")
     await run_for(h, 10)
-    status = current(h, svc).update_status
+    status = update_status(h, svc)
     assert status["State"] == "paused"
     assert status["Message"].startswith("update paused due to failure or early termination of task ")
     # Only the first slot was tried; three old tasks keep running.
@@ -198,7 +205,7 @@ async def test_failure_action_rollback() -> None:
     svc_now = current(h, svc)
     assert svc_now.spec["TaskTemplate"]["ContainerSpec"]["Image"] == "app:1"
     await run_for(h, 10)
-    status = current(h, svc).update_status
+    status = update_status(h, svc)
     assert status["State"] == "rollback_completed" and status["Message"] == "rollback completed"
     assert sorted(image(t) for t in live(h, svc)) == ["app:1"] * 3
 
@@ -215,13 +222,14 @@ async def test_manual_rollback() -> None:
     await run_for(h, 8)
     assert state(h, svc) == "completed"
     await h.store.update(lambda tx: tx.update(rollback_service(tx.get("services", svc.id), h.clock.now())))
-    assert current(h, svc).update_status["Message"] == "manually requested rollback"
+    assert update_status(h, svc)["Message"] == "manually requested rollback"
     await h.settle()
     assert state(h, svc) == "rollback_started"
     await run_for(h, 20)
     assert state(h, svc) == "rollback_completed"
     assert sorted(image(t) for t in live(h, svc)) == ["app:1"] * 2
-    assert current(h, svc).previous_spec["TaskTemplate"]["ContainerSpec"]["Image"] == "app:2"
+    previous = current(h, svc).previous_spec
+    assert previous is not None and previous["TaskTemplate"]["ContainerSpec"]["Image"] == "app:2"
 
 
 async def test_new_update_supersedes_one_in_flight() -> None:
@@ -339,7 +347,7 @@ async def test_lanes_are_freed_when_replacements_run_not_after_the_monitor_windo
     assert status_seen["updating"] < all_running
     completed_at = status_seen["completed"]
     assert all_running + 5 <= completed_at <= all_running + 5 + 2 * STEP
-    assert current(h, svc).update_status["CompletedAt"]
+    assert update_status(h, svc)["CompletedAt"]
 
 
 async def test_rollback_completed_only_after_the_last_window() -> None:
@@ -386,7 +394,7 @@ async def test_failure_in_window_after_lane_freed_pauses() -> None:
     h, svc, replaced = await fail_after_lanes_freed({"Parallelism": 1, "Monitor": 10 * SEC})
     h.agent.finish = lambda t: 1 if t.id == replaced[0].id else None
     await h.settle()
-    status = current(h, svc).update_status
+    status = update_status(h, svc)
     assert status["State"] == "paused"
     assert status["Message"] == f"update paused due to failure or early termination of task {replaced[0].id}"
 
@@ -395,7 +403,7 @@ async def test_early_exit_in_window_counts_as_failure() -> None:
     h, svc, replaced = await fail_after_lanes_freed({"Parallelism": 1, "Monitor": 10 * SEC})
     h.agent.finish = lambda t: 0 if t.id == replaced[2].id else None  # exit 0 is early termination too
     await h.settle()
-    assert state(h, svc) == "paused" and replaced[2].id in current(h, svc).update_status["Message"]
+    assert state(h, svc) == "paused" and replaced[2].id in update_status(h, svc)["Message"]
 
 
 async def test_failure_after_the_window_does_not_count() -> None:
@@ -417,6 +425,7 @@ async def test_failure_in_window_after_lane_freed_rolls_back() -> None:
     await h.settle()
     svc_now = current(h, svc)
     assert svc_now.spec["TaskTemplate"]["ContainerSpec"]["Image"] == "app:1"
+    assert svc_now.update_status is not None
     assert svc_now.update_status["State"] == "rollback_started"
     assert svc_now.update_status["Message"] == \
         f"update rolled back due to failure or early termination of task {replaced[1].id}"
@@ -435,7 +444,7 @@ async def test_failures_in_window_count_toward_max_failure_ratio() -> None:
     assert state(h, svc) == "updating"
     h.agent.finish = lambda t: 1 if t.id in (replaced[0].id, replaced[3].id) else None
     await h.settle()
-    status = current(h, svc).update_status
+    status = update_status(h, svc)
     assert status["State"] == "paused" and replaced[3].id in status["Message"]
 
 

@@ -1,6 +1,7 @@
 """Spec validation (400 messages naming the field) and the defaults the server adds."""
 
 import copy
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,7 @@ from manager.specs import (
 )
 from model import Node
 
-CLI_BODY = {"Name": "web", "Labels": {}, "TaskTemplate": {
+CLI_BODY: dict[str, Any] = {"Name": "web", "Labels": {}, "TaskTemplate": {
     "ContainerSpec": {"Image": "busybox:latest", "Args": ["sleep", "9"], "Init": False, "DNSConfig": {},
                       "Secrets": [{"File": {"Name": "s", "UID": "0", "GID": "0", "Mode": 292},
                                    "SecretID": "x", "SecretName": "s"}]},
