@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
@@ -78,32 +78,40 @@ def _drain(current: Iterable[T], previous: Iterable[T], alive: set[IPv4Address],
     return tuple(sorted({b for b in previous if b not in now and address(b) in alive}, key=str))
 
 
-def wanted_lb(view: NetworkView, previous: LbNetwork | None, alive: set[IPv4Address]) -> LbNetwork | None:
-    """The VIP load balancer of one network on this node; None when it needs none."""
+def lb_former(lb: LbNetwork | None) -> dict[IPv4Address, tuple[IPv4Address, ...]]:
+    """Per VIP, every backend a load balancer held (in rotation or draining)."""
+    return {s.vip: (*s.backends, *s.draining) for s in lb.services} if lb is not None else {}
+
+
+def mesh_former(mesh: Mesh | None) -> dict[tuple[str, int], tuple[IngressBackend, ...]]:
+    """Per published port, every backend a mesh held (in rotation or draining)."""
+    return {key: (*p.backends, *p.draining) for key, p in mesh.by_key().items()} if mesh is not None else {}
+
+
+def wanted_lb(view: NetworkView, former: Mapping[IPv4Address, Iterable[IPv4Address]],
+              alive: set[IPv4Address]) -> LbNetwork | None:
+    """The VIP load balancer of one network on this node; None when it needs none. `former`:
+    per VIP, every backend the load balancer held until now (what leaves rotation drains)."""
     if view.ingress or not view.node_address:
         return None
     own = IPv4Interface(view.node_address).ip
-    before = previous.by_vip() if previous is not None else {}
     services = []
     for service in view.services:
         if service.mode != "vip" or not service.vip or (vip := IPv4Address(service.vip)) == own:
             continue
         backends = tuple(dict.fromkeys(a for t in service.tasks if (a := IPv4Address(t.address)) != vip))
-        old = before.get(vip)
-        former = (*old.backends, *old.draining) if old is not None else ()
-        services.append(VipService(vip, backends, _drain(backends, former, alive, lambda a: a)))
+        services.append(VipService(vip, backends, _drain(backends, former.get(vip, ()), alive, lambda a: a)))
     if not services:
         return None
     return LbNetwork(own, LB_DEVICE, tuple(services))
 
 
-def wanted_mesh(view: NetworkView, sandbox_address: IPv4Address, host_device: str, previous: Mesh | None,
-                alive: set[IPv4Address]) -> Mesh | None:
+def wanted_mesh(view: NetworkView, sandbox_address: IPv4Address, host_device: str,
+                former: Mapping[tuple[str, int], Iterable[IngressBackend]], alive: set[IPv4Address]) -> Mesh | None:
     """The routing mesh of this node, from the ingress network's view; None until the node has
-    its endpoint on ingress."""
+    its endpoint on ingress. `former`: per published port, every backend held until now."""
     if not view.node_address:
         return None
-    before = previous.by_key() if previous is not None else {}
     ports: dict[tuple[str, int], PublishedPort] = {}
     for service in view.services:
         for port in service.ports:
@@ -112,10 +120,8 @@ def wanted_mesh(view: NetworkView, sandbox_address: IPv4Address, host_device: st
                 continue
             backends = tuple(dict.fromkeys(IngressBackend(IPv4Address(t.address), port.target)
                                            for t in service.tasks))
-            old = before.get(key)
-            former = (*old.backends, *old.draining) if old is not None else ()
             ports[key] = PublishedPort(port.protocol, port.published, backends,
-                                       _drain(backends, former, alive, lambda b: b.address))
+                                       _drain(backends, former.get(key, ()), alive, lambda b: b.address))
     return Mesh(IPv4Interface(view.node_address).ip, sandbox_address, host_device, tuple(ports.values()))
 
 
@@ -213,10 +219,17 @@ class ServiceBalancing:
                        records: dict[str, SandboxRecord]) -> bool:
         """One network's LB; False when it needs none."""
         previous = self._lb.get(view.id)
-        want = wanted_lb(view, previous, alive_on(view, records.values()))
+        key = lb_key(view.id)
+        former: Mapping[IPv4Address, Iterable[IPv4Address]]
+        if previous is not None:
+            former = lb_former(previous)
+        elif key in records:        # first sync of this life (or after a failure): the kernel says
+            former = await self.plane.held_lb(view.id, host.sandbox_path(key))
+        else:
+            former = {}
+        want = wanted_lb(view, former, alive_on(view, records.values()))
         if want is None:
             return False
-        key = lb_key(view.id)
         await self._endpoint(host, key, spec, view.node_address, records, gateway=False)
         if previous != want:
             self._lb.pop(view.id, None)              # unknown until the data plane took it
@@ -237,7 +250,12 @@ class ServiceBalancing:
         record = records.get(INGRESS_SANDBOX)
         if record is None or record.gateway is None:
             raise RuntimeError("the ingress sandbox has no gateway interface")
-        want = wanted_mesh(view, record.gateway.ip, host.gateway_bridge, self._mesh, alive_on(view, records.values()))
+        former: Mapping[tuple[str, int], Iterable[IngressBackend]]
+        if self._mesh is not None:
+            former = mesh_former(self._mesh)
+        else:                       # first sync of this life (or after a failure): the kernel says
+            former = await self.plane.held_mesh(host.sandbox_path(INGRESS_SANDBOX))
+        want = wanted_mesh(view, record.gateway.ip, host.gateway_bridge, former, alive_on(view, records.values()))
         if want is None or want == self._mesh:
             return
         self._mesh = None

@@ -54,7 +54,7 @@ from ingress.dataplane.plan import (
     task_removal,
 )
 from ingress.dataplane.readback import ReadBack
-from ingress.dataplane.spec import LbNetwork, Mesh, TaskIngress
+from ingress.dataplane.spec import IngressBackend, LbNetwork, Mesh, TaskIngress
 from ingress.dns.netns import open_netns, run_in_netns
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,15 @@ class IngressDataPlane:
         return await self._step(held, netns, read,
                                 lambda cur, fresh: plan_lb(cur, want, self.prefix, fresh=fresh))
 
+    async def held_lb(self, key: str, netns: Netns) -> dict[IPv4Address, frozenset[IPv4Address]]:
+        """Every backend the network's LB table holds per VIP, in rotation or draining, as read
+        from the kernel: after a restart, what the previous life of the daemon programmed."""
+        async with self._lb.setdefault(key, _Held()).lock:
+            with _opened(netns) as fd:
+                text = await kernel.nft_list(fd, self.tables["lb"])
+        layout = readback.lb_layout(text).layout if text is not None else None
+        return {vip: slots.members for vip, slots in layout.services.items()} if layout is not None else {}
+
     async def remove_lb(self, key: str, netns: Netns | None, device: str | None = None) -> Applied:
         """Delete the network's LB table (and the VIP aliases on `device`), cutting its
         connections. With `netns` None (the namespace is gone, and everything in it) only the
@@ -213,6 +222,15 @@ class IngressDataPlane:
         self._mesh_ports = frozenset(want.by_key())
         unreserved = await self._reserve()
         return Applied(inner.commands + outer.commands, inner.flushed, unreserved, inner.script + outer.script)
+
+    async def held_mesh(self, netns: Netns) -> dict[tuple[str, int], frozenset[IngressBackend]]:
+        """Every backend the ingress namespace's table holds per published port, in rotation or
+        draining, as read from the kernel: after a restart, what the previous life programmed."""
+        async with self._mesh.lock:
+            with _opened(netns) as fd:
+                text = await kernel.nft_list(fd, self.tables["mesh"])
+        layout = readback.mesh_layout(text).layout if text is not None else None
+        return {key: slots.members for key, slots in layout.ports.items()} if layout is not None else {}
 
     async def remove_mesh(self, netns: Netns | None) -> Applied:
         """No published port any more: the daemon's table goes (and the reservations); the

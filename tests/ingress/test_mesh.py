@@ -32,6 +32,7 @@ from ingress.dataplane import (
     mac_from_ip,
 )
 from ingress.dataplane.plan import table_names
+from node.balancing import wanted_mesh
 from tests.ingress.support import (
     Http,
     Net,
@@ -43,6 +44,7 @@ from tests.ingress.support import (
     socket_in,
     udp_ask,
 )
+from worker.networking import NetworkView
 
 pytestmark = [pytest.mark.lab, needs_root_and_tools()]
 
@@ -244,3 +246,34 @@ async def test_a_restarted_daemon_adopts_the_mesh_and_removal_frees_the_port(bed
     assert table_names()["task"] not in nft_ruleset(bed.t["t1"])
     assert "lookup" not in sh("ip", "-n", bed.t["t1"], "rule", "list").replace("lookup local", "").replace(
         "lookup main", "").replace("lookup default", "")
+
+
+async def test_a_restarted_daemon_drains_what_left_rotation_while_it_was_down(bed: Bed) -> None:
+    """The node's balancing drains a backend that leaves rotation while its endpoint lives
+    (node/balancing.py); a restarted daemon has no memory of the last rotation, so it asks the
+    kernel what the mesh held: a task that left while the daemon was down drains (its open
+    connection runs on) instead of being cut."""
+    await program(bed, web("t1", "t2"))
+    conn = await Http.open(bed.cl, NODE[1], 8080)
+    try:
+        first, _ = await conn.get()
+        other = "t2" if first == "t1" else "t1"
+        await bed.dp[1].close()                        # the daemon dies; `first` leaves rotation meanwhile
+        bed.dp[1] = IngressDataPlane(bed.path(bed.n[1]))
+        held = await bed.dp[1].held_mesh(bed.path(bed.i[1]))
+        assert held == {("tcp", 8080): frozenset(IngressBackend(TASK[n], 80) for n in ("t1", "t2"))}
+        view = NetworkView.from_wire({
+            "id": "ingress", "name": "ingress", "vni": 4096, "subnet": "10.255.0.0/16", "gateway": "10.255.0.1",
+            "ingress": True, "node_address": f"{INGRESS[1]}/16", "services": [
+                {"name": "web", "id": "web", "vip": "10.255.0.5", "ports": [
+                    {"protocol": "tcp", "published": 8080, "target": 80}],
+                 "tasks": [{"name": "web.1", "id": other, "address": str(TASK[other])}]}]})
+        want = wanted_mesh(view, SANDBOX, "gw0", held, alive={TASK["t1"], TASK["t2"]})
+        assert want is not None and want.by_key()[("tcp", 8080)].draining == (IngressBackend(TASK[first], 80),)
+        applied = await bed.dp[1].set_mesh(bed.path(bed.i[1]), want)
+        assert applied.flushed == 0
+        assert (await conn.get())[0] == first           # its open connection runs on
+        assert {(await fetch(bed.cl, NODE[1], 8080))[0] for _ in range(3)} == {other}
+        assert await bed.dp[1].held_mesh(bed.path(bed.i[1])) == held
+    finally:
+        conn.close()

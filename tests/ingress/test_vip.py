@@ -128,8 +128,12 @@ async def test_a_restarted_daemon_adopts_the_tables_and_flushes_what_left_meanwh
         draining = lb(VipService(VIP, (NAMES[other],), (NAMES[name],)), other_vip)
         await first_life.set_lb("net1", bed.lb_path, draining)
 
-        # A new life reads the tables back: only the fixed rules are rewritten, nothing cut.
+        # A new life reads the tables back: what each VIP held, draining included (what the
+        # node's balancing drains on from, node/balancing.py); only the fixed rules are
+        # rewritten, nothing cut.
         second_life = IngressDataPlane()
+        assert await second_life.held_lb("net1", bed.lb_path) == {VIP: frozenset((B1, B2)),
+                                                                    other_vip.vip: frozenset((B1,))}
         applied = await second_life.set_lb("net1", bed.lb_path, draining)
         assert applied.flushed == 0
         assert not [line for line in applied.script.splitlines()
