@@ -168,6 +168,10 @@ class NodeNetworking:
 
     # ---- TaskNetworking ----------------------------------------------------------------------
     async def sync(self, views: NetworkViews) -> None:
+        # One set of views for the whole sync: the agent's object takes in new messages while
+        # this awaits, and a network that arrived meanwhile would meet a data path reconciled
+        # without it ("not set up"), or the balancing without its spec. The next sync has it.
+        views = views.snapshot()
         async with self._lock:
             host = await self._host_for(views.data_path_port)
             self._views = views

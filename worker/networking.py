@@ -134,6 +134,14 @@ class NetworkViews:
         self.known = False          # a complete set has arrived
         self.version = 0            # bumps on every change
 
+    def snapshot(self) -> NetworkViews:
+        """These views as they are now: later messages change the original, never the copy
+        (`apply` replaces `views`, it never edits the dict)."""
+        copy = NetworkViews()
+        copy.views, copy.data_path_port, copy.known, copy.version = (self.views, self.data_path_port, self.known,
+                                                                     self.version)
+        return copy
+
     def apply(self, message: Mapping[str, Any]) -> list[str]:
         """Take in one `networks` message; returns the problems with views it had to skip."""
         problems: list[str] = []
