@@ -13,6 +13,10 @@ placement constraints (`node.hostname==manager-1`, `node.hostname==worker-1`). T
     over their 198.18.0.x addresses. One TCP stream for `--seconds` (after 1 s of warm-up that is
     omitted), `--reps` times per path, the two paths alternated and the first one swapped every rep;
     the median Gbit/s of each path counts. Goal: overlay >= 0.9x the underlay.
+  - the same with each lab host on its own CPU (`throughput_hosts_on_own_cpus`, 2+ CPUs; the
+    figure the goal is judged on): iperf3's server pinned to CPU 1 and client to CPU 0, and RPS
+    on each lab host's wire steering its receive work to its own CPU (`hosts_on_own_cpus`). A
+    veth delivers in the sender's softirq, so otherwise one CPU runs both hosts' network stacks.
   - round trip: a TCP request/response loop (one connection, TCP_NODELAY, a 1-byte request and a
     1-byte reply, as netperf's TCP_RR; Python on both ends, the same code on both paths, so the
     constant cost of the interpreter is in both figures and `added_us` is the overlay's own cost),
@@ -54,6 +58,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,18 +100,22 @@ THROUGHPUT_GOAL = 0.9          # overlay / underlay, at least
 START_GOAL = 1.3               # with a network / without, at most
 
 def data_path(paths: dict[str, Path_], reps: int, seconds: int, rr_count: int, timeout: float,
-              realtime: bool) -> dict[str, Any]:
+              realtime: bool, cpus: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Throughput and (unless `cpus`) round trips of both paths; `cpus` pins iperf3's (server,
+    client) processes."""
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in paths}
     rtts: dict[str, list[float]] = {name: [] for name in paths}
     order = list(paths)
     for rep in range(reps):
         for name in (order if rep % 2 == 0 else order[::-1]):
-            runs[name].append(iperf(paths[name], seconds, timeout, realtime))
-        for name in (order if rep % 2 == 0 else order[::-1]):
-            rtts[name].extend(round_trips(paths[name], rr_count, timeout))
+            runs[name].append(iperf(paths[name], seconds, timeout, realtime, cpus))
+        if not cpus:
+            for name in (order if rep % 2 == 0 else order[::-1]):
+                rtts[name].extend(round_trips(paths[name], rr_count, timeout))
     throughput: dict[str, Any] = {
         "method": f"iperf3, 1 TCP stream, {seconds} s (+1 s omitted) per run, {reps} runs per path, "
-                  "paths alternated; median" + (f"; both ends at SCHED_FIFO {REALTIME_PRIORITY}" if realtime else ""),
+                  "paths alternated; median" + (f"; both ends at SCHED_FIFO {REALTIME_PRIORITY}" if realtime else "")
+                  + (f"; server pinned to CPU {cpus[0]}, client to CPU {cpus[1]}" if cpus else ""),
     }
     for name in paths:
         rates = [r["gbit_s"] for r in runs[name]]
@@ -123,6 +132,8 @@ def data_path(paths: dict[str, Path_], reps: int, seconds: int, rr_count: int, t
         "cpu_per_byte_overlay_over_underlay": round(cpu_o / cpu_u, 3) if cpu_o and cpu_u else None,
         "goal": f"overlay >= {THROUGHPUT_GOAL}x underlay", "meets_goal": ratio >= THROUGHPUT_GOAL,
     })
+    if cpus:
+        return {"throughput": throughput}
     rtt: dict[str, Any] = {
         "method": f"TCP request/response, 1 connection, TCP_NODELAY, 1-byte request and reply, Python on both "
                   f"ends; {rr_count} round trips per rep after {RR_WARMUP} unmeasured, {reps} reps per path",
@@ -134,6 +145,29 @@ def data_path(paths: dict[str, Path_], reps: int, seconds: int, rr_count: int, t
     rtt["ratio_median_overlay_over_underlay"] = round(rtt["overlay"]["median_us"] / rtt["underlay"]["median_us"], 3)
     rtt["added_us"] = round(rtt["overlay"]["median_us"] - rtt["underlay"]["median_us"], 1)
     return {"throughput": throughput, "round_trip": rtt}
+
+
+@contextlib.contextmanager
+def hosts_on_own_cpus(lab: Lab, cpus: dict[str, int]) -> Iterator[None]:
+    """Each lab host's receive work on its own CPU, as on separate machines: RPS on every receive
+    queue of the host's wire (eth0) steers what arrives to `cpus[host]`. Without it a veth
+    delivers in the sender's softirq, so the sending process's CPU pays for both hosts'
+    network stacks (the VXLAN decap, bridge and veth of the receiving host too). Restored after."""
+    def rps(host: str, mask: str | None) -> str:
+        argv = ["ip", "netns", "exec", lab.node(host).ns, "sh", "-c",
+                "cd /sys/class/net/eth0/queues && " + (
+                    f"for q in rx-*; do echo {mask} > $q/rps_cpus; done" if mask is not None else
+                    "cat rx-0/rps_cpus")]
+        return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+
+    before = {host: rps(host, None) for host in cpus}
+    try:
+        for host, cpu in cpus.items():
+            rps(host, format(1 << cpu, "x"))
+        yield
+    finally:
+        for host, mask in before.items():
+            rps(host, mask or "0")
 
 
 # -- the lab ---------------------------------------------------------------------------------------
@@ -300,6 +334,14 @@ def bench(args: argparse.Namespace, result: dict[str, Any]) -> None:
             result.update(data_path(paths, args.reps, args.seconds, args.rr_count, args.timeout, args.realtime))
         except BenchError as e:
             result["throughput"] = {"error": str(e)}
+        if (os.cpu_count() or 1) >= 2:
+            try:
+                with hosts_on_own_cpus(lab, {SERVER_HOST: 1, CLIENT_HOST: 0}):
+                    split = data_path(paths, args.reps, args.seconds, args.rr_count, args.timeout, args.realtime,
+                                      cpus=(1, 0))["throughput"]
+                result["throughput_hosts_on_own_cpus"] = split
+            except (BenchError, subprocess.SubprocessError) as e:
+                result["throughput_hosts_on_own_cpus"] = {"error": str(e)}
         try:
             result["assignment_to_running"] = asyncio.run(start_latency(lab, args.tasks, args.timeout,
                                                                         args.realtime))
@@ -346,7 +388,9 @@ def main(argv: list[str] | None = None) -> tuple[dict[str, Any], int]:
         result["error"] = f"{IPERF3} is not installed (run deploy/bench-setup.sh)"
         return result, 0
     result["iperf3"] = subprocess.run([IPERF3, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
-    status = run_bench(result, lambda: bench(args, result), ("throughput", "assignment_to_running"))
+    status = run_bench(result, lambda: bench(args, result),
+                       ("throughput_hosts_on_own_cpus" if (os.cpu_count() or 1) >= 2 else "throughput",
+                        "assignment_to_running"))
     return result, status
 
 

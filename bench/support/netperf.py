@@ -149,15 +149,20 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def iperf(path: Path_, seconds: int, timeout: float, realtime: bool) -> dict[str, Any]:
+def iperf(path: Path_, seconds: int, timeout: float, realtime: bool,
+          cpus: tuple[int, int] | None = None) -> dict[str, Any]:
+    """One iperf3 run; `cpus`: the CPUs the (server, client) processes are pinned to."""
     prio = ["chrt", "-f", str(REALTIME_PRIORITY)] if realtime else []
-    server = spawn([*prio, *in_ns(path.server_ns), IPERF3, "-s", "-1", "-B", path.server_ip, "-p", str(IPERF_PORT)])
+    server_cpu, client_cpu = (["-A", str(cpus[0])], ["-A", str(cpus[1])]) if cpus else ([], [])
+    server = spawn([*prio, *in_ns(path.server_ns), IPERF3, "-s", "-1", "-B", path.server_ip, "-p", str(IPERF_PORT),
+                    *server_cpu])
     try:
         wait_listening(path.server_ns, IPERF_PORT, server, 10)
         before = link_stats(path.client_host_ns)
         cpu_before = children_cpu_s()     # from here until the server is reaped, only these two end
         out = run([*prio, *in_ns(path.client_ns), IPERF3, "-c", path.server_ip, "-p", str(IPERF_PORT),
-                   "-t", str(seconds), "-O", "1", "-J", "--connect-timeout", "5000"], timeout=seconds + timeout)
+                   "-t", str(seconds), "-O", "1", "-J", "--connect-timeout", "5000", *client_cpu],
+                  timeout=seconds + timeout)
         with contextlib.suppress(subprocess.TimeoutExpired):
             server.wait(10)
         cpu = children_cpu_s() - cpu_before

@@ -134,6 +134,10 @@ def test_overlay_bench_json() -> None:
         assert throughput[path]["median_gbit_s"] > 0 and len(throughput[path]["runs"]) == 1
         assert rtt[path]["n"] == 20 and rtt[path]["p99_us"] >= rtt[path]["median_us"] > 0
     assert doc["lab"]["overlay"]["mtu"] == 1450 and throughput["ratio_overlay_over_underlay"] > 0
+    if (os.cpu_count() or 1) >= 2:                      # each lab host on its own CPU
+        split = doc["throughput_hosts_on_own_cpus"]
+        assert "error" not in split, split.get("error")
+        assert split["overlay"]["median_gbit_s"] > 0 and "CPU 1" in split["method"]
     for kind in ("without_network", "with_network"):
         assert start[kind]["n"] == 1 and is_seconds(start[kind]["median_ms"])
     assert set(start["first_task_ms"]) == {"without_network", "with_network_first_on_node"}
