@@ -20,7 +20,9 @@ Theory of operation (called by NodeNetworking under its lock, after the overlay 
 - **Drain**: a task that leaves rotation (its desired state passed RUNNING, or it stopped
   running) but whose endpoint still exists somewhere (a peer, or a sandbox here) is kept as
   *draining*: no new connection, open ones carry on. Once its endpoint is gone, it is dropped,
-  and the data plane flushes its conntrack entries (a reset, not a hang).
+  and the data plane flushes its conntrack entries (a reset, not a hang). "Left rotation" is
+  against what this node held last: its memory, or after a restart what the kernel's maps hold
+  (`held_lb`/`held_mesh`), so a restart cuts no draining connection.
 
 Everything is level-triggered: each call says the whole wanted state of a namespace, computed
 from the views; what was programmed last is cached, and an unchanged namespace costs nothing.
