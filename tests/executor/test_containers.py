@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.executor.conftest import make_config, needs_root_and_runc, wait_for_log
+from tests.support.wait import async_wait_until
 from worker.executor import ContainerConfig, ContainerUnhealthy, Executor, ExecutorError, Healthcheck, Resources
 from worker.executor.rootfs import mounts_under
 
@@ -194,10 +195,12 @@ async def test_failing_probe_during_start_period_does_not_count(executor: Execut
         assert (await executor.runc.exec(ctl.id, ["test", "-f", "/tmp/up"], timeout=10))[0] == 0
         async with asyncio.timeout(15):
             waiting = asyncio.create_task(ctl.wait())     # wait() runs the health checks
+
+            async def healthy() -> bool:                  # no event: the monitor's status is polled
+                assert not waiting.done(), f"ended before it was healthy: {waiting.result()}"
+                return ctl.health is not None and ctl.health.status == "healthy"
             try:
-                while ctl.health is None or ctl.health.status != "healthy":
-                    assert not waiting.done(), f"ended before it was healthy: {waiting.result()}"
-                    await asyncio.sleep(0.05)
+                await async_wait_until(healthy, timeout=15, what="the container healthy under wait()")
                 await executor.runc.exec(ctl.id, ["touch", "/tmp/done"], timeout=10)
                 status = await waiting
             finally:

@@ -108,10 +108,10 @@ async def test_run_detached_with_a_name_then_stop_start_restart_rename_rm(docker
     _, out, _ = await docker.run("ps", "-a", "--format", "{{.Names}} {{.Status}}")
     assert out.startswith("sleeper Exited (")
     await docker.run("start", "sleeper")
-    deadline = asyncio.get_running_loop().time() + 20   # start returns before the shell printed
-    while (out := (await docker.run("logs", "sleeper"))[1]) != "up\nup\n":
-        assert asyncio.get_running_loop().time() < deadline, out   # the same container ran twice: one log
-        await asyncio.sleep(0.05)
+
+    async def logged_twice() -> bool:       # start returns before the shell printed
+        return (await docker.run("logs", "sleeper"))[1] == "up\nup\n"    # the same container ran twice: one log
+    await async_wait_until(logged_twice, timeout=20, what="the restarted shell's line in the one log")
     await docker.run("restart", "-t", "5", "sleeper")
     _, out, _ = await docker.run("inspect", "-f", "{{.State.Running}}", "sleeper")
     assert out.strip() == "true"

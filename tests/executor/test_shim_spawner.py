@@ -10,12 +10,12 @@ import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.executor.conftest import make_config, needs_root_and_runc, read_if_exists, wait_for_log
+from tests.support.wait import wait_until
 from worker.executor import Executor, ExecutorError
 from worker.executor.layout import SHIM_CGROUP, Layout
 from worker.executor.rootfs import mounts_under
@@ -55,19 +55,15 @@ def wait_gone_blocking(pid: int, timeout: float) -> None:
 
 
 def wait_for_exec(pid: int, timeout: float = 5.0) -> bytes:
-    """argv[0] of the process once it is no longer runc's init (polled, with a deadline)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    """argv[0] of the process once it is no longer runc's init (/proc has no event: polled)."""
+    def execed() -> bytes | None:
         argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
-        if (not argv0.endswith(b"runc") and argv0) or time.monotonic() > deadline:
-            return argv0.rsplit(b"/", 1)[-1]
-        time.sleep(0.005)
+        return argv0.rsplit(b"/", 1)[-1] if argv0 and not argv0.endswith(b"runc") else None
+    return wait_until(execed, timeout=timeout, interval=0.005, what=f"process {pid} to exec its program")
 
 
 def wait_for_text(path: Path, text: str, timeout: float = 5.0) -> str:
-    deadline = time.monotonic() + timeout
-    while path.read_text() != text and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: path.read_text() == text, timeout=timeout, interval=0.01, what=f"{path} to read {text!r}")
     return path.read_text()
 
 
