@@ -10,11 +10,11 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_until(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
+def wait_until(check: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.05,
                what: str = "condition") -> T:
     """Call `check` until it returns a truthy value; raise AssertionError after `timeout`."""
     deadline = time.monotonic() + timeout
-    last: T = check()
+    last = check()
     while not last:
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what} (last: {last!r})")
@@ -23,7 +23,7 @@ def wait_until(check: Callable[[], T], timeout: float = 10.0, interval: float = 
     return last
 
 
-async def async_wait_until(check: Callable[[], Awaitable[T]], timeout: float = 10.0,
+async def async_wait_until(check: Callable[[], Awaitable[T | None]], timeout: float = 10.0,
                            interval: float = 0.05, what: str = "condition") -> T:
     deadline = time.monotonic() + timeout
     last = await check()

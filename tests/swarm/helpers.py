@@ -37,7 +37,7 @@ def api_error(lab: Lab, node: str, method: str, path: str, body: Any = None, **p
     raise AssertionError(f"{method} {path} on {node} unexpectedly succeeded")
 
 
-def eventually(check: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
+def eventually(check: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
     """Poll `check` (exceptions count as not yet) until it returns a truthy value."""
     deadline = time.monotonic() + timeout
     last: Any = None
