@@ -27,7 +27,10 @@ Prints one JSON document. Three parts:
           namespace to the tasks' gateway-bridge addresses, no wire at all;
       (b) `vip`: from the mbcli task's namespace to mbweb's VIP on the overlay (worker-2's LB
           namespace DNATs to a task on worker-1);
-      (c) `straight_from_task`: from the mbcli task's namespace to the tasks' overlay addresses.
+      (c) `straight_from_task`: from the mbcli task's namespace to the tasks' overlay addresses;
+      `routed_via_mesh_host` (no goal): from a second LAN client (`<lab>-lanrouted`) to the tasks'
+          gateway-bridge addresses with plain IP routing through manager-1 both ways (routes the
+          bench adds; manager-1's ICMP redirects off): the mesh's three hosts without the mesh.
     Each run is 2 wrk processes at once (one thread each, half the connections each), requests/s
     summed: on the straight paths one per task, on the others both to the one address; so every
     path has as many server workers and client threads at work (the scheduler shares a busy
@@ -36,6 +39,15 @@ Prints one JSON document. Three parts:
     path and mode, paths alternated (order reversed every rep); the median of each path counts.
     Goals: (a) and (b) >= 0.9x their reference with keep-alive, >= 0.8x with a new connection
     per request. Reported, never asserted.
+    With 2+ CPUs, two more layouts of the same lab, each host's receive work steered to a CPU
+    chosen for it (RPS on its wire: a veth otherwise delivers in the sender's softirq, so one
+    CPU would run several hosts' network stacks), nginx (one worker per task) and wrk pinned:
+      `hosts_on_own_cpus`: the two-host paths (straight, mesh_via_task_host, vip,
+          straight_from_task), the server's host and nginx on CPU 1, the client's side and wrk on
+          CPU 0: as on two machines;
+      `mesh_host_on_own_cpu`: mesh, straight and routed_via_mesh_host, manager-1 alone on CPU 0,
+          everything else on CPU 1: the mesh host's forwarding is charged to neither end, as on a
+          third machine (with 2 CPUs the two ends then share one).
   - task RUNNING -> in rotation on every node: a one-task service `mbrot` publishing tcp 8090
     (no placement constraint), scaled up by one `--tasks` times, each step waiting for the last.
     In each host's ingress namespace (`s-ingress-sbox`) `nft monitor` runs; at each new ruleset
@@ -103,6 +115,18 @@ LAN_CLIENT_ADDRESS, LAN_CLIENT_PORT = "198.18.0.200", "plan"   # on the lab's /2
 # a tuple the task still holds in TIME_WAIT with an older-looking timestamp is dropped (PAWS):
 # the path run second would lose its new connections for a minute. A second address avoids it.
 LAN_CLIENT_SECOND = "198.18.0.201"
+# A second LAN client whose routes to the tasks' gateway-bridge addresses go through the mesh's
+# host (plain IP forwarding there, no NAT, no overlay): the same three hosts as the mesh's path
+# without the mesh, the reference that shows what the mesh itself costs.
+LAN_ROUTED_ADDRESS, LAN_ROUTED_PORT = "198.18.0.202", "planrouted"
+SERVER_CPU, CLIENT_CPU, MESH_HOST_CPU = 1, 0, 0             # the split runs: nginx, wrk, manager-1
+# (ratio, path, reference): the judged ones, then the ones that explain them
+RATIOS = (("mesh_over_straight", "mesh", "straight"), ("vip_over_straight", "vip", "straight_from_task"),
+          ("mesh_over_routed_via_mesh_host", "mesh", "routed_via_mesh_host"),
+          ("routed_via_mesh_host_over_straight", "routed_via_mesh_host", "straight"),
+          ("mesh_via_task_host_over_straight", "mesh_via_task_host", "straight"),
+          ("mesh_over_straight_from_host", "mesh", "straight_from_host"))
+JUDGED = ("mesh_over_straight", "vip_over_straight")
 IN_ROTATION_MAX = 2**31                                  # slot keys from here are draining backends
 
 
@@ -136,6 +160,10 @@ def lan_client_ns(lab: Lab) -> str:
     return f"{lab.name}-lanclient"
 
 
+def lan_routed_ns(lab: Lab) -> str:
+    return f"{lab.name}-lanrouted"
+
+
 def add_lan_client(lab: Lab, via: str, routes: list[str]) -> str:
     """A namespace on the lab's LAN (its hub bridge) with a /32 route to each of `routes` through
     the host at `via`, and its second address as the source towards `via` itself; its path."""
@@ -149,37 +177,110 @@ def add_lan_client(lab: Lab, via: str, routes: list[str]) -> str:
     return f"/run/netns/{ns}"
 
 
+def add_routed_client(lab: Lab, router: str, target: str, routes: list[str]) -> str:
+    """A LAN client whose packets to each of `routes` (addresses behind host `target`) go through
+    host `router` both ways: routes there and back, and no ICMP redirect from `router` (which
+    would send the client straight to `target`, as the hosts share the LAN); its path."""
+    ns, router_ns, target_ns = lan_routed_ns(lab), lab.node(router).ns, lab.node(target).ns
+    labnet.delete_namespace(ns)
+    labnet.create_host(lab.hub_ns, ns, LAN_ROUTED_PORT, LAN_ROUTED_ADDRESS, 24)
+    labnet.sh("ip", "netns", "exec", router_ns, "sysctl", "-q", "-w", "net.ipv4.conf.all.send_redirects=0",
+              "net.ipv4.conf.eth0.send_redirects=0")
+    for address in routes:
+        labnet.sh("ip", "-n", ns, "route", "add", f"{address}/32", "via", lab.node(router).address)
+        labnet.sh("ip", "-n", router_ns, "route", "add", f"{address}/32", "via", lab.node(target).address)
+    labnet.sh("ip", "-n", target_ns, "route", "add", f"{LAN_ROUTED_ADDRESS}/32", "via", lab.node(router).address)
+    return f"/run/netns/{ns}"
+
+
 # -- requests/s ------------------------------------------------------------------------------------
 
 def requests_per_s(lab: Lab, web: list[dict[str, Any]], client: dict[str, Any], net: str, vip: str,
                    args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    host_ns = f"/run/netns/{lab.node(SERVERS).ns}"
+    client_ns = sandbox_path(lab, CLIENT, client)
+    gateways = [gateway_address(lab, SERVERS, t) for t in web]
+    lan_ns = add_lan_client(lab, lab.node(SERVERS).address, gateways)
+    routed_ns = add_routed_client(lab, MANAGER, SERVERS, gateways)
+    web_url = [f"http://{g}:{TARGET_PORT}/" for g in gateways]
+    overlay_url = [f"http://{overlay_address(t, net)}:{TARGET_PORT}/" for t in web]
+    # name -> (client namespace, the URL of each wrk process: one per task, at once; the straight
+    # paths send each to its own task, so every path has as many server workers and client
+    # threads at work)
+    n = len(web)
+    paths: dict[str, tuple[str, list[str]]] = {
+        "mesh": (lan_ns, [f"http://{lab.node(MANAGER).address}:{WEB_PORT}/"] * n),
+        "straight": (lan_ns, web_url),
+        "routed_via_mesh_host": (routed_ns, web_url),
+        "mesh_via_task_host": (lan_ns, [f"http://{lab.node(SERVERS).address}:{WEB_PORT}/"] * n),
+        "straight_from_host": (host_ns, web_url),
+        "vip": (client_ns, [f"http://{vip}:{TARGET_PORT}/"] * n),
+        "straight_from_task": (client_ns, overlay_url),
+    }
+    out = measure(lab, web, paths, args, workdir, None)
+    out["paths"] = {
+        "mesh": f"LAN client {LAN_CLIENT_ADDRESS} -> {MANAGER} (runs no task) {lab.node(MANAGER).address}:{WEB_PORT}",
+        "straight": f"LAN client {LAN_CLIENT_ADDRESS} -> each task's gateway-bridge address, port {TARGET_PORT}, "
+                    f"routed through {SERVERS} (one wrk each; the reference of mesh)",
+        "routed_via_mesh_host": f"LAN client {LAN_ROUTED_ADDRESS} -> each task's gateway-bridge address, port "
+                                f"{TARGET_PORT}, routed through {MANAGER} then {SERVERS} both ways (the mesh's three "
+                                "hosts without the mesh; no goal)",
+        "mesh_via_task_host": f"LAN client (from {LAN_CLIENT_SECOND}) -> {SERVERS} (runs the tasks) "
+                              f"{lab.node(SERVERS).address}:{WEB_PORT} (no goal)",
+        "straight_from_host": f"{SERVERS} host namespace -> each task's gateway-bridge address, port "
+                              f"{TARGET_PORT}, no wire (one wrk each; no goal: the reference of mesh until 2026-12-07)",
+        "vip": f"task of mbcli on {CLIENT} -> VIP {vip}:{TARGET_PORT} on the overlay",
+        "straight_from_task": f"task of mbcli on {CLIENT} -> each task's overlay address, port {TARGET_PORT} "
+                              "(one wrk each)",
+    }
+    if (os.cpu_count() or 1) < 2:
+        return out
+    # Two more layouts, each host's receive work on a CPU chosen for it (RPS on its wire):
+    # - the two-host paths with the client's host on one CPU and the server's on the other;
+    # - the mesh's paths with the mesh's host alone on one CPU, everything else on the other:
+    #   as on a third machine, its forwarding is charged to neither end (with 2 CPUs, the
+    #   client and the server then share one).
+    lan = {lan_client_ns(lab): CLIENT_CPU, lan_routed_ns(lab): CLIENT_CPU}
+    layouts = {
+        "hosts_on_own_cpus": (("straight", "mesh_via_task_host", "vip", "straight_from_task"),
+                              {lab.node(SERVERS).ns: SERVER_CPU, lab.node(CLIENT).ns: CLIENT_CPU, **lan},
+                              (SERVER_CPU, CLIENT_CPU),
+                              f"nginx on CPU {SERVER_CPU} with {SERVERS}'s receive work, wrk on CPU {CLIENT_CPU} "
+                              f"with that of {CLIENT} and the LAN client"),
+        "mesh_host_on_own_cpu": (("mesh", "straight", "routed_via_mesh_host"),
+                                 {lab.node(MANAGER).ns: MESH_HOST_CPU,
+                                  **dict.fromkeys([lab.node(SERVERS).ns, *lan], SERVER_CPU)},
+                                 (SERVER_CPU, SERVER_CPU),
+                                 f"{MANAGER}'s receive work alone on CPU {MESH_HOST_CPU}; nginx, wrk and the receive "
+                                 f"work of {SERVERS} and the LAN clients on CPU {SERVER_CPU}"),
+    }
+    for name, (chosen, rps, cpus, layout) in layouts.items():
+        try:
+            with netlab.receive_on_cpus(rps):
+                out[name] = measure(lab, web, {p: paths[p] for p in chosen}, args, workdir, cpus)
+            out[name]["layout"] = layout
+        except (BenchError, subprocess.SubprocessError) as e:
+            out[name] = {"error": str(e)}
+    return out
+
+
+def measure(lab: Lab, web: list[dict[str, Any]], paths: dict[str, tuple[str, list[str]]],
+            args: argparse.Namespace, workdir: Path, cpus: tuple[int, int] | None) -> dict[str, Any]:
+    """nginx in each web task, wrk from each path's namespace, keep-alive and a new connection per
+    request; with `cpus` = (server, client), nginx (one worker per task) runs on the server CPU
+    and wrk on the client CPU."""
+    server_cpu, client_cpu = cpus if cpus else (None, None)
+    workers = 1 if cpus else os.cpu_count() or 1
+    n = len(web)
     servers = []
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {m: {p: [] for p in paths} for m in GOALS}
     try:
         for task in web:
             servers.append(wrk.start_nginx(sandbox_path(lab, SERVERS, task), workdir / task["ID"], TARGET_PORT,
-                                           os.cpu_count() or 1, realtime=args.realtime))
-        host_ns = f"/run/netns/{lab.node(SERVERS).ns}"
-        client_ns = sandbox_path(lab, CLIENT, client)
-        gateways = [gateway_address(lab, SERVERS, t) for t in web]
-        lan_ns = add_lan_client(lab, lab.node(SERVERS).address, gateways)
-        web_url = [f"http://{g}:{TARGET_PORT}/" for g in gateways]
-        overlay_url = [f"http://{overlay_address(t, net)}:{TARGET_PORT}/" for t in web]
-        # name -> (client namespace, the URL of each wrk process: one per task, at once; the
-        # straight paths send each to its own task, so every path has as many server workers and
-        # client threads at work)
-        n = len(web)
-        paths: dict[str, tuple[str, list[str]]] = {
-            "mesh": (lan_ns, [f"http://{lab.node(MANAGER).address}:{WEB_PORT}/"] * n),
-            "straight": (lan_ns, web_url),
-            "mesh_via_task_host": (lan_ns, [f"http://{lab.node(SERVERS).address}:{WEB_PORT}/"] * n),
-            "straight_from_host": (host_ns, web_url),
-            "vip": (client_ns, [f"http://{vip}:{TARGET_PORT}/"] * n),
-            "straight_from_task": (client_ns, overlay_url),
-        }
+                                           workers, realtime=args.realtime, cpu=server_cpu))
         for ns, urls in paths.values():
             for url in set(urls):
                 wrk.wait_answers(ns, url, args.timeout)
-        runs: dict[str, dict[str, list[dict[str, Any]]]] = {m: {p: [] for p in paths} for m in GOALS}
         order = list(paths)
         for rep in range(args.reps):
             for mode in GOALS:
@@ -187,32 +288,18 @@ def requests_per_s(lab: Lab, web: list[dict[str, Any]], client: dict[str, Any], 
                     ns, urls = paths[name]
                     r = wrk.run_wrks(ns, urls, args.seconds, threads=args.threads,
                                      connections=max(args.threads, args.connections // n),
-                                     close=mode == "new_connection", timeout=args.timeout, realtime=args.realtime)
+                                     close=mode == "new_connection", timeout=args.timeout, realtime=args.realtime,
+                                     cpu=client_cpu)
                     runs[mode][name].append({"requests_s": r["requests_s"], "failed_fraction": r["failed_fraction"],
                                              "latency_ms": r["latency"]})
     finally:
         for server in servers:
             wrk.stop(server)
     out: dict[str, Any] = {
-        "method": f"{len(web)} wrk processes at once per run (one per task; -t{args.threads} "
-                  f"-c{max(args.threads, args.connections // len(web))} each, requests/s summed), {args.seconds} s "
+        "method": f"{n} wrk processes at once per run (one per task; -t{args.threads} "
+                  f"-c{max(args.threads, args.connections // n)} each, requests/s summed), {args.seconds} s "
                   f"per run, {args.reps} runs per path and mode, paths alternated (order reversed every rep); median "
-                  f"requests/s. nginx ({os.cpu_count()} worker processes, reuseport) in each of {len(web)} tasks on "
-                  f"{SERVERS}",
-        "paths": {
-            "mesh": f"LAN client {LAN_CLIENT_ADDRESS} -> {MANAGER} (runs no task) "
-                    f"{lab.node(MANAGER).address}:{WEB_PORT}",
-            "straight": f"LAN client {LAN_CLIENT_ADDRESS} -> each task's gateway-bridge address, port {TARGET_PORT}, "
-                        f"routed through {SERVERS} (one wrk each; the reference of mesh)",
-            "mesh_via_task_host": f"LAN client (from {LAN_CLIENT_SECOND}) -> {SERVERS} (runs the tasks) "
-                                  f"{lab.node(SERVERS).address}:{WEB_PORT} (no goal)",
-            "straight_from_host": f"{SERVERS} host namespace -> each task's gateway-bridge address, port "
-                                  f"{TARGET_PORT}, no wire (one wrk each; no goal: the reference of mesh until "
-                                  "2026-12-07)",
-            "vip": f"task of mbcli on {CLIENT} -> VIP {vip}:{TARGET_PORT} on the overlay",
-            "straight_from_task": f"task of mbcli on {CLIENT} -> each task's overlay address, port {TARGET_PORT} "
-                                  "(one wrk each)",
-        },
+                  f"requests/s. nginx ({workers} worker processes, reuseport) in each of {n} tasks on {SERVERS}",
     }
     met = True
     for mode, goal in GOALS.items():
@@ -221,21 +308,18 @@ def requests_per_s(lab: Lab, web: list[dict[str, Any]], client: dict[str, Any], 
             part[name] = {"median_requests_s": round(statistics.median(r["requests_s"] for r in rs), 1),
                           "max_failed_fraction": max(r["failed_fraction"] for r in rs), "runs": rs}
         rate = {name: p["median_requests_s"] for name, p in part.items()}
-        ratios = {"mesh_over_straight": rate["mesh"] / rate["straight"],
-                  "vip_over_straight": rate["vip"] / rate["straight_from_task"]}
-        part["ratio"] = {k: round(v, 3) for k, v in ratios.items()}
-        part["ratio"]["mesh_via_task_host_over_straight"] = round(rate["mesh_via_task_host"] / rate["straight"], 3)
-        part["ratio"]["mesh_over_straight_from_host"] = round(rate["mesh"] / rate["straight_from_host"], 3)
+        ratios = {key: (path, ref) for key, path, ref in RATIOS if path in rate and ref in rate}
+        part["ratio"] = {key: round(rate[path] / rate[ref], 3) for key, (path, ref) in ratios.items()}
         # the same, rep by rep (a path and its reference ran a few seconds apart): less swayed by
         # load that came and went between reps
         per_rep = {key: [round(a["requests_s"] / b["requests_s"], 3)
                          for a, b in zip(runs[mode][path], runs[mode][ref], strict=True)]
-                   for key, path, ref in (("mesh_over_straight", "mesh", "straight"),
-                                          ("vip_over_straight", "vip", "straight_from_task"))}
+                   for key, (path, ref) in ratios.items() if key in JUDGED}
         part["ratio_per_rep"] = per_rep
         part["ratio_median_of_reps"] = {k: round(statistics.median(v), 3) for k, v in per_rep.items()}
+        judged = [part["ratio"][key] for key in JUDGED if key in part["ratio"]]
         part["goal"] = f">= {goal}x straight"
-        part["meets_goal"] = all(v >= goal for v in ratios.values())
+        part["meets_goal"] = bool(judged) and all(v >= goal for v in judged)
         met = met and part["meets_goal"]
         out[mode] = part
     out["meets_goal"] = met
@@ -409,6 +493,7 @@ def lab_part(args: argparse.Namespace, result: dict[str, Any]) -> None:
         with uninterrupted():
             wrk.stop_all()
             labnet.delete_namespace(lan_client_ns(lab))
+            labnet.delete_namespace(lan_routed_ns(lab))
             lab.down()
 
 

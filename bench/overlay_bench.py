@@ -15,7 +15,7 @@ placement constraints (`node.hostname==manager-1`, `node.hostname==worker-1`). T
     the median Gbit/s of each path counts. Goal: overlay >= 0.9x the underlay.
   - the same with each lab host on its own CPU (`throughput_hosts_on_own_cpus`, 2+ CPUs; the
     figure the goal is judged on): iperf3's server pinned to CPU 1 and client to CPU 0, and RPS
-    on each lab host's wire steering its receive work to its own CPU (`hosts_on_own_cpus`). A
+    on each lab host's wire steering its receive work to its own CPU (`netlab.receive_on_cpus`). A
     veth delivers in the sender's softirq, so otherwise one CPU runs both hosts' network stacks.
   - round trip: a TCP request/response loop (one connection, TCP_NODELAY, a 1-byte request and a
     1-byte reply, as netperf's TCP_RR; Python on both ends, the same code on both paths, so the
@@ -58,13 +58,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.support import netlab
 from bench.support.netlab import (
     call,
     overlay_address,
@@ -145,29 +145,6 @@ def data_path(paths: dict[str, Path_], reps: int, seconds: int, rr_count: int, t
     rtt["ratio_median_overlay_over_underlay"] = round(rtt["overlay"]["median_us"] / rtt["underlay"]["median_us"], 3)
     rtt["added_us"] = round(rtt["overlay"]["median_us"] - rtt["underlay"]["median_us"], 1)
     return {"throughput": throughput, "round_trip": rtt}
-
-
-@contextlib.contextmanager
-def hosts_on_own_cpus(lab: Lab, cpus: dict[str, int]) -> Iterator[None]:
-    """Each lab host's receive work on its own CPU, as on separate machines: RPS on every receive
-    queue of the host's wire (eth0) steers what arrives to `cpus[host]`. Without it a veth
-    delivers in the sender's softirq, so the sending process's CPU pays for both hosts'
-    network stacks (the VXLAN decap, bridge and veth of the receiving host too). Restored after."""
-    def rps(host: str, mask: str | None) -> str:
-        argv = ["ip", "netns", "exec", lab.node(host).ns, "sh", "-c",
-                "cd /sys/class/net/eth0/queues && " + (
-                    f"for q in rx-*; do echo {mask} > $q/rps_cpus; done" if mask is not None else
-                    "cat rx-0/rps_cpus")]
-        return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-
-    before = {host: rps(host, None) for host in cpus}
-    try:
-        for host, cpu in cpus.items():
-            rps(host, format(1 << cpu, "x"))
-        yield
-    finally:
-        for host, mask in before.items():
-            rps(host, mask or "0")
 
 
 # -- the lab ---------------------------------------------------------------------------------------
@@ -336,7 +313,7 @@ def bench(args: argparse.Namespace, result: dict[str, Any]) -> None:
             result["throughput"] = {"error": str(e)}
         if (os.cpu_count() or 1) >= 2:
             try:
-                with hosts_on_own_cpus(lab, {SERVER_HOST: 1, CLIENT_HOST: 0}):
+                with netlab.receive_on_cpus({lab.node(SERVER_HOST).ns: 1, lab.node(CLIENT_HOST).ns: 0}):
                     split = data_path(paths, args.reps, args.seconds, args.rr_count, args.timeout, args.realtime,
                                       cpus=(1, 0))["throughput"]
                 result["throughput_hosts_on_own_cpus"] = split

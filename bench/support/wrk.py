@@ -114,20 +114,22 @@ def stop_all() -> None:
             stop(proc)
 
 
-def realtime_prefix(realtime: bool) -> list[str]:
-    """The argv prefix running a command at SCHED_FIFO (inherited by its children), or nothing."""
-    return ["chrt", "-f", str(REALTIME_PRIORITY)] if realtime else []
+def launch_prefix(realtime: bool, cpu: int | None) -> list[str]:
+    """The argv prefix running a command at SCHED_FIFO and/or on one CPU (both inherited by its
+    children), or nothing."""
+    return [*(["chrt", "-f", str(REALTIME_PRIORITY)] if realtime else []),
+            *(["taskset", "-c", str(cpu)] if cpu is not None else [])]
 
 
 def start_nginx(netns: str, directory: Path, port: int, workers: int, timeout: float = 10.0,
-                realtime: bool = False) -> subprocess.Popen[str]:
-    """nginx answering `BODY` on every path, on 0.0.0.0:`port` of namespace `netns`; returns once
-    it listens."""
+                realtime: bool = False, cpu: int | None = None) -> subprocess.Popen[str]:
+    """nginx answering `BODY` on every path, on 0.0.0.0:`port` of namespace `netns` (its processes
+    on CPU `cpu` if given); returns once it listens."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "tmp").mkdir(exist_ok=True)
     conf = directory / "nginx.conf"
     conf.write_text(NGINX_CONF.format(workers=workers, dir=directory, port=port, body=BODY.replace("\n", "\\n")))
-    proc = spawn([*realtime_prefix(realtime), *in_ns(netns), NGINX, "-p", str(directory), "-c", str(conf),
+    proc = spawn([*launch_prefix(realtime, cpu), *in_ns(netns), NGINX, "-p", str(directory), "-c", str(conf),
                   "-e", str(directory / "error.log")])
     try:
         wait_listening(netns, port, proc, timeout)
@@ -169,13 +171,13 @@ def run_wrk(netns: str, url: str, seconds: int, *, threads: int, connections: in
 
 
 def run_wrks(netns: str, urls: list[str], seconds: int, *, threads: int, connections: int, close: bool,
-             timeout: float, realtime: bool = False) -> dict[str, Any]:
-    """One wrk process per URL, all at once, from namespace `netns`, each with `threads` threads
-    and `connections` connections (keep-alive, or a new connection per request): requests/s and
-    counts summed, latency percentiles per process."""
+             timeout: float, realtime: bool = False, cpu: int | None = None) -> dict[str, Any]:
+    """One wrk process per URL, all at once, from namespace `netns` (on CPU `cpu` if given), each
+    with `threads` threads and `connections` connections (keep-alive, or a new connection per
+    request): requests/s and counts summed, latency percentiles per process."""
     argv = [WRK, "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--latency", "--timeout", "5s",
             *(["-H", "Connection: close"] if close else [])]
-    procs = [spawn([*realtime_prefix(realtime), *in_ns(netns), *argv, url]) for url in urls]
+    procs = [spawn([*launch_prefix(realtime, cpu), *in_ns(netns), *argv, url]) for url in urls]
     deadline = time.monotonic() + seconds + timeout
     outs: list[str] = []
     try:
