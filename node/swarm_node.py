@@ -434,6 +434,11 @@ class SwarmNode:
         if self.runtime is not None:
             await self.runtime.read_barrier()
 
+    def allocator_writes(self) -> bool:
+        """On a manager, always: every Raft leader runs the allocator among its leader loops (the
+        daemon's Orchestration), and its writes reach this manager's store through Raft."""
+        return True
+
     def swarm_state(self) -> str:
         if self.state is None:
             return "inactive"

@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from manager.allocator.book import AddressBook, attachment_networks
-from manager.allocator.endpoints import allocating_into, endpoint_record, find_network, held_vips, vip_networks
+from manager.allocator.endpoints import endpoint_record, find_network, held_vips, vip_networks
 from manager.allocator.ipam import IPAddress, IpamError, SubnetConfig, next_address
 from manager.allocator.networks import (
     allocated_configs,
@@ -508,10 +508,6 @@ class Allocator:
     # -- the loop ---------------------------------------------------------------------------------
     async def run(self) -> None:
         """Leader-only loop; cancel it when leadership ends."""
-        with allocating_into(self.store):
-            await self._run()
-
-    async def _run(self) -> None:
         while True:
             _, sub = self.store.view_and_watch(self.load, tables=self.TABLES)
             try:

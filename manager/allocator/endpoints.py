@@ -20,18 +20,19 @@ answers once the endpoint is settled (`wait_for_endpoint`):
 Everything is read from the store, so a follower manager (whose writes the leader applies, and
 whose store then receives the allocator's write through Raft) waits like the leader. The wait
 is on the store's watch, never a poll, and never changes the answer, only when it is sent. It
-is skipped when nobody allocates into the store (`allocated`): a store without Raft (the
-in-memory proposer of tests and tools) with no allocator running on it in this process.
+is skipped when nobody allocates into the store, which only whoever put the API and the store
+together knows: the API asks its cluster access (`allocator_writes`, manager/api/cluster.py).
+The daemon's answers yes on every manager (each Raft leader runs an allocator, and its writes
+reach every manager's store); a test's store without Raft gets writes only from an allocator
+the test runs on it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import logging
-import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from manager.allocator.networks import (
@@ -43,36 +44,12 @@ from manager.allocator.networks import (
     service_network_refs,
 )
 from manager.allocator.ports import PortClaims, allocate_ports
-from manager.store import Event, InMemoryProposer, ReadTx, Store, WatchDropped
+from manager.store import Event, ReadTx, Store, WatchDropped
 from model import Network, Service, Task, TaskState
 
 log = logging.getLogger(__name__)
 
 ENDPOINT_WAIT = 2.5  # seconds the API waits at most for the allocator's write
-
-_running: weakref.WeakKeyDictionary[Store, int] = weakref.WeakKeyDictionary()  # allocators running per store
-
-
-@contextlib.contextmanager
-def allocating_into(store: Store) -> Iterator[None]:
-    """Marks an allocator as running on `store` (in this process) for the block."""
-    _running[store] = _running.get(store, 0) + 1
-    try:
-        yield
-    finally:
-        left = _running.get(store, 1) - 1
-        if left:
-            _running[store] = left
-        else:
-            _running.pop(store, None)
-
-
-def allocated(store: Store) -> bool:
-    """Does an allocator write into `store`? Through Raft, the leader's does (every leader runs
-    one, this manager's or another's); a store without Raft only gets the writes of one running
-    on it in this process."""
-    return not isinstance(store.proposer, InMemoryProposer) or store in _running
-
 
 def find_network(tx: ReadTx, ref: str) -> Network | None:
     """A network reference of a service or task: an ID, else a name only one network has."""
@@ -151,11 +128,9 @@ def settled_endpoint(tx: ReadTx, service: Service) -> bool:
 
 async def wait_for_endpoint(store: Store, service_id: str, bound: float = ENDPOINT_WAIT) -> bool:
     """Return once the service's endpoint is settled (or the service is gone): True; False when
-    `bound` seconds passed first, or at once when nobody allocates into the store. Wakes on the
-    store's events that can settle it: a write of the service, of one of its tasks, of a network."""
-    if not allocated(store):
-        return False
-
+    `bound` seconds passed first. Wakes on the store's events that can settle it: a write of the
+    service, of one of its tasks, of a network. Call it only when an allocator writes into
+    `store`: otherwise an endpoint still to allocate waits out the bound."""
     def settled(tx: ReadTx) -> bool:
         service: Service | None = tx.get("services", service_id)
         return service is None or settled_endpoint(tx, service)

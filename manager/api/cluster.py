@@ -4,6 +4,10 @@ Handlers for swarm objects call `cluster_store(request)`. On a manager it return
 store (reads are local; writes are proposed through Raft and, on a follower, forwarded to the
 leader by the store's proposer). On a worker, or on a daemon outside any swarm, it answers 503
 with the message the docker CLI and docker-py expect.
+
+The cluster access (`ClusterAccess`, put in the app by whoever composes the API with a store:
+the daemon, or a test) also says what only that composer knows, such as whether an allocator
+writes into the store.
 """
 
 from __future__ import annotations
@@ -38,6 +42,12 @@ class ClusterAccess(Protocol):
     async def read_barrier(self) -> None:
         """Return once this manager's store holds every write committed before the call
         (a Raft ReadIndex round); raise an error with an HTTP status when there is no quorum."""
+        ...
+
+    def allocator_writes(self) -> bool:
+        """True when an allocator writes into the store `manager_store` returns (a service's
+        Endpoint: VIPs, published ports), so the service API waits for that write before it
+        answers (manager/allocator/endpoints.py); when False nothing would come and it does not."""
         ...
 
 

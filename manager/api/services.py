@@ -12,7 +12,8 @@ writers cannot both take one port; the allocator assigns them (and the VIPs) aft
 writes `Endpoint`, whose `Spec` the API keeps a copy of the spec's EndpointSpec. Create and update
 answer once that second write is in the store (or cannot be made, or a bound passed:
 manager/allocator/endpoints.py), so the version a client reads next is the one it can update
-with; a service with no network and no published port is answered at once. Removing a service
+with; a service with no network and no published port is answered at once, and so is every
+service when the cluster access says no allocator writes into the store. Removing a service
 deletes it and, in the same transaction, marks every task of it for removal; the worker stops
 them and the task reaper deletes them.
 """
@@ -29,7 +30,7 @@ from engineapi.filters import request_filters
 from engineapi.http import ApiError, Routes, go_bool, json_response, read_json
 from manager.allocator import find_ingress, needs_ingress, wait_for_endpoint
 from manager.allocator.ports import port_conflict
-from manager.api.cluster import cluster_store, require_version, write
+from manager.api.cluster import CLUSTER, cluster_store, require_version, write
 from manager.api.objects_common import any_prefix, api_errors, labels_match, lookup, require_spec_object
 from manager.api.tasks import service_status
 from manager.orchestrator.jobs import JOB_MODES
@@ -40,7 +41,7 @@ from manager.specs import (
     normalize_service_spec,
     validate_service_spec,
 )
-from manager.store import ReadTx, StaleVersion, WriteTx
+from manager.store import ReadTx, StaleVersion, Store, WriteTx
 from model import Network, Service, Task, TaskState, UpdateState, new_id
 
 SERVICE_FILTERS = {"id", "name", "label", "mode", "runtime"}
@@ -108,6 +109,13 @@ def _job_status(now: str, index: int) -> dict[str, Any]:
     return {"JobIteration": {"Index": index}, "LastExecution": now}
 
 
+async def settle_endpoint(request: web.Request, store: Store, service_id: str) -> None:
+    """Return once the allocator wrote the service's Endpoint (or cannot, or the bound passed);
+    at once when the cluster access says no allocator writes into the store."""
+    if request.app[CLUSTER].allocator_writes():
+        await wait_for_endpoint(store, service_id)
+
+
 # -- handlers -------------------------------------------------------------------------------------
 async def create_service(request: web.Request) -> web.Response:
     store = cluster_store(request)
@@ -125,7 +133,7 @@ async def create_service(request: web.Request) -> web.Response:
             return service.id
 
         service_id = await write(store, create)
-    await wait_for_endpoint(store, service_id)
+    await settle_endpoint(request, store, service_id)
     return json_response({"ID": service_id, "Warnings": None}, status=201)
 
 
@@ -215,7 +223,7 @@ async def update_service(request: web.Request) -> web.Response:
             return service.id
 
         service_id = await write(store, update)
-    await wait_for_endpoint(store, service_id)
+    await settle_endpoint(request, store, service_id)
     return json_response({"Warnings": None})
 
 

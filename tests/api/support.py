@@ -1,7 +1,9 @@
 """Test support for the swarm-object API: an app over an in-memory store, served in-process.
 
 `StoreCluster` plays the daemon's ClusterAccess: it hands out a Store on an InMemoryProposer
-(or None, to answer like a worker or a node outside any swarm). `build_app` mounts the system
+(or None, to answer like a worker or a node outside any swarm), and says an allocator writes
+into it only when the test says it runs one there (`allocating`): the service API then waits
+for the allocator's Endpoint write, else it answers at once. `build_app` mounts the system
 routes (the docker CLI pings and reads /info), every cluster route, and a minimal `GET /nodes`
 (owned elsewhere in the daemon; the convergence display polls it). `FakeReconciler` stands in
 for the orchestrator, scheduler and agent in CLI tests: on every store change it makes the
@@ -39,9 +41,10 @@ def new_store() -> Store:
 
 
 class StoreCluster:
-    def __init__(self, store: Store | None, worker: bool = False) -> None:
+    def __init__(self, store: Store | None, worker: bool = False, allocator: bool = False) -> None:
         self.store = store
         self.worker = worker
+        self.allocator = allocator      # the test runs a real Allocator on the store
 
     def manager_store(self) -> Store | None:
         return self.store
@@ -54,6 +57,9 @@ class StoreCluster:
 
     async def read_barrier(self) -> None:
         """One store, no Raft: every write is already in it."""
+
+    def allocator_writes(self) -> bool:
+        return self.allocator
 
 
 class ActiveManager:

@@ -47,7 +47,7 @@ async def test_service_lifecycle_through_the_cli(tmp_path: Path) -> None:
     store: Store = new_store()
     await add_node(store, hostname="node-a")
     await store.update(lambda tx: tx.create(ingress_network()))     # as `swarm init` makes it
-    async with serve_unix(build_app(StoreCluster(store), tmp_path), tmp_path / "api.sock") as host, \
+    async with serve_unix(build_app(StoreCluster(store, allocator=True), tmp_path), tmp_path / "api.sock") as host, \
             reconciling(store), allocating(store):
         shoal = Shoal(host)
         _, out, _ = await shoal.run("service", "create", "--name", "web", "--replicas", "2", "--env", "A=1",
@@ -141,7 +141,7 @@ async def test_secret_config_network_commands(tmp_path: Path) -> None:
 async def test_publish_flags_endpoint_mode_and_the_ports_column(tmp_path: Path) -> None:
     store = new_store()
     await store.update(lambda tx: tx.create(ingress_network()))
-    async with serve_unix(build_app(StoreCluster(store), tmp_path), tmp_path / "api.sock") as host, \
+    async with serve_unix(build_app(StoreCluster(store, allocator=True), tmp_path), tmp_path / "api.sock") as host, \
             allocating(store):
         shoal = Shoal(host)
 

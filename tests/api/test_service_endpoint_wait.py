@@ -1,36 +1,33 @@
 """Service create and update answer once the allocator (its real leader loop, on the in-memory
 store) wrote the service's endpoint: the inspect right after shows the VIPs and the published
 port, and an update sent with the version it read is accepted. A service that needs no
-allocation is answered at once. In one process the allocator's loop mostly writes before the
-client's next read even without the wait: the test that catches the race is
-tests/swarm/test_service_endpoint_wait.py (real daemons, through a follower too)."""
+allocation is answered at once, and so is every service when the cluster access says no
+allocator writes into the store (an in-memory store nothing allocates on). In one process the
+allocator's loop mostly writes before the client's next read even without the wait: the test
+that catches the race is tests/swarm/test_service_endpoint_wait.py (real daemons, through a
+follower too)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from manager.allocator import ingress_network
-from manager.allocator.endpoints import allocated
+from manager.allocator import ENDPOINT_WAIT, ingress_network
 from manager.store import Store
 from tests.api.support import StoreCluster, allocating, build_app, call, new_store
 from tests.api.test_services import body
-from tests.support.wait import async_wait_until
 
 
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[TestClient, Store]]:
-    """The cluster API over a store the allocator's loop runs on (once it runs)."""
+    """The cluster API over a store the allocator's loop runs on (and its cluster access says so)."""
     store = new_store()
     await store.update(lambda tx: tx.create(ingress_network()))
-
-    async def running() -> bool:
-        return allocated(store)
-    async with allocating(store), TestClient(TestServer(build_app(StoreCluster(store)))) as client:
-        await async_wait_until(running, what="the allocator's loop to start")
+    async with allocating(store), TestClient(TestServer(build_app(StoreCluster(store, allocator=True)))) as client:
         yield client, store
 
 
@@ -72,3 +69,22 @@ async def test_a_service_without_network_or_port_is_answered_at_once(served: tup
     assert svc["Endpoint"] == {"Spec": {"Mode": "vip"}}
     await call(client, "POST", f"/services/{svc['ID']}/update", svc["Spec"], expect=200,
                version=str(svc["Version"]["Index"]))
+
+
+async def test_no_wait_when_the_cluster_access_says_no_allocator_writes() -> None:
+    store = new_store()
+    await store.update(lambda tx: tx.create(ingress_network()))
+    async with TestClient(TestServer(build_app(StoreCluster(store)))) as client:   # nothing allocates
+        _, front = await call(client, "POST", "/networks/create", {"Name": "front", "Driver": "overlay"},
+                              expect=201)
+        spec = body(Name="web", EndpointSpec={"Mode": "vip", "Ports": [{"TargetPort": 80}]},
+                    TaskTemplate={**body()["TaskTemplate"], "Networks": [{"Target": front["Id"]}]})
+        started = time.monotonic()
+        _, created = await call(client, "POST", "/services/create", spec, expect=201)
+        svc = await inspect(client, created["ID"])
+        changed = {**svc["Spec"], "Labels": {"v": "2"}}
+        await call(client, "POST", f"/services/{svc['ID']}/update", changed, expect=200,
+                   version=str(svc["Version"]["Index"]))
+        elapsed = time.monotonic() - started
+    assert "VirtualIPs" not in svc["Endpoint"] and "Ports" not in svc["Endpoint"]   # never allocated
+    assert elapsed < ENDPOINT_WAIT, f"create and update waited {elapsed:.1f}s for an allocator that is not there"

@@ -94,7 +94,7 @@ async def test_docker_py_endpoint_spec_and_publish_mode(tmp_path: Path) -> None:
     await add_node(store)
     ingress = ingress_network()
     await store.update(lambda tx: tx.create(ingress))
-    async with serve_unix(build_app(StoreCluster(store), tmp_path), tmp_path / "api.sock") as host, \
+    async with serve_unix(build_app(StoreCluster(store, allocator=True), tmp_path), tmp_path / "api.sock") as host, \
             allocating(store):
         web, net = await asyncio.to_thread(create_with_endpoint_specs, host)
         await until_service(store, web, lambda s: 30000 in ports_of(s) and len(s.endpoint.get("VirtualIPs", [])) == 2)
@@ -105,7 +105,7 @@ async def test_docker_cli_publish_flags_and_the_ports_column(tmp_path: Path, doc
     store: Store = new_store()
     await add_node(store)
     await store.update(lambda tx: tx.create(ingress_network()))
-    async with serve_unix(build_app(StoreCluster(store), tmp_path), tmp_path / "api.sock") as host, \
+    async with serve_unix(build_app(StoreCluster(store, allocator=True), tmp_path), tmp_path / "api.sock") as host, \
             allocating(store):
         docker_cli = Docker(docker_bin, host, tmp_path / "dockercfg")
         await docker_cli.run("service", "create", "--detach", "--no-resolve-image", "--name", "web",

@@ -1,21 +1,22 @@
 """A service's endpoint as the allocator leaves it (manager/allocator/endpoints.py): when it is
 settled, read from the store alone, and the API's wait for it on the store's watch. The pure
 checks follow hand-run allocator rounds; the waits run against the allocator's real loop (or
-none), with no sleeps."""
+none), with no sleeps. Whether to wait at all is the cluster access's answer: the daemon's says
+yes on a manager (tests/api/test_service_endpoint_wait.py has the test double's)."""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from aio import cancel_and_wait
 from manager.allocator import Allocator, ingress_network, settled_endpoint, wait_for_endpoint
-from manager.allocator.endpoints import allocated, allocating_into
 from manager.store import Store
 from model import Service
-from tests.support.wait import async_wait_until
+from node.swarm_node import SwarmNode
+from tests.support.fake_executor import FakeExecutor
 from tests.unit.test_allocator import Rig, get, network, new_store, put, service, task, vips
 from tests.unit.test_allocator_endpoints import port, respec
 
@@ -26,13 +27,10 @@ def settled(store: Store, svc: Service) -> bool:
 
 @asynccontextmanager
 async def allocator_loop(store: Store) -> AsyncIterator[None]:
-    """The allocator's leader loop on `store` for the block (once it runs)."""
+    """The allocator's leader loop on `store` for the block (a wait started before the loop runs
+    sees its first round's write on the store's watch)."""
     loop = asyncio.create_task(Allocator(store).run())
-
-    async def running() -> bool:
-        return allocated(store)
     try:
-        await async_wait_until(running, what="the allocator's loop to start")
         yield
     finally:
         await cancel_and_wait([loop])
@@ -124,6 +122,9 @@ async def test_the_wait_returns_with_the_reason_the_allocator_wrote() -> None:
     tiny = network("tiny", IPAM={"Config": [{"Subnet": "10.9.0.0/30"}]})
     holder = service("holder", [tiny.id], mode="dnsrr")
     await put(store, tiny, holder, task(holder, 1))
+    rig = Rig(store)
+    await rig.settle()                             # the holder's task takes the one address first
+    rig.close()
     async with allocator_loop(store):
         web = service("web", [tiny.id])
         await put(store, web, task(web, 1))
@@ -131,26 +132,19 @@ async def test_the_wait_returns_with_the_reason_the_allocator_wrote() -> None:
         assert vips(store, web) == []
 
 
-async def test_no_wait_without_an_allocator_and_a_bounded_one_with_a_silent_allocator() -> None:
+async def test_the_wait_is_bounded_when_no_allocator_writes() -> None:
     store = new_store()
     front = network("front")
     await put(store, front)
     web = service("web", [front.id])
     await put(store, web)
-    assert not allocated(store)                    # an in-memory store, no allocator: nobody will write
-    started = time.monotonic()
-    assert not await wait_for_endpoint(store, web.id, bound=30)
-    assert time.monotonic() - started < 5          # not the bound
-    with allocating_into(store), allocating_into(store):
-        assert allocated(store)
-        assert not await wait_for_endpoint(store, web.id, bound=0.05)   # it never writes: the bound
-    assert not allocated(store)
-    replicated = Store(proposer=_Replicated())
-    assert allocated(replicated)                   # through Raft, the leader's allocator writes
+    assert not await wait_for_endpoint(store, web.id, bound=0.05)   # nobody writes: the bound
+    assert not settled(store, web)
 
 
-class _Replicated:
-    """Stands for a Raft proposer (any proposer but the in-memory one); nothing is proposed."""
-
-    async def propose(self, data: bytes) -> None:
-        raise AssertionError("not proposed to in this test")
+def test_the_daemons_cluster_access_says_an_allocator_writes(tmp_path: Path) -> None:
+    """Every Raft leader runs one, and its writes reach each manager's store: a manager's API
+    always waits for the Endpoint write."""
+    node = SwarmNode(tmp_path, listen_addr="127.0.0.1:0", advertise_addr="", hostname="h",
+                     executor=FakeExecutor(), description=dict, leader_loops=[])
+    assert node.allocator_writes()
