@@ -164,7 +164,9 @@ async def test_closed_connection_marks_node_down_fast_but_live_agent_stays_ready
 
 
 async def test_an_unreachable_node_is_down_at_once(env: dict[str, Any]) -> None:
-    """What the RPC server reports when keepalive probes go unanswered: no grace at all."""
+    """What the RPC server reports when keepalive probes go unanswered: no grace at all. The
+    agent stays alive and heartbeats on, so (short of a stall past its grace) nothing else marks
+    the node down: the wait's bound only ends a failing run (a 2-s one failed under heavy load)."""
     store, dispatcher = env["store"], env["dispatcher"]
 
     async def is_state(s: str) -> bool:
@@ -180,7 +182,7 @@ async def test_an_unreachable_node_is_down_at_once(env: dict[str, Any]) -> None:
         return "down" in seen
 
     try:
-        await async_wait_until(marked_down, timeout=2, what="node marked down")
+        await async_wait_until(marked_down, timeout=10, what="node marked down")
     finally:
         changes.close()
 
