@@ -261,6 +261,12 @@ def requests_per_s(lab: Lab, web: list[dict[str, Any]], client: dict[str, Any], 
             out[name]["layout"] = layout
         except (BenchError, subprocess.SubprocessError) as e:
             out[name] = {"error": str(e)}
+    # Judged as on separate machines: the VIP (two hosts) as on two, the mesh with its host on
+    # a CPU of its own; the unsplit figures stay in `keepalive` / `new_connection`.
+    if all("meets_goal" in out[name] for name in layouts):
+        out["meets_goal_unsplit"] = out["meets_goal"]
+        out["meets_goal"] = all(out[name]["meets_goal"] for name in layouts)
+        out["judged_on"] = "vip in hosts_on_own_cpus, mesh in mesh_host_on_own_cpu"
     return out
 
 

@@ -175,6 +175,8 @@ def test_mesh_bench_json() -> None:
         layouts["hosts_on_own_cpus"] = (rps["hosts_on_own_cpus"],
                                         ("straight", "mesh_via_task_host", "vip", "straight_from_task"))
         layouts["mesh_host_on_own_cpu"] = (rps["mesh_host_on_own_cpu"], ("mesh", "straight", "routed_via_mesh_host"))
+        assert rps["meets_goal"] == (rps["hosts_on_own_cpus"]["meets_goal"] and
+                                     rps["mesh_host_on_own_cpu"]["meets_goal"]), rps["judged_on"]
     for layout, (part_of, paths) in layouts.items():
         assert "error" not in part_of, (layout, part_of["error"])
         for mode in ("keepalive", "new_connection"):
