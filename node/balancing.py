@@ -58,6 +58,7 @@ from worker.networking import NetworkView, NetworkViews
 log = logging.getLogger("shoal.networking")
 
 HOST_PORTS_FILE = "hostports.json"
+TASKS_AT_ONCE = 32          # task namespaces programmed together (a thread each, while it runs)
 INGRESS_SANDBOX = "ingress-sbox"
 LB_PREFIX = "lb-"
 LB_DEVICE = "eth0"
@@ -275,8 +276,13 @@ class ServiceBalancing:
         by_id = {t.id: s.id for s in view.services for t in s.tasks}
         places = [(key, place) for key, record in records.items() if not is_balancer(key)
                   if (place := self._place(key, record, view, by_id.get(key, ""))) is not None]
-        results = await asyncio.gather(*(self._set_task(host, key, view, place) for key, place in places),
-                                       return_exceptions=True)
+        bound = asyncio.Semaphore(TASKS_AT_ONCE)
+
+        async def one(key: str, place: _TaskPlace) -> None:
+            async with bound:
+                await self._set_task(host, key, view, place)
+
+        results = await asyncio.gather(*(one(key, place) for key, place in places), return_exceptions=True)
         for gone in set(self._tasks) - set(records):
             self._tasks.pop(gone, None)
             self._places.pop(gone, None)

@@ -95,3 +95,39 @@ async def test_one_tasks_failure_leaves_the_others_programmed_and_is_raised(tmp_
     with pytest.raises(RuntimeError, match=f"routing mesh: nft: {TASKS[2]} refused"):
         await balancing.sync(host, views, specs)     # type: ignore[arg-type]
     assert sorted(plane.programmed) == [k for k in TASKS if k != TASKS[2]]
+
+
+class CountingPlane(FakePlane):
+    """Counts the task tables in flight; each waits for `release`."""
+
+    def __init__(self, bound: int) -> None:
+        super().__init__()
+        self.bound, self.in_flight, self.most = bound, 0, 0
+        self.at_bound, self.release = asyncio.Event(), asyncio.Event()
+
+    async def set_task(self, key: str, netns: str, want: TaskIngress) -> Applied:
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        if self.in_flight >= self.bound:
+            self.at_bound.set()
+        async with asyncio.timeout(5):
+            await self.release.wait()
+        self.in_flight -= 1
+        self.programmed[key] = want
+        return Applied()
+
+
+async def test_at_most_so_many_task_namespaces_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("node.balancing.TASKS_AT_ONCE", 2)
+    plane, host = CountingPlane(bound=2), FakeHost()
+    balancing = ServiceBalancing(plane, tmp_path)    # type: ignore[arg-type]
+    views, specs = ingress_views()
+    sync = asyncio.create_task(balancing.sync(host, views, specs))   # type: ignore[arg-type]
+    async with asyncio.timeout(5):
+        await plane.at_bound.wait()
+    for _ in range(20):             # loop turns: any other task table that could start does
+        await asyncio.sleep(0)
+    assert plane.in_flight == 2
+    plane.release.set()
+    await sync
+    assert sorted(plane.programmed) == TASKS and plane.most == 2
