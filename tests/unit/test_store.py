@@ -72,7 +72,7 @@ async def test_lookup_by_id_name_and_prefix() -> None:
     store = Store()
     await store.update(lambda tx: [tx.create(service("web", "abc" + "0" * 22)),
                                    tx.create(service("db", "abd" + "0" * 22)),
-                                   tx.create(service("abc" + "0" * 22 + "x", new_id()))])
+                                   tx.create(service("abc" + "0" * 22 + "x", "zz" + "0" * 23))])   # no "ab" ID prefix
     look = lambda ref: store.view(lambda tx: tx.lookup("services", ref))  # noqa: E731
     assert look("web").name == "web"
     assert look("abc" + "0" * 22).name == "web"  # exact ID beats a name
