@@ -49,6 +49,7 @@ from ingress.dataplane import (
     Mesh,
     PublishedPort,
     TaskIngress,
+    TaskVips,
     VipService,
 )
 from model import Task
@@ -58,7 +59,7 @@ from worker.networking import NetworkView, NetworkViews
 log = logging.getLogger("shoal.networking")
 
 HOST_PORTS_FILE = "hostports.json"
-TASKS_AT_ONCE = 32          # task namespaces programmed together (a thread each, while it runs)
+SANDBOXES_AT_ONCE = 32      # task namespaces programmed together (a thread each, while it runs)
 INGRESS_SANDBOX = "ingress-sbox"
 LB_PREFIX = "lb-"
 LB_DEVICE = "eth0"
@@ -179,6 +180,9 @@ class ServiceBalancing:
         self._mesh: Mesh | None = None
         self._tasks: dict[str, TaskIngress] = {}      # task id -> what its sandbox holds
         self._places: dict[str, _TaskPlace] = {}      # task id -> where it sits on ingress
+        self._vips_wanted: dict[str, LbNetwork] = {}  # network id -> its VIPs, as last wanted
+        self._vips: dict[str, TaskVips] = {}          # sandbox key -> what its VIP table holds
+        self._vip_locks: dict[str, asyncio.Lock] = {}  # sandbox key -> one VIP step at a time
 
     async def sync(self, host: OverlayHost, views: NetworkViews, specs: dict[str, OverlaySpec]) -> None:
         """Make every namespace of this node match `views` (the overlay networks exist). A
@@ -197,13 +201,17 @@ class ServiceBalancing:
                 problems.append(f"VIP load balancer of network {view.name}: {exc}")
         for network_id in {k[len(LB_PREFIX):] for k in records if k.startswith(LB_PREFIX)} - balanced:
             await self._drop_lb(host, network_id)
+        for network_id in set(self._vips_wanted) - balanced:
+            del self._vips_wanted[network_id]
         ingress = next((v for v in views.views.values() if v.ingress), None)
         if ingress is not None:
             try:
                 await self._sync_mesh(host, ingress, specs[ingress.id], records)
-                await self._sync_tasks(host, ingress, records)
             except Exception as exc:
                 problems.append(f"routing mesh: {exc}")
+        # Read again: a sandbox made since the first read took its VIPs from before this sync's
+        # LBs (`_set_vips` takes them when it runs); one made from now on takes these.
+        problems += await self._sync_sandboxes(host, ingress, await host.sandboxes())
         if problems:
             raise RuntimeError("; ".join(problems))
 
@@ -234,6 +242,7 @@ class ServiceBalancing:
         want = wanted_lb(view, former, alive_on(view, records.values()))
         if want is None:
             return False
+        self._vips_wanted[view.id] = want           # the tasks' own tables follow it
         await self._endpoint(host, key, spec, view.node_address, records, gateway=False)
         if previous != want:
             self._lb.pop(view.id, None)              # unknown until the data plane took it
@@ -268,27 +277,57 @@ class ServiceBalancing:
         if applied.unreserved:
             log.warning("published ports in use on this node: %s", ", ".join(applied.unreserved))
 
-    async def _sync_tasks(self, host: OverlayHost, view: NetworkView, records: dict[str, SandboxRecord]) -> None:
-        """Every task's side of the mesh, the namespaces at once: a change that deletes anything
-        (a node gone from the `nodes` map) waits out an RCU grace period in each namespace's
-        commit (~16 ms here), and the waits overlap instead of adding up. Every task is tried;
-        the first failure is raised after."""
-        by_id = {t.id: s.id for s in view.services for t in s.tasks}
-        places = [(key, place) for key, record in records.items() if not is_balancer(key)
-                  if (place := self._place(key, record, view, by_id.get(key, ""))) is not None]
-        bound = asyncio.Semaphore(TASKS_AT_ONCE)
+    async def _sync_sandboxes(self, host: OverlayHost, ingress: NetworkView | None,
+                              records: dict[str, SandboxRecord]) -> list[str]:
+        """Every task's VIPs and side of the mesh, the namespaces at once: a change that deletes
+        anything (a backend or a node gone from a map) waits out an RCU grace period in each
+        namespace's commit (~16 ms here), and the waits overlap instead of adding up. Every
+        namespace is tried; what failed is returned. A sandbox removed meanwhile is no failure."""
+        by_id = {t.id: s.id for s in ingress.services for t in s.tasks} if ingress is not None else {}
+        bound = asyncio.Semaphore(SANDBOXES_AT_ONCE)
 
-        async def one(key: str, place: _TaskPlace) -> None:
+        async def one(key: str, record: SandboxRecord) -> None:
             async with bound:
-                await self._set_task(host, key, view, place)
+                await self._set_vips(host, key, record)
+                place = self._place(key, record, ingress, by_id.get(key, "")) if ingress is not None else None
+                if ingress is not None and place is not None:
+                    await self._set_task(host, key, ingress, place)
 
-        results = await asyncio.gather(*(one(key, place) for key, place in places), return_exceptions=True)
+        keys = [key for key in records if not is_balancer(key)]
+        results = await asyncio.gather(*(one(key, records[key]) for key in keys), return_exceptions=True)
         for gone in set(self._tasks) - set(records):
             self._tasks.pop(gone, None)
             self._places.pop(gone, None)
-        failed = next((r for r in results if isinstance(r, BaseException)), None)
-        if failed is not None:
-            raise failed
+        for gone in set(self._vips) - set(records):
+            self._vips.pop(gone, None)
+        for gone in set(self._vip_locks) - set(records):
+            if not self._vip_locks[gone].locked():      # nothing waits on an unheld lock
+                del self._vip_locks[gone]
+        failed = [(key, r) for key, r in zip(keys, results, strict=True) if isinstance(r, BaseException)]
+        if failed:
+            still = await host.sandboxes()
+            failed = [(key, r) for key, r in failed if key in still]
+        for _, r in failed:
+            if not isinstance(r, Exception):
+                raise r
+        return [f"sandbox {key}: {r}" for key, r in failed]
+
+    def _wanted_vips(self, record: SandboxRecord) -> TaskVips:
+        """The VIPs of every network the sandbox is on, as the LBs of this node balance them."""
+        return TaskVips(tuple(s for a in record.attachments if (lb := self._vips_wanted.get(a.network_id))
+                              for s in lb.services))
+
+    async def _set_vips(self, host: OverlayHost, key: str, record: SandboxRecord) -> None:
+        """The sandbox's own VIP table. What it should hold is taken once this step has its
+        turn, so of two steps for one sandbox, the later one leaves the newer wanted state."""
+        lock = self._vip_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            want = self._wanted_vips(record)
+            if self._vips.get(key) == want:
+                return
+            self._vips.pop(key, None)
+            await self.plane.set_vips(key, host.sandbox_path(key), want)
+            self._vips[key] = want
 
     def _place(self, key: str, record: SandboxRecord, view: NetworkView, service_id: str) -> _TaskPlace | None:
         known = self._places.get(key)
@@ -308,18 +347,23 @@ class ServiceBalancing:
         await self.plane.set_task(key, host.sandbox_path(key), want)
         self._tasks[key] = want
 
-    async def task_sandbox(self, host: OverlayHost, task_id: str, service_id: str, view: NetworkView,
+    async def task_sandbox(self, host: OverlayHost, task_id: str, service_id: str, ingress: NetworkView | None,
                            record: SandboxRecord) -> None:
-        """A new task on ingress: its side of the mesh, before its container starts."""
+        """A new task's VIPs and (on ingress) its side of the mesh, before its container starts."""
+        if self._wanted_vips(record).services:
+            await self._set_vips(host, task_id, record)
         self._places.pop(task_id, None)
-        place = self._place(task_id, record, view, service_id)
-        if place is not None:
-            await self._set_task(host, task_id, view, place)
+        place = self._place(task_id, record, ingress, service_id) if ingress is not None else None
+        if ingress is not None and place is not None:
+            await self._set_task(host, task_id, ingress, place)
 
     async def forget_task(self, task_id: str, host: OverlayHost | None) -> None:
         """The task's sandbox is gone (and its tables with it); so are its host ports."""
         self._tasks.pop(task_id, None)
         self._places.pop(task_id, None)
+        self._vips.pop(task_id, None)
+        self._vip_locks.pop(task_id, None)
+        self.plane.forget_sandbox(task_id)
         if task_id in self._host_ports and host is not None:
             await self._write_host_ports(host, {k: v for k, v in self._host_ports.items() if k != task_id})
 
@@ -363,6 +407,9 @@ class ServiceBalancing:
         self._lb.clear()
         self._tasks.clear()
         self._places.clear()
+        self._vips_wanted.clear()
+        self._vips.clear()
+        self._vip_locks.clear()
         self._mesh = None
         await self.plane.remove_mesh(None)
         if self._host_ports or self._host_ports_file.exists():

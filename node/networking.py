@@ -248,8 +248,7 @@ class NodeNetworking:
             if not attached:
                 return TaskSandbox(str(path), "")
             ingress = next((view for view, _ in attached if view.ingress), None)
-            if ingress is not None:
-                await self._balancing.task_sandbox(host, task.id, task.service_id, ingress, record)
+            await self._balancing.task_sandbox(host, task.id, task.service_id, ingress, record)
             spec = task.spec.get("ContainerSpec") or {}
             hostname = str(spec.get("Hostname") or task.id[:12])
             first = IPv4Interface(attached[0][1]).ip

@@ -80,6 +80,7 @@ from ingress.dataplane.spec import (
     Mesh,
     PublishedPort,
     TaskIngress,
+    TaskVips,
     VipService,
 )
 from model.endpoint import endpoint_mac as mac_from_ip
@@ -97,6 +98,7 @@ __all__ = [
     "Netns",
     "PublishedPort",
     "TaskIngress",
+    "TaskVips",
     "VipService",
     "mac_from_ip",
 ]

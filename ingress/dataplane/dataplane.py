@@ -42,19 +42,21 @@ from ingress.dataplane.plan import (
     Plan,
     PublishLayout,
     TaskLayout,
+    VipLayout,
     lb_removal,
     mesh_removal,
     plan_lb,
     plan_mesh,
     plan_publish,
     plan_task,
+    plan_vips,
     publish_removal,
     publish_sysctls,
     table_names,
     task_removal,
 )
 from ingress.dataplane.readback import ReadBack
-from ingress.dataplane.spec import IngressBackend, LbNetwork, Mesh, TaskIngress
+from ingress.dataplane.spec import IngressBackend, LbNetwork, Mesh, TaskIngress, TaskVips
 from ingress.dns.netns import open_netns, run_in_netns
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,7 @@ class IngressDataPlane:
         self._host_netns = host_netns
         self._lb: dict[str, _Held[LbLayout]] = {}
         self._tasks: dict[str, _Held[TaskLayout]] = {}
+        self._vips: dict[str, _Held[VipLayout]] = {}
         self._mesh: _Held[MeshLayout] = _Held()
         self._publish: _Held[PublishLayout] = _Held()
         self._reserved: dict[tuple[str, int], socket.socket] = {}
@@ -304,6 +307,22 @@ class IngressDataPlane:
 
         return await self._step(held, netns, read,
                                 lambda cur, fresh: plan_task(cur, want, self.prefix, fresh=fresh))
+
+    async def set_vips(self, key: str, netns: Netns, want: TaskVips) -> Applied:
+        """The VIPs a task's connections are balanced over as they leave its sandbox `netns`."""
+        held = self._vips.setdefault(key, _Held())
+
+        async def read(fd: int | None) -> ReadBack[VipLayout]:
+            text = await kernel.nft_list(fd, self.tables["vip"])
+            return readback.vip_layout(text) if text is not None else ReadBack[VipLayout](None)
+
+        return await self._step(held, netns, read,
+                                lambda cur, fresh: plan_vips(cur, want, self.prefix, fresh=fresh))
+
+    def forget_sandbox(self, key: str) -> None:
+        """A task's sandbox is gone, and its tables with it: nothing of it is held any more."""
+        self._tasks.pop(key, None)
+        self._vips.pop(key, None)
 
     async def remove_task(self, key: str, netns: Netns | None) -> Applied:
         held = self._tasks.pop(key, None) or _Held()

@@ -1,10 +1,11 @@
 """Pure planning: (what the kernel holds, what is wanted) → one nftables transaction and the few
 netlink-side steps around it. Nothing here touches the kernel, files or clocks.
 
-Four tables, each in the namespace it serves, each written only by its own plan (layout and
+Five tables, each in the namespace it serves, each written only by its own plan (layout and
 per-packet path in ingress/dataplane/__init__.py):
 
   <prefix>-lb       a network's LB namespace: VIP → per-service chain → numgen slot → backend
+  <prefix>-vip      a task's own namespace: the same, as its connections leave (no SNAT)
   <prefix>-mesh     the ingress namespace: (proto . port) → per-port chain → slot → task:target
   <prefix>-publish  the daemon's namespace: local address, published (proto . port) → ingress ns
   <prefix>-task     a task on ingress: the per-task filter, and reply routing by connection mark
@@ -34,6 +35,7 @@ from ingress.dataplane.spec import (
     LbNetwork,
     Mesh,
     TaskIngress,
+    TaskVips,
 )
 
 DEFAULT_PREFIX = "shoal"
@@ -46,7 +48,7 @@ K = TypeVar("K")
 def table_names(prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
     if not (1 <= len(prefix) <= 16 and prefix.isascii() and prefix.replace("-", "").isalnum()):
         raise ValueError(f"invalid table prefix {prefix!r}")
-    return {kind: f"{prefix}-{kind}" for kind in ("lb", "mesh", "publish", "task")}
+    return {kind: f"{prefix}-{kind}" for kind in ("lb", "vip", "mesh", "publish", "task")}
 
 
 def vip_chain(vip: IPv4Address) -> str:
@@ -263,6 +265,57 @@ def lb_removal(current: LbLayout | None, device: str | None, prefix: str = DEFAU
              for b in sorted(slots.members)]
     after = [f"address del {v}/32 dev {device}" for v in sorted(cur.aliases)] if device else []
     return Plan("".join(line + "\n" for line in _fresh(t)), LbLayout(), (), (), tuple(after), tuple(flush))
+
+
+# ====================================================================== VIPs in a task's namespace
+
+
+@dataclass(frozen=True)
+class VipLayout:
+    """What a task's own VIP table holds. `based`: its fixed part is known to be as written."""
+
+    based: bool = False
+    services: Mapping[IPv4Address, Slots[IPv4Address]] = field(default_factory=dict)
+    vmap: frozenset[IPv4Address] = frozenset()
+    exists: bool = False
+
+
+def _vip_base_lines(t: str) -> list[str]:
+    return [
+        f"table {t} {{ map vips {{ type ipv4_addr : verdict; }}; "
+        "chain out { type nat hook output priority -100; policy accept; }; }",
+        f"flush chain {t} out",
+        # A TCP connection only from its SYN: one open before this table (through the LB
+        # namespace, untracked here until now) is picked up mid-stream by conntrack as new, and
+        # DNATing it to a backend that never saw it would reset it.
+        f"add rule {t} out tcp flags & (syn | ack) == syn ip daddr vmap @vips",
+        f"add rule {t} out meta l4proto {{ udp, sctp }} ip daddr vmap @vips",
+    ]
+
+
+def plan_vips(current: VipLayout | None, want: TaskVips, prefix: str = DEFAULT_PREFIX, *,
+              fresh: bool = False) -> Plan[VipLayout]:
+    """Take a task's namespace from `current` to `want`: the LB's maps and chains, reached from
+    the output hook. Without SNAT the backend answers the task itself, whose conntrack un-DNATs
+    the reply. A namespace with no table and no VIP wanted is left without one."""
+    t = f"ip {table_names(prefix)['vip']}"
+    cur = current or VipLayout()
+    if not want.services and not cur.exists and not fresh:
+        return Plan("", VipLayout())
+    s = _Script(t)
+    held = {} if fresh else dict(cur.services)
+    vmap = frozenset() if fresh else cur.vmap
+    if fresh:
+        for line in _fresh(t):
+            s.add(line)
+    if fresh or not cur.based:
+        for line in _vip_base_lines(t):
+            s.add(line)
+    wanted = want.by_vip()
+    before = current.services if current is not None else {}
+    services, flush = _balance(s, _VIPS, held, before,
+                               [(vip, svc.backends, svc.draining) for vip, svc in wanted.items()], vmap)
+    return Plan(s.text(), VipLayout(True, services, frozenset(wanted), exists=True), flush=tuple(flush))
 
 
 # ====================================================================== routing mesh: ingress namespace

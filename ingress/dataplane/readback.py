@@ -27,6 +27,7 @@ from ingress.dataplane.plan import (
     MeshLayout,
     PublishLayout,
     TaskLayout,
+    VipLayout,
     port_chain,
     vip_chain,
 )
@@ -99,9 +100,9 @@ def _goto(value: Any) -> str | None:
         return None
 
 
-def lb_layout(text: str) -> ReadBack[LbLayout]:
-    t = _objects(text)
-    ok = "vips" in t.maps and {"pre", "post"} <= t.chains
+def _vip_maps(t: _Table) -> tuple[dict[IPv4Address, Slots[IPv4Address]], frozenset[IPv4Address], bool]:
+    """The VIPs' backend maps and verdict-map elements of an LB or task VIP table."""
+    ok = "vips" in t.maps
     services: dict[IPv4Address, Slots[IPv4Address]] = {}
     for name, elems in t.maps.items():
         m = _VIP_MAP.match(name)
@@ -128,7 +129,19 @@ def lb_layout(text: str) -> ReadBack[LbLayout]:
             continue
         ok = ok and vip in services and _goto(verdict) == vip_chain(vip)
         vmap.add(vip)
-    return ReadBack(LbLayout(None, services, frozenset(vmap), frozenset(), exists=True), ok)
+    return services, frozenset(vmap), ok
+
+
+def lb_layout(text: str) -> ReadBack[LbLayout]:
+    t = _objects(text)
+    services, vmap, ok = _vip_maps(t)
+    return ReadBack(LbLayout(None, services, vmap, frozenset(), exists=True), ok and {"pre", "post"} <= t.chains)
+
+
+def vip_layout(text: str) -> ReadBack[VipLayout]:
+    t = _objects(text)
+    services, vmap, ok = _vip_maps(t)
+    return ReadBack(VipLayout(False, services, vmap, exists=True), ok and "out" in t.chains)
 
 
 def _backend(value: Any) -> IngressBackend:

@@ -120,6 +120,23 @@ class LbNetwork:
         return {s.vip: s for s in self.services}
 
 
+@dataclass(frozen=True)
+class TaskVips:
+    """The VIPs a task (or an attached container) reaches on its networks, balanced in its own
+    namespace as a connection leaves it: the backend answers the task's own address, and no
+    packet of the connection passes through the LB namespace."""
+
+    services: tuple[VipService, ...] = ()
+
+    def __post_init__(self) -> None:
+        services = tuple(self.services)
+        _unique("a task's VIPs", (s.vip for s in services))
+        object.__setattr__(self, "services", services)
+
+    def by_vip(self) -> dict[IPv4Address, VipService]:
+        return {s.vip: s for s in self.services}
+
+
 # ---------------------------------------------------------------- routing mesh
 
 

@@ -4,7 +4,8 @@ Topology (all on one bridge, the stand-in for an overlay network 10.0.0.0/16):
   c   (client task)   10.0.0.9
   lb  (the node's LB namespace for the network, its endpoint) 10.0.0.2 on eth0
   b1, b2 (backend tasks) 10.0.0.7, 10.0.0.8: HTTP on 80, 8080, 7777; UDP echo on 5353
-The IngressDataPlane programs only `lb` (the VIP /32 aliases and table shoal-lb).
+The IngressDataPlane programs `lb` (the VIP /32 aliases and table shoal-lb) and, in the tests of
+the client's own table, `c` (table shoal-vip).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from ingress.dataplane import Applied, IngressDataPlane, LbNetwork, VipService
+from ingress.dataplane import Applied, IngressDataPlane, LbNetwork, TaskVips, VipService
 from ingress.dataplane.plan import table_names
 from tests.ingress.support import (
     Http,
@@ -231,3 +232,79 @@ async def test_a_thousand_services_leave_the_packet_path_unchanged(bed: Bed) -> 
     applied = await dp.set_lb("net1", bed.lb_path, lb(VipService(VIP, (B1, B2)), *many))
     assert applied.commands <= 4, applied.script
     assert all(f"{int(many[500].vip):08x}" in line for line in applied.script.splitlines()), applied.script
+
+
+# ---------------------------------------------------------------- the client's own table
+
+
+async def test_a_tasks_own_table_balances_its_connections_and_the_backend_sees_its_address(bed: Bed) -> None:
+    dp = IngressDataPlane()
+    other = VipService(IPv4Address("10.0.1.6"))
+    await dp.set_lb("net1", bed.lb_path, lb(VipService(VIP, (B1, B2)), other))
+    before = await Http.open(bed.c, str(VIP), 80)      # opened through the LB namespace
+    try:
+        name, peer = await before.get()
+        assert peer == str(LB)
+        await dp.set_vips("c", bed.net.path(bed.c), TaskVips((VipService(VIP, (B1, B2)), other)))
+        for port in PORTS:
+            seen = [await fetch(bed.c, str(VIP), port) for _ in range(4)]
+            assert sorted(n for n, _ in seen) == ["b1", "b1", "b2", "b2"], (port, seen)
+            assert {p for _, p in seen} == {CLIENT}, "the backend sees the task's own address"
+        udp = [await udp_ask(bed.c, str(VIP), 5353) for _ in range(4)]
+        assert sorted(n for n, _ in udp) == ["b1", "b1", "b2", "b2"] and {p for _, p in udp} == {CLIENT}, udp
+        assert (await before.get()) == (name, str(LB)), "a connection opened before the table goes on as it was"
+    finally:
+        before.close()
+    assert ping(bed.c, str(VIP)), "ping is answered by the LB namespace's alias"
+    assert await connect_error(bed.c, "10.0.1.6", 80) == "ECONNREFUSED", "no backend: refused at once"
+    assert "snat" not in nft_ruleset(bed.c) and "masquerade" not in nft_ruleset(bed.c)
+    again = await dp.set_vips("c", bed.net.path(bed.c), TaskVips((VipService(VIP, (B1, B2)), other)))
+    assert again == Applied()
+
+
+async def test_a_tasks_own_table_drains_resets_and_is_adopted_after_a_restart(bed: Bed) -> None:
+    client = bed.net.path(bed.c)
+    first_life = IngressDataPlane()
+
+    async def both(dp: IngressDataPlane, *services: VipService) -> Applied:
+        """As a node does: the network's LB namespace, then the task's own table, the same VIPs."""
+        await dp.set_lb("net1", bed.lb_path, lb(*services))
+        return await dp.set_vips("c", client, TaskVips(services))
+
+    await both(first_life, VipService(VIP, (B1, B2)))
+    conn = await Http.open(bed.c, str(VIP), 80)
+    try:
+        name, peer = await conn.get()
+        assert peer == CLIENT
+        other = "b2" if name == "b1" else "b1"
+        draining = VipService(VIP, (NAMES[other],), (NAMES[name],))
+        applied = await both(first_life, draining)
+        assert applied.flushed == 0 and applied.commands <= 4, applied.script
+        assert (await conn.get())[0] == name, "an open connection keeps its backend while it drains"
+        assert {(await fetch(bed.c, str(VIP), 80))[0] for _ in range(4)} == {other}, "no new ones"
+
+        # A new life reads the table back and changes nothing; told the backend is gone, it cuts.
+        second_life = IngressDataPlane()
+        applied = await both(second_life, draining)
+        assert applied.flushed == 0
+        assert not [line for line in applied.script.splitlines()
+                    if re.match(r"(add|delete) (element|map|chain)", line)], applied.script
+        assert (await conn.get())[0] == name
+        applied = await both(second_life, VipService(VIP, (NAMES[other],)))
+        assert applied.flushed >= 1
+        # The connection's next packet is no SYN, so the task's table lets it go on to the VIP:
+        # the LB namespace picks it up and sends it to a backend, which resets it.
+        with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+            await conn.get(timeout=5)                 # a reset, not a hang
+    finally:
+        conn.close()
+
+    # No VIP wanted: nothing is balanced in the task any more.
+    await second_life.set_vips("c", client, TaskVips())
+    assert "vb-" not in nft_ruleset(bed.c)
+
+    # A namespace without the table, and none wanted: nothing is written.
+    fresh = IngressDataPlane()
+    sh("ip", "netns", "exec", bed.c, "nft", "delete", "table", "ip", table_names()["vip"])
+    assert await fresh.set_vips("c", client, TaskVips()) == Applied()
+    assert table_names()["vip"] not in nft_ruleset(bed.c)

@@ -223,14 +223,24 @@ def test_a_vip_balances_every_port_answers_ping_and_dnsrr_gives_the_tasks(lab: L
     endpoint = api(lab, MANAGER, "GET", "/services/vweb")["Endpoint"]
     vip = next(str(v["Addr"]).split("/")[0] for v in endpoint["VirtualIPs"] if v["NetworkID"] == net)
     names = {t["ID"][:12] for t in webs}
+    own = next(str(a["Addresses"][0]).split("/")[0] for a in client["NetworksAttachments"]
+               if a["Network"]["ID"] == net)
 
-    def ask(url: str) -> str:
-        return in_task(lab, client, ["timeout", "3", "wget", "-qO-", url]).stdout.split(" ")[0]
+    def ask(url: str) -> tuple[str, str]:
+        """(the task that answered, the client address it saw)"""
+        out = in_task(lab, client, ["timeout", "3", "wget", "-qO-", url]).stdout.split()
+        return (out[0], out[1].removeprefix("::ffff:")) if len(out) == 2 else ("", " ".join(out))
+
+    def answered(url: str) -> tuple[str, str] | None:
+        answer = ask(url)
+        return answer if answer[0] else None
 
     for port in (80, 8081):
-        seen = {eventually(functools.partial(ask, f"http://vweb:{port}/cgi-bin/who"), timeout=20, what=f"vweb:{port}")}
-        seen |= {ask(f"http://{vip}:{port}/cgi-bin/who") for _ in range(5)}
-        assert seen == names, f"port {port} through the VIP reached {seen}, not both tasks {names}"
+        first = eventually(functools.partial(answered, f"http://vweb:{port}/cgi-bin/who"), timeout=20,
+                           what=f"vweb:{port}")
+        answers = {first} | {ask(f"http://{vip}:{port}/cgi-bin/who") for _ in range(5)}
+        assert {name for name, _ in answers} == names, f"port {port} through the VIP reached {answers}, not {names}"
+        assert {peer for _, peer in answers} == {own}, f"the tasks saw {answers}, not the client task's {own}"
     assert in_task(lab, client, ["busybox", "ping", "-c", "1", "-W", "2", vip]).returncode == 0, "ping to the VIP"
     rr = {str(a["Addresses"][0]).split("/")[0] for t in converged(lab, "vrr", 2) for a in t["NetworksAttachments"]
           if a["Network"]["ID"] == net}

@@ -19,15 +19,17 @@ from ingress.dataplane.plan import (
     RULE_PREF,
     LbLayout,
     Plan,
+    VipLayout,
     lb_removal,
     plan_lb,
     plan_mesh,
     plan_publish,
     plan_task,
+    plan_vips,
     vip_chain,
     vip_map,
 )
-from ingress.dataplane.readback import aliases, lb_layout, mesh_layout, publish_layout, task_layout
+from ingress.dataplane.readback import aliases, lb_layout, mesh_layout, publish_layout, task_layout, vip_layout
 from ingress.dataplane.slots import DRAIN_BASE, Slots, element_diff, reslot
 from ingress.dataplane.spec import (
     ClientAddress,
@@ -37,6 +39,7 @@ from ingress.dataplane.spec import (
     Mesh,
     PublishedPort,
     TaskIngress,
+    TaskVips,
     VipService,
 )
 from model.endpoint import endpoint_mac as mac_from_ip
@@ -95,7 +98,7 @@ class Kernel:
             elif m := re.match(r"table ip \S+ \{ map vips", line):
                 self.maps.setdefault("vips", {})
 
-    def lb_matches(self, layout: LbLayout) -> None:
+    def lb_matches(self, layout: LbLayout | VipLayout) -> None:
         for v, slots in layout.services.items():
             assert self.maps[vip_map(v)] == {str(k): str(b) for k, b in slots.elements}
             rules = self.chains[vip_chain(v)]
@@ -366,6 +369,49 @@ def test_read_back_gives_the_layout_the_plan_made_and_spots_foreign_shapes() -> 
     addr = json.dumps([{"addr_info": [{"family": "inet", "local": "10.0.0.2", "prefixlen": 16},
                                       {"family": "inet", "local": "10.0.1.5", "prefixlen": 32}]}])
     assert aliases(addr, LB) == {IPv4Address("10.0.1.5")}
+
+
+def test_a_tasks_own_vip_plan_is_the_lbs_maps_from_the_output_hook_without_snat() -> None:
+    a, b = VipService(vip(1), (ip(1), ip(2))), VipService(vip(2), (ip(3),))
+    first = plan_vips(None, TaskVips((a, b)))
+    kernel = Kernel()
+    kernel.apply(first.script)
+    kernel.lb_matches(first.layout)
+    assert "type nat hook output" in first.script and "prerouting" not in first.script
+    assert "snat" not in first.script and "masquerade" not in first.script
+    assert "tcp flags & (syn | ack) == syn ip daddr vmap @vips" in first.script, "TCP only from its SYN"
+    assert (first.sysctls, first.before_ip, first.after_ip, first.flush) == ((), (), (), ())
+    assert plan_vips(first.layout, TaskVips((a, b))).empty
+
+    # Draining: no flush; gone for good (or the whole VIP): its flows are flushed.
+    drain = plan_vips(first.layout, TaskVips((VipService(vip(1), (ip(2),), (ip(1),)), b)))
+    kernel.apply(drain.script)
+    kernel.lb_matches(drain.layout)
+    assert drain.flush == () and drain.commands <= 4, drain.script
+    gone = plan_vips(drain.layout, TaskVips((VipService(vip(1), (ip(2),)),)))
+    kernel.apply(gone.script)
+    kernel.lb_matches(gone.layout)
+    assert {f.args for f in gone.flush} == {("-d", str(vip(1)), "-r", str(ip(1))),
+                                           ("-d", str(vip(2)), "-r", str(ip(3)))}
+
+    # Nothing wanted where nothing is: no table (a task on a network without VIPs).
+    assert plan_vips(None, TaskVips()).empty and plan_vips(VipLayout(), TaskVips()).empty
+    with pytest.raises(ValueError, match="appears twice"):
+        TaskVips((a, VipService(vip(1))))
+
+
+def test_read_back_of_a_tasks_vip_table() -> None:
+    doc = json.loads(_lb_doc())
+    doc["nftables"] = [o for o in doc["nftables"] if o.get("chain", {}).get("name") not in ("pre", "post")]
+    assert not vip_layout(json.dumps(doc)).consistent, "no output chain: not as written"
+    doc["nftables"].append({"chain": {"name": "out"}})
+    found = vip_layout(json.dumps(doc))
+    assert found.consistent and found.layout is not None and not found.layout.based
+    want = TaskVips((VipService(IPv4Address("10.0.1.5"), (IPv4Address("10.0.1.7"), IPv4Address("10.0.1.8")),
+                                (IPv4Address("10.0.1.9"),)),))
+    adopted = plan_vips(found.layout, want)
+    assert "vb-" not in adopted.script and adopted.flush == () and "chain out" in adopted.script
+    assert not lb_layout(json.dumps(doc)).consistent, "an LB table has pre and post"
 
 
 def test_read_back_of_the_mesh_the_daemon_side_and_a_task() -> None:

@@ -1,4 +1,4 @@
-"""ServiceBalancing.sync programs every task's side of the mesh at once, not in turn (a change
+"""ServiceBalancing.sync programs every task's namespace (its VIPs and its side of the mesh) at once, not in turn (a change
 that deletes anything costs each namespace's commit an RCU grace period, ~16 ms here, and those
 waits overlap only when the namespaces are applied together), and one task's failure does not
 keep the others from being programmed. A fake data plane and overlay host stand in behind the
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from ingress.dataplane import Mesh, TaskIngress
+from ingress.dataplane import Mesh, TaskIngress, TaskVips
 from node.balancing import INGRESS_SANDBOX, ServiceBalancing
 from overlay import AttachmentRecord, OverlaySpec, SandboxRecord
 from worker.networking import NetworkView, NetworkViews
@@ -39,6 +39,9 @@ class FakePlane:
 
     async def set_mesh(self, netns: str, want: Mesh) -> Applied:
         return Applied()
+
+    async def set_vips(self, key: str, netns: str, want: TaskVips) -> Applied:
+        return Applied()            # no VIP network in these tests
 
     async def set_task(self, key: str, netns: str, want: TaskIngress) -> Applied:
         async with asyncio.timeout(5):
@@ -92,7 +95,7 @@ async def test_one_tasks_failure_leaves_the_others_programmed_and_is_raised(tmp_
     plane, host = FakePlane(failing=TASKS[2]), FakeHost()
     balancing = ServiceBalancing(plane, tmp_path)    # type: ignore[arg-type]
     views, specs = ingress_views()
-    with pytest.raises(RuntimeError, match=f"routing mesh: nft: {TASKS[2]} refused"):
+    with pytest.raises(RuntimeError, match=f"sandbox {TASKS[2]}: nft: {TASKS[2]} refused"):
         await balancing.sync(host, views, specs)     # type: ignore[arg-type]
     assert sorted(plane.programmed) == [k for k in TASKS if k != TASKS[2]]
 
@@ -118,7 +121,7 @@ class CountingPlane(FakePlane):
 
 
 async def test_at_most_so_many_task_namespaces_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("node.balancing.TASKS_AT_ONCE", 2)
+    monkeypatch.setattr("node.balancing.SANDBOXES_AT_ONCE", 2)
     plane, host = CountingPlane(bound=2), FakeHost()
     balancing = ServiceBalancing(plane, tmp_path)    # type: ignore[arg-type]
     views, specs = ingress_views()
