@@ -25,8 +25,9 @@ Prints one JSON document. Three parts:
           the mesh's NAT with one crossing of the wire;
       `straight_from_host` (no goal; the reference of (a) until 2026-12-07): from worker-1's host
           namespace to the tasks' gateway-bridge addresses, no wire at all;
-      (b) `vip`: from the mbcli task's namespace to mbweb's VIP on the overlay (worker-2's LB
-          namespace DNATs to a task on worker-1);
+      (b) `vip`: from the mbcli task's namespace to mbweb's VIP on the overlay (DNATed in the
+          mbcli task's own namespace, table shoal-vip, straight to a task on worker-1; worker-2's
+          LB namespace is not on the path);
       (c) `straight_from_task`: from the mbcli task's namespace to the tasks' overlay addresses;
       `routed_via_mesh_host` (no goal): from a second LAN client (`<lab>-lanrouted`) to the tasks'
           gateway-bridge addresses with plain IP routing through manager-1 both ways (routes the
@@ -58,8 +59,9 @@ Prints one JSON document. Three parts:
     poll the manager meanwhile) to the last host's stamp; all hosts share this machine's clock.
     p50/p99/max; goal p99 <= 200 ms.
   - first packet to a VIP with `--services` services defined vs 1 (bench/support/vipconnect.py:
-    namespaces of its own, programmed by IngressDataPlane.set_lb, connect() times interleaved);
-    goal: median and p99 within 10%.
+    namespaces of its own; client namespaces holding the task table (IngressDataPlane.set_vips),
+    and LB namespaces (set_lb) reached from a client without one; connect() times interleaved);
+    goal: median and p99 within 10%, judged on the task table (`meets_goal_lb`: the LB's).
 
 Only addresses of the lab's own namespaces (and of the bench's own namespaces) are targeted.
 Every process the bench starts is stopped by PID, its namespaces are deleted and the lab torn
