@@ -7,6 +7,15 @@ Theory of operation (called by NodeNetworking under its lock, after the overlay 
   which every other node has as a peer); the VIPs become aliases there, so it answers ARP and
   ping for them on the bridge, and spreads connections over the service's tasks in rotation on
   every node (`set_lb`). Not on ingress: the mesh DNATs straight to tasks.
+- **Each sandbox's own VIPs** (`set_vips`): every task or attached container on such a network
+  balances the same VIPs itself as its connections leave, so they skip the LB namespace and
+  the backend sees the task's own address; the LB namespace balances what a sandbox's table
+  does not (connections older than it). Set before a task's container starts when its networks
+  have VIPs, and by every sync for every sandbox, all at once (a thread each, bounded). What a
+  sandbox should hold is taken when its step runs, and the sync reads the sandboxes again
+  after the LBs' wanted state is known, so a sandbox made during a sync never keeps the VIPs
+  from before it. The node's ack follows the whole sync: a backend that leaves rotation has
+  left every sandbox's table too.
 - **Routing mesh**, on every node: a sandbox `ingress-sbox` with the node's ingress endpoint
   and an interface on the gateway bridge; the daemon's namespace DNATs published ports to it,
   and it DNATs on to a task's ingress address and target port (`set_mesh`).

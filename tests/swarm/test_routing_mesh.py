@@ -229,7 +229,7 @@ def test_a_vip_balances_every_port_answers_ping_and_dnsrr_gives_the_tasks(lab: L
     def ask(url: str) -> tuple[str, str]:
         """(the task that answered, the client address it saw)"""
         out = in_task(lab, client, ["timeout", "3", "wget", "-qO-", url]).stdout.split()
-        return (out[0], out[1].removeprefix("::ffff:")) if len(out) == 2 else ("", " ".join(out))
+        return (out[0], out[1].strip("[]").removeprefix("::ffff:")) if len(out) == 2 else ("", " ".join(out))
 
     def answered(url: str) -> tuple[str, str] | None:
         answer = ask(url)
