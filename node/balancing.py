@@ -298,8 +298,7 @@ class ServiceBalancing:
         async def one(key: str, record: SandboxRecord) -> None:
             async with bound:
                 await self._set_vips(host, key, record)
-                place = self._place(key, record, ingress, by_id.get(key, "")) if ingress is not None else None
-                if ingress is not None and place is not None:
+                if ingress is not None and (place := self._place(key, record, ingress, by_id.get(key, ""))):
                     await self._set_task(host, key, ingress, place)
 
         keys = [key for key in records if not is_balancer(key)]
@@ -362,8 +361,7 @@ class ServiceBalancing:
         if self._wanted_vips(record).services:
             await self._set_vips(host, task_id, record)
         self._places.pop(task_id, None)
-        place = self._place(task_id, record, ingress, service_id) if ingress is not None else None
-        if ingress is not None and place is not None:
+        if ingress is not None and (place := self._place(task_id, record, ingress, service_id)):
             await self._set_task(host, task_id, ingress, place)
 
     async def forget_task(self, task_id: str, host: OverlayHost | None) -> None:
