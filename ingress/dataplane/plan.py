@@ -293,6 +293,15 @@ def _vip_base_lines(t: str) -> list[str]:
     ]
 
 
+# Without SNAT, one socket of the task may meet a backend on the wire with the same address and
+# ports as an earlier one that reached it straight (a `tasks.` name, dnsrr): their timestamps
+# came from different random offsets (one per address pair: the VIP's, the backend's), so the
+# backend's TIME_WAIT takes the new SYN for an old segment, and the connection waits out a SYN
+# retransmission (1 s). Timestamps without the random offset keep them increasing. Written
+# where the table is first made (before the task's container starts), never over a later value.
+VIP_SYSCTLS = (("net/ipv4/tcp_timestamps", "2"),)
+
+
 def plan_vips(current: VipLayout | None, want: TaskVips, prefix: str = DEFAULT_PREFIX, *,
               fresh: bool = False) -> Plan[VipLayout]:
     """Take a task's namespace from `current` to `want`: the LB's maps and chains, reached from
@@ -302,6 +311,7 @@ def plan_vips(current: VipLayout | None, want: TaskVips, prefix: str = DEFAULT_P
     cur = current or VipLayout()
     if not want.services and not cur.exists and not fresh:
         return Plan("", VipLayout())
+    sysctls = VIP_SYSCTLS if not cur.exists else ()
     s = _Script(t)
     held = {} if fresh else dict(cur.services)
     vmap = frozenset() if fresh else cur.vmap
@@ -315,7 +325,7 @@ def plan_vips(current: VipLayout | None, want: TaskVips, prefix: str = DEFAULT_P
     before = current.services if current is not None else {}
     services, flush = _balance(s, _VIPS, held, before,
                                [(vip, svc.backends, svc.draining) for vip, svc in wanted.items()], vmap)
-    return Plan(s.text(), VipLayout(True, services, frozenset(wanted), exists=True), flush=tuple(flush))
+    return Plan(s.text(), VipLayout(True, services, frozenset(wanted), exists=True), sysctls, flush=tuple(flush))
 
 
 # ====================================================================== routing mesh: ingress namespace

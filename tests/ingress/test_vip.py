@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
@@ -28,6 +29,7 @@ from tests.ingress.support import (
     nft_ruleset,
     ping,
     sh,
+    socket_in,
     udp_ask,
 )
 
@@ -308,3 +310,43 @@ async def test_a_tasks_own_table_drains_resets_and_is_adopted_after_a_restart(be
     sh("ip", "netns", "exec", bed.c, "nft", "delete", "table", "ip", table_names()["vip"])
     assert await fresh.set_vips("c", client, TaskVips()) == Applied()
     assert table_names()["vip"] not in nft_ruleset(bed.c)
+
+
+def syn_retransmissions(ns: str) -> int:
+    lines = [line.split() for line in sh("ip", "netns", "exec", ns, "cat", "/proc/net/netstat").splitlines()
+             if line.startswith("TcpExt:")]
+    return int(dict(zip(lines[0], lines[1], strict=True))["TCPSynRetrans"])
+
+
+async def closed_by_the_server(ns: str, host: str, source_port: int) -> None:
+    """A connection from `source_port` that the server closes first: its side keeps a TIME_WAIT."""
+    sock = socket_in(ns)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("0.0.0.0", source_port))
+    async with asyncio.timeout(10):
+        await asyncio.get_running_loop().sock_connect(sock, (host, 80))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(b"QUIT\r\n\r\n")              # backend.py closes on anything but GET
+        assert await reader.read() == b""
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_one_source_port_used_straight_and_through_the_vip_meets_no_retransmission(bed: Bed) -> None:
+    """The backend's TIME_WAIT of a connection that came straight (or through the VIP) takes the
+    next SYN from the same address and port through the VIP (or straight) at once: the task's
+    timestamps do not depend on the address it connected to. The task's conntrack would move
+    the second connection to another port while it remembers the first; under a high rate of new
+    connections it runs out of ports and reuses a TIME_WAIT entry's (this kernel's NAT does), as
+    here, where the entry is deleted. With a timestamp offset per address pair, one of the two
+    orders meets the backend's PAWS check and waits out a SYN retransmission (1 s): measured as
+    new connections collapsing to a third when a task mixes the two at ~10k/s."""
+    dp = IngressDataPlane()
+    await dp.set_lb("net1", bed.lb_path, lb(VipService(VIP, (B1,))))
+    await dp.set_vips("c", bed.net.path(bed.c), TaskVips((VipService(VIP, (B1,)),)))
+    for port, (first, second) in zip((41001, 41002), ((str(B1), str(VIP)), (str(VIP), str(B1))), strict=True):
+        await closed_by_the_server(bed.c, first, port)
+        sh("ip", "netns", "exec", bed.c, "conntrack", "-D", "-p", "tcp", "--sport", str(port), check=False)
+        before = syn_retransmissions(bed.c)
+        await closed_by_the_server(bed.c, second, port)
+        assert syn_retransmissions(bed.c) == before, f"a SYN to {second} from port {port} after {first} was resent"

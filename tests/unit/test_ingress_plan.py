@@ -380,7 +380,8 @@ def test_a_tasks_own_vip_plan_is_the_lbs_maps_from_the_output_hook_without_snat(
     assert "type nat hook output" in first.script and "prerouting" not in first.script
     assert "snat" not in first.script and "masquerade" not in first.script
     assert "tcp flags & (syn | ack) == syn ip daddr vmap @vips" in first.script, "TCP only from its SYN"
-    assert (first.sysctls, first.before_ip, first.after_ip, first.flush) == ((), (), (), ())
+    assert (first.before_ip, first.after_ip, first.flush) == ((), (), ())
+    assert first.sysctls == (("net/ipv4/tcp_timestamps", "2"),), "set where the table is first made"
     assert plan_vips(first.layout, TaskVips((a, b))).empty
 
     # Draining: no flush; gone for good (or the whole VIP): its flows are flushed.
@@ -411,6 +412,7 @@ def test_read_back_of_a_tasks_vip_table() -> None:
                                 (IPv4Address("10.0.1.9"),)),))
     adopted = plan_vips(found.layout, want)
     assert "vb-" not in adopted.script and adopted.flush == () and "chain out" in adopted.script
+    assert adopted.sysctls == (), "a table that exists: its namespace's sysctls are left as they are"
     assert not lb_layout(json.dumps(doc)).consistent, "an LB table has pre and post"
 
 
