@@ -50,14 +50,19 @@ Prints one JSON document. Three parts:
           everything else on CPU 1: the mesh host's forwarding is charged to neither end, as on a
           third machine (with 2 CPUs the two ends then share one).
   - task RUNNING -> in rotation on every node: a one-task service `mbrot` publishing tcp 8090
-    (no placement constraint), scaled up by one `--tasks` times, each step waiting for the last.
-    In each host's ingress namespace (`s-ingress-sbox`) `nft monitor` runs; at each new ruleset
-    generation there the map of port 8090's backends (`pb-tcp-8090` in table `shoal-mesh`) is
-    listed, and a task address first seen in rotation (slot key < 2^31) is stamped with that
-    generation's arrival time. The latency of a task is from its RUNNING timestamp (the worker's
-    report, as the store holds it: `GET /tasks`, read after the step, so the bench does not
-    poll the manager meanwhile) to the last host's stamp; all hosts share this machine's clock.
-    p50/p99/max; goal p99 <= 200 ms.
+    and on the overlay (so it has a VIP there; no placement constraint), scaled up by one
+    `--tasks` times, each step waiting for the last. `nft monitor` runs (class MapWatch) in each
+    host's ingress namespace (`s-ingress-sbox`), watching the map of port 8090's backends
+    (`pb-tcp-8090` in table `shoal-mesh`, a task's ingress address), and in the mbcli task's own
+    namespace, watching the map of mbrot's VIP (`vb-<VIP as 8 hex digits>` in table `shoal-vip`,
+    the task's overlay address: the path mbcli's connections to the VIP take). At each new
+    ruleset generation in a namespace its map is listed, and an address first seen in rotation
+    (slot key < 2^31) is stamped with that generation's arrival time. A new task is in rotation
+    on every node once every watched map holds it (each at its own address, matched to the
+    task by its NetworksAttachments). The latency of a task is from its RUNNING timestamp (the
+    worker's report, as the store holds it: `GET /tasks`, read after the step, so the bench
+    does not poll the manager meanwhile) to the last watched map's stamp; all hosts share this
+    machine's clock. p50/p99/max, per host and the VIP table's apart; goal p99 <= 200 ms.
   - first packet to a VIP with `--services` services defined vs 1 (bench/support/vipconnect.py:
     namespaces of its own; client namespaces holding the task table (IngressDataPlane.set_vips),
     and LB namespaces (set_lb) reached from a client without one; connect() times interleaved);
@@ -84,6 +89,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +109,7 @@ from bench.support.netlab import (
 from bench.support.netperf import REALTIME_PRIORITY, BenchError, in_ns, quantile
 from cli.lab import Lab
 from cli.lab import net as labnet
-from ingress.dataplane.plan import port_map, table_names
+from ingress.dataplane.plan import port_map, table_names, vip_map
 from model import parse_time
 
 MANAGER, SERVERS, CLIENT = "manager-1", "worker-1", "worker-2"
@@ -336,19 +343,22 @@ def measure(lab: Lab, web: list[dict[str, Any]], paths: dict[str, tuple[str, lis
 
 # -- task RUNNING -> in rotation on every node -----------------------------------------------------
 
-class MeshWatch:
-    """`nft monitor` in one host's ingress namespace; at each new generation, the backends in
-    rotation of one published port are listed, and each address first seen is stamped with the
-    generation's arrival time (time.time(): the clock of the tasks' timestamps)."""
+class MapWatch:
+    """`nft monitor` in one network namespace; at each new generation there, the backends in
+    rotation in one map (slot key < 2^31 : element) are listed, and each address first seen is
+    stamped with the generation's arrival time (time.time(): the clock of the tasks' timestamps).
+    `element_address` reads a backend's address from an element's value (as `nft -j` gives it);
+    `task_address` is the address a task has in this map (which network's)."""
 
-    def __init__(self, host: str, netns: str, port: int) -> None:
-        self.host, self.netns = host, netns
-        self.table, self.map = table_names()["mesh"], port_map(("tcp", port))
+    def __init__(self, name: str, netns: str, table: str, map_name: str, element_address: Callable[[Any], str],
+                 task_address: Callable[[dict[str, Any]], str]) -> None:
+        self.name, self.netns, self.table, self.map = name, netns, table, map_name
+        self.element_address, self.task_address = element_address, task_address
         self.first_seen: dict[str, float] = {}
         self.generations = 0
         self.changed = threading.Condition()
         self.proc = wrk.spawn([*in_ns(netns), "nft", "monitor"], stderr=subprocess.DEVNULL)
-        self.thread = threading.Thread(target=self._follow, name=f"watch-{host}", daemon=True)
+        self.thread = threading.Thread(target=self._follow, name=f"watch-{name}", daemon=True)
         self.thread.start()
 
     def listing(self) -> set[str]:
@@ -360,8 +370,11 @@ class MeshWatch:
         for item in json.loads(proc.stdout)["nftables"]:
             for key, value in (item.get("map") or {}).get("elem") or []:
                 if int(key) < IN_ROTATION_MAX:
-                    out.add(str(value["concat"][0]))
+                    out.add(self.element_address(value))
         return out
+
+    def holds(self, task: dict[str, Any]) -> bool:
+        return self.task_address(task) in self.listing()
 
     def record(self, stamp: float) -> None:
         seen = self.listing()
@@ -391,59 +404,84 @@ class MeshWatch:
                 self.changed.wait(left)
 
 
-def rotation_latency(lab: Lab, count: int, timeout: float) -> dict[str, Any]:
+def mesh_watch(lab: Lab, host: str, port: int) -> MapWatch:
+    """Host `host`'s ingress namespace, the routing mesh's backends of tcp `port` (address . port)."""
+    return MapWatch(host, ingress_sandbox(lab, host), table_names()["mesh"], port_map(("tcp", port)),
+                    lambda value: str(value["concat"][0]), ingress_address)
+
+
+def vip_watch(namespace: str, vip: str, net: str) -> MapWatch:
+    """A task's own VIP table (in its namespace `namespace`), the backends of `vip` on `net` (addresses)."""
+    return MapWatch("vip_table", namespace, table_names()["vip"], vip_map(IPv4Address(vip)), str,
+                    lambda task: overlay_address(task, net))
+
+
+def rotation_latency(lab: Lab, net: str, client: dict[str, Any], count: int, timeout: float) -> dict[str, Any]:
     manager = lab.node(MANAGER).host
-    asyncio.run(call(manager, "POST", "/services/create", service_spec("mbrot", 1, ports=((ROT_PORT, TARGET_PORT),))))
+    asyncio.run(call(manager, "POST", "/services/create",
+                     service_spec("mbrot", 1, networks=(net,), ports=((ROT_PORT, TARGET_PORT),))))
     first = asyncio.run(running_tasks(manager, "mbrot", 1, timeout))[0]
-    watches = [MeshWatch(h, ingress_sandbox(lab, h), ROT_PORT) for h in lab.nodes]
+    endpoint = asyncio.run(call(manager, "GET", "/services/mbrot"))["Endpoint"]
+    vip = next((str(v["Addr"]).split("/")[0] for v in endpoint.get("VirtualIPs") or [] if v["NetworkID"] == net), None)
+    if vip is None:
+        raise BenchError(f"service mbrot has no VIP on network {net}: {endpoint.get('VirtualIPs')}")
+    hosts = [mesh_watch(lab, h, ROT_PORT) for h in lab.nodes]
+    table = vip_watch(sandbox_path(lab, CLIENT, client), vip, net)
+    watches = [*hosts, table]
     time.sleep(0.3)                 # the monitors subscribe
     deadline = time.monotonic() + timeout
-    while not all(ingress_address(first) in w.listing() for w in watches):
+    while not all(w.holds(first) for w in watches):
         if time.monotonic() > deadline:
-            raise BenchError(f"the first mbrot task never entered rotation on every host in {timeout:.0f}s")
+            raise BenchError(f"the first mbrot task never entered rotation on every host and in the mbcli task's "
+                             f"VIP table in {timeout:.0f}s")
         time.sleep(POLL_S)
     for w in watches:
         w.record(time.time())       # the baseline: what is in rotation before the first step
     samples: list[dict[str, Any]] = []
     nodes = {n["ID"]: n["Description"]["Hostname"] for n in asyncio.run(call(manager, "GET", "/nodes"))}
     for step in range(count):
-        known = set().union(*(w.first_seen for w in watches))
+        known = {w.name: set(w.first_seen) for w in watches}
         service = asyncio.run(call(manager, "GET", "/services/mbrot"))
         spec = service["Spec"]
         spec["Mode"]["Replicated"]["Replicas"] = step + 2
         asyncio.run(call(manager, "POST", f"/services/{service['ID']}/update", spec,
                          version=service["Version"]["Index"]))
         deadline = time.monotonic() + timeout
-        found = [w.wait_for(known, deadline) for w in watches]
-        if None in found or len(set(found)) != 1:
-            raise BenchError(f"step {step + 1}: new task in rotation per host: "
-                             f"{dict(zip(lab.nodes, found, strict=True))} after {timeout:.0f}s")
-        address = str(found[0])
+        # each watch sees the new task at its own address (ingress, or on the overlay): the task
+        # is the running one that has each of them
+        found = {w.name: w.wait_for(known[w.name], deadline) for w in watches}
+        if None in found.values():
+            raise BenchError(f"step {step + 1}: new task in rotation per watch: {found} after {timeout:.0f}s")
         task = next((t for t in asyncio.run(running_tasks(manager, "mbrot", step + 2, timeout))
-                     if ingress_address(t) == address), None)
+                     if all(w.task_address(t) == found[w.name] for w in watches)), None)
         if task is None:
-            raise BenchError(f"step {step + 1}: no running task has the address {address} now in rotation")
+            raise BenchError(f"step {step + 1}: no running task has the addresses now in rotation: {found}")
         running = parse_time(task["Status"]["Timestamp"])
-        per_host = {w.host: round((w.first_seen[address] - running) * 1000, 1) for w in watches}
+        ms = {w.name: round((w.first_seen[w.task_address(task)] - running) * 1000, 1) for w in watches}
+        per_host = {w.name: ms[w.name] for w in hosts}
         # the task's last write in the store (the manager's clock, this machine's): its RUNNING
         # status, unless something wrote the task again since (then it is later than the rotation)
         written = round((parse_time(task["UpdatedAt"]) - running) * 1000, 1) if task.get("UpdatedAt") else None
         samples.append({"task": task["ID"][:12], "node": nodes.get(task["NodeID"], "?"),
-                        "every_node_ms": max(per_host.values()), "first_node_ms": min(per_host.values()),
-                        "store_write_ms": written, "per_host_ms": per_host})
+                        "every_node_ms": max(ms.values()), "first_node_ms": min(ms.values()),
+                        "store_write_ms": written, "per_host_ms": per_host, "vip_table_ms": ms[table.name]})
     for w in watches:
         wrk.stop(w.proc)
     values = [s["every_node_ms"] for s in samples]
     return {
-        "method": f"service mbrot (published tcp {ROT_PORT}) scaled up by one {count} times; per new task: its "
-                  "RUNNING timestamp (GET /tasks) to the arrival of the `nft monitor` generation after which "
-                  f"the last host's ingress namespace had its address in map {table_names()['mesh']} "
-                  f"{port_map(('tcp', ROT_PORT))}; with few tasks, p99 is about the max",
+        "method": f"service mbrot (published tcp {ROT_PORT}, on the overlay with mbcli: VIP {vip}) scaled up by one "
+                  f"{count} times; per new task: its RUNNING timestamp (GET /tasks) to the arrival of the `nft "
+                  "monitor` generation after which the last of the watched maps held it in rotation: each host's "
+                  f"ingress namespace, map {table_names()['mesh']} {port_map(('tcp', ROT_PORT))} (its ingress "
+                  f"address), and the mbcli task's own namespace on {CLIENT}, map {table_names()['vip']} "
+                  f"{vip_map(IPv4Address(vip))} (its overlay address); with few tasks, p99 is about the max",
         "n": len(values),
         "p50_ms": round(quantile(values, 0.5), 1), "p99_ms": round(quantile(values, 0.99), 1),
         "max_ms": round(max(values), 1), "min_ms": round(min(values), 1),
         "per_host_median_ms": {h: round(statistics.median(s["per_host_ms"][h] for s in samples), 1)
                                for h in lab.nodes},
+        "vip_table_median_ms": round(statistics.median(s["vip_table_ms"] for s in samples), 1),
+        "vip_table_p99_ms": round(quantile([s["vip_table_ms"] for s in samples], 0.99), 1),
         "split_median_ms": split(samples),
         "samples": samples,
         "goal": f"p99 <= {ROTATION_GOAL_MS:.0f} ms",
@@ -453,9 +491,9 @@ def rotation_latency(lab: Lab, count: int, timeout: float) -> dict[str, Any]:
 
 def split(samples: list[dict[str, Any]]) -> dict[str, float]:
     """Where the time goes (medians): the RUNNING report on its way into the store (the agent's
-    report batching, the RPC, the dispatcher's write), the store write to the first node's ingress
-    namespace holding the task (Raft commit, the views pushed, the data plane programmed), and
-    the first node to the last."""
+    report batching, the RPC, the dispatcher's write), the store write to the first watched map
+    holding the task (Raft commit, the views pushed, one node's data plane programmed: a host's
+    ingress namespace or the mbcli task's VIP table), and the first watched map to the last."""
     usable = [s for s in samples if s["store_write_ms"] is not None and s["store_write_ms"] <= s["first_node_ms"]]
     out = {"first_to_last_node": round(statistics.median(s["every_node_ms"] - s["first_node_ms"] for s in samples), 1)}
     if usable:
@@ -494,7 +532,7 @@ def lab_part(args: argparse.Namespace, result: dict[str, Any]) -> None:
             except BenchError as e:
                 result["requests_per_s"] = {"error": str(e)}
         try:
-            result["running_to_rotation"] = rotation_latency(lab, args.tasks, args.timeout)
+            result["running_to_rotation"] = rotation_latency(lab, net, client, args.tasks, args.timeout)
         except BenchError as e:
             result["running_to_rotation"] = {"error": str(e)}
     finally:

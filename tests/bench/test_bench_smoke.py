@@ -168,6 +168,9 @@ def test_mesh_bench_json() -> None:
     assert "error" not in rotation, rotation["error"]
     assert rotation["n"] == 2 and rotation["max_ms"] >= rotation["p99_ms"] >= rotation["p50_ms"]
     assert len(doc["lab"]["hosts"]) == 3 and set(rotation["per_host_median_ms"]) == set(doc["lab"]["hosts"])
+    assert isinstance(rotation["vip_table_median_ms"], (int, float)) and "shoal-vip" in rotation["method"]
+    for sample in rotation["samples"]:     # the last of every watch: each host's ingress and mbcli's VIP table
+        assert sample["every_node_ms"] == max(*sample["per_host_ms"].values(), sample["vip_table_ms"]), sample
     rps = doc["requests_per_s"]
     if not (shutil.which("wrk") and shutil.which("nginx")):
         assert "deploy/bench-setup.sh" in rps["error"]
