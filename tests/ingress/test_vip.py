@@ -18,7 +18,7 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from ingress.dataplane import Applied, IngressDataPlane, LbNetwork, TaskVips, VipService
+from ingress.dataplane import Applied, IngressDataPlane, LbNetwork, TaskVips, VipService, kernel
 from ingress.dataplane.plan import table_names
 from tests.ingress.support import (
     Http,
@@ -26,6 +26,7 @@ from tests.ingress.support import (
     connect_error,
     fetch,
     needs_root_and_tools,
+    netns_fd,
     nft_ruleset,
     ping,
     sh,
@@ -350,3 +351,25 @@ async def test_one_source_port_used_straight_and_through_the_vip_meets_no_retran
         before = syn_retransmissions(bed.c)
         await closed_by_the_server(bed.c, second, port)
         assert syn_retransmissions(bed.c) == before, f"a SYN to {second} from port {port} after {first} was resent"
+
+
+async def test_a_flush_runs_conntrack_only_where_an_entry_matches(bed: Bed, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backend gone for good is flushed in every task namespace that balanced its VIP; the
+    tool (a process) runs only where the namespace's listing shows a matching entry."""
+    sh("ip", "netns", "exec", bed.c, "conntrack", "-I", "-p", "tcp", "-s", CLIENT, "-d", str(VIP),
+       "--sport", "42001", "--dport", "80", "-r", str(B1), "-q", CLIENT, "--reply-port-src", "80",
+       "--reply-port-dst", "42001", "--state", "ESTABLISHED", "-t", "100", "-u", "SEEN_REPLY")
+    runs: list[list[str]] = []
+    real_run = kernel.run
+
+    async def counted(netns_fd: int | None, argv: list[str], stdin: str | None = None) -> tuple[int, str, str]:
+        runs.append(list(argv))
+        return await real_run(netns_fd, argv, stdin)
+
+    monkeypatch.setattr(kernel, "run", counted)
+    with netns_fd(bed.c) as fd:
+        assert await kernel.conntrack_delete(fd, ("-d", str(VIP), "-r", str(B2))) == 0
+        assert runs == [], "no entry to B2: no process"
+        assert await kernel.conntrack_delete(fd, ("-d", str(VIP), "-r", str(B1))) == 1
+        assert [argv[:2] for argv in runs] == [["conntrack", "-D"]]
+    assert str(VIP) not in sh("ip", "netns", "exec", bed.c, "conntrack", "-L")

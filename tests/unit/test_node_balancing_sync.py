@@ -1,8 +1,9 @@
-"""ServiceBalancing.sync programs every task's namespace (its VIPs and its side of the mesh) at once, not in turn (a change
-that deletes anything costs each namespace's commit an RCU grace period, ~16 ms here, and those
-waits overlap only when the namespaces are applied together), and one task's failure does not
-keep the others from being programmed. A fake data plane and overlay host stand in behind the
-interfaces ServiceBalancing uses; the real ones are tested in tests/ingress and tests/overlay."""
+"""ServiceBalancing.sync programs every task's namespace (its VIPs and its side of the mesh) at
+once, not in turn (a change that deletes anything costs each namespace's commit an RCU grace
+period, ~16 ms here, and those waits overlap only when the namespaces are applied together), and
+one task's failure does not keep the others from being programmed. A fake data plane and overlay
+host stand in behind the interfaces ServiceBalancing uses; the real ones are tested in
+tests/ingress and tests/overlay."""
 
 from __future__ import annotations
 
