@@ -5,6 +5,7 @@
   plan.py       pure: (layout held, wanted) → one nft transaction + the iproute2/conntrack steps
   readback.py   pure: `nft -j` / `ip -j` text → layouts (adoption after a daemon restart)
   kernel.py     nft, ip, conntrack inside a namespace (nsenter on a held fd), sysctls
+  ctlist.py     pure: would a conntrack flush filter match a namespace's listed entries
   hostports.py  pure: host-mode published ports (one small table in the daemon's namespace)
   dataplane.py  IngressDataPlane: the asyncio face, one per daemon
 
