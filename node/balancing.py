@@ -11,11 +11,11 @@ Theory of operation (called by NodeNetworking under its lock, after the overlay 
   balances the same VIPs itself as its connections leave, so they skip the LB namespace and
   the backend sees the task's own address; the LB namespace balances what a sandbox's table
   does not (connections older than it). Set before a task's container starts when its networks
-  have VIPs, and by every sync for every sandbox, all at once (a thread each, bounded). What a
-  sandbox should hold is taken when its step runs, and the sync reads the sandboxes again
-  after the LBs' wanted state is known, so a sandbox made during a sync never keeps the VIPs
-  from before it. The node's ack follows the whole sync: a backend that leaves rotation has
-  left every sandbox's table too.
+  have VIPs, and by every sync for every sandbox, together with the LBs and the mesh (a thread
+  each, bounded). What a sandbox should hold is taken when its step runs, and the sync reads
+  the sandboxes again once the LBs' wanted state is known, so a sandbox made during a sync
+  never keeps the VIPs from before it. The node's ack follows the whole sync: a backend that
+  leaves rotation has left every sandbox's table too.
 - **Routing mesh**, on every node: a sandbox `ingress-sbox` with the node's ingress endpoint
   and an interface on the gateway bridge; the daemon's namespace DNATs published ports to it,
   and it DNATs on to a task's ingress address and target port (`set_mesh`).
@@ -194,33 +194,47 @@ class ServiceBalancing:
         self._vip_locks: dict[str, asyncio.Lock] = {}  # sandbox key -> one VIP step at a time
 
     async def sync(self, host: OverlayHost, views: NetworkViews, specs: dict[str, OverlaySpec]) -> None:
-        """Make every namespace of this node match `views` (the overlay networks exist). A
-        namespace that fails does not stop the others; the error is raised at the end."""
+        """Make every namespace of this node match `views` (the overlay networks exist). First
+        what each network's LB wants (and its sandbox), then every namespace at once: the LBs,
+        the mesh, every sandbox's own table (a change that deletes anything waits out an RCU
+        grace period in each namespace's commit, ~16 ms here; together the waits overlap). A
+        namespace that fails does not stop the others; the errors are raised at the end."""
         records = await host.sandboxes()
         problems: list[str] = []
+        lbs: list[tuple[NetworkView, LbNetwork]] = []
         balanced: set[str] = set()
         for network_id, view in views.views.items():
             if view.ingress:
                 continue
             try:
-                if await self._sync_lb(host, view, specs[network_id], records):
-                    balanced.add(network_id)
+                want = await self._wanted_lb(host, view, specs[network_id], records)
             except Exception as exc:
                 balanced.add(network_id)
                 problems.append(f"VIP load balancer of network {view.name}: {exc}")
+                continue
+            if want is not None:
+                balanced.add(network_id)
+                lbs.append((view, want))
         for network_id in {k[len(LB_PREFIX):] for k in records if k.startswith(LB_PREFIX)} - balanced:
             await self._drop_lb(host, network_id)
         for network_id in set(self._vips_wanted) - balanced:
             del self._vips_wanted[network_id]
         ingress = next((v for v in views.views.values() if v.ingress), None)
-        if ingress is not None:
-            try:
-                await self._sync_mesh(host, ingress, specs[ingress.id], records)
-            except Exception as exc:
-                problems.append(f"routing mesh: {exc}")
         # Read again: a sandbox made since the first read took its VIPs from before this sync's
         # LBs (`_set_vips` takes them when it runs); one made from now on takes these.
-        problems += await self._sync_sandboxes(host, ingress, await host.sandboxes())
+        sandboxes = await host.sandboxes()
+        steps = {f"VIP load balancer of network {view.name}": self._set_lb(host, view, want) for view, want in lbs}
+        if ingress is not None:
+            steps["routing mesh"] = self._sync_mesh(host, ingress, specs[ingress.id], records)
+        results = await asyncio.gather(self._sync_sandboxes(host, ingress, sandboxes), *steps.values(),
+                                       return_exceptions=True)
+        for what, result in zip(["sandboxes", *steps], results, strict=True):
+            if isinstance(result, list):
+                problems += result
+            elif isinstance(result, Exception):
+                problems.append(f"{what}: {result}")
+            elif isinstance(result, BaseException):
+                raise result
         if problems:
             raise RuntimeError("; ".join(problems))
 
@@ -236,9 +250,10 @@ class ServiceBalancing:
         await host.attach(key, [Attachment(spec, IPv4Interface(address))], gateway=gateway)
         records.update(await host.sandboxes())
 
-    async def _sync_lb(self, host: OverlayHost, view: NetworkView, spec: OverlaySpec,
-                       records: dict[str, SandboxRecord]) -> bool:
-        """One network's LB; False when it needs none."""
+    async def _wanted_lb(self, host: OverlayHost, view: NetworkView, spec: OverlaySpec,
+                         records: dict[str, SandboxRecord]) -> LbNetwork | None:
+        """What one network's LB should hold (None: it needs none), its sandbox made; the
+        sandboxes' own tables follow it from now on."""
         previous = self._lb.get(view.id)
         key = lb_key(view.id)
         former: Mapping[IPv4Address, Iterable[IPv4Address]]
@@ -250,14 +265,16 @@ class ServiceBalancing:
             former = {}
         want = wanted_lb(view, former, alive_on(view, records.values()))
         if want is None:
-            return False
-        self._vips_wanted[view.id] = want           # the tasks' own tables follow it
+            return None
+        self._vips_wanted[view.id] = want
         await self._endpoint(host, key, spec, view.node_address, records, gateway=False)
-        if previous != want:
+        return want
+
+    async def _set_lb(self, host: OverlayHost, view: NetworkView, want: LbNetwork) -> None:
+        if self._lb.get(view.id) != want:
             self._lb.pop(view.id, None)              # unknown until the data plane took it
-            await self.plane.set_lb(view.id, host.sandbox_path(key), want)
+            await self.plane.set_lb(view.id, host.sandbox_path(lb_key(view.id)), want)
             self._lb[view.id] = want
-        return True
 
     async def _drop_lb(self, host: OverlayHost, network_id: str) -> None:
         self._lb.pop(network_id, None)

@@ -5,6 +5,7 @@ behind the interfaces ServiceBalancing uses; the real ones are tested in tests/i
 
 from __future__ import annotations
 
+import asyncio
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -172,3 +173,29 @@ async def test_a_new_tasks_vips_are_in_place_before_its_container_starts(tmp_pat
     host.records["plain"] = record("plain", ("nonet", "10.0.9.2/24"))
     await balancing.task_sandbox(host, "plain", "svc", None, host.records["plain"])  # type: ignore[arg-type]
     assert plane.calls == [], "no VIP on its networks: nothing to program before it starts"
+
+
+class MeetingPlane(FakePlane):
+    """An LB's table waits until a sandbox's table is being written: in turn, it would wait alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sandbox_started = asyncio.Event()
+
+    async def set_lb(self, key: str, netns: str, want: LbNetwork) -> Applied:
+        async with asyncio.timeout(5):
+            await self.sandbox_started.wait()
+        return await super().set_lb(key, netns, want)
+
+    async def set_vips(self, key: str, netns: str, want: TaskVips) -> Applied:
+        self.sandbox_started.set()
+        return await super().set_vips(key, netns, want)
+
+
+async def test_the_lbs_and_the_sandboxes_tables_are_written_at_once(tmp_path: Path) -> None:
+    """A new backend reaches the tasks' own tables without waiting for each network's LB (each
+    may wait out a grace period): the node's sync writes them together."""
+    plane, host = MeetingPlane(), FakeHost()
+    balancing = ServiceBalancing(plane, tmp_path)    # type: ignore[arg-type]
+    await balancing.sync(host, *views(("10.0.1.5", "10.0.1.6")))   # type: ignore[arg-type]
+    assert set(plane.lbs) == {APP, OTHER} and plane.vips["client"] == TaskVips(plane.lbs[APP].services)
