@@ -7,7 +7,8 @@ libnftables (ingress/nftables.py) in a throwaway thread that joined the namespac
 (ingress/dns/netns.py), as sysctls do: no process. A fork of the daemon with two execs
 (`nsenter … nft`) cost several milliseconds of CPU per transaction, and every new service, task
 and port change on a node runs a few, alongside the task starts they come with. `ip` and
-`conntrack` still run as `nsenter --net=/proc/self/fd/N -- tool ...`.
+`conntrack` still run as `nsenter --net=/proc/self/fd/N -- tool ...`; `conntrack -D` only in a
+namespace whose entries (listed from /proc in its thread, when few) include one it would delete.
 """
 
 from __future__ import annotations
