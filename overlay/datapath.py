@@ -17,7 +17,9 @@ Per sandbox: a namespace `<run_dir>/netns/s-<key>`, `lo` up; one veth per attach
 `ethN` end is created directly inside the sandbox and whose other end is a port of the
 network's bridge; unless every attachment is internal, one more veth onto the daemon's
 gateway bridge, an isolated port, with the default route through it and one nftables table
-masquerading the gateway subnet.
+masquerading the gateway subnet. Another table, `<prefix>-vxlan`, keeps the VXLAN datagrams
+(UDP to the data path port) out of the daemon's namespace's conntrack, which its nat tables
+turn on.
 
 Everything is idempotent and level-triggered: each call compares what exists (the kernel,
 or the records in run_dir, see state.py) with what is wanted and changes the difference,
@@ -490,6 +492,7 @@ class DataPath:
         if self._gateway_index is None:
             netns.write_sysctl("ipv4/ip_forward", "1")
             self._nft(plan.masquerade_ruleset(self.nft_table, self.pool.subnet, self.gateway_bridge))
+            self._nft(plan.vxlan_untracked_ruleset(plan.vxlan_table_name(self.prefix), self.port))
             firewall.let_through(self.gateway_bridge, self.nft_table, self.prefix)
         self._gateway_index = index
         return index
@@ -497,6 +500,7 @@ class DataPath:
     def remove_gateway_bridge(self) -> None:
         delete_link(self.home_ipr, self.gateway_bridge)
         self._nft(plan.delete_table_ruleset(self.nft_table))
+        self._nft(plan.delete_table_ruleset(plan.vxlan_table_name(self.prefix)))
         firewall.stop_letting_through(self.gateway_bridge, self.nft_table, self.prefix)
         self._gateway_index = None
 

@@ -29,8 +29,8 @@ T = TypeVar("T")
 class OverlayHost:
     """One per daemon. `run_dir` is the daemon's own: every name global to the machine (the
     namespace bind mounts) lives below it. `name_prefix` (≤ 6 chars) names what the host makes
-    in the daemon's namespace: the bridge `<prefix>_gwbridge`, its veths, the nftables table
-    `<prefix>-gw`. `netns` is the namespace the daemon acts from (the VXLAN sockets, the gateway
+    in the daemon's namespace: the bridge `<prefix>_gwbridge`, its veths, the nftables tables
+    `<prefix>-gw` and `<prefix>-vxlan`. `netns` is the namespace the daemon acts from (the VXLAN sockets, the gateway
     bridge); None means the one of the thread that constructs the host.
 
     Every method is a coroutine except the two path lookups; a daemon that restarts calls

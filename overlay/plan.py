@@ -94,6 +94,10 @@ def nft_table_name(prefix: str) -> str:
     return f"{check_prefix(prefix)}-gw"
 
 
+def vxlan_table_name(prefix: str) -> str:
+    return f"{check_prefix(prefix)}-vxlan"
+
+
 # ---------------------------------------------------------------- peers
 
 Neigh = tuple[IPv4Address, str]         # (overlay ip, mac): a permanent ARP entry on the vxlan dev
@@ -201,6 +205,27 @@ def masquerade_ruleset(table: str, subnet: IPv4Network, bridge: str) -> str:
         f"  chain postrouting {{\n"
         f"    type nat hook postrouting priority srcnat; policy accept;\n"
         f'    ip saddr {subnet} oifname != "{bridge}" masquerade\n'
+        f"  }}\n"
+        f"}}\n"
+    )
+
+
+def vxlan_untracked_ruleset(table: str, port: int) -> str:
+    """One transaction that (re)defines the table keeping the VXLAN packets (UDP to `port`, both
+    ways) out of conntrack in the daemon's namespace: each is a datagram between two VTEPs that
+    nothing NATs or filters by state, and tracking it cost a lookup per packet and an entry (with
+    the nat hooks' first-packet pass) per inner flow, whose hash picks the outer source port."""
+    return (
+        f"table ip {table} {{}}\n"
+        f"delete table ip {table}\n"
+        f"table ip {table} {{\n"
+        f"  chain prerouting {{\n"
+        f"    type filter hook prerouting priority raw; policy accept;\n"
+        f"    udp dport {port} notrack\n"
+        f"  }}\n"
+        f"  chain output {{\n"
+        f"    type filter hook output priority raw; policy accept;\n"
+        f"    udp dport {port} notrack\n"
         f"  }}\n"
         f"}}\n"
     )

@@ -12,6 +12,7 @@ import pytest
 
 from overlay import DEFAULT_GATEWAY_SUBNET, OverlayError, OverlaySpec, Peer, mac_from_ip
 from tests.overlay.support import (
+    PORT,
     TwoHosts,
     connect_error,
     default_route,
@@ -66,6 +67,12 @@ async def test_ping_mtu_and_64k_cross_hosts_over_vxlan(testbed: TwoHosts) -> Non
     echoed, seen = await tcp_echo(sb, eb.address.ip, sa, payload)
     assert echoed == payload
     assert seen == str(ea.address.ip)                     # no NAT on the overlay
+    # The VXLAN datagrams are not tracked in the hosts' namespaces (their nat tables turn
+    # conntrack on there): no lookup per packet, no entry per inner flow.
+    for host in (testbed.a, testbed.b):
+        tracked = run_in(host.ns, "conntrack", "-L", "-p", "udp", "--dport", str(PORT))
+        assert tracked.returncode == 0 and "dport=4789" not in tracked.stdout, tracked.stdout
+        assert "shoal" in run_in(host.ns, "nft", "list", "tables").stdout, "the hosts have their nat tables"
 
     # The network's namespace: br0 with the gateway, vxlan0 as Docker would have it but nolearning.
     net_links = links(testbed.a.network_ns("net1"))

@@ -191,6 +191,13 @@ def test_masquerade_ruleset_is_one_idempotent_transaction() -> None:
     assert plan.delete_table_ruleset("shoal-gw").splitlines() == lines[:2]
 
 
+def test_vxlan_datagrams_are_left_untracked_both_ways() -> None:
+    script = plan.vxlan_untracked_ruleset(plan.vxlan_table_name("shoal"), 7789)
+    assert script.splitlines()[:2] == ["table ip shoal-vxlan {}", "delete table ip shoal-vxlan"]
+    assert script.count("udp dport 7789 notrack") == 2
+    assert "hook prerouting priority raw" in script and "hook output priority raw" in script
+
+
 # ---------------------------------------------------------------- specs
 
 def test_mtu_is_the_option_minus_50_or_1450() -> None:
