@@ -1,7 +1,7 @@
 """Service VIPs and the routing mesh on a lab of 3 managers and 2 workers (issue 12): published
 ports answer on every host (one running none of the tasks included, and localhost:P inside each),
 the task sees the client's own address, VIPs balance any port, and updates, scaling and drains
-lose no request."""
+lose no request, through a published port and through a VIP from a task."""
 
 from __future__ import annotations
 
@@ -136,14 +136,16 @@ def test_two_services_cannot_publish_one_port(lab: Lab) -> None:
 
 
 @contextlib.contextmanager
-def load(lab: Lab, via: str, url: str, tmp: Path, report: dict[str, Any]) -> Iterator[None]:
-    """Continuous requests to `url` from host `via` while the block runs; `report` gets the
-    client's figures (bounded: 120 s, 6,000 requests)."""
+def load(lab: Lab, via: str, url: str, tmp: Path, report: dict[str, Any], netns: Path | None = None) -> Iterator[None]:
+    """Continuous requests to `url` from host `via` (or from namespace `netns` on it, e.g. a
+    task's) while the block runs; `report` gets the client's figures (bounded: 120 s, 6,000
+    requests)."""
     stop = tmp / "stop"
     stop.unlink(missing_ok=True)
     started = tmp / "stop.started"
     started.unlink(missing_ok=True)
-    proc = subprocess.Popen(lab.exec_argv(via, [sys.executable, str(CLIENT), url, str(stop), "120", "6000"]),
+    inside = ["nsenter", f"--net={netns}", "--"] if netns is not None else []
+    proc = subprocess.Popen(lab.exec_argv(via, [*inside, sys.executable, str(CLIENT), url, str(stop), "120", "6000"]),
                             stdout=subprocess.PIPE, text=True)
     try:
         eventually(started.exists, timeout=20, what="the load client's first answer")
@@ -211,6 +213,41 @@ def test_updates_scaling_and_drain_lose_no_request(lab: Lab, tmp_path: Path) -> 
         assert drained not in hosts_of(lab, running(lab, "zd"))
     finally:
         node_update(lab, MANAGER, drained, lambda spec: spec.update(Availability="active"))
+
+
+def test_a_vip_loses_no_request_while_its_service_updates_and_scales_down(lab: Lab, tmp_path: Path) -> None:
+    """A client task's connections to a VIP are balanced in its own namespace: a task leaving
+    drains there too, and the manager stops its container only once every node (the client's
+    with it) has taken it out of rotation."""
+    net = str(api(lab, MANAGER, "POST", "/networks/create", {"Name": "zvnet", "Driver": "overlay"})["Id"])
+    create(lab, "zv", web(), 3, networks=["zvnet"], max_per_node=1,
+           UpdateConfig={"Parallelism": 1, "Order": "stop-first", "Delay": 0})
+    create(lab, "zvc", SLEEPER, 1, networks=["zvnet"])
+    settled(lab, "zv", 3)
+    client = converged(lab, "zvc", 1)[0]
+    (home,) = hosts_of(lab, [client])
+    netns = Path(lab.node(home).data_dir) / "network" / "netns" / f"s-{client['ID']}"
+    vip = next(str(v["Addr"]).split("/")[0] for v in api(lab, MANAGER, "GET", "/services/zv")["Endpoint"]["VirtualIPs"]
+               if v["NetworkID"] == net)
+
+    def rolling_update(spec: dict[str, Any]) -> None:
+        spec["TaskTemplate"]["ContainerSpec"]["Env"] = ["REV=2"]
+
+    url = f"http://{vip}/cgi-bin/who"
+    for what, change, count in (("rolling update, stop-first", rolling_update, 3),
+                                ("scale 3 to 1", lambda spec: spec["Mode"]["Replicated"].update(Replicas=1), 1)):
+        report: dict[str, Any] = {}
+        with load(lab, home, url, tmp_path, report, netns=netns):
+            update(lab, "zv", change)
+            settled(lab, "zv", count)
+        # and after it, a bounded run: a table still holding a task that is gone fails some
+        after = json.loads(lab.exec(home, ["nsenter", f"--net={netns}", "--", sys.executable, str(CLIENT), url,
+                                           str(tmp_path / "never"), "60", "60"], timeout=90).stdout.splitlines()[-1])
+        print(f"{what}: {report['requests']} requests from a task through the VIP during it, {report['failures']} "
+              f"failed; {after['requests']} after it, {after['failures']} failed")
+        assert report["failures"] == 0, f"{what}: {report['failures']} failed: {report['errors']}"
+        assert after["failures"] == 0, f"after {what}: {after['failures']} failed: {after['errors']}"
+        assert report["requests"] > 1 and set(after["answered_by"]) == {t["ID"][:12] for t in running(lab, "zv")}
 
 
 def test_a_vip_balances_every_port_answers_ping_and_dnsrr_gives_the_tasks(lab: Lab) -> None:
