@@ -51,7 +51,7 @@ Prints one JSON document. Three parts:
           third machine (with 2 CPUs the two ends then share one).
   - task RUNNING -> in rotation on every node: a one-task service `mbrot` publishing tcp 8090
     and on the overlay (so it has a VIP there; no placement constraint), scaled up by one
-    `--tasks` times, each step waiting for the last. `nft monitor` runs (class MapWatch) in each
+    `--tasks` times, each step waiting for the last. `nft monitor` runs (bench/support/mapwatch.py) in each
     host's ingress namespace (`s-ingress-sbox`), watching the map of port 8090's backends
     (`pb-tcp-8090` in table `shoal-mesh`, a task's ingress address), and in the mbcli task's own
     namespace, watching the map of mbrot's VIP (`vb-<VIP as 8 hex digits>` in table `shoal-vip`,
@@ -87,15 +87,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.support import netlab, vipconnect, wrk
+from bench.support.mapwatch import mesh_watch, vip_watch
 from bench.support.netlab import (
     POLL_S,
     call,
@@ -106,7 +105,7 @@ from bench.support.netlab import (
     uninterrupted,
     up_lab,
 )
-from bench.support.netperf import REALTIME_PRIORITY, BenchError, in_ns, quantile
+from bench.support.netperf import REALTIME_PRIORITY, BenchError, quantile
 from cli.lab import Lab
 from cli.lab import net as labnet
 from ingress.dataplane.plan import port_map, table_names, vip_map
@@ -136,7 +135,6 @@ RATIOS = (("mesh_over_straight", "mesh", "straight"), ("vip_over_straight", "vip
           ("mesh_via_task_host_over_straight", "mesh_via_task_host", "straight"),
           ("mesh_over_straight_from_host", "mesh", "straight_from_host"))
 JUDGED = ("mesh_over_straight", "vip_over_straight")
-IN_ROTATION_MAX = 2**31                                  # slot keys from here are draining backends
 
 
 # -- the lab ---------------------------------------------------------------------------------------
@@ -146,23 +144,12 @@ def service_spec(name: str, replicas: int, *, host: str = "", networks: tuple[st
     return netlab.service_spec(name, "mesh", replicas, host=host, networks=networks, ports=ports)
 
 
-def ingress_address(task: dict[str, Any]) -> str:
-    for attachment in task.get("NetworksAttachments") or []:
-        if attachment["Network"].get("Spec", {}).get("Ingress"):
-            return str(attachment["Addresses"][0]).split("/")[0]
-    raise BenchError(f"task {task['ID']} has no address on the ingress network")
-
-
 def gateway_address(lab: Lab, host: str, task: dict[str, Any]) -> str:
     record = Path(lab.node(host).data_dir) / "network" / "sandboxes" / f"{task['ID']}.json"
     try:
         return str(json.loads(record.read_text())["gateway"]).split("/")[0]
     except (OSError, ValueError, KeyError, AttributeError) as e:
         raise BenchError(f"task {task['ID']}: no gateway address in {record}: {e}") from None
-
-
-def ingress_sandbox(lab: Lab, host: str) -> str:
-    return str(Path(lab.node(host).data_dir) / "network" / "netns" / "s-ingress-sbox")
 
 
 def lan_client_ns(lab: Lab) -> str:
@@ -342,79 +329,6 @@ def measure(lab: Lab, web: list[dict[str, Any]], paths: dict[str, tuple[str, lis
 
 
 # -- task RUNNING -> in rotation on every node -----------------------------------------------------
-
-class MapWatch:
-    """`nft monitor` in one network namespace; at each new generation there, the backends in
-    rotation in one map (slot key < 2^31 : element) are listed, and each address first seen is
-    stamped with the generation's arrival time (time.time(): the clock of the tasks' timestamps).
-    `element_address` reads a backend's address from an element's value (as `nft -j` gives it);
-    `task_address` is the address a task has in this map (which network's)."""
-
-    def __init__(self, name: str, netns: str, table: str, map_name: str, element_address: Callable[[Any], str],
-                 task_address: Callable[[dict[str, Any]], str]) -> None:
-        self.name, self.netns, self.table, self.map = name, netns, table, map_name
-        self.element_address, self.task_address = element_address, task_address
-        self.first_seen: dict[str, float] = {}
-        self.generations = 0
-        self.changed = threading.Condition()
-        self.proc = wrk.spawn([*in_ns(netns), "nft", "monitor"], stderr=subprocess.DEVNULL)
-        self.thread = threading.Thread(target=self._follow, name=f"watch-{name}", daemon=True)
-        self.thread.start()
-
-    def listing(self) -> set[str]:
-        proc = subprocess.run([*in_ns(self.netns), "nft", "-j", "list", "map", "ip", self.table, self.map],
-                              capture_output=True, text=True, timeout=30, check=False)
-        if proc.returncode != 0:
-            return set()            # not there yet
-        out: set[str] = set()
-        for item in json.loads(proc.stdout)["nftables"]:
-            for key, value in (item.get("map") or {}).get("elem") or []:
-                if int(key) < IN_ROTATION_MAX:
-                    out.add(self.element_address(value))
-        return out
-
-    def holds(self, task: dict[str, Any]) -> bool:
-        return self.task_address(task) in self.listing()
-
-    def record(self, stamp: float) -> None:
-        seen = self.listing()
-        with self.changed:
-            for address in seen - set(self.first_seen):
-                self.first_seen[address] = stamp
-            self.changed.notify_all()
-
-    def _follow(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if line.startswith("# new generation"):
-                stamp = time.time()
-                self.generations += 1
-                self.record(stamp)
-
-    def wait_for(self, known: set[str], deadline: float) -> str | None:
-        """An address in rotation here that is not in `known`, once there is one."""
-        with self.changed:
-            while True:
-                new = set(self.first_seen) - known
-                if new:
-                    return min(new, key=lambda a: self.first_seen[a])
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return None
-                self.changed.wait(left)
-
-
-def mesh_watch(lab: Lab, host: str, port: int) -> MapWatch:
-    """Host `host`'s ingress namespace, the routing mesh's backends of tcp `port` (address . port)."""
-    return MapWatch(host, ingress_sandbox(lab, host), table_names()["mesh"], port_map(("tcp", port)),
-                    lambda value: str(value["concat"][0]), ingress_address)
-
-
-def vip_watch(namespace: str, vip: str, net: str) -> MapWatch:
-    """A task's own VIP table (in its namespace `namespace`), the backends of `vip` on `net` (addresses)."""
-    return MapWatch("vip_table", namespace, table_names()["vip"], vip_map(IPv4Address(vip)), str,
-                    lambda task: overlay_address(task, net))
-
 
 def rotation_latency(lab: Lab, net: str, client: dict[str, Any], count: int, timeout: float) -> dict[str, Any]:
     manager = lab.node(MANAGER).host
