@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import subprocess
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
@@ -491,25 +490,14 @@ class DataPath:
             home.link("set", index=index, state="up")
         if self._gateway_index is None:
             netns.write_sysctl("ipv4/ip_forward", "1")
-            self._nft(plan.masquerade_ruleset(self.nft_table, self.pool.subnet, self.gateway_bridge))
-            self._nft(plan.vxlan_untracked_ruleset(plan.vxlan_table_name(self.prefix), self.port))
-            firewall.let_through(self.gateway_bridge, self.nft_table, self.prefix)
+            firewall.install_host_tables(self.prefix, self.nft_table, self.pool.subnet, self.gateway_bridge, self.port)
         self._gateway_index = index
         return index
 
     def remove_gateway_bridge(self) -> None:
         delete_link(self.home_ipr, self.gateway_bridge)
-        self._nft(plan.delete_table_ruleset(self.nft_table))
-        self._nft(plan.delete_table_ruleset(plan.vxlan_table_name(self.prefix)))
-        firewall.stop_letting_through(self.gateway_bridge, self.nft_table, self.prefix)
+        firewall.remove_host_tables(self.prefix, self.nft_table, self.gateway_bridge)
         self._gateway_index = None
-
-    def _nft(self, script: str) -> None:
-        """One atomic nftables transaction. nft forks from this thread, so it acts in the
-        daemon's namespace."""
-        proc = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise OverlayError(f"nft: {proc.stderr.strip() or proc.stdout.strip()}")
 
     # ------------------------------------------------------------ live restore
 

@@ -1,12 +1,13 @@
-"""The host's firewall and the gateway bridge: a host whose forward chain drops by policy (ufw,
-Docker's iptables rules, an nftables firewall) would drop what tasks send out through the
-gateway bridge, and every published port (the routing mesh and host-mode ports are DNATed
+"""The daemon's namespace's netfilter state for the overlay: its own tables (the gateway subnet's
+masquerade; the VXLAN datagrams kept out of conntrack), and the host's firewall and the gateway
+bridge. A host whose forward chain drops by policy (ufw, Docker's iptables rules, an nftables
+firewall) would drop what tasks send out through the gateway bridge, and every published port (the routing mesh and host-mode ports are DNATed
 towards that bridge). Docker inserts its own accept rules for its bridges; so does this module,
 first in every such chain, each rule marked with a comment so that a restarted daemon replaces
 its own rules rather than adding more, and a leaving node takes them out.
 
-The rule texts and the readers of `nft -j` are pure; `let_through` and `stop_letting_through`
-run nft in the calling thread's namespace (the overlay host's thread: the daemon's). A firewall
+The rule texts and the readers of `nft -j` are pure; `install_host_tables`, `remove_host_tables`,
+`let_through` and `stop_letting_through` run nft in the calling thread's namespace (the overlay host's thread: the daemon's). A firewall
 loaded after the daemon started is not seen until it restarts (as with Docker).
 """
 
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+from ipaddress import IPv4Network
 from typing import Any
 
+from overlay import plan
 from overlay.links import OverlayError
 
 
@@ -57,6 +60,20 @@ def let_through(bridge: str, table: str, own_prefix: str) -> None:
     for family, name, chain in forward_chains(_nft_json("list", "chains"), own_prefix):
         stale = commented_handles(_nft_json("list", "chain", family, name, chain), comment)
         _nft(forward_accept_rules(family, name, chain, bridge, comment, stale))
+
+
+def install_host_tables(prefix: str, table: str, subnet: IPv4Network, bridge: str, vxlan_port: int) -> None:
+    """The gateway table (`table`: the subnet masqueraded), the VXLAN table (the datagrams to
+    `vxlan_port` untracked), in one transaction; then the host firewall's forward chains let the
+    bridge's traffic through. Run in the daemon's namespace (the calling thread's)."""
+    _nft(plan.masquerade_ruleset(table, subnet, bridge)
+         + plan.vxlan_untracked_ruleset(plan.vxlan_table_name(prefix), vxlan_port))
+    let_through(bridge, table, prefix)
+
+
+def remove_host_tables(prefix: str, table: str, bridge: str) -> None:
+    _nft(plan.delete_table_ruleset(table) + plan.delete_table_ruleset(plan.vxlan_table_name(prefix)))
+    stop_letting_through(bridge, table, prefix)
 
 
 def stop_letting_through(bridge: str, table: str, own_prefix: str) -> None:
