@@ -100,14 +100,11 @@ async def _execute(fd: int | None, plan: Plan[L]) -> int:
     await kernel.ip_batch(fd, plan.before_ip)
     await kernel.nft_apply(fd, plan.script)
     await kernel.ip_batch(fd, plan.after_ip)
-    flushed = 0
-    for f in plan.flush:
-        # The tables are right by now; a flush that fails leaves connections to a dead backend
-        # to time out (as before this step), so it is reported, not retried with a rewrite.
-        try:
-            flushed += await kernel.conntrack_delete(fd, f.args)
-        except DataPlaneError as exc:
-            log.warning("conntrack flush failed: %s", exc)
+    # The tables are right by now; a flush that fails leaves connections to a dead backend to
+    # time out (as before this step), so it is reported, not retried with a rewrite.
+    flushed, failed = await kernel.conntrack_delete_each(fd, [f.args for f in plan.flush])
+    for exc in failed:
+        log.warning("conntrack flush failed: %s", exc)
     return flushed
 
 

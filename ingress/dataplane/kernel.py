@@ -128,12 +128,32 @@ def _conntrack_listing() -> str | None:
         return None
 
 
+async def conntrack_delete_each(netns_fd: int | None,
+                                filters: Sequence[Sequence[str]]) -> tuple[int, list[DataPlaneError]]:
+    """Delete the conntrack entries matching each filter: how many went, and the failures (every
+    filter is tried). The namespace's listing is read once; a filter it shows no entry for is
+    left without running the tool."""
+    listing = await _in(netns_fd, _conntrack_listing) if filters else None
+    count, failed = 0, []
+    for args in filters:
+        if listing is not None and ctlist.any_match(listing, args) is False:
+            continue
+        try:
+            count += await _conntrack_tool(netns_fd, args)
+        except DataPlaneError as exc:
+            failed.append(exc)
+    return count, failed
+
+
 async def conntrack_delete(netns_fd: int | None, args: Sequence[str]) -> int:
-    """Delete the conntrack entries matching `args`; how many went. A namespace whose listing
-    shows none is left without running the tool."""
-    listing = await _in(netns_fd, _conntrack_listing)
-    if listing is not None and ctlist.any_match(listing, args) is False:
-        return 0
+    """One filter of `conntrack_delete_each`; its failure is raised."""
+    count, failed = await conntrack_delete_each(netns_fd, [args])
+    if failed:
+        raise failed[0]
+    return count
+
+
+async def _conntrack_tool(netns_fd: int | None, args: Sequence[str]) -> int:
     rc, out, err = await run(netns_fd, ["conntrack", "-D", *args])
     text = err + out
     count = 0
