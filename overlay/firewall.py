@@ -1,14 +1,16 @@
 """The daemon's namespace's netfilter state for the overlay: its own tables (the gateway subnet's
 masquerade; the VXLAN datagrams kept out of conntrack), and the host's firewall and the gateway
 bridge. A host whose forward chain drops by policy (ufw, Docker's iptables rules, an nftables
-firewall) would drop what tasks send out through the gateway bridge, and every published port (the routing mesh and host-mode ports are DNATed
-towards that bridge). Docker inserts its own accept rules for its bridges; so does this module,
-first in every such chain, each rule marked with a comment so that a restarted daemon replaces
-its own rules rather than adding more, and a leaving node takes them out.
+firewall) would drop what tasks send out through the gateway bridge, and every published port
+(the routing mesh and host-mode ports are DNATed towards that bridge). Docker inserts its own
+accept rules for its bridges; so does this module, first in every such chain, each rule marked
+with a comment so that a restarted daemon replaces its own rules rather than adding more, and a
+leaving node takes them out.
 
-The rule texts and the readers of `nft -j` are pure; `install_host_tables`, `remove_host_tables`,
-`let_through` and `stop_letting_through` run nft in the calling thread's namespace (the overlay host's thread: the daemon's). A firewall
-loaded after the daemon started is not seen until it restarts (as with Docker).
+The rule texts and the readers of `nft -j` are pure; `install_host_tables`,
+`remove_host_tables`, `let_through` and `stop_letting_through` run nft in the calling thread's
+namespace (the overlay host's thread: the daemon's). A firewall loaded after the daemon started
+is not seen until it restarts (as with Docker).
 """
 
 from __future__ import annotations
