@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from tests.executor.test_container_api import DOCKER, Docker
 from tests.support.pty_session import PtySession
 from tests.support.wait import async_wait_until
 from worker.executor import Executor
+from worker.executor.controller import ContainerController
 from worker.executor.node_api import add_node_container_routes
 from worker.images.errors import ImageNotFound
 from worker.standalone import api as standalone_api
@@ -265,4 +267,41 @@ async def test_a_waiter_answers_the_exit_code_of_a_container_removed_before_it_w
         for condition in ("", "not-running", "next-exit", "removed"):
             async with asyncio.timeout(10):
                 assert await containers.wait(view, ctl, condition) == (137, ""), condition
+        assert await ids(docker) == []
+
+
+async def test_a_waiter_that_comes_while_the_files_go_answers_the_exit_code(
+        executor: Executor, busybox_layer: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A waiter whose request comes while a removal deletes the container's files (CI caught docker-py's
+    `wait(condition="removed")` answering -1, "the shim (conmon) exited without recording an exit
+    code", behind an auto-removal) waits for the removal to end and answers the exit code it kept."""
+    files_gone, go_on = threading.Event(), threading.Event()
+    remove_files = ContainerController._remove_files
+
+    def held_remove_files(ctl: ContainerController) -> None:
+        remove_files(ctl)
+        files_gone.set()
+        go_on.wait(30)
+
+    monkeypatch.setattr(ContainerController, "_remove_files", held_remove_files)
+    app = new_app()
+    routes = Routes(app)
+    containers = add_node_container_routes(app, routes, executor, lambda ref: "sha256:" + "cd" * 32, EventBus())
+    standalone_api.add_routes(app, routes, StandaloneContainers(containers, BusyboxImages(busybox_layer)))
+    async with serve_unix(app, tmp_path / "api.sock") as host:
+        docker = Docker(host, tmp_path / "cfg")
+        await docker.run("run", "-d", "--name", "held", "busybox", "sleep", "100")
+        view, ctl = await containers.get("held")
+        removal = asyncio.ensure_future(containers.remove("held", force=True))     # SIGKILL: 128 + 9
+        try:
+            assert await asyncio.to_thread(files_gone.wait, 30), "the removal never deleted the files"
+            waiters = {condition: asyncio.ensure_future(containers.wait(view, ctl, condition))
+                       for condition in ("", "not-running", "next-exit", "removed")}
+            await asyncio.wait(waiters.values(), timeout=0.5)    # give a wrong answer its chance
+            assert not [c for c, w in waiters.items() if w.done()], "answered while the files went"
+        finally:
+            go_on.set()
+            await removal
+        async with asyncio.timeout(10):
+            assert {c: await w for c, w in waiters.items()} == dict.fromkeys(waiters, (137, ""))
         assert await ids(docker) == []

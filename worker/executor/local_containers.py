@@ -71,6 +71,7 @@ class LocalContainers:
         self._image_id = image_id
         self.on_event = on_event
         self._removed: dict[str, asyncio.Event] = {}     # set when the container is removed here
+        self._removing: dict[str, asyncio.Event] = {}    # set when a removal begun here ends, either way
         # the exit status of the containers removed here lately (their records went with them), for
         # waiters that resolved the container before it went (`docker run --rm` races its removal)
         self._gone: OrderedDict[str, ExitStatus] = OrderedDict()
@@ -172,6 +173,7 @@ class LocalContainers:
         if view.status == "running" and not force:
             raise ApiError(409, f'cannot remove container "/{view.name}": container is running: stop '
                                 "the container before removing or force remove")
+        removing = self._removing.setdefault(view.id, asyncio.Event())
         try:
             if view.status == "running":
                 await ctl.terminate()
@@ -184,6 +186,9 @@ class LocalContainers:
                 await hook(view.id)
         except ExecutorError as e:
             raise ApiError(500, f"Could not remove container {ref}: {e}") from e
+        finally:
+            self._removing.pop(view.id, None)
+            removing.set()
         if (removed := self._removed.pop(view.id, None)) is not None:
             removed.set()
         self.emit("destroy", view)
@@ -195,7 +200,8 @@ class LocalContainers:
             raise ApiError(400, f"invalid condition: {condition!r}")
         if condition == "removed" and view.standalone is not None and view.id not in self._gone:
             removed = self._removed.setdefault(view.id, asyncio.Event())
-            if ctl.paths.config.exists():     # no await since the event was made: no removal missed
+            # no await since the event was made: no removal missed
+            if view.id in self._removing or ctl.paths.config.exists():
                 await removed.wait()
             else:
                 self._removed.pop(view.id, None)
@@ -207,6 +213,8 @@ class LocalContainers:
             # runc saw the process end before its shim recorded the exit code: wait for it
             # (answering now would say 0 for a container that exited 2)
         status = await ctl.wait_exit()    # "removed" too: a task container is removed by its task
+        if (removing := self._removing.get(view.id)) is not None:
+            await removing.wait()         # its files go during the removal, the exit record with them
         gone = self._gone.get(view.id)    # removed before its exit was read: the record went with it
         return (gone.exit_code, gone.error) if gone is not None else (status.exit_code, status.error)
 
