@@ -48,7 +48,14 @@ Prints one JSON document. Three parts:
           CPU 0: as on two machines;
       `mesh_host_on_own_cpu`: mesh, straight and routed_via_mesh_host, manager-1 alone on CPU 0,
           everything else on CPU 1: the mesh host's forwarding is charged to neither end, as on a
-          third machine (with 2 CPUs the two ends then share one).
+          third machine (with 2 CPUs the two ends then share one);
+      `switch_on_own_cpu` (reported, not judged): as the last, with the lab's hub (the LAN's
+          switch) also on CPU 0, so that every frame between two hosts crosses CPUs as frames
+          cross machines. In the last layout `straight` has none: its client and server share a
+          CPU and hand frames over in one softirq, while the mesh's frames cross to CPU 0 and back.
+    Each run also counts the inter-processor interrupts each CPU took per request
+    (`ipis_per_request`, /proc/interrupts): what a path paid for crossing CPUs, which on this VM
+    is a VM exit on the sender and an interrupt on the receiver.
   - task RUNNING -> in rotation on every node: a one-task service `mbrot` publishing tcp 8090
     and on the overlay (so it has a VIP there; no placement constraint), scaled up by one
     `--tasks` times, each step waiting for the last. `nft monitor` runs (bench/support/mapwatch.py) in each
@@ -250,9 +257,19 @@ def requests_per_s(lab: Lab, web: list[dict[str, Any]], client: dict[str, Any], 
                                  f"{MANAGER}'s receive work alone on CPU {MESH_HOST_CPU}; nginx, wrk and the receive "
                                  f"work of {SERVERS} and the LAN clients on CPU {SERVER_CPU}"),
     }
-    for name, (chosen, rps, cpus, layout) in layouts.items():
+    # Reported, not judged: the same paths with the lab's hub (the LAN's switch) on the mesh host's
+    # CPU, so that every frame between hosts crosses CPUs, as between machines; in the layout
+    # above `straight`'s two ends share a CPU and exchange frames without any interrupt, which no
+    # two machines do (`median_ipis_per_request` shows what each path paid).
+    switched = {"switch_on_own_cpu": (("mesh", "straight", "routed_via_mesh_host"),
+                                      {lab.node(MANAGER).ns: MESH_HOST_CPU,
+                                       **dict.fromkeys([lab.node(SERVERS).ns, *lan], SERVER_CPU)},
+                                      (SERVER_CPU, SERVER_CPU),
+                                      f"as mesh_host_on_own_cpu, and the lab's hub (the LAN switch) on CPU "
+                                      f"{MESH_HOST_CPU} with {MANAGER}: every frame between hosts crosses CPUs")}
+    for name, (chosen, rps, cpus, layout) in {**layouts, **switched}.items():
         try:
-            with netlab.receive_on_cpus(rps):
+            with netlab.receive_on_cpus(rps, (lab.hub_ns, MESH_HOST_CPU) if name in switched else None):
                 out[name] = measure(lab, web, {p: paths[p] for p in chosen}, args, workdir, cpus)
             out[name]["layout"] = layout
         except (BenchError, subprocess.SubprocessError) as e:
@@ -288,12 +305,15 @@ def measure(lab: Lab, web: list[dict[str, Any]], paths: dict[str, tuple[str, lis
             for mode in GOALS:
                 for name in (order if rep % 2 == 0 else order[::-1]):
                     ns, urls = paths[name]
+                    ipis = netlab.ipis_taken()
                     r = wrk.run_wrks(ns, urls, args.seconds, threads=args.threads,
                                      connections=max(args.threads, args.connections // n),
                                      close=mode == "new_connection", timeout=args.timeout, realtime=args.realtime,
                                      cpu=client_cpu)
+                    taken = [b - a for a, b in zip(ipis, netlab.ipis_taken(), strict=True)]
                     runs[mode][name].append({"requests_s": r["requests_s"], "failed_fraction": r["failed_fraction"],
-                                             "latency_ms": r["latency"]})
+                                             "latency_ms": r["latency"],
+                                             "ipis_per_request": [round(t / max(1, r["requests"]), 3) for t in taken]})
     finally:
         for server in servers:
             wrk.stop(server)
@@ -308,7 +328,10 @@ def measure(lab: Lab, web: list[dict[str, Any]], paths: dict[str, tuple[str, lis
         part: dict[str, Any] = {}
         for name, rs in runs[mode].items():
             part[name] = {"median_requests_s": round(statistics.median(r["requests_s"] for r in rs), 1),
-                          "max_failed_fraction": max(r["failed_fraction"] for r in rs), "runs": rs}
+                          "max_failed_fraction": max(r["failed_fraction"] for r in rs),
+                          "median_ipis_per_request": [round(statistics.median(cpu), 3) for cpu in
+                                                      zip(*(r["ipis_per_request"] for r in rs), strict=True)],
+                          "runs": rs}
         rate = {name: p["median_requests_s"] for name, p in part.items()}
         ratios = {key: (path, ref) for key, path, ref in RATIOS if path in rate and ref in rate}
         part["ratio"] = {key: round(rate[path] / rate[ref], 3) for key, (path, ref) in ratios.items()}

@@ -20,6 +20,7 @@ from typing import Any
 from bench.support.netperf import BenchError
 from cli.client import DaemonClient
 from cli.lab import Lab, demo
+from cli.lab import net as labnet
 from worker.images.busybox_image import build_busybox_image, write_docker_save
 
 IMAGE = "shoal-bench/busybox:latest"
@@ -98,26 +99,46 @@ def overlay_address(task: dict[str, Any], network_id: str) -> str:
 # -- the run -------------------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def receive_on_cpus(cpus: dict[str, int]) -> Iterator[None]:
+def receive_on_cpus(cpus: dict[str, int], switch: tuple[str, int] | None = None) -> Iterator[None]:
     """Each named network namespace's receive work on its own CPU, as on separate machines: RPS on
     every receive queue of its wire (eth0) steers what arrives to `cpus[namespace]`. Without it a
     veth delivers in the sender's softirq, so the sending process's CPU pays for both ends'
-    network stacks (the VXLAN decap, bridge and veth of the receiving host too). Restored after."""
-    def rps(ns: str, mask: str | None) -> str:
-        argv = ["ip", "netns", "exec", ns, "sh", "-c",
-                "cd /sys/class/net/eth0/queues && " + (
-                    f"for q in rx-*; do echo {mask} > $q/rps_cpus; done" if mask is not None else
-                    "cat rx-0/rps_cpus")]
+    network stacks (the VXLAN decap, bridge and veth of the receiving host too). With `switch`
+    (the lab's hub namespace, a CPU), what every host sends is switched on that CPU too (RPS on
+    each of the hub's ports): a frame then leaves its sender's CPU and reaches its receiver's
+    by a cross-CPU interrupt, as it would reach another machine's NIC. Restored after."""
+    def rps(ns: str, devices: str, mask: str | None) -> str:
+        queues = f"for q in {devices}/queues/rx-*; do "
+        argv = ["ip", "netns", "exec", ns, "sh", "-c", queues + (
+            f"echo {mask} > $q/rps_cpus; done" if mask is not None else "cat $q/rps_cpus; break; done")]
         return subprocess.run(argv, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
 
-    before = {ns: rps(ns, None) for ns in cpus}
+    steered = {(ns, "/sys/class/net/eth0"): cpu for ns, cpu in cpus.items()}
+    if switch is not None:      # each port of the hub's bridge (brif/<port> links to <port>/brport)
+        steered[(switch[0], f"/sys/class/net/{labnet.HUB_BRIDGE}/brif/*/..")] = switch[1]
+    before = {key: rps(*key, None) for key in steered}
     try:
-        for ns, cpu in cpus.items():
-            rps(ns, format(1 << cpu, "x"))
+        for key, cpu in steered.items():
+            rps(*key, format(1 << cpu, "x"))
         yield
     finally:
-        for ns, mask in before.items():
-            rps(ns, mask or "0")
+        for key, mask in before.items():
+            rps(*key, mask or "0")
+
+
+def ipis_taken() -> list[int]:
+    """The inter-processor interrupts each CPU has taken so far (/proc/interrupts: function calls,
+    which carry RPS's hand-overs, and reschedules): what splitting hosts over CPUs costs the CPUs
+    on a VM (each a VM exit on the sender and an interrupt on the receiver), where separate
+    machines would pay their NICs instead."""
+    taken: list[int] = []
+    with open("/proc/interrupts") as f:
+        for line in f:
+            fields = line.split()
+            if fields and fields[0] in ("CAL:", "RES:"):
+                counts = [int(x) for x in fields[1:] if x.isdigit()]
+                taken = [a + b for a, b in zip(taken, counts, strict=True)] if taken else counts
+    return taken
 
 
 @contextlib.contextmanager

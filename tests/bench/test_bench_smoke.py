@@ -148,7 +148,7 @@ def test_overlay_bench_json() -> None:
 @pytest.mark.slow
 def test_mesh_bench_json() -> None:
     """Every part at its smallest (requests/s only where deploy/bench-setup.sh installed wrk and nginx);
-    about a minute (three layouts where there are 2+ CPUs)."""
+    about a minute and a half (four layouts where there are 2+ CPUs)."""
     needs_root_runc()
     doc = run_bench("mesh_bench.py", "--reps", "1", "--seconds", "1", "--tasks", "2", "--services", "10",
                     "--connects", "50", timeout=240)
@@ -183,6 +183,7 @@ def test_mesh_bench_json() -> None:
         layouts["hosts_on_own_cpus"] = (rps["hosts_on_own_cpus"],
                                         ("straight", "mesh_via_task_host", "vip", "straight_from_task"))
         layouts["mesh_host_on_own_cpu"] = (rps["mesh_host_on_own_cpu"], ("mesh", "straight", "routed_via_mesh_host"))
+        layouts["switch_on_own_cpu"] = (rps["switch_on_own_cpu"], ("mesh", "straight", "routed_via_mesh_host"))
         assert rps["meets_goal"] == (rps["hosts_on_own_cpus"]["meets_goal"] and
                                      rps["mesh_host_on_own_cpu"]["meets_goal"]), rps["judged_on"]
     for layout, (part_of, paths) in layouts.items():
@@ -192,6 +193,8 @@ def test_mesh_bench_json() -> None:
                 part = part_of[mode][path]
                 assert part["median_requests_s"] > 0 and len(part["runs"]) == 1, (layout, mode, path)
                 assert part["max_failed_fraction"] == 0, (layout, mode, path, part["runs"])
+                ipis = part["median_ipis_per_request"]
+                assert len(ipis) == (os.cpu_count() or 1) and min(ipis) >= 0, (layout, mode, path, ipis)
             assert part_of[mode]["ratio"], (layout, mode)
             assert isinstance(part_of[mode]["meets_goal"], bool)
     assert set(rps["keepalive"]["ratio"]) == {
