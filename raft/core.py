@@ -247,7 +247,10 @@ class RaftCore(RemovalSide, LeaderSide):
             self._tick_leader()
             return
         self.election_elapsed += 1
-        if self._promotable() and self.election_elapsed >= self.randomized_election_timeout:
+        if self._promotable() and (self.election_elapsed >= self.randomized_election_timeout
+                                   or self.conf.voters == (self.id,)):
+            # The only voter waits for nobody: no other node can lead without its vote, and there
+            # is no vote to split (a new single-manager swarm, or one forced anew, leads at once)
             self.election_elapsed = 0
             self._campaign(pre_vote=self.cfg.pre_vote)
 

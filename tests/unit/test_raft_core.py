@@ -242,6 +242,20 @@ def test_single_node_cluster_commits_alone() -> None:
     assert [r.request_ctx for r in net.read_states[1]] == [b"r1"]
 
 
+def test_the_only_voter_campaigns_on_its_first_tick_and_others_wait_for_the_timeout() -> None:
+    alone = MemNet(1)
+    alone.tick(1)
+    assert alone.nodes[1].role is Role.LEADER and alone.nodes[1].term == 2
+    restarted = RaftCore(Config(id=1, election_tick=10), hard_state=HardState(2, 1, 2),
+                         entries=alone.storage[1].entries[:2])
+    assert restarted.conf == ConfState((1,))
+    restarted.tick()
+    assert restarted.role is Role.LEADER and restarted.term == 3
+    three = MemNet(3)
+    three.tick(1, times=three.nodes[1].cfg.election_tick - 1)
+    assert roles(three) == {1: "follower", 2: "follower", 3: "follower"}
+
+
 def test_uncommitted_size_limit_drops_proposals() -> None:
     net = MemNet(3, max_uncommitted_size=100)
     net.campaign(1)
