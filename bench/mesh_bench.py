@@ -40,19 +40,21 @@ Prints one JSON document. Three parts:
     path and mode, paths alternated (order reversed every rep); the median of each path counts.
     Goals: (a) and (b) >= 0.9x their reference with keep-alive, >= 0.8x with a new connection
     per request. Reported, never asserted.
-    With 2+ CPUs, two more layouts of the same lab, each host's receive work steered to a CPU
-    chosen for it (RPS on its wire: a veth otherwise delivers in the sender's softirq, so one
-    CPU would run several hosts' network stacks), nginx (one worker per task) and wrk pinned:
+    With 2+ CPUs, more layouts of the same lab (`cpu_layouts`), each host's receive work steered
+    to a CPU chosen for it (RPS on its wire: a veth otherwise delivers in the sender's softirq, so
+    one CPU would run several hosts' network stacks), nginx (one worker per task) and wrk pinned:
       `hosts_on_own_cpus`: the two-host paths (straight, mesh_via_task_host, vip,
           straight_from_task), the server's host and nginx on CPU 1, the client's side and wrk on
-          CPU 0: as on two machines;
+          CPU 0: as on two machines; the VIP is judged here;
       `mesh_host_on_own_cpu`: mesh, straight and routed_via_mesh_host, manager-1 alone on CPU 0,
           everything else on CPU 1: the mesh host's forwarding is charged to neither end, as on a
-          third machine (with 2 CPUs the two ends then share one);
+          third machine, but the two ends share a CPU; the mesh is judged here with 2 CPUs;
       `switch_on_own_cpu` (reported, not judged): as the last, with the lab's hub (the LAN's
           switch) also on CPU 0, so that every frame between two hosts crosses CPUs as frames
           cross machines. In the last layout `straight` has none: its client and server share a
-          CPU and hand frames over in one softirq, while the mesh's frames cross to CPU 0 and back.
+          CPU and hand frames over in one softirq, while the mesh's frames cross to CPU 0 and back;
+      `three_hosts_on_own_cpus` (3+ CPUs; the mesh is judged here then): the mesh's paths with
+          manager-1 alone on CPU 2, worker-1 and nginx on CPU 1, the LAN clients and wrk on CPU 0.
     Each run also counts the inter-processor interrupts each CPU took per request
     (`ipis_per_request`, /proc/interrupts): what a path paid for crossing CPUs, which on this VM
     is a VM exit on the sender and an interrupt on the receiver.
@@ -95,6 +97,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
@@ -236,51 +239,76 @@ def requests_per_s(lab: Lab, web: list[dict[str, Any]], client: dict[str, Any], 
         "straight_from_task": f"task of mbcli on {CLIENT} -> each task's overlay address, port {TARGET_PORT} "
                               "(one wrk each)",
     }
-    if (os.cpu_count() or 1) < 2:
+    cpus = os.cpu_count() or 1
+    if cpus < 2:
         return out
-    # Two more layouts, each host's receive work on a CPU chosen for it (RPS on its wire):
-    # - the two-host paths with the client's host on one CPU and the server's on the other;
-    # - the mesh's paths with the mesh's host alone on one CPU, everything else on the other:
-    #   as on a third machine, its forwarding is charged to neither end (with 2 CPUs, the
-    #   client and the server then share one).
-    lan = {lan_client_ns(lab): CLIENT_CPU, lan_routed_ns(lab): CLIENT_CPU}
-    layouts = {
-        "hosts_on_own_cpus": (("straight", "mesh_via_task_host", "vip", "straight_from_task"),
-                              {lab.node(SERVERS).ns: SERVER_CPU, lab.node(CLIENT).ns: CLIENT_CPU, **lan},
-                              (SERVER_CPU, CLIENT_CPU),
-                              f"nginx on CPU {SERVER_CPU} with {SERVERS}'s receive work, wrk on CPU {CLIENT_CPU} "
-                              f"with that of {CLIENT} and the LAN client"),
-        "mesh_host_on_own_cpu": (("mesh", "straight", "routed_via_mesh_host"),
-                                 {lab.node(MANAGER).ns: MESH_HOST_CPU,
-                                  **dict.fromkeys([lab.node(SERVERS).ns, *lan], SERVER_CPU)},
-                                 (SERVER_CPU, SERVER_CPU),
-                                 f"{MANAGER}'s receive work alone on CPU {MESH_HOST_CPU}; nginx, wrk and the receive "
-                                 f"work of {SERVERS} and the LAN clients on CPU {SERVER_CPU}"),
-    }
-    # Reported, not judged: the same paths with the lab's hub (the LAN's switch) on the mesh host's
-    # CPU, so that every frame between hosts crosses CPUs, as between machines; in the layout
-    # above `straight`'s two ends share a CPU and exchange frames without any interrupt, which no
-    # two machines do (`median_ipis_per_request` shows what each path paid).
-    switched = {"switch_on_own_cpu": (("mesh", "straight", "routed_via_mesh_host"),
-                                      {lab.node(MANAGER).ns: MESH_HOST_CPU,
-                                       **dict.fromkeys([lab.node(SERVERS).ns, *lan], SERVER_CPU)},
-                                      (SERVER_CPU, SERVER_CPU),
-                                      f"as mesh_host_on_own_cpu, and the lab's hub (the LAN switch) on CPU "
-                                      f"{MESH_HOST_CPU} with {MANAGER}: every frame between hosts crosses CPUs")}
-    for name, (chosen, rps, cpus, layout) in {**layouts, **switched}.items():
+    lan = [lan_client_ns(lab), lan_routed_ns(lab)]
+    layouts = cpu_layouts(cpus, lab.node(MANAGER).ns, lab.node(SERVERS).ns, lab.node(CLIENT).ns, lan)
+    for name, layout in layouts.items():
         try:
-            with netlab.receive_on_cpus(rps, (lab.hub_ns, MESH_HOST_CPU) if name in switched else None):
-                out[name] = measure(lab, web, {p: paths[p] for p in chosen}, args, workdir, cpus)
-            out[name]["layout"] = layout
+            with netlab.receive_on_cpus(layout.receive,
+                                        (lab.hub_ns, layout.switch_cpu) if layout.switch_cpu is not None else None):
+                out[name] = measure(lab, web, {p: paths[p] for p in layout.paths}, args, workdir,
+                                    (layout.server_cpu, layout.client_cpu))
+            out[name]["layout"] = layout.text
         except (BenchError, subprocess.SubprocessError) as e:
             out[name] = {"error": str(e)}
-    # Judged as on separate machines: the VIP (two hosts) as on two, the mesh with its host on
-    # a CPU of its own; the unsplit figures stay in `keepalive` / `new_connection`.
-    if all("meets_goal" in out[name] for name in layouts):
+    # Judged as on separate machines: the VIP (two hosts) as on two, the mesh (three) with its host
+    # on a CPU of its own; the unsplit figures stay in `keepalive` / `new_connection`.
+    judged = [name for name, layout in layouts.items() if layout.judged]
+    if all("meets_goal" in out[name] for name in judged):
         out["meets_goal_unsplit"] = out["meets_goal"]
-        out["meets_goal"] = all(out[name]["meets_goal"] for name in layouts)
-        out["judged_on"] = "vip in hosts_on_own_cpus, mesh in mesh_host_on_own_cpu"
+        out["meets_goal"] = all(out[name]["meets_goal"] for name in judged)
+        out["judged_on"] = ", ".join(f"{'vip' if 'vip' in layouts[n].paths else 'mesh'} in {n}" for n in judged)
     return out
+
+
+@dataclass(frozen=True)
+class CpuLayout:
+    paths: tuple[str, ...]
+    receive: dict[str, int]         # namespace -> the CPU its wire's receive work is steered to
+    switch_cpu: int | None          # the CPU the lab's hub switches on (None: each sender's)
+    server_cpu: int                 # nginx's
+    client_cpu: int                 # wrk's
+    judged: bool
+    text: str
+
+
+def cpu_layouts(cpus: int, mesh_host: str, server_host: str, client_host: str, lan: list[str]) -> dict[str, CpuLayout]:
+    """Where each host's receive work runs (RPS on its wire), for a machine with `cpus` CPUs (2+),
+    as on separate machines: the two-host paths with the client's host on one CPU and the
+    server's on another; the mesh's paths with the mesh host on a CPU that neither end uses,
+    which with 2 CPUs means the ends share the other one. Then `straight`'s client and server
+    hand frames over within one softirq, with no interrupt, while the mesh's frames cross to the
+    mesh host's CPU and back: with 3+ CPUs each of the three hosts gets a CPU of its own and that
+    layout is the mesh's judged one. Reported, not judged: the mesh's paths with the lab's hub
+    (the LAN's switch) on the mesh host's CPU as well, so that every frame between hosts crosses
+    CPUs (`median_ipis_per_request` shows what each path paid)."""
+    server, client, mesh = SERVER_CPU, CLIENT_CPU, MESH_HOST_CPU
+    mesh_paths = ("mesh", "straight", "routed_via_mesh_host")
+    shared = {mesh_host: mesh, **dict.fromkeys([server_host, *lan], server)}
+    layouts = {
+        "hosts_on_own_cpus": CpuLayout(
+            ("straight", "mesh_via_task_host", "vip", "straight_from_task"),
+            {server_host: server, client_host: client, **dict.fromkeys(lan, client)}, None, server, client, True,
+            f"nginx on CPU {server} with {SERVERS}'s receive work, wrk on CPU {client} with that of {CLIENT} and the "
+            "LAN clients"),
+        "mesh_host_on_own_cpu": CpuLayout(
+            mesh_paths, shared, None, server, server, cpus < 3,
+            f"{MANAGER}'s receive work alone on CPU {mesh}; nginx, wrk and the receive work of {SERVERS} and the LAN "
+            f"clients on CPU {server}"),
+        "switch_on_own_cpu": CpuLayout(
+            mesh_paths, shared, mesh, server, server, False,
+            f"as mesh_host_on_own_cpu, and the lab's hub (the LAN switch) on CPU {mesh} with {MANAGER}: every frame "
+            "between hosts crosses CPUs"),
+    }
+    if cpus >= 3:
+        third = 2
+        layouts["three_hosts_on_own_cpus"] = CpuLayout(
+            mesh_paths, {mesh_host: third, server_host: server, **dict.fromkeys(lan, client)}, None, server, client,
+            True, f"{MANAGER}'s receive work alone on CPU {third}, nginx on CPU {server} with {SERVERS}'s, wrk on CPU "
+            f"{client} with the LAN clients'")
+    return layouts
 
 
 def measure(lab: Lab, web: list[dict[str, Any]], paths: dict[str, tuple[str, list[str]]],
