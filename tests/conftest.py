@@ -49,6 +49,11 @@ def pytest_runtest_makereport(
     report = yield
     if report.when == "call" and report.failed:
         item.stash[_failed_key] = True
+        # a lab a module shares (a fixture yielding the Lab itself) is kept now, while it runs;
+        # make_lab's are kept at their teardown
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, Lab):
+                _keep_logs(value, item.name)
     return report
 
 
