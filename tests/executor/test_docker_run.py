@@ -7,6 +7,7 @@ source over the busybox layer the executor tests build (no image store, nothing 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from tests.support.pty_session import PtySession
 from tests.support.wait import async_wait_until
 from worker.executor import Executor
 from worker.executor.controller import ContainerController
+from worker.executor.local_containers import LocalContainers
 from worker.executor.node_api import add_node_container_routes
 from worker.images.errors import ImageNotFound
 from worker.standalone import api as standalone_api
@@ -51,14 +53,23 @@ class BusyboxImages:
                 "Labels": {"org.test.image": "busybox"}}
 
 
-@pytest.fixture
-async def docker(executor: Executor, busybox_layer: Path, tmp_path: Path) -> AsyncIterator[Docker]:
+@contextlib.asynccontextmanager
+async def served(executor: Executor, busybox_layer: Path,
+                 tmp_path: Path) -> AsyncIterator[tuple[Docker, LocalContainers]]:
+    """The node-local API with standalone containers on a socket; the docker CLI for it, and the
+    containers object behind it."""
     app = new_app()
     routes = Routes(app)
     containers = add_node_container_routes(app, routes, executor, lambda ref: "sha256:" + "cd" * 32, EventBus())
     standalone_api.add_routes(app, routes, StandaloneContainers(containers, BusyboxImages(busybox_layer)))
     async with serve_unix(app, tmp_path / "api.sock") as host:
-        yield Docker(host, tmp_path / "cfg")
+        yield Docker(host, tmp_path / "cfg"), containers
+
+
+@pytest.fixture
+async def docker(executor: Executor, busybox_layer: Path, tmp_path: Path) -> AsyncIterator[Docker]:
+    async with served(executor, busybox_layer, tmp_path) as (cli, _):
+        yield cli
 
 
 async def ids(docker: Docker, *args: str) -> list[str]:
@@ -255,12 +266,7 @@ async def test_a_waiter_answers_the_exit_code_of_a_container_removed_before_it_w
     """`docker run --rm` (docker-py's `wait(condition="removed")` too) resolves the container, then
     waits; the auto-removal may come in between, taking the exit record with the files. The waiter
     still answers the container's own exit code, for every condition, never -1."""
-    app = new_app()
-    routes = Routes(app)
-    containers = add_node_container_routes(app, routes, executor, lambda ref: "sha256:" + "cd" * 32, EventBus())
-    standalone_api.add_routes(app, routes, StandaloneContainers(containers, BusyboxImages(busybox_layer)))
-    async with serve_unix(app, tmp_path / "api.sock") as host:
-        docker = Docker(host, tmp_path / "cfg")
+    async with served(executor, busybox_layer, tmp_path) as (docker, containers):
         await docker.run("run", "-d", "--name", "brief", "busybox", "sleep", "100")
         view, ctl = await containers.get("brief")        # as the wait handler does, before its head
         await containers.remove("brief", force=True)     # SIGKILL: 128 + 9
@@ -284,12 +290,7 @@ async def test_a_waiter_that_comes_while_the_files_go_answers_the_exit_code(
         go_on.wait(30)
 
     monkeypatch.setattr(ContainerController, "_remove_files", held_remove_files)
-    app = new_app()
-    routes = Routes(app)
-    containers = add_node_container_routes(app, routes, executor, lambda ref: "sha256:" + "cd" * 32, EventBus())
-    standalone_api.add_routes(app, routes, StandaloneContainers(containers, BusyboxImages(busybox_layer)))
-    async with serve_unix(app, tmp_path / "api.sock") as host:
-        docker = Docker(host, tmp_path / "cfg")
+    async with served(executor, busybox_layer, tmp_path) as (docker, containers):
         await docker.run("run", "-d", "--name", "held", "busybox", "sleep", "100")
         view, ctl = await containers.get("held")
         removal = asyncio.ensure_future(containers.remove("held", force=True))     # SIGKILL: 128 + 9
