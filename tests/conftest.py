@@ -7,6 +7,7 @@ import itertools
 import os
 import shutil
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -76,6 +77,26 @@ def _keep_logs(lab: Lab, test_name: str) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for log in lab.run_dir.glob("*.log"):
         shutil.copy2(log, target / log.name)
+    for node in lab.nodes.values():      # and what each host's namespaces hold (nft, conntrack, routes)
+        sandboxes = sorted((Path(node.data_dir) / "network" / "netns").glob("*"))
+        namespaces = [(node.name, f"/run/netns/{node.ns}"), *((p.name, str(p)) for p in sandboxes)]
+        (target / f"{node.name}.netstate").write_text("".join(_net_state(*ns) for ns in namespaces))
+
+
+def _net_state(name: str, path: str) -> str:
+    """One namespace's nftables ruleset, conntrack entries, rules, routes, neighbours, bridge
+    forwarding entries and addresses, as text (each command bounded)."""
+    out = [f"===== {name} ({path})\n"]
+    for argv in (["nft", "list", "ruleset"], ["cat", "/proc/net/nf_conntrack"], ["ip", "rule"],
+                 ["ip", "route", "show", "table", "all"], ["ip", "neigh"], ["bridge", "fdb", "show"],
+                 ["ip", "-d", "addr"]):
+        try:
+            proc = subprocess.run(["nsenter", f"--net={path}", "--", *argv], capture_output=True, text=True,
+                                  timeout=10)
+            out.append(f"--- {' '.join(argv)}\n{proc.stdout}{proc.stderr}")
+        except (OSError, subprocess.SubprocessError) as exc:
+            out.append(f"--- {' '.join(argv)}: {exc}\n")
+    return "".join(out)
 
 
 @pytest.fixture
