@@ -85,11 +85,12 @@ def _keep_logs(lab: Lab, test_name: str) -> None:
 
 def _net_state(name: str, path: str) -> str:
     """One namespace's nftables ruleset, conntrack entries, rules, routes, neighbours, bridge
-    forwarding entries and addresses, as text (each command bounded)."""
+    forwarding entries, addresses and TCP/IP counters (PAWS drops, retransmissions, resets), as
+    text (each command bounded)."""
     out = [f"===== {name} ({path})\n"]
     for argv in (["nft", "list", "ruleset"], ["cat", "/proc/net/nf_conntrack"], ["ip", "rule"],
                  ["ip", "route", "show", "table", "all"], ["ip", "neigh"], ["bridge", "fdb", "show"],
-                 ["ip", "-d", "addr"]):
+                 ["ip", "-d", "addr"], ["cat", "/proc/net/netstat", "/proc/net/snmp"]):
         try:
             proc = subprocess.run(["nsenter", f"--net={path}", "--", *argv], capture_output=True, text=True,
                                   timeout=10)
