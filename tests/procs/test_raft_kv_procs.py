@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 
 from bench.support.kvcluster import KVClient, KVCluster
+from tests.support.wait import async_wait_until
 
 SNAPSHOT_EVERY = 50
 WRITERS = 8
@@ -31,14 +32,6 @@ async def cluster(tmp_path: Path):
         for n in c.nodes.values():
             if n.proc is not None:
                 await n.proc.wait()
-
-
-async def wait_until(pred, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_leader_sigkill_loses_no_acked_write_and_restarted_node_catches_up(cluster: KVCluster) -> None:
@@ -63,7 +56,8 @@ async def test_leader_sigkill_loses_no_acked_write_and_restarted_node_catches_up
 
         async def acks_grow_by(n: int, timeout: float = 30) -> None:
             target = len(acked) + n
-            await wait_until(lambda: asyncio.sleep(0, len(acked) >= target), timeout, f"{n} more acked writes")
+            await async_wait_until(lambda: asyncio.sleep(0, len(acked) >= target), timeout,
+                                   what=f"{n} more acked writes")
 
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(writer(w)) for w in range(WRITERS)]
@@ -83,14 +77,14 @@ async def test_leader_sigkill_loses_no_acked_write_and_restarted_node_catches_up
                 async def compacted_past(new: int = new, last: int = before["last_index"]) -> bool:
                     st = await client.status(new)
                     return bool(st and st["snapshot_index"] > last + 2 * WRITERS)
-                await wait_until(compacted_past, 30, "the new leader to compact past the dead node")
+                await async_wait_until(compacted_past, 30, what="the new leader to compact past the dead node")
                 await cluster.start(old)
 
                 async def caught_up(old: int = old, new: int = new, last: int = before["last_index"]) -> bool:
                     a, b = await client.status(old), await client.status(new)
                     return bool(a and b and a["applied"] >= b["commit"] - 2 * WRITERS
                                 and a["snapshot_index"] > last)
-                await wait_until(caught_up, 30, f"node {old} to catch up")
+                await async_wait_until(caught_up, 30, what=f"node {old} to catch up")
                 print(f"round: killed leader {old}, next ack after {failover:.3f}s, new leader {new}")
             await acks_grow_by(50)
             stop.set()
@@ -106,7 +100,7 @@ async def test_leader_sigkill_loses_no_acked_write_and_restarted_node_catches_up
         async def converged() -> bool:
             sts = [await client.status(i) for i in cluster.nodes]
             return all(sts) and len({(s["applied"], s["keys"]) for s in sts if s}) == 1
-        await wait_until(converged, 20, "replicas to converge")
+        await async_wait_until(converged, 20, what="replicas to converge")
 
 
 async def test_membership_endpoints_add_learner_promote_and_remove(tmp_path: Path) -> None:
@@ -132,7 +126,7 @@ async def test_membership_endpoints_add_learner_promote_and_remove(tmp_path: Pat
             async def learner_caught_up() -> bool:
                 st = await client.status(4)
                 return bool(st and st["applied"] >= 60 and st["keys"] == 60)
-            await wait_until(learner_caught_up, 20, "the learner to catch up")
+            await async_wait_until(learner_caught_up, 20, what="the learner to catch up")
             async with session.post(f"{base}/members/4/promote") as r:
                 assert r.status == 200, await r.text()
                 assert 4 in (await r.json())["voters"]
